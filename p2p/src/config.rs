@@ -1,0 +1,165 @@
+//! Network configuration: every knob, its default and why (see also README.md).
+
+use std::time::Duration;
+
+use crate::Multiaddr;
+
+/// Configuration of the network task. `Default` gives production-leaning values; tests and
+/// the local testnet shorten the time-based knobs.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// Chain id: namespaces the gossip topics (`tally/<chain_id>/tx/1`,
+    /// `tally/<chain_id>/consensus/1`), the Kademlia protocol and the identify protocol
+    /// version, so nodes of different chains do not mix.
+    pub chain_id: String,
+    /// Ed25519 secret key (32 bytes) of the node's libp2p identity. The node persists it so
+    /// its `PeerId` is stable across restarts.
+    pub keypair_ed25519_secret: [u8; 32],
+    /// Addresses to listen on, e.g. `/ip4/127.0.0.2/tcp/0` and `/ip4/127.0.0.2/udp/0/quic-v1`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialled at start-up; with a `/p2p/<peer-id>` suffix they also seed Kademlia.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Kademlia discovery. Off for a validator hidden behind sentry nodes that must only
+    /// talk to its bootstrap peers.
+    pub discovery: bool,
+
+    /// Largest gossip message (gossipsub `max_transmit_size`): must fit the largest block
+    /// plus its proposal envelope.
+    pub max_message_bytes: usize,
+    /// Largest message accepted on the tx topic; a larger one is rejected and penalised
+    /// before it reaches the node.
+    pub max_tx_message_bytes: usize,
+
+    /// Established inbound connections, all peers together.
+    pub max_inbound_connections: u32,
+    /// Established connections with one peer (TCP and QUIC at once, plus a redial overlap).
+    pub max_connections_per_peer: u32,
+    /// Established inbound connections from one IP address.
+    pub max_connections_per_ip: u32,
+
+    /// Gossip messages per second a peer may forward us on the tx topic (token bucket, the
+    /// burst is one second's worth). Excess messages are ignored and cost `GossipFlood`.
+    pub max_tx_msgs_per_sec_per_peer: u32,
+    /// As above for the consensus topic.
+    pub max_consensus_msgs_per_sec_per_peer: u32,
+    /// Sync requests per second a peer may send us. Excess requests are refused with a
+    /// `RateLimited` error frame and cost `RequestFlood`.
+    pub max_sync_requests_per_sec_per_peer: u32,
+    /// Inbound sync requests awaiting the node's `Respond`, all peers together.
+    pub max_pending_inbound_requests: usize,
+
+    /// Application score below which a peer is disconnected and banned (negative).
+    pub ban_threshold: f64,
+    /// How long a ban lasts.
+    pub ban_duration: Duration,
+    /// Half-life of the application score's decay toward zero.
+    pub score_half_life: Duration,
+    /// Peers at or above this many distinct peers per IP are penalised by gossipsub's
+    /// IP-colocation factor (P6).
+    pub ip_colocation_threshold: f64,
+
+    /// Largest sync request accepted or sent.
+    pub sync_max_request_bytes: usize,
+    /// Largest sync response accepted or sent.
+    pub sync_max_response_bytes: usize,
+    /// Outbound and inbound sync request timeout.
+    pub request_timeout: Duration,
+
+    /// Gossipsub heartbeat (mesh maintenance, IHAVE gossip).
+    pub heartbeat_interval: Duration,
+    /// Capacity of the command channel into the task.
+    pub command_buffer: usize,
+    /// Capacity of the event channel out of the task; when full, events are dropped and
+    /// counted rather than buffered.
+    pub event_buffer: usize,
+    /// Idle connections are closed after this long.
+    pub idle_connection_timeout: Duration,
+}
+
+impl NetworkConfig {
+    /// A configuration with defaults for everything but the identity and chain.
+    pub fn new(chain_id: impl Into<String>, keypair_ed25519_secret: [u8; 32]) -> Self {
+        NetworkConfig {
+            chain_id: chain_id.into(),
+            keypair_ed25519_secret,
+            ..NetworkConfig::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), crate::NetworkError> {
+        let bad = |key: &'static str, why: &'static str| {
+            Err(crate::NetworkError::Config { key, reason: why })
+        };
+        if self.chain_id.is_empty() || self.chain_id.contains('/') {
+            return bad("chain_id", "must be non-empty and contain no '/'");
+        }
+        if self.max_message_bytes < 1024 {
+            return bad("max_message_bytes", "must be at least 1024");
+        }
+        if self.max_tx_message_bytes == 0 || self.max_tx_message_bytes > self.max_message_bytes {
+            return bad("max_tx_message_bytes", "must be in 1..=max_message_bytes");
+        }
+        if self.ban_threshold >= 0.0 || !self.ban_threshold.is_finite() {
+            return bad("ban_threshold", "must be a negative number");
+        }
+        if self.score_half_life.is_zero() {
+            return bad("score_half_life", "must be positive");
+        }
+        if self.ip_colocation_threshold < 1.0 {
+            return bad("ip_colocation_threshold", "must be at least 1");
+        }
+        if self.max_tx_msgs_per_sec_per_peer == 0
+            || self.max_consensus_msgs_per_sec_per_peer == 0
+            || self.max_sync_requests_per_sec_per_peer == 0
+        {
+            return bad("max_*_per_sec_per_peer", "rate limits must be at least 1");
+        }
+        if self.sync_max_request_bytes == 0 || self.sync_max_response_bytes == 0 {
+            return bad("sync_max_*_bytes", "must be positive");
+        }
+        if self.sync_max_request_bytes > u32::MAX as usize
+            || self.sync_max_response_bytes > u32::MAX as usize
+        {
+            return bad("sync_max_*_bytes", "must fit the u32 length prefix");
+        }
+        if self.command_buffer == 0 || self.event_buffer == 0 {
+            return bad("command_buffer/event_buffer", "must be positive");
+        }
+        if self.heartbeat_interval < Duration::from_millis(50) {
+            return bad("heartbeat_interval", "must be at least 50ms");
+        }
+        Ok(())
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            chain_id: "tally-local".to_string(),
+            keypair_ed25519_secret: [0; 32],
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            discovery: true,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_tx_message_bytes: 64 * 1024,
+            max_inbound_connections: 64,
+            max_connections_per_peer: 2,
+            max_connections_per_ip: 8,
+            max_tx_msgs_per_sec_per_peer: 1000,
+            max_consensus_msgs_per_sec_per_peer: 200,
+            max_sync_requests_per_sec_per_peer: 20,
+            max_pending_inbound_requests: 256,
+            ban_threshold: -100.0,
+            ban_duration: Duration::from_secs(600),
+            score_half_life: Duration::from_secs(600),
+            ip_colocation_threshold: 3.0,
+            sync_max_request_bytes: 4 * 1024,
+            sync_max_response_bytes: 32 * 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_millis(500),
+            command_buffer: 1024,
+            event_buffer: 4096,
+            idle_connection_timeout: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Tally's network task: the libp2p swarm in one tokio task, behind a bounded `Command`
+//! channel in and a bounded `Event` channel out. Nothing outside this crate touches libp2p
+//! types except the re-exported `PeerId` and `Multiaddr`. See README.md for the data flow,
+//! every knob and the scoring rationale.
+
+mod behaviour;
+mod config;
+mod error;
+mod gate;
+mod handle;
+mod metrics;
+mod protocol;
+mod score;
+mod sync_codec;
+mod task;
+
+use std::collections::HashMap;
+
+pub use config::NetworkConfig;
+pub use error::NetworkError;
+pub use handle::NetworkHandle;
+pub use libp2p::{multiaddr, Multiaddr, PeerId};
+pub use protocol::{
+    Command, Event, MessageId, PeerInfo, PenaltyReason, RemoteError, RequestError,
+    ResponseChannelId, Topic, Verdict,
+};
+pub use prometheus_client::registry::Registry;
+pub use tokio_util::sync::CancellationToken;
+
+use libp2p::{gossipsub, identity::Keypair, noise, tcp, yamux};
+use tokio::sync::mpsc;
+
+/// The peer id that a 32-byte Ed25519 secret gives (without starting anything).
+pub fn peer_id_from_secret(secret: [u8; 32]) -> Result<PeerId, NetworkError> {
+    keypair(secret).map(|k| k.public().to_peer_id())
+}
+
+fn keypair(mut secret: [u8; 32]) -> Result<Keypair, NetworkError> {
+    // `ed25519_from_bytes` zeroes its input: hand it a copy.
+    Keypair::ed25519_from_bytes(&mut secret).map_err(|e| NetworkError::Identity(e.to_string()))
+}
+
+/// Build the swarm, start listening and dialling, and spawn the network task on the current
+/// tokio runtime. Metrics are registered on `registry` (`tally_*` and `libp2p_*`). The task
+/// stops when `shutdown` is cancelled or every `NetworkHandle` is dropped.
+pub fn spawn(
+    config: NetworkConfig,
+    registry: &mut Registry,
+    shutdown: CancellationToken,
+) -> Result<(NetworkHandle, mpsc::Receiver<Event>), NetworkError> {
+    config.validate()?;
+    let key = keypair(config.keypair_ed25519_secret)?;
+    let local_peer_id = key.public().to_peer_id();
+
+    let behaviour = behaviour::Behaviour::new(&key, &config)?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetworkError::Build(format!("tcp transport: {e}")))?
+        .with_quic()
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| NetworkError::Build(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .build();
+
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetworkError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+
+    let metrics = metrics::Metrics::new(registry);
+    let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
+    let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
+    let topics = Topic::ALL
+        .iter()
+        .map(|t| {
+            (
+                gossipsub::IdentTopic::new(t.topic_string(&config.chain_id)).hash(),
+                *t,
+            )
+        })
+        .collect();
+    let handle = NetworkHandle::new(
+        command_tx,
+        local_peer_id,
+        config.sync_max_request_bytes,
+        config.sync_max_response_bytes,
+    );
+    let mut task = task::Task {
+        swarm,
+        scores: score::Scores::new(
+            config.score_half_life,
+            config.ban_threshold,
+            config.ban_duration,
+        ),
+        cfg: config,
+        commands: command_rx,
+        events: event_tx,
+        metrics,
+        topics,
+        gossip_buckets: HashMap::new(),
+        request_buckets: HashMap::new(),
+        pending_inbound: HashMap::new(),
+        inbound_ids: HashMap::new(),
+        next_channel: 0,
+        pending_outbound: HashMap::new(),
+        connections: HashMap::new(),
+        last_kad_bootstrap: None,
+    };
+    for addr in task.cfg.bootstrap.clone() {
+        if let Err(e) = task.dial_bootstrap(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    tokio::spawn(task.run(shutdown));
+    Ok((handle, event_rx))
+}

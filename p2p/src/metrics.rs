@@ -1,0 +1,132 @@
+//! The network task's metrics, registered on the node's one registry (names `tally_*`), plus
+//! libp2p's own (`libp2p_*`).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicDirection {
+    pub topic: &'static str,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub direction: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    pub kind: &'static str,
+}
+
+pub struct Metrics {
+    pub peers: Gauge,
+    pub gossip_messages: Family<TopicDirection, Counter>,
+    pub gossip_bytes: Family<TopicDirection, Counter>,
+    pub invalid_messages: Family<Reason, Counter>,
+    pub penalties: Family<Reason, Counter>,
+    pub peer_bans: Family<Reason, Counter>,
+    pub sync_requests: Family<SyncLabels, Counter>,
+    pub peer_score: Histogram,
+    pub dropped_events: Family<Kind, Counter>,
+    pub connections_denied: Family<Reason, Counter>,
+    pub libp2p: libp2p::metrics::Metrics,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            peers: Gauge::default(),
+            gossip_messages: Family::default(),
+            gossip_bytes: Family::default(),
+            invalid_messages: Family::default(),
+            penalties: Family::default(),
+            peer_bans: Family::default(),
+            sync_requests: Family::default(),
+            peer_score: Histogram::new(
+                [-200.0, -100.0, -50.0, -20.0, -10.0, -5.0, -1.0, 0.0, 1.0, 10.0].into_iter(),
+            ),
+            dropped_events: Family::default(),
+            connections_denied: Family::default(),
+            libp2p: libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p")),
+        };
+        let r = registry.sub_registry_with_prefix("tally");
+        r.register("peers", "Connected peers", m.peers.clone());
+        r.register(
+            "gossip_messages",
+            "Gossip messages by topic and direction (in = received, out = published)",
+            m.gossip_messages.clone(),
+        );
+        r.register(
+            "gossip_bytes",
+            "Gossip payload bytes by topic and direction",
+            m.gossip_bytes.clone(),
+        );
+        r.register(
+            "invalid_messages",
+            "Invalid gossip messages and sync frames by reason (Reject verdicts and local checks)",
+            m.invalid_messages.clone(),
+        );
+        r.register(
+            "peer_penalties",
+            "Application-score penalties by reason",
+            m.penalties.clone(),
+        );
+        r.register(
+            "peer_bans",
+            "Peers banned, by the reason of the last penalty",
+            m.peer_bans.clone(),
+        );
+        r.register(
+            "sync_requests",
+            "Sync requests by direction and outcome",
+            m.sync_requests.clone(),
+        );
+        r.register(
+            "peer_score",
+            "Application score of connected peers, sampled every 10 s",
+            m.peer_score.clone(),
+        );
+        r.register(
+            "p2p_dropped",
+            "Gossip messages and sync requests dropped before reaching the node, by cause",
+            m.dropped_events.clone(),
+        );
+        r.register(
+            "p2p_connections_denied",
+            "Connections refused by the gate (banned peer, per-IP cap)",
+            m.connections_denied.clone(),
+        );
+        m
+    }
+
+    pub fn gossip(&self, topic: &'static str, direction: &'static str, bytes: usize) {
+        let l = TopicDirection { topic, direction };
+        self.gossip_messages.get_or_create(&l).inc();
+        self.gossip_bytes.get_or_create(&l).inc_by(bytes as u64);
+    }
+
+    pub fn sync(&self, direction: &'static str, outcome: &'static str) {
+        self.sync_requests
+            .get_or_create(&SyncLabels { direction, outcome })
+            .inc();
+    }
+
+    pub fn invalid(&self, reason: &'static str) {
+        self.invalid_messages.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn dropped(&self, kind: &'static str) {
+        self.dropped_events.get_or_create(&Kind { kind }).inc();
+    }
+}

@@ -1,0 +1,725 @@
+//! The network task: owns the swarm, turns commands into swarm calls and swarm events into
+//! `Event`s, scores peers and enforces bans and rate limits.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    connection_limits, gossipsub, identify,
+    metrics::Recorder,
+    multiaddr::Protocol,
+    request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel},
+    swarm::{dial_opts::DialOpts, ConnectionId, DialError, ListenError, SwarmEvent},
+    Multiaddr, PeerId, Swarm,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    behaviour::{content_id, identify_version, kad_protocol, Behaviour, BehaviourEvent},
+    gate::Denied,
+    metrics::{Metrics, Reason},
+    score::{Outcome, Scores, TokenBucket},
+    sync_codec::{frame_too_large, SyncResponse},
+    Command, Event, MessageId, NetworkConfig, NetworkError, PeerInfo, PenaltyReason, RemoteError,
+    RequestError, ResponseChannelId, Topic, Verdict,
+};
+
+const TICK: Duration = Duration::from_millis(250);
+const SAMPLE_EVERY_TICKS: u64 = 40; // 10 s
+const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(10);
+const MAX_PENDING_OUTBOUND: usize = 1024;
+
+pub struct Task {
+    pub swarm: Swarm<Behaviour>,
+    pub cfg: NetworkConfig,
+    pub commands: mpsc::Receiver<Command>,
+    pub events: mpsc::Sender<Event>,
+    pub metrics: Metrics,
+    pub scores: Scores,
+    pub topics: HashMap<gossipsub::TopicHash, Topic>,
+    pub gossip_buckets: HashMap<(PeerId, Topic), TokenBucket>,
+    pub request_buckets: HashMap<PeerId, TokenBucket>,
+    pub pending_inbound: HashMap<u64, (PeerId, InboundRequestId, ResponseChannel<SyncResponse>)>,
+    pub inbound_ids: HashMap<InboundRequestId, u64>,
+    pub next_channel: u64,
+    pub pending_outbound: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RequestError>>>,
+    pub connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
+    pub last_kad_bootstrap: Option<Instant>,
+}
+
+impl Task {
+    fn topic_hash(&self, topic: Topic) -> gossipsub::TopicHash {
+        gossipsub::IdentTopic::new(topic.topic_string(&self.cfg.chain_id)).hash()
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    // Every handle dropped: nobody can talk to us any more.
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.on_tick(ticks % SAMPLE_EVERY_TICKS == 0);
+                }
+            }
+        }
+        info!("network task shutting down");
+        // Pending requesters learn the task stopped.
+        for (_, reply) in self.pending_outbound.drain() {
+            let _ = reply.send(Err(RequestError::Shutdown));
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.metrics.peers.set(0);
+    }
+
+    // ---- commands ----
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { topic, data, reply } => {
+                let _ = reply.send(self.publish(topic, data));
+            }
+            Command::Validated {
+                msg_id,
+                source,
+                verdict,
+            } => self.validated(msg_id, source, verdict),
+            Command::Request { peer, data, reply } => self.request(peer, data, reply),
+            Command::Respond { channel, data } => self.respond(channel, data),
+            Command::Penalize {
+                peer,
+                reason,
+                points,
+            } => self.penalize(peer, reason, points),
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::Dial(addr) => {
+                if let Err(e) = self.dial(addr.clone()) {
+                    warn!(%addr, error = %e, "dial failed");
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, topic: Topic, data: Vec<u8>) -> Result<MessageId, NetworkError> {
+        let len = data.len();
+        let id = MessageId(content_id(&data));
+        let hash = self.topic_hash(topic);
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(hash, data)
+            .map_err(|e| NetworkError::Publish(e.to_string()))?;
+        self.metrics.gossip(topic.as_str(), "out", len);
+        Ok(id)
+    }
+
+    fn validated(&mut self, msg_id: MessageId, source: PeerId, verdict: Verdict) {
+        let acceptance = match verdict {
+            Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+            Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+            Verdict::Reject(reason) => {
+                self.metrics.invalid(reason.as_str());
+                self.penalize(source, reason, reason.default_points());
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        let id = gossipsub::MessageId::new(&msg_id.0);
+        // False when the message already left the cache (validated too late): nothing to do.
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+    }
+
+    fn request(
+        &mut self,
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
+    ) {
+        if data.len() > self.cfg.sync_max_request_bytes {
+            self.metrics.sync("outbound", "request_too_large");
+            let _ = reply.send(Err(RequestError::RequestTooLarge {
+                size: data.len(),
+                limit: self.cfg.sync_max_request_bytes,
+            }));
+            return;
+        }
+        if self.scores.is_banned(&peer, Instant::now()) {
+            let _ = reply.send(Err(RequestError::Unreachable("peer is banned".into())));
+            return;
+        }
+        if self.pending_outbound.len() >= MAX_PENDING_OUTBOUND {
+            let _ = reply.send(Err(RequestError::Failed(
+                "too many sync requests in flight".into(),
+            )));
+            return;
+        }
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, data);
+        self.pending_outbound.insert(id, reply);
+    }
+
+    fn respond(&mut self, channel: ResponseChannelId, data: Vec<u8>) {
+        let Some((peer, inbound_id, ch)) = self.pending_inbound.remove(&channel.0) else {
+            // Timed out or the connection closed meanwhile.
+            self.metrics.sync("inbound", "expired");
+            return;
+        };
+        self.inbound_ids.remove(&inbound_id);
+        let response = if data.len() > self.cfg.sync_max_response_bytes {
+            warn!(%peer, size = data.len(), "sync response over the cap not sent");
+            self.metrics.sync("inbound", "response_too_large");
+            SyncResponse::Error(RemoteError::ResponseTooLarge)
+        } else {
+            SyncResponse::Data(data)
+        };
+        if self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(ch, response)
+            .is_err()
+        {
+            self.metrics.sync("inbound", "expired");
+        }
+    }
+
+    fn penalize(&mut self, peer: PeerId, reason: PenaltyReason, points: f64) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let now = Instant::now();
+        self.metrics
+            .penalties
+            .get_or_create(&Reason {
+                reason: reason.as_str(),
+            })
+            .inc();
+        let outcome = self.scores.penalize(peer, reason, points, now);
+        let score = match outcome {
+            Outcome::Scored(s) | Outcome::Ban { score: s, .. } => s,
+        };
+        debug!(%peer, %reason, points, score, "peer penalised");
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .set_application_score(&peer, score);
+        if let Outcome::Ban { until, .. } = outcome {
+            let duration = until.saturating_duration_since(now);
+            warn!(%peer, %reason, score, ?duration, "banning peer");
+            self.metrics
+                .peer_bans
+                .get_or_create(&Reason {
+                    reason: reason.as_str(),
+                })
+                .inc();
+            self.swarm.behaviour_mut().gate.ban(peer, until);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.gossip_buckets.retain(|(p, _), _| *p != peer);
+            self.request_buckets.remove(&peer);
+            self.emit(
+                Event::PeerBanned {
+                    peer,
+                    reason,
+                    duration,
+                },
+                "peer_banned",
+            );
+        }
+    }
+
+    pub fn dial_bootstrap(&mut self, addr: Multiaddr) -> Result<(), DialError> {
+        self.dial(addr)
+    }
+
+    fn dial(&mut self, addr: Multiaddr) -> Result<(), DialError> {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                let mut base = addr.clone();
+                base.pop();
+                kad.add_address(&peer, base);
+            }
+            self.swarm.dial(DialOpts::peer_id(peer).addresses(vec![addr]).build())
+        } else {
+            self.swarm.dial(addr)
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let now = Instant::now();
+        let gs = &self.swarm.behaviour().gossipsub;
+        let mut subscribed: HashMap<PeerId, Vec<Topic>> = HashMap::new();
+        for (peer, hashes) in gs.all_peers() {
+            let topics = hashes
+                .into_iter()
+                .filter_map(|h| self.topics.get(h).copied())
+                .collect();
+            subscribed.insert(*peer, topics);
+        }
+        let mut mesh: HashMap<PeerId, Vec<Topic>> = HashMap::new();
+        for (hash, topic) in &self.topics {
+            for peer in gs.mesh_peers(hash) {
+                mesh.entry(*peer).or_default().push(*topic);
+            }
+        }
+        let mut ids: Vec<PeerId> = self.connections.keys().copied().collect();
+        ids.extend(
+            self.scores
+                .peers()
+                .filter(|p| !self.connections.contains_key(p)),
+        );
+        ids.into_iter()
+            .map(|peer_id| {
+                let state = self.scores.get(&peer_id);
+                let ban_until = state
+                    .and_then(|s| s.banned_until)
+                    .filter(|until| *until > now);
+                let mut mesh_topics = mesh.remove(&peer_id).unwrap_or_default();
+                mesh_topics.sort();
+                PeerInfo {
+                    peer_id,
+                    connected: self.connections.contains_key(&peer_id),
+                    addresses: self
+                        .connections
+                        .get(&peer_id)
+                        .map(|c| c.values().cloned().collect())
+                        .unwrap_or_default(),
+                    app_score: self.scores.score(&peer_id, now),
+                    gossipsub_score: gs.peer_score(&peer_id),
+                    reasons: state.map(|s| s.reasons.clone()).unwrap_or_default(),
+                    banned: ban_until.is_some(),
+                    ban_remaining: ban_until.map(|u| u.saturating_duration_since(now)),
+                    topics: subscribed.remove(&peer_id).unwrap_or_default(),
+                    mesh_topics,
+                }
+            })
+            .collect()
+    }
+
+    // ---- periodic work ----
+
+    fn on_tick(&mut self, sample: bool) {
+        let now = Instant::now();
+        for peer in self.scores.expire_bans(now) {
+            info!(%peer, "ban expired");
+            self.swarm.behaviour_mut().gate.unban(&peer);
+            let score = self.scores.score(&peer, now);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .set_application_score(&peer, score);
+        }
+        if sample {
+            let peers: Vec<PeerId> = self.connections.keys().copied().collect();
+            for peer in peers {
+                let score = self.scores.score(&peer, now);
+                self.metrics.peer_score.observe(score);
+                // Keep gossipsub's P5 in step with the decay.
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .set_application_score(&peer, score);
+            }
+            let connections = &self.connections;
+            self.scores.prune(now, |p| connections.contains_key(p));
+            if self.connections.len() < 4 {
+                self.kad_bootstrap(now);
+            }
+        }
+    }
+
+    fn kad_bootstrap(&mut self, now: Instant) {
+        if self
+            .last_kad_bootstrap
+            .is_some_and(|t| now.saturating_duration_since(t) < KAD_BOOTSTRAP_MIN_INTERVAL)
+        {
+            return;
+        }
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            if kad.bootstrap().is_ok() {
+                self.last_kad_bootstrap = Some(now);
+            }
+        }
+    }
+
+    /// Hand an event to the node without ever blocking the swarm: when the node is behind,
+    /// the event is dropped and counted (the bounded channel is the only queue).
+    fn emit(&mut self, event: Event, kind: &'static str) -> bool {
+        match self.events.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.dropped(kind);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    // ---- swarm events ----
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.libp2p.record(&event);
+        match event {
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.emit(Event::Listening(address), "listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, endpoint.get_remote_address().clone());
+                self.metrics.peers.set(self.connections.len() as i64);
+                if num_established.get() == 1 {
+                    debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    self.emit(Event::PeerConnected(peer_id), "peer_connected");
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    self.connections.remove(&peer_id);
+                    self.gossip_buckets.retain(|(p, _), _| *p != peer_id);
+                    self.request_buckets.remove(&peer_id);
+                    debug!(peer = %peer_id, "peer disconnected");
+                    self.emit(Event::PeerDisconnected(peer_id), "peer_disconnected");
+                }
+                self.metrics.peers.set(self.connections.len() as i64);
+            }
+            SwarmEvent::IncomingConnectionError {
+                error: ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => {
+                let reason = denied_reason(&cause);
+                debug!(addr = %send_back_addr, reason, "inbound connection denied");
+                self.metrics
+                    .connections_denied
+                    .get_or_create(&Reason { reason })
+                    .inc();
+            }
+            SwarmEvent::OutgoingConnectionError {
+                error: DialError::Denied { cause },
+                peer_id,
+                ..
+            } => {
+                let reason = denied_reason(&cause);
+                debug!(peer = ?peer_id, reason, "outbound connection denied");
+                self.metrics
+                    .connections_denied
+                    .get_or_create(&Reason { reason })
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(ev) => {
+                self.metrics.libp2p.record(&ev);
+                if let gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                } = ev
+                {
+                    self.on_gossip(propagation_source, message_id, message);
+                }
+            }
+            BehaviourEvent::Identify(ev) => {
+                self.metrics.libp2p.record(&ev);
+                if let identify::Event::Received { peer_id, info, .. } = ev {
+                    self.on_identify(peer_id, info);
+                }
+            }
+            BehaviourEvent::Kad(ev) => self.metrics.libp2p.record(&ev),
+            BehaviourEvent::Ping(ev) => self.metrics.libp2p.record(&ev),
+            BehaviourEvent::Sync(ev) => self.on_sync(ev),
+            BehaviourEvent::Gate(never) => match never {},
+            BehaviourEvent::Limits(never) => match never {},
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        if info.protocol_version != identify_version(&self.cfg.chain_id) {
+            // Another chain (or another network altogether): not a peer for us.
+            info!(%peer, version = %info.protocol_version, "disconnecting peer of another network");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        let Ok(kad_proto) = kad_protocol(&self.cfg.chain_id) else {
+            return;
+        };
+        if !info.protocols.contains(&kad_proto) {
+            return;
+        }
+        // Any live peer can bootstrap a newcomer: what it says it listens on goes into the
+        // routing table, so others' lookups find it.
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            for addr in info.listen_addrs {
+                kad.add_address(&peer, addr);
+            }
+        }
+        self.kad_bootstrap(Instant::now());
+    }
+
+    fn on_gossip(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let now = Instant::now();
+        let ignore = |task: &mut Task, acceptance| {
+            let _ = task
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &source, acceptance);
+        };
+        let (Some(topic), Ok(digest)) = (
+            self.topics.get(&message.topic).copied(),
+            <[u8; 32]>::try_from(id.0.as_slice()),
+        ) else {
+            ignore(self, gossipsub::MessageAcceptance::Ignore);
+            return;
+        };
+        let rate = match topic {
+            Topic::Tx => self.cfg.max_tx_msgs_per_sec_per_peer,
+            Topic::Consensus => self.cfg.max_consensus_msgs_per_sec_per_peer,
+        };
+        let bucket = self
+            .gossip_buckets
+            .entry((source, topic))
+            .or_insert_with(|| TokenBucket::new(rate, now));
+        if !bucket.try_take(now) {
+            self.metrics.dropped("gossip_rate_limited");
+            ignore(self, gossipsub::MessageAcceptance::Ignore);
+            let reason = PenaltyReason::GossipFlood;
+            self.penalize(source, reason, reason.default_points());
+            return;
+        }
+        let len = message.data.len();
+        if topic == Topic::Tx && len > self.cfg.max_tx_message_bytes {
+            self.metrics.invalid("oversized");
+            ignore(self, gossipsub::MessageAcceptance::Reject);
+            let reason = PenaltyReason::Oversized;
+            self.penalize(source, reason, reason.default_points());
+            return;
+        }
+        self.metrics.gossip(topic.as_str(), "in", len);
+        let event = Event::Message {
+            topic,
+            msg_id: MessageId(digest),
+            source,
+            author: message.source,
+            data: message.data,
+        };
+        if !self.emit(event, "gossip_channel_full") {
+            // Not validated means not forwarded; free the cache slot now.
+            ignore(self, gossipsub::MessageAcceptance::Ignore);
+        }
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<Vec<u8>, SyncResponse>) {
+        use request_response::{Event as E, Message as M};
+        match event {
+            E::Message {
+                peer,
+                message:
+                    M::Request {
+                        request_id,
+                        request,
+                        channel,
+                    },
+                ..
+            } => self.on_inbound_request(peer, request_id, request, channel),
+            E::Message {
+                message:
+                    M::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(reply) = self.pending_outbound.remove(&request_id) else {
+                    return;
+                };
+                let result = match response {
+                    SyncResponse::Data(data) => {
+                        self.metrics.sync("outbound", "ok");
+                        Ok(data)
+                    }
+                    SyncResponse::Error(e) => {
+                        self.metrics.sync("outbound", "refused");
+                        Err(RequestError::Refused(e))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            E::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let (outcome, err) = match error {
+                    request_response::OutboundFailure::Io(e) => match frame_too_large(&e) {
+                        Some(_) => (
+                            "response_too_large",
+                            RequestError::ResponseTooLarge {
+                                limit: self.cfg.sync_max_response_bytes,
+                            },
+                        ),
+                        None => ("failed", RequestError::Failed(e.to_string())),
+                    },
+                    request_response::OutboundFailure::Timeout => {
+                        ("timeout", RequestError::Timeout)
+                    }
+                    request_response::OutboundFailure::DialFailure => (
+                        "unreachable",
+                        RequestError::Unreachable("dial failed".into()),
+                    ),
+                    request_response::OutboundFailure::ConnectionClosed => (
+                        "unreachable",
+                        RequestError::Unreachable("connection closed".into()),
+                    ),
+                    request_response::OutboundFailure::UnsupportedProtocols => {
+                        ("unsupported", RequestError::Unsupported)
+                    }
+                };
+                self.metrics.sync("outbound", outcome);
+                if err.is_peer_fault() {
+                    self.metrics.invalid("oversized_response");
+                    let reason = PenaltyReason::Oversized;
+                    self.penalize(peer, reason, reason.default_points());
+                }
+                if let Some(reply) = self.pending_outbound.remove(&request_id) {
+                    let _ = reply.send(Err(err));
+                }
+            }
+            E::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(ch) = self.inbound_ids.remove(&request_id) {
+                    self.pending_inbound.remove(&ch);
+                }
+                let outcome = match &error {
+                    request_response::InboundFailure::Io(e) if frame_too_large(e).is_some() => {
+                        self.metrics.invalid("oversized_request");
+                        let reason = PenaltyReason::Oversized;
+                        self.penalize(peer, reason, reason.default_points());
+                        "request_too_large"
+                    }
+                    request_response::InboundFailure::Timeout => "timeout",
+                    request_response::InboundFailure::ResponseOmission => "omitted",
+                    _ => "failed",
+                };
+                debug!(%peer, %error, "inbound sync request failed");
+                self.metrics.sync("inbound", outcome);
+            }
+            E::ResponseSent { .. } => self.metrics.sync("inbound", "ok"),
+        }
+    }
+
+    fn on_inbound_request(
+        &mut self,
+        peer: PeerId,
+        request_id: InboundRequestId,
+        data: Vec<u8>,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        let now = Instant::now();
+        let rate = self.cfg.max_sync_requests_per_sec_per_peer;
+        let allowed = self
+            .request_buckets
+            .entry(peer)
+            .or_insert_with(|| TokenBucket::new(rate, now))
+            .try_take(now);
+        let refuse = |task: &mut Task, ch, e: RemoteError, outcome: &'static str| {
+            task.metrics.sync("inbound", outcome);
+            let _ = task
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(ch, SyncResponse::Error(e));
+        };
+        if !allowed {
+            refuse(self, channel, RemoteError::RateLimited, "rate_limited");
+            let reason = PenaltyReason::RequestFlood;
+            self.penalize(peer, reason, reason.default_points());
+            return;
+        }
+        if self.pending_inbound.len() >= self.cfg.max_pending_inbound_requests {
+            refuse(self, channel, RemoteError::Busy, "busy");
+            return;
+        }
+        let id = self.next_channel;
+        self.next_channel = self.next_channel.wrapping_add(1);
+        let event = Event::Request {
+            peer,
+            data,
+            channel: ResponseChannelId(id),
+        };
+        if self.emit(event, "request_channel_full") {
+            self.pending_inbound.insert(id, (peer, request_id, channel));
+            self.inbound_ids.insert(request_id, id);
+        } else {
+            refuse(self, channel, RemoteError::Busy, "busy");
+        }
+    }
+}
+
+fn denied_reason(cause: &libp2p::swarm::ConnectionDenied) -> &'static str {
+    if let Some(d) = cause.downcast_ref::<Denied>() {
+        match d {
+            Denied::Banned => "banned",
+            Denied::TooManyFromIp { .. } => "per_ip_limit",
+        }
+    } else if cause
+        .downcast_ref::<connection_limits::Exceeded>()
+        .is_some()
+    {
+        "connection_limit"
+    } else {
+        "other"
+    }
+}
