@@ -1,0 +1,49 @@
+# Tally — build, test and run targets. `make test` works on a fresh Debian machine: it
+# installs the system packages RocksDB needs first (scripts/bootstrap.sh).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# One persistent target directory outside the clone: a cold build (RocksDB, libp2p)
+# takes 15+ minutes on two cores, a warm one seconds.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tally/target
+CARGO ?= cargo
+SEEDS ?= 5000
+
+.PHONY: help bootstrap build release test lint fmt bench soak clean-target
+
+help:
+	@echo "make test      - install system deps if missing, then run the whole test suite"
+	@echo "make lint      - rustfmt check + clippy (-D warnings)"
+	@echo "make build     - debug build of every crate"
+	@echo "make release   - optimised build of tallyd and tally"
+	@echo "make bench     - ledger benchmarks (verify rate, check+apply, 10k and 1M accounts)"
+	@echo "make soak      - long consensus simulation (SEEDS=$(SEEDS))"
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+build: bootstrap
+	$(CARGO) build --workspace --all-targets
+
+release: bootstrap
+	$(CARGO) build --release -p tally-node -p tally-wallet
+
+test: bootstrap
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint: bootstrap
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: bootstrap
+	$(CARGO) bench -p ledger --bench ledger
+
+soak: bootstrap
+	TALLY_SIM_SEEDS=$(SEEDS) $(CARGO) test -p consensus --release --test sim -- --ignored soak --nocapture

@@ -1,0 +1,181 @@
+//! The authenticated account state: a Jellyfish Merkle Tree (the `jmt` crate, SHA-256)
+//! mapping SHA-256(address) to borsh(Account). Updating k accounts costs O(k · log n)
+//! node writes, and one account's value (or absence) can be proven against a root.
+//!
+//! Tree versions count state-changing blocks, not heights: a block without transactions
+//! leaves the tree (and its version) untouched, because jmt reads the root of
+//! `version - 1` and so needs versions without gaps. Only the latest version's nodes are
+//! kept: the nodes a new version makes stale are deleted in the same write batch.
+
+use std::collections::BTreeMap;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use jmt::storage::{Node, NodeKey, TreeReader};
+use jmt::{JellyfishMerkleTree, KeyHash, OwnedValue, RootHash};
+use sha2::Sha256;
+
+use crate::codec::{decode, encode};
+use crate::hash::{sha256, Hash};
+use crate::store::StoreError;
+use crate::types::{Account, Address};
+
+/// Root of the empty tree.
+/// (jmt's placeholder hash, which it does not export).
+pub const EMPTY_ROOT: Hash = *b"SPARSE_MERKLE_PLACEHOLDER_HASH__";
+
+/// Reads the latest committed state. Implemented by every store.
+pub trait StateReader {
+    /// Latest committed value of the account whose key hash is `key`.
+    fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError>;
+    /// A node of the latest tree version.
+    fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError>;
+    /// The latest tree version (None before genesis state is written) and its root.
+    fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError>;
+
+    fn account(&self, address: &Address) -> Result<Option<Account>, StoreError> {
+        self.account_by_key(&account_key(address))
+    }
+}
+
+/// The tree key of an account.
+pub fn account_key(address: &Address) -> Hash {
+    sha256(address)
+}
+
+/// Everything a committed block changes in the state, ready to go into the block's write
+/// batch.
+#[derive(Debug, Clone, Default)]
+pub struct StateUpdate {
+    /// Tree version after the update (unchanged if `accounts` is empty).
+    pub version: u64,
+    pub root: Hash,
+    /// Changed accounts by key hash, with their address for indexing and logs.
+    pub accounts: Vec<(Hash, Address, Account)>,
+    pub new_nodes: Vec<(NodeKey, Node)>,
+    pub stale_nodes: Vec<NodeKey>,
+}
+
+/// Adapter from our reader to jmt's.
+struct JmtReader<'a, R: ?Sized>(&'a R);
+
+impl<R: StateReader + ?Sized> TreeReader for JmtReader<'_, R> {
+    fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        Ok(self.0.tree_node(node_key)?)
+    }
+
+    fn get_value_option(
+        &self,
+        _max_version: jmt::Version,
+        key_hash: KeyHash,
+    ) -> anyhow::Result<Option<OwnedValue>> {
+        // Only the latest version is stored, and readers only ask for it.
+        Ok(self.0.account_by_key(&key_hash.0)?.map(|a| encode(&a)))
+    }
+
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, jmt::storage::LeafNode)>> {
+        anyhow::bail!("tree restore is not supported: state is rebuilt by replaying blocks")
+    }
+}
+
+/// Computes the new root and the node changes for `changes` on top of `reader`'s tree.
+/// `changes` maps key hash to (address, new account value).
+pub fn compute_update<R: StateReader + ?Sized>(
+    reader: &R,
+    changes: BTreeMap<Hash, (Address, Account)>,
+) -> Result<StateUpdate, StoreError> {
+    let current = reader.tree_version()?;
+    if changes.is_empty() {
+        let (version, root) = current.unwrap_or((0, EMPTY_ROOT));
+        return Ok(StateUpdate {
+            version,
+            root,
+            ..Default::default()
+        });
+    }
+    let version = current.map_or(0, |(v, _)| v + 1);
+    let jmt_reader = JmtReader(reader);
+    let tree = JellyfishMerkleTree::<_, Sha256>::new(&jmt_reader);
+    let values = changes
+        .iter()
+        .map(|(k, (_, acct))| (KeyHash(*k), Some(encode(acct))));
+    let (root, batch) = tree
+        .put_value_set(values, version)
+        .map_err(|e| StoreError::Tree(e.to_string()))?;
+    Ok(StateUpdate {
+        version,
+        root: root.0,
+        accounts: changes
+            .into_iter()
+            .map(|(k, (addr, acct))| (k, addr, acct))
+            .collect(),
+        new_nodes: batch.node_batch.nodes().clone().into_iter().collect(),
+        stale_nodes: batch
+            .stale_node_index_batch
+            .into_iter()
+            .map(|s| s.node_key)
+            .collect(),
+    })
+}
+
+/// A proof that an account has a value (or does not exist) under a state root.
+#[derive(Clone, Debug, BorshSerialize, BorshDeserialize)]
+pub struct AccountProof {
+    proof: jmt::proof::SparseMerkleProof<Sha256>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("account proof does not verify: {0}")]
+pub struct ProofError(pub String);
+
+impl AccountProof {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProofError> {
+        decode("account proof", bytes, 64 * 1024).map_err(|e| ProofError(e.to_string()))
+    }
+
+    /// Checks that `address` has exactly `account` (None = absent) under `root`.
+    pub fn verify(
+        &self,
+        root: &Hash,
+        address: &Address,
+        account: Option<&Account>,
+    ) -> Result<(), ProofError> {
+        self.proof
+            .verify(
+                RootHash(*root),
+                KeyHash(account_key(address)),
+                account.map(encode),
+            )
+            .map_err(|e| ProofError(e.to_string()))
+    }
+}
+
+/// The latest value of `address` with a proof against the latest root.
+pub fn prove_account<R: StateReader + ?Sized>(
+    reader: &R,
+    address: &Address,
+) -> Result<(Option<Account>, AccountProof, Hash), StoreError> {
+    let Some((version, root)) = reader.tree_version()? else {
+        return Err(StoreError::Tree("no state has been written yet".into()));
+    };
+    let jmt_reader = JmtReader(reader);
+    let tree = JellyfishMerkleTree::<_, Sha256>::new(&jmt_reader);
+    let (value, proof) = tree
+        .get_with_proof(KeyHash(account_key(address)), version)
+        .map_err(|e| StoreError::Tree(e.to_string()))?;
+    let account = match value {
+        Some(bytes) => {
+            Some(
+                decode::<Account>("account", &bytes, 16).map_err(|e| StoreError::Corrupt {
+                    what: "account".into(),
+                    detail: e.to_string(),
+                })?,
+            )
+        }
+        None => None,
+    };
+    Ok((account, AccountProof { proof }, root))
+}

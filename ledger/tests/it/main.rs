@@ -1,0 +1,8 @@
+//! Ledger integration tests (one binary to keep link time low).
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod props;
+mod store;
+mod vectors;

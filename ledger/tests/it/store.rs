@@ -1,0 +1,199 @@
+//! RocksDB and in-memory stores: commit, reopen, refuse foreign databases.
+
+use ledger::block::{assemble, check_header, BlockTemplate};
+use ledger::crypto::Keypair;
+use ledger::exec::{build_body, execute_block, ExecContext, Signatures};
+use ledger::store::rocks::RocksStore;
+use ledger::store::{ChainReader, ChainWriter, StoreError};
+use ledger::types::*;
+
+use crate::props::{genesis_with, test_keys, CHAIN};
+
+/// Builds and commits `n` blocks of transfers among the test keys, each with a commit
+/// signed by the single validator (key 0); checks each block like a follower would.
+fn grow_chain<S: ChainWriter>(store: &S, genesis: &ledger::genesis::Genesis, n: u64) {
+    let keys = test_keys();
+    let ctx = ExecContext {
+        chain_id: CHAIN,
+        params: &genesis.params,
+    };
+    let validator = &keys[0];
+    let set = genesis.validator_set();
+    for _ in 0..n {
+        let tip = store.tip().unwrap();
+        let height = tip.height + 1;
+        let last_commit = if tip.height == 0 {
+            None
+        } else {
+            store.commit(tip.height).unwrap()
+        };
+        let txs: Vec<SignedTx> = (0..3)
+            .map(|i| {
+                let from: &Keypair = &keys[i];
+                let nonce = store
+                    .account(&from.address())
+                    .unwrap()
+                    .unwrap_or_default()
+                    .nonce;
+                from.sign_tx(Tx {
+                    chain_id: CHAIN.into(),
+                    from: from.public_key(),
+                    nonce,
+                    fee: 2,
+                    payload: Payload::Transfer {
+                        to: keys[(i + 1) % 5].address(),
+                        amount: 10 + height,
+                    },
+                })
+            })
+            .collect();
+        let body = build_body(store, ctx, validator.address(), txs, &Signatures::Verify).unwrap();
+        assert!(body.rejected.is_empty(), "{:?}", body.rejected);
+        let block = assemble(
+            BlockTemplate {
+                chain_id: CHAIN.into(),
+                height,
+                round: 0,
+                time_ms: tip.time_ms + 1,
+                prev_hash: tip.block_hash,
+                validators_hash: set.hash(),
+                proposer: set.proposer(height, 0).address,
+                last_commit,
+            },
+            &body,
+        );
+        check_header(CHAIN, set, &tip, &block).unwrap();
+        let outcome = execute_block(store, ctx, &block, &Signatures::Verify).unwrap();
+        let hash = block.hash();
+        let vote = Vote {
+            chain_id: CHAIN.into(),
+            height,
+            round: 0,
+            kind: VoteKind::Precommit,
+            block_hash: Some(hash),
+        };
+        let commit = Commit {
+            height,
+            round: 0,
+            block_hash: hash,
+            signatures: vec![CommitSig {
+                validator: validator.address(),
+                signature: validator.sign_vote(vote).signature,
+            }],
+        };
+        set.verify_commit(CHAIN, height, &hash, &commit).unwrap();
+        let ids: Vec<_> = outcome.receipts.iter().map(|r| r.id).collect();
+        store
+            .commit_block(&block, &commit, &outcome.update, &ids)
+            .unwrap();
+    }
+}
+
+fn balances<S: ChainReader>(store: &S) -> Vec<Option<Account>> {
+    test_keys()
+        .iter()
+        .map(|k| store.account(&k.address()).unwrap())
+        .collect()
+}
+
+#[test]
+fn rocksdb_commit_100_blocks_close_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = genesis_with(&[1_000_000, 1_000_000, 1_000_000]);
+    let (tip, bals, root) = {
+        let store = RocksStore::open(dir.path(), &genesis).unwrap();
+        grow_chain(&store, &genesis, 100);
+        let tip = store.tip().unwrap();
+        assert_eq!(tip.height, 100);
+        (
+            tip,
+            balances(&store),
+            ledger::state::StateReader::tree_version(&store).unwrap(),
+        )
+    };
+    let store = RocksStore::open(dir.path(), &genesis).unwrap();
+    assert_eq!(store.tip().unwrap(), tip);
+    assert_eq!(balances(&store), bals);
+    assert_eq!(
+        ledger::state::StateReader::tree_version(&store).unwrap(),
+        root
+    );
+    assert_eq!(root.unwrap().1, tip.state_root);
+    // Blocks, commits and indexes are all there.
+    let b50 = store.block(50).unwrap().unwrap();
+    assert_eq!(store.height_of(&b50.hash()).unwrap(), Some(50));
+    assert_eq!(store.commit(50).unwrap().unwrap().block_hash, b50.hash());
+    let loc = store.tx_location(&b50.txs[2].id()).unwrap().unwrap();
+    assert_eq!((loc.height, loc.index), (50, 2));
+    // The chain keeps growing after a reopen.
+    grow_chain(&store, &genesis, 1);
+    assert_eq!(store.tip().unwrap().height, 101);
+}
+
+#[test]
+fn memory_and_rocksdb_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = genesis_with(&[500_000, 500_000, 500_000]);
+    let rocks = RocksStore::open(dir.path(), &genesis).unwrap();
+    let mem = ledger::store::memory::MemStore::new(&genesis).unwrap();
+    grow_chain(&rocks, &genesis, 10);
+    grow_chain(&mem, &genesis, 10);
+    assert_eq!(rocks.tip().unwrap(), mem.tip().unwrap());
+    assert_eq!(balances(&rocks), balances(&mem));
+}
+
+#[test]
+fn rocksdb_refuses_other_genesis_and_unknown_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = genesis_with(&[1, 2]);
+    drop(RocksStore::open(dir.path(), &genesis).unwrap());
+    let other = genesis_with(&[1, 3]);
+    let err = RocksStore::open(dir.path(), &other)
+        .err()
+        .expect("must refuse");
+    assert!(matches!(err, StoreError::GenesisMismatch { .. }));
+    assert!(err.to_string().contains("different genesis"), "{err}");
+
+    // Write a schema version from the future straight into the meta column family.
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(false);
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        db.put_cf(
+            db.cf_handle("meta").unwrap(),
+            b"schema_version",
+            99u32.to_le_bytes(),
+        )
+        .unwrap();
+    }
+    let err = RocksStore::open(dir.path(), &genesis)
+        .err()
+        .expect("must refuse");
+    assert_eq!(
+        err,
+        StoreError::UnknownSchema {
+            found: 99,
+            supported: 1
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains("newer than this tallyd understands"),
+        "{err}"
+    );
+}
+
+#[test]
+fn commit_must_extend_tip() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = genesis_with(&[1_000_000, 1_000_000, 1_000_000]);
+    let store = RocksStore::open(dir.path(), &genesis).unwrap();
+    grow_chain(&store, &genesis, 2);
+    let b2 = store.block(2).unwrap().unwrap();
+    let c2 = store.commit(2).unwrap().unwrap();
+    let err = store
+        .commit_block(&b2, &c2, &Default::default(), &[])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotNext { height: 2, tip: 2 }));
+}
