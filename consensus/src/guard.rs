@@ -1,0 +1,219 @@
+//! The signing guard: the one door every vote and proposal of this validator goes through
+//! before it is signed. It refuses anything that could make us sign two conflicting
+//! messages, and it persists what it allowed *before* allowing it, so a crash between
+//! "persisted" and "signed" at worst loses a signature, never repeats one differently.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use ledger::hash::Hash;
+use ledger::types::{Proposal, Vote, VoteKind};
+
+use crate::types::{Locks, RoundValue};
+
+/// The signing steps of a round in the order a validator signs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, BorshSerialize, BorshDeserialize)]
+pub enum SignStep {
+    Propose,
+    Prevote,
+    Precommit,
+}
+
+/// The last message we allowed to be signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct LastSigned {
+    pub height: u64,
+    pub round: u32,
+    pub step: SignStep,
+    /// `None` for a nil vote.
+    pub block_hash: Option<Hash>,
+}
+
+impl LastSigned {
+    fn position(&self) -> (u64, u32, SignStep) {
+        (self.height, self.round, self.step)
+    }
+}
+
+/// What the guard persists. The locks belong to `last_signed.height`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct GuardState {
+    pub last_signed: Option<LastSigned>,
+    pub locked: Option<RoundValue>,
+    pub valid: Option<RoundValue>,
+}
+
+/// Durable storage of the [`GuardState`]. `save` must not return before the state is on
+/// stable storage (the node's RocksDB implementation writes with sync).
+pub trait GuardStore {
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn load(&self) -> Result<Option<GuardState>, Self::Error>;
+    fn save(&mut self, state: &GuardState) -> Result<(), Self::Error>;
+}
+
+/// In-memory store for tests and simulation. Keeps the borsh bytes, as a disk would, so
+/// the encoding is exercised on every save and load.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryGuardStore {
+    bytes: Option<Vec<u8>>,
+    /// When set, every save fails (to test that the guard then refuses to sign).
+    pub fail_saves: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryStoreError {
+    #[error("injected save failure")]
+    Injected,
+    #[error("stored guard state does not decode: {0}")]
+    Decode(String),
+}
+
+impl GuardStore for MemoryGuardStore {
+    type Error = MemoryStoreError;
+
+    fn load(&self) -> Result<Option<GuardState>, Self::Error> {
+        self.bytes
+            .as_deref()
+            .map(|b| borsh::from_slice(b).map_err(|e| MemoryStoreError::Decode(e.to_string())))
+            .transpose()
+    }
+
+    fn save(&mut self, state: &GuardState) -> Result<(), Self::Error> {
+        if self.fail_saves {
+            return Err(MemoryStoreError::Injected);
+        }
+        self.bytes = Some(borsh::to_vec(state).expect("borsh encoding into a Vec cannot fail"));
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError<E: std::error::Error + 'static> {
+    #[error(
+        "refusing to sign {attempted:?}: it conflicts with the already signed {signed:?} \
+         (same or earlier height/round/step with another block); this is the double-sign \
+         protection working, not a bug to work around"
+    )]
+    Conflict {
+        signed: LastSigned,
+        attempted: LastSigned,
+    },
+    #[error("could not persist the signing state, so the message was not signed: {0}")]
+    Store(#[source] E),
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct SigningGuard<S: GuardStore> {
+    store: S,
+    state: GuardState,
+}
+
+impl<S: GuardStore> SigningGuard<S> {
+    /// Loads the persisted state (after a restart this is what keeps us from signing
+    /// anything that conflicts with what we signed before the crash).
+    pub fn open(store: S) -> Result<Self, S::Error> {
+        let state = store.load()?.unwrap_or_default();
+        Ok(Self { store, state })
+    }
+
+    pub fn state(&self) -> &GuardState {
+        &self.state
+    }
+
+    /// Gives the store back (the simulator keeps it across a simulated crash).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Permission to sign `vote`. `locks` are the core's current [`crate::Consensus::locks`].
+    pub fn authorize_vote(
+        &mut self,
+        vote: &Vote,
+        locks: Locks,
+    ) -> Result<(), GuardError<S::Error>> {
+        let step = match vote.kind {
+            VoteKind::Prevote => SignStep::Prevote,
+            VoteKind::Precommit => SignStep::Precommit,
+        };
+        let mut locks = locks;
+        if let (VoteKind::Precommit, Some(hash)) = (vote.kind, vote.block_hash) {
+            // Line 36-38: a precommit for v is exactly the moment we lock on v, whatever
+            // the caller passed.
+            locks.locked = Some(RoundValue {
+                round: vote.round,
+                block_hash: hash,
+            });
+        }
+        self.authorize(
+            LastSigned {
+                height: vote.height,
+                round: vote.round,
+                step,
+                block_hash: vote.block_hash,
+            },
+            locks,
+        )
+    }
+
+    /// Permission to sign `proposal`.
+    pub fn authorize_proposal(
+        &mut self,
+        proposal: &Proposal,
+        locks: Locks,
+    ) -> Result<(), GuardError<S::Error>> {
+        self.authorize(
+            LastSigned {
+                height: proposal.height,
+                round: proposal.round,
+                step: SignStep::Propose,
+                block_hash: Some(proposal.block_hash),
+            },
+            locks,
+        )
+    }
+
+    fn authorize(
+        &mut self,
+        attempted: LastSigned,
+        locks: Locks,
+    ) -> Result<(), GuardError<S::Error>> {
+        let mut next = GuardState {
+            last_signed: Some(attempted),
+            locked: locks.locked,
+            valid: locks.valid,
+        };
+        if let Some(signed) = self.state.last_signed {
+            match attempted.position().cmp(&signed.position()) {
+                std::cmp::Ordering::Less => {
+                    return Err(GuardError::Conflict { signed, attempted });
+                }
+                std::cmp::Ordering::Equal if attempted.block_hash != signed.block_hash => {
+                    return Err(GuardError::Conflict { signed, attempted });
+                }
+                std::cmp::Ordering::Equal => {
+                    // Re-signing the identical message is harmless (RFC 6979 makes it
+                    // byte-identical) and lets a restarted node re-broadcast.
+                }
+                std::cmp::Ordering::Greater => {}
+            }
+            if attempted.height == signed.height {
+                // A lock only ever moves to a later round within a height; never let a
+                // stale caller lose it.
+                next.locked = later(self.state.locked, next.locked);
+                next.valid = later(self.state.valid, next.valid);
+            }
+        }
+        if next != self.state {
+            self.store.save(&next).map_err(GuardError::Store)?;
+            self.state = next;
+        }
+        Ok(())
+    }
+}
+
+fn later(a: Option<RoundValue>, b: Option<RoundValue>) -> Option<RoundValue> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y.round >= x.round { y } else { x }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}

@@ -1,0 +1,675 @@
+//! The Tendermint state machine: Algorithm 1 of "The latest gossip on BFT consensus"
+//! (Buchman, Kwon, Milosevic 2018). Line numbers in comments refer to that algorithm.
+//!
+//! Every input is first recorded (proposal, vote, validation result), then the `upon`
+//! rules of Algorithm 1 are re-checked until none fires ([`Consensus::apply_rules`]); an
+//! `upon` rule's condition can become true through any of several inputs, and checking
+//! them all after every input is the simplest way not to miss one.
+
+use std::collections::BTreeMap;
+
+use ledger::hash::Hash;
+use ledger::types::{
+    Address, Commit, CommitSig, Proposal, SignedProposal, SignedVote, Vote, VoteKind,
+};
+
+use crate::guard::{GuardState, SignStep};
+use crate::types::{
+    Config, Equivocation, Input, Locks, Output, RoundValue, Step, Timeout, TimeoutStep,
+};
+use crate::verify::{K256Verifier, SignatureVerifier};
+use crate::votes::{Added, RoundVotes};
+
+/// Votes and proposals are accepted for at most this many rounds ahead of ours: enough
+/// for line 55 to pull us forward, and a byzantine validator cannot make us store votes
+/// for millions of rounds.
+pub const FUTURE_ROUNDS: u32 = 16;
+
+/// Messages for the next height kept until we get there; beyond this they are dropped
+/// (gossip or the peers' commit will bring them again).
+pub const MAX_BUFFERED: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Validity {
+    Pending,
+    Valid,
+    Invalid,
+}
+
+/// One node's consensus core. Pure: no I/O, no clock, no randomness.
+#[derive(Debug)]
+pub struct Consensus<V: SignatureVerifier = K256Verifier> {
+    cfg: Config,
+    verifier: V,
+
+    height: u64,
+    round: u32,
+    step: Step,
+    locked: Option<RoundValue>,
+    valid: Option<RoundValue>,
+    decision: Option<Hash>,
+
+    /// First correctly signed proposal of each round from that round's proposer.
+    proposals: BTreeMap<u32, SignedProposal>,
+    votes: BTreeMap<u32, RoundVotes>,
+    validity: BTreeMap<Hash, Validity>,
+    /// Rounds in which the "for the first time" rules fired (lines 34, 36, 47).
+    fired_prevote_timeout: Option<u32>,
+    fired_line36: Option<u32>,
+    fired_precommit_timeout: Option<u32>,
+
+    /// Proposals and votes for `height + 1`, replayed at its `StartHeight`.
+    next_height: Vec<Input>,
+    /// Guard state to resume from at the matching `StartHeight`.
+    resume: Option<GuardState>,
+}
+
+impl Consensus<K256Verifier> {
+    pub fn new(cfg: Config) -> Self {
+        Self::with_verifier(cfg, K256Verifier)
+    }
+}
+
+impl<V: SignatureVerifier> Consensus<V> {
+    pub fn with_verifier(cfg: Config, verifier: V) -> Self {
+        Self {
+            cfg,
+            verifier,
+            height: 0,
+            round: 0,
+            step: Step::Idle,
+            locked: None,
+            valid: None,
+            decision: None,
+            proposals: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            validity: BTreeMap::new(),
+            fired_prevote_timeout: None,
+            fired_line36: None,
+            fired_precommit_timeout: None,
+            next_height: Vec::new(),
+            resume: None,
+        }
+    }
+
+    /// After a restart: hand in the signing guard's persisted state before the first
+    /// `StartHeight`. If that height is the one we last signed in, the lock and valid value
+    /// are restored and we start in the round after the last one we signed in, so the
+    /// restarted core never wants to sign something the guard would refuse.
+    pub fn resume(&mut self, state: &GuardState) {
+        self.resume = Some(state.clone());
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    /// The lock and valid value; pass them to the signing guard with each signature.
+    pub fn locks(&self) -> Locks {
+        Locks {
+            locked: self.locked,
+            valid: self.valid,
+        }
+    }
+
+    /// The decided block of the current height, once there is one.
+    pub fn decision(&self) -> Option<Hash> {
+        self.decision
+    }
+
+    /// Number of buffered next-height messages (for metrics and tests).
+    pub fn buffered(&self) -> usize {
+        self.next_height.len()
+    }
+
+    /// The single entry point: record `input`, then fire every `upon` rule it enabled.
+    pub fn handle(&mut self, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::StartHeight { height } => self.on_start_height(height, &mut out),
+            Input::Proposal(p) => self.on_proposal(p, &mut out),
+            Input::Vote(v) => self.on_vote(v, false, &mut out),
+            Input::Commit(c) => self.on_commit(c, &mut out),
+            Input::Timeout(t) => self.on_timeout(t, &mut out),
+            Input::BlockValidated {
+                height,
+                block_hash,
+                valid,
+            } => self.on_block_validated(height, block_hash, valid),
+            Input::ProposalBuilt {
+                height,
+                round,
+                block_hash,
+            } => self.on_proposal_built(height, round, block_hash, &mut out),
+        }
+        self.apply_rules(&mut out);
+        out
+    }
+
+    // ----- input handlers ---------------------------------------------------------------
+
+    /// Lines 10 and 54 (`StartRound(0)` at a new height, with fresh per-height state).
+    fn on_start_height(&mut self, height: u64, out: &mut Vec<Output>) {
+        if self.step != Step::Idle && height <= self.height {
+            return; // stale or repeated
+        }
+        let buffered = std::mem::take(&mut self.next_height);
+        self.height = height;
+        self.round = 0;
+        self.locked = None;
+        self.valid = None;
+        self.decision = None;
+        self.proposals.clear();
+        self.votes.clear();
+        self.validity.clear();
+        self.fired_prevote_timeout = None;
+        self.fired_line36 = None;
+        self.fired_precommit_timeout = None;
+        let mut first_round = 0;
+        if let Some(g) = self.resume.take() {
+            if let Some(last) = g.last_signed.filter(|l| l.height == height) {
+                self.locked = g.locked;
+                self.valid = g.valid;
+                first_round = last.round.saturating_add(1);
+                // A restarted proposer that already proposed must not build a new block
+                // for the same round; the next round is ours to start cleanly.
+                debug_assert!(last.step >= SignStep::Propose);
+            }
+        }
+        self.start_round(first_round, out);
+        for input in buffered {
+            match input {
+                Input::Proposal(p) if p.proposal.height == height => self.on_proposal(p, out),
+                Input::Vote(v) if v.vote.height == height => self.on_vote(v, false, out),
+                _ => {}
+            }
+        }
+    }
+
+    /// Records a proposal for lines 22, 28, 36 and 49. Checks: our chain, the expected
+    /// proposer of (height, round), a valid signature, `pol_round < round`.
+    fn on_proposal(&mut self, sp: SignedProposal, out: &mut Vec<Output>) {
+        let p = &sp.proposal;
+        if self.buffer_if_next_height(p.height, || Input::Proposal(sp.clone())) {
+            return;
+        }
+        if !self.accepts_height(p.height) || p.chain_id != self.cfg.chain_id {
+            return;
+        }
+        if p.round > self.round.saturating_add(FUTURE_ROUNDS) {
+            return;
+        }
+        if p.pol_round.is_some_and(|vr| vr >= p.round) {
+            return;
+        }
+        if self.proposals.contains_key(&p.round) {
+            return; // first proposal of a round wins; duplicates are gossip echoes
+        }
+        let proposer = self.cfg.validators.proposer(p.height, p.round);
+        if !self.verifier.verify_proposal(&sp, &proposer.pubkey) {
+            return;
+        }
+        let (round, hash) = (p.round, p.block_hash);
+        self.proposals.insert(round, sp);
+        self.request_validation(round, hash, out);
+    }
+
+    /// Records a vote for lines 28-55 and detects equivocation. `any_round` lifts the
+    /// future-round window for precommits that arrive inside a full commit.
+    fn on_vote(&mut self, sv: SignedVote, any_round: bool, out: &mut Vec<Output>) {
+        let v = &sv.vote;
+        if self.buffer_if_next_height(v.height, || Input::Vote(sv.clone())) {
+            return;
+        }
+        if !self.accepts_height(v.height) || v.chain_id != self.cfg.chain_id {
+            return;
+        }
+        if !any_round && v.round > self.round.saturating_add(FUTURE_ROUNDS) {
+            return;
+        }
+        let Some(validator) = self.cfg.validators.get(&sv.validator) else {
+            return;
+        };
+        let (power, pubkey) = (validator.power, validator.pubkey);
+        let (round, kind) = (v.round, v.kind);
+        let class = self
+            .votes
+            .get(&round)
+            .map_or(Added::New, |rv| rv.set(kind).classify(&sv));
+        match class {
+            // Checked before the signature: gossip delivers most votes several times.
+            Added::Duplicate | Added::KnownEquivocator => return,
+            Added::New | Added::Equivocation(_) => {}
+        }
+        // Verified before any state is created for the round, so forged messages cost
+        // no memory.
+        if !self.verifier.verify_vote(&sv, &pubkey) {
+            return;
+        }
+        let set = self.votes.entry(round).or_default().set_mut(kind);
+        if let Added::Equivocation(first) = set.add(sv.clone(), power) {
+            out.push(Output::Evidence(Box::new(Equivocation {
+                first: *first,
+                second: sv,
+            })));
+        }
+    }
+
+    /// Catch-up: a peer's commit for our height. Its signatures become precommits and go
+    /// through the normal vote path (so each is verified and counted once); line 49 then
+    /// decides once the block is validated.
+    fn on_commit(&mut self, commit: Commit, out: &mut Vec<Output>) {
+        if !self.accepts_height(commit.height) {
+            return;
+        }
+        for sig in commit.signatures {
+            let vote = SignedVote {
+                vote: Vote {
+                    chain_id: self.cfg.chain_id.clone(),
+                    height: commit.height,
+                    round: commit.round,
+                    kind: VoteKind::Precommit,
+                    block_hash: Some(commit.block_hash),
+                },
+                validator: sig.validator,
+                signature: sig.signature,
+            };
+            self.on_vote(vote, true, out);
+        }
+    }
+
+    /// Lines 57-66: `OnTimeoutPropose`, `OnTimeoutPrevote`, `OnTimeoutPrecommit`.
+    fn on_timeout(&mut self, t: Timeout, out: &mut Vec<Output>) {
+        if t.height != self.height || t.round != self.round || self.step == Step::Decided {
+            return;
+        }
+        match (t.step, self.step) {
+            // Line 57: no acceptable proposal in time: prevote nil.
+            (TimeoutStep::Propose, Step::Propose) => self.prevote(None, out),
+            // Line 61: prevotes split: precommit nil.
+            (TimeoutStep::Prevote, Step::Prevote) => self.precommit(None, out),
+            // Line 65: no decision this round: next round (from any step).
+            (TimeoutStep::Precommit, _) => self.start_round(self.round.saturating_add(1), out),
+            _ => {}
+        }
+    }
+
+    /// `valid(v)` of lines 22, 28, 36 and 49: the engine's verdict on a block.
+    fn on_block_validated(&mut self, height: u64, hash: Hash, valid: bool) {
+        if height != self.height || self.step == Step::Idle {
+            return;
+        }
+        let verdict = if valid {
+            Validity::Valid
+        } else {
+            Validity::Invalid
+        };
+        self.validity.insert(hash, verdict);
+    }
+
+    /// Lines 17-19: `getValue()` returned; broadcast the proposal.
+    fn on_proposal_built(&mut self, height: u64, round: u32, hash: Hash, out: &mut Vec<Output>) {
+        if height != self.height || self.step == Step::Idle {
+            return;
+        }
+        // We built and executed it ourselves.
+        self.validity.insert(hash, Validity::Valid);
+        if round == self.round && self.step == Step::Propose && self.we_propose(round) {
+            out.push(Output::Propose(Proposal {
+                chain_id: self.cfg.chain_id.clone(),
+                height,
+                round,
+                pol_round: None,
+                block_hash: hash,
+            }));
+        }
+    }
+
+    // ----- the upon rules ---------------------------------------------------------------
+
+    /// Fires every enabled rule until none is.
+    fn apply_rules(&mut self, out: &mut Vec<Output>) {
+        loop {
+            if matches!(self.step, Step::Idle | Step::Decided) {
+                return;
+            }
+            if self.rule_decide(out) {
+                return;
+            }
+            if self.rule_round_skip(out) {
+                continue;
+            }
+            let mut progressed = self.rule_prevote_proposal(out);
+            self.rule_prevote_timeout(out);
+            progressed |= self.rule_precommit_value(out);
+            progressed |= self.rule_precommit_nil(out);
+            self.rule_precommit_timeout(out);
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Line 49: 2f+1 precommits for v in any round and valid(v): decide.
+    ///
+    /// Unlike the paper we do not also require the proposal message: 2f+1 precommits for v
+    /// already prove that honest validators saw it, and a node that missed the proposal
+    /// (or catches up through [`Input::Commit`]) would otherwise never decide. We still
+    /// require valid(v), asking the engine to validate v if nobody has yet.
+    fn rule_decide(&mut self, out: &mut Vec<Output>) -> bool {
+        let mut found = None;
+        let mut to_validate = Vec::new();
+        for (round, rv) in &self.votes {
+            for (value, power) in rv.precommits.values() {
+                let Some(hash) = value else { continue };
+                if !self.cfg.validators.is_quorum(power) {
+                    continue;
+                }
+                match self.validity.get(hash) {
+                    Some(Validity::Valid) => {
+                        found = Some((*round, *hash));
+                        break;
+                    }
+                    None => to_validate.push((*round, *hash)),
+                    Some(Validity::Pending | Validity::Invalid) => {}
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        for (round, hash) in to_validate {
+            self.request_validation(round, hash, out);
+        }
+        let Some((round, hash)) = found else {
+            return false;
+        };
+        let signatures = self.votes[&round]
+            .precommits
+            .votes()
+            .filter(|v| v.vote.block_hash == Some(hash))
+            .map(|v| CommitSig {
+                validator: v.validator,
+                signature: v.signature,
+            })
+            .collect();
+        self.decision = Some(hash);
+        self.step = Step::Decided;
+        out.push(Output::Decide {
+            height: self.height,
+            round,
+            block_hash: hash,
+            commit: Commit {
+                height: self.height,
+                round,
+                block_hash: hash,
+                signatures,
+            },
+        });
+        true
+    }
+
+    /// Line 55: f+1 of the power has sent messages for a higher round: jump to it (to
+    /// the highest such round, the sooner to meet the others).
+    fn rule_round_skip(&mut self, out: &mut Vec<Output>) -> bool {
+        let validators = &self.cfg.validators;
+        let target = self
+            .votes
+            .range(self.round.saturating_add(1)..)
+            .rev()
+            .find(|(_, rv)| {
+                validators.is_one_third(rv.participating_power(|a| validators.power_of(a)))
+            })
+            .map(|(r, _)| *r);
+        match target {
+            Some(round) => {
+                self.start_round(round, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Lines 22-27 (proposal without proof of lock) and 28-33 (proposal with a proof of
+    /// lock from round vr: 2f+1 prevotes for v in vr), while step = propose.
+    fn rule_prevote_proposal(&mut self, out: &mut Vec<Output>) -> bool {
+        if self.step != Step::Propose {
+            return false;
+        }
+        let Some(sp) = self.proposals.get(&self.round) else {
+            return false;
+        };
+        let (hash, pol_round) = (sp.proposal.block_hash, sp.proposal.pol_round);
+        let validity = match self.validity.get(&hash) {
+            Some(Validity::Valid) => true,
+            Some(Validity::Invalid) => false,
+            // Execute before vote: wait for the engine's verdict (or timeout_propose).
+            Some(Validity::Pending) | None => return false,
+        };
+        let vote_for_v = match pol_round {
+            // Line 23: valid(v) and (lockedRound = -1 or lockedValue = v).
+            None => validity && self.locked.is_none_or(|l| l.block_hash == hash),
+            // Line 28: needs 2f+1 prevotes for v in vr, else keep waiting.
+            Some(vr) => {
+                let pol = self
+                    .votes
+                    .get(&vr)
+                    .map_or(0, |rv| rv.prevotes.power_for(&Some(hash)));
+                if !self.cfg.validators.is_quorum(pol) {
+                    return false;
+                }
+                // Line 29: valid(v) and (lockedRound <= vr or lockedValue = v).
+                validity
+                    && self
+                        .locked
+                        .is_none_or(|l| l.round <= vr || l.block_hash == hash)
+            }
+        };
+        self.prevote(vote_for_v.then_some(hash), out);
+        true
+    }
+
+    /// Line 34: 2f+1 prevotes of any value in this round while step = prevote, the first
+    /// time: schedule `OnTimeoutPrevote`.
+    fn rule_prevote_timeout(&mut self, out: &mut Vec<Output>) {
+        if self.step != Step::Prevote || self.fired_prevote_timeout == Some(self.round) {
+            return;
+        }
+        let power = self
+            .votes
+            .get(&self.round)
+            .map_or(0, |rv| rv.prevotes.total_power());
+        if self.cfg.validators.is_quorum(power) {
+            self.fired_prevote_timeout = Some(self.round);
+            self.schedule(TimeoutStep::Prevote, out);
+        }
+    }
+
+    /// Lines 36-43: the proposal of this round and 2f+1 prevotes for it, valid(v), step >=
+    /// prevote, the first time: lock and precommit (if still at prevote), and record v as
+    /// the valid value either way.
+    fn rule_precommit_value(&mut self, out: &mut Vec<Output>) -> bool {
+        if !matches!(self.step, Step::Prevote | Step::Precommit)
+            || self.fired_line36 == Some(self.round)
+        {
+            return false;
+        }
+        let Some(sp) = self.proposals.get(&self.round) else {
+            return false;
+        };
+        let hash = sp.proposal.block_hash;
+        let power = self
+            .votes
+            .get(&self.round)
+            .map_or(0, |rv| rv.prevotes.power_for(&Some(hash)));
+        if !self.cfg.validators.is_quorum(power)
+            || self.validity.get(&hash) != Some(&Validity::Valid)
+        {
+            return false;
+        }
+        self.fired_line36 = Some(self.round);
+        let value = RoundValue {
+            round: self.round,
+            block_hash: hash,
+        };
+        if self.step == Step::Prevote {
+            self.locked = Some(value);
+            self.precommit(Some(hash), out);
+        }
+        self.valid = Some(value);
+        true
+    }
+
+    /// Line 44: 2f+1 prevotes for nil while step = prevote: precommit nil.
+    fn rule_precommit_nil(&mut self, out: &mut Vec<Output>) -> bool {
+        if self.step != Step::Prevote {
+            return false;
+        }
+        let power = self
+            .votes
+            .get(&self.round)
+            .map_or(0, |rv| rv.prevotes.power_for(&None));
+        if !self.cfg.validators.is_quorum(power) {
+            return false;
+        }
+        self.precommit(None, out);
+        true
+    }
+
+    /// Line 47: 2f+1 precommits of any value in this round, the first time: schedule
+    /// `OnTimeoutPrecommit`.
+    fn rule_precommit_timeout(&mut self, out: &mut Vec<Output>) {
+        if self.fired_precommit_timeout == Some(self.round) {
+            return;
+        }
+        let power = self
+            .votes
+            .get(&self.round)
+            .map_or(0, |rv| rv.precommits.total_power());
+        if self.cfg.validators.is_quorum(power) {
+            self.fired_precommit_timeout = Some(self.round);
+            self.schedule(TimeoutStep::Precommit, out);
+        }
+    }
+
+    // ----- actions ------------------------------------------------------------------------
+
+    /// Lines 11-21: `StartRound(round)`.
+    fn start_round(&mut self, round: u32, out: &mut Vec<Output>) {
+        self.round = round;
+        self.step = Step::Propose;
+        out.push(Output::RoundChanged {
+            height: self.height,
+            round,
+        });
+        if self.we_propose(round) {
+            match self.valid {
+                // Lines 15-16: re-propose the valid value with its proof-of-lock round.
+                Some(v) => out.push(Output::Propose(Proposal {
+                    chain_id: self.cfg.chain_id.clone(),
+                    height: self.height,
+                    round,
+                    pol_round: Some(v.round),
+                    block_hash: v.block_hash,
+                })),
+                // Line 18: getValue(); answered by `ProposalBuilt`.
+                None => out.push(Output::BuildProposal {
+                    height: self.height,
+                    round,
+                }),
+            }
+        }
+        // Line 21. The paper skips this for the proposer; we schedule it anyway so a
+        // proposer whose block building fails or whose proposal the guard refuses still
+        // moves on.
+        self.schedule(TimeoutStep::Propose, out);
+    }
+
+    fn prevote(&mut self, value: Option<Hash>, out: &mut Vec<Output>) {
+        self.emit_vote(VoteKind::Prevote, value, out);
+        self.step = Step::Prevote;
+    }
+
+    fn precommit(&mut self, value: Option<Hash>, out: &mut Vec<Output>) {
+        self.emit_vote(VoteKind::Precommit, value, out);
+        self.step = Step::Precommit;
+    }
+
+    fn emit_vote(&self, kind: VoteKind, block_hash: Option<Hash>, out: &mut Vec<Output>) {
+        if self.our_power() == 0 {
+            return; // full node: follows, never votes
+        }
+        out.push(Output::Vote(Vote {
+            chain_id: self.cfg.chain_id.clone(),
+            height: self.height,
+            round: self.round,
+            kind,
+            block_hash,
+        }));
+    }
+
+    fn schedule(&self, step: TimeoutStep, out: &mut Vec<Output>) {
+        out.push(Output::ScheduleTimeout {
+            timeout: Timeout {
+                height: self.height,
+                round: self.round,
+                step,
+            },
+            duration_ms: self.cfg.timeouts.duration_ms(step, self.round),
+        });
+    }
+
+    fn request_validation(&mut self, round: u32, hash: Hash, out: &mut Vec<Output>) {
+        if self.validity.contains_key(&hash) {
+            return;
+        }
+        self.validity.insert(hash, Validity::Pending);
+        out.push(Output::ValidateBlock {
+            height: self.height,
+            round,
+            block_hash: hash,
+        });
+    }
+
+    // ----- helpers ----------------------------------------------------------------------
+
+    fn our_power(&self) -> u64 {
+        self.cfg
+            .address
+            .map_or(0, |a: Address| self.cfg.validators.power_of(&a))
+    }
+
+    fn we_propose(&self, round: u32) -> bool {
+        self.our_power() > 0
+            && self.cfg.address == Some(self.cfg.validators.proposer(self.height, round).address)
+    }
+
+    /// Messages of our height are processed until we decide it.
+    fn accepts_height(&self, height: u64) -> bool {
+        height == self.height && !matches!(self.step, Step::Idle | Step::Decided)
+    }
+
+    /// Keeps a message for `height + 1` (bounded). True when the message was for the next
+    /// height (kept or dropped) so the caller stops.
+    fn buffer_if_next_height(&mut self, height: u64, input: impl FnOnce() -> Input) -> bool {
+        if self.step == Step::Idle || height != self.height.saturating_add(1) {
+            return false;
+        }
+        if self.next_height.len() < MAX_BUFFERED {
+            self.next_height.push(input());
+        }
+        true
+    }
+}

@@ -1,0 +1,934 @@
+//! Table-driven tests of the handlers: each test is a list of rows (input, exact expected
+//! outputs, expected state afterwards).
+
+use ledger::crypto::Keypair;
+use ledger::genesis::Params;
+use ledger::hash::{sha256, Hash};
+use ledger::types::{
+    Commit, CommitSig, Proposal, SignedProposal, SignedVote, Validator, Vote, VoteKind,
+};
+use ledger::validators::ValidatorSet;
+
+use crate::guard::{
+    GuardError, GuardState, GuardStore, LastSigned, MemoryGuardStore, SignStep, SigningGuard,
+};
+use crate::types::*;
+use crate::Consensus;
+
+const CHAIN: &str = "tally-test";
+const B: Hash = [0xb0; 32];
+const C: Hash = [0xc0; 32];
+
+struct Net {
+    keys: Vec<Keypair>,
+    set: ValidatorSet,
+}
+
+fn net(n: usize) -> Net {
+    let keys: Vec<Keypair> = (0..n)
+        .map(|i| Keypair::from_secret_bytes(&sha256(format!("unit-key-{i}").as_bytes())).unwrap())
+        .collect();
+    let set = ValidatorSet::new(
+        keys.iter()
+            .map(|k| Validator {
+                address: k.address(),
+                pubkey: k.public_key(),
+                power: 1,
+            })
+            .collect(),
+    )
+    .unwrap();
+    Net { keys, set }
+}
+
+impl Net {
+    fn core(&self, me: Option<usize>) -> Consensus {
+        Consensus::new(Config {
+            chain_id: CHAIN.into(),
+            validators: self.set.clone(),
+            address: me.map(|i| self.keys[i].address()),
+            timeouts: Timeouts::from(&Params::default()),
+        })
+    }
+
+    fn proposer(&self, h: u64, r: u32) -> usize {
+        let a = self.set.proposer(h, r).address;
+        self.keys.iter().position(|k| k.address() == a).unwrap()
+    }
+
+    /// A validator index that proposes none of rounds 0..=2 of height 1.
+    fn non_proposer(&self) -> usize {
+        (0..self.keys.len())
+            .find(|i| (0..3).all(|r| self.proposer(1, r) != *i))
+            .unwrap()
+    }
+
+    fn others(&self, me: usize) -> Vec<usize> {
+        (0..self.keys.len()).filter(|i| *i != me).collect()
+    }
+
+    fn vote(&self, i: usize, h: u64, r: u32, kind: VoteKind, hash: Option<Hash>) -> SignedVote {
+        self.keys[i].sign_vote(unsigned_vote(h, r, kind, hash))
+    }
+
+    fn proposal(&self, h: u64, r: u32, pol: Option<u32>, hash: Hash) -> SignedProposal {
+        self.keys[self.proposer(h, r)].sign_proposal(unsigned_proposal(h, r, pol, hash))
+    }
+
+    fn commit(&self, signers: &[usize], h: u64, r: u32, hash: Hash) -> Commit {
+        let mut signatures: Vec<CommitSig> = signers
+            .iter()
+            .map(|i| {
+                let v = self.vote(*i, h, r, VoteKind::Precommit, Some(hash));
+                CommitSig {
+                    validator: v.validator,
+                    signature: v.signature,
+                }
+            })
+            .collect();
+        signatures.sort_by_key(|s| s.validator);
+        Commit {
+            height: h,
+            round: r,
+            block_hash: hash,
+            signatures,
+        }
+    }
+}
+
+fn unsigned_vote(h: u64, r: u32, kind: VoteKind, hash: Option<Hash>) -> Vote {
+    Vote {
+        chain_id: CHAIN.into(),
+        height: h,
+        round: r,
+        kind,
+        block_hash: hash,
+    }
+}
+
+fn unsigned_proposal(h: u64, r: u32, pol: Option<u32>, hash: Hash) -> Proposal {
+    Proposal {
+        chain_id: CHAIN.into(),
+        height: h,
+        round: r,
+        pol_round: pol,
+        block_hash: hash,
+    }
+}
+
+fn prevote(h: u64, r: u32, hash: Option<Hash>) -> Output {
+    Output::Vote(unsigned_vote(h, r, VoteKind::Prevote, hash))
+}
+
+fn precommit(h: u64, r: u32, hash: Option<Hash>) -> Output {
+    Output::Vote(unsigned_vote(h, r, VoteKind::Precommit, hash))
+}
+
+fn timeout(h: u64, r: u32, step: TimeoutStep) -> Output {
+    let t = Timeouts::from(&Params::default());
+    Output::ScheduleTimeout {
+        timeout: Timeout {
+            height: h,
+            round: r,
+            step,
+        },
+        duration_ms: t.duration_ms(step, r),
+    }
+}
+
+fn fire(h: u64, r: u32, step: TimeoutStep) -> Input {
+    Input::Timeout(Timeout {
+        height: h,
+        round: r,
+        step,
+    })
+}
+
+fn locked(r: u32, hash: Hash) -> Option<RoundValue> {
+    Some(RoundValue {
+        round: r,
+        block_hash: hash,
+    })
+}
+
+/// Expected state after a row: (round, step, locked value).
+type State = (u32, Step, Option<RoundValue>);
+
+struct Row {
+    input: Input,
+    expect: Vec<Output>,
+    state: Option<State>,
+}
+
+fn row(input: Input, expect: Vec<Output>) -> Row {
+    Row {
+        input,
+        expect,
+        state: None,
+    }
+}
+
+fn row_s(input: Input, expect: Vec<Output>, state: State) -> Row {
+    Row {
+        input,
+        expect,
+        state: Some(state),
+    }
+}
+
+fn run(core: &mut Consensus, rows: Vec<Row>) {
+    for (i, r) in rows.into_iter().enumerate() {
+        let what = format!("row {i}: {:?}", r.input);
+        let got = core.handle(r.input);
+        assert_eq!(got, r.expect, "{what}");
+        if let Some((round, step, lock)) = r.state {
+            assert_eq!(
+                (core.round(), core.step(), core.locks().locked),
+                (round, step, lock),
+                "state after {what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn proposer_builds_proposes_locks_and_decides() {
+    let n = net(4);
+    let me = n.proposer(1, 0);
+    let o = n.others(me);
+    let mut core = n.core(Some(me));
+    run(
+        &mut core,
+        vec![
+            row_s(
+                Input::StartHeight { height: 1 },
+                vec![
+                    Output::RoundChanged {
+                        height: 1,
+                        round: 0,
+                    },
+                    Output::BuildProposal {
+                        height: 1,
+                        round: 0,
+                    },
+                    timeout(1, 0, TimeoutStep::Propose),
+                ],
+                (0, Step::Propose, None),
+            ),
+            row(
+                Input::ProposalBuilt {
+                    height: 1,
+                    round: 0,
+                    block_hash: B,
+                },
+                vec![Output::Propose(unsigned_proposal(1, 0, None, B))],
+            ),
+            // Own proposal fed back after signing: line 22, valid (we built it), no lock.
+            row_s(
+                Input::Proposal(n.proposal(1, 0, None, B)),
+                vec![prevote(1, 0, Some(B))],
+                (0, Step::Prevote, None),
+            ),
+            row(
+                Input::Vote(n.vote(me, 1, 0, VoteKind::Prevote, Some(B))),
+                vec![],
+            ),
+            row(
+                Input::Vote(n.vote(o[0], 1, 0, VoteKind::Prevote, Some(B))),
+                vec![],
+            ),
+            // 3 of 4: line 34 (timeout) and line 36 (lock + precommit).
+            row_s(
+                Input::Vote(n.vote(o[1], 1, 0, VoteKind::Prevote, Some(B))),
+                vec![
+                    timeout(1, 0, TimeoutStep::Prevote),
+                    precommit(1, 0, Some(B)),
+                ],
+                (0, Step::Precommit, locked(0, B)),
+            ),
+            row(
+                Input::Vote(n.vote(me, 1, 0, VoteKind::Precommit, Some(B))),
+                vec![],
+            ),
+            row(
+                Input::Vote(n.vote(o[0], 1, 0, VoteKind::Precommit, Some(B))),
+                vec![],
+            ),
+            // Line 49.
+            row_s(
+                Input::Vote(n.vote(o[1], 1, 0, VoteKind::Precommit, Some(B))),
+                vec![Output::Decide {
+                    height: 1,
+                    round: 0,
+                    block_hash: B,
+                    commit: n.commit(&[me, o[0], o[1]], 1, 0, B),
+                }],
+                (0, Step::Decided, locked(0, B)),
+            ),
+            // Late votes of a decided height change nothing.
+            row(
+                Input::Vote(n.vote(o[2], 1, 0, VoteKind::Precommit, Some(B))),
+                vec![],
+            ),
+        ],
+    );
+    let commit = n.commit(&[me, o[0], o[1]], 1, 0, B);
+    assert_eq!(n.set.verify_commit(CHAIN, 1, &B, &commit), Ok(()));
+}
+
+#[test]
+fn validator_prevotes_only_after_the_block_is_validated() {
+    let n = net(4);
+    let me = n.non_proposer();
+    for (valid, vote) in [(true, Some(B)), (false, None)] {
+        let mut core = n.core(Some(me));
+        run(
+            &mut core,
+            vec![
+                row(
+                    Input::StartHeight { height: 1 },
+                    vec![
+                        Output::RoundChanged {
+                            height: 1,
+                            round: 0,
+                        },
+                        timeout(1, 0, TimeoutStep::Propose),
+                    ],
+                ),
+                row_s(
+                    Input::Proposal(n.proposal(1, 0, None, B)),
+                    vec![Output::ValidateBlock {
+                        height: 1,
+                        round: 0,
+                        block_hash: B,
+                    }],
+                    (0, Step::Propose, None),
+                ),
+                // Duplicate proposal: no second validation request.
+                row(Input::Proposal(n.proposal(1, 0, None, B)), vec![]),
+                // Line 22: valid(v) decides between v and nil.
+                row_s(
+                    Input::BlockValidated {
+                        height: 1,
+                        block_hash: B,
+                        valid,
+                    },
+                    vec![prevote(1, 0, vote)],
+                    (0, Step::Prevote, None),
+                ),
+            ],
+        );
+    }
+}
+
+#[test]
+fn bad_proposals_are_ignored() {
+    let n = net(4);
+    let me = n.non_proposer();
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    let wrong_signer =
+        n.keys[(n.proposer(1, 0) + 1) % 4].sign_proposal(unsigned_proposal(1, 0, None, B));
+    let mut other_chain = unsigned_proposal(1, 0, None, B);
+    other_chain.chain_id = "other".into();
+    let other_chain = n.keys[n.proposer(1, 0)].sign_proposal(other_chain);
+    let mut forged = n.proposal(1, 0, None, B);
+    forged.signature[5] ^= 1;
+    run(
+        &mut core,
+        vec![
+            row(Input::Proposal(wrong_signer), vec![]),
+            row(Input::Proposal(other_chain), vec![]),
+            row(Input::Proposal(forged), vec![]),
+            // pol_round must be below the round.
+            row(Input::Proposal(n.proposal(1, 0, Some(0), B)), vec![]),
+            row(Input::Proposal(n.proposal(1, 2, Some(3), B)), vec![]),
+            // Older height: ignored, not buffered.
+            row(Input::Proposal(n.proposal(0, 0, None, B)), vec![]),
+            // The genuine one still gets through.
+            row(
+                Input::Proposal(n.proposal(1, 0, None, B)),
+                vec![Output::ValidateBlock {
+                    height: 1,
+                    round: 0,
+                    block_hash: B,
+                }],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn timeouts_move_through_nil_votes_to_the_next_round() {
+    let n = net(4);
+    let me = n.non_proposer();
+    let o = n.others(me);
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    let pv = |i: usize, h: Option<Hash>| Input::Vote(n.vote(i, 1, 0, VoteKind::Prevote, h));
+    let pc = |i: usize, h: Option<Hash>| Input::Vote(n.vote(i, 1, 0, VoteKind::Precommit, h));
+    run(
+        &mut core,
+        vec![
+            // Line 57.
+            row_s(
+                fire(1, 0, TimeoutStep::Propose),
+                vec![prevote(1, 0, None)],
+                (0, Step::Prevote, None),
+            ),
+            // Repeated or stale timeouts do nothing.
+            row(fire(1, 0, TimeoutStep::Propose), vec![]),
+            row(fire(0, 0, TimeoutStep::Prevote), vec![]),
+            row(pv(o[0], Some(B)), vec![]),
+            row(pv(o[1], Some(B)), vec![]),
+            // Line 34: 2f+1 prevotes of mixed values.
+            row(pv(o[2], None), vec![timeout(1, 0, TimeoutStep::Prevote)]),
+            row(pv(me, None), vec![]),
+            // Line 61.
+            row_s(
+                fire(1, 0, TimeoutStep::Prevote),
+                vec![precommit(1, 0, None)],
+                (0, Step::Precommit, None),
+            ),
+            row(pc(o[0], None), vec![]),
+            row(pc(o[1], Some(B)), vec![]),
+            // Line 47.
+            row(pc(o[2], None), vec![timeout(1, 0, TimeoutStep::Precommit)]),
+            // Line 65: round 1, with a longer propose timeout (base + delta * round).
+            row_s(
+                fire(1, 0, TimeoutStep::Precommit),
+                vec![
+                    Output::RoundChanged {
+                        height: 1,
+                        round: 1,
+                    },
+                    timeout(1, 1, TimeoutStep::Propose),
+                ],
+                (1, Step::Propose, None),
+            ),
+        ],
+    );
+    assert_eq!(
+        timeout(1, 1, TimeoutStep::Propose),
+        Output::ScheduleTimeout {
+            timeout: Timeout {
+                height: 1,
+                round: 1,
+                step: TimeoutStep::Propose
+            },
+            duration_ms: 3500
+        }
+    );
+}
+
+#[test]
+fn two_thirds_nil_prevotes_precommit_nil() {
+    let n = net(4);
+    let me = n.non_proposer();
+    let o = n.others(me);
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    core.handle(fire(1, 0, TimeoutStep::Propose));
+    let pv = |i: usize| Input::Vote(n.vote(i, 1, 0, VoteKind::Prevote, None));
+    run(
+        &mut core,
+        vec![
+            row(pv(o[0]), vec![]),
+            row(pv(o[1]), vec![]),
+            // Line 34 then line 44.
+            row_s(
+                pv(o[2]),
+                vec![timeout(1, 0, TimeoutStep::Prevote), precommit(1, 0, None)],
+                (0, Step::Precommit, None),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn f_plus_one_votes_of_a_later_round_skip_ahead() {
+    let n = net(4);
+    let me = n.non_proposer();
+    let o = n.others(me);
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    let mut expect = vec![Output::RoundChanged {
+        height: 1,
+        round: 3,
+    }];
+    if n.proposer(1, 3) == me {
+        expect.push(Output::BuildProposal {
+            height: 1,
+            round: 3,
+        });
+    }
+    expect.push(timeout(1, 3, TimeoutStep::Propose));
+    run(
+        &mut core,
+        vec![
+            row(
+                Input::Vote(n.vote(o[0], 1, 3, VoteKind::Prevote, None)),
+                vec![],
+            ),
+            // The same validator again (other kind) is still 1 of 4: not f+1.
+            row(
+                Input::Vote(n.vote(o[0], 1, 3, VoteKind::Precommit, None)),
+                vec![],
+            ),
+            // Line 55: two distinct validators (> 1/3).
+            row_s(
+                Input::Vote(n.vote(o[1], 1, 3, VoteKind::Prevote, Some(B))),
+                expect,
+                (3, Step::Propose, None),
+            ),
+            // Beyond the future-round window: dropped.
+            row(
+                Input::Vote(n.vote(
+                    o[0],
+                    1,
+                    3 + crate::FUTURE_ROUNDS + 1,
+                    VoteKind::Prevote,
+                    None,
+                )),
+                vec![],
+            ),
+        ],
+    );
+}
+
+/// Lock in round 0, then refuse a different value in round 1 (line 23), and unlock
+/// through a proof-of-lock from a later round (line 29).
+#[test]
+fn a_locked_validator_prevotes_only_its_lock_unless_shown_a_newer_pol() {
+    let n = net(4);
+    // A validator that proposes none of rounds 0..3.
+    let me = n.non_proposer();
+    let o = n.others(me);
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    let v = |i: usize, r: u32, k: VoteKind, h: Option<Hash>| Input::Vote(n.vote(i, 1, r, k, h));
+    let valid = |h: Hash| Input::BlockValidated {
+        height: 1,
+        block_hash: h,
+        valid: true,
+    };
+    let validate = |r: u32, h: Hash| Output::ValidateBlock {
+        height: 1,
+        round: r,
+        block_hash: h,
+    };
+    run(
+        &mut core,
+        vec![
+            row(
+                Input::Proposal(n.proposal(1, 0, None, B)),
+                vec![validate(0, B)],
+            ),
+            row(valid(B), vec![prevote(1, 0, Some(B))]),
+            row(v(o[0], 0, VoteKind::Prevote, Some(B)), vec![]),
+            row(v(o[1], 0, VoteKind::Prevote, Some(B)), vec![]),
+            row_s(
+                v(o[2], 0, VoteKind::Prevote, Some(B)),
+                vec![
+                    timeout(1, 0, TimeoutStep::Prevote),
+                    precommit(1, 0, Some(B)),
+                ],
+                (0, Step::Precommit, locked(0, B)),
+            ),
+            row(v(o[0], 0, VoteKind::Precommit, None), vec![]),
+            row(v(o[1], 0, VoteKind::Precommit, None), vec![]),
+            row(
+                v(o[2], 0, VoteKind::Precommit, None),
+                vec![timeout(1, 0, TimeoutStep::Precommit)],
+            ),
+            row(
+                fire(1, 0, TimeoutStep::Precommit),
+                vec![
+                    Output::RoundChanged {
+                        height: 1,
+                        round: 1,
+                    },
+                    timeout(1, 1, TimeoutStep::Propose),
+                ],
+            ),
+            // Round 1: C without a proof of lock. Valid, but we are locked on B: nil.
+            row(
+                Input::Proposal(n.proposal(1, 1, None, C)),
+                vec![validate(1, C)],
+            ),
+            row_s(
+                valid(C),
+                vec![prevote(1, 1, None)],
+                (1, Step::Prevote, locked(0, B)),
+            ),
+            // 2f+1 prevotes for C in round 1 (a POL for C in round 1): line 36 in step
+            // prevote: we relock on C.
+            row(v(o[0], 1, VoteKind::Prevote, Some(C)), vec![]),
+            row(v(o[1], 1, VoteKind::Prevote, Some(C)), vec![]),
+            row_s(
+                v(o[2], 1, VoteKind::Prevote, Some(C)),
+                vec![
+                    timeout(1, 1, TimeoutStep::Prevote),
+                    precommit(1, 1, Some(C)),
+                ],
+                (1, Step::Precommit, locked(1, C)),
+            ),
+        ],
+    );
+    assert_eq!(core.locks().valid, locked(1, C));
+}
+
+#[test]
+fn proof_of_lock_from_a_later_round_unlocks() {
+    let n = net(4);
+    let me = n.non_proposer();
+    let o = n.others(me);
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    let v = |i: usize, r: u32, k: VoteKind, h: Option<Hash>| Input::Vote(n.vote(i, 1, r, k, h));
+    // Lock on B in round 0.
+    core.handle(Input::Proposal(n.proposal(1, 0, None, B)));
+    core.handle(Input::BlockValidated {
+        height: 1,
+        block_hash: B,
+        valid: true,
+    });
+    for i in &o {
+        core.handle(v(*i, 0, VoteKind::Prevote, Some(B)));
+    }
+    assert_eq!(core.locks().locked, locked(0, B));
+    // Round 1 jump (f+1 precommits nil of round 1), C prevoted by 3 others in round 1
+    // (without the proposal we never saw it): a POL for C at round 1.
+    for i in &o {
+        core.handle(v(*i, 1, VoteKind::Prevote, Some(C)));
+    }
+    for i in &o {
+        core.handle(v(*i, 2, VoteKind::Precommit, None));
+    }
+    assert_eq!(core.round(), 2);
+    let expect = vec![Output::ValidateBlock {
+        height: 1,
+        round: 2,
+        block_hash: C,
+    }];
+    run(
+        &mut core,
+        vec![
+            // Line 28: proposal of C with pol_round 1 > lockedRound 0: unlock-vote for C
+            // once C is known valid.
+            row(Input::Proposal(n.proposal(1, 2, Some(1), C)), expect),
+            row_s(
+                Input::BlockValidated {
+                    height: 1,
+                    block_hash: C,
+                    valid: true,
+                },
+                vec![prevote(1, 2, Some(C))],
+                (2, Step::Prevote, locked(0, B)),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn votes_are_deduplicated_verified_and_equivocation_is_evidence() {
+    let n = net(4);
+    let me = n.non_proposer();
+    let o = n.others(me);
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    let first = n.vote(o[0], 1, 0, VoteKind::Prevote, Some(B));
+    let second = n.vote(o[0], 1, 0, VoteKind::Prevote, Some(C));
+    let third = n.vote(o[0], 1, 0, VoteKind::Prevote, None);
+    let mut forged = n.vote(o[1], 1, 0, VoteKind::Prevote, Some(B));
+    forged.signature[3] ^= 1;
+    let mut impostor = n.vote(o[1], 1, 0, VoteKind::Prevote, Some(C));
+    impostor.validator = n.keys[o[2]].address();
+    let outsider = Keypair::from_secret_bytes(&sha256(b"outsider"))
+        .unwrap()
+        .sign_vote(unsigned_vote(1, 0, VoteKind::Prevote, Some(B)));
+    run(
+        &mut core,
+        vec![
+            row(Input::Vote(first.clone()), vec![]),
+            row(Input::Vote(first.clone()), vec![]),
+            row(
+                Input::Vote(second.clone()),
+                vec![Output::Evidence(Box::new(Equivocation {
+                    first: first.clone(),
+                    second,
+                }))],
+            ),
+            // Reported once.
+            row(Input::Vote(third), vec![]),
+            row(Input::Vote(forged), vec![]),
+            row(Input::Vote(impostor), vec![]),
+            row(Input::Vote(outsider), vec![]),
+            // Only `first` counts: two more honest prevotes for B make 3 of 4.
+            row(
+                Input::Vote(n.vote(o[1], 1, 0, VoteKind::Prevote, Some(B))),
+                vec![],
+            ),
+        ],
+    );
+    // Still in propose: the quorum rules only react at prevote; verify the count through
+    // line 36 after our own timeout.
+    let out = core.handle(fire(1, 0, TimeoutStep::Propose));
+    assert_eq!(out, vec![prevote(1, 0, None)]);
+    let out = core.handle(Input::Vote(n.vote(o[2], 1, 0, VoteKind::Prevote, Some(B))));
+    // 3 prevotes for B without the proposal: line 34 only.
+    assert_eq!(out, vec![timeout(1, 0, TimeoutStep::Prevote)]);
+}
+
+#[test]
+fn full_node_follows_and_decides_without_voting() {
+    let n = net(4);
+    let mut core = n.core(None);
+    let pc = |i: usize| Input::Vote(n.vote(i, 1, 0, VoteKind::Precommit, Some(B)));
+    run(
+        &mut core,
+        vec![
+            row(
+                Input::StartHeight { height: 1 },
+                vec![
+                    Output::RoundChanged {
+                        height: 1,
+                        round: 0,
+                    },
+                    timeout(1, 0, TimeoutStep::Propose),
+                ],
+            ),
+            row(
+                Input::Proposal(n.proposal(1, 0, None, B)),
+                vec![Output::ValidateBlock {
+                    height: 1,
+                    round: 0,
+                    block_hash: B,
+                }],
+            ),
+            row_s(
+                Input::BlockValidated {
+                    height: 1,
+                    block_hash: B,
+                    valid: true,
+                },
+                vec![],
+                (0, Step::Prevote, None),
+            ),
+            row(pc(0), vec![]),
+            row(pc(1), vec![]),
+            row(
+                pc(2),
+                vec![Output::Decide {
+                    height: 1,
+                    round: 0,
+                    block_hash: B,
+                    commit: n.commit(&[0, 1, 2], 1, 0, B),
+                }],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn commit_from_a_peer_catches_up_and_next_height_messages_are_replayed() {
+    let n = net(4);
+    let mut core = n.core(None);
+    core.handle(Input::StartHeight { height: 1 });
+    let next = n.vote(0, 2, 0, VoteKind::Prevote, Some(C));
+    let commit = n.commit(&[0, 1, 2], 1, 7, B);
+    run(
+        &mut core,
+        vec![
+            // Height 2 already running elsewhere: buffered.
+            row(Input::Vote(next.clone()), vec![]),
+            // A commit at round 7 (beyond where we are): verified vote by vote; it also
+            // counts as f+1 (line 55) and 2f+1 precommits of round 7 (line 47).
+            row(
+                Input::Commit(commit.clone()),
+                vec![
+                    Output::ValidateBlock {
+                        height: 1,
+                        round: 7,
+                        block_hash: B,
+                    },
+                    Output::RoundChanged {
+                        height: 1,
+                        round: 7,
+                    },
+                    timeout(1, 7, TimeoutStep::Propose),
+                    timeout(1, 7, TimeoutStep::Precommit),
+                ],
+            ),
+            row_s(
+                Input::BlockValidated {
+                    height: 1,
+                    block_hash: B,
+                    valid: true,
+                },
+                vec![Output::Decide {
+                    height: 1,
+                    round: 7,
+                    block_hash: B,
+                    commit,
+                }],
+                (7, Step::Decided, None),
+            ),
+        ],
+    );
+    assert_eq!(core.buffered(), 1);
+    core.handle(Input::StartHeight { height: 2 });
+    assert_eq!(core.buffered(), 0);
+    // The replayed vote counts: a second one equivocating is evidence.
+    let out = core.handle(Input::Vote(n.vote(0, 2, 0, VoteKind::Prevote, Some(B))));
+    assert!(matches!(&out[..], [Output::Evidence(e)] if e.first == next));
+}
+
+#[test]
+fn invalid_commit_does_not_decide() {
+    let n = net(4);
+    let mut core = n.core(None);
+    core.handle(Input::StartHeight { height: 1 });
+    let mut commit = n.commit(&[0, 1, 2], 1, 0, B);
+    commit.signatures[2].signature[9] ^= 1;
+    run(&mut core, vec![row(Input::Commit(commit), vec![])]);
+    let two = n.commit(&[0, 1], 1, 0, B);
+    run(&mut core, vec![row(Input::Commit(two), vec![])]);
+}
+
+#[test]
+fn restart_resumes_past_the_last_signed_round_with_the_lock() {
+    let n = net(4);
+    let me = n.non_proposer();
+    let state = GuardState {
+        last_signed: Some(LastSigned {
+            height: 1,
+            round: 1,
+            step: SignStep::Precommit,
+            block_hash: Some(B),
+        }),
+        locked: locked(1, B),
+        valid: locked(1, B),
+    };
+    let mut core = n.core(Some(me));
+    core.resume(&state);
+    let mut expect = vec![Output::RoundChanged {
+        height: 1,
+        round: 2,
+    }];
+    if n.proposer(1, 2) == me {
+        expect.push(Output::Propose(unsigned_proposal(1, 2, Some(1), B)));
+    }
+    expect.push(timeout(1, 2, TimeoutStep::Propose));
+    run(
+        &mut core,
+        vec![row_s(
+            Input::StartHeight { height: 1 },
+            expect,
+            (2, Step::Propose, locked(1, B)),
+        )],
+    );
+    if n.proposer(1, 2) != me {
+        core.handle(Input::Proposal(n.proposal(1, 2, None, C)));
+        let out = core.handle(Input::BlockValidated {
+            height: 1,
+            block_hash: C,
+            valid: true,
+        });
+        assert_eq!(out, vec![prevote(1, 2, None)]);
+    }
+    // A guard state from an older height does not leak its lock.
+    let mut core = n.core(Some(me));
+    core.resume(&state);
+    core.handle(Input::StartHeight { height: 2 });
+    assert_eq!((core.round(), core.locks()), (0, Locks::default()));
+}
+
+#[test]
+fn guard_refuses_conflicts_and_persists_before_allowing() {
+    let v = |r: u32, k: VoteKind, h: Option<Hash>| unsigned_vote(5, r, k, h);
+    let mut g = SigningGuard::open(MemoryGuardStore::default()).unwrap();
+    let none = Locks::default();
+    assert!(g
+        .authorize_proposal(&unsigned_proposal(5, 0, None, B), none)
+        .is_ok());
+    assert!(g
+        .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), none)
+        .is_ok());
+    // Identical re-sign is fine; a different value at the same step is not.
+    assert!(g
+        .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), none)
+        .is_ok());
+    assert!(matches!(
+        g.authorize_vote(&v(0, VoteKind::Prevote, None), none),
+        Err(GuardError::Conflict { .. })
+    ));
+    assert!(g
+        .authorize_vote(&v(0, VoteKind::Precommit, Some(B)), none)
+        .is_ok());
+    assert_eq!(
+        g.state().locked,
+        locked(0, B),
+        "a precommit for v is a lock on v"
+    );
+    // Going back is refused, even for the same hash.
+    assert!(g
+        .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), none)
+        .is_err());
+    assert!(g
+        .authorize_proposal(&unsigned_proposal(5, 0, None, B), none)
+        .is_err());
+    assert!(g
+        .authorize_vote(&unsigned_vote(4, 9, VoteKind::Precommit, Some(B)), none)
+        .is_err());
+    // Persisted before it returned: a restarted guard still refuses.
+    let store = g.into_store();
+    assert_eq!(
+        store.load().unwrap().unwrap().last_signed.unwrap().step,
+        SignStep::Precommit
+    );
+    let mut g = SigningGuard::open(store).unwrap();
+    assert!(g
+        .authorize_vote(&v(0, VoteKind::Precommit, None), none)
+        .is_err());
+    assert_eq!(g.state().locked, locked(0, B));
+    // A stale caller passing no lock does not erase it.
+    assert!(g
+        .authorize_vote(&v(1, VoteKind::Prevote, None), none)
+        .is_ok());
+    assert_eq!(g.state().locked, locked(0, B));
+    // A new height starts with the caller's (empty) locks.
+    assert!(g
+        .authorize_vote(&unsigned_vote(6, 0, VoteKind::Prevote, None), none)
+        .is_ok());
+    assert_eq!(g.state().locked, None);
+}
+
+#[test]
+fn guard_refuses_when_it_cannot_persist() {
+    let mut store = MemoryGuardStore::default();
+    store.fail_saves = true;
+    let mut g = SigningGuard::open(store).unwrap();
+    let vote = unsigned_vote(1, 0, VoteKind::Prevote, Some(B));
+    assert!(matches!(
+        g.authorize_vote(&vote, Locks::default()),
+        Err(GuardError::Store(_))
+    ));
+    assert_eq!(g.state(), &GuardState::default());
+}
+
+#[test]
+fn guard_state_is_borsh() {
+    let s = GuardState {
+        last_signed: Some(LastSigned {
+            height: 3,
+            round: 2,
+            step: SignStep::Prevote,
+            block_hash: None,
+        }),
+        locked: locked(1, B),
+        valid: None,
+    };
+    let bytes = borsh::to_vec(&s).unwrap();
+    assert_eq!(borsh::from_slice::<GuardState>(&bytes).unwrap(), s);
+}
