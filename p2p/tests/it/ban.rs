@@ -1,0 +1,81 @@
+use std::time::Duration;
+
+use tally_p2p::{Event, PenaltyReason};
+
+use crate::support::{config, start, wait_until};
+
+/// Penalised below the threshold: disconnected, banned, refused while banned, accepted
+/// again after the ban; `Peers` shows the score, reasons, ban state and remaining time.
+#[tokio::test]
+async fn penalised_peer_is_banned_then_readmitted() {
+    let mut ca = config([127, 0, 4, 1], 20);
+    ca.discovery = false;
+    ca.ban_duration = Duration::from_secs(2);
+    let mut a = start(ca).await;
+    let mut cb = config([127, 0, 4, 2], 21);
+    cb.discovery = false;
+    let b = start(cb).await;
+    let a_addr = a.tcp.clone().unwrap();
+
+    b.handle.dial(a_addr.clone()).await.unwrap();
+    a.expect("B connects", |ev| {
+        matches!(ev, Event::PeerConnected(p) if p == b.id).then_some(())
+    })
+    .await;
+
+    a.handle
+        .penalize(b.id, PenaltyReason::Undecodable, 30.0)
+        .await
+        .unwrap();
+    let info = a.peer(b.id).await.unwrap();
+    assert!(info.connected && !info.banned);
+    assert!((info.app_score + 30.0).abs() < 0.1, "{info:?}");
+
+    a.handle
+        .penalize(b.id, PenaltyReason::InvalidBlock, 80.0)
+        .await
+        .unwrap();
+    let reason = a
+        .expect("the ban", |ev| match ev {
+            Event::PeerBanned { peer, reason, .. } if peer == b.id => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, PenaltyReason::InvalidBlock);
+    wait_until("B is disconnected", || async {
+        a.peer(b.id).await.is_some_and(|p| !p.connected)
+    })
+    .await;
+    let info = a.peer(b.id).await.unwrap();
+    assert!(info.banned);
+    assert!(info.app_score < -100.0);
+    assert!(info.ban_remaining.is_some_and(|d| d <= Duration::from_secs(2)));
+    assert_eq!(info.reasons.get(&PenaltyReason::Undecodable), Some(&1));
+    assert_eq!(info.reasons.get(&PenaltyReason::InvalidBlock), Some(&1));
+
+    // Reconnecting during the ban is refused.
+    b.handle.dial(a_addr.clone()).await.unwrap();
+    wait_until("A refused the banned peer", || async {
+        a.metric("tally_p2p_connections_denied_total{reason=\"banned\"}") >= 1.0
+    })
+    .await;
+    assert!(!a.peer(b.id).await.unwrap().connected);
+    assert_eq!(
+        a.metric("tally_peer_bans_total{reason=\"invalid_block\"}"),
+        1.0
+    );
+
+    // After the ban: accepted again, on probation.
+    wait_until("the ban expired", || async {
+        a.peer(b.id).await.is_some_and(|p| !p.banned)
+    })
+    .await;
+    let info = a.peer(b.id).await.unwrap();
+    assert!(info.ban_remaining.is_none());
+    assert!(info.app_score >= -50.1 && info.app_score < 0.0, "{info:?}");
+    b.handle.dial(a_addr).await.unwrap();
+    a.expect("B reconnects after the ban", |ev| {
+        matches!(ev, Event::PeerConnected(p) if p == b.id).then_some(())
+    })
+    .await;
+}
