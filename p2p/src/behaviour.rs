@@ -3,7 +3,9 @@
 use std::{collections::HashSet, time::Duration};
 
 use libp2p::{
-    connection_limits, gossipsub, identify, identity::Keypair, kad, ping, request_response,
+    connection_limits, gossipsub, identify,
+    identity::Keypair,
+    kad, ping, request_response,
     swarm::{behaviour::toggle::Toggle, NetworkBehaviour},
     StreamProtocol,
 };

@@ -20,11 +20,11 @@ pub use config::NetworkConfig;
 pub use error::NetworkError;
 pub use handle::NetworkHandle;
 pub use libp2p::{multiaddr, Multiaddr, PeerId};
+pub use prometheus_client::registry::Registry;
 pub use protocol::{
     Command, Event, MessageId, PeerInfo, PenaltyReason, RemoteError, RequestError,
     ResponseChannelId, Topic, Verdict,
 };
-pub use prometheus_client::registry::Registry;
 pub use tokio_util::sync::CancellationToken;
 
 use libp2p::{gossipsub, identity::Keypair, noise, tcp, yamux};

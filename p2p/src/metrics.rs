@@ -54,7 +54,10 @@ impl Metrics {
             peer_bans: Family::default(),
             sync_requests: Family::default(),
             peer_score: Histogram::new(
-                [-200.0, -100.0, -50.0, -20.0, -10.0, -5.0, -1.0, 0.0, 1.0, 10.0].into_iter(),
+                [
+                    -200.0, -100.0, -50.0, -20.0, -10.0, -5.0, -1.0, 0.0, 1.0, 10.0,
+                ]
+                .into_iter(),
             ),
             dropped_events: Family::default(),
             connections_denied: Family::default(),
@@ -123,7 +126,9 @@ impl Metrics {
     }
 
     pub fn invalid(&self, reason: &'static str) {
-        self.invalid_messages.get_or_create(&Reason { reason }).inc();
+        self.invalid_messages
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     pub fn dropped(&self, kind: &'static str) {

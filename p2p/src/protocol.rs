@@ -183,6 +183,9 @@ pub enum RemoteError {
     /// The requester exceeded its request rate.
     #[error("rate limited")]
     RateLimited,
+    /// The request exceeded the responder's `sync_max_request_bytes`.
+    #[error("request too large")]
+    RequestTooLarge,
     /// The response would have exceeded the responder's cap.
     #[error("response too large")]
     ResponseTooLarge,
@@ -250,7 +253,9 @@ pub enum Command {
         points: f64,
     },
     /// Snapshot of every known peer.
-    Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
     /// Dial an address (with or without `/p2p/<peer-id>`).
     Dial(Multiaddr),
 }

@@ -23,7 +23,10 @@ pub struct PeerScore {
 pub enum Outcome {
     Scored(f64),
     /// The peer just crossed the ban threshold.
-    Ban { score: f64, until: Instant },
+    Ban {
+        score: f64,
+        until: Instant,
+    },
 }
 
 pub struct Scores {
@@ -78,7 +81,11 @@ impl Scores {
         now: Instant,
     ) -> Outcome {
         // A NaN or negative "penalty" from a caller must not raise the score.
-        let points = if points.is_finite() { points.max(0.0) } else { 0.0 };
+        let points = if points.is_finite() {
+            points.max(0.0)
+        } else {
+            0.0
+        };
         if !self.peers.contains_key(&peer) && self.peers.len() >= self.max_tracked {
             self.evict_one(now);
         }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! request  = len:u32be bytes[len]                      (len <= sync_max_request_bytes)
+//!            (a larger len is answered with an error frame without reading the body)
 //! response = 0x00 len:u32be bytes[len]                 (len <= sync_max_response_bytes)
 //!          | 0x01 code:u8                              (error frame, see RemoteError)
 //! ```
@@ -17,6 +18,15 @@ use crate::RemoteError;
 
 /// The protocol name.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/tally/sync/1");
+
+/// An inbound request as the codec read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncRequest {
+    Data(Vec<u8>),
+    /// The length prefix exceeded the cap: the body was not read. Surfaced to the task (not
+    /// as an I/O error, which request-response swallows) so it can score the sender.
+    TooLarge(u64),
+}
 
 /// A response as it travels on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +57,7 @@ fn error_code(e: RemoteError) -> u8 {
         RemoteError::ResponseTooLarge => 2,
         RemoteError::Busy => 3,
         RemoteError::Unavailable => 4,
+        RemoteError::RequestTooLarge => 5,
     }
 }
 
@@ -55,6 +66,7 @@ fn error_from_code(code: u8) -> RemoteError {
         1 => RemoteError::RateLimited,
         2 => RemoteError::ResponseTooLarge,
         3 => RemoteError::Busy,
+        5 => RemoteError::RequestTooLarge,
         _ => RemoteError::Unavailable,
     }
 }
@@ -108,21 +120,23 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(
 #[async_trait]
 impl libp2p::request_response::Codec for SyncCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
+    type Request = SyncRequest;
     type Response = SyncResponse;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncRequest>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_request_bytes, "sync request").await
+        match read_frame(io, self.max_request_bytes, "sync request").await {
+            Ok(data) => Ok(SyncRequest::Data(data)),
+            Err(e) => match frame_too_large(&e) {
+                Some(f) => Ok(SyncRequest::TooLarge(f.size)),
+                None => Err(e),
+            },
+        }
     }
 
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<SyncResponse>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncResponse>
     where
         T: AsyncRead + Unpin + Send,
     {
@@ -148,11 +162,17 @@ impl libp2p::request_response::Codec for SyncCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Vec<u8>,
+        req: SyncRequest,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let SyncRequest::Data(req) = req else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an oversized-request marker cannot be sent",
+            ));
+        };
         write_frame(io, &req, self.max_request_bytes, "sync request").await?;
         io.close().await
     }
@@ -201,23 +221,27 @@ mod tests {
     async fn round_trip_and_caps() {
         let mut c = codec();
         let mut buf = Vec::new();
-        c.write_request(&SYNC_PROTOCOL, &mut Cursor::new(&mut buf), b"abc".to_vec())
-            .await
-            .unwrap();
+        c.write_request(
+            &SYNC_PROTOCOL,
+            &mut Cursor::new(&mut buf),
+            SyncRequest::Data(b"abc".to_vec()),
+        )
+        .await
+        .unwrap();
         let got = c
             .read_request(&SYNC_PROTOCOL, &mut Cursor::new(&buf))
             .await
             .unwrap();
-        assert_eq!(got, b"abc");
+        assert_eq!(got, SyncRequest::Data(b"abc".to_vec()));
 
         // A length prefix over the cap is refused before the body is read.
         let mut huge = u32::MAX.to_be_bytes().to_vec();
         huge.push(1);
-        let err = c
+        let got = c
             .read_request(&SYNC_PROTOCOL, &mut Cursor::new(&huge))
             .await
-            .unwrap_err();
-        assert!(frame_too_large(&err).is_some());
+            .unwrap();
+        assert_eq!(got, SyncRequest::TooLarge(u64::from(u32::MAX)));
 
         let mut buf = Vec::new();
         let err = c

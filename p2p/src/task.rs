@@ -24,7 +24,7 @@ use crate::{
     gate::Denied,
     metrics::{Metrics, Reason},
     score::{Outcome, Scores, TokenBucket},
-    sync_codec::{frame_too_large, SyncResponse},
+    sync_codec::{frame_too_large, SyncRequest, SyncResponse},
     Command, Event, MessageId, NetworkConfig, NetworkError, PeerInfo, PenaltyReason, RemoteError,
     RequestError, ResponseChannelId, Topic, Verdict,
 };
@@ -47,7 +47,8 @@ pub struct Task {
     pub pending_inbound: HashMap<u64, (PeerId, InboundRequestId, ResponseChannel<SyncResponse>)>,
     pub inbound_ids: HashMap<InboundRequestId, u64>,
     pub next_channel: u64,
-    pub pending_outbound: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RequestError>>>,
+    pub pending_outbound:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RequestError>>>,
     pub connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
     pub last_kad_bootstrap: Option<Instant>,
 }
@@ -109,6 +110,7 @@ impl Task {
                 points,
             } => self.penalize(peer, reason, points),
             Command::Peers { reply } => {
+                self.lift_expired_bans(Instant::now());
                 let _ = reply.send(self.peer_infos());
             }
             Command::Dial(addr) => {
@@ -175,7 +177,11 @@ impl Task {
             )));
             return;
         }
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, data);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, SyncRequest::Data(data));
         self.pending_outbound.insert(id, reply);
     }
 
@@ -259,7 +265,8 @@ impl Task {
                 base.pop();
                 kad.add_address(&peer, base);
             }
-            self.swarm.dial(DialOpts::peer_id(peer).addresses(vec![addr]).build())
+            self.swarm
+                .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build())
         } else {
             self.swarm.dial(addr)
         }
@@ -320,6 +327,13 @@ impl Task {
 
     fn on_tick(&mut self, sample: bool) {
         let now = Instant::now();
+        self.lift_expired_bans(now);
+        if sample {
+            self.sample(now);
+        }
+    }
+
+    fn lift_expired_bans(&mut self, now: Instant) {
         for peer in self.scores.expire_bans(now) {
             info!(%peer, "ban expired");
             self.swarm.behaviour_mut().gate.unban(&peer);
@@ -329,7 +343,10 @@ impl Task {
                 .gossipsub
                 .set_application_score(&peer, score);
         }
-        if sample {
+    }
+
+    fn sample(&mut self, now: Instant) {
+        {
             let peers: Vec<PeerId> = self.connections.keys().copied().collect();
             for peer in peers {
                 let score = self.scores.score(&peer, now);
@@ -498,12 +515,7 @@ impl Task {
         self.kad_bootstrap(Instant::now());
     }
 
-    fn on_gossip(
-        &mut self,
-        source: PeerId,
-        id: gossipsub::MessageId,
-        message: gossipsub::Message,
-    ) {
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let now = Instant::now();
         let ignore = |task: &mut Task, acceptance| {
             let _ = task
@@ -556,7 +568,7 @@ impl Task {
         }
     }
 
-    fn on_sync(&mut self, event: request_response::Event<Vec<u8>, SyncResponse>) {
+    fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
         use request_response::{Event as E, Message as M};
         match event {
             E::Message {
@@ -643,12 +655,6 @@ impl Task {
                     self.pending_inbound.remove(&ch);
                 }
                 let outcome = match &error {
-                    request_response::InboundFailure::Io(e) if frame_too_large(e).is_some() => {
-                        self.metrics.invalid("oversized_request");
-                        let reason = PenaltyReason::Oversized;
-                        self.penalize(peer, reason, reason.default_points());
-                        "request_too_large"
-                    }
                     request_response::InboundFailure::Timeout => "timeout",
                     request_response::InboundFailure::ResponseOmission => "omitted",
                     _ => "failed",
@@ -664,7 +670,7 @@ impl Task {
         &mut self,
         peer: PeerId,
         request_id: InboundRequestId,
-        data: Vec<u8>,
+        request: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     ) {
         let now = Instant::now();
@@ -688,6 +694,22 @@ impl Task {
             self.penalize(peer, reason, reason.default_points());
             return;
         }
+        let data = match request {
+            SyncRequest::Data(data) => data,
+            SyncRequest::TooLarge(size) => {
+                debug!(%peer, size, "oversized sync request refused");
+                refuse(
+                    self,
+                    channel,
+                    RemoteError::RequestTooLarge,
+                    "request_too_large",
+                );
+                self.metrics.invalid("oversized_request");
+                let reason = PenaltyReason::Oversized;
+                self.penalize(peer, reason, reason.default_points());
+                return;
+            }
+        };
         if self.pending_inbound.len() >= self.cfg.max_pending_inbound_requests {
             refuse(self, channel, RemoteError::Busy, "busy");
             return;

@@ -49,7 +49,9 @@ async fn penalised_peer_is_banned_then_readmitted() {
     let info = a.peer(b.id).await.unwrap();
     assert!(info.banned);
     assert!(info.app_score < -100.0);
-    assert!(info.ban_remaining.is_some_and(|d| d <= Duration::from_secs(2)));
+    assert!(info
+        .ban_remaining
+        .is_some_and(|d| d <= Duration::from_secs(2)));
     assert_eq!(info.reasons.get(&PenaltyReason::Undecodable), Some(&1));
     assert_eq!(info.reasons.get(&PenaltyReason::InvalidBlock), Some(&1));
 

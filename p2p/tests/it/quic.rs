@@ -23,7 +23,9 @@ async fn connects_over_quic() {
     .await;
     let info = a.peer(b.id).await.unwrap();
     assert!(
-        info.addresses.iter().all(|x| x.to_string().contains("quic-v1")),
+        info.addresses
+            .iter()
+            .all(|x| x.to_string().contains("quic-v1")),
         "{info:?}"
     );
 }

@@ -1,8 +1,8 @@
 use std::{future::Future, time::Duration};
 
 use tally_p2p::{
-    multiaddr::Protocol, CancellationToken, Event, Multiaddr, NetworkConfig, NetworkHandle,
-    PeerId, PeerInfo, Registry,
+    multiaddr::Protocol, CancellationToken, Event, Multiaddr, NetworkConfig, NetworkHandle, PeerId,
+    PeerInfo, Registry,
 };
 use tokio::{sync::mpsc, time::Instant};
 
