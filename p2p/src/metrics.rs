@@ -53,12 +53,9 @@ impl Metrics {
             penalties: Family::default(),
             peer_bans: Family::default(),
             sync_requests: Family::default(),
-            peer_score: Histogram::new(
-                [
-                    -200.0, -100.0, -50.0, -20.0, -10.0, -5.0, -1.0, 0.0, 1.0, 10.0,
-                ]
-                .into_iter(),
-            ),
+            peer_score: Histogram::new([
+                -200.0, -100.0, -50.0, -20.0, -10.0, -5.0, -1.0, 0.0, 1.0, 10.0,
+            ]),
             dropped_events: Family::default(),
             connections_denied: Family::default(),
             libp2p: libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p")),

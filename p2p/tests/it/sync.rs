@@ -126,7 +126,7 @@ async fn request_flood_is_refused_and_penalised() {
         .iter()
         .filter(|r| **r == Err(RequestError::Refused(RemoteError::RateLimited)))
         .count();
-    assert!(ok >= 1 && ok <= 4, "{results:?}");
+    assert!((1..=4).contains(&ok), "{results:?}");
     assert_eq!(ok + limited, 12, "{results:?}");
 
     let info = a.peer(b.id).await.unwrap();
