@@ -1,0 +1,574 @@
+//! Client for the node's JSON-over-HTTP API (DESIGN.md section 7). Response types list
+//! only the fields the wallet uses; unknown fields are ignored so the node can add more.
+
+use std::time::Duration;
+
+use ledger::types::{Commit, CommitSig, SignedTx};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Codes the node uses when it refuses a transaction (ledger::check::TxError codes plus
+/// the mempool's own). These map to exit code 4.
+pub const TX_REJECT_CODES: &[&str] = &[
+    "malformed",
+    "too_large",
+    "wrong_chain",
+    "high_s_signature",
+    "bad_signature",
+    "nonce_too_low",
+    "nonce_too_high",
+    "fee_too_low",
+    "zero_amount",
+    "insufficient_funds",
+    "overflow",
+    "duplicate",
+    "mempool_full",
+    "nonce_gap",
+];
+
+pub const DEFAULT_NODE: &str = "http://127.0.0.1:26657";
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MempoolInfo {
+    #[serde(default)]
+    pub txs: u64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub chain_id: String,
+    #[serde(default)]
+    pub node_id: String,
+    #[serde(default)]
+    pub moniker: String,
+    pub height: u64,
+    #[serde(default)]
+    pub tip_hash: String,
+    #[serde(default)]
+    pub state_root: String,
+    #[serde(default)]
+    pub catching_up: bool,
+    #[serde(default)]
+    pub validator: bool,
+    #[serde(default)]
+    pub validator_address: Option<String>,
+    #[serde(default)]
+    pub round: u32,
+    #[serde(default)]
+    pub peers: u64,
+    #[serde(default)]
+    pub mempool: MempoolInfo,
+    pub min_fee: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TxStatus {
+    pub tx_id: String,
+    /// "pending", "committed" or "unknown".
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountInfo {
+    pub address: String,
+    pub balance: u64,
+    pub nonce: u64,
+    /// Next nonce to use (committed nonce + this sender's pending txs). Older nodes may
+    /// leave it out; then the committed nonce is the best guess.
+    #[serde(default)]
+    pub pending_nonce: Option<u64>,
+    pub height: u64,
+    #[serde(default)]
+    pub state_root: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+}
+
+impl AccountInfo {
+    pub fn next_nonce(&self) -> u64 {
+        self.pending_nonce.unwrap_or(self.nonce).max(self.nonce)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitSigJson {
+    pub validator: String,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitJson {
+    pub height: u64,
+    pub round: u32,
+    pub block_hash: String,
+    pub signatures: Vec<CommitSigJson>,
+}
+
+impl CommitJson {
+    pub fn to_commit(&self) -> Result<Commit, String> {
+        let hash = |what: &str, s: &str| -> Result<[u8; 32], String> {
+            ledger::hash::from_hex_array::<32>(s).map_err(|e| format!("commit {what}: {e}"))
+        };
+        let signatures = self
+            .signatures
+            .iter()
+            .map(|s| {
+                Ok(CommitSig {
+                    validator: ledger::hash::from_hex_array::<20>(&s.validator)
+                        .map_err(|e| format!("commit signature validator: {e}"))?,
+                    signature: ledger::hash::from_hex_array::<64>(&s.signature)
+                        .map_err(|e| format!("commit signature: {e}"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Commit {
+            height: self.height,
+            round: self.round,
+            block_hash: hash("block_hash", &self.block_hash)?,
+            signatures,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockInfo {
+    pub height: u64,
+    pub hash: String,
+    #[serde(default)]
+    pub header: serde_json::Value,
+    #[serde(default)]
+    pub tx_ids: Vec<String>,
+    #[serde(default)]
+    pub commit: Option<CommitJson>,
+    /// Hex of borsh(Block): the authoritative bytes, used by `balance --verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SubmitResponse {
+    tx_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorDetail {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Clone)]
+pub struct NodeClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl NodeClient {
+    pub fn new(url: &str) -> Result<Self> {
+        let base = url.trim().trim_end_matches('/').to_string();
+        if base.starts_with("https://") {
+            return Err(Error::usage(format!(
+                "node URL {base} uses https, which this build of tally does not support; use http:// (the node API is meant for loopback or a private network)"
+            )));
+        }
+        if !base.starts_with("http://") || base.len() <= "http://".len() {
+            return Err(Error::usage(format!(
+                "\"{url}\" is not a node URL; use e.g. --node http://127.0.0.1:26657"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| Error::failure(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self { base, http })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        self.get("/v1/status").await
+    }
+
+    pub async fn account(&self, address: &[u8; 20], proof: bool) -> Result<AccountInfo> {
+        let q = if proof { "?proof=true" } else { "" };
+        self.get(&format!("/v1/accounts/{}{q}", hex::encode(address)))
+            .await
+    }
+
+    pub async fn tx(&self, id: &[u8; 32]) -> Result<TxStatus> {
+        self.get(&format!("/v1/txs/{}", hex::encode(id))).await
+    }
+
+    /// `None` = latest.
+    pub async fn block(&self, height: Option<u64>) -> Result<BlockInfo> {
+        match height {
+            Some(h) => self.get(&format!("/v1/blocks/{h}")).await,
+            None => self.get("/v1/blocks/latest").await,
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        self.get(path).await
+    }
+
+    /// Submits a signed transaction; returns the id the node computed.
+    pub async fn submit(&self, stx: &SignedTx) -> Result<String> {
+        let body = serde_json::json!({ "tx": hex::encode(ledger::codec::encode(stx)) });
+        let req = self
+            .http
+            .post(format!("{}/v1/txs", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .json(&body);
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let r: SubmitResponse = self.read(resp).await?;
+        Ok(r.tx_id)
+    }
+
+    /// Opens the server-sent event stream. Returns once the node has answered, so events
+    /// for anything submitted afterwards are not missed.
+    pub async fn events(&self) -> Result<EventStream> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/events", self.base))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if !resp.status().is_success() {
+            return Err(self.error_from_response(resp).await);
+        }
+        Ok(EventStream {
+            resp,
+            parser: SseParser::default(),
+            queue: std::collections::VecDeque::new(),
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        self.read(resp).await
+    }
+
+    async fn read<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T> {
+        if !resp.status().is_success() {
+            return Err(self.error_from_response(resp).await);
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::failure(format!(
+                "node at {} sent an answer this tally does not understand ({e}); is it a tallyd of a compatible version?",
+                self.base
+            ))
+        })
+    }
+
+    async fn error_from_response(&self, resp: reqwest::Response) -> Error {
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => node_error(status.as_u16(), &body.error.code, &body.error.message),
+            Err(_) => {
+                let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+                Error::failure(format!(
+                    "node at {} answered HTTP {status} without an error code: {text}",
+                    self.base
+                ))
+            }
+        }
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> Error {
+        let cause = root_cause(e);
+        if e.is_connect() {
+            Error::unreachable(format!(
+                "cannot reach node at {} ({cause}); is tallyd running? set --node or TALLY_NODE",
+                self.base
+            ))
+        } else if e.is_timeout() {
+            Error::unreachable(format!(
+                "node at {} did not answer in time ({cause}); is it overloaded or stuck? try again or use another --node",
+                self.base
+            ))
+        } else {
+            Error::unreachable(format!(
+                "lost the connection to node at {} ({cause}); check that tallyd is running and try again",
+                self.base
+            ))
+        }
+    }
+}
+
+/// Maps the node's `{"error": {"code", "message"}}` to a wallet error with a hint.
+pub fn node_error(status: u16, code: &str, message: &str) -> Error {
+    let hint = match code {
+        "insufficient_funds" => "; fund the account or lower --amount / --fee",
+        "fee_too_low" => "; raise --fee (see min_fee in 'tally status')",
+        "nonce_too_low" | "nonce_too_high" | "nonce_gap" => {
+            "; another transaction from this key got in first: run the command again"
+        }
+        "wrong_chain" => "; this node runs another chain: check --node",
+        "mempool_full" => "; the node is busy: retry in a moment",
+        "duplicate" => "; this exact transaction was already submitted",
+        "not_found" => "",
+        _ => "",
+    };
+    let text = if message.is_empty() { code } else { message };
+    if TX_REJECT_CODES.contains(&code) {
+        Error::rejected(
+            code,
+            format!("node rejected the transaction: {text} ({code}){hint}"),
+        )
+    } else {
+        Error::failure(format!("node answered HTTP {status} {code}: {text}")).with_code(code)
+    }
+}
+
+/// The innermost error message, without "(os error N)" noise, for one-line messages.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    let text = cur.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+/// One server-sent event the wallet cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Block {
+        height: u64,
+        hash: String,
+        txs: u64,
+    },
+    Tx {
+        tx_id: String,
+        height: u64,
+        index: u32,
+    },
+}
+
+#[derive(Deserialize)]
+struct BlockEventJson {
+    height: u64,
+    #[serde(default)]
+    hash: String,
+    #[serde(default)]
+    txs: u64,
+}
+
+#[derive(Deserialize)]
+struct TxEventJson {
+    tx_id: String,
+    #[serde(default)]
+    height: u64,
+    #[serde(default)]
+    index: u32,
+}
+
+impl Event {
+    /// Unknown event names and undecodable data are skipped (`None`): newer nodes may
+    /// send more kinds.
+    pub fn parse(name: &str, data: &str) -> Option<Event> {
+        match name {
+            "block" => serde_json::from_str::<BlockEventJson>(data)
+                .ok()
+                .map(|b| Event::Block {
+                    height: b.height,
+                    hash: b.hash,
+                    txs: b.txs,
+                }),
+            "tx" => serde_json::from_str::<TxEventJson>(data)
+                .ok()
+                .map(|t| Event::Tx {
+                    tx_id: t.tx_id.to_ascii_lowercase(),
+                    height: t.height,
+                    index: t.index,
+                }),
+            _ => None,
+        }
+    }
+}
+
+/// Incremental text/event-stream parser (the subset of the WHATWG rules a node sends:
+/// `event:`, `data:` (joined by newlines), comments, blank-line dispatch, CRLF or LF).
+#[derive(Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    event: String,
+    data: Vec<String>,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the (event name, data) pairs completed by them.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8_lossy(&line).into_owned();
+            if line.is_empty() {
+                if !self.data.is_empty() || !self.event.is_empty() {
+                    let name = if self.event.is_empty() {
+                        "message".to_string()
+                    } else {
+                        std::mem::take(&mut self.event)
+                    };
+                    out.push((name, self.data.join("\n")));
+                }
+                self.event.clear();
+                self.data.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.find(':') {
+                Some(i) => {
+                    let v = &line[i + 1..];
+                    (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+                }
+                None => (line.as_str(), ""),
+            };
+            match field {
+                "event" => self.event = value.to_string(),
+                "data" => self.data.push(value.to_string()),
+                _ => {}
+            }
+        }
+        // A line longer than 1 MiB is not something a node sends; drop it instead of
+        // growing without bound.
+        if self.buf.len() > 1 << 20 {
+            self.buf.clear();
+        }
+        out
+    }
+}
+
+pub struct EventStream {
+    resp: reqwest::Response,
+    parser: SseParser,
+    queue: std::collections::VecDeque<Event>,
+}
+
+impl EventStream {
+    /// The next event; `Ok(None)` when the node closed the stream.
+    pub async fn next(&mut self) -> Result<Option<Event>> {
+        loop {
+            if let Some(e) = self.queue.pop_front() {
+                return Ok(Some(e));
+            }
+            let chunk = self.resp.chunk().await.map_err(|e| {
+                Error::unreachable(format!(
+                    "event stream from the node broke ({})",
+                    root_cause(&e)
+                ))
+            })?;
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            for (name, data) in self.parser.push(&chunk) {
+                if let Some(ev) = Event::parse(&name, &data) {
+                    self.queue.push_back(ev);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parser_handles_split_chunks_and_crlf() {
+        let mut p = SseParser::default();
+        assert!(p
+            .push(b": keep-alive\n\nevent: tx\r\ndata: {\"tx_id\":\"AB\",")
+            .is_empty());
+        let got = p.push(b"\"height\":3,\"index\":1}\r\n\r\nevent: block\ndata: {\"height\":3,\"hash\":\"h\",\"txs\":1,\"time_ms\":5}\n\n");
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            Event::parse(&got[0].0, &got[0].1),
+            Some(Event::Tx {
+                tx_id: "ab".into(),
+                height: 3,
+                index: 1
+            })
+        );
+        assert_eq!(
+            Event::parse(&got[1].0, &got[1].1),
+            Some(Event::Block {
+                height: 3,
+                hash: "h".into(),
+                txs: 1
+            })
+        );
+        assert_eq!(Event::parse("other", "{}"), None);
+    }
+
+    #[test]
+    fn responses_ignore_unknown_fields() {
+        let s: Status = serde_json::from_str(
+            r#"{"chain_id":"c","height":4,"min_fee":2,"new_field":[1,2],"mempool":{"txs":1,"bytes":2,"x":0}}"#,
+        )
+        .unwrap();
+        assert_eq!((s.height, s.min_fee, s.mempool.txs), (4, 2, 1));
+        let a: AccountInfo = serde_json::from_str(
+            r#"{"address":"aa","balance":5,"nonce":2,"pending_nonce":4,"height":9,"state_root":"00","extra":true}"#,
+        )
+        .unwrap();
+        assert_eq!(a.next_nonce(), 4);
+    }
+
+    #[test]
+    fn node_errors_map_to_exit_codes() {
+        let e = node_error(422, "insufficient_funds", "balance 5 is less than 11");
+        assert_eq!(e.kind, crate::error::Kind::Rejected);
+        assert!(e.message().contains("insufficient_funds"));
+        let e = node_error(404, "not_found", "no such block");
+        assert_eq!(e.kind, crate::error::Kind::Failure);
+        assert!(NodeClient::new("https://x").is_err());
+        assert!(NodeClient::new("127.0.0.1:1").is_err());
+    }
+}
