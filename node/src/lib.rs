@@ -1,1 +1,12 @@
-//! Node.
+//! tallyd: the Tally node. See README.md for the data flow between its tasks.
+
+pub mod config;
+pub mod engine;
+pub mod fsck;
+pub mod keys;
+pub mod mempool;
+pub mod metrics;
+pub mod node;
+pub mod router;
+pub mod rpc;
+pub mod wire;

@@ -1,0 +1,458 @@
+//! `<home>/config/node.toml`: typed, with defaults for every key, `TALLY_<SECTION>_<KEY>`
+//! environment overrides, and errors that name the file, the key and the fix. Every key is
+//! documented in `configs/node.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Human-readable node name, shown in status and logs.
+    pub moniker: String,
+    pub p2p: P2pSection,
+    pub rpc: RpcSection,
+    pub metrics: MetricsSection,
+    pub mempool: MempoolSection,
+    pub consensus: ConsensusSection,
+    pub storage: StorageSection,
+    pub log: LogSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pSection {
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub discovery: bool,
+    pub max_inbound_connections: u32,
+    pub max_connections_per_ip: u32,
+    pub max_tx_msgs_per_sec_per_peer: u32,
+    pub max_consensus_msgs_per_sec_per_peer: u32,
+    pub max_sync_requests_per_sec_per_peer: u32,
+    pub ban_threshold: f64,
+    pub ban_duration_secs: u64,
+    pub score_half_life_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcSection {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub timeout_ms: u64,
+    /// Most concurrent server-sent event streams.
+    pub max_event_streams: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MempoolSection {
+    pub max_txs: usize,
+    pub max_bytes: usize,
+    pub max_nonce_gap: u64,
+    pub max_per_sender: usize,
+    pub ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsensusSection {
+    /// Path (relative to the home directory) of the validator key; empty = full node.
+    pub validator_key: String,
+    /// Overrides genesis `timeout_commit_ms` locally (0 = use genesis).
+    pub timeout_commit_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub block_cache_mb: usize,
+    pub write_buffer_mb: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// A `tracing` filter, e.g. "info" or "info,tally_node::engine=debug".
+    pub level: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            moniker: "tally-node".into(),
+            p2p: P2pSection::default(),
+            rpc: RpcSection::default(),
+            metrics: MetricsSection::default(),
+            mempool: MempoolSection::default(),
+            consensus: ConsensusSection::default(),
+            storage: StorageSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for P2pSection {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/26656".into(),
+                "/ip4/0.0.0.0/udp/26656/quic-v1".into(),
+            ],
+            bootstrap: vec![],
+            discovery: true,
+            max_inbound_connections: 64,
+            max_connections_per_ip: 8,
+            max_tx_msgs_per_sec_per_peer: 5000,
+            max_consensus_msgs_per_sec_per_peer: 500,
+            max_sync_requests_per_sec_per_peer: 20,
+            ban_threshold: -100.0,
+            ban_duration_secs: 600,
+            score_half_life_secs: 600,
+        }
+    }
+}
+
+impl Default for RpcSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:26657".into(),
+            max_body_bytes: 64 * 1024,
+            timeout_ms: 10_000,
+            max_event_streams: 256,
+        }
+    }
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:26660".into(),
+        }
+    }
+}
+
+impl Default for MempoolSection {
+    fn default() -> Self {
+        let d = crate::mempool::MempoolConfig::default();
+        Self {
+            max_txs: d.max_txs,
+            max_bytes: d.max_bytes,
+            max_nonce_gap: d.max_nonce_gap,
+            max_per_sender: d.max_per_sender,
+            ttl_secs: d.ttl.as_secs(),
+        }
+    }
+}
+
+impl Default for ConsensusSection {
+    fn default() -> Self {
+        Self {
+            validator_key: String::new(),
+            timeout_commit_ms: 0,
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            block_cache_mb: 64,
+            write_buffer_mb: 16,
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// The layout of a node's home directory.
+#[derive(Clone, Debug)]
+pub struct Home(pub PathBuf);
+
+impl Home {
+    pub fn config_file(&self) -> PathBuf {
+        self.0.join("config/node.toml")
+    }
+    pub fn genesis_file(&self) -> PathBuf {
+        self.0.join("config/genesis.json")
+    }
+    pub fn node_key_file(&self) -> PathBuf {
+        self.0.join("config/node_key.json")
+    }
+    pub fn db_dir(&self) -> PathBuf {
+        self.0.join("data/db")
+    }
+    pub fn resolve(&self, relative: &str) -> PathBuf {
+        let p = Path::new(relative);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.0.join(p)
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads the file, applies `TALLY_*` overrides from `env`, validates.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot be read: {e}; run `tallyd init --home <dir>` to create it"),
+        })?;
+        Self::parse(&file, &text, env)
+    }
+
+    pub fn parse(
+        file: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.into(),
+            message,
+        };
+        let mut value: toml::Table =
+            toml::from_str(text).map_err(|e| err(describe_toml_error(&e)))?;
+        apply_env(&mut value, env).map_err(err)?;
+        let config: NodeConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| err(describe_toml_error(&e)))?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.rpc.listen.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "rpc.listen = \"{}\" is not a socket address; use host:port, e.g. \"127.0.0.1:26657\"",
+                self.rpc.listen
+            )
+        })?;
+        if self.metrics.enabled {
+            self.metrics.listen.parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "metrics.listen = \"{}\" is not a socket address; use host:port, e.g. \"127.0.0.1:26660\"",
+                    self.metrics.listen
+                )
+            })?;
+        }
+        for (key, list) in [
+            ("p2p.listen", &self.p2p.listen),
+            ("p2p.bootstrap", &self.p2p.bootstrap),
+        ] {
+            for (i, a) in list.iter().enumerate() {
+                a.parse::<tally_p2p::Multiaddr>().map_err(|e| {
+                    format!(
+                        "{key}[{i}] = \"{a}\" is not a multiaddr ({e}); use e.g. \"/ip4/127.0.0.1/tcp/26656\""
+                    )
+                })?;
+            }
+        }
+        if self.p2p.listen.is_empty() {
+            return Err(
+                "p2p.listen is empty; give at least one address, e.g. [\"/ip4/0.0.0.0/tcp/26656\"]"
+                    .into(),
+            );
+        }
+        if self.p2p.ban_threshold >= 0.0 {
+            return Err("p2p.ban_threshold must be negative, e.g. -100".into());
+        }
+        if self.rpc.max_body_bytes < 1024 {
+            return Err("rpc.max_body_bytes must be at least 1024".into());
+        }
+        if self.mempool.max_txs == 0 || self.mempool.max_bytes == 0 {
+            return Err("mempool.max_txs and mempool.max_bytes must be positive".into());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log.format = \"{}\" must be \"text\" or \"json\"",
+                self.log.format
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    // toml's message already names the key ("unknown field `x`", "invalid type ... for key
+    // `rpc.listen`"); keep it on one line.
+    e.message().replace('\n', " ").trim().to_string()
+        + &e.span()
+            .map(|s| format!(" (at byte {})", s.start))
+            .unwrap_or_default()
+}
+
+/// Applies `TALLY_<SECTION>_<KEY>=value` (or `TALLY_<KEY>` for top-level keys) for keys
+/// that exist in the schema; other `TALLY_*` variables (the wallet's, the tests') are
+/// ignored. Values parse as TOML when they can (numbers, booleans, arrays), else as
+/// strings; for list keys a comma-separated string becomes a list.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), String> {
+    let schema = toml::Table::try_from(NodeConfig::default()).expect("defaults serialize");
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("TALLY_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let (section, key) = match rest.split_once('_') {
+            Some((s, k)) if schema.get(s).is_some_and(toml::Value::is_table) => {
+                (Some(s.to_string()), k.to_string())
+            }
+            _ => (None, rest.clone()),
+        };
+        let template = match &section {
+            Some(s) => schema[s.as_str()].as_table().and_then(|t| t.get(&key)),
+            None => schema.get(&key).filter(|v| !v.is_table()),
+        };
+        let Some(template) = template else { continue };
+        let value = parse_env_value(template, &raw).ok_or_else(|| {
+            format!(
+                "environment variable {name}={raw:?} is not a valid {}",
+                type_name(template)
+            )
+        })?;
+        let target = match section {
+            Some(s) => table
+                .entry(s)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| format!("{name}: the config's section is not a table"))?,
+            None => &mut *table,
+        };
+        target.insert(key, value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(template: &toml::Value, raw: &str) -> Option<toml::Value> {
+    use toml::Value as V;
+    match template {
+        V::String(_) => Some(V::String(raw.to_string())),
+        V::Integer(_) => raw.trim().parse().ok().map(V::Integer),
+        V::Float(_) => raw.trim().parse().ok().map(V::Float),
+        V::Boolean(_) => raw.trim().parse().ok().map(V::Boolean),
+        V::Array(_) => Some(V::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| V::String(s.to_string()))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "string",
+        toml::Value::Integer(_) => "integer",
+        toml::Value::Float(_) => "number",
+        toml::Value::Boolean(_) => "boolean (true/false)",
+        toml::Value::Array(_) => "comma-separated list",
+        _ => "value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(
+            "node.toml",
+            text,
+            env.iter().map(|(a, b)| (a.to_string(), b.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_round_trip_and_env_overrides() {
+        let text = NodeConfig::default().to_toml();
+        assert_eq!(parse(&text, &[]).unwrap(), NodeConfig::default());
+        let c = parse(
+            "",
+            &[
+                ("TALLY_RPC_LISTEN", "127.0.0.5:1"),
+                (
+                    "TALLY_P2P_BOOTSTRAP",
+                    "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.2/tcp/2",
+                ),
+                ("TALLY_MEMPOOL_MAX_TXS", "7"),
+                ("TALLY_MONIKER", "x"),
+                ("TALLY_PASSWORD", "ignored: not a node key"),
+                ("TALLY_NODE", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.rpc.listen, "127.0.0.5:1");
+        assert_eq!(c.p2p.bootstrap.len(), 2);
+        assert_eq!(c.mempool.max_txs, 7);
+        assert_eq!(c.moniker, "x");
+    }
+
+    #[test]
+    fn errors_name_file_key_and_fix() {
+        let e = parse("[rpc]\nlisten = \"nope\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("node.toml: rpc.listen = \"nope\" is not a socket address"),
+            "{e}"
+        );
+        let e = parse("[rpc]\nlistn = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `listn`"), "{e}");
+        let e = parse("", &[("TALLY_MEMPOOL_MAX_TXS", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TALLY_MEMPOOL_MAX_TXS") && e.contains("integer"),
+            "{e}"
+        );
+        let e = parse("[p2p]\nbootstrap = [\"127.0.0.1:5\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p2p.bootstrap[0]") && e.contains("multiaddr"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,714 @@
+//! The consensus engine: the one task that owns the consensus core, the signing guard and
+//! the candidate blocks of the current height. It turns network messages, timers and sync
+//! results into core inputs, and carries out the core's outputs: build and execute
+//! blocks, sign (through the guard, after a synced write), broadcast, commit to RocksDB.
+//!
+//! ```text
+//!  router ──EngineMsg──▶ engine ──publish──▶ p2p task
+//!  timers ──EngineMsg──▶   │  ──commit_block──▶ RocksDB (one synced batch)
+//!  sync   ──EngineMsg──▶   │  ──NodeEvent──▶ RPC /v1/events, status watch
+//! ```
+
+pub mod guard_store;
+mod sync;
+pub use sync::serve as serve_sync;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use consensus::{Consensus, Equivocation, Input, Output, SigningGuard, Timeout};
+use ledger::block::{assemble, check_header, BlockTemplate};
+use ledger::codec::encode;
+use ledger::crypto::Keypair;
+use ledger::exec::{build_body, execute_block, BlockOutcome, ExecContext, Signatures};
+use ledger::genesis::Genesis;
+use ledger::store::rocks::RocksStore;
+use ledger::store::{ChainReader, ChainWriter, Tip};
+use ledger::types::{Block, Commit, SignedTx};
+use ledger::Hash;
+use tally_p2p::{NetworkHandle, PeerId, Topic};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::mempool::metrics::MempoolMetrics;
+use crate::mempool::Mempool;
+use crate::metrics::ChainMetrics;
+use crate::wire::ConsensusMessage;
+use guard_store::RocksGuardStore;
+
+/// Most evidence records kept (oldest dropped first).
+const MAX_EVIDENCE: usize = 1000;
+const EVIDENCE_KEY: &[u8] = b"evidence";
+
+/// Events for RPC subscribers (`GET /v1/events`).
+#[derive(Clone, Debug)]
+pub enum NodeEvent {
+    Block {
+        height: u64,
+        hash: Hash,
+        txs: usize,
+        time_ms: u64,
+    },
+    Tx {
+        id: Hash,
+        height: u64,
+        index: u32,
+    },
+}
+
+/// What `GET /v1/status` shows about consensus and sync.
+#[derive(Clone, Debug, Default)]
+pub struct EngineStatus {
+    pub height: u64,
+    pub tip_hash: Hash,
+    pub state_root: Hash,
+    pub round: u32,
+    pub catching_up: bool,
+    pub sync_target: u64,
+    pub last_block_at: Option<Instant>,
+}
+
+/// Messages into the engine.
+#[derive(Debug)]
+pub enum EngineMsg {
+    /// A gossip message that passed the router's stateless checks.
+    Consensus {
+        msg: ConsensusMessage,
+        from: Option<PeerId>,
+    },
+    Timeout(Timeout),
+    StartHeight(u64),
+    /// A peer told us (directly or through its messages) that it is at `height`.
+    PeerHeight {
+        peer: PeerId,
+        height: u64,
+    },
+    PeerGone(PeerId),
+    /// Blocks fetched by a sync request.
+    Synced {
+        peer: PeerId,
+        result: Result<Vec<(Block, Commit)>, String>,
+    },
+}
+
+/// Shared read-side view for the RPC.
+#[derive(Clone)]
+pub struct EngineView {
+    pub status: watch::Receiver<EngineStatus>,
+    pub evidence: Arc<RwLock<Vec<Equivocation>>>,
+}
+
+pub struct EngineParts {
+    pub genesis: Arc<Genesis>,
+    pub store: Arc<RocksStore>,
+    pub mempool: Arc<Mutex<Mempool>>,
+    pub mempool_metrics: MempoolMetrics,
+    pub metrics: ChainMetrics,
+    pub net: NetworkHandle,
+    pub key: Option<Keypair>,
+    pub timeout_commit: Duration,
+    pub events: broadcast::Sender<NodeEvent>,
+}
+
+pub struct Engine {
+    genesis: Arc<Genesis>,
+    store: Arc<RocksStore>,
+    mempool: Arc<Mutex<Mempool>>,
+    mempool_metrics: MempoolMetrics,
+    metrics: ChainMetrics,
+    net: NetworkHandle,
+    key: Option<Keypair>,
+    guard: Option<SigningGuard<RocksGuardStore>>,
+    core: Consensus,
+    timeout_commit: Duration,
+    inbox: mpsc::Receiver<EngineMsg>,
+    me: mpsc::Sender<EngineMsg>,
+    events: broadcast::Sender<NodeEvent>,
+    status: watch::Sender<EngineStatus>,
+    evidence: Arc<RwLock<Vec<Equivocation>>>,
+    /// Candidate blocks of the current height by hash, with their execution if done.
+    blocks: HashMap<Hash, Block>,
+    executed: HashMap<Hash, BlockOutcome>,
+    /// Validation requests waiting for their block to arrive.
+    awaiting_block: HashSet<Hash>,
+    sync: sync::SyncState,
+    last_round_change: u32,
+}
+
+fn now_ms() -> u64 {
+    // The engine is the I/O edge: wall-clock time for block headers is read here only.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    /// Builds the engine, restoring the signing guard and the core's lock from disk.
+    pub fn new(parts: EngineParts) -> anyhow::Result<(Self, mpsc::Sender<EngineMsg>, EngineView)> {
+        let (me, inbox) = mpsc::channel(4096);
+        let tip = parts.store.tip()?;
+        let address = parts.key.as_ref().map(Keypair::address);
+        let mut core = Consensus::new(consensus::Config {
+            chain_id: parts.genesis.chain_id.clone(),
+            validators: parts.genesis.validators.clone(),
+            address,
+            timeouts: (&parts.genesis.params).into(),
+        });
+        let guard = match &parts.key {
+            Some(_) => {
+                let guard = SigningGuard::open(RocksGuardStore::new(parts.store.clone()))
+                    .map_err(|e| anyhow::anyhow!("cannot read the signing guard state: {e}"))?;
+                core.resume(guard.state());
+                Some(guard)
+            }
+            None => None,
+        };
+        let evidence: Vec<Equivocation> = match parts.store.consensus_get(EVIDENCE_KEY)? {
+            Some(bytes) => ledger::codec::decode("evidence", &bytes, 64 << 20).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let (status, status_rx) = watch::channel(EngineStatus {
+            height: tip.height,
+            tip_hash: tip.block_hash,
+            state_root: tip.state_root,
+            ..Default::default()
+        });
+        let evidence = Arc::new(RwLock::new(evidence));
+        parts.metrics.height.set(tip.height as i64);
+        let view = EngineView {
+            status: status_rx,
+            evidence: evidence.clone(),
+        };
+        let engine = Engine {
+            genesis: parts.genesis,
+            store: parts.store,
+            mempool: parts.mempool,
+            mempool_metrics: parts.mempool_metrics,
+            metrics: parts.metrics,
+            net: parts.net,
+            key: parts.key,
+            guard,
+            core,
+            timeout_commit: parts.timeout_commit,
+            inbox,
+            me: me.clone(),
+            events: parts.events,
+            status,
+            evidence,
+            blocks: HashMap::new(),
+            executed: HashMap::new(),
+            awaiting_block: HashSet::new(),
+            sync: sync::SyncState::default(),
+            last_round_change: 0,
+        };
+        Ok((engine, me, view))
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let tip = match self.store.tip() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the chain tip; engine stopping");
+                shutdown.cancel();
+                return;
+            }
+        };
+        tracing::info!(height = tip.height, "consensus engine starting");
+        self.drive(Input::StartHeight {
+            height: tip.height + 1,
+        });
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = self.inbox.recv() => match msg {
+                    Some(msg) => self.on_message(msg),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::info!("consensus engine stopped");
+    }
+
+    fn tip(&self) -> Option<Tip> {
+        match self.store.tip() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the chain tip");
+                None
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: EngineMsg) {
+        match msg {
+            EngineMsg::Consensus { msg, from } => self.on_consensus(msg, from),
+            EngineMsg::Timeout(t) => self.drive(Input::Timeout(t)),
+            EngineMsg::StartHeight(h) => {
+                if self.tip().is_some_and(|t| t.height + 1 == h) && self.core.height() < h {
+                    self.drive(Input::StartHeight { height: h });
+                }
+            }
+            EngineMsg::PeerHeight { peer, height } => self.note_peer_height(peer, height),
+            EngineMsg::PeerGone(peer) => self.sync.forget(&peer),
+            EngineMsg::Synced { peer, result } => self.on_synced(peer, result),
+        }
+    }
+
+    fn on_consensus(&mut self, msg: ConsensusMessage, from: Option<PeerId>) {
+        match msg {
+            ConsensusMessage::Proposal { proposal, block } => {
+                let h = proposal.proposal.height;
+                if let Some(peer) = from {
+                    self.note_peer_height(peer, h.saturating_sub(1));
+                }
+                if h == self.core.height() || h == self.core.height() + 1 {
+                    let hash = proposal.proposal.block_hash;
+                    self.blocks.entry(hash).or_insert(block);
+                    self.drive(Input::Proposal(proposal));
+                    if self.awaiting_block.remove(&hash) && h == self.core.height() {
+                        let valid = self.validate(&hash);
+                        self.drive(Input::BlockValidated {
+                            height: h,
+                            block_hash: hash,
+                            valid,
+                        });
+                    }
+                }
+            }
+            ConsensusMessage::Vote(vote) => {
+                let h = vote.vote.height;
+                if let Some(peer) = from {
+                    // A vote for h means its sender has committed h - 1.
+                    self.note_peer_height(peer, h.saturating_sub(1));
+                }
+                if h == self.core.height() || h == self.core.height() + 1 {
+                    self.drive(Input::Vote(vote));
+                }
+            }
+            ConsensusMessage::Evidence(e) => self.record_evidence(e, false),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.metrics.sample_process();
+        for (cf, size) in self.store.sizes() {
+            self.metrics
+                .db_size
+                .get_or_create(&crate::metrics::CfLabel { cf: cf.into() })
+                .set(size as i64);
+        }
+        let expired = self
+            .mempool
+            .lock()
+            .map(|mut m| m.expire(Instant::now()))
+            .unwrap_or(0);
+        self.mempool_metrics.evicted.inc_by(expired as u64);
+        self.maybe_request_sync();
+    }
+
+    /// Feeds one input to the core and carries out every output, including the inputs
+    /// those outputs produce (our own signed messages, answers to requests).
+    fn drive(&mut self, input: Input) {
+        let mut queue = std::collections::VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            for output in self.core.handle(input) {
+                if let Some(next) = self.carry_out(output) {
+                    queue.push_back(next);
+                }
+            }
+        }
+        let tip = self.tip().unwrap_or(Tip {
+            height: 0,
+            block_hash: [0; 32],
+            state_root: [0; 32],
+            time_ms: 0,
+        });
+        self.status.send_modify(|s| {
+            s.height = tip.height;
+            s.tip_hash = tip.block_hash;
+            s.state_root = tip.state_root;
+            s.round = self.core.round();
+            s.catching_up = self.sync.catching_up(tip.height);
+            s.sync_target = self.sync.target();
+        });
+    }
+
+    fn carry_out(&mut self, output: Output) -> Option<Input> {
+        match output {
+            Output::RoundChanged { height, round } => {
+                self.last_round_change = round;
+                self.metrics.round.set(i64::from(round));
+                if round > 0 {
+                    tracing::info!(height, round, "new round");
+                }
+                None
+            }
+            Output::BuildProposal { height, round } => {
+                let hash = self.build_proposal(height, round)?;
+                Some(Input::ProposalBuilt {
+                    height,
+                    round,
+                    block_hash: hash,
+                })
+            }
+            Output::Propose(proposal) => {
+                let (guard, key) = (self.guard.as_mut()?, self.key.as_ref()?);
+                if let Err(e) = guard.authorize_proposal(&proposal, self.core.locks()) {
+                    tracing::error!(error = %e, "signing guard refused a proposal");
+                    return None;
+                }
+                let block = self.blocks.get(&proposal.block_hash)?.clone();
+                let signed = key.sign_proposal(proposal);
+                self.publish(ConsensusMessage::Proposal {
+                    proposal: signed.clone(),
+                    block,
+                });
+                Some(Input::Proposal(signed))
+            }
+            Output::Vote(vote) => {
+                let (guard, key) = (self.guard.as_mut()?, self.key.as_ref()?);
+                if let Err(e) = guard.authorize_vote(&vote, self.core.locks()) {
+                    tracing::error!(error = %e, "signing guard refused a vote");
+                    return None;
+                }
+                let signed = key.sign_vote(vote);
+                self.publish(ConsensusMessage::Vote(signed.clone()));
+                Some(Input::Vote(signed))
+            }
+            Output::ValidateBlock {
+                height, block_hash, ..
+            } => {
+                if !self.blocks.contains_key(&block_hash) {
+                    self.awaiting_block.insert(block_hash);
+                    return None;
+                }
+                let valid = self.validate(&block_hash);
+                Some(Input::BlockValidated {
+                    height,
+                    block_hash,
+                    valid,
+                })
+            }
+            Output::ScheduleTimeout {
+                timeout,
+                duration_ms,
+            } => {
+                let me = self.me.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+                    let _ = me.send(EngineMsg::Timeout(timeout)).await;
+                });
+                None
+            }
+            Output::Decide {
+                height,
+                round,
+                block_hash,
+                commit,
+            } => {
+                self.metrics
+                    .rounds_per_height
+                    .observe(f64::from(round) + 1.0);
+                if let Some(block) = self.blocks.get(&block_hash).cloned() {
+                    if self.commit(block, commit, true).is_ok() {
+                        self.schedule_start(height + 1);
+                    }
+                } else {
+                    tracing::warn!(height, "decided a block we do not hold; syncing it");
+                    self.sync.raise_target(height);
+                    self.maybe_request_sync();
+                }
+                None
+            }
+            Output::Evidence(e) => {
+                self.record_evidence(*e, true);
+                None
+            }
+        }
+    }
+
+    fn schedule_start(&self, height: u64) {
+        let me = self.me.clone();
+        let wait = self.timeout_commit;
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = me.send(EngineMsg::StartHeight(height)).await;
+        });
+    }
+
+    fn publish(&self, msg: ConsensusMessage) {
+        let net = self.net.clone();
+        let data = encode(&msg);
+        tokio::spawn(async move {
+            if let Err(e) = net.publish(Topic::Consensus, data).await {
+                tracing::debug!(error = %e, "publish failed (no peers yet?)");
+            }
+        });
+    }
+
+    fn ctx(&self) -> ExecContext<'_> {
+        ExecContext {
+            chain_id: &self.genesis.chain_id,
+            params: &self.genesis.params,
+        }
+    }
+
+    /// Builds, executes and remembers a block from the mempool. Returns its hash.
+    fn build_proposal(&mut self, height: u64, round: u32) -> Option<Hash> {
+        let tip = self.tip()?;
+        if tip.height + 1 != height {
+            return None;
+        }
+        let key = self.key.as_ref()?;
+        let params = &self.genesis.params;
+        let candidates: Vec<Arc<SignedTx>> = self.mempool.lock().ok()?.reap(
+            params.block_max_txs as usize,
+            params.block_max_bytes as usize,
+        );
+        let last_commit = if tip.height == 0 {
+            None
+        } else {
+            self.store.commit(tip.height).ok().flatten()
+        };
+        let start = Instant::now();
+        let mempool = self.mempool.clone();
+        let known = move |id: &Hash| mempool.lock().map(|m| m.contains(id)).unwrap_or(false);
+        let body = match build_body(
+            self.store.as_ref(),
+            self.ctx(),
+            key.address(),
+            candidates.iter().map(|t| (**t).clone()),
+            &Signatures::Cached(&known),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a block");
+                return None;
+            }
+        };
+        self.metrics
+            .execution
+            .observe(start.elapsed().as_secs_f64());
+        if !body.rejected.is_empty() {
+            tracing::debug!(
+                count = body.rejected.len(),
+                "dropped invalid txs while building"
+            );
+        }
+        let block = assemble(
+            BlockTemplate {
+                chain_id: self.genesis.chain_id.clone(),
+                height,
+                round,
+                time_ms: now_ms().max(tip.time_ms + 1),
+                prev_hash: tip.block_hash,
+                validators_hash: self.genesis.validators.hash(),
+                proposer: key.address(),
+                last_commit,
+            },
+            &body,
+        );
+        let hash = block.hash();
+        tracing::debug!(height, round, txs = block.txs.len(), "built a proposal");
+        self.executed.insert(hash, body.outcome);
+        self.blocks.insert(hash, block);
+        Some(hash)
+    }
+
+    /// Checks header linkage and executes the block (signatures already verified by our
+    /// mempool are not verified again).
+    fn validate(&mut self, hash: &Hash) -> bool {
+        if self.executed.contains_key(hash) {
+            return true;
+        }
+        let Some(block) = self.blocks.get(hash) else {
+            return false;
+        };
+        let Some(tip) = self.tip() else { return false };
+        if let Err(e) = check_header(
+            &self.genesis.chain_id,
+            &self.genesis.validators,
+            &tip,
+            block,
+        ) {
+            tracing::warn!(height = block.header.height, error = %e, "proposed block has a bad header");
+            return false;
+        }
+        let start = Instant::now();
+        let mempool = self.mempool.clone();
+        let known = move |id: &Hash| mempool.lock().map(|m| m.contains(id)).unwrap_or(false);
+        match execute_block(
+            self.store.as_ref(),
+            self.ctx(),
+            block,
+            &Signatures::Cached(&known),
+        ) {
+            Ok(outcome) => {
+                self.metrics
+                    .execution
+                    .observe(start.elapsed().as_secs_f64());
+                self.executed.insert(*hash, outcome);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(height = block.header.height, error = %e, "proposed block is invalid");
+                false
+            }
+        }
+    }
+
+    /// Writes a decided (or synced) block with its commit in one synced batch and updates
+    /// the mempool, metrics, status and subscribers.
+    fn commit(&mut self, block: Block, commit: Commit, from_consensus: bool) -> Result<(), ()> {
+        let hash = block.hash();
+        let outcome = match self.executed.remove(&hash) {
+            Some(o) => o,
+            None => {
+                let Some(tip) = self.tip() else {
+                    return Err(());
+                };
+                if let Err(e) = check_header(
+                    &self.genesis.chain_id,
+                    &self.genesis.validators,
+                    &tip,
+                    &block,
+                ) {
+                    tracing::error!(error = %e, "decided block does not extend our tip");
+                    return Err(());
+                }
+                let mempool = self.mempool.clone();
+                let known =
+                    move |id: &Hash| mempool.lock().map(|m| m.contains(id)).unwrap_or(false);
+                match execute_block(
+                    self.store.as_ref(),
+                    self.ctx(),
+                    &block,
+                    &Signatures::Cached(&known),
+                ) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(error = %e, "decided block does not execute");
+                        return Err(());
+                    }
+                }
+            }
+        };
+        let ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
+        let start = Instant::now();
+        let prev_time = self.tip().map(|t| t.time_ms);
+        if let Err(e) = self
+            .store
+            .commit_block(&block, &commit, &outcome.update, &ids)
+        {
+            tracing::error!(height = block.header.height, error = %e, "cannot commit block");
+            return Err(());
+        }
+        self.metrics
+            .commit_write
+            .observe(start.elapsed().as_secs_f64());
+        let height = block.header.height;
+        // Mempool: drop what was included, re-check the senders whose state changed.
+        let touched = outcome
+            .update
+            .accounts
+            .iter()
+            .map(|(_, addr, acct)| (*addr, *acct));
+        if let Ok(mut m) = self.mempool.lock() {
+            let dropped = m.update_after_commit(&ids, touched);
+            self.mempool_metrics.evicted.inc_by(dropped as u64);
+            self.mempool_metrics.txs.set(m.len() as i64);
+            self.mempool_metrics.bytes.set(m.bytes() as i64);
+        }
+        self.metrics.height.set(height as i64);
+        self.metrics.blocks_committed.inc();
+        self.metrics.txs_committed.inc_by(ids.len() as u64);
+        self.metrics.block_txs.observe(ids.len() as f64);
+        if let Some(prev) = prev_time {
+            if height > 1 {
+                let dt = block.header.time_ms.saturating_sub(prev) as f64 / 1000.0;
+                self.metrics.block_interval.observe(dt);
+            }
+        }
+        let _ = self.events.send(NodeEvent::Block {
+            height,
+            hash,
+            txs: ids.len(),
+            time_ms: block.header.time_ms,
+        });
+        for (index, id) in ids.iter().enumerate() {
+            let _ = self.events.send(NodeEvent::Tx {
+                id: *id,
+                height,
+                index: index as u32,
+            });
+        }
+        if from_consensus || height % 100 == 0 {
+            tracing::info!(
+                height,
+                txs = ids.len(),
+                hash = %ledger::to_hex(&hash[..8]),
+                round = commit.round,
+                "committed block"
+            );
+        }
+        self.blocks.clear();
+        self.executed.clear();
+        self.awaiting_block.clear();
+        self.status
+            .send_modify(|s| s.last_block_at = Some(Instant::now()));
+        Ok(())
+    }
+
+    fn record_evidence(&mut self, e: Equivocation, ours: bool) {
+        if !valid_evidence(&self.genesis, &e) {
+            return;
+        }
+        let Ok(mut list) = self.evidence.write() else {
+            return;
+        };
+        if list.iter().any(|x| x == &e) {
+            return;
+        }
+        tracing::warn!(
+            validator = %ledger::to_hex(&e.first.validator),
+            height = e.first.vote.height,
+            round = e.first.vote.round,
+            "equivocation evidence"
+        );
+        list.push(e.clone());
+        if list.len() > MAX_EVIDENCE {
+            list.remove(0);
+        }
+        if let Err(err) = self.store.consensus_put(EVIDENCE_KEY, &encode(&*list)) {
+            tracing::error!(error = %err, "cannot persist evidence");
+        }
+        drop(list);
+        self.metrics.evidence.inc();
+        if ours {
+            self.publish(ConsensusMessage::Evidence(e));
+        }
+    }
+}
+
+/// Two valid signatures of one validator for the same (height, round, kind) with different
+/// block hashes.
+pub fn valid_evidence(genesis: &Genesis, e: &Equivocation) -> bool {
+    let (a, b) = (&e.first, &e.second);
+    let Some(v) = genesis.validators.get(&a.validator) else {
+        return false;
+    };
+    a.validator == b.validator
+        && a.vote.chain_id == genesis.chain_id
+        && b.vote.chain_id == genesis.chain_id
+        && a.vote.height == b.vote.height
+        && a.vote.round == b.vote.round
+        && a.vote.kind == b.vote.kind
+        && a.vote.block_hash != b.vote.block_hash
+        && a.verify_signature(&v.pubkey).is_ok()
+        && b.verify_signature(&v.pubkey).is_ok()
+}

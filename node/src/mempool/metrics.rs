@@ -1,0 +1,70 @@
+//! Mempool metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Default)]
+pub struct MempoolMetrics {
+    pub txs: Gauge,
+    pub bytes: Gauge,
+    pub admitted: Counter,
+    pub rejections: Family<ReasonLabel, Counter>,
+    pub evicted: Counter,
+}
+
+impl MempoolMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "tally_mempool_txs",
+            "Transactions pending in the mempool",
+            m.txs.clone(),
+        );
+        registry.register(
+            "tally_mempool_bytes",
+            "Bytes of transactions pending in the mempool",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "tally_mempool_admitted",
+            "Transactions admitted to the mempool",
+            m.admitted.clone(),
+        );
+        registry.register(
+            "tally_mempool_rejections",
+            "Transactions refused by the mempool, by reason code",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "tally_mempool_dropped",
+            "Pending transactions dropped after a commit (stale nonce, unpayable) or by TTL",
+            m.evicted.clone(),
+        );
+        // Pre-create every reason so dashboards see zeros, not gaps.
+        for code in ledger::check::TxError::CODES
+            .iter()
+            .chain(super::AddError::CODES)
+        {
+            let _ = m.rejections.get_or_create(&ReasonLabel {
+                reason: (*code).to_string(),
+            });
+        }
+        m
+    }
+
+    pub fn reject(&self, code: &str) {
+        self.rejections
+            .get_or_create(&ReasonLabel {
+                reason: code.to_string(),
+            })
+            .inc();
+    }
+}

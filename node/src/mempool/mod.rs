@@ -1,0 +1,370 @@
+//! The mempool (DESIGN.md section 5): pending transactions, bounded by count and bytes,
+//! deduplicated by id, ordered per sender by nonce with a bounded gap of future nonces,
+//! replace-by-fee for the same (sender, nonce), lowest-fee eviction when full, a TTL, and
+//! re-checking against the new state after every commit.
+//!
+//! Signatures are verified once, on admission; block execution asks [`Mempool::contains`]
+//! so a transaction that came through the mempool is not verified again.
+//!
+//! The pool is plain synchronous data; the node shares it behind a mutex and never holds
+//! the lock across I/O or signature checks.
+
+pub mod admission;
+pub mod metrics;
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger::check::{check_static, TxError};
+use ledger::genesis::Params;
+use ledger::types::{Account, Address, Payload, SignedTx};
+use ledger::Hash;
+
+#[derive(Clone, Debug)]
+pub struct MempoolConfig {
+    pub max_txs: usize,
+    pub max_bytes: usize,
+    /// How far ahead of the account's next nonce a tx may be (future nonces wait).
+    pub max_nonce_gap: u64,
+    /// Most pending txs from one sender (stops one key from filling the pool).
+    pub max_per_sender: usize,
+    pub ttl: Duration,
+}
+
+impl Default for MempoolConfig {
+    fn default() -> Self {
+        Self {
+            max_txs: 50_000,
+            max_bytes: 32 << 20,
+            max_nonce_gap: 64,
+            max_per_sender: 256,
+            ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a transaction was not admitted. `code()` is the RPC error code and metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    #[error(transparent)]
+    Invalid(#[from] TxError),
+    #[error("transaction is already pending")]
+    Duplicate,
+    #[error("transaction is already committed")]
+    AlreadyCommitted,
+    #[error("nonce {got} is more than {max_gap} ahead of the account's next nonce {expected}")]
+    NonceGap {
+        expected: u64,
+        got: u64,
+        max_gap: u64,
+    },
+    #[error("a pending transaction has the same nonce and a fee >= {existing_fee}; raise the fee to replace it")]
+    ReplacementUnderpriced { existing_fee: u64 },
+    #[error("sender has {0} pending transactions, the most allowed")]
+    SenderLimit(usize),
+    #[error("mempool is full and this fee does not beat the cheapest pending transaction")]
+    Full,
+}
+
+impl AddError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AddError::Invalid(e) => e.code(),
+            AddError::Duplicate => "duplicate",
+            AddError::AlreadyCommitted => "already_committed",
+            AddError::NonceGap { .. } => "nonce_gap",
+            AddError::ReplacementUnderpriced { .. } => "replacement_underpriced",
+            AddError::SenderLimit(_) => "sender_limit",
+            AddError::Full => "mempool_full",
+        }
+    }
+
+    pub const CODES: &'static [&'static str] = &[
+        "duplicate",
+        "already_committed",
+        "nonce_gap",
+        "replacement_underpriced",
+        "sender_limit",
+        "mempool_full",
+    ];
+
+    /// Whether a peer that relayed this tx could have known it was bad.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(self, AddError::Invalid(e) if e.is_peer_fault())
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    tx: Arc<SignedTx>,
+    id: Hash,
+    size: usize,
+    fee: u64,
+    debit: u128,
+    added: Instant,
+}
+
+#[derive(Default, Debug)]
+struct SenderQueue {
+    /// Committed nonce of the account as last seen.
+    next_nonce: u64,
+    balance: u64,
+    txs: BTreeMap<u64, Entry>,
+}
+
+pub struct Mempool {
+    config: MempoolConfig,
+    chain_id: String,
+    params: Params,
+    senders: HashMap<Address, SenderQueue>,
+    by_id: HashMap<Hash, (Address, u64)>,
+    bytes: usize,
+}
+
+/// A transaction handed to a proposer.
+pub type Candidate = Arc<SignedTx>;
+
+impl Mempool {
+    pub fn new(config: MempoolConfig, chain_id: String, params: Params) -> Self {
+        Self {
+            config,
+            chain_id,
+            params,
+            senders: HashMap::new(),
+            by_id: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn contains(&self, id: &Hash) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Cheap checks before the signature: run them first so junk costs no EC work.
+    /// `account` is the sender's committed account.
+    pub fn precheck(
+        &self,
+        tx: &SignedTx,
+        id: &Hash,
+        size: usize,
+        account: &Account,
+    ) -> Result<(), AddError> {
+        check_static(tx, size, &self.chain_id, &self.params)?;
+        if self.by_id.contains_key(id) {
+            return Err(AddError::Duplicate);
+        }
+        let nonce = tx.tx.nonce;
+        if nonce < account.nonce {
+            return Err(TxError::NonceTooLow {
+                expected: account.nonce,
+                got: nonce,
+            }
+            .into());
+        }
+        if nonce > account.nonce.saturating_add(self.config.max_nonce_gap) {
+            return Err(AddError::NonceGap {
+                expected: account.nonce,
+                got: nonce,
+                max_gap: self.config.max_nonce_gap,
+            });
+        }
+        Ok(())
+    }
+
+    /// Admits a transaction whose signature the caller has verified (outside the lock).
+    /// Re-runs the cheap checks, since the pool may have changed in between.
+    pub fn insert_verified(
+        &mut self,
+        tx: SignedTx,
+        id: Hash,
+        size: usize,
+        account: &Account,
+        now: Instant,
+    ) -> Result<(), AddError> {
+        self.precheck(&tx, &id, size, account)?;
+        let sender = tx.sender();
+        let nonce = tx.tx.nonce;
+        let Payload::Transfer { amount, .. } = tx.tx.payload;
+        let fee = tx.tx.fee;
+        let debit = u128::from(amount) + u128::from(fee);
+        // Funds: this tx plus every pending tx of the sender before it must be payable.
+        let queue = self.senders.get(&sender);
+        let before: u128 = queue.map_or(0, |q| {
+            q.txs.range(..nonce).map(|(_, e)| e.debit).sum::<u128>()
+        });
+        if before + debit > u128::from(account.balance) {
+            return Err(TxError::InsufficientFunds {
+                balance: account.balance,
+                needed: before + debit,
+            }
+            .into());
+        }
+        let replacing = queue.and_then(|q| q.txs.get(&nonce)).map(|e| (e.fee, e.id));
+        if let Some((existing_fee, _)) = replacing {
+            if fee <= existing_fee {
+                return Err(AddError::ReplacementUnderpriced { existing_fee });
+            }
+        } else if queue.is_some_and(|q| q.txs.len() >= self.config.max_per_sender) {
+            return Err(AddError::SenderLimit(self.config.max_per_sender));
+        }
+        // Make room: evict the cheapest tail txs (a sender's highest nonce, so no gaps
+        // open) while the pool is over its bounds, but only ones cheaper than this.
+        let extra_count = usize::from(replacing.is_none());
+        while self.by_id.len() + extra_count > self.config.max_txs
+            || self.bytes + size > self.config.max_bytes
+        {
+            match self.cheapest_tail(&sender) {
+                Some((victim, victim_fee)) if victim_fee < fee => self.remove(&victim),
+                _ => return Err(AddError::Full),
+            };
+        }
+        if let Some((_, old_id)) = replacing {
+            self.remove(&old_id);
+        }
+        let entry = Entry {
+            tx: Arc::new(tx),
+            id,
+            size,
+            fee,
+            debit,
+            added: now,
+        };
+        let q = self.senders.entry(sender).or_default();
+        q.next_nonce = account.nonce;
+        q.balance = account.balance;
+        q.txs.insert(nonce, entry);
+        self.by_id.insert(id, (sender, nonce));
+        self.bytes += size;
+        Ok(())
+    }
+
+    fn cheapest_tail(&self, except: &Address) -> Option<(Hash, u64)> {
+        self.senders
+            .iter()
+            .filter(|(a, _)| *a != except)
+            .filter_map(|(_, q)| q.txs.values().next_back())
+            .min_by_key(|e| e.fee)
+            .map(|e| (e.id, e.fee))
+    }
+
+    fn remove(&mut self, id: &Hash) -> Option<Entry> {
+        let (sender, nonce) = self.by_id.remove(id)?;
+        let q = self.senders.get_mut(&sender)?;
+        let e = q.txs.remove(&nonce)?;
+        self.bytes -= e.size;
+        if q.txs.is_empty() {
+            self.senders.remove(&sender);
+        }
+        Some(e)
+    }
+
+    /// Next nonce a wallet should use: the committed nonce plus this sender's consecutive
+    /// pending txs.
+    pub fn pending_nonce(&self, sender: &Address, committed_nonce: u64) -> u64 {
+        let mut n = committed_nonce;
+        if let Some(q) = self.senders.get(sender) {
+            while q.txs.contains_key(&n) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Executable txs for a block, highest fee first across senders, nonce order within
+    /// one sender, within `max_txs` / `max_bytes`.
+    pub fn reap(&self, max_txs: usize, max_bytes: usize) -> Vec<Candidate> {
+        // Heap of each sender's next executable tx: (fee, earliest arrival wins ties).
+        let mut heap = BinaryHeap::new();
+        for (addr, q) in &self.senders {
+            if let Some(e) = q.txs.get(&q.next_nonce) {
+                heap.push((e.fee, std::cmp::Reverse(e.added), *addr, q.next_nonce));
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some((_, _, addr, nonce)) = heap.pop() {
+            if out.len() >= max_txs {
+                break;
+            }
+            let q = &self.senders[&addr];
+            let e = &q.txs[&nonce];
+            if bytes + e.size > max_bytes {
+                continue;
+            }
+            bytes += e.size;
+            out.push(e.tx.clone());
+            if let Some(next) = q.txs.get(&(nonce + 1)) {
+                heap.push((next.fee, std::cmp::Reverse(next.added), addr, nonce + 1));
+            }
+        }
+        out
+    }
+
+    /// After a commit: drops included and now-stale txs of the touched senders and
+    /// re-checks their funds against the new state. `account_of` reads committed state.
+    /// Returns how many txs were dropped (other than the committed ones).
+    pub fn update_after_commit(
+        &mut self,
+        committed: &[Hash],
+        touched: impl IntoIterator<Item = (Address, Account)>,
+    ) -> usize {
+        for id in committed {
+            self.remove(id);
+        }
+        let mut dropped = 0;
+        for (addr, account) in touched {
+            let Some(q) = self.senders.get_mut(&addr) else {
+                continue;
+            };
+            q.next_nonce = account.nonce;
+            q.balance = account.balance;
+            let stale: Vec<Hash> = q.txs.range(..account.nonce).map(|(_, e)| e.id).collect();
+            // Funds re-check: keep the longest nonce-ordered prefix the balance pays for.
+            let mut spent: u128 = 0;
+            let mut unpayable = Vec::new();
+            for e in q.txs.range(account.nonce..).map(|(_, e)| e) {
+                spent += e.debit;
+                if spent > u128::from(account.balance) {
+                    unpayable.push(e.id);
+                }
+            }
+            for id in stale.iter().chain(&unpayable) {
+                self.remove(id);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Drops txs older than the TTL. Returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let ttl = self.config.ttl;
+        let old: Vec<Hash> = self
+            .senders
+            .values()
+            .flat_map(|q| q.txs.values())
+            .filter(|e| now.duration_since(e.added) > ttl)
+            .map(|e| e.id)
+            .collect();
+        for id in &old {
+            self.remove(id);
+        }
+        old.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

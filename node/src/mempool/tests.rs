@@ -1,0 +1,189 @@
+use super::*;
+use ledger::crypto::Keypair;
+use ledger::sha256;
+use ledger::types::Tx;
+
+const CHAIN: &str = "mp";
+
+fn key(i: u32) -> Keypair {
+    Keypair::from_secret_bytes(&sha256(format!("mempool-{i}").as_bytes())).unwrap()
+}
+
+fn tx(k: &Keypair, nonce: u64, fee: u64, amount: u64) -> (SignedTx, Hash, usize) {
+    let stx = k.sign_tx(Tx {
+        chain_id: CHAIN.into(),
+        from: k.public_key(),
+        nonce,
+        fee,
+        payload: Payload::Transfer {
+            to: [7; 20],
+            amount,
+        },
+    });
+    let bytes = ledger::codec::encode(&stx);
+    (stx, sha256(&bytes), bytes.len())
+}
+
+fn pool(config: MempoolConfig) -> Mempool {
+    Mempool::new(config, CHAIN.into(), Params::default())
+}
+
+fn rich(nonce: u64) -> Account {
+    Account {
+        balance: 1_000_000,
+        nonce,
+    }
+}
+
+fn add(p: &mut Mempool, t: (SignedTx, Hash, usize), acct: &Account) -> Result<Hash, AddError> {
+    let id = t.1;
+    p.insert_verified(t.0, t.1, t.2, acct, Instant::now())
+        .map(|_| id)
+}
+
+#[test]
+fn per_sender_nonce_order_and_pending_nonce() {
+    let mut p = pool(MempoolConfig::default());
+    let k = key(1);
+    // Arrive out of order: 2, 0, 1.
+    for n in [2, 0, 1] {
+        add(&mut p, tx(&k, n, 1, 10), &rich(0)).unwrap();
+    }
+    let reaped: Vec<u64> = p.reap(10, 1 << 20).iter().map(|t| t.tx.nonce).collect();
+    assert_eq!(reaped, vec![0, 1, 2]);
+    assert_eq!(p.pending_nonce(&k.address(), 0), 3);
+}
+
+#[test]
+fn gap_waits_and_too_far_ahead_is_refused() {
+    let mut p = pool(MempoolConfig {
+        max_nonce_gap: 4,
+        ..Default::default()
+    });
+    let k = key(1);
+    add(&mut p, tx(&k, 2, 1, 10), &rich(0)).unwrap();
+    assert!(
+        p.reap(10, 1 << 20).is_empty(),
+        "nonce 2 must wait for 0 and 1"
+    );
+    assert_eq!(p.pending_nonce(&k.address(), 0), 0);
+    let e = add(&mut p, tx(&k, 5, 1, 10), &rich(0)).unwrap_err();
+    assert_eq!(e.code(), "nonce_gap");
+    let e = add(&mut p, tx(&k, 0, 1, 10), &rich(1)).unwrap_err();
+    assert_eq!(e.code(), "nonce_too_low");
+}
+
+#[test]
+fn duplicates_and_replace_by_fee() {
+    let mut p = pool(MempoolConfig::default());
+    let k = key(1);
+    let t = tx(&k, 0, 5, 10);
+    add(&mut p, t.clone(), &rich(0)).unwrap();
+    assert_eq!(add(&mut p, t, &rich(0)).unwrap_err().code(), "duplicate");
+    assert_eq!(
+        add(&mut p, tx(&k, 0, 5, 11), &rich(0)).unwrap_err().code(),
+        "replacement_underpriced"
+    );
+    let better = add(&mut p, tx(&k, 0, 6, 11), &rich(0)).unwrap();
+    assert_eq!(p.len(), 1);
+    assert!(p.contains(&better));
+}
+
+#[test]
+fn full_pool_evicts_lowest_fee_only_for_a_better_fee() {
+    let mut p = pool(MempoolConfig {
+        max_txs: 2,
+        ..Default::default()
+    });
+    let (a, b, c) = (key(1), key(2), key(3));
+    let cheap = add(&mut p, tx(&a, 0, 1, 10), &rich(0)).unwrap();
+    add(&mut p, tx(&b, 0, 5, 10), &rich(0)).unwrap();
+    assert_eq!(
+        add(&mut p, tx(&c, 0, 1, 10), &rich(0)).unwrap_err().code(),
+        "mempool_full"
+    );
+    add(&mut p, tx(&c, 0, 2, 10), &rich(0)).unwrap();
+    assert!(!p.contains(&cheap));
+    assert_eq!(p.len(), 2);
+    // Highest fee first across senders.
+    let fees: Vec<u64> = p.reap(10, 1 << 20).iter().map(|t| t.tx.fee).collect();
+    assert_eq!(fees, vec![5, 2]);
+}
+
+#[test]
+fn funds_are_checked_cumulatively_and_rechecked_after_commit() {
+    let mut p = pool(MempoolConfig::default());
+    let k = key(1);
+    let acct = Account {
+        balance: 100,
+        nonce: 0,
+    };
+    add(&mut p, tx(&k, 0, 1, 40), &acct).unwrap();
+    add(&mut p, tx(&k, 1, 1, 40), &acct).unwrap();
+    assert_eq!(
+        add(&mut p, tx(&k, 2, 1, 40), &acct).unwrap_err().code(),
+        "insufficient_funds"
+    );
+    // A commit consumed nonce 0 elsewhere and drained the account: nonce 1 is unpayable.
+    let committed = tx(&k, 0, 1, 40).1;
+    let dropped = p.update_after_commit(
+        &[committed],
+        [(
+            k.address(),
+            Account {
+                balance: 10,
+                nonce: 1,
+            },
+        )],
+    );
+    assert_eq!(dropped, 1);
+    assert!(p.is_empty());
+}
+
+#[test]
+fn ttl_expires_old_txs() {
+    let mut p = pool(MempoolConfig {
+        ttl: Duration::from_secs(1),
+        ..Default::default()
+    });
+    let k = key(1);
+    let t0 = Instant::now();
+    let t = tx(&k, 0, 1, 1);
+    p.insert_verified(t.0, t.1, t.2, &rich(0), t0).unwrap();
+    assert_eq!(p.expire(t0 + Duration::from_millis(500)), 0);
+    assert_eq!(p.expire(t0 + Duration::from_secs(2)), 1);
+    assert_eq!(p.bytes(), 0);
+}
+
+#[test]
+fn cheap_checks_reject_before_signature_work() {
+    let p = pool(MempoolConfig::default());
+    let k = key(1);
+    let (mut stx, _, _) = tx(&k, 0, 1, 1);
+    stx.tx.chain_id = "other".into();
+    let bytes = ledger::codec::encode(&stx);
+    let e = p
+        .precheck(&stx, &sha256(&bytes), bytes.len(), &rich(0))
+        .unwrap_err();
+    assert_eq!(e.code(), "wrong_chain");
+    let (stx, id, size) = tx(&k, 0, 0, 1);
+    assert_eq!(
+        p.precheck(&stx, &id, size, &rich(0)).unwrap_err().code(),
+        "fee_too_low"
+    );
+}
+
+#[test]
+fn sender_limit_bounds_one_key() {
+    let mut p = pool(MempoolConfig {
+        max_per_sender: 2,
+        ..Default::default()
+    });
+    let k = key(1);
+    add(&mut p, tx(&k, 0, 1, 1), &rich(0)).unwrap();
+    add(&mut p, tx(&k, 1, 1, 1), &rich(0)).unwrap();
+    assert_eq!(
+        add(&mut p, tx(&k, 2, 1, 1), &rich(0)).unwrap_err().code(),
+        "sender_limit"
+    );
+}

@@ -1,0 +1,183 @@
+//! The node's registry and the metrics of the chain itself (height, blocks, consensus,
+//! execution, storage, process). Subsystems register their own families next to their
+//! code (`mempool/metrics.rs`, `rpc/metrics.rs`, the p2p crate).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CfLabel {
+    pub cf: String,
+}
+
+#[derive(Clone)]
+pub struct ChainMetrics {
+    pub height: Gauge,
+    pub block_interval: Histogram,
+    pub block_txs: Histogram,
+    pub txs_committed: Counter,
+    pub blocks_committed: Counter,
+    pub round: Gauge,
+    pub rounds_per_height: Histogram,
+    pub execution: Histogram,
+    pub commit_write: Histogram,
+    pub evidence: Counter,
+    pub catching_up: Gauge,
+    pub sync_blocks: Counter,
+    pub sync_target: Gauge,
+    pub db_size: Family<CfLabel, Gauge>,
+    pub resident_memory: Gauge,
+    pub cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub open_fds: Gauge,
+}
+
+impl ChainMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        let m = Self {
+            height: Gauge::default(),
+            block_interval: Histogram::new(exponential_buckets(0.05, 1.6, 14)),
+            block_txs: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            txs_committed: Counter::default(),
+            blocks_committed: Counter::default(),
+            round: Gauge::default(),
+            rounds_per_height: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 10.0].into_iter()),
+            execution: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            commit_write: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            evidence: Counter::default(),
+            catching_up: Gauge::default(),
+            sync_blocks: Counter::default(),
+            sync_target: Gauge::default(),
+            db_size: Family::default(),
+            resident_memory: Gauge::default(),
+            cpu_seconds: Gauge::default(),
+            open_fds: Gauge::default(),
+        };
+        r.register(
+            "tally_block_height",
+            "Height of the last committed block",
+            m.height.clone(),
+        );
+        r.register(
+            "tally_block_interval_seconds",
+            "Time between consecutive committed blocks (header times)",
+            m.block_interval.clone(),
+        );
+        r.register(
+            "tally_block_txs",
+            "Transactions per committed block",
+            m.block_txs.clone(),
+        );
+        r.register(
+            "tally_txs_committed",
+            "Transactions committed",
+            m.txs_committed.clone(),
+        );
+        r.register(
+            "tally_blocks_committed",
+            "Blocks committed by this node",
+            m.blocks_committed.clone(),
+        );
+        r.register(
+            "tally_consensus_round",
+            "Current consensus round",
+            m.round.clone(),
+        );
+        r.register(
+            "tally_consensus_rounds_per_height",
+            "Rounds needed to decide a height (1 = first round)",
+            m.rounds_per_height.clone(),
+        );
+        r.register(
+            "tally_block_execution_seconds",
+            "Time to execute a block (validate or build)",
+            m.execution.clone(),
+        );
+        r.register(
+            "tally_block_commit_write_seconds",
+            "Time to write a committed block (one synced RocksDB batch)",
+            m.commit_write.clone(),
+        );
+        r.register(
+            "tally_evidence",
+            "Equivocation evidence seen",
+            m.evidence.clone(),
+        );
+        r.register(
+            "tally_sync_catching_up",
+            "1 while the node is syncing blocks from peers",
+            m.catching_up.clone(),
+        );
+        r.register(
+            "tally_sync_blocks",
+            "Blocks applied through sync",
+            m.sync_blocks.clone(),
+        );
+        r.register(
+            "tally_sync_target_height",
+            "Highest height seen at peers",
+            m.sync_target.clone(),
+        );
+        r.register(
+            "tally_db_size_bytes",
+            "RocksDB SST bytes per column family",
+            m.db_size.clone(),
+        );
+        r.register(
+            "tally_process_resident_memory_bytes",
+            "Resident memory of tallyd",
+            m.resident_memory.clone(),
+        );
+        r.register(
+            "tally_process_cpu_seconds",
+            "CPU time used by tallyd (user + system)",
+            m.cpu_seconds.clone(),
+        );
+        r.register(
+            "tally_process_open_fds",
+            "Open file descriptors of tallyd",
+            m.open_fds.clone(),
+        );
+        m
+    }
+
+    /// Refreshes process figures from /proc (Linux); elsewhere they stay 0.
+    pub fn sample_process(&self) {
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            if let Some(pages) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i64>().ok())
+            {
+                self.resident_memory.set(pages * 4096);
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the ")" of the command name; utime and stime are 14 and 15.
+            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
+                    if let (Ok(u), Ok(s)) = (u.parse::<f64>(), s.parse::<f64>()) {
+                        self.cpu_seconds.set((u + s) / 100.0);
+                    }
+                }
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(dir.count() as i64);
+        }
+    }
+}
+
+/// Encodes the registry as OpenMetrics text.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+        out.push_str("# encoding failed\n# EOF\n");
+    }
+    out
+}

@@ -1,0 +1,291 @@
+//! Assembles a node from its home directory: store, network, mempool, engine, router,
+//! RPC and metrics, each a task under one shutdown token.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use ledger::genesis::Genesis;
+use ledger::store::rocks::{RocksConfig, RocksStore};
+use ledger::store::ChainReader;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tally_p2p::{Multiaddr, NetworkConfig};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Home, NodeConfig};
+use crate::engine::{Engine, EngineParts};
+use crate::mempool::metrics::MempoolMetrics;
+use crate::mempool::{Mempool, MempoolConfig};
+use crate::metrics::ChainMetrics;
+use crate::router::Router;
+use crate::rpc::metrics::RpcMetrics;
+use crate::rpc::RpcState;
+
+/// Where a running node actually listens (ports chosen by the OS when configured as 0).
+/// Written to `<home>/data/addresses.json` once everything is bound, for the testnet
+/// launcher, tests and scripts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Addresses {
+    pub peer_id: String,
+    pub rpc: String,
+    pub metrics: Option<String>,
+    pub p2p: Vec<String>,
+    pub pid: u32,
+}
+
+pub fn addresses_file(home: &Path) -> PathBuf {
+    home.join("data/addresses.json")
+}
+
+/// Loads config and genesis from `home` and runs the node until `shutdown` (or Ctrl-C /
+/// SIGTERM when `handle_signals`).
+pub async fn run(home: &Path, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let home = Home(home.to_path_buf());
+    let config = NodeConfig::load(&home.config_file(), std::env::vars())?;
+    let genesis = Genesis::load(&home.genesis_file())?;
+    run_with(home, config, genesis, shutdown).await
+}
+
+pub async fn run_with(
+    home: Home,
+    config: NodeConfig,
+    genesis: Genesis,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let genesis = Arc::new(genesis);
+    let key = if config.consensus.validator_key.is_empty() {
+        None
+    } else {
+        let path = home.resolve(&config.consensus.validator_key);
+        let key = crate::keys::read_validator_key(&path)?;
+        if genesis.validators.get(&key.address()).is_none() {
+            tracing::warn!(
+                address = %ledger::to_hex(&key.address()),
+                "the validator key is not in the genesis validator set; running as a full node"
+            );
+        }
+        Some(key).filter(|k| genesis.validators.get(&k.address()).is_some())
+    };
+    let node_secret = crate::keys::read_node_key(&home.node_key_file())?;
+
+    std::fs::create_dir_all(home.db_dir())
+        .with_context(|| format!("cannot create {}", home.db_dir().display()))?;
+    let store = Arc::new(
+        RocksStore::open_with(
+            &home.db_dir(),
+            &genesis,
+            &RocksConfig {
+                block_cache_bytes: config.storage.block_cache_mb << 20,
+                write_buffer_bytes: config.storage.write_buffer_mb << 20,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", home.db_dir().display()))?,
+    );
+    let tip = store.tip()?;
+    tracing::info!(
+        chain_id = %genesis.chain_id,
+        height = tip.height,
+        validator = key.is_some(),
+        "opened the ledger"
+    );
+
+    let mut registry = Registry::default();
+    let chain_metrics = ChainMetrics::register(&mut registry);
+    let mempool_metrics = MempoolMetrics::register(&mut registry);
+    let rpc_metrics = RpcMetrics::register(&mut registry);
+
+    // The largest gossip message is a proposal carrying the largest block.
+    let max_block_bytes = genesis.params.block_max_bytes as usize + 64 * 1024;
+    let mut net_config = NetworkConfig::new(genesis.chain_id.clone(), node_secret);
+    let parse = |list: &[String]| -> anyhow::Result<Vec<Multiaddr>> {
+        list.iter()
+            .map(|a| {
+                a.parse::<Multiaddr>()
+                    .map_err(|e| anyhow::anyhow!("bad multiaddr {a}: {e}"))
+            })
+            .collect()
+    };
+    net_config.listen = parse(&config.p2p.listen)?;
+    net_config.bootstrap = parse(&config.p2p.bootstrap)?;
+    net_config.discovery = config.p2p.discovery;
+    net_config.max_message_bytes = max_block_bytes;
+    net_config.max_tx_message_bytes = (genesis.params.max_tx_bytes as usize).max(1024);
+    net_config.max_inbound_connections = config.p2p.max_inbound_connections;
+    net_config.max_connections_per_ip = config.p2p.max_connections_per_ip;
+    net_config.max_tx_msgs_per_sec_per_peer = config.p2p.max_tx_msgs_per_sec_per_peer;
+    net_config.max_consensus_msgs_per_sec_per_peer = config.p2p.max_consensus_msgs_per_sec_per_peer;
+    net_config.max_sync_requests_per_sec_per_peer = config.p2p.max_sync_requests_per_sec_per_peer;
+    net_config.ban_threshold = config.p2p.ban_threshold;
+    net_config.ban_duration = Duration::from_secs(config.p2p.ban_duration_secs);
+    net_config.score_half_life = Duration::from_secs(config.p2p.score_half_life_secs.max(1));
+    let sync_max_response_bytes = net_config.sync_max_response_bytes;
+    let (net, net_events) = tally_p2p::spawn(net_config, &mut registry, shutdown.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start networking: {e}"))?;
+
+    let mempool = Arc::new(Mutex::new(Mempool::new(
+        MempoolConfig {
+            max_txs: config.mempool.max_txs,
+            max_bytes: config.mempool.max_bytes,
+            max_nonce_gap: config.mempool.max_nonce_gap,
+            max_per_sender: config.mempool.max_per_sender,
+            ttl: Duration::from_secs(config.mempool.ttl_secs),
+        },
+        genesis.chain_id.clone(),
+        genesis.params.clone(),
+    )));
+    let (events, _) = broadcast::channel(16 * 1024);
+    let timeout_commit = Duration::from_millis(if config.consensus.timeout_commit_ms > 0 {
+        config.consensus.timeout_commit_ms
+    } else {
+        genesis.params.timeout_commit_ms
+    });
+    let validator_address = key.as_ref().map(|k| k.address());
+    let (engine, engine_tx, view) = Engine::new(EngineParts {
+        genesis: genesis.clone(),
+        store: store.clone(),
+        mempool: mempool.clone(),
+        mempool_metrics: mempool_metrics.clone(),
+        metrics: chain_metrics,
+        net: net.clone(),
+        key,
+        timeout_commit,
+        events: events.clone(),
+    })?;
+
+    let (listening, mut listening_rx) = tokio::sync::watch::channel(Vec::new());
+    let router = Router {
+        listening,
+        genesis: genesis.clone(),
+        store: store.clone(),
+        mempool: mempool.clone(),
+        mempool_metrics: mempool_metrics.clone(),
+        net: net.clone(),
+        engine: engine_tx,
+        max_block_bytes,
+        sync_max_response_bytes,
+    };
+
+    // RPC and metrics listeners are bound before anything is announced.
+    let rpc_addr: SocketAddr = config.rpc.listen.parse()?;
+    let rpc_listener = tokio::net::TcpListener::bind(rpc_addr)
+        .await
+        .with_context(|| {
+            format!("cannot listen for RPC on {rpc_addr} (rpc.listen); is another node using it?")
+        })?;
+    let rpc_bound = rpc_listener.local_addr()?;
+    let metrics_listener = if config.metrics.enabled {
+        let addr: SocketAddr = config.metrics.listen.parse()?;
+        Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr} (metrics.listen)"))?,
+        )
+    } else {
+        None
+    };
+    let metrics_bound = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let registry = Arc::new(registry);
+    let rpc_state = RpcState {
+        genesis: genesis.clone(),
+        store: store.clone(),
+        mempool,
+        mempool_metrics,
+        net: net.clone(),
+        view,
+        events,
+        metrics: rpc_metrics,
+        moniker: config.moniker.clone(),
+        validator: validator_address,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.rpc.max_event_streams)),
+        shutdown: shutdown.clone(),
+    };
+    let app = crate::rpc::router(
+        rpc_state,
+        config.rpc.max_body_bytes,
+        Duration::from_millis(config.rpc.timeout_ms),
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(engine.run(shutdown.clone()));
+    tasks.spawn(router.run(net_events, shutdown.clone()));
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::rpc::serve(rpc_listener, app, shutdown.clone()).await {
+                tracing::error!(error = %e, "RPC server failed");
+                shutdown.cancel();
+            }
+        });
+    }
+    if let Some(listener) = metrics_listener {
+        let registry = registry.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let registry = registry.clone();
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            crate::metrics::encode(&registry),
+                        )
+                    }
+                }),
+            );
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+
+    // Wait for the p2p listeners to be up, then publish where we are.
+    let wanted = config.p2p.listen.len();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        listening_rx.wait_for(|l| l.len() >= wanted),
+    )
+    .await;
+    let p2p: Vec<Multiaddr> = listening_rx.borrow().clone();
+    let peer_id = net.local_peer_id();
+    let addresses = Addresses {
+        peer_id: peer_id.to_string(),
+        rpc: rpc_bound.to_string(),
+        metrics: metrics_bound.map(|a| a.to_string()),
+        p2p: p2p.iter().map(|a| format!("{a}/p2p/{peer_id}")).collect(),
+        pid: std::process::id(),
+    };
+    crate::keys::write_private(
+        &addresses_file(&home.0),
+        serde_json::to_string_pretty(&addresses)?.as_bytes(),
+    )?;
+    tracing::info!(
+        rpc = %rpc_bound,
+        metrics = ?metrics_bound,
+        p2p = ?addresses.p2p,
+        "node is up"
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 10 s");
+    }
+    let _ = std::fs::remove_file(addresses_file(&home.0));
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The router: the node side of the network task. It decodes every gossip message and
+//! sync request, checks what can be checked without consensus state (encoding, sizes,
+//! signatures, membership), reports the verdict to gossipsub (Accept forwards, Reject
+//! scores the sender down), and hands valid messages to the mempool or the engine.
+
+use std::sync::{Arc, Mutex};
+
+use ledger::codec::decode;
+use ledger::genesis::Genesis;
+use ledger::store::rocks::RocksStore;
+use tally_p2p::{Event, NetworkHandle, PenaltyReason, Topic, Verdict};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{valid_evidence, EngineMsg};
+use crate::mempool::admission::admit_bytes;
+use crate::mempool::metrics::MempoolMetrics;
+use crate::mempool::Mempool;
+use crate::wire::ConsensusMessage;
+
+pub struct Router {
+    pub genesis: Arc<Genesis>,
+    pub store: Arc<RocksStore>,
+    pub mempool: Arc<Mutex<Mempool>>,
+    pub mempool_metrics: MempoolMetrics,
+    pub net: NetworkHandle,
+    pub engine: mpsc::Sender<EngineMsg>,
+    pub max_block_bytes: usize,
+    pub sync_max_response_bytes: usize,
+    /// Our active listen addresses, as the network task reports them.
+    pub listening: tokio::sync::watch::Sender<Vec<tally_p2p::Multiaddr>>,
+}
+
+impl Router {
+    pub async fn run(self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                e = events.recv() => match e { Some(e) => e, None => break },
+            };
+            match event {
+                Event::Message {
+                    topic,
+                    msg_id,
+                    source,
+                    data,
+                    ..
+                } => {
+                    let verdict = match topic {
+                        Topic::Tx => self.on_tx(&data),
+                        Topic::Consensus => self.on_consensus(&data, source).await,
+                    };
+                    let _ = self.net.validated(msg_id, source, verdict).await;
+                }
+                Event::Request { data, channel, .. } => {
+                    let store = self.store.clone();
+                    let net = self.net.clone();
+                    let cap = self.sync_max_response_bytes;
+                    tokio::task::spawn_blocking(move || {
+                        let response = crate::engine::serve_sync(store.as_ref(), &data, cap);
+                        let handle = tokio::runtime::Handle::current();
+                        handle.block_on(async move {
+                            match response {
+                                Some(bytes) => {
+                                    let _ = net.respond(channel, bytes).await;
+                                }
+                                None => {
+                                    let _ = net.respond(channel, Vec::new()).await;
+                                }
+                            }
+                        });
+                    });
+                }
+                Event::PeerDisconnected(peer) => {
+                    let _ = self.engine.send(EngineMsg::PeerGone(peer)).await;
+                }
+                Event::PeerConnected(peer) => {
+                    // Ask the newcomer where it is, so a node that is behind starts
+                    // syncing without waiting for consensus traffic.
+                    let net = self.net.clone();
+                    let engine = self.engine.clone();
+                    tokio::spawn(async move {
+                        let req = ledger::codec::encode(&crate::wire::SyncRequest::Status);
+                        if let Ok(bytes) = net.request(peer, req).await {
+                            if let Ok(crate::wire::SyncResponse::Status(s)) =
+                                decode::<crate::wire::SyncResponse>("status", &bytes, 1024)
+                            {
+                                let _ = engine
+                                    .send(EngineMsg::PeerHeight {
+                                        peer,
+                                        height: s.height,
+                                    })
+                                    .await;
+                            }
+                        }
+                    });
+                }
+                Event::Listening(addr) => {
+                    self.listening.send_modify(|l| l.push(addr));
+                }
+                Event::PeerBanned {
+                    peer,
+                    reason,
+                    duration,
+                } => {
+                    tracing::warn!(%peer, %reason, secs = duration.as_secs(), "peer banned");
+                }
+            }
+        }
+    }
+
+    fn on_tx(&self, data: &[u8]) -> Verdict {
+        let max = self.genesis.params.max_tx_bytes as usize;
+        match admit_bytes(
+            self.store.as_ref(),
+            &self.mempool,
+            &self.mempool_metrics,
+            data,
+            max,
+        ) {
+            Ok(_) => Verdict::Accept,
+            Err(e) if e.is_peer_fault() => Verdict::Reject(match e.code() {
+                "bad_signature" | "high_s_signature" => PenaltyReason::InvalidSignature,
+                "malformed" => PenaltyReason::Undecodable,
+                "too_large" => PenaltyReason::Oversized,
+                _ => PenaltyReason::InvalidMessage,
+            }),
+            Err(_) => Verdict::Ignore,
+        }
+    }
+
+    async fn on_consensus(&self, data: &[u8], source: tally_p2p::PeerId) -> Verdict {
+        let msg: ConsensusMessage = match decode("consensus message", data, self.max_block_bytes) {
+            Ok(m) => m,
+            Err(_) => return Verdict::Reject(PenaltyReason::Undecodable),
+        };
+        let g = &self.genesis;
+        let verdict = match &msg {
+            ConsensusMessage::Vote(v) => match g.validators.get(&v.validator) {
+                None => Verdict::Reject(PenaltyReason::InvalidMessage),
+                Some(_) if v.vote.chain_id != g.chain_id => {
+                    Verdict::Reject(PenaltyReason::InvalidMessage)
+                }
+                Some(val) => match v.verify_signature(&val.pubkey) {
+                    Ok(()) => Verdict::Accept,
+                    Err(_) => Verdict::Reject(PenaltyReason::InvalidSignature),
+                },
+            },
+            ConsensusMessage::Proposal { proposal, block } => {
+                let p = &proposal.proposal;
+                let proposer = g.validators.proposer(p.height, p.round);
+                if p.chain_id != g.chain_id
+                    || block.hash() != p.block_hash
+                    || block.header.height != p.height
+                {
+                    Verdict::Reject(PenaltyReason::InvalidBlock)
+                } else if proposal.verify_signature(&proposer.pubkey).is_err() {
+                    Verdict::Reject(PenaltyReason::InvalidSignature)
+                } else {
+                    Verdict::Accept
+                }
+            }
+            ConsensusMessage::Evidence(e) => {
+                if valid_evidence(g, e) {
+                    Verdict::Accept
+                } else {
+                    Verdict::Reject(PenaltyReason::InvalidMessage)
+                }
+            }
+        };
+        if matches!(verdict, Verdict::Accept) {
+            // Old heights are valid but useless: do not forward them.
+            let height = match &msg {
+                ConsensusMessage::Vote(v) => v.vote.height,
+                ConsensusMessage::Proposal { proposal, .. } => proposal.proposal.height,
+                ConsensusMessage::Evidence(_) => u64::MAX,
+            };
+            let tip = ledger::store::ChainReader::tip(self.store.as_ref()).map_or(0, |t| t.height);
+            let _ = self
+                .engine
+                .send(EngineMsg::Consensus {
+                    msg,
+                    from: Some(source),
+                })
+                .await;
+            if height <= tip {
+                return Verdict::Ignore;
+            }
+        }
+        verdict
+    }
+}

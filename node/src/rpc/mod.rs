@@ -1,0 +1,519 @@
+//! The JSON-over-HTTP API (DESIGN.md section 7). Errors are
+//! `{"error": {"code": "...", "message": "..."}}` with a fitting status; every route has a
+//! body-size limit and a timeout (except the event stream, which is long-lived by design).
+
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use ledger::genesis::Genesis;
+use ledger::hash::{from_hex_array, to_hex};
+use ledger::state::prove_account;
+use ledger::store::rocks::RocksStore;
+use ledger::store::ChainReader;
+use ledger::types::{Block, Commit};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tally_p2p::{NetworkHandle, Topic};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{EngineView, NodeEvent};
+use crate::mempool::admission::admit_bytes;
+use crate::mempool::metrics::MempoolMetrics;
+use crate::mempool::{AddError, Mempool};
+use metrics::{RouteLabel, RouteStatus, RpcMetrics};
+
+#[derive(Clone)]
+pub struct RpcState {
+    pub genesis: Arc<Genesis>,
+    pub store: Arc<RocksStore>,
+    pub mempool: Arc<Mutex<Mempool>>,
+    pub mempool_metrics: MempoolMetrics,
+    pub net: NetworkHandle,
+    pub view: EngineView,
+    pub events: broadcast::Sender<NodeEvent>,
+    pub metrics: RpcMetrics,
+    pub moniker: String,
+    pub validator: Option<ledger::types::Address>,
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Ends event streams at shutdown (graceful shutdown waits for open connections).
+    pub shutdown: CancellationToken,
+}
+
+/// An API error: status, stable code, human message.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<AddError> for ApiError {
+    fn from(e: AddError) -> Self {
+        let status = match e.code() {
+            "malformed" | "bad_signature" | "high_s_signature" | "wrong_chain" | "zero_amount" => {
+                StatusCode::BAD_REQUEST
+            }
+            "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            "duplicate" | "already_committed" | "nonce_too_low" | "replacement_underpriced" => {
+                StatusCode::CONFLICT
+            }
+            "mempool_full" => StatusCode::SERVICE_UNAVAILABLE,
+            "sender_limit" => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(state: RpcState, max_body: usize, timeout: Duration) -> Router {
+    let timed = Router::new()
+        .route("/v1/txs", post(submit_tx))
+        .route("/v1/txs/{id}", get(get_tx))
+        .route("/v1/accounts/{address}", get(get_account))
+        .route("/v1/blocks/latest", get(latest_block))
+        .route("/v1/blocks/{height}", get(get_block))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/validators", get(validators))
+        .route("/v1/evidence", get(evidence))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ));
+    timed
+        .route("/v1/events", get(events))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Counts every request by matched route and status, and times it.
+async fn track(State(state): State<RpcState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&RouteStatus {
+            route: route.clone(),
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&RouteLabel { route })
+        .observe(start.elapsed().as_secs_f64());
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see GET /v1/status",
+    )
+}
+
+#[derive(Deserialize)]
+struct SubmitBody {
+    tx: String,
+}
+
+async fn submit_tx(
+    State(s): State<RpcState>,
+    body: Result<Json<SubmitBody>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Json(body) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is too large",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "{}; send {{\"tx\": \"<hex of borsh(SignedTx)>\"}}",
+                    e.body_text()
+                ),
+            )
+        }
+    })?;
+    let bytes = hex::decode(body.tx.trim()).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("tx is not hex: {e}"),
+        )
+    })?;
+    let max = s.genesis.params.max_tx_bytes as usize;
+    let st = s.clone();
+    let raw = bytes.clone();
+    let (id, _) = tokio::task::spawn_blocking(move || {
+        admit_bytes(
+            st.store.as_ref(),
+            &st.mempool,
+            &st.mempool_metrics,
+            &raw,
+            max,
+        )
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    if let Err(e) = s.net.publish(Topic::Tx, bytes).await {
+        tracing::debug!(error = %e, "tx gossip publish failed (no peers?)");
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"tx_id": to_hex(&id)}))))
+}
+
+fn parse_hash(text: &str, what: &'static str) -> ApiResult<[u8; 32]> {
+    from_hex_array(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            what,
+            format!("expected 64 hex characters: {e}"),
+        )
+    })
+}
+
+async fn get_tx(State(s): State<RpcState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_hash(&id, "bad_tx_id")?;
+    let pending = s.mempool.lock().map(|m| m.contains(&id)).unwrap_or(false);
+    if let Some(loc) = s.store.tx_location(&id).map_err(ApiError::internal)? {
+        let block_hash = s
+            .store
+            .block(loc.height)
+            .map_err(ApiError::internal)?
+            .map(|b| to_hex(&b.hash()));
+        return Ok(Json(json!({
+            "tx_id": to_hex(&id), "status": "committed",
+            "height": loc.height, "index": loc.index, "block_hash": block_hash,
+        })));
+    }
+    let status = if pending { "pending" } else { "unknown" };
+    Ok(Json(json!({"tx_id": to_hex(&id), "status": status})))
+}
+
+#[derive(Deserialize)]
+struct AccountQuery {
+    #[serde(default)]
+    proof: bool,
+}
+
+async fn get_account(
+    State(s): State<RpcState>,
+    Path(address): Path<String>,
+    query: Result<Query<AccountQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let address: [u8; 20] = from_hex_array(&address).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_address",
+            format!("address must be 40 hex characters: {e}"),
+        )
+    })?;
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    // The tree and the tip are written in one batch, but read here in two steps: retry if
+    // a commit landed in between so the proof, root and height always belong together.
+    for _ in 0..5 {
+        let tip = s.store.tip().map_err(ApiError::internal)?;
+        let (account, proof, root) = if q.proof {
+            let (a, p, r) =
+                prove_account(s.store.as_ref(), &address).map_err(ApiError::internal)?;
+            (a, Some(p), r)
+        } else {
+            let a = ledger::state::StateReader::account(s.store.as_ref(), &address)
+                .map_err(ApiError::internal)?;
+            (a, None, tip.state_root)
+        };
+        if root != tip.state_root || s.store.tip().map_err(ApiError::internal)?.height != tip.height
+        {
+            continue;
+        }
+        let acct = account.unwrap_or_default();
+        let pending_nonce = s
+            .mempool
+            .lock()
+            .map(|m| m.pending_nonce(&address, acct.nonce))
+            .unwrap_or(acct.nonce);
+        let mut out = json!({
+            "address": to_hex(&address), "balance": acct.balance, "nonce": acct.nonce,
+            "pending_nonce": pending_nonce, "height": tip.height, "state_root": to_hex(&tip.state_root),
+        });
+        if let Some(p) = proof {
+            out["proof"] = Value::String(to_hex(&p.to_bytes()));
+            out["exists"] = Value::Bool(account.is_some());
+        }
+        return Ok(Json(out));
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "the chain moved while reading; retry",
+    ))
+}
+
+fn commit_json(c: &Commit) -> Value {
+    json!({
+        "height": c.height, "round": c.round, "block_hash": to_hex(&c.block_hash),
+        "signatures": c.signatures.iter().map(|s| json!({
+            "validator": to_hex(&s.validator), "signature": to_hex(&s.signature)
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn block_json(block: &Block, commit: Option<&Commit>) -> Value {
+    let h = &block.header;
+    json!({
+        "height": h.height,
+        "hash": to_hex(&block.hash()),
+        "header": {
+            "version": h.version, "chain_id": h.chain_id, "height": h.height, "round": h.round,
+            "time_ms": h.time_ms, "prev_hash": to_hex(&h.prev_hash), "tx_root": to_hex(&h.tx_root),
+            "state_root": to_hex(&h.state_root), "validators_hash": to_hex(&h.validators_hash),
+            "proposer": to_hex(&h.proposer), "last_commit_hash": to_hex(&h.last_commit_hash),
+        },
+        "tx_ids": block.txs.iter().map(|t| to_hex(&t.id())).collect::<Vec<_>>(),
+        "commit": commit.map(commit_json),
+        "last_commit": block.last_commit.as_ref().map(commit_json),
+        "block": to_hex(&ledger::codec::encode(block)),
+    })
+}
+
+fn block_at(s: &RpcState, height: u64) -> ApiResult<Json<Value>> {
+    let block = s
+        .store
+        .block(height)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no block at height {height}"),
+            )
+        })?;
+    let commit = s.store.commit(height).map_err(ApiError::internal)?;
+    Ok(Json(block_json(&block, commit.as_ref())))
+}
+
+async fn latest_block(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
+    let tip = s.store.tip().map_err(ApiError::internal)?;
+    if tip.height == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no block has been committed yet",
+        ));
+    }
+    block_at(&s, tip.height)
+}
+
+async fn get_block(
+    State(s): State<RpcState>,
+    Path(height): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let height: u64 = height.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_height",
+            format!("\"{height}\" is not a block height (an integer >= 1)"),
+        )
+    })?;
+    block_at(&s, height)
+}
+
+async fn status(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
+    let st = s.view.status.borrow().clone();
+    let peers = s
+        .net
+        .peers()
+        .await
+        .map(|p| p.iter().filter(|x| x.connected).count())
+        .unwrap_or(0);
+    let (txs, bytes) = s
+        .mempool
+        .lock()
+        .map(|m| (m.len(), m.bytes()))
+        .unwrap_or((0, 0));
+    Ok(Json(json!({
+        "chain_id": s.genesis.chain_id,
+        "node_id": s.net.local_peer_id().to_string(),
+        "moniker": s.moniker,
+        "height": st.height,
+        "tip_hash": to_hex(&st.tip_hash),
+        "state_root": to_hex(&st.state_root),
+        "round": st.round,
+        "catching_up": st.catching_up,
+        "sync_target": st.sync_target,
+        "validator": s.validator.is_some(),
+        "validator_address": s.validator.map(|a| to_hex(&a)),
+        "peers": peers,
+        "mempool": {"txs": txs, "bytes": bytes},
+        "min_fee": s.genesis.params.min_fee,
+        "seconds_since_last_block": st.last_block_at.map(|t| t.elapsed().as_secs_f64()),
+    })))
+}
+
+async fn peers(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
+    let peers = s.net.peers().await.map_err(ApiError::internal)?;
+    let list: Vec<Value> = peers
+        .iter()
+        .map(|p| {
+            json!({
+                "peer_id": p.peer_id.to_string(),
+                "connected": p.connected,
+                "addresses": p.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "score": p.app_score,
+                "score_components": {"application": p.app_score, "gossipsub": p.gossipsub_score},
+                "reasons": p.reasons.iter().map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "banned": p.banned,
+                "ban_remaining_secs": p.ban_remaining.map(|d| d.as_secs_f64()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"peers": list})))
+}
+
+async fn validators(State(s): State<RpcState>) -> Json<Value> {
+    let g = &s.genesis;
+    Json(json!({
+        "total_power": g.validators.total_power(),
+        "validators_hash": to_hex(&g.validators.hash()),
+        "validators": g.validators.validators().iter().zip(&g.validator_names).map(|(v, name)| json!({
+            "name": name, "address": to_hex(&v.address), "pubkey": to_hex(&v.pubkey), "power": v.power,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+async fn evidence(State(s): State<RpcState>) -> Json<Value> {
+    let list = s
+        .view
+        .evidence
+        .read()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    Json(json!({"evidence": list.iter().map(|e| {
+        let vote = |v: &ledger::types::SignedVote| json!({
+            "height": v.vote.height, "round": v.vote.round,
+            "kind": format!("{:?}", v.vote.kind).to_lowercase(),
+            "block_hash": v.vote.block_hash.map(|h| to_hex(&h)),
+            "signature": to_hex(&v.signature),
+        });
+        json!({
+            "validator": to_hex(&e.first.validator),
+            "height": e.first.vote.height, "round": e.first.vote.round,
+            "first": vote(&e.first), "second": vote(&e.second),
+        })
+    }).collect::<Vec<_>>()}))
+}
+
+async fn events(
+    State(s): State<RpcState>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let permit = s.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            "too many open event streams; retry later",
+        )
+    })?;
+    let rx = s.events.subscribe();
+    let stop = s.shutdown.clone();
+    let stream = futures::stream::unfold((rx, permit, stop), |(mut rx, permit, stop)| async move {
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return None,
+                n = rx.recv() => n,
+            };
+            match next {
+                Ok(NodeEvent::Block {
+                    height,
+                    hash,
+                    txs,
+                    time_ms,
+                }) => {
+                    let ev = Event::default()
+                        .event("block")
+                        .data(json!({"height": height, "hash": to_hex(&hash), "txs": txs, "time_ms": time_ms}).to_string());
+                    return Some((Ok(ev), (rx, permit, stop)));
+                }
+                Ok(NodeEvent::Tx { id, height, index }) => {
+                    let ev = Event::default().event("tx").data(
+                        json!({"tx_id": to_hex(&id), "height": height, "index": index}).to_string(),
+                    );
+                    return Some((Ok(ev), (rx, permit, stop)));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let ev = Event::default()
+                        .event("lagged")
+                        .data(json!({"missed": n}).to_string());
+                    return Some((Ok(ev), (rx, permit, stop)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}
+
+/// Serves the API until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
