@@ -359,7 +359,14 @@ impl Task {
             }
             let connections = &self.connections;
             self.scores.prune(now, |p| connections.contains_key(p));
-            if self.connections.len() < 4 {
+            if self.connections.is_empty() {
+                // Alone (bootstrap peers were down at start, or everyone left): retry them.
+                for addr in self.cfg.bootstrap.clone() {
+                    if let Err(e) = self.dial(addr.clone()) {
+                        debug!(%addr, error = %e, "bootstrap redial failed");
+                    }
+                }
+            } else if self.connections.len() < 4 {
                 self.kad_bootstrap(now);
             }
         }

@@ -81,3 +81,33 @@ async fn penalised_peer_is_banned_then_readmitted() {
     })
     .await;
 }
+
+/// Inbound connections from one IP beyond `max_connections_per_ip` are refused.
+#[tokio::test]
+async fn per_ip_cap_refuses_extra_connections() {
+    let mut ca = config([127, 0, 6, 1], 40);
+    ca.discovery = false;
+    ca.max_connections_per_ip = 1;
+    let mut a = start(ca).await;
+    let a_addr = a.tcp.clone().unwrap();
+    let mut nodes = Vec::new();
+    for seed in [41, 42] {
+        let mut c = config([127, 0, 6, 2], seed);
+        c.discovery = false;
+        c.listen.truncate(1); // TCP only
+        nodes.push(start(c).await);
+    }
+    nodes[0].handle.dial(a_addr.clone()).await.unwrap();
+    let first = nodes[0].id;
+    a.expect("the first peer from 127.0.6.2", |ev| {
+        matches!(ev, Event::PeerConnected(p) if p == first).then_some(())
+    })
+    .await;
+    nodes[1].handle.dial(a_addr).await.unwrap();
+    wait_until(
+        "A refused the second connection from the same IP",
+        || async { a.metric("tally_p2p_connections_denied_total{reason=\"per_ip_limit\"}") >= 1.0 },
+    )
+    .await;
+    assert!(a.peer(nodes[1].id).await.is_none_or(|p| !p.connected));
+}
