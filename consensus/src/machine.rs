@@ -13,7 +13,7 @@ use ledger::types::{
     Address, Commit, CommitSig, Proposal, SignedProposal, SignedVote, Vote, VoteKind,
 };
 
-use crate::guard::{GuardState, SignStep};
+use crate::guard::{GuardState, LastSigned, SignStep};
 use crate::types::{
     Config, Equivocation, Input, Locks, Output, RoundValue, Step, Timeout, TimeoutStep,
 };
@@ -94,8 +94,9 @@ impl<V: SignatureVerifier> Consensus<V> {
 
     /// After a restart: hand in the signing guard's persisted state before the first
     /// `StartHeight`. If that height is the one we last signed in, the lock and valid value
-    /// are restored and we start in the round after the last one we signed in, so the
-    /// restarted core never wants to sign something the guard would refuse.
+    /// are restored and we re-enter the last round we signed in, at the step we signed,
+    /// re-emitting the identical vote (so the core never asks the guard for a conflicting
+    /// signature).
     pub fn resume(&mut self, state: &GuardState) {
         self.resume = Some(state.clone());
     }
@@ -177,18 +178,18 @@ impl<V: SignatureVerifier> Consensus<V> {
         self.fired_prevote_timeout = None;
         self.fired_line36 = None;
         self.fired_precommit_timeout = None;
-        let mut first_round = 0;
-        if let Some(g) = self.resume.take() {
-            if let Some(last) = g.last_signed.filter(|l| l.height == height) {
+        let resumed = self
+            .resume
+            .take()
+            .and_then(|g| g.last_signed.filter(|l| l.height == height).map(|l| (g, l)));
+        match resumed {
+            Some((g, last)) => {
                 self.locked = g.locked;
                 self.valid = g.valid;
-                first_round = last.round.saturating_add(1);
-                // A restarted proposer that already proposed must not build a new block
-                // for the same round; the next round is ours to start cleanly.
-                debug_assert!(last.step >= SignStep::Propose);
+                self.resume_round(last, out);
             }
+            None => self.start_round(0, out),
         }
-        self.start_round(first_round, out);
         for input in buffered {
             match input {
                 Input::Proposal(p) if p.proposal.height == height => self.on_proposal(p, out),
@@ -226,9 +227,10 @@ impl<V: SignatureVerifier> Consensus<V> {
         self.request_validation(round, hash, out);
     }
 
-    /// Records a vote for lines 28-55 and detects equivocation. `any_round` lifts the
-    /// future-round window for precommits that arrive inside a full commit.
-    fn on_vote(&mut self, sv: SignedVote, any_round: bool, out: &mut Vec<Output>) {
+    /// Records a vote for lines 28-55 and detects equivocation. `from_commit` (precommits
+    /// that arrive inside a full commit) lifts the future-round window and counts an
+    /// equivocator's precommit even if we first saw another vote of it.
+    fn on_vote(&mut self, sv: SignedVote, from_commit: bool, out: &mut Vec<Output>) {
         let v = &sv.vote;
         if self.buffer_if_next_height(v.height, || Input::Vote(sv.clone())) {
             return;
@@ -236,7 +238,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         if !self.accepts_height(v.height) || v.chain_id != self.cfg.chain_id {
             return;
         }
-        if !any_round && v.round > self.round.saturating_add(FUTURE_ROUNDS) {
+        if !from_commit && v.round > self.round.saturating_add(FUTURE_ROUNDS) {
             return;
         }
         let Some(validator) = self.cfg.validators.get(&sv.validator) else {
@@ -248,10 +250,15 @@ impl<V: SignatureVerifier> Consensus<V> {
             .votes
             .get(&round)
             .map_or(Added::New, |rv| rv.set(kind).classify(&sv));
+        let count_conflicting = self
+            .votes
+            .get(&round)
+            .is_some_and(|rv| rv.set(kind).counts_conflicting(&v.block_hash, from_commit));
         match class {
             // Checked before the signature: gossip delivers most votes several times.
-            Added::Duplicate | Added::KnownEquivocator => return,
-            Added::New | Added::Equivocation(_) => {}
+            Added::Duplicate => return,
+            Added::KnownEquivocator if !count_conflicting => return,
+            Added::New | Added::Equivocation(_) | Added::KnownEquivocator => {}
         }
         // Verified before any state is created for the round, so forged messages cost
         // no memory.
@@ -259,7 +266,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             return;
         }
         let set = self.votes.entry(round).or_default().set_mut(kind);
-        if let Added::Equivocation(first) = set.add(sv.clone(), power) {
+        if let Added::Equivocation(first) = set.add(sv.clone(), power, count_conflicting) {
             out.push(Output::Evidence(Box::new(Equivocation {
                 first: *first,
                 second: sv,
@@ -398,8 +405,8 @@ impl<V: SignatureVerifier> Consensus<V> {
         };
         let signatures = self.votes[&round]
             .precommits
-            .votes()
-            .filter(|v| v.vote.block_hash == Some(hash))
+            .votes_for(&Some(hash))
+            .into_iter()
             .map(|v| CommitSig {
                 validator: v.validator,
                 signature: v.signature,
@@ -595,6 +602,28 @@ impl<V: SignatureVerifier> Consensus<V> {
         // proposer whose block building fails or whose proposal the guard refuses still
         // moves on.
         self.schedule(TimeoutStep::Propose, out);
+    }
+
+    /// After a restart, re-enter the round we last signed in, at the step we signed, and
+    /// sign the identical vote again (the guard allows exactly that): peers that lost it
+    /// get it again, and we rejoin the round the others are in. Starting a later round
+    /// instead could strand us alone in it.
+    fn resume_round(&mut self, last: LastSigned, out: &mut Vec<Output>) {
+        self.round = last.round;
+        out.push(Output::RoundChanged {
+            height: self.height,
+            round: last.round,
+        });
+        match last.step {
+            // We proposed: a rebuilt block would differ and be refused, so wait for our
+            // proposal to come back through gossip, or for the round to time out.
+            SignStep::Propose => {
+                self.step = Step::Propose;
+                self.schedule(TimeoutStep::Propose, out);
+            }
+            SignStep::Prevote => self.prevote(last.block_hash, out),
+            SignStep::Precommit => self.precommit(last.block_hash, out),
+        }
     }
 
     fn prevote(&mut self, value: Option<Hash>, out: &mut Vec<Output>) {

@@ -797,9 +797,10 @@ fn invalid_commit_does_not_decide() {
 }
 
 #[test]
-fn restart_resumes_past_the_last_signed_round_with_the_lock() {
+fn restart_resumes_the_last_signed_round_with_the_lock() {
     let n = net(4);
     let me = n.non_proposer();
+    let o = n.others(me);
     let state = GuardState {
         last_signed: Some(LastSigned {
             height: 1,
@@ -812,31 +813,56 @@ fn restart_resumes_past_the_last_signed_round_with_the_lock() {
     };
     let mut core = n.core(Some(me));
     core.resume(&state);
-    let mut expect = vec![Output::RoundChanged {
-        height: 1,
-        round: 2,
-    }];
-    if n.proposer(1, 2) == me {
-        expect.push(Output::Propose(unsigned_proposal(1, 2, Some(1), B)));
-    }
-    expect.push(timeout(1, 2, TimeoutStep::Propose));
+    let pc = |i: usize| Input::Vote(n.vote(i, 1, 1, VoteKind::Precommit, None));
     run(
         &mut core,
-        vec![row_s(
-            Input::StartHeight { height: 1 },
-            expect,
-            (2, Step::Propose, locked(1, B)),
-        )],
+        vec![
+            // Back in round 1 at precommit, re-signing the identical precommit.
+            row_s(
+                Input::StartHeight { height: 1 },
+                vec![
+                    Output::RoundChanged { height: 1, round: 1 },
+                    precommit(1, 1, Some(B)),
+                ],
+                (1, Step::Precommit, locked(1, B)),
+            ),
+            row(pc(o[0]), vec![]),
+            row(pc(o[1]), vec![]),
+            row(pc(o[2]), vec![timeout(1, 1, TimeoutStep::Precommit)]),
+            row(
+                fire(1, 1, TimeoutStep::Precommit),
+                vec![
+                    Output::RoundChanged { height: 1, round: 2 },
+                    timeout(1, 2, TimeoutStep::Propose),
+                ],
+            ),
+            // Still locked on B after the restart: C without a proof of lock gets nil.
+            row(
+                Input::Proposal(n.proposal(1, 2, None, C)),
+                vec![Output::ValidateBlock {
+                    height: 1,
+                    round: 2,
+                    block_hash: C,
+                }],
+            ),
+            row_s(
+                Input::BlockValidated {
+                    height: 1,
+                    block_hash: C,
+                    valid: true,
+                },
+                vec![prevote(1, 2, None)],
+                (2, Step::Prevote, locked(1, B)),
+            ),
+        ],
     );
-    if n.proposer(1, 2) != me {
-        core.handle(Input::Proposal(n.proposal(1, 2, None, C)));
-        let out = core.handle(Input::BlockValidated {
-            height: 1,
-            block_hash: C,
-            valid: true,
-        });
-        assert_eq!(out, vec![prevote(1, 2, None)]);
-    }
+    // The re-signed precommit is exactly what the guard allows after reloading.
+    let mut store = MemoryGuardStore::default();
+    store.save(&state).unwrap();
+    let mut guard = SigningGuard::open(store).unwrap();
+    assert!(guard
+        .authorize_vote(&unsigned_vote(1, 1, VoteKind::Precommit, Some(B)), core.locks())
+        .is_ok());
     // A guard state from an older height does not leak its lock.
     let mut core = n.core(Some(me));
     core.resume(&state);

@@ -24,6 +24,11 @@ pub enum Added {
 pub struct VoteSet {
     /// First vote of each validator; BTreeMap so a commit built from it is sorted.
     votes: BTreeMap<Address, SignedVote>,
+    /// Further votes of equivocating validators, for values others voted for too. A
+    /// byzantine validator's vote may count for several values: quorum intersection only
+    /// needs honest validators to vote once, and a commit that includes an equivocator's
+    /// precommit must still be countable by a node that first saw its other vote.
+    extra: BTreeMap<(Address, Option<Hash>), SignedVote>,
     power_by_value: BTreeMap<Option<Hash>, u64>,
     total_power: u64,
     equivocators: BTreeSet<Address>,
@@ -33,33 +38,49 @@ impl VoteSet {
     /// Classifies `vote` without changing the set, so the caller can skip signature
     /// verification for duplicates.
     pub fn classify(&self, vote: &SignedVote) -> Added {
+        let value = vote.vote.block_hash;
         match self.votes.get(&vote.validator) {
             None => Added::New,
-            Some(first) if first.vote.block_hash == vote.vote.block_hash => Added::Duplicate,
+            Some(first) if first.vote.block_hash == value => Added::Duplicate,
+            Some(_) if self.extra.contains_key(&(vote.validator, value)) => Added::Duplicate,
             Some(_) if self.equivocators.contains(&vote.validator) => Added::KnownEquivocator,
             Some(first) => Added::Equivocation(Box::new(first.clone())),
         }
     }
 
-    /// Records a verified vote according to [`Self::classify`].
-    pub fn add(&mut self, vote: SignedVote, power: u64) -> Added {
+    /// True when a conflicting vote for `value` should also be counted: the value already
+    /// has support, or the caller vouches for it (`force`, a verified commit). Keeps an
+    /// equivocator from filling memory with votes for values nobody else wants.
+    pub fn counts_conflicting(&self, value: &Option<Hash>, force: bool) -> bool {
+        force || self.power_for(value) > 0
+    }
+
+    /// Records a verified vote according to [`Self::classify`]; a conflicting vote is
+    /// also counted for its value when `count_conflicting`.
+    pub fn add(&mut self, vote: SignedVote, power: u64, count_conflicting: bool) -> Added {
         let added = self.classify(&vote);
+        let value = vote.vote.block_hash;
         match &added {
             Added::New => {
-                let slot = self.power_by_value.entry(vote.vote.block_hash).or_default();
+                let slot = self.power_by_value.entry(value).or_default();
                 *slot = slot.saturating_add(power);
                 self.total_power = self.total_power.saturating_add(power);
                 self.votes.insert(vote.validator, vote);
             }
-            Added::Equivocation(_) => {
+            Added::Equivocation(_) | Added::KnownEquivocator => {
                 self.equivocators.insert(vote.validator);
+                if count_conflicting {
+                    let slot = self.power_by_value.entry(value).or_default();
+                    *slot = slot.saturating_add(power);
+                    self.extra.insert((vote.validator, value), vote);
+                }
             }
-            Added::Duplicate | Added::KnownEquivocator => {}
+            Added::Duplicate => {}
         }
         added
     }
 
-    /// Power of all votes in the set, whatever their value.
+    /// Power of the distinct validators in the set, whatever their value.
     pub fn total_power(&self) -> u64 {
         self.total_power
     }
@@ -74,9 +95,16 @@ impl VoteSet {
         self.power_by_value.iter().map(|(k, v)| (k, *v))
     }
 
-    /// Counted votes, sorted by validator address.
-    pub fn votes(&self) -> impl Iterator<Item = &SignedVote> {
-        self.votes.values()
+    /// The votes for `value`, one per validator, sorted by validator address.
+    pub fn votes_for(&self, value: &Option<Hash>) -> Vec<&SignedVote> {
+        let mut out: Vec<&SignedVote> = self
+            .votes
+            .values()
+            .filter(|v| &v.vote.block_hash == value)
+            .chain(self.extra.values().filter(|v| &v.vote.block_hash == value))
+            .collect();
+        out.sort_by_key(|v| v.validator);
+        out
     }
 
     pub fn voters(&self) -> impl Iterator<Item = &Address> {

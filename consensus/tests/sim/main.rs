@@ -1,0 +1,217 @@
+//! Deterministic simulation of the consensus core (the crate's one integration-test
+//! binary). See consensus/README.md for how to run the soak and replay a seed.
+
+mod harness;
+
+use std::time::Instant;
+
+use harness::{Behaviour, ByzMix, Report, Sim, SimConfig};
+
+fn four_one() -> SimConfig {
+    SimConfig::base("four_one", vec![1; 4], vec![3])
+}
+
+fn seven_two() -> SimConfig {
+    let mut c = SimConfig::base("seven_two", vec![1; 7], vec![2, 5]);
+    c.full_nodes = 1;
+    c
+}
+
+/// Unequal powers; the byzantine validators hold 31 of 95 (just under 1/3), so every
+/// honest validator is needed for a quorum.
+fn ten_unequal() -> SimConfig {
+    SimConfig::base(
+        "ten_unequal",
+        vec![20, 15, 12, 10, 9, 8, 7, 6, 5, 3],
+        vec![0, 5, 9],
+    )
+}
+
+fn four_one_real() -> SimConfig {
+    let mut c = SimConfig::base("four_one_real", vec![1; 4], vec![3]);
+    c.real_signatures = true;
+    c
+}
+
+fn seven_two_real() -> SimConfig {
+    let mut c = seven_two();
+    c.name = "seven_two_real";
+    c.real_signatures = true;
+    c
+}
+
+/// Byzantine power above 1/3 (2 of 4) running the split-brain attack: the checker must
+/// catch the disagreement.
+fn negative_control() -> SimConfig {
+    let mut c = SimConfig::base("negative_control", vec![1; 4], vec![2, 3]);
+    c.mix = ByzMix::All(Behaviour::Equivocator { noise: false });
+    c.crash = false;
+    // The attack needs its echoes delivered; honest nodes still see each other late or
+    // not at all while the partition lasts.
+    c.drop_prob = 0.0;
+    c.expect_safe = false;
+    c
+}
+
+fn all_configs() -> Vec<SimConfig> {
+    vec![
+        four_one(),
+        seven_two(),
+        ten_unequal(),
+        four_one_real(),
+        seven_two_real(),
+        negative_control(),
+    ]
+}
+
+fn replay_hint(cfg: &SimConfig, seed: u64) -> String {
+    format!(
+        "replay: TALLY_SIM_CONFIG={} TALLY_SIM_SEED={seed} TALLY_SIM_VERBOSE=1 \
+         cargo test -p consensus --test sim replay -- --nocapture",
+        cfg.name
+    )
+}
+
+fn run(cfg: &SimConfig, seed: u64, verbose: bool) -> Report {
+    Sim::new(cfg.clone(), seed, verbose).run()
+}
+
+/// Runs `seeds` and fails with every failing seed and how to replay it.
+fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) {
+    let start = Instant::now();
+    let mut failures = Vec::new();
+    let mut max_round = 0;
+    for seed in seeds.clone() {
+        let r = run(cfg, seed, false);
+        max_round = max_round.max(r.max_round_after_gst);
+        if let Some(f) = r.failure() {
+            failures.push(format!("{} seed {seed}: {f}\n  {}", cfg.name, replay_hint(cfg, seed)));
+        }
+    }
+    eprintln!(
+        "{}: {} seeds in {:?}, highest decision round after GST {max_round}",
+        cfg.name,
+        seeds.end - seeds.start,
+        start.elapsed()
+    );
+    assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn four_validators_one_byzantine() {
+    run_seeds(&four_one(), 0..200);
+}
+
+#[test]
+fn seven_validators_two_byzantine_and_a_full_node() {
+    run_seeds(&seven_two(), 0..140);
+}
+
+#[test]
+fn ten_validators_unequal_power_byzantine_just_under_a_third() {
+    run_seeds(&ten_unequal(), 0..120);
+}
+
+#[test]
+fn real_signatures() {
+    run_seeds(&four_one_real(), 0..30);
+    run_seeds(&seven_two_real(), 0..6);
+}
+
+/// The checker is able to fail: with more than 1/3 byzantine power it finds an agreement
+/// violation.
+#[test]
+fn negative_control_finds_a_safety_violation() {
+    let cfg = negative_control();
+    let mut found = 0;
+    for seed in 0..20 {
+        let r = run(&cfg, seed, false);
+        if r.safety_violations.iter().any(|v| v.starts_with("agreement")) {
+            found += 1;
+        }
+    }
+    eprintln!("negative control: agreement violated in {found} of 20 seeds");
+    assert!(found >= 15, "the split-brain attack with 1/2 byzantine power was caught in only {found} of 20 seeds");
+}
+
+#[test]
+fn same_seed_same_trace() {
+    for cfg in [four_one(), ten_unequal(), four_one_real()] {
+        let a = run(&cfg, 42, false);
+        let b = run(&cfg, 42, false);
+        assert_eq!(a.trace, b.trace, "{}: seed 42 ran twice differently", cfg.name);
+        assert_eq!(a.events, b.events);
+        let c = run(&cfg, 43, false);
+        assert_ne!(a.trace, c.trace, "{}: different seeds should differ", cfg.name);
+    }
+}
+
+/// `TALLY_SIM_SEEDS=5000 cargo test -p consensus --release --test sim -- --ignored soak --nocapture`
+#[test]
+#[ignore = "long: run explicitly with TALLY_SIM_SEEDS"]
+fn soak() {
+    let n: u64 = std::env::var("TALLY_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000);
+    let first: u64 = std::env::var("TALLY_SIM_SEED_START")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut failures = Vec::new();
+    for cfg in all_configs() {
+        let seeds = if cfg.real_signatures { n / 10 } else { n };
+        let start = Instant::now();
+        let mut caught = 0;
+        for seed in first..first + seeds {
+            let r = run(&cfg, seed, false);
+            if !cfg.expect_safe {
+                if !r.safety_violations.is_empty() {
+                    caught += 1;
+                }
+                continue;
+            }
+            if let Some(f) = r.failure() {
+                let line = format!("FAIL {} seed {seed}: {f}\n  {}", cfg.name, replay_hint(&cfg, seed));
+                println!("{line}");
+                failures.push(line);
+            }
+        }
+        println!("{}: {seeds} seeds in {:?}", cfg.name, start.elapsed());
+        if !cfg.expect_safe {
+            println!("{}: violation caught in {caught} of {seeds} seeds", cfg.name);
+        }
+    }
+    assert!(failures.is_empty(), "{} failing seeds", failures.len());
+}
+
+/// `TALLY_SIM_CONFIG=four_one TALLY_SIM_SEED=1234 TALLY_SIM_VERBOSE=1 cargo test -p
+/// consensus --test sim replay -- --nocapture`. Without TALLY_SIM_SEED it does nothing.
+#[test]
+fn replay() {
+    let Some(seed) = std::env::var("TALLY_SIM_SEED").ok().and_then(|s| s.parse().ok()) else {
+        return;
+    };
+    let only = std::env::var("TALLY_SIM_CONFIG").ok();
+    let verbose = std::env::var("TALLY_SIM_VERBOSE").is_ok_and(|v| v == "1");
+    for cfg in all_configs() {
+        if only.as_deref().is_some_and(|o| o != cfg.name) {
+            continue;
+        }
+        let r = run(&cfg, seed, verbose);
+        println!(
+            "{} seed {seed}: {} events, min height {}, max round after GST {}, evidence {}, \
+             trace {}",
+            cfg.name,
+            r.events,
+            r.min_height,
+            r.max_round_after_gst,
+            r.evidence,
+            ledger::hash::to_hex(&r.trace)
+        );
+        match r.failure() {
+            Some(f) => println!("  FAILED: {f}"),
+            None => println!("  ok"),
+        }
+    }
+}
