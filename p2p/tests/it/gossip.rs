@@ -127,3 +127,32 @@ async fn rejected_message_is_not_forwarded() {
         .metrics()
         .contains("tally_invalid_messages_total{reason=\"invalid_signature\"} 1"));
 }
+
+/// A node that does not keep up loses gossip (counted) instead of buffering it: the event
+/// channel is the only queue.
+#[tokio::test]
+async fn full_event_channel_drops_and_counts() {
+    let mut ca = config([127, 0, 7, 1], 50);
+    ca.discovery = false;
+    ca.event_buffer = 4;
+    let a = start(ca).await;
+    let mut cb = config([127, 0, 7, 2], 51);
+    cb.discovery = false;
+    cb.bootstrap = vec![a.tcp.clone().unwrap()];
+    let b = start(cb).await;
+    wait_until("B sees A subscribed", || async {
+        b.peer(a.id)
+            .await
+            .is_some_and(|p| p.topics.contains(&Topic::Tx))
+    })
+    .await;
+    for i in 0..20u8 {
+        b.handle.publish(Topic::Tx, vec![i; 8]).await.unwrap();
+    }
+    // A never reads its events: at most 4 are queued, the rest are dropped and counted.
+    wait_until("A dropped the overflow", || async {
+        a.metric("tally_p2p_dropped_total{kind=\"gossip_channel_full\"}") >= 16.0
+    })
+    .await;
+    assert!(a.events.len() <= 4);
+}
