@@ -134,10 +134,10 @@ pub struct SendArgs {
     #[arg(long)]
     pub to: String,
     /// Amount in base units.
-    #[arg(long, value_parser = parse_positive_amount)]
+    #[arg(long, value_parser = parse_positive_amount, allow_hyphen_values = true)]
     pub amount: u64,
     /// Fee in base units [default: the node's min_fee].
-    #[arg(long, value_parser = parse_amount)]
+    #[arg(long, value_parser = parse_amount, allow_hyphen_values = true)]
     pub fee: Option<u64>,
     #[arg(long, value_enum, default_value_t = WaitFor::Committed)]
     pub wait: WaitFor,

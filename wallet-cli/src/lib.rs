@@ -74,14 +74,23 @@ fn clap_exit(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
+            // clap's message is the first paragraph (it may continue on indented lines,
+            // e.g. the list of missing arguments); usage and tips follow a blank line.
             let rendered = e.render().to_string();
-            let first = rendered
+            let paragraph: Vec<&str> = rendered
                 .lines()
                 .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("invalid command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first}; see 'tally --help'");
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let text = paragraph.join(" ");
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            let text = if text.is_empty() {
+                "invalid command line"
+            } else {
+                text
+            };
+            eprintln!("error: {text}; see 'tally --help'");
             ExitCode::from(error::Kind::Usage.exit_code())
         }
     }

@@ -3,8 +3,8 @@
 //! Nonces: the node's `pending_nonce` counts this sender's transactions already in its
 //! mempool, so back-to-back sends through one node never collide. A short-lived local
 //! hint (keystore dir, `.nonces/`) covers sends spread over several nodes before gossip
-//! catches up; if the node still answers `nonce_too_low` (another process got in first),
-//! the account is fetched again and the send retried once.
+//! catches up; if the node still answers `nonce_too_low` or `duplicate` (another process
+//! got in first), the account is fetched again and the send retried once.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -252,7 +252,12 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
                 }
                 break (stx, local_id);
             }
-            Err(e) if attempt == 0 && e.code.as_deref() == Some("nonce_too_low") => {
+            // Another send from this key got the nonce first (`duplicate`: it even signed
+            // the very same bytes, since RFC 6979 signatures are deterministic).
+            Err(e)
+                if attempt == 0
+                    && matches!(e.code.as_deref(), Some("nonce_too_low" | "duplicate")) =>
+            {
                 let fresh = client.account(&address, false).await?;
                 nonce = fresh.next_nonce().max(nonce + 1);
             }
