@@ -347,3 +347,41 @@ fn bench_funds_accounts_and_sees_every_tx_commit() {
     assert!(v["latency_ms"]["p99"].as_f64().unwrap() >= v["latency_ms"]["p50"].as_f64().unwrap());
     assert!(v["committed_tps"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn wait_committed_falls_back_to_polling_and_times_out_cleanly() {
+    let node = FakeNode::start();
+    let w = Wallet::new(&node.url);
+    let alice = w.new_key("alice");
+    w.new_key("bob");
+    node.fund(&alice, 1_000);
+    node.with(|n| n.events_disabled = true);
+    let v = w.json(&["send", "--from", "alice", "--to", "bob", "--amount", "10"]);
+    assert_eq!(v["status"], "committed", "{v}");
+
+    // A stalled chain: accepted, never committed -> exit 1 after --timeout, with the tx id.
+    node.with(|n| {
+        n.events_disabled = false;
+        n.paused = true;
+    });
+    let started = std::time::Instant::now();
+    let out = w.run(&[
+        "send",
+        "--from",
+        "alice",
+        "--to",
+        "bob",
+        "--amount",
+        "10",
+        "--timeout",
+        "1s",
+    ]);
+    assert_fails(&out, 1, "not seen committed within 1s");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // --wait accepted does not wait for the chain.
+    let v = w.json(&[
+        "send", "--from", "alice", "--to", "bob", "--amount", "10", "--wait", "accepted",
+    ]);
+    assert_eq!(v["status"], "accepted");
+    assert_eq!(v["nonce"], 2);
+}

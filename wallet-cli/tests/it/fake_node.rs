@@ -50,6 +50,10 @@ pub struct Inner {
     /// Hook for tests: proof / raw block / commit answers (see the verify test).
     pub extra_account_fields: Option<AccountExtra>,
     pub extra_blocks: HashMap<u64, Value>,
+    /// Answer `/v1/events` with 404 (an old or restricted node): clients must poll.
+    pub events_disabled: bool,
+    /// Stop committing blocks (a stalled chain).
+    pub paused: bool,
 }
 
 #[derive(Clone)]
@@ -72,6 +76,8 @@ impl FakeNode {
             blocks: Vec::new(),
             extra_account_fields: None,
             extra_blocks: HashMap::new(),
+            events_disabled: false,
+            paused: false,
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -146,7 +152,7 @@ fn err(status: StatusCode, code: &str, message: &str) -> Response {
 impl App {
     fn commit_block(&self) {
         let mut g = self.inner.lock().unwrap();
-        if g.mempool.is_empty() {
+        if g.mempool.is_empty() || g.paused {
             return;
         }
         let height = g.blocks.len() as u64 + 1;
@@ -363,7 +369,10 @@ async fn block(State(app): State<App>, Path(at): Path<String>) -> Response {
     .into_response()
 }
 
-async fn events_route(State(app): State<App>) -> impl IntoResponse {
+async fn events_route(State(app): State<App>) -> Response {
+    if app.inner.lock().unwrap().events_disabled {
+        return err(StatusCode::NOT_FOUND, "not_found", "no such route");
+    }
     let rx = app.events.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         loop {
@@ -377,5 +386,7 @@ async fn events_route(State(app): State<App>) -> impl IntoResponse {
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

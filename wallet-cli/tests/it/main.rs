@@ -9,5 +9,6 @@ mod cli;
 mod cli_support;
 mod fake_node;
 mod keystore;
+mod real_node;
 mod vectors;
 mod verify;
