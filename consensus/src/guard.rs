@@ -37,6 +37,10 @@ impl LastSigned {
 #[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct GuardState {
     pub last_signed: Option<LastSigned>,
+    /// Everything signed in `last_signed`'s (height, round), in signing order (at most a
+    /// proposal, a prevote and a precommit). These exact messages may be signed again: a
+    /// restarted validator re-broadcasts them so peers that missed them are not stuck.
+    pub round_signed: Vec<LastSigned>,
     pub locked: Option<RoundValue>,
     pub valid: Option<RoundValue>,
 }
@@ -176,36 +180,34 @@ impl<S: GuardStore> SigningGuard<S> {
         attempted: LastSigned,
         locks: Locks,
     ) -> Result<(), GuardError<S::Error>> {
+        if self.state.round_signed.contains(&attempted) {
+            // Re-signing an identical message is harmless (RFC 6979 makes it
+            // byte-identical) and lets a restarted node re-broadcast.
+            return Ok(());
+        }
         let mut next = GuardState {
             last_signed: Some(attempted),
+            round_signed: vec![attempted],
             locked: locks.locked,
             valid: locks.valid,
         };
         if let Some(signed) = self.state.last_signed {
-            match attempted.position().cmp(&signed.position()) {
-                std::cmp::Ordering::Less => {
-                    return Err(GuardError::Conflict { signed, attempted });
-                }
-                std::cmp::Ordering::Equal if attempted.block_hash != signed.block_hash => {
-                    return Err(GuardError::Conflict { signed, attempted });
-                }
-                std::cmp::Ordering::Equal => {
-                    // Re-signing the identical message is harmless (RFC 6979 makes it
-                    // byte-identical) and lets a restarted node re-broadcast.
-                }
-                std::cmp::Ordering::Greater => {}
+            if attempted.position() <= signed.position() {
+                return Err(GuardError::Conflict { signed, attempted });
             }
             if attempted.height == signed.height {
                 // A lock only ever moves to a later round within a height; never let a
                 // stale caller lose it.
                 next.locked = later(self.state.locked, next.locked);
                 next.valid = later(self.state.valid, next.valid);
+                if attempted.round == signed.round {
+                    next.round_signed = self.state.round_signed.clone();
+                    next.round_signed.push(attempted);
+                }
             }
         }
-        if next != self.state {
-            self.store.save(&next).map_err(GuardError::Store)?;
-            self.state = next;
-        }
+        self.store.save(&next).map_err(GuardError::Store)?;
+        self.state = next;
         Ok(())
     }
 }

@@ -130,6 +130,37 @@ impl<V: SignatureVerifier> Consensus<V> {
         self.decision
     }
 
+    /// Rounds of the current height for which we hold votes.
+    pub fn vote_rounds(&self) -> impl Iterator<Item = u32> + '_ {
+        self.votes.keys().copied()
+    }
+
+    /// The verified votes we hold for `round` of the current height (prevotes first):
+    /// what the engine relays to peers that lack them, which Tendermint's liveness needs
+    /// ("a message a correct node received reaches every correct node").
+    pub fn votes(&self, round: u32) -> Vec<&SignedVote> {
+        self.votes.get(&round).map_or_else(Vec::new, |rv| {
+            rv.prevotes
+                .all_votes()
+                .chain(rv.precommits.all_votes())
+                .collect()
+        })
+    }
+
+    /// The proposal we accepted for `round` of the current height.
+    pub fn proposal(&self, round: u32) -> Option<&SignedProposal> {
+        self.proposals.get(&round)
+    }
+
+    /// True when we already hold this exact vote (so a peer need not send it).
+    pub fn has_vote(&self, vote: &SignedVote) -> bool {
+        vote.vote.height == self.height
+            && self
+                .votes
+                .get(&vote.vote.round)
+                .is_some_and(|rv| matches!(rv.set(vote.vote.kind).classify(vote), Added::Duplicate))
+    }
+
     /// Number of buffered next-height messages (for metrics and tests).
     pub fn buffered(&self) -> usize {
         self.next_height.len()
@@ -186,7 +217,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             Some((g, last)) => {
                 self.locked = g.locked;
                 self.valid = g.valid;
-                self.resume_round(last, out);
+                self.resume_round(&g, last, out);
             }
             None => self.start_round(0, out),
         }
@@ -605,24 +636,26 @@ impl<V: SignatureVerifier> Consensus<V> {
     }
 
     /// After a restart, re-enter the round we last signed in, at the step we signed, and
-    /// sign the identical vote again (the guard allows exactly that): peers that lost it
-    /// get it again, and we rejoin the round the others are in. Starting a later round
-    /// instead could strand us alone in it.
-    fn resume_round(&mut self, last: LastSigned, out: &mut Vec<Output>) {
+    /// sign the identical votes of that round again (the guard allows exactly that):
+    /// peers that lost them get them again, and we rejoin the round the others are in.
+    /// Starting a later round instead could strand us alone in it.
+    fn resume_round(&mut self, g: &GuardState, last: LastSigned, out: &mut Vec<Output>) {
         self.round = last.round;
+        self.step = Step::Propose;
         out.push(Output::RoundChanged {
             height: self.height,
             round: last.round,
         });
-        match last.step {
-            // We proposed: a rebuilt block would differ and be refused, so wait for our
-            // proposal to come back through gossip, or for the round to time out.
-            SignStep::Propose => {
-                self.step = Step::Propose;
-                self.schedule(TimeoutStep::Propose, out);
+        // If we only proposed: a rebuilt block would differ and be refused, so wait for
+        // our proposal to come back through gossip, or for the round to time out.
+        self.schedule(TimeoutStep::Propose, out);
+        let this_round = |s: &&LastSigned| (s.height, s.round) == (last.height, last.round);
+        for signed in g.round_signed.iter().filter(this_round) {
+            match signed.step {
+                SignStep::Propose => {}
+                SignStep::Prevote => self.prevote(signed.block_hash, out),
+                SignStep::Precommit => self.precommit(signed.block_hash, out),
             }
-            SignStep::Prevote => self.prevote(last.block_hash, out),
-            SignStep::Precommit => self.precommit(last.block_hash, out),
         }
     }
 

@@ -808,6 +808,20 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
             step: SignStep::Precommit,
             block_hash: Some(B),
         }),
+        round_signed: vec![
+            LastSigned {
+                height: 1,
+                round: 1,
+                step: SignStep::Prevote,
+                block_hash: Some(B),
+            },
+            LastSigned {
+                height: 1,
+                round: 1,
+                step: SignStep::Precommit,
+                block_hash: Some(B),
+            },
+        ],
         locked: locked(1, B),
         valid: locked(1, B),
     };
@@ -821,7 +835,12 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
             row_s(
                 Input::StartHeight { height: 1 },
                 vec![
-                    Output::RoundChanged { height: 1, round: 1 },
+                    Output::RoundChanged {
+                        height: 1,
+                        round: 1,
+                    },
+                    timeout(1, 1, TimeoutStep::Propose),
+                    prevote(1, 1, Some(B)),
                     precommit(1, 1, Some(B)),
                 ],
                 (1, Step::Precommit, locked(1, B)),
@@ -832,7 +851,10 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
             row(
                 fire(1, 1, TimeoutStep::Precommit),
                 vec![
-                    Output::RoundChanged { height: 1, round: 2 },
+                    Output::RoundChanged {
+                        height: 1,
+                        round: 2,
+                    },
                     timeout(1, 2, TimeoutStep::Propose),
                 ],
             ),
@@ -860,9 +882,14 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
     let mut store = MemoryGuardStore::default();
     store.save(&state).unwrap();
     let mut guard = SigningGuard::open(store).unwrap();
+    for kind in [VoteKind::Prevote, VoteKind::Precommit] {
+        assert!(guard
+            .authorize_vote(&unsigned_vote(1, 1, kind, Some(B)), core.locks())
+            .is_ok());
+    }
     assert!(guard
-        .authorize_vote(&unsigned_vote(1, 1, VoteKind::Precommit, Some(B)), core.locks())
-        .is_ok());
+        .authorize_vote(&unsigned_vote(1, 1, VoteKind::Prevote, None), core.locks())
+        .is_err());
     // A guard state from an older height does not leak its lock.
     let mut core = n.core(Some(me));
     core.resume(&state);
@@ -897,12 +924,16 @@ fn guard_refuses_conflicts_and_persists_before_allowing() {
         locked(0, B),
         "a precommit for v is a lock on v"
     );
-    // Going back is refused, even for the same hash.
+    // Going back is refused, except for re-signing the identical messages of the
+    // current round (what a restarted node re-broadcasts).
     assert!(g
         .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), none)
-        .is_err());
+        .is_ok());
     assert!(g
         .authorize_proposal(&unsigned_proposal(5, 0, None, B), none)
+        .is_ok());
+    assert!(g
+        .authorize_proposal(&unsigned_proposal(5, 0, None, C), none)
         .is_err());
     assert!(g
         .authorize_vote(&unsigned_vote(4, 9, VoteKind::Precommit, Some(B)), none)
@@ -952,6 +983,7 @@ fn guard_state_is_borsh() {
             step: SignStep::Prevote,
             block_hash: None,
         }),
+        round_signed: vec![],
         locked: locked(1, B),
         valid: None,
     };

@@ -107,6 +107,11 @@ impl VoteSet {
         out
     }
 
+    /// Every vote held, conflicting ones included (for relaying to peers).
+    pub fn all_votes(&self) -> impl Iterator<Item = &SignedVote> {
+        self.votes.values().chain(self.extra.values())
+    }
+
     pub fn voters(&self) -> impl Iterator<Item = &Address> {
         self.votes.keys()
     }

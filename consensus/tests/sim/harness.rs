@@ -31,10 +31,12 @@ pub enum Behaviour {
     Silent,
     /// Split-brain attacker: as proposer it sends one valid block to half of the honest
     /// nodes and another to the other half; whenever an honest node prevotes or
-    /// precommits a block it answers that node (only) with its own prevote and precommit
-    /// for the same block. With `noise` it also sends its normal votes to everyone plus a
+    /// precommits (a block or nil) it answers that node (only) with its own prevote and
+    /// precommit for the same value. With `noise` it also sends its normal votes to everyone plus a
     /// conflicting one to a few (equivocation the others must detect).
-    Equivocator { noise: bool },
+    Equivocator {
+        noise: bool,
+    },
     /// Follows the protocol but proposes blocks that fail validation.
     InvalidProposer,
     /// Votes for random hashes or nil, sometimes two different votes at once.
@@ -198,14 +200,42 @@ enum Msg {
 
 #[derive(Clone, Debug)]
 enum Event {
-    Deliver { to: usize, msg: Msg },
-    Timeout { node: usize, life: u32, t: Timeout },
-    Validated { node: usize, life: u32, height: u64, hash: Hash },
-    Built { node: usize, life: u32, height: u64, round: u32 },
-    StartHeight { node: usize, life: u32, height: u64 },
-    Gossip { node: usize, life: u32 },
-    Crash { node: usize },
-    Restart { node: usize },
+    Deliver {
+        to: usize,
+        msg: Msg,
+    },
+    Timeout {
+        node: usize,
+        life: u32,
+        t: Timeout,
+    },
+    Validated {
+        node: usize,
+        life: u32,
+        height: u64,
+        hash: Hash,
+    },
+    Built {
+        node: usize,
+        life: u32,
+        height: u64,
+        round: u32,
+    },
+    StartHeight {
+        node: usize,
+        life: u32,
+        height: u64,
+    },
+    Gossip {
+        node: usize,
+        life: u32,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
 }
 
 impl Event {
@@ -260,8 +290,6 @@ struct Node {
     /// The node's ledger: survives crashes.
     decided: BTreeMap<u64, Hash>,
     commits: BTreeMap<u64, Commit>,
-    /// Our own signed messages of the current height, re-gossiped.
-    own: Vec<Msg>,
     /// Virtual time at which the current height started (for the rounds bound).
     started_at: u64,
     /// Equivocator bookkeeping: (target node, height, round, kind) already echoed.
@@ -285,7 +313,9 @@ impl Report {
         if !self.safety_violations.is_empty() {
             return Some(format!("safety: {}", self.safety_violations.join("; ")));
         }
-        self.liveness_failure.clone().map(|l| format!("liveness: {l}"))
+        self.liveness_failure
+            .clone()
+            .map(|l| format!("liveness: {l}"))
     }
 }
 
@@ -380,7 +410,6 @@ impl Sim {
                 life: 0,
                 decided: BTreeMap::new(),
                 commits: BTreeMap::new(),
-                own: Vec::new(),
                 started_at: 0,
                 echoed: BTreeSet::new(),
             });
@@ -418,11 +447,14 @@ impl Sim {
             verbose,
         };
         for i in 0..total {
-            sim.at(0, Event::StartHeight {
-                node: i,
-                life: 0,
-                height: 1,
-            });
+            sim.at(
+                0,
+                Event::StartHeight {
+                    node: i,
+                    life: 0,
+                    height: 1,
+                },
+            );
             let jitter = sim.rng.gen_range(0..GOSSIP_MS);
             sim.at(jitter, Event::Gossip { node: i, life: 0 });
         }
@@ -474,10 +506,20 @@ impl Sim {
             if self.rng.gen_bool(self.cfg.drop_prob) {
                 return;
             }
-            let copies = if self.rng.gen_bool(self.cfg.dup_prob) { 2 } else { 1 };
+            let copies = if self.rng.gen_bool(self.cfg.dup_prob) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
                 let d = self.rng.gen_range(1..=self.cfg.chaos_max_delay_ms);
-                self.after(d, Event::Deliver { to, msg: msg.clone() });
+                self.after(
+                    d,
+                    Event::Deliver {
+                        to,
+                        msg: msg.clone(),
+                    },
+                );
             }
         } else {
             let d = self.rng.gen_range(1..=self.cfg.stable_max_delay_ms);
@@ -550,11 +592,7 @@ impl Sim {
             self.report.liveness_failure = Some(format!(
                 "after GST at height {:?} honest nodes reached only height {} of {} by t={}ms \
                  ({} rounds per height allowed)",
-                gst_height,
-                self.report.min_height,
-                target,
-                self.now,
-                self.cfg.max_rounds
+                gst_height, self.report.min_height, target, self.now, self.cfg.max_rounds
             ));
         }
         if self.report.max_round_after_gst >= self.cfg.max_rounds {
@@ -572,7 +610,14 @@ impl Sim {
     fn min_honest_height(&self) -> u64 {
         (0..self.nodes.len())
             .filter(|i| self.honest(*i))
-            .map(|i| self.nodes[i].decided.keys().next_back().copied().unwrap_or(0))
+            .map(|i| {
+                self.nodes[i]
+                    .decided
+                    .keys()
+                    .next_back()
+                    .copied()
+                    .unwrap_or(0)
+            })
             .min()
             .unwrap_or(0)
     }
@@ -580,7 +625,14 @@ impl Sim {
     fn max_honest_height(&self) -> u64 {
         (0..self.nodes.len())
             .filter(|i| self.honest(*i))
-            .map(|i| self.nodes[i].decided.keys().next_back().copied().unwrap_or(0))
+            .map(|i| {
+                self.nodes[i]
+                    .decided
+                    .keys()
+                    .next_back()
+                    .copied()
+                    .unwrap_or(0)
+            })
             .max()
             .unwrap_or(0)
     }
@@ -645,7 +697,6 @@ impl Sim {
             }
             Event::StartHeight { node, life, height } => {
                 if self.live(node, life) {
-                    self.nodes[node].own.clear();
                     self.nodes[node].started_at = self.now;
                     self.input(node, Input::StartHeight { height });
                 }
@@ -662,23 +713,13 @@ impl Sim {
                         self.send(node, to, Msg::Commit(c));
                     }
                 }
-                // Gossip retransmission: each peer gets our messages of its current
-                // round and later (what Tendermint's per-peer round state does).
-                for to in 0..self.nodes.len() {
-                    if to == node || self.nodes[to].core.height() != self.nodes[node].core.height() {
-                        continue;
-                    }
-                    let round = self.nodes[to].core.round();
-                    let msgs: Vec<Msg> = self.nodes[node]
-                        .own
-                        .iter()
-                        .filter(|m| msg_round(m) >= round)
-                        .take(6)
-                        .cloned()
-                        .collect();
-                    for m in msgs {
-                        self.send(node, to, m);
-                    }
+                // Relay (honest nodes only): each peer at our height gets the proposals
+                // and votes we hold that it lacks, for its round and later, plus non-nil
+                // prevotes of earlier rounds (possible proofs of lock). This is what
+                // Tendermint's per-peer round state gossip does, and what its liveness
+                // assumes: a message one correct node got eventually reaches all.
+                if self.honest(node) {
+                    self.relay(node);
                 }
                 self.after(GOSSIP_MS, Event::Gossip { node, life });
             }
@@ -686,6 +727,35 @@ impl Sim {
                 self.nodes[node].alive = false;
             }
             Event::Restart { node } => self.restart(node),
+        }
+    }
+
+    fn relay(&mut self, node: usize) {
+        let mut sends = Vec::new();
+        let me = &self.nodes[node].core;
+        for (to, peer) in self.nodes.iter().enumerate() {
+            if to == node || !peer.alive || peer.core.height() != me.height() {
+                continue;
+            }
+            let peer_round = peer.core.round();
+            for r in me.vote_rounds() {
+                if r >= peer_round {
+                    if let Some(p) = me.proposal(r) {
+                        if peer.core.proposal(r).is_none() {
+                            sends.push((to, Msg::Proposal(p.clone())));
+                        }
+                    }
+                }
+                for v in me.votes(r) {
+                    let pol = v.vote.kind == VoteKind::Prevote && v.vote.block_hash.is_some();
+                    if (r >= peer_round || pol) && !peer.core.has_vote(v) {
+                        sends.push((to, Msg::Vote(v.clone())));
+                    }
+                }
+            }
+        }
+        for (to, m) in sends {
+            self.send(node, to, m);
         }
     }
 
@@ -699,8 +769,11 @@ impl Sim {
         let n = &mut self.nodes[i];
         n.life += 1;
         n.alive = true;
-        n.own.clear();
-        let store = n.guard.take().map(SigningGuard::into_store).unwrap_or_default();
+        let store = n
+            .guard
+            .take()
+            .map(SigningGuard::into_store)
+            .unwrap_or_default();
         let guard = SigningGuard::open(store).expect("memory store loads");
         let state: GuardState = guard.state().clone();
         n.guard = Some(guard);
@@ -714,7 +787,14 @@ impl Sim {
         n.core.resume(&state);
         let height = n.decided.keys().next_back().copied().unwrap_or(0) + 1;
         let life = n.life;
-        self.after(0, Event::StartHeight { node: i, life, height });
+        self.after(
+            0,
+            Event::StartHeight {
+                node: i,
+                life,
+                height,
+            },
+        );
         self.after(GOSSIP_MS, Event::Gossip { node: i, life });
     }
 
@@ -740,12 +820,15 @@ impl Sim {
                     self.split_proposal(i, height, round);
                 } else {
                     let d = self.rng.gen_range(1..20);
-                    self.after(d, Event::Built {
-                        node: i,
-                        life,
-                        height,
-                        round,
-                    });
+                    self.after(
+                        d,
+                        Event::Built {
+                            node: i,
+                            life,
+                            height,
+                            round,
+                        },
+                    );
                 }
             }
             Output::Propose(p) => self.sign_and_send_proposal(i, p),
@@ -754,21 +837,27 @@ impl Sim {
                 height, block_hash, ..
             } => {
                 let d = self.rng.gen_range(1..15);
-                self.after(d, Event::Validated {
-                    node: i,
-                    life,
-                    height,
-                    hash: block_hash,
-                });
+                self.after(
+                    d,
+                    Event::Validated {
+                        node: i,
+                        life,
+                        height,
+                        hash: block_hash,
+                    },
+                );
             }
             Output::ScheduleTimeout {
                 timeout,
                 duration_ms,
-            } => self.after(duration_ms, Event::Timeout {
-                node: i,
-                life,
-                t: timeout,
-            }),
+            } => self.after(
+                duration_ms,
+                Event::Timeout {
+                    node: i,
+                    life,
+                    t: timeout,
+                },
+            ),
             Output::Decide {
                 height,
                 round,
@@ -777,14 +866,19 @@ impl Sim {
             } => self.on_decide(i, height, round, block_hash, commit),
             Output::Evidence(e) => {
                 self.report.evidence += 1;
-                let culprit = self.nodes.iter().position(|n| n.signer.key.address() == e.first.validator);
+                let culprit = self
+                    .nodes
+                    .iter()
+                    .position(|n| n.signer.key.address() == e.first.validator);
                 let genuine = e.first.validator == e.second.validator
                     && e.first.vote.height == e.second.vote.height
                     && e.first.vote.round == e.second.vote.round
                     && e.first.vote.kind == e.second.vote.kind
                     && e.first.vote.block_hash != e.second.vote.block_hash;
                 if !genuine || culprit.is_some_and(|c| self.honest(c)) {
-                    self.violation(format!("node {i} produced evidence against {culprit:?}: {e:?}"));
+                    self.violation(format!(
+                        "node {i} produced evidence against {culprit:?}: {e:?}"
+                    ));
                 }
             }
         }
@@ -802,7 +896,10 @@ impl Sim {
         if honest {
             // Validity: only blocks that pass validation are decided.
             if self.blocks.get(&hash) != Some(&true) {
-                self.violation(format!("node {i} decided invalid block {} at height {height}", hex(&hash)));
+                self.violation(format!(
+                    "node {i} decided invalid block {} at height {height}",
+                    hex(&hash)
+                ));
             }
             // Agreement, across all honest nodes, ever.
             match self.decisions.get(&height) {
@@ -831,11 +928,14 @@ impl Sim {
         n.decided.insert(height, hash);
         n.commits.insert(height, commit);
         let life = n.life;
-        self.after(TIMEOUT_COMMIT_MS, Event::StartHeight {
-            node: i,
-            life,
-            height: height + 1,
-        });
+        self.after(
+            TIMEOUT_COMMIT_MS,
+            Event::StartHeight {
+                node: i,
+                life,
+                height: height + 1,
+            },
+        );
     }
 
     fn check_commit(&self, height: u64, hash: &Hash, commit: &Commit) -> Result<(), String> {
@@ -848,7 +948,11 @@ impl Sim {
         if commit.height != height || &commit.block_hash != hash {
             return Err("wrong height or block".into());
         }
-        if !commit.signatures.windows(2).all(|w| w[0].validator < w[1].validator) {
+        if !commit
+            .signatures
+            .windows(2)
+            .all(|w| w[0].validator < w[1].validator)
+        {
             return Err("not sorted / duplicate".into());
         }
         let mut power = 0;
@@ -878,7 +982,10 @@ impl Sim {
         match self.nodes[i].behaviour {
             Behaviour::Honest => {
                 let locks = self.nodes[i].core.locks();
-                let guard = self.nodes[i].guard.as_mut().expect("honest validators have a guard");
+                let guard = self.nodes[i]
+                    .guard
+                    .as_mut()
+                    .expect("honest validators have a guard");
                 if guard.authorize_vote(&vote, locks).is_err() {
                     return;
                 }
@@ -893,13 +1000,11 @@ impl Sim {
                     }
                 }
                 let sv = self.nodes[i].signer.vote(vote);
-                self.nodes[i].own.push(Msg::Vote(sv.clone()));
                 self.broadcast(i, Msg::Vote(sv));
             }
             Behaviour::Silent => {}
             Behaviour::InvalidProposer => {
                 let sv = self.nodes[i].signer.vote(vote);
-                self.nodes[i].own.push(Msg::Vote(sv.clone()));
                 self.broadcast(i, Msg::Vote(sv));
             }
             Behaviour::RandomVoter => {
@@ -931,25 +1036,28 @@ impl Sim {
         match self.nodes[i].behaviour {
             Behaviour::Honest => {
                 let locks = self.nodes[i].core.locks();
-                let guard = self.nodes[i].guard.as_mut().expect("honest validators have a guard");
+                let guard = self.nodes[i]
+                    .guard
+                    .as_mut()
+                    .expect("honest validators have a guard");
                 if guard.authorize_proposal(&p, locks).is_err() {
                     return;
                 }
                 let key = (i, p.height, p.round, 0);
                 if let Some(prev) = self.honest_signed.insert(key, Some(p.block_hash)) {
                     if prev != Some(p.block_hash) {
-                        self.violation(format!("honest node {i} signed conflicting proposals {key:?}"));
+                        self.violation(format!(
+                            "honest node {i} signed conflicting proposals {key:?}"
+                        ));
                     }
                 }
                 let sp = self.nodes[i].signer.proposal(p);
-                self.nodes[i].own.push(Msg::Proposal(sp.clone()));
                 self.broadcast(i, Msg::Proposal(sp));
             }
             Behaviour::Silent => {}
             Behaviour::Equivocator { .. } => self.split_proposal(i, p.height, p.round),
             Behaviour::InvalidProposer | Behaviour::RandomVoter => {
                 let sp = self.nodes[i].signer.proposal(p);
-                self.nodes[i].own.push(Msg::Proposal(sp.clone()));
                 self.broadcast(i, Msg::Proposal(sp));
             }
         }
@@ -976,8 +1084,12 @@ impl Sim {
     /// (only) that we prevote and precommit it too.
     fn echo(&mut self, byz: usize, msg: &Msg) {
         let Msg::Vote(sv) = msg else { return };
-        let Some(hash) = sv.vote.block_hash else { return };
-        let Some(from) = self.nodes.iter().position(|n| n.signer.key.address() == sv.validator) else {
+        let value = sv.vote.block_hash;
+        let Some(from) = self
+            .nodes
+            .iter()
+            .position(|n| n.signer.key.address() == sv.validator)
+        else {
             return;
         };
         if !self.honest(from) {
@@ -993,7 +1105,7 @@ impl Sim {
                 height: sv.vote.height,
                 round: sv.vote.round,
                 kind,
-                block_hash: Some(hash),
+                block_hash: value,
             });
             self.send(byz, from, Msg::Vote(v));
         }
@@ -1013,14 +1125,6 @@ impl Sim {
                 self.send(from, to, msg.clone());
             }
         }
-    }
-}
-
-fn msg_round(m: &Msg) -> u32 {
-    match m {
-        Msg::Proposal(p) => p.proposal.round,
-        Msg::Vote(v) => v.vote.round,
-        Msg::Commit(c) => c.round,
     }
 }
 
@@ -1069,7 +1173,10 @@ fn short_output(o: &Output) -> String {
             block_hash,
             ..
         } => format!("DECIDE h{height} r{round} {}", hex(block_hash)),
-        Output::Evidence(e) => format!("Evidence against {}", ledger::hash::to_hex(&e.first.validator[..3])),
+        Output::Evidence(e) => format!(
+            "Evidence against {}",
+            ledger::hash::to_hex(&e.first.validator[..3])
+        ),
         other => format!("{other:?}"),
     }
 }

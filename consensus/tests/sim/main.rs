@@ -49,6 +49,7 @@ fn negative_control() -> SimConfig {
     // The attack needs its echoes delivered; honest nodes still see each other late or
     // not at all while the partition lasts.
     c.drop_prob = 0.0;
+    c.heights_after_gst = 10;
     c.expect_safe = false;
     c
 }
@@ -85,7 +86,11 @@ fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) {
         let r = run(cfg, seed, false);
         max_round = max_round.max(r.max_round_after_gst);
         if let Some(f) = r.failure() {
-            failures.push(format!("{} seed {seed}: {f}\n  {}", cfg.name, replay_hint(cfg, seed)));
+            failures.push(format!(
+                "{} seed {seed}: {f}\n  {}",
+                cfg.name,
+                replay_hint(cfg, seed)
+            ));
         }
     }
     eprintln!(
@@ -94,28 +99,33 @@ fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) {
         seeds.end - seeds.start,
         start.elapsed()
     );
-    assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing seeds:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn four_validators_one_byzantine() {
-    run_seeds(&four_one(), 0..200);
+    run_seeds(&four_one(), 0..400);
 }
 
 #[test]
 fn seven_validators_two_byzantine_and_a_full_node() {
-    run_seeds(&seven_two(), 0..140);
+    run_seeds(&seven_two(), 0..300);
 }
 
 #[test]
 fn ten_validators_unequal_power_byzantine_just_under_a_third() {
-    run_seeds(&ten_unequal(), 0..120);
+    run_seeds(&ten_unequal(), 0..250);
 }
 
 #[test]
 fn real_signatures() {
-    run_seeds(&four_one_real(), 0..30);
-    run_seeds(&seven_two_real(), 0..6);
+    run_seeds(&four_one_real(), 0..40);
+    run_seeds(&seven_two_real(), 0..10);
 }
 
 /// The checker is able to fail: with more than 1/3 byzantine power it finds an agreement
@@ -126,12 +136,18 @@ fn negative_control_finds_a_safety_violation() {
     let mut found = 0;
     for seed in 0..20 {
         let r = run(&cfg, seed, false);
-        if r.safety_violations.iter().any(|v| v.starts_with("agreement")) {
+        if r.safety_violations
+            .iter()
+            .any(|v| v.starts_with("agreement"))
+        {
             found += 1;
         }
     }
     eprintln!("negative control: agreement violated in {found} of 20 seeds");
-    assert!(found >= 15, "the split-brain attack with 1/2 byzantine power was caught in only {found} of 20 seeds");
+    assert!(
+        found >= 15,
+        "the split-brain attack with 1/2 byzantine power was caught in only {found} of 20 seeds"
+    );
 }
 
 #[test]
@@ -139,10 +155,18 @@ fn same_seed_same_trace() {
     for cfg in [four_one(), ten_unequal(), four_one_real()] {
         let a = run(&cfg, 42, false);
         let b = run(&cfg, 42, false);
-        assert_eq!(a.trace, b.trace, "{}: seed 42 ran twice differently", cfg.name);
+        assert_eq!(
+            a.trace, b.trace,
+            "{}: seed 42 ran twice differently",
+            cfg.name
+        );
         assert_eq!(a.events, b.events);
         let c = run(&cfg, 43, false);
-        assert_ne!(a.trace, c.trace, "{}: different seeds should differ", cfg.name);
+        assert_ne!(
+            a.trace, c.trace,
+            "{}: different seeds should differ",
+            cfg.name
+        );
     }
 }
 
@@ -172,14 +196,21 @@ fn soak() {
                 continue;
             }
             if let Some(f) = r.failure() {
-                let line = format!("FAIL {} seed {seed}: {f}\n  {}", cfg.name, replay_hint(&cfg, seed));
+                let line = format!(
+                    "FAIL {} seed {seed}: {f}\n  {}",
+                    cfg.name,
+                    replay_hint(&cfg, seed)
+                );
                 println!("{line}");
                 failures.push(line);
             }
         }
         println!("{}: {seeds} seeds in {:?}", cfg.name, start.elapsed());
         if !cfg.expect_safe {
-            println!("{}: violation caught in {caught} of {seeds} seeds", cfg.name);
+            println!(
+                "{}: violation caught in {caught} of {seeds} seeds",
+                cfg.name
+            );
         }
     }
     assert!(failures.is_empty(), "{} failing seeds", failures.len());
@@ -189,7 +220,10 @@ fn soak() {
 /// consensus --test sim replay -- --nocapture`. Without TALLY_SIM_SEED it does nothing.
 #[test]
 fn replay() {
-    let Some(seed) = std::env::var("TALLY_SIM_SEED").ok().and_then(|s| s.parse().ok()) else {
+    let Some(seed) = std::env::var("TALLY_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    else {
         return;
     };
     let only = std::env::var("TALLY_SIM_CONFIG").ok();
