@@ -215,7 +215,7 @@ impl Keystore {
         parse_info(&file, path)
     }
 
-    /// All keys, sorted by name. Unreadable files are reported, not skipped silently.
+    /// All keys, sorted by name. Damaged files are skipped with a warning on stderr.
     pub fn list(&self) -> Result<Vec<KeyInfo>> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -236,7 +236,11 @@ impl Keystore {
             if validate_key_name(stem).is_err() {
                 continue;
             }
-            out.push(self.info(stem)?);
+            // One damaged file must not hide the other keys.
+            match self.info(stem) {
+                Ok(info) => out.push(info),
+                Err(e) => crate::context::warn(&format!("skipping: {e}")),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -26,6 +26,9 @@ pub const TX_REJECT_CODES: &[&str] = &[
     "duplicate",
     "mempool_full",
     "nonce_gap",
+    "already_committed",
+    "replacement_underpriced",
+    "sender_limit",
 ];
 
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:26657";
@@ -331,11 +334,18 @@ pub fn node_error(status: u16, code: &str, message: &str) -> Error {
     let hint = match code {
         "insufficient_funds" => "; fund the account or lower --amount / --fee",
         "fee_too_low" => "; raise --fee (see min_fee in 'tally status')",
-        "nonce_too_low" | "nonce_too_high" | "nonce_gap" => {
+        "nonce_gap" => {
+            "; too many pending transactions from this key (or an earlier nonce is missing): wait for them to commit and retry"
+        }
+        "nonce_too_low" | "nonce_too_high" | "already_committed" => {
             "; another transaction from this key got in first: run the command again"
         }
         "wrong_chain" => "; this node runs another chain: check --node",
         "mempool_full" => "; the node is busy: retry in a moment",
+        "sender_limit" => "; too many pending transactions from this key: wait for some to commit",
+        "replacement_underpriced" => {
+            "; a pending transaction has this nonce: raise --fee to replace it"
+        }
         "duplicate" => "; this exact transaction was already submitted",
         "not_found" => "",
         _ => "",

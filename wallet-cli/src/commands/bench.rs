@@ -424,6 +424,11 @@ fn report(
         for (why, count) in &s.rejected {
             out.push_str(&format!("\n  {why:<20} {count}"));
         }
+        if s.rejected.contains_key("nonce_gap") || s.rejected.contains_key("sender_limit") {
+            out.push_str(
+                "\n  (nonce_gap / sender_limit: too many pending txs per account; use more --accounts)",
+            );
+        }
         out.push_str(&format!(
             "\ncommitted TPS  {tps:.1} (first submit to last commit, {commit_window:.2}s)\nlatency     p50 {}  p95 {}  p99 {}  (submit -> committed event, {} samples)",
             f(ms(0.50)),
@@ -541,11 +546,29 @@ async fn fund_accounts(
     let mut last_id = String::new();
     for (nonce, (i, k)) in (acct.next_nonce()..).zip(keys.iter().enumerate()) {
         let stx = build_transfer(&fkey, chain_id, nonce, fee, k.address(), fund_amount);
-        last_id = client
-            .submit(&stx)
-            .await
-            .map_err(|e| e.context(format!("funding account {} of {n}", i + 1)))?
-            .to_ascii_lowercase();
+        let context = || format!("funding account {} of {n}", i + 1);
+        let id = match client.submit(&stx).await {
+            Ok(id) => id,
+            // The node caps one sender's pending txs: let the funding so far commit, then
+            // go on (commits free the funder's mempool slots).
+            Err(e)
+                if !last_id.is_empty()
+                    && matches!(
+                        e.code.as_deref(),
+                        Some("sender_limit" | "nonce_gap" | "mempool_full")
+                    ) =>
+            {
+                wait_for_commit(client, &last_id, None, args.drain_timeout)
+                    .await?
+                    .ok_or_else(|| e.clone().context(context()))?;
+                client
+                    .submit(&stx)
+                    .await
+                    .map_err(|e| e.context(context()))?
+            }
+            Err(e) => return Err(e.context(context())),
+        };
+        last_id = id.to_ascii_lowercase();
     }
     match wait_for_commit(client, &last_id, events, args.drain_timeout).await? {
         Some(inc) => {

@@ -89,9 +89,16 @@ pub async fn wait_for_commit(
     };
     let mut next_poll = tokio::time::Instant::now() + fast;
     let id = parse_id(tx_id)?;
+    // If the node went away, say so at the deadline instead of "not committed".
+    let mut unreachable: Option<Error> = None;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            _ = tokio::time::sleep_until(deadline) => {
+                return match unreachable {
+                    Some(e) => Err(e.context(format!("while waiting for transaction {tx_id} to commit"))),
+                    None => Ok(None),
+                };
+            }
             ev = next_event(&mut events) => match ev {
                 Some(Event::Tx { tx_id: got, height, index }) if got == tx_id => {
                     return Ok(Some(Inclusion { height, index }));
@@ -112,9 +119,10 @@ pub async fn wait_for_commit(
                             index: st.index.unwrap_or(0),
                         }));
                     }
+                    Ok(Err(e)) if e.kind == Kind::Unreachable => unreachable = Some(e),
                     // Pending, unknown (not yet gossiped to this node) or a transient
                     // error: keep waiting until the deadline.
-                    Ok(_) => {}
+                    Ok(_) => unreachable = None,
                 }
             }
         }
@@ -256,7 +264,10 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
             // the very same bytes, since RFC 6979 signatures are deterministic).
             Err(e)
                 if attempt == 0
-                    && matches!(e.code.as_deref(), Some("nonce_too_low" | "duplicate")) =>
+                    && matches!(
+                        e.code.as_deref(),
+                        Some("nonce_too_low" | "duplicate" | "already_committed")
+                    ) =>
             {
                 let fresh = client.account(&address, false).await?;
                 nonce = fresh.next_nonce().max(nonce + 1);
