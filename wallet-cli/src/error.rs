@@ -43,6 +43,9 @@ pub struct Error {
     /// The node's reason code when the node answered with an error.
     pub code: Option<String>,
     message: String,
+    /// The command already printed its JSON result (e.g. a bench report that ends in
+    /// failure), so `--output json` must not add a second object.
+    pub json_reported: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,6 +56,7 @@ impl Error {
             kind,
             code: None,
             message: one_line(&message.into()),
+            json_reported: false,
         }
     }
 
@@ -76,6 +80,11 @@ impl Error {
 
     pub fn with_code(mut self, code: &str) -> Self {
         self.code = Some(code.to_string());
+        self
+    }
+
+    pub fn json_reported(mut self) -> Self {
+        self.json_reported = true;
         self
     }
 

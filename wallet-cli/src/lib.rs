@@ -34,7 +34,7 @@ pub fn main_entry() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if ctx.output == OutputFormat::Json {
+            if ctx.output == OutputFormat::Json && !e.json_reported {
                 println!(
                     "{}",
                     serde_json::json!({

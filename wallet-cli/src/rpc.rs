@@ -187,7 +187,11 @@ pub struct NodeClient {
 
 impl NodeClient {
     pub fn new(url: &str) -> Result<Self> {
-        let base = url.trim().trim_end_matches('/').to_string();
+        let mut base = url.trim().trim_end_matches('/').to_string();
+        // "127.0.0.1:26657" is what people paste from tallyd's log: assume plain HTTP.
+        if !base.contains("://") && !base.is_empty() {
+            base = format!("http://{base}");
+        }
         if base.starts_with("https://") {
             return Err(Error::usage(format!(
                 "node URL {base} uses https, which this build of tally does not support; use http:// (the node API is meant for loopback or a private network)"
@@ -579,6 +583,11 @@ mod tests {
         let e = node_error(404, "not_found", "no such block");
         assert_eq!(e.kind, crate::error::Kind::Failure);
         assert!(NodeClient::new("https://x").is_err());
-        assert!(NodeClient::new("127.0.0.1:1").is_err());
+        assert!(NodeClient::new("ftp://127.0.0.1:1").is_err());
+        assert!(NodeClient::new("").is_err());
+        assert_eq!(
+            NodeClient::new("127.0.0.1:1/").unwrap().url(),
+            "http://127.0.0.1:1"
+        );
     }
 }

@@ -454,12 +454,14 @@ fn report(
             "{} accepted transaction(s) were not committed within the drain timeout ({}s); raise --drain-timeout or check the nodes",
             not_committed.len(),
             args.drain_timeout.as_secs_f64()
-        )));
+        ))
+        .json_reported());
     }
     if s.accepted == 0 {
         return Err(Error::failure(
-            "the node accepted no transaction; see the rejection reasons above",
-        ));
+            "the node accepted no transaction; see the rejection reasons in the report",
+        )
+        .json_reported());
     }
     Ok(())
 }

@@ -385,3 +385,48 @@ fn wait_committed_falls_back_to_polling_and_times_out_cleanly() {
     assert_eq!(v["status"], "accepted");
     assert_eq!(v["nonce"], 2);
 }
+
+#[test]
+fn bench_reports_uncommitted_txs_and_fails() {
+    let node = FakeNode::start();
+    let w = Wallet::new(&node.url);
+    for name in ["k1", "k2"] {
+        let a = w.new_key(name);
+        node.fund(&a, 1_000_000);
+    }
+    node.with(|n| n.paused = true);
+    let out = w.run(&[
+        "--output",
+        "json",
+        "bench",
+        "--keys",
+        "k1,k2",
+        "--rate",
+        "20",
+        "--duration",
+        "500ms",
+        "--drain-timeout",
+        "1s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one JSON object even on failure: {text}");
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["accounts"], 2);
+    assert!(v["accepted"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["committed"], 0);
+    assert_eq!(v["not_committed"], v["accepted"]);
+    assert_eq!(v["not_committed_txs"][0]["status"], "pending");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("were not committed within the drain timeout"),
+        "{stderr}"
+    );
+}
