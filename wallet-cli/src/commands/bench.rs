@@ -88,9 +88,9 @@ impl Shared {
 }
 
 pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
-    if !(args.rate > 0.0 && args.rate <= 1_000_000.0) {
+    if !(args.rate >= 0.01 && args.rate <= 1_000_000.0) {
         return Err(Error::usage(
-            "--rate must be between 0 and 1000000 transactions per second",
+            "--rate must be between 0.01 and 1000000 transactions per second",
         ));
     }
     if args.concurrency == 0 || args.concurrency > 10_000 {

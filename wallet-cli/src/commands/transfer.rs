@@ -322,7 +322,9 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
             "final",
             format!(
                 "block {} committed (Tendermint: committed is final)",
-                block_hash.as_deref().map_or("?", |h| &h[..h.len().min(16)])
+                block_hash
+                    .as_deref()
+                    .map_or_else(|| "?".to_string(), |h| h.chars().take(16).collect())
             ),
         );
         result["status"] = json!("committed");
