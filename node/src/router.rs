@@ -167,6 +167,34 @@ impl Router {
                     Verdict::Reject(PenaltyReason::InvalidMessage)
                 }
             }
+            ConsensusMessage::Rebroadcast {
+                votes, proposal, ..
+            } => {
+                if votes.len() > crate::wire::MAX_REBROADCAST_VOTES {
+                    Verdict::Reject(PenaltyReason::InvalidMessage)
+                } else {
+                    let mut verdict = Verdict::Accept;
+                    for v in votes {
+                        let ok = v.vote.chain_id == g.chain_id
+                            && g.validators
+                                .get(&v.validator)
+                                .is_some_and(|val| v.verify_signature(&val.pubkey).is_ok());
+                        if !ok {
+                            verdict = Verdict::Reject(PenaltyReason::InvalidSignature);
+                            break;
+                        }
+                    }
+                    if let (Verdict::Accept, Some((p, block))) = (&verdict, proposal) {
+                        let proposer = g.validators.proposer(p.proposal.height, p.proposal.round);
+                        if block.hash() != p.proposal.block_hash
+                            || p.verify_signature(&proposer.pubkey).is_err()
+                        {
+                            verdict = Verdict::Reject(PenaltyReason::InvalidBlock);
+                        }
+                    }
+                    verdict
+                }
+            }
         };
         if matches!(verdict, Verdict::Accept) {
             // Old heights are valid but useless: do not forward them.
@@ -174,6 +202,14 @@ impl Router {
                 ConsensusMessage::Vote(v) => v.vote.height,
                 ConsensusMessage::Proposal { proposal, .. } => proposal.proposal.height,
                 ConsensusMessage::Evidence(_) => u64::MAX,
+                ConsensusMessage::Rebroadcast {
+                    votes, proposal, ..
+                } => votes
+                    .iter()
+                    .map(|v| v.vote.height)
+                    .chain(proposal.iter().map(|(p, _)| p.proposal.height))
+                    .max()
+                    .unwrap_or(0),
             };
             let tip = ledger::store::ChainReader::tip(self.store.as_ref()).map_or(0, |t| t.height);
             let _ = self

@@ -17,7 +17,20 @@ pub enum ConsensusMessage {
     },
     Vote(SignedVote),
     Evidence(Equivocation),
+    /// A validator re-announcing its own messages of the current height while the height
+    /// is stuck: gossipsub delivers each message once, so a peer that was down or
+    /// partitioned when they were first sent would otherwise never see them, and
+    /// Tendermint's liveness assumes every correct message eventually reaches everyone.
+    /// `sent_at_ms` makes each re-announcement a distinct gossip message.
+    Rebroadcast {
+        sent_at_ms: u64,
+        votes: Vec<SignedVote>,
+        proposal: Option<(SignedProposal, Block)>,
+    },
 }
+
+/// Most votes in one [`ConsensusMessage::Rebroadcast`].
+pub const MAX_REBROADCAST_VOTES: usize = 64;
 
 /// A `/tally/sync/1` request.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]

@@ -1,1 +1,9 @@
-fn main() {}
+//! Real-stack tests: tallyd child processes with real libp2p, RocksDB and HTTP on
+//! loopback, ports chosen by the OS, temp dirs. Waits are conditions with deadlines.
+
+#![allow(clippy::unwrap_used)]
+
+mod chain;
+mod dev;
+mod faults;
+mod rpc;

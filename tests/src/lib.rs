@@ -1,1 +1,473 @@
-//! Shared helpers for Tally integration tests.
+//! A harness for real-stack Tally tests: `tallyd` child processes on their own loopback
+//! addresses (127.0.0.x, ports chosen by the OS), temp dirs, real RocksDB, libp2p and HTTP.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! let net = tally_tests::TestNet::builder().validators(4).full_nodes(1).start().await?;
+//! net.wait_for_height(3, std::time::Duration::from_secs(30)).await?;
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ledger::crypto::Keypair;
+use ledger::genesis::{GenesisAccount, GenesisFile, GenesisValidator, Params};
+use ledger::hash::{sha256, to_hex};
+use ledger::types::{Address, Payload, SignedTx, Tx};
+use serde_json::Value;
+use tally_node::config::NodeConfig;
+use tally_node::node::Addresses;
+
+pub const CHAIN_ID: &str = "tally-test";
+
+/// Each test net takes a block of loopback addresses so concurrent tests never share one.
+static NEXT_NET: AtomicU8 = AtomicU8::new(0);
+
+/// Path of a workspace binary (`tallyd`, `tally`) next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase())) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace first (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+/// A funded test account key, the same in every run.
+pub fn account_key(i: usize) -> Keypair {
+    Keypair::from_secret_bytes(&sha256(format!("tally-test-account-{i}").as_bytes()))
+        .expect("valid key")
+}
+
+pub fn transfer(key: &Keypair, nonce: u64, to: Address, amount: u64, fee: u64) -> SignedTx {
+    key.sign_tx(Tx {
+        chain_id: CHAIN_ID.into(),
+        from: key.public_key(),
+        nonce,
+        fee,
+        payload: Payload::Transfer { to, amount },
+    })
+}
+
+pub struct Builder {
+    validators: usize,
+    full_nodes: usize,
+    accounts: usize,
+    timeout_commit_ms: u64,
+    timeout_propose_ms: u64,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Builder {
+    pub fn validators(mut self, n: usize) -> Self {
+        self.validators = n;
+        self
+    }
+    pub fn full_nodes(mut self, n: usize) -> Self {
+        self.full_nodes = n;
+        self
+    }
+    pub fn accounts(mut self, n: usize) -> Self {
+        self.accounts = n;
+        self
+    }
+    pub fn timeout_commit_ms(mut self, ms: u64) -> Self {
+        self.timeout_commit_ms = ms;
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.extra_env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Writes homes for every node and starts them all; returns once every RPC answers.
+    pub async fn start(self) -> anyhow::Result<TestNet> {
+        let net = self.create()?;
+        let mut net = net;
+        for i in 0..net.nodes.len() {
+            net.start_node(i)?;
+            if i == 0 {
+                // Everyone else bootstraps from node 0.
+                let a = net.wait_addresses(0, Duration::from_secs(30)).await?;
+                net.bootstrap = a.p2p.clone();
+            }
+        }
+        for i in 0..net.nodes.len() {
+            net.wait_addresses(i, Duration::from_secs(30)).await?;
+        }
+        Ok(net)
+    }
+
+    pub fn create(self) -> anyhow::Result<TestNet> {
+        let dir = tempfile::Builder::new()
+            .prefix("tally-testnet-")
+            .tempdir()?;
+        let block = NEXT_NET.fetch_add(1, Ordering::SeqCst) % 20;
+        let total = self.validators + self.full_nodes;
+        let vkeys: Vec<Keypair> = (0..self.validators).map(|_| Keypair::generate()).collect();
+        let genesis = GenesisFile {
+            chain_id: CHAIN_ID.into(),
+            genesis_time_ms: 0,
+            params: Params {
+                timeout_commit_ms: self.timeout_commit_ms,
+                timeout_propose_ms: self.timeout_propose_ms,
+                timeout_prevote_ms: 500,
+                timeout_precommit_ms: 500,
+                timeout_propose_delta_ms: 250,
+                timeout_prevote_delta_ms: 250,
+                timeout_precommit_delta_ms: 250,
+                ..Params::default()
+            },
+            validators: vkeys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| GenesisValidator {
+                    name: format!("validator-{i}"),
+                    pubkey: to_hex(&k.public_key()),
+                    power: 10,
+                })
+                .collect(),
+            accounts: (0..self.accounts)
+                .map(|i| GenesisAccount {
+                    address: to_hex(&account_key(i).address()),
+                    balance: 1_000_000_000,
+                })
+                .collect(),
+        };
+        let genesis_text = serde_json::to_string_pretty(&genesis)?;
+        let mut nodes = Vec::new();
+        for i in 0..total {
+            let home = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(home.join("config"))?;
+            std::fs::write(home.join("config/genesis.json"), &genesis_text)?;
+            tally_node::keys::write_node_key(
+                &home.join("config/node_key.json"),
+                tally_node::keys::random_secret(),
+            )?;
+            let ip = format!("127.0.{}.{}", 100 + block, 2 + i);
+            let mut config = NodeConfig {
+                moniker: format!("node{i}"),
+                ..NodeConfig::default()
+            };
+            config.rpc.listen = format!("{ip}:0");
+            config.metrics.listen = format!("{ip}:0");
+            config.p2p.listen = vec![format!("/ip4/{ip}/tcp/0")];
+            config.p2p.ban_duration_secs = 30;
+            config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
+            if i < self.validators {
+                tally_node::keys::write_validator_key(
+                    &home.join("config/validator_key.json"),
+                    &vkeys[i],
+                )?;
+                config.consensus.validator_key = "config/validator_key.json".into();
+            }
+            std::fs::write(home.join("config/node.toml"), config.to_toml())?;
+            nodes.push(NodeProc {
+                home,
+                ip,
+                child: None,
+                addresses: None,
+                validator: (i < self.validators).then(|| vkeys[i].address()),
+            });
+        }
+        Ok(TestNet {
+            dir,
+            nodes,
+            bootstrap: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            env: self.extra_env,
+        })
+    }
+}
+
+pub struct NodeProc {
+    pub home: PathBuf,
+    pub ip: String,
+    child: Option<Child>,
+    pub addresses: Option<Addresses>,
+    pub validator: Option<Address>,
+}
+
+pub struct TestNet {
+    dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    bootstrap: Vec<String>,
+    pub http: reqwest::Client,
+    env: Vec<(String, String)>,
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        // Keep the homes and logs of a failed test for a post-mortem.
+        if std::thread::panicking() || std::env::var_os("TALLY_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("a scratch dir"));
+            eprintln!("test net kept in {}", dir.keep().display());
+        }
+    }
+}
+
+impl TestNet {
+    pub fn builder() -> Builder {
+        Builder {
+            validators: 4,
+            full_nodes: 0,
+            accounts: 10,
+            timeout_commit_ms: 200,
+            timeout_propose_ms: 1500,
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.nodes[i].home.join("node.log")
+    }
+
+    /// Starts (or restarts) node `i` with its existing home.
+    pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(tally_node::node::addresses_file(&self.nodes[i].home));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))?;
+        let mut cmd = Command::new(bin("tallyd"));
+        cmd.arg("start")
+            .arg("--home")
+            .arg(&self.nodes[i].home)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if i > 0 && !self.bootstrap.is_empty() {
+            cmd.env("TALLY_P2P_BOOTSTRAP", self.bootstrap.join(","));
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("cannot start tallyd")?;
+        self.nodes[i].child = Some(child);
+        self.nodes[i].addresses = None;
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown code runs, like a power cut.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if c.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    bail!("node {i} did not stop within 15 s of SIGTERM");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    pub async fn wait_addresses(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Addresses> {
+        let path = tally_node::node::addresses_file(&self.nodes[i].home);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Ok(a) = serde_json::from_str::<Addresses>(&text) {
+                    if self.nodes[i]
+                        .child
+                        .as_ref()
+                        .is_some_and(|c| c.id() == a.pid)
+                    {
+                        self.nodes[i].addresses = Some(a.clone());
+                        return Ok(a);
+                    }
+                }
+            }
+            if let Some(c) = self.nodes[i].child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!("node {i} exited with {status}; log:\n{}", self.tail_log(i));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {i} did not come up within {timeout:?}; log:\n{}",
+                    self.tail_log(i)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn tail_log(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn rpc(&self, i: usize) -> String {
+        format!(
+            "http://{}",
+            self.nodes[i].addresses.as_ref().expect("node started").rpc
+        )
+    }
+
+    pub fn metrics_url(&self, i: usize) -> String {
+        format!(
+            "http://{}/metrics",
+            self.nodes[i]
+                .addresses
+                .as_ref()
+                .and_then(|a| a.metrics.clone())
+                .expect("metrics on")
+        )
+    }
+
+    pub async fn get(&self, i: usize, path: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.rpc(i)))
+            .send()
+            .await?;
+        Ok(r.json().await?)
+    }
+
+    /// POST a signed tx; returns (HTTP status, body).
+    pub async fn submit(&self, i: usize, tx: &SignedTx) -> anyhow::Result<(u16, Value)> {
+        self.submit_hex(i, &to_hex(&ledger::codec::encode(tx)))
+            .await
+    }
+
+    pub async fn submit_hex(&self, i: usize, hex: &str) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .http
+            .post(format!("{}/v1/txs", self.rpc(i)))
+            .json(&serde_json::json!({ "tx": hex }))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn height(&self, i: usize) -> anyhow::Result<u64> {
+        let s = self.get(i, "/v1/status").await?;
+        s["height"].as_u64().context("status has no height")
+    }
+
+    /// Waits until every running node reaches `height`.
+    pub async fn wait_for_height(&self, height: u64, timeout: Duration) -> anyhow::Result<()> {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.is_running(*i))
+            .collect();
+        self.wait_nodes_height(&running, height, timeout).await
+    }
+
+    pub async fn wait_nodes_height(
+        &self,
+        nodes: &[usize],
+        height: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut all = true;
+            for &i in nodes {
+                if self.height(i).await.unwrap_or(0) < height {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let mut heights = Vec::new();
+                for &i in nodes {
+                    heights.push(self.height(i).await.unwrap_or(0));
+                }
+                bail!(
+                    "nodes {nodes:?} did not reach height {height} within {timeout:?} (at {heights:?}); node {} log:\n{}",
+                    nodes[0],
+                    self.tail_log(nodes[0])
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `GET /v1/txs/{id}` says committed on node `i`.
+    pub async fn wait_committed(
+        &self,
+        i: usize,
+        id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.get(i, &format!("/v1/txs/{id}")).await?;
+            if v["status"] == "committed" {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("tx {id} not committed on node {i} within {timeout:?}: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// (hash, state_root) of the block at `height` as node `i` reports it.
+    pub async fn block_at(&self, i: usize, height: u64) -> anyhow::Result<(String, String)> {
+        let b = self.get(i, &format!("/v1/blocks/{height}")).await?;
+        Ok((
+            b["hash"].as_str().context("block hash")?.to_string(),
+            b["header"]["state_root"]
+                .as_str()
+                .context("state root")?
+                .to_string(),
+        ))
+    }
+
+    pub async fn evidence_count(&self, i: usize) -> anyhow::Result<usize> {
+        let v = self.get(i, "/v1/evidence").await?;
+        Ok(v["evidence"].as_array().map_or(0, Vec::len))
+    }
+}

@@ -134,7 +134,14 @@ pub struct Engine {
     awaiting_block: HashSet<Hash>,
     sync: sync::SyncState,
     last_round_change: u32,
+    /// Our own signed messages of the current height, re-announced while it is stuck.
+    own_votes: Vec<ledger::types::SignedVote>,
+    own_proposal: Option<(ledger::types::SignedProposal, Block)>,
+    height_started: Instant,
 }
+
+/// A height that has not finished after this long gets our messages re-announced.
+const REBROADCAST_AFTER: Duration = Duration::from_millis(1500);
 
 fn now_ms() -> u64 {
     // The engine is the I/O edge: wall-clock time for block headers is read here only.
@@ -203,6 +210,9 @@ impl Engine {
             awaiting_block: HashSet::new(),
             sync: sync::SyncState::default(),
             last_round_change: 0,
+            own_votes: Vec::new(),
+            own_proposal: None,
+            height_started: Instant::now(),
         };
         Ok((engine, me, view))
     }
@@ -220,7 +230,7 @@ impl Engine {
         self.drive(Input::StartHeight {
             height: tip.height + 1,
         });
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -291,7 +301,35 @@ impl Engine {
                 }
             }
             ConsensusMessage::Evidence(e) => self.record_evidence(e, false),
+            ConsensusMessage::Rebroadcast {
+                votes, proposal, ..
+            } => {
+                if let Some((proposal, block)) = proposal {
+                    self.on_consensus(ConsensusMessage::Proposal { proposal, block }, from);
+                }
+                for v in votes {
+                    self.on_consensus(ConsensusMessage::Vote(v), from);
+                }
+            }
         }
+    }
+
+    /// Re-announces our own messages of a height that is taking long.
+    fn rebroadcast(&mut self) {
+        if self.height_started.elapsed() < REBROADCAST_AFTER
+            || (self.own_votes.is_empty() && self.own_proposal.is_none())
+        {
+            return;
+        }
+        let start = self
+            .own_votes
+            .len()
+            .saturating_sub(crate::wire::MAX_REBROADCAST_VOTES);
+        self.publish(ConsensusMessage::Rebroadcast {
+            sent_at_ms: now_ms(),
+            votes: self.own_votes[start..].to_vec(),
+            proposal: self.own_proposal.clone(),
+        });
     }
 
     fn on_tick(&mut self) {
@@ -309,6 +347,7 @@ impl Engine {
             .unwrap_or(0);
         self.mempool_metrics.evicted.inc_by(expired as u64);
         self.maybe_request_sync();
+        self.rebroadcast();
     }
 
     /// Feeds one input to the core and carries out every output, including the inputs
@@ -341,6 +380,12 @@ impl Engine {
     fn carry_out(&mut self, output: Output) -> Option<Input> {
         match output {
             Output::RoundChanged { height, round } => {
+                if round == 0 || height != self.own_votes.first().map_or(height, |v| v.vote.height)
+                {
+                    self.own_votes.clear();
+                    self.own_proposal = None;
+                    self.height_started = Instant::now();
+                }
                 self.last_round_change = round;
                 self.metrics.round.set(i64::from(round));
                 if round > 0 {
@@ -364,6 +409,7 @@ impl Engine {
                 }
                 let block = self.blocks.get(&proposal.block_hash)?.clone();
                 let signed = key.sign_proposal(proposal);
+                self.own_proposal = Some((signed.clone(), block.clone()));
                 self.publish(ConsensusMessage::Proposal {
                     proposal: signed.clone(),
                     block,
@@ -377,6 +423,7 @@ impl Engine {
                     return None;
                 }
                 let signed = key.sign_vote(vote);
+                self.own_votes.push(signed.clone());
                 self.publish(ConsensusMessage::Vote(signed.clone()));
                 Some(Input::Vote(signed))
             }
