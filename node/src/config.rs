@@ -456,3 +456,41 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// configs/node.example.toml parses to the defaults and documents every key.
+    #[test]
+    fn example_config_is_complete_and_parses() {
+        let text = include_str!("../../configs/node.example.toml");
+        let parsed = NodeConfig::parse("node.example.toml", text, std::iter::empty()).unwrap();
+        assert_eq!(
+            parsed,
+            NodeConfig::default(),
+            "example values must be the defaults"
+        );
+        let example: toml::Table = toml::from_str(text).unwrap();
+        let defaults = toml::Table::try_from(NodeConfig::default()).unwrap();
+        for (section, value) in &defaults {
+            match value.as_table() {
+                Some(keys) => {
+                    for key in keys.keys() {
+                        assert!(
+                            example.get(section).and_then(|s| s.get(key)).is_some(),
+                            "configs/node.example.toml lacks {section}.{key}"
+                        );
+                    }
+                }
+                None => assert!(example.contains_key(section), "example lacks {section}"),
+            }
+        }
+    }
+
+    #[test]
+    fn example_genesis_is_valid() {
+        let text = include_str!("../../configs/genesis.example.json");
+        ledger::genesis::Genesis::from_bytes("genesis.example.json", text.as_bytes()).unwrap();
+    }
+}
