@@ -1,6 +1,11 @@
 //! The node's registry and the metrics of the chain itself (height, blocks, consensus,
 //! execution, storage, process). Subsystems register their own families next to their
 //! code (`mempool/metrics.rs`, `rpc/metrics.rs`, the p2p crate).
+//!
+//! Names follow Prometheus conventions: counters are registered without `_total` and the
+//! OpenMetrics encoder appends it to the sample; durations are `_seconds`, sizes `_bytes`,
+//! both in base units. `configs/README.md` lists every family; `tests/it/metrics.rs`
+//! checks the conventions and that every family the Grafana dashboard queries exists.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,10 +13,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CfLabel {
     pub cf: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
 }
 
 #[derive(Clone)]
@@ -31,8 +42,12 @@ pub struct ChainMetrics {
     pub sync_target: Gauge,
     pub db_size: Family<CfLabel, Gauge>,
     pub resident_memory: Gauge,
-    pub cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// A counter (`tally_process_cpu_seconds_total`): CPU time only grows, so `rate()`
+    /// gives cores in use. It follows /proc by adding the difference at each sample.
+    pub cpu_seconds: Counter<f64, AtomicU64>,
     pub open_fds: Gauge,
+    pub start_time: Gauge<f64, AtomicU64>,
+    pub build_info: Family<VersionLabel, Gauge>,
 }
 
 impl ChainMetrics {
@@ -53,9 +68,19 @@ impl ChainMetrics {
             sync_target: Gauge::default(),
             db_size: Family::default(),
             resident_memory: Gauge::default(),
-            cpu_seconds: Gauge::default(),
+            cpu_seconds: Counter::default(),
             open_fds: Gauge::default(),
+            start_time: Gauge::default(),
+            build_info: Family::default(),
         };
+        if let Some(t) = process_start_time() {
+            m.start_time.set(t);
+        }
+        m.build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
         r.register(
             "tally_block_height",
             "Height of the last committed block",
@@ -141,18 +166,31 @@ impl ChainMetrics {
             "Open file descriptors of tallyd",
             m.open_fds.clone(),
         );
+        r.register(
+            "tally_process_start_time_seconds",
+            "Start time of tallyd since the Unix epoch (a change means a restart)",
+            m.start_time.clone(),
+        );
+        r.register(
+            "tally_build_info",
+            "Always 1; the label carries the tallyd version",
+            m.build_info.clone(),
+        );
         m
     }
 
     /// Refreshes process figures from /proc (Linux); elsewhere they stay 0.
     pub fn sample_process(&self) {
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(pages) = statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<i64>().ok())
+        // VmRSS is in kB whatever the page size (statm counts pages, which are 16 KiB or
+        // 64 KiB on some arm64 kernels).
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<i64>().ok())
             {
-                self.resident_memory.set(pages * 4096);
+                self.resident_memory.set(kb * 1024);
             }
         }
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
@@ -161,7 +199,12 @@ impl ChainMetrics {
                 let f: Vec<&str> = rest.split_whitespace().collect();
                 if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
                     if let (Ok(u), Ok(s)) = (u.parse::<f64>(), s.parse::<f64>()) {
-                        self.cpu_seconds.set((u + s) / 100.0);
+                        // Clock ticks; USER_HZ is 100 on every Linux ABI.
+                        let total = (u + s) / 100.0;
+                        let seen = self.cpu_seconds.get();
+                        if total > seen {
+                            self.cpu_seconds.inc_by(total - seen);
+                        }
                     }
                 }
             }
@@ -170,6 +213,24 @@ impl ChainMetrics {
             self.open_fds.set(dir.count() as i64);
         }
     }
+}
+
+/// Start of this process in seconds since the Unix epoch, from /proc (boot time plus the
+/// process's start in clock ticks after boot) as Prometheus's own process collector does:
+/// no wall-clock read, and the value is the same however late the registry is built.
+fn process_start_time() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    // Field 22 of stat, the 20th after the command name.
+    let ticks = rest.split_whitespace().nth(19)?.parse::<f64>().ok()?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime = boot
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    Some(btime + ticks / 100.0)
 }
 
 /// Encodes the registry as OpenMetrics text.
