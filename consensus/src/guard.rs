@@ -5,9 +5,12 @@
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use ledger::hash::Hash;
-use ledger::types::{Proposal, Vote, VoteKind};
+use ledger::types::{Proposal, SignedVote, Vote, VoteKind};
 
 use crate::types::{Locks, RoundValue};
+
+/// How many signed messages of the current height the guard remembers.
+pub const MAX_HEIGHT_SIGNED: usize = 192;
 
 /// The signing steps of a round in the order a validator signs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, BorshSerialize, BorshDeserialize)]
@@ -37,12 +40,15 @@ impl LastSigned {
 #[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct GuardState {
     pub last_signed: Option<LastSigned>,
-    /// Everything signed in `last_signed`'s (height, round), in signing order (at most a
-    /// proposal, a prevote and a precommit). These exact messages may be signed again: a
-    /// restarted validator re-broadcasts them so peers that missed them are not stuck.
-    pub round_signed: Vec<LastSigned>,
+    /// Everything signed at `last_signed.height`, in signing order (the last
+    /// [`MAX_HEIGHT_SIGNED`]). These exact messages may be signed again: a restarted
+    /// validator re-broadcasts them, because peers may still need them (a precommit of
+    /// an earlier round that only we held can be what keeps 2f+1 others from moving on).
+    pub height_signed: Vec<LastSigned>,
     pub locked: Option<RoundValue>,
     pub valid: Option<RoundValue>,
+    /// The prevotes proving `valid` (see [`Locks::valid_pol`]).
+    pub valid_pol: Vec<SignedVote>,
 }
 
 /// Durable storage of the [`GuardState`]. `save` must not return before the state is on
@@ -180,16 +186,17 @@ impl<S: GuardStore> SigningGuard<S> {
         attempted: LastSigned,
         locks: Locks,
     ) -> Result<(), GuardError<S::Error>> {
-        if self.state.round_signed.contains(&attempted) {
+        if self.state.height_signed.contains(&attempted) {
             // Re-signing an identical message is harmless (RFC 6979 makes it
             // byte-identical) and lets a restarted node re-broadcast.
             return Ok(());
         }
         let mut next = GuardState {
             last_signed: Some(attempted),
-            round_signed: vec![attempted],
+            height_signed: vec![attempted],
             locked: locks.locked,
             valid: locks.valid,
+            valid_pol: locks.valid_pol,
         };
         if let Some(signed) = self.state.last_signed {
             if attempted.position() <= signed.position() {
@@ -199,11 +206,14 @@ impl<S: GuardStore> SigningGuard<S> {
                 // A lock only ever moves to a later round within a height; never let a
                 // stale caller lose it.
                 next.locked = later(self.state.locked, next.locked);
-                next.valid = later(self.state.valid, next.valid);
-                if attempted.round == signed.round {
-                    next.round_signed = self.state.round_signed.clone();
-                    next.round_signed.push(attempted);
+                if later(self.state.valid, next.valid) != next.valid {
+                    next.valid = self.state.valid;
+                    next.valid_pol = self.state.valid_pol.clone();
                 }
+                let keep = self.state.height_signed.len().min(MAX_HEIGHT_SIGNED - 1);
+                let skip = self.state.height_signed.len() - keep;
+                next.height_signed = self.state.height_signed[skip..].to_vec();
+                next.height_signed.push(attempted);
             }
         }
         self.store.save(&next).map_err(GuardError::Store)?;

@@ -47,6 +47,7 @@ pub struct Consensus<V: SignatureVerifier = K256Verifier> {
     step: Step,
     locked: Option<RoundValue>,
     valid: Option<RoundValue>,
+    valid_pol: Vec<SignedVote>,
     decision: Option<Hash>,
 
     /// First correctly signed proposal of each round from that round's proposer.
@@ -80,6 +81,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             step: Step::Idle,
             locked: None,
             valid: None,
+            valid_pol: Vec::new(),
             decision: None,
             proposals: BTreeMap::new(),
             votes: BTreeMap::new(),
@@ -122,6 +124,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         Locks {
             locked: self.locked,
             valid: self.valid,
+            valid_pol: self.valid_pol.clone(),
         }
     }
 
@@ -202,6 +205,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         self.round = 0;
         self.locked = None;
         self.valid = None;
+        self.valid_pol.clear();
         self.decision = None;
         self.proposals.clear();
         self.votes.clear();
@@ -217,7 +221,12 @@ impl<V: SignatureVerifier> Consensus<V> {
             Some((g, last)) => {
                 self.locked = g.locked;
                 self.valid = g.valid;
+                self.valid_pol = g.valid_pol.clone();
                 self.resume_round(&g, last, out);
+                // Hold the proof of lock again, so we and our peers can use it.
+                for vote in g.valid_pol {
+                    self.on_vote(vote, false, out);
+                }
             }
             None => self.start_round(0, out),
         }
@@ -310,6 +319,21 @@ impl<V: SignatureVerifier> Consensus<V> {
     /// decides once the block is validated.
     fn on_commit(&mut self, commit: Commit, out: &mut Vec<Output>) {
         if !self.accepts_height(commit.height) {
+            return;
+        }
+        // Cheap checks first (sorted, unique, known signers with more than 2/3 of the
+        // power), so a forged commit costs no signature checks, and the window-free,
+        // equivocation-tolerant path below is only open to what could be a real commit.
+        let sorted = commit
+            .signatures
+            .windows(2)
+            .all(|w| w[0].validator < w[1].validator);
+        let power = commit
+            .signatures
+            .iter()
+            .map(|s| self.cfg.validators.power_of(&s.validator))
+            .fold(0u64, u64::saturating_add);
+        if !sorted || !self.cfg.validators.is_quorum(power) {
             return;
         }
         for sig in commit.signatures {
@@ -567,6 +591,12 @@ impl<V: SignatureVerifier> Consensus<V> {
             self.precommit(Some(hash), out);
         }
         self.valid = Some(value);
+        self.valid_pol = self.votes[&self.round]
+            .prevotes
+            .votes_for(&Some(hash))
+            .into_iter()
+            .cloned()
+            .collect();
         true
     }
 
@@ -649,12 +679,19 @@ impl<V: SignatureVerifier> Consensus<V> {
         // If we only proposed: a rebuilt block would differ and be refused, so wait for
         // our proposal to come back through gossip, or for the round to time out.
         self.schedule(TimeoutStep::Propose, out);
-        let this_round = |s: &&LastSigned| (s.height, s.round) == (last.height, last.round);
-        for signed in g.round_signed.iter().filter(this_round) {
-            match signed.step {
-                SignStep::Propose => {}
-                SignStep::Prevote => self.prevote(signed.block_hash, out),
-                SignStep::Precommit => self.precommit(signed.block_hash, out),
+        for signed in g.height_signed.iter().filter(|s| s.height == last.height) {
+            match (signed.round == last.round, signed.step) {
+                (_, SignStep::Propose) => {}
+                (true, SignStep::Prevote) => self.prevote(signed.block_hash, out),
+                (true, SignStep::Precommit) => self.precommit(signed.block_hash, out),
+                // Votes of earlier rounds of this height, re-signed for peers that may
+                // still be waiting in those rounds.
+                (false, SignStep::Prevote) => {
+                    self.emit_vote_at(signed.round, VoteKind::Prevote, signed.block_hash, out)
+                }
+                (false, SignStep::Precommit) => {
+                    self.emit_vote_at(signed.round, VoteKind::Precommit, signed.block_hash, out)
+                }
             }
         }
     }
@@ -670,13 +707,23 @@ impl<V: SignatureVerifier> Consensus<V> {
     }
 
     fn emit_vote(&self, kind: VoteKind, block_hash: Option<Hash>, out: &mut Vec<Output>) {
+        self.emit_vote_at(self.round, kind, block_hash, out);
+    }
+
+    fn emit_vote_at(
+        &self,
+        round: u32,
+        kind: VoteKind,
+        block_hash: Option<Hash>,
+        out: &mut Vec<Output>,
+    ) {
         if self.our_power() == 0 {
             return; // full node: follows, never votes
         }
         out.push(Output::Vote(Vote {
             chain_id: self.cfg.chain_id.clone(),
             height: self.height,
-            round: self.round,
+            round,
             kind,
             block_hash,
         }));

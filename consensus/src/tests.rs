@@ -808,7 +808,13 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
             step: SignStep::Precommit,
             block_hash: Some(B),
         }),
-        round_signed: vec![
+        height_signed: vec![
+            LastSigned {
+                height: 1,
+                round: 0,
+                step: SignStep::Precommit,
+                block_hash: None,
+            },
             LastSigned {
                 height: 1,
                 round: 1,
@@ -824,6 +830,7 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
         ],
         locked: locked(1, B),
         valid: locked(1, B),
+        valid_pol: vec![],
     };
     let mut core = n.core(Some(me));
     core.resume(&state);
@@ -840,6 +847,8 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
                         round: 1,
                     },
                     timeout(1, 1, TimeoutStep::Propose),
+                    // An earlier round's vote is re-signed too.
+                    precommit(1, 0, None),
                     prevote(1, 1, Some(B)),
                     precommit(1, 1, Some(B)),
                 ],
@@ -901,23 +910,23 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
 fn guard_refuses_conflicts_and_persists_before_allowing() {
     let v = |r: u32, k: VoteKind, h: Option<Hash>| unsigned_vote(5, r, k, h);
     let mut g = SigningGuard::open(MemoryGuardStore::default()).unwrap();
-    let none = Locks::default();
+
     assert!(g
-        .authorize_proposal(&unsigned_proposal(5, 0, None, B), none)
+        .authorize_proposal(&unsigned_proposal(5, 0, None, B), Locks::default())
         .is_ok());
     assert!(g
-        .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), none)
+        .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), Locks::default())
         .is_ok());
     // Identical re-sign is fine; a different value at the same step is not.
     assert!(g
-        .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), none)
+        .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), Locks::default())
         .is_ok());
     assert!(matches!(
-        g.authorize_vote(&v(0, VoteKind::Prevote, None), none),
+        g.authorize_vote(&v(0, VoteKind::Prevote, None), Locks::default()),
         Err(GuardError::Conflict { .. })
     ));
     assert!(g
-        .authorize_vote(&v(0, VoteKind::Precommit, Some(B)), none)
+        .authorize_vote(&v(0, VoteKind::Precommit, Some(B)), Locks::default())
         .is_ok());
     assert_eq!(
         g.state().locked,
@@ -927,16 +936,19 @@ fn guard_refuses_conflicts_and_persists_before_allowing() {
     // Going back is refused, except for re-signing the identical messages of the
     // current round (what a restarted node re-broadcasts).
     assert!(g
-        .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), none)
+        .authorize_vote(&v(0, VoteKind::Prevote, Some(B)), Locks::default())
         .is_ok());
     assert!(g
-        .authorize_proposal(&unsigned_proposal(5, 0, None, B), none)
+        .authorize_proposal(&unsigned_proposal(5, 0, None, B), Locks::default())
         .is_ok());
     assert!(g
-        .authorize_proposal(&unsigned_proposal(5, 0, None, C), none)
+        .authorize_proposal(&unsigned_proposal(5, 0, None, C), Locks::default())
         .is_err());
     assert!(g
-        .authorize_vote(&unsigned_vote(4, 9, VoteKind::Precommit, Some(B)), none)
+        .authorize_vote(
+            &unsigned_vote(4, 9, VoteKind::Precommit, Some(B)),
+            Locks::default()
+        )
         .is_err());
     // Persisted before it returned: a restarted guard still refuses.
     let store = g.into_store();
@@ -946,17 +958,20 @@ fn guard_refuses_conflicts_and_persists_before_allowing() {
     );
     let mut g = SigningGuard::open(store).unwrap();
     assert!(g
-        .authorize_vote(&v(0, VoteKind::Precommit, None), none)
+        .authorize_vote(&v(0, VoteKind::Precommit, None), Locks::default())
         .is_err());
     assert_eq!(g.state().locked, locked(0, B));
     // A stale caller passing no lock does not erase it.
     assert!(g
-        .authorize_vote(&v(1, VoteKind::Prevote, None), none)
+        .authorize_vote(&v(1, VoteKind::Prevote, None), Locks::default())
         .is_ok());
     assert_eq!(g.state().locked, locked(0, B));
     // A new height starts with the caller's (empty) locks.
     assert!(g
-        .authorize_vote(&unsigned_vote(6, 0, VoteKind::Prevote, None), none)
+        .authorize_vote(
+            &unsigned_vote(6, 0, VoteKind::Prevote, None),
+            Locks::default()
+        )
         .is_ok());
     assert_eq!(g.state().locked, None);
 }
@@ -983,10 +998,60 @@ fn guard_state_is_borsh() {
             step: SignStep::Prevote,
             block_hash: None,
         }),
-        round_signed: vec![],
+        height_signed: vec![],
         locked: locked(1, B),
         valid: None,
+        valid_pol: vec![],
     };
     let bytes = borsh::to_vec(&s).unwrap();
     assert_eq!(borsh::from_slice::<GuardState>(&bytes).unwrap(), s);
+}
+
+#[test]
+fn the_proof_of_lock_is_persisted_and_restored() {
+    let n = net(4);
+    let me = n.non_proposer();
+    let o = n.others(me);
+    let mut core = n.core(Some(me));
+    let mut guard = SigningGuard::open(MemoryGuardStore::default()).unwrap();
+    // Carry out Vote outputs the way the engine does: guard, sign, feed back.
+    let mut engine = |core: &mut Consensus, out: Vec<Output>| {
+        for o in out {
+            if let Output::Vote(v) = o {
+                guard.authorize_vote(&v, core.locks()).unwrap();
+                core.handle(Input::Vote(n.keys[me].sign_vote(v)));
+            }
+        }
+    };
+    let out = core.handle(Input::StartHeight { height: 1 });
+    engine(&mut core, out);
+    core.handle(Input::Proposal(n.proposal(1, 0, None, B)));
+    let out = core.handle(Input::BlockValidated {
+        height: 1,
+        block_hash: B,
+        valid: true,
+    });
+    engine(&mut core, out);
+    core.handle(Input::Vote(n.vote(o[0], 1, 0, VoteKind::Prevote, Some(B))));
+    let out = core.handle(Input::Vote(n.vote(o[1], 1, 0, VoteKind::Prevote, Some(B))));
+    assert!(out.contains(&precommit(1, 0, Some(B))));
+    assert_eq!(core.locks().valid_pol.len(), 3);
+    engine(&mut core, out);
+    drop(engine);
+    let guard = SigningGuard::open(guard.into_store()).unwrap();
+    assert_eq!(guard.state().valid_pol.len(), 3);
+    assert_eq!(guard.state().locked, locked(0, B));
+    let mut restarted = n.core(Some(me));
+    restarted.resume(guard.state());
+    restarted.handle(Input::StartHeight { height: 1 });
+    let prevotes = restarted
+        .votes(0)
+        .into_iter()
+        .filter(|v| v.vote.kind == VoteKind::Prevote);
+    assert_eq!(
+        prevotes.count(),
+        3,
+        "the proof of lock is held again after the restart"
+    );
+    assert_eq!(restarted.locks(), core.locks());
 }

@@ -43,10 +43,16 @@ pub struct RoundValue {
 
 /// The core's lock and valid value at its current height; the engine hands them to the
 /// [`crate::SigningGuard`] with every signature so they are persisted with it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Locks {
     pub locked: Option<RoundValue>,
     pub valid: Option<RoundValue>,
+    /// The 2f+1 prevotes for `valid` in its round: the proof of lock a proposer attaches
+    /// (by `pol_round`) when it re-proposes the valid value. Persisted with it, because
+    /// after a restart nobody else may still hold some of these votes (a byzantine
+    /// validator may have sent its prevote to us alone), and without them no one would
+    /// ever accept the valid value again while we stay locked on it.
+    pub valid_pol: Vec<SignedVote>,
 }
 
 /// Two signed votes of one validator for the same (height, round, kind) with different
