@@ -4,7 +4,7 @@
 //! caller commits the returned [`StateUpdate`], so a proposer can build and a validator can
 //! check a block without touching the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::check::{check_against_account, check_static, TxError};
 use crate::codec::encode;
@@ -32,6 +32,10 @@ pub enum Signatures<'a> {
 }
 
 impl Signatures<'_> {
+    fn known(&self, id: &Hash) -> bool {
+        matches!(self, Signatures::Cached(known) if known(id))
+    }
+
     fn check(&self, id: &Hash, stx: &SignedTx) -> Result<(), TxError> {
         match self {
             Signatures::Cached(known) if known(id) => Ok(()),
@@ -238,10 +242,22 @@ pub fn execute_txs<R: StateReader + ?Sized>(
             max: ctx.params.block_max_bytes,
         });
     }
+    // Verify the signatures not known good in parallel across cores first; the sequential
+    // pass then only re-checks (and reports, at its position) a signature that failed.
+    let verified: HashSet<Hash> = {
+        use rayon::prelude::*;
+        txs.par_iter()
+            .zip(ids.par_iter())
+            .filter(|(stx, (id, _))| signatures.known(id) || stx.verify_signature().is_ok())
+            .map(|(_, (id, _))| *id)
+            .collect()
+    };
+    let known = |id: &Hash| verified.contains(id);
+    let signatures = Signatures::Cached(&known);
     let mut exec = Executor::new(base, ctx, proposer);
     let mut receipts = Vec::with_capacity(txs.len());
     for (index, (stx, (id, len))) in txs.iter().zip(ids).enumerate() {
-        match exec.apply_tx(stx, id, len, signatures)? {
+        match exec.apply_tx(stx, id, len, &signatures)? {
             Ok(r) => receipts.push(r),
             Err(error) => {
                 return Err(BlockError::InvalidTx {

@@ -255,6 +255,49 @@ impl RocksStore {
             .collect()
     }
 
+    /// Rewrites the block and commit records of an already committed height (and the
+    /// block's hash and tx index entries), to repair a record that is missing or fails its
+    /// checksum with a copy fetched from peers. The caller has verified `commit` for
+    /// `block` and that `block` is the one this chain committed (its hash is the tip's or
+    /// the next block's `prev_hash`); here it only must be at or below the tip, match the
+    /// tip's hash at the tip, and match `commit`. State and tip are untouched. Synced.
+    pub fn repair_block(
+        &self,
+        block: &Block,
+        commit: &Commit,
+        tx_ids: &[Hash],
+    ) -> Result<(), StoreError> {
+        let tip = self.tip()?;
+        let height = block.header.height;
+        let hash = block.hash();
+        if height == 0
+            || height > tip.height
+            || (height == tip.height && hash != tip.block_hash)
+            || commit.height != height
+            || commit.block_hash != hash
+        {
+            return Err(StoreError::Db(format!(
+                "refusing to rewrite block {height}: it is not this chain's committed block \
+                 at that height (tip {})",
+                tip.height
+            )));
+        }
+        let key = height.to_be_bytes();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_BLOCKS)?, key, seal(&encode(block)));
+        batch.put_cf(self.cf(CF_COMMITS)?, key, seal(&encode(commit)));
+        batch.put_cf(self.cf(CF_BLOCK_INDEX)?, hash, key);
+        let tx_cf = self.cf(CF_TX_INDEX)?;
+        for (index, id) in tx_ids.iter().enumerate() {
+            let loc = TxLocation {
+                height,
+                index: index as u32,
+            };
+            batch.put_cf(tx_cf, id, encode(&loc));
+        }
+        self.db.write_opt(batch, &Self::synced()).map_err(db_err)
+    }
+
     /// Flushes memtables to disk (used before taking a copy of the directory in tests).
     pub fn flush(&self) -> Result<(), StoreError> {
         for name in ALL_CFS {

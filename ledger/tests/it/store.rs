@@ -197,3 +197,65 @@ fn commit_must_extend_tip() {
         .unwrap_err();
     assert!(matches!(err, StoreError::NotNext { height: 2, tip: 2 }));
 }
+
+/// A block with one forged signature is invalid, reported at that tx's index, whether its
+/// signatures are verified in the parallel pass or were "known good" beforehand for the
+/// other txs.
+#[test]
+fn execute_block_rejects_a_forged_signature_at_its_index() {
+    use ledger::exec::{build_body, execute_block, BlockError};
+    let genesis = genesis_with(&[1_000_000, 1_000_000, 1_000_000]);
+    let store = ledger::store::memory::MemStore::new(&genesis).unwrap();
+    let keys = test_keys();
+    let ctx = ExecContext {
+        chain_id: CHAIN,
+        params: &genesis.params,
+    };
+    let txs: Vec<SignedTx> = (0..3)
+        .map(|i| {
+            keys[i].sign_tx(Tx {
+                chain_id: CHAIN.into(),
+                from: keys[i].public_key(),
+                nonce: 0,
+                fee: 1,
+                payload: Payload::Transfer {
+                    to: [5; 20],
+                    amount: 7,
+                },
+            })
+        })
+        .collect();
+    let body = build_body(&store, ctx, keys[0].address(), txs, &Signatures::Verify).unwrap();
+    let tip = store.tip().unwrap();
+    let set = genesis.validator_set();
+    let mut block = assemble(
+        BlockTemplate {
+            chain_id: CHAIN.into(),
+            height: 1,
+            round: 0,
+            time_ms: 2,
+            prev_hash: tip.block_hash,
+            validators_hash: set.hash(),
+            proposer: keys[0].address(),
+            last_commit: None,
+        },
+        &body,
+    );
+    assert!(execute_block(&store, ctx, &block, &Signatures::Verify).is_ok());
+    block.txs[1].signature[3] ^= 0x40;
+    let other_ids: Vec<_> = [0, 2].iter().map(|i| block.txs[*i].id()).collect();
+    let known = move |id: &ledger::Hash| other_ids.contains(id);
+    for sigs in [Signatures::Verify, Signatures::Cached(&known)] {
+        match execute_block(&store, ctx, &block, &sigs) {
+            Err(BlockError::InvalidTx {
+                index: 1, error, ..
+            }) => {
+                assert!(matches!(
+                    error,
+                    ledger::check::TxError::BadSignature | ledger::check::TxError::HighS
+                ))
+            }
+            other => panic!("expected tx 1 to fail its signature, got {other:?}"),
+        }
+    }
+}
