@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod testnet;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,9 @@ enum Command {
     },
     /// A one-validator chain in a temporary directory with a funded dev key: the quickest way to try Tally.
     Dev(cli::DevArgs),
+    /// A local multi-node network: `up` creates it (once) and runs every node as a child
+    /// process with a live status table; `kill N` / `restart N` inject faults.
+    Testnet(testnet::TestnetArgs),
     /// Check the whole stored chain and state; exits non-zero on any inconsistency.
     Fsck {
         #[arg(long, env = "TALLY_HOME", default_value = "~/.tally/node")]
@@ -44,6 +48,7 @@ fn main() {
         Command::Init(a) => cli::init(a),
         Command::Start { home } => cli::start(cli::expand(&home)),
         Command::Dev(a) => cli::dev(a),
+        Command::Testnet(a) => testnet::run(a),
         Command::Fsck { home } => cli::fsck(cli::expand(&home)),
         Command::Version => {
             println!("tallyd {}", env!("CARGO_PKG_VERSION"));

@@ -7,3 +7,4 @@ mod chain;
 mod dev;
 mod faults;
 mod rpc;
+mod testnet;

@@ -1,0 +1,978 @@
+//! `tallyd testnet`: a local multi-node network in one directory.
+//!
+//! Every node is a child process `tallyd start --home <dir>/nodeN` on its own loopback
+//! address (node i on base-ip + i, 127.0.0.2 by default) with the fixed ports 26656 (p2p),
+//! 26657 (RPC) and 26660 (metrics), so URLs are predictable and per-IP limits behave as
+//! across machines. The supervisor (`up` / `start`) never trusts its child handles for
+//! status: it reads `/v1/status` over RPC and finds processes through `<home>/pid`
+//! files, so `testnet kill N` / `testnet restart N` from another terminal (live fault
+//! injection) show up in its table and are stopped with the rest on Ctrl-C / SIGTERM.
+//!
+//! ```text
+//! <dir>/testnet.json               manifest: chain id, nodes (role, ip, urls, peer id), accounts
+//! <dir>/genesis.json               the shared genesis (also in every node's config/)
+//! <dir>/supervisor.pid             pid of the running `up` / `start`
+//! <dir>/nodeN/config/...           node.toml, genesis.json, node_key.json, validator_key.json
+//! <dir>/nodeN/data/db              the node's RocksDB
+//! <dir>/nodeN/node.log             stdout + stderr of every run (appended)
+//! <dir>/nodeN/pid                  pid of the running tallyd
+//! <dir>/wallet/keys/accountK.json  funded wallet keys (plaintext: INSECURE testnet keys)
+//! <dir>/prometheus-targets.json    file_sd targets; <dir>/prometheus.yml uses it
+//! ```
+
+use std::io::{IsTerminal, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ledger::crypto::Keypair;
+use ledger::genesis::{GenesisAccount, GenesisFile, GenesisValidator, Params};
+use ledger::hash::to_hex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tally_node::config::NodeConfig;
+use tally_node::keys;
+
+use crate::cli::{expand, write_genesis};
+
+pub const P2P_PORT: u16 = 26656;
+pub const RPC_PORT: u16 = 26657;
+pub const METRICS_PORT: u16 = 26660;
+const MANIFEST: &str = "testnet.json";
+const SUPERVISOR_PID: &str = "supervisor.pid";
+/// Every account starts with this balance.
+const ACCOUNT_BALANCE: u64 = 1_000_000_000_000;
+/// How long a node gets to exit after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Args)]
+pub struct TestnetArgs {
+    #[command(subcommand)]
+    pub command: TestnetCommand,
+}
+
+#[derive(Subcommand)]
+pub enum TestnetCommand {
+    /// Create the testnet directory (genesis, keys, configs, wallet keys) unless it exists.
+    Init(InitArgs),
+    /// Start every node of an existing testnet and supervise them (status table, Ctrl-C).
+    Start(StartArgs),
+    /// `init` (when needed) then `start`: the one command for a local testnet.
+    Up {
+        #[command(flatten)]
+        init: InitArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// SIGKILL one node of a running testnet (a crash, for fault injection).
+    Kill(NodeArgs),
+    /// Start one node again (stopping it first if it runs); its log is appended.
+    Restart(NodeArgs),
+    /// Stop a running testnet from another terminal (SIGTERM the supervisor and nodes).
+    Stop(DirArgs),
+    /// Print the status table once.
+    Status(DirArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct DirArgs {
+    /// Testnet directory.
+    #[arg(long, default_value = "./testnet")]
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub struct InitArgs {
+    /// Testnet directory (reused, not regenerated, when it already holds a testnet).
+    #[arg(long, default_value = "./testnet")]
+    pub dir: PathBuf,
+    /// Number of validators (equal voting power).
+    #[arg(long, default_value_t = 4)]
+    pub validators: usize,
+    /// Number of full nodes (no validator key).
+    #[arg(long, default_value_t = 1)]
+    pub full_nodes: usize,
+    /// Number of funded wallet keys (account0, account1, ...).
+    #[arg(long, default_value_t = 4)]
+    pub accounts: usize,
+    /// Block time: the genesis timeout_commit in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub timeout_commit_ms: u64,
+    /// Address of node 0; node i listens on this address + i.
+    #[arg(long, default_value = "127.0.0.2")]
+    pub base_ip: Ipv4Addr,
+    #[arg(long, default_value = "tally-testnet")]
+    pub chain_id: String,
+}
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// No live table: print one status line per node every few seconds (CI, tests).
+    #[arg(long)]
+    pub non_interactive: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct StartArgs {
+    #[arg(long, default_value = "./testnet")]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct NodeArgs {
+    /// Node index (node0 is the first validator).
+    pub node: usize,
+    #[arg(long, default_value = "./testnet")]
+    pub dir: PathBuf,
+}
+
+/// `<dir>/testnet.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub chain_id: String,
+    pub nodes: Vec<NodeEntry>,
+    pub accounts: Vec<AccountEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub name: String,
+    /// "validator" or "full".
+    pub role: String,
+    pub ip: String,
+    /// host:port
+    pub rpc: String,
+    /// host:port
+    pub metrics: String,
+    /// Multiaddr with /p2p/<peer id>.
+    pub p2p: String,
+    pub peer_id: String,
+    pub validator_address: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccountEntry {
+    pub name: String,
+    pub address: String,
+    pub balance: u64,
+}
+
+pub fn run(args: TestnetArgs) -> anyhow::Result<()> {
+    match args.command {
+        TestnetCommand::Init(a) => init(&a).map(|_| ()),
+        TestnetCommand::Start(a) => start(&absolute(&a.dir)?, &a.run),
+        TestnetCommand::Up { init: a, run } => {
+            let dir = init(&a)?;
+            start(&dir, &run)
+        }
+        TestnetCommand::Kill(a) => kill(&absolute(&a.dir)?, a.node),
+        TestnetCommand::Restart(a) => restart(&absolute(&a.dir)?, a.node),
+        TestnetCommand::Stop(a) => stop(&absolute(&a.dir)?),
+        TestnetCommand::Status(a) => {
+            let dir = absolute(&a.dir)?;
+            let m = load_manifest(&dir)?;
+            let rows = runtime()?.block_on(poll_all(&dir, &m));
+            for line in table(&rows, std::io::stdout().is_terminal()) {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The canonical path, so pid checks can match `--home <path>` in a process's arguments.
+fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = expand(dir);
+    std::fs::canonicalize(&dir).with_context(|| {
+        format!(
+            "{} does not exist; create a testnet with `tallyd testnet up --dir {}`",
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
+fn load_manifest(dir: &Path) -> anyhow::Result<Manifest> {
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} not found: {} is not a testnet directory; create one with `tallyd testnet init --dir {}`",
+            path.display(),
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a testnet manifest", path.display()))
+}
+
+fn home(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("node{i}"))
+}
+
+/// Creates the testnet unless `<dir>/testnet.json` exists; returns the canonical dir.
+pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
+    let requested = expand(&a.dir);
+    if requested.join(MANIFEST).exists() {
+        let dir = absolute(&requested)?;
+        let m = load_manifest(&dir)?;
+        let v = m.nodes.iter().filter(|n| n.role == "validator").count();
+        println!(
+            "resuming the testnet in {} ({v} validators, {} full nodes, chain {}); delete the directory for a new chain",
+            dir.display(),
+            m.nodes.len() - v,
+            m.chain_id
+        );
+        return Ok(dir);
+    }
+    let total = a.validators + a.full_nodes;
+    if a.validators == 0 {
+        bail!("--validators must be at least 1");
+    }
+    if u32::from(a.base_ip) & 0xff < 1 || (u32::from(a.base_ip) & 0xff) as usize + total > 255 {
+        bail!(
+            "--base-ip {} with {total} nodes runs past the end of the /24; choose a lower last byte",
+            a.base_ip
+        );
+    }
+    if a.accounts > 10_000 {
+        bail!("--accounts {} is too many (at most 10000)", a.accounts);
+    }
+    std::fs::create_dir_all(&requested)
+        .with_context(|| format!("cannot create {}", requested.display()))?;
+    let dir = absolute(&requested)?;
+    for i in 0..total {
+        if home(&dir, i).join("data").exists() {
+            bail!(
+                "{} has chain data but {} has no {MANIFEST}; delete the directory or pick another --dir",
+                home(&dir, i).display(),
+                dir.display()
+            );
+        }
+    }
+
+    let validator_keys: Vec<Keypair> = (0..a.validators).map(|_| Keypair::generate()).collect();
+    let node_secrets: Vec<[u8; 32]> = (0..total).map(|_| keys::random_secret()).collect();
+    let account_keys: Vec<Keypair> = (0..a.accounts).map(|_| Keypair::generate()).collect();
+
+    let mut nodes = Vec::with_capacity(total);
+    for (i, secret) in node_secrets.iter().enumerate() {
+        let ip = Ipv4Addr::from(u32::from(a.base_ip) + i as u32).to_string();
+        let peer_id = tally_p2p::peer_id_from_secret(*secret)
+            .map_err(|e| anyhow::anyhow!("cannot derive a peer id: {e}"))?
+            .to_string();
+        nodes.push(NodeEntry {
+            name: format!("node{i}"),
+            role: if i < a.validators {
+                "validator"
+            } else {
+                "full"
+            }
+            .into(),
+            rpc: format!("{ip}:{RPC_PORT}"),
+            metrics: format!("{ip}:{METRICS_PORT}"),
+            p2p: format!("/ip4/{ip}/tcp/{P2P_PORT}/p2p/{peer_id}"),
+            ip,
+            peer_id,
+            validator_address: validator_keys.get(i).map(|k| to_hex(&k.address())),
+        });
+    }
+    let accounts: Vec<AccountEntry> = account_keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| AccountEntry {
+            name: format!("account{i}"),
+            address: to_hex(&k.address()),
+            balance: ACCOUNT_BALANCE,
+        })
+        .collect();
+
+    let genesis = GenesisFile {
+        chain_id: a.chain_id.clone(),
+        genesis_time_ms: 0,
+        params: Params {
+            timeout_commit_ms: a.timeout_commit_ms,
+            // A crashed validator's turn to propose costs this long: keep fault demos brisk.
+            timeout_propose_ms: 2000,
+            ..Params::default()
+        },
+        validators: validator_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| GenesisValidator {
+                name: format!("node{i}"),
+                pubkey: to_hex(&k.public_key()),
+                power: 10,
+            })
+            .collect(),
+        accounts: accounts
+            .iter()
+            .map(|acc| GenesisAccount {
+                address: acc.address.clone(),
+                balance: acc.balance,
+            })
+            .collect(),
+    };
+    write_genesis(&dir.join("genesis.json"), &genesis)?;
+
+    for (i, node) in nodes.iter().enumerate() {
+        let h = home(&dir, i);
+        write_genesis(&h.join("config/genesis.json"), &genesis)?;
+        keys::write_node_key(&h.join("config/node_key.json"), node_secrets[i])?;
+        let mut config = NodeConfig {
+            moniker: node.name.clone(),
+            ..NodeConfig::default()
+        };
+        config.rpc.listen = node.rpc.clone();
+        config.metrics.listen = node.metrics.clone();
+        config.p2p.listen = vec![format!("/ip4/{}/tcp/{P2P_PORT}", node.ip)];
+        config.p2p.bootstrap = nodes
+            .iter()
+            .filter(|o| o.name != node.name)
+            .map(|o| o.p2p.clone())
+            .collect();
+        config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
+        if let Some(k) = validator_keys.get(i) {
+            keys::write_validator_key(&h.join("config/validator_key.json"), k)?;
+            config.consensus.validator_key = "config/validator_key.json".into();
+        }
+        std::fs::write(h.join("config/node.toml"), config.to_toml())
+            .with_context(|| format!("cannot write {}", h.join("config/node.toml").display()))?;
+    }
+
+    write_wallet_keys(&dir.join("wallet/keys"), &accounts, &account_keys)?;
+    write_prometheus(&dir, &nodes)?;
+
+    let manifest = Manifest {
+        chain_id: a.chain_id.clone(),
+        nodes,
+        accounts,
+    };
+    // Written last: its presence means the directory is complete.
+    std::fs::write(dir.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)?;
+    println!(
+        "created a testnet in {}: {} validators, {} full nodes, {} funded accounts, chain {}",
+        dir.display(),
+        a.validators,
+        a.full_nodes,
+        a.accounts,
+        a.chain_id
+    );
+    Ok(dir)
+}
+
+/// Plaintext key files in the `tally` wallet's keystore format (version 1, `"insecure":
+/// true`, `secret_key`), so `tally --keys-dir <dir>/wallet/keys` uses them directly.
+fn write_wallet_keys(
+    keys_dir: &Path,
+    accounts: &[AccountEntry],
+    account_keys: &[Keypair],
+) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(keys_dir)
+        .with_context(|| format!("cannot create {}", keys_dir.display()))?;
+    for (acc, key) in accounts.iter().zip(account_keys) {
+        let file = serde_json::json!({
+            "version": 1,
+            "name": acc.name,
+            "address": acc.address,
+            "public_key": to_hex(&key.public_key()),
+            "insecure": true,
+            "secret_key": to_hex(&key.secret_bytes()),
+        });
+        keys::write_private(
+            &keys_dir.join(format!("{}.json", acc.name)),
+            serde_json::to_string_pretty(&file)?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_prometheus(dir: &Path, nodes: &[NodeEntry]) -> anyhow::Result<()> {
+    let targets = serde_json::json!([{
+        "targets": nodes.iter().map(|n| n.metrics.clone()).collect::<Vec<_>>(),
+        "labels": {"job": "tally-testnet"},
+    }]);
+    std::fs::write(
+        dir.join("prometheus-targets.json"),
+        serde_json::to_string_pretty(&targets)?,
+    )?;
+    let yml = format!(
+        "# prometheus --config.file={}/prometheus.yml\nglobal:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: tally-testnet\n    file_sd_configs:\n      - files: [\"{}/prometheus-targets.json\"]\n",
+        dir.display(),
+        dir.display()
+    );
+    std::fs::write(dir.join("prometheus.yml"), yml)?;
+    Ok(())
+}
+
+// ---- processes -----------------------------------------------------------------------
+
+fn pid_file(dir: &Path, i: usize) -> PathBuf {
+    home(dir, i).join("pid")
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a live (not zombie) process whose arguments contain `needle` (a
+/// node's home or the testnet dir), so a recycled pid is never mistaken for a node.
+fn process_alive(pid: u32, needle: &Path) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if Path::new("/proc/self").exists() {
+        let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
+            return false;
+        };
+        // State is the first field after the parenthesised command name.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        if state.is_none_or(|s| s.starts_with('Z') || s.starts_with('X')) {
+            return false;
+        }
+        let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
+            return false;
+        };
+        let needle = needle.to_string_lossy();
+        return cmdline
+            .split(|b| *b == 0)
+            .any(|arg| String::from_utf8_lossy(arg).contains(needle.as_ref()));
+    }
+    // No procfs: fall back to "a process with this pid exists".
+    Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn node_pid(dir: &Path, i: usize) -> Option<u32> {
+    read_pid(&pid_file(dir, i)).filter(|pid| process_alive(*pid, &home(dir, i)))
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Starts `tallyd start --home <dir>/nodeI` in its own process group (a Ctrl-C reaches
+/// only the supervisor, which stops the nodes in order), output appended to node.log.
+fn spawn_node(dir: &Path, i: usize) -> anyhow::Result<Child> {
+    let h = home(dir, i);
+    let _ = std::fs::remove_file(tally_node::node::addresses_file(&h));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(h.join("node.log"))
+        .with_context(|| format!("cannot open {}", h.join("node.log").display()))?;
+    let exe = std::env::current_exe().context("cannot find the tallyd executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("start")
+        .arg("--home")
+        .arg(&h)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start node{i}"))?;
+    std::fs::write(pid_file(dir, i), format!("{}\n", child.id()))?;
+    Ok(child)
+}
+
+/// SIGTERM every pid, wait up to `STOP_TIMEOUT`, SIGKILL what is left. `children` are
+/// reaped as they exit so they do not linger as zombies.
+fn stop_pids(pids: &[(u32, PathBuf)], children: &mut [Option<Child>], hard: bool) {
+    for (pid, _) in pids {
+        signal(*pid, if hard { "KILL" } else { "TERM" });
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        for c in children.iter_mut() {
+            if let Some(ch) = c {
+                if matches!(ch.try_wait(), Ok(Some(_))) {
+                    *c = None;
+                }
+            }
+        }
+        let left: Vec<&(u32, PathBuf)> = pids
+            .iter()
+            .filter(|(pid, needle)| process_alive(*pid, needle))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            for (pid, _) in &left {
+                eprintln!("pid {pid} did not stop within {STOP_TIMEOUT:?} of SIGTERM: SIGKILL");
+                signal(*pid, "KILL");
+            }
+            for ch in children.iter_mut().flatten() {
+                let _ = ch.wait();
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn check_index(m: &Manifest, i: usize) -> anyhow::Result<()> {
+    if i >= m.nodes.len() {
+        bail!(
+            "no node{i}: this testnet has node0..node{}",
+            m.nodes.len().saturating_sub(1)
+        );
+    }
+    Ok(())
+}
+
+pub fn kill(dir: &Path, i: usize) -> anyhow::Result<()> {
+    let m = load_manifest(dir)?;
+    check_index(&m, i)?;
+    let Some(pid) = node_pid(dir, i) else {
+        println!("node{i} is not running");
+        return Ok(());
+    };
+    stop_pids(&[(pid, home(dir, i))], &mut [], true);
+    let _ = std::fs::remove_file(pid_file(dir, i));
+    let _ = std::fs::remove_file(tally_node::node::addresses_file(&home(dir, i)));
+    println!(
+        "node{i} (pid {pid}) killed with SIGKILL; start it again with `tallyd testnet restart {i} --dir {}`",
+        dir.display()
+    );
+    Ok(())
+}
+
+pub fn restart(dir: &Path, i: usize) -> anyhow::Result<()> {
+    let m = load_manifest(dir)?;
+    check_index(&m, i)?;
+    if let Some(pid) = node_pid(dir, i) {
+        println!("node{i} is running (pid {pid}): stopping it first");
+        stop_pids(&[(pid, home(dir, i))], &mut [], false);
+    }
+    let mut child = spawn_node(dir, i)?;
+    let pid = child.id();
+    let addresses = tally_node::node::addresses_file(&home(dir, i));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = std::fs::read_to_string(&addresses)
+            .ok()
+            .and_then(|t| serde_json::from_str::<tally_node::node::Addresses>(&t).ok())
+            .is_some_and(|a| a.pid == pid);
+        if up {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "node{i} exited with {status}; see {}",
+                home(dir, i).join("node.log").display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node{i} (pid {pid}) did not come up within 30 s; see {}",
+                home(dir, i).join("node.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The node keeps running after we exit; the supervisor finds it by its pid file.
+    println!(
+        "node{i} restarted (pid {pid}), RPC http://{}, log {}",
+        m.nodes[i].rpc,
+        home(dir, i).join("node.log").display()
+    );
+    Ok(())
+}
+
+pub fn stop(dir: &Path) -> anyhow::Result<()> {
+    let m = load_manifest(dir)?;
+    let mut pids = Vec::new();
+    if let Some(pid) = read_pid(&dir.join(SUPERVISOR_PID)).filter(|p| process_alive(*p, dir)) {
+        println!("stopping the supervisor (pid {pid})");
+        pids.push((pid, dir.to_path_buf()));
+    }
+    for i in 0..m.nodes.len() {
+        if let Some(pid) = node_pid(dir, i) {
+            pids.push((pid, home(dir, i)));
+        }
+    }
+    if pids.is_empty() {
+        println!("nothing is running in {}", dir.display());
+        return Ok(());
+    }
+    stop_pids(&pids, &mut [], false);
+    for i in 0..m.nodes.len() {
+        let _ = std::fs::remove_file(pid_file(dir, i));
+    }
+    println!("stopped {} process(es)", pids.len());
+    Ok(())
+}
+
+// ---- supervisor ----------------------------------------------------------------------
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn start(dir: &Path, run: &RunArgs) -> anyhow::Result<()> {
+    let m = load_manifest(dir)?;
+    if let Some(pid) = read_pid(&dir.join(SUPERVISOR_PID)).filter(|p| process_alive(*p, dir)) {
+        bail!(
+            "this testnet is already running (supervisor pid {pid}); stop it with Ctrl-C there or `tallyd testnet stop --dir {}`",
+            dir.display()
+        );
+    }
+    let running: Vec<String> = (0..m.nodes.len())
+        .filter_map(|i| node_pid(dir, i).map(|p| format!("node{i} (pid {p})")))
+        .collect();
+    if !running.is_empty() {
+        bail!(
+            "{} still running from an earlier run; stop them with `tallyd testnet stop --dir {}`",
+            running.join(", "),
+            dir.display()
+        );
+    }
+    std::fs::write(
+        dir.join(SUPERVISOR_PID),
+        format!("{}\n", std::process::id()),
+    )?;
+    let mut children: Vec<Option<Child>> = Vec::with_capacity(m.nodes.len());
+    for i in 0..m.nodes.len() {
+        match spawn_node(dir, i) {
+            Ok(c) => children.push(Some(c)),
+            Err(e) => {
+                shutdown(dir, &m, &mut children, false);
+                return Err(e);
+            }
+        }
+    }
+    print_banner(dir, &m);
+    let interactive = !run.non_interactive && std::io::stdout().is_terminal();
+    let result =
+        runtime().and_then(|rt| rt.block_on(supervise(dir, &m, &mut children, interactive)));
+    println!("\nstopping {} nodes ...", m.nodes.len());
+    shutdown(dir, &m, &mut children, false);
+    let _ = std::fs::remove_file(dir.join(SUPERVISOR_PID));
+    println!(
+        "all nodes stopped; run `tallyd testnet up --dir {}` again to resume this chain",
+        dir.display()
+    );
+    result
+}
+
+/// Stops our children and any node started by `testnet restart` (found by pid file).
+fn shutdown(dir: &Path, m: &Manifest, children: &mut [Option<Child>], hard: bool) {
+    let mut pids: Vec<(u32, PathBuf)> = Vec::new();
+    for i in 0..m.nodes.len() {
+        if let Some(pid) = node_pid(dir, i) {
+            pids.push((pid, home(dir, i)));
+        }
+    }
+    for (i, c) in children.iter_mut().enumerate() {
+        if let Some(ch) = c {
+            if matches!(ch.try_wait(), Ok(None)) && !pids.iter().any(|(p, _)| *p == ch.id()) {
+                pids.push((ch.id(), home(dir, i)));
+            }
+        }
+    }
+    stop_pids(&pids, children, hard);
+    for i in 0..m.nodes.len() {
+        let _ = std::fs::remove_file(pid_file(dir, i));
+    }
+}
+
+/// Redraws the status until Ctrl-C, SIGTERM or SIGHUP (a closed terminal).
+async fn supervise(
+    dir: &Path,
+    m: &Manifest,
+    children: &mut [Option<Child>],
+    interactive: bool,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Created once: a signal that arrives while a poll is in flight is kept, not lost.
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let period = if interactive {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(3)
+    };
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(period);
+    let mut drawn = 0usize;
+    loop {
+        tokio::select! {
+            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        // Reap children that exited (killed from another terminal, or crashed).
+        for c in children.iter_mut() {
+            if let Some(ch) = c {
+                if matches!(ch.try_wait(), Ok(Some(_))) {
+                    *c = None;
+                }
+            }
+        }
+        let rows = poll_all(dir, m).await;
+        let mut out = std::io::stdout().lock();
+        if interactive {
+            let mut lines = vec![format!(
+                "\x1b[1m{} — {} nodes — up {}s — {}\x1b[0m",
+                m.chain_id,
+                m.nodes.len(),
+                started.elapsed().as_secs(),
+                "Ctrl-C stops all nodes"
+            )];
+            lines.extend(table(&rows, true));
+            if drawn > 0 {
+                let _ = write!(out, "\x1b[{drawn}F");
+            }
+            for l in &lines {
+                let _ = writeln!(out, "\x1b[2K{l}");
+            }
+            drawn = lines.len();
+        } else {
+            let t = started.elapsed().as_secs_f64();
+            for r in &rows {
+                let _ = writeln!(out, "[{t:6.1}s] {}", status_line(r));
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+// ---- status --------------------------------------------------------------------------
+
+struct Row {
+    name: String,
+    role: String,
+    rpc: String,
+    pid: Option<u32>,
+    status: Option<Value>,
+}
+
+async fn poll_all(dir: &Path, m: &Manifest) -> Vec<Row> {
+    let polls = m.nodes.iter().enumerate().map(|(i, n)| async move {
+        let status = http_get_json(&n.rpc, "/v1/status", Duration::from_millis(800))
+            .await
+            .ok();
+        Row {
+            name: n.name.clone(),
+            role: n.role.clone(),
+            rpc: n.rpc.clone(),
+            pid: node_pid(dir, i),
+            status,
+        }
+    });
+    futures::future::join_all(polls).await
+}
+
+fn state_of(r: &Row) -> &'static str {
+    match (&r.status, r.pid) {
+        (Some(s), _) if s["catching_up"].as_bool() == Some(true) => "syncing",
+        (Some(_), _) => "up",
+        (None, Some(_)) => "starting",
+        (None, None) => "down",
+    }
+}
+
+fn field(r: &Row, key: &str) -> String {
+    r.status
+        .as_ref()
+        .map(|s| match &s[key] {
+            Value::Null => "-".to_string(),
+            v => v.to_string(),
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn since_block(r: &Row) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s["seconds_since_last_block"].as_f64())
+        .map_or("-".into(), |x| format!("{x:.1}s ago"))
+}
+
+fn mempool(r: &Row) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s["mempool"]["txs"].as_u64())
+        .map_or("-".into(), |x| x.to_string())
+}
+
+fn table(rows: &[Row], colour: bool) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {:<8} {:>7}",
+        "NODE", "ROLE", "RPC", "HEIGHT", "ROUND", "PEERS", "MEMPOOL", "LAST BLOCK", "STATE", "PID"
+    )];
+    for r in rows {
+        let state = state_of(r);
+        let (on, off) = match (colour, state) {
+            (false, _) => ("", ""),
+            (true, "up") => ("\x1b[32m", "\x1b[0m"),
+            (true, "syncing" | "starting") => ("\x1b[33m", "\x1b[0m"),
+            (true, _) => ("\x1b[31m", "\x1b[0m"),
+        };
+        out.push(format!(
+            "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {on}{:<8}{off} {:>7}",
+            r.name,
+            r.role,
+            r.rpc,
+            field(r, "height"),
+            field(r, "round"),
+            field(r, "peers"),
+            mempool(r),
+            since_block(r),
+            state,
+            r.pid.map_or("-".into(), |p| p.to_string()),
+        ));
+    }
+    out
+}
+
+fn status_line(r: &Row) -> String {
+    format!(
+        "{} {} height={} round={} peers={} mempool={} last_block={} state={} pid={}",
+        r.name,
+        r.role,
+        field(r, "height"),
+        field(r, "round"),
+        field(r, "peers"),
+        mempool(r),
+        since_block(r),
+        state_of(r),
+        r.pid.map_or("-".into(), |p| p.to_string()),
+    )
+}
+
+/// A minimal HTTP/1.1 GET (the node's own status endpoint on loopback): enough for a
+/// status table without pulling an HTTP client into the node binary.
+async fn http_get_json(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.take(4 << 20).read_to_end(&mut buf).await?;
+        anyhow::Ok(buf)
+    };
+    let buf = tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("HTTP {}", head.lines().next().unwrap_or_default());
+    }
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body
+            .split_once("\r\n")
+            .ok_or_else(|| anyhow::anyhow!("malformed chunk"))?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest
+            .get(..size)
+            .ok_or_else(|| anyhow::anyhow!("truncated chunk"))?;
+        out.push_str(chunk);
+        body = rest.get(size + 2..).unwrap_or("");
+    }
+}
+
+// ---- banner --------------------------------------------------------------------------
+
+fn print_banner(dir: &Path, m: &Manifest) {
+    let keys_dir = dir.join("wallet/keys");
+    // Paste-ready even when `tally` is not on PATH: use the one built next to tallyd.
+    let tally = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.join("tally")))
+        .filter(|p| p.exists())
+        .map_or_else(|| "tally".to_string(), |p| p.display().to_string());
+    let rpc0 = m.nodes.first().map_or(String::new(), |n| n.rpc.clone());
+    let mut s = format!("\nTally testnet \"{}\" in {}\n", m.chain_id, dir.display());
+    s.push_str("  node      role       RPC                          metrics                              log\n");
+    for (i, n) in m.nodes.iter().enumerate() {
+        s.push_str(&format!(
+            "  {:<9} {:<10} http://{:<21} http://{}/metrics  {}\n",
+            n.name,
+            n.role,
+            n.rpc,
+            n.metrics,
+            home(dir, i).join("node.log").display()
+        ));
+    }
+    s.push_str(&format!(
+        "  prometheus targets {}\n  wallet keys        {} (INSECURE plaintext testnet keys: ",
+        dir.join("prometheus-targets.json").display(),
+        keys_dir.display()
+    ));
+    let names: Vec<&str> = m.accounts.iter().map(|a| a.name.as_str()).collect();
+    s.push_str(&format!("{})\n", names.join(", ")));
+    if let (Some(a0), Some(a1)) = (m.accounts.first(), m.accounts.get(1)) {
+        s.push_str(&format!(
+            "\nSend a transfer from another terminal:\n  TALLY_KEYS_DIR={} {tally} --node http://{rpc0} send --from {} --to {} --amount 1000 --wait committed\n",
+            keys_dir.display(),
+            a0.name,
+            a1.address
+        ));
+        s.push_str(&format!(
+            "  TALLY_KEYS_DIR={} {tally} --node http://{rpc0} balance {}\n",
+            keys_dir.display(),
+            a1.name
+        ));
+    }
+    s.push_str(&format!(
+        "Fault injection: tallyd testnet kill 2 --dir {d}   /   tallyd testnet restart 2 --dir {d}\nCtrl-C stops every node.\n",
+        d = dir.display()
+    ));
+    println!("{s}");
+}
