@@ -1037,7 +1037,6 @@ fn the_proof_of_lock_is_persisted_and_restored() {
     assert!(out.contains(&precommit(1, 0, Some(B))));
     assert_eq!(core.locks().valid_pol.len(), 3);
     engine(&mut core, out);
-    drop(engine);
     let guard = SigningGuard::open(guard.into_store()).unwrap();
     assert_eq!(guard.state().valid_pol.len(), 3);
     assert_eq!(guard.state().locked, locked(0, B));
