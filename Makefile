@@ -47,3 +47,10 @@ bench: bootstrap
 
 soak: bootstrap
 	TALLY_SIM_SEEDS=$(SEEDS) $(CARGO) test -p consensus --release --test sim -- --ignored soak --nocapture
+
+# A local 4-validator + 1 full-node testnet on 127.0.0.2-6 (RPC :26657, metrics :26660),
+# live status table, Ctrl-C stops every node. Running it again resumes the same chain.
+TESTNET_DIR ?= ./testnet
+.PHONY: testnet
+testnet: release
+	$(CARGO_TARGET_DIR)/release/tallyd testnet up --validators 4 --full-nodes 1 --dir $(TESTNET_DIR)
