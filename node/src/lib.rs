@@ -7,6 +7,7 @@ pub mod keys;
 pub mod mempool;
 pub mod metrics;
 pub mod node;
+pub mod repair;
 pub mod router;
 pub mod rpc;
 pub mod wire;

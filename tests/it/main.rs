@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod chain;
+mod crash;
 mod dev;
 mod faults;
 mod rpc;
+mod sync;
 mod testnet;

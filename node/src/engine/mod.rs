@@ -10,7 +10,7 @@
 //! ```
 
 pub mod guard_store;
-mod sync;
+pub mod sync;
 pub use sync::serve as serve_sync;
 
 use std::collections::{HashMap, HashSet};
@@ -85,11 +85,8 @@ pub enum EngineMsg {
         height: u64,
     },
     PeerGone(PeerId),
-    /// Blocks fetched by a sync request.
-    Synced {
-        peer: PeerId,
-        result: Result<Vec<(Block, Commit)>, String>,
-    },
+    /// Blocks fetched (and checked as far as possible without state) by a sync request.
+    Synced(Box<sync::Fetched>),
 }
 
 /// Shared read-side view for the RPC.
@@ -265,7 +262,7 @@ impl Engine {
             }
             EngineMsg::PeerHeight { peer, height } => self.note_peer_height(peer, height),
             EngineMsg::PeerGone(peer) => self.sync.forget(&peer),
-            EngineMsg::Synced { peer, result } => self.on_synced(peer, result),
+            EngineMsg::Synced(fetched) => self.on_synced(*fetched),
         }
     }
 

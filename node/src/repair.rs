@@ -1,0 +1,298 @@
+//! Start-up integrity check and repair.
+//!
+//! Before the engine starts, [`check_tip`] checks the last [`CHECK_DEPTH`] blocks: each
+//! block and commit record decodes (checksum), the hash chain runs from the tip down, each
+//! commit is for its block (the tip's commit, and any block whose successor is damaged,
+//! with full > 2/3 signature checks), the hash index points back, and the state tree's
+//! root is the tip's state root.
+//!
+//! Damaged block records are fetched again from peers by [`repair_from_peers`], verified
+//! (commit signatures, and the hash the chain above them expects) and rewritten with
+//! [`RocksStore::repair_block`]. Damage that cannot be repaired from peers (the state
+//! tree, or no peer serving the blocks in time) makes the node refuse to start with a
+//! message saying what is wrong and what to run. Nothing is skipped silently.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger::exec::tx_ids_and_sizes;
+use ledger::genesis::Genesis;
+use ledger::state::StateReader;
+use ledger::store::rocks::RocksStore;
+use ledger::store::ChainReader;
+use ledger::Hash;
+use tally_p2p::NetworkHandle;
+
+use crate::engine::sync::{fetch, Fault, Verified};
+use crate::wire::MAX_SYNC_BLOCKS;
+
+/// Blocks below the tip checked at every start (`tallyd fsck` checks them all).
+pub const CHECK_DEPTH: u64 = 1000;
+/// How long start-up waits for peers to serve damaged blocks before refusing.
+pub const REPAIR_WAIT: Duration = Duration::from_secs(60);
+
+/// What the start-up check found wrong with the block records.
+#[derive(Debug, Default)]
+pub struct Damage {
+    /// Heights whose block or commit record must be fetched again, highest first.
+    pub heights: Vec<u64>,
+    /// One line per finding.
+    pub findings: Vec<String>,
+    pub checked: u64,
+}
+
+impl Damage {
+    pub fn is_empty(&self) -> bool {
+        self.heights.is_empty()
+    }
+}
+
+fn advice(db: &Path) -> String {
+    format!(
+        "Run `tallyd fsck --home <home>` for a full report. To recover, start the node while \
+         peers holding the chain are reachable (damaged blocks are fetched from them), or move \
+         {} away and restart: the node then resyncs the whole chain from peers.",
+        db.display()
+    )
+}
+
+/// Checks the tip and the last `depth` blocks. `Err` is a refusal message: damage that
+/// peers cannot repair (the state, or the tip record itself).
+pub fn check_tip(
+    store: &RocksStore,
+    genesis: &Genesis,
+    db: &Path,
+    depth: u64,
+) -> Result<Damage, String> {
+    let refuse = |what: String| format!("the database is damaged: {what}. {}", advice(db));
+    let tip = store
+        .tip()
+        .map_err(|e| refuse(format!("cannot read the chain tip ({e})")))?;
+    match store.tree_version() {
+        Ok(Some((_, root))) if root == tip.state_root => {}
+        Ok(Some((_, root))) => {
+            return Err(refuse(format!(
+                "the state tree root {} is not the tip's state root {} (height {}); the \
+                 state cannot be repaired from block records at start-up",
+                ledger::to_hex(&root),
+                ledger::to_hex(&tip.state_root),
+                tip.height
+            )))
+        }
+        Ok(None) => return Err(refuse("the state tree has no version".into())),
+        Err(e) => return Err(refuse(format!("cannot read the state tree version ({e})"))),
+    }
+    let mut damage = Damage::default();
+    if tip.height == 0 {
+        return Ok(damage);
+    }
+    let v = &genesis.validators;
+    let chain_id = &genesis.chain_id;
+    // The hash the chain above expects at the current height (`None` below damage: the
+    // block must then prove itself with its commit's signatures).
+    let mut expected: Option<Hash> = Some(tip.block_hash);
+    let lowest = tip.height.saturating_sub(depth.saturating_sub(1)).max(1);
+    for h in (lowest..=tip.height).rev() {
+        damage.checked += 1;
+        let commit = store.commit(h);
+        let block = match store.block(h) {
+            Ok(Some(b)) if b.header.height == h => Some(b),
+            Ok(Some(b)) => {
+                damage.findings.push(format!(
+                    "block {h}: the record holds block {}",
+                    b.header.height
+                ));
+                None
+            }
+            Ok(None) => {
+                damage.findings.push(format!("block {h} is missing"));
+                None
+            }
+            Err(e) => {
+                damage.findings.push(format!("block {h}: {e}"));
+                None
+            }
+        };
+        let mut bad = block.is_none();
+        let mut next_expected = None;
+        if let Some(b) = &block {
+            let hash = b.hash();
+            let chained = expected.is_none_or(|e| e == hash);
+            if !chained {
+                damage.findings.push(format!(
+                    "block {h}: hash {} is not the one the chain above it expects",
+                    ledger::to_hex(&hash)
+                ));
+                bad = true;
+            }
+            match &commit {
+                Ok(Some(c)) => {
+                    // Full signature checks where the chain does not vouch for the block.
+                    let full = h == tip.height || expected.is_none();
+                    let ok = if full {
+                        v.verify_commit(chain_id, h, &hash, c).map_err(|e| e.to_string())
+                    } else if c.height == h && c.block_hash == hash {
+                        Ok(())
+                    } else {
+                        Err("it is for another block".into())
+                    };
+                    if let Err(e) = ok {
+                        damage.findings.push(format!("commit {h}: {e}"));
+                        bad = true;
+                    }
+                }
+                Ok(None) => {
+                    damage.findings.push(format!("commit {h} is missing"));
+                    bad = true;
+                }
+                Err(e) => {
+                    damage.findings.push(format!("commit {h}: {e}"));
+                    bad = true;
+                }
+            }
+            if !bad && store.height_of(&hash).ok().flatten() != Some(h) {
+                damage
+                    .findings
+                    .push(format!("block {h}: the hash index does not point back"));
+                bad = true;
+            }
+            if chained {
+                next_expected = Some(b.header.prev_hash);
+            }
+        }
+        if bad {
+            damage.heights.push(h);
+        }
+        expected = next_expected;
+    }
+    Ok(damage)
+}
+
+/// Fetches every damaged height from peers, checks it and rewrites it. Blocks are
+/// verified top-down: each must carry a valid commit and have the hash the (intact or
+/// already repaired) block above it names as `prev_hash` (the tip's hash at the tip).
+pub async fn repair_from_peers(
+    store: &RocksStore,
+    genesis: &Arc<Genesis>,
+    net: &NetworkHandle,
+    damage: &Damage,
+    db: &Path,
+    wait: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + wait;
+    let tip = store.tip().map_err(|e| e.to_string())?;
+    let mut remaining: Vec<u64> = damage.heights.clone();
+    remaining.sort_unstable_by(|a, b| b.cmp(a));
+    let mut repaired = 0usize;
+    while let Some(&hi) = remaining.first() {
+        // The contiguous damaged run [lo, hi].
+        let mut lo = hi;
+        while remaining.contains(&(lo - 1)) && lo > 1 {
+            lo -= 1;
+        }
+        let blocks = fetch_range(net, genesis, lo, hi, deadline)
+            .await
+            .map_err(|e| {
+                format!(
+                    "the database is damaged ({}) and {e}. {}",
+                    damage.findings.join("; "),
+                    advice(db)
+                )
+            })?;
+        let mut expected = if hi == tip.height {
+            tip.block_hash
+        } else {
+            match store.block(hi + 1) {
+                Ok(Some(b)) => b.header.prev_hash,
+                other => {
+                    return Err(format!(
+                        "block {} above the damaged run cannot be read ({other:?}). {}",
+                        hi + 1,
+                        advice(db)
+                    ))
+                }
+            }
+        };
+        for v in blocks.iter().rev() {
+            let h = v.block.header.height;
+            if v.hash != expected {
+                return Err(format!(
+                    "peers served block {h} with hash {}, but our chain expects {}: this \
+                     database is not on the peers' chain. {}",
+                    ledger::to_hex(&v.hash),
+                    ledger::to_hex(&expected),
+                    advice(db)
+                ));
+            }
+            let ids: Vec<Hash> = tx_ids_and_sizes(&v.block.txs)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            store
+                .repair_block(&v.block, &v.commit, &ids)
+                .map_err(|e| format!("cannot rewrite block {h}: {e}. {}", advice(db)))?;
+            tracing::warn!(height = h, "repaired block from peers");
+            repaired += 1;
+            expected = v.block.header.prev_hash;
+        }
+        remaining.retain(|h| *h < lo);
+    }
+    tracing::warn!(blocks = repaired, "start-up repair done");
+    Ok(())
+}
+
+/// Blocks `lo..=hi` (verified chunk by chunk) from whichever connected peer serves them.
+async fn fetch_range(
+    net: &NetworkHandle,
+    genesis: &Arc<Genesis>,
+    lo: u64,
+    hi: u64,
+    deadline: Instant,
+) -> Result<Vec<Verified>, String> {
+    let mut out: Vec<Verified> = Vec::new();
+    let mut last_error = String::from("no peer connected");
+    while out.len() < (hi - lo + 1) as usize {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no peer served blocks {lo}..={hi} in time (last error: {last_error})"
+            ));
+        }
+        let from = lo + out.len() as u64;
+        let count = (hi - from + 1).min(u64::from(MAX_SYNC_BLOCKS)) as u32;
+        let peers = net.peers().await.unwrap_or_default();
+        let mut progressed = false;
+        for p in peers.iter().filter(|p| p.connected && !p.banned) {
+            match fetch(net, genesis, p.peer_id, from, count).await {
+                Ok(blocks) => {
+                    // Keep only the linked continuation of what we already have.
+                    for v in blocks {
+                        if out
+                            .last()
+                            .is_some_and(|prev| v.block.header.prev_hash != prev.hash)
+                        {
+                            break;
+                        }
+                        out.push(v);
+                    }
+                    progressed = true;
+                    break;
+                }
+                Err(Fault::Bad(reason, e)) => {
+                    last_error = format!("peer {} served invalid blocks: {e}", p.peer_id);
+                    let _ = net
+                        .penalize(p.peer_id, reason, reason.default_points())
+                        .await;
+                }
+                Err(Fault::Unavailable(e)) => {
+                    last_error = format!("peer {}: {e}", p.peer_id);
+                }
+            }
+        }
+        if !progressed {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    out.truncate((hi - lo + 1) as usize);
+    Ok(out)
+}
