@@ -154,7 +154,6 @@ pub async fn run_with(
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     }
 
-
     let mempool = Arc::new(Mutex::new(Mempool::new(
         MempoolConfig {
             max_txs: config.mempool.max_txs,
