@@ -155,3 +155,165 @@ async fn validator_killed_at_random_moments_rejoins_without_fork_or_loss() {
         }
     }
 }
+
+fn with_db<T>(home: &std::path::Path, f: impl FnOnce(&rocksdb::DB) -> T) -> T {
+    let path = home.join("data/db");
+    let opts = rocksdb::Options::default();
+    let cfs = rocksdb::DB::list_cf(&opts, &path).unwrap();
+    let db = rocksdb::DB::open_cf(&opts, &path, cfs).unwrap();
+    f(&db)
+}
+
+fn cf<'a>(db: &'a rocksdb::DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).unwrap()
+}
+
+/// Stops node `v` cleanly; returns the height it had reached.
+async fn stop_node(net: &mut TestNet, v: usize) -> u64 {
+    let h = net.height(v).await.unwrap();
+    net.stop(v).await.unwrap();
+    h
+}
+
+/// Restarts node `v`, expects it to repair blocks from peers at start-up, catch up, hold
+/// the same blocks and state roots as node 0 at every height, and pass `tallyd fsck`.
+async fn expect_repaired(net: &mut TestNet, v: usize, case: &str) {
+    let log_start = std::fs::metadata(net.log_path(v)).map_or(0, |m| m.len() as usize);
+    net.start_node(v).unwrap();
+    net.wait_addresses(v, Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("case {case}: node did not come up: {e}"));
+    let log = std::fs::read_to_string(net.log_path(v)).unwrap();
+    let log = &log[log_start.min(log.len())..];
+    assert!(
+        log.contains("repaired block from peers"),
+        "case {case}: no repair logged:\n{log}"
+    );
+    let end = net.height(0).await.unwrap() + 2;
+    net.wait_nodes_height(&[v], end, Duration::from_secs(60))
+        .await
+        .unwrap();
+    for h in 1..=end {
+        assert_eq!(
+            net.block_at(v, h).await.unwrap(),
+            net.block_at(0, h).await.unwrap(),
+            "case {case}: node {v} differs from node 0 at height {h}"
+        );
+    }
+    stop_node(net, v).await;
+    let (code, out) = net.tallyd(v, &["fsck"]).unwrap();
+    assert_eq!(code, 0, "case {case}: fsck after the repair:\n{out}");
+}
+
+/// Damage on a stopped validator's store. Each case is detected (by `tallyd fsck` with
+/// exit code 2, and at start-up) and then, per case:
+/// (a) a block record overwritten with garbage: repaired from peers;
+/// (b) a range of block records deleted: repaired from peers;
+/// (c) bytes flipped inside a RocksDB data file of the blocks column family: repaired;
+/// (d) the state tree's root record altered: refused, with a message naming the problem
+///     and the commands to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_stores_are_repaired_from_peers_or_refused() {
+    let started = Instant::now();
+    let mut net = TestNet::builder()
+        .validators(4)
+        .timeout_commit_ms(20)
+        .start()
+        .await
+        .unwrap();
+    for a in 0..4 {
+        for nonce in 0..5 {
+            let (status, body) = net
+                .submit(0, &transfer(&account_key(a), nonce, [3; 20], 2, 1))
+                .await
+                .unwrap();
+            assert_eq!(status, 202, "{body}");
+        }
+    }
+    net.wait_for_height(40, Duration::from_secs(90))
+        .await
+        .unwrap();
+    let v = 3;
+    let home = net.nodes[v].home.clone();
+
+    // (a) One block record overwritten.
+    let h = stop_node(&mut net, v).await - 5;
+    with_db(&home, |db| {
+        db.put_cf(cf(db, "blocks"), h.to_be_bytes(), b"not a block at all")
+            .unwrap()
+    });
+    let (code, out) = net.tallyd(v, &["fsck"]).unwrap();
+    assert_eq!(code, 2, "(a) fsck:\n{out}");
+    assert!(out.contains(&format!("block {h}")), "(a) fsck:\n{out}");
+    expect_repaired(&mut net, v, "a").await;
+
+    // (b) A range of block records deleted (up to the tip's parent).
+    let tip = net.height(0).await.unwrap().min({
+        let (_, out) = net.tallyd(v, &["fsck"]).unwrap();
+        out.split("tip ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap()
+    });
+    with_db(&home, |db| {
+        for h in tip - 12..tip {
+            db.delete_cf(cf(db, "blocks"), h.to_be_bytes()).unwrap();
+        }
+    });
+    let (code, out) = net.tallyd(v, &["fsck"]).unwrap();
+    assert_eq!(code, 2, "(b) fsck:\n{out}");
+    assert!(out.contains("missing"), "(b) fsck:\n{out}");
+    expect_repaired(&mut net, v, "b").await;
+
+    // (c) Bytes flipped inside an SST file of the blocks column family.
+    let sst = with_db(&home, |db| {
+        db.flush_cf(cf(db, "blocks")).unwrap();
+        let files = db.live_files().unwrap();
+        let f = files
+            .iter()
+            .filter(|f| f.column_family_name == "blocks")
+            .max_by_key(|f| f.size)
+            .expect("a blocks SST");
+        home.join("data/db").join(f.name.trim_start_matches('/'))
+    });
+    let mut bytes = std::fs::read(&sst).unwrap();
+    let at = bytes.len() / 4;
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0xA5;
+    }
+    std::fs::write(&sst, bytes).unwrap();
+    let (code, out) = net.tallyd(v, &["fsck"]).unwrap();
+    assert_eq!(code, 2, "(c) fsck:\n{out}");
+    expect_repaired(&mut net, v, "c").await;
+
+    // (d) The state tree's root record altered: refused, not repaired.
+    with_db(&home, |db| {
+        let mut tree = db.get_cf(cf(db, "meta"), b"tree").unwrap().unwrap();
+        let last = tree.len() - 1;
+        tree[last] ^= 1;
+        db.put_cf(cf(db, "meta"), b"tree", tree).unwrap();
+    });
+    let (code, out) = net.tallyd(v, &["fsck"]).unwrap();
+    assert_eq!(code, 2, "(d) fsck:\n{out}");
+    net.start_node(v).unwrap();
+    let (code, log) = net.wait_exit(v, Duration::from_secs(30)).await.unwrap();
+    assert_ne!(code, 0, "(d) the node started on a damaged state:\n{log}");
+    for needle in [
+        "refusing to start",
+        "state tree root",
+        "tallyd fsck",
+        "resyncs",
+    ] {
+        assert!(log.contains(needle), "(d) message lacks {needle:?}:\n{log}");
+    }
+    // The others were never affected.
+    let h = net.height(0).await.unwrap();
+    net.wait_nodes_height(&[0, 1, 2], h + 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    eprintln!(
+        "corruption cases done in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -548,6 +548,88 @@ impl TestNet {
         }
     }
 
+    /// Adds a full node (same genesis, next loopback address, bootstrapping from node 0)
+    /// to a running net and starts it; returns its index. For late-joiner tests.
+    pub async fn add_full_node(&mut self) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let home = self.dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(home.join("config"))?;
+        std::fs::copy(
+            self.nodes[0].home.join("config/genesis.json"),
+            home.join("config/genesis.json"),
+        )?;
+        tally_node::keys::write_node_key(
+            &home.join("config/node_key.json"),
+            tally_node::keys::random_secret(),
+        )?;
+        let prefix = self.nodes[0]
+            .ip
+            .rsplit_once('.')
+            .map(|(p, _)| p.to_string())
+            .context("node 0 has no IPv4 address")?;
+        let ip = format!("{prefix}.{}", 2 + i);
+        let mut config = NodeConfig {
+            moniker: format!("node{i}"),
+            ..NodeConfig::default()
+        };
+        config.rpc.listen = format!("{ip}:0");
+        config.metrics.listen = format!("{ip}:0");
+        config.p2p.listen = vec![format!("/ip4/{ip}/tcp/0")];
+        config.p2p.ban_duration_secs = 30;
+        config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
+        std::fs::write(home.join("config/node.toml"), config.to_toml())?;
+        self.nodes.push(NodeProc {
+            home,
+            ip,
+            child: None,
+            addresses: None,
+            validator: None,
+        });
+        self.start_node(i)?;
+        self.wait_addresses(i, Duration::from_secs(30)).await?;
+        Ok(i)
+    }
+
+    /// Runs `tallyd <args> --home <node i's home>` to completion; (exit code, output).
+    pub fn tallyd(&self, i: usize, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let out = Command::new(bin("tallyd"))
+            .args(args)
+            .arg("--home")
+            .arg(&self.nodes[i].home)
+            .output()
+            .context("cannot run tallyd")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.code().unwrap_or(-1), text))
+    }
+
+    /// Waits for node `i`'s process to exit (e.g. a node that refuses to start); its
+    /// exit code and the tail of its log.
+    pub async fn wait_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<(i32, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.nodes[i].child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    self.nodes[i].child = None;
+                    return Ok((status.code().unwrap_or(-1), self.tail_log(i)));
+                }
+            } else {
+                bail!("node {i} is not running");
+            }
+            if Instant::now() > deadline {
+                bail!("node {i} still running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn evidence_count(&self, i: usize) -> anyhow::Result<usize> {
         let v = self.get(i, "/v1/evidence").await?;
         Ok(v["evidence"].as_array().map_or(0, Vec::len))
