@@ -101,22 +101,6 @@ pub async fn run_with(
             "start-up check found damaged block records; fetching them again from peers"
         );
     }
-    // Start-up integrity check (repair.rs): damaged blocks are repaired from peers once
-    // the network is up; damage peers cannot repair makes us refuse to start.
-    let damage = crate::repair::check_tip(
-        &store,
-        &genesis,
-        &home.db_dir(),
-        crate::repair::CHECK_DEPTH,
-    )
-    .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
-    if !damage.is_empty() {
-        tracing::warn!(
-            heights = ?damage.heights,
-            findings = ?damage.findings,
-            "start-up check found damaged block records; fetching them again from peers"
-        );
-    }
     let tip = store.tip()?;
     tracing::info!(
         chain_id = %genesis.chain_id,
@@ -157,19 +141,6 @@ pub async fn run_with(
     let sync_max_response_bytes = net_config.sync_max_response_bytes;
     let (net, net_events) = tally_p2p::spawn(net_config, &mut registry, shutdown.clone())
         .map_err(|e| anyhow::anyhow!("cannot start networking: {e}"))?;
-    if !damage.is_empty() {
-        crate::repair::repair_from_peers(
-            &store,
-            &genesis,
-            &net,
-            &damage,
-            &home.db_dir(),
-            crate::repair::REPAIR_WAIT,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
-    }
-
     if !damage.is_empty() {
         crate::repair::repair_from_peers(
             &store,

@@ -10,7 +10,7 @@
 //! ```
 
 pub mod guard_store;
-pub pub mod sync;
+pub mod sync;
 pub use sync::serve as serve_sync;
 
 use std::collections::{HashMap, HashSet};
