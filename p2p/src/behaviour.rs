@@ -152,6 +152,9 @@ fn gossipsub_config(cfg: &NetworkConfig) -> Result<gossipsub::Config, NetworkErr
         .map_err(|e| NetworkError::Build(format!("gossipsub config: {e}")))
 }
 
+/// Below this gossipsub score all of a peer's RPCs are ignored (and the task bans it).
+pub const GRAYLIST_THRESHOLD: f64 = -80.0;
+
 /// Gossipsub v1.1 peer-score parameters for Tally's two topics. Each weight is explained in
 /// README.md ("Scoring").
 pub fn score_params(
@@ -220,7 +223,7 @@ pub fn score_params(
         // Below -50: we do not publish to it (it would not forward honestly).
         publish_threshold: -50.0,
         // Below -80: all its RPCs are ignored. The ban (-100 app score) follows shortly.
-        graylist_threshold: -80.0,
+        graylist_threshold: GRAYLIST_THRESHOLD,
         // We do not use peer exchange; only well-behaved peers' PX would be accepted.
         accept_px_threshold: 10.0,
         // Opportunistic grafting when the mesh median drops below +5.

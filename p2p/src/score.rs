@@ -15,6 +15,7 @@ pub struct PeerScore {
     updated: Instant,
     pub reasons: BTreeMap<PenaltyReason, u64>,
     pub banned_until: Option<Instant>,
+    /// The latest penalty's reason; cleared when a ban is served.
     pub last_reason: Option<PenaltyReason>,
 }
 
@@ -127,6 +128,8 @@ impl Scores {
                 let current = s.score * 0.5f64.powf(dt / half_life);
                 s.score = current.max(probation);
                 s.updated = now;
+                // Served: a graylisted peer is only banned again for a new offence.
+                s.last_reason = None;
                 lifted.push(*peer);
             }
         }

@@ -33,6 +33,7 @@ const TICK: Duration = Duration::from_millis(250);
 const SAMPLE_EVERY_TICKS: u64 = 40; // 10 s
 const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_PENDING_OUTBOUND: usize = 1024;
+const GRAYLIST_THRESHOLD: f64 = crate::behaviour::GRAYLIST_THRESHOLD;
 
 pub struct Task {
     pub swarm: Swarm<Behaviour>,
@@ -328,8 +329,39 @@ impl Task {
     fn on_tick(&mut self, sample: bool) {
         let now = Instant::now();
         self.lift_expired_bans(now);
+        self.ban_graylisted(now);
         if sample {
             self.sample(now);
+        }
+    }
+
+    /// Gossipsub's P4 (squared count of invalid messages) graylists a peer after two or
+    /// three invalid messages, before our application score reaches the ban threshold.
+    /// A graylisted peer's RPCs are dropped unseen, so no further Reject could ever ban
+    /// it: it would stay connected and silenced until P4 decayed, then resume. A peer
+    /// that is graylisted and has application penalties on record is proven faulty:
+    /// ban it now, for its last offence.
+    fn ban_graylisted(&mut self, now: Instant) {
+        let graylisted: Vec<(PeerId, PenaltyReason, f64)> = self
+            .connections
+            .keys()
+            .filter(|p| !self.scores.is_banned(p, now))
+            .filter(|p| {
+                self.swarm
+                    .behaviour()
+                    .gossipsub
+                    .peer_score(p)
+                    .is_some_and(|s| s < GRAYLIST_THRESHOLD)
+            })
+            .filter_map(|p| {
+                let reason = self.scores.get(p)?.last_reason?;
+                Some((*p, reason, self.scores.score(p, now)))
+            })
+            .collect();
+        for (peer, reason, score) in graylisted {
+            let points = (score - self.cfg.ban_threshold).max(0.0) + 1.0;
+            info!(%peer, %reason, score, "graylisted by gossipsub: banning");
+            self.penalize(peer, reason, points);
         }
     }
 
