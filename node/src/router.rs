@@ -135,12 +135,17 @@ impl Router {
             Err(_) => return Verdict::Reject(PenaltyReason::Undecodable),
         };
         let g = &self.genesis;
+        let tip = ledger::store::ChainReader::tip(self.store.as_ref()).map_or(0, |t| t.height);
         let verdict = match &msg {
             ConsensusMessage::Vote(v) => match g.validators.get(&v.validator) {
                 None => Verdict::Reject(PenaltyReason::InvalidMessage),
                 Some(_) if v.vote.chain_id != g.chain_id => {
                     Verdict::Reject(PenaltyReason::InvalidMessage)
                 }
+                // A vote for a committed height is useless to everyone: ignore it before
+                // paying for a signature check (a replay of old votes is otherwise a cheap
+                // way to make us verify signatures all day).
+                Some(_) if v.vote.height <= tip => return Verdict::Ignore,
                 Some(val) => match v.verify_signature(&val.pubkey) {
                     Ok(()) => Verdict::Accept,
                     Err(_) => Verdict::Reject(PenaltyReason::InvalidSignature),
@@ -170,8 +175,15 @@ impl Router {
             ConsensusMessage::Rebroadcast {
                 votes, proposal, ..
             } => {
+                let stale = votes.iter().all(|v| v.vote.height <= tip)
+                    && proposal
+                        .as_ref()
+                        .is_none_or(|(p, _)| p.proposal.height <= tip);
                 if votes.len() > crate::wire::MAX_REBROADCAST_VOTES {
                     Verdict::Reject(PenaltyReason::InvalidMessage)
+                } else if stale {
+                    // As for votes: up to 64 signature checks for nothing.
+                    return Verdict::Ignore;
                 } else {
                     let mut verdict = Verdict::Accept;
                     for v in votes {
@@ -211,7 +223,6 @@ impl Router {
                     .max()
                     .unwrap_or(0),
             };
-            let tip = ledger::store::ChainReader::tip(self.store.as_ref()).map_or(0, |t| t.height);
             let _ = self
                 .engine
                 .send(EngineMsg::Consensus {
