@@ -224,6 +224,12 @@ impl Engine {
             }
         };
         tracing::info!(height = tip.height, "consensus engine starting");
+        if test_equivocate() {
+            tracing::warn!(
+                "TALLY_TEST_EQUIVOCATE is set: this validator signs TWO conflicting prevotes \
+                 per round (test-only byzantine behaviour; never set it in production)"
+            );
+        }
         self.drive(Input::StartHeight {
             height: tip.height + 1,
         });
@@ -418,6 +424,14 @@ impl Engine {
                 if let Err(e) = guard.authorize_vote(&vote, self.core.locks()) {
                     tracing::error!(error = %e, "signing guard refused a vote");
                     return None;
+                }
+                if test_equivocate() && vote.kind == ledger::types::VoteKind::Prevote {
+                    // Test-only byzantine behaviour (TALLY_TEST_EQUIVOCATE): a second,
+                    // conflicting prevote that bypasses the guard and our own core.
+                    let mut second = vote.clone();
+                    let seed = format!("equivocate/{}/{}/{}", vote.height, vote.round, now_ms());
+                    second.block_hash = Some(ledger::hash::sha256(seed.as_bytes()));
+                    self.publish(ConsensusMessage::Vote(key.sign_vote(second)));
                 }
                 let signed = key.sign_vote(vote);
                 self.own_votes.push(signed.clone());
@@ -755,4 +769,12 @@ pub fn valid_evidence(genesis: &Genesis, e: &Equivocation) -> bool {
         && a.vote.block_hash != b.vote.block_hash
         && a.verify_signature(&v.pubkey).is_ok()
         && b.verify_signature(&v.pubkey).is_ok()
+}
+
+/// Test-only byzantine switch: `TALLY_TEST_EQUIVOCATE=1` makes a validator also sign and
+/// publish a second prevote for a made-up block hash in every round, so tests can check
+/// that equivocation is detected, recorded and gossiped. Read once.
+fn test_equivocate() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TALLY_TEST_EQUIVOCATE").is_ok_and(|v| v == "1"))
 }
