@@ -54,3 +54,12 @@ TESTNET_DIR ?= ./testnet
 .PHONY: testnet
 testnet: release
 	$(CARGO_TARGET_DIR)/release/tallyd testnet up --validators 4 --full-nodes 1 --dir $(TESTNET_DIR)
+
+# Monitoring of the local testnet: a real Prometheus (Debian's package, installed when
+# missing) with configs/prometheus.yml, in the background; data under ./testnet/prometheus.
+.PHONY: monitor monitor-stop
+monitor:
+	@bash scripts/monitor.sh start
+
+monitor-stop:
+	@bash scripts/monitor.sh stop

@@ -7,6 +7,7 @@ mod chain;
 mod crash;
 mod dev;
 mod faults;
+mod metrics;
 mod rpc;
 mod sync;
 mod testnet;
