@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod byzantine;
 mod chain;
 mod crash;
 mod dev;

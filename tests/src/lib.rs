@@ -66,6 +66,7 @@ pub struct Builder {
     timeout_commit_ms: u64,
     timeout_propose_ms: u64,
     extra_env: Vec<(String, String)>,
+    node_env: Vec<(usize, String, String)>,
 }
 
 impl Builder {
@@ -87,6 +88,11 @@ impl Builder {
     }
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.extra_env.push((key.into(), value.into()));
+        self
+    }
+    /// An environment variable for node `i` only (after the net-wide ones).
+    pub fn node_env(mut self, i: usize, key: &str, value: &str) -> Self {
+        self.node_env.push((i, key.into(), value.into()));
         self
     }
 
@@ -188,6 +194,7 @@ impl Builder {
                 .timeout(Duration::from_secs(10))
                 .build()?,
             env: self.extra_env,
+            node_env: self.node_env,
         })
     }
 }
@@ -206,6 +213,7 @@ pub struct TestNet {
     bootstrap: Vec<String>,
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
+    node_env: Vec<(usize, String, String)>,
 }
 
 impl Drop for TestNet {
@@ -233,6 +241,7 @@ impl TestNet {
             timeout_commit_ms: 200,
             timeout_propose_ms: 1500,
             extra_env: Vec::new(),
+            node_env: Vec::new(),
         }
     }
 
@@ -262,6 +271,9 @@ impl TestNet {
             cmd.env("TALLY_P2P_BOOTSTRAP", self.bootstrap.join(","));
         }
         for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (_, k, v) in self.node_env.iter().filter(|(n, _, _)| *n == i) {
             cmd.env(k, v);
         }
         let child = cmd.spawn().context("cannot start tallyd")?;

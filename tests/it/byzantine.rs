@@ -1,0 +1,544 @@
+//! Byzantine peers against a real 4-validator net under a steady honest load: each
+//! `tally-attacker` mode gets its attacker banned while the honest network keeps its pace,
+//! no honest peer is penalised, nothing forks and every honest tx commits. An equivocating
+//! validator is caught on every honest node. A banned peer is refused until its ban
+//! expires, then accepted.
+//!
+//! `TALLY_BYZ_SECS` sets the attack length per mode (default 3 s; `make soak` uses 60).
+//! The measured table is printed with `--nocapture`.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger::hash::to_hex;
+use serde_json::Value;
+use tally_tests::{account_key, bin, transfer, TestNet};
+
+/// (mode, gossip messages per second).
+const MODES: &[(&str, u32)] = &[
+    ("garbage", 200),
+    ("bad-sig-txs", 100),
+    ("invalid-blocks", 100),
+    ("unknown-validator-votes", 100),
+    ("oversized", 100),
+    ("flood", 4000),
+];
+/// Honest transfers per second (offered load).
+const LOAD_TPS: f64 = 40.0;
+/// Accounts used by the honest load; the attacker's `bad-sig-txs` uses the next one.
+const LOAD_ACCOUNTS: usize = 16;
+/// Peak RSS any node may reach (bounded memory).
+const MAX_RSS_KB: u64 = 1536 * 1024;
+
+fn attack_secs() -> f64 {
+    std::env::var("TALLY_BYZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0)
+}
+
+/// A steady honest load: `LOAD_TPS` transfers per second, account `a` always through node
+/// `a % nodes` so its nonces arrive in order.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<Vec<AtomicU64>>,
+    errors: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start_load(rpcs: Vec<String>, http: reqwest::Client) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent: Arc<Vec<AtomicU64>> =
+        Arc::new((0..LOAD_ACCOUNTS).map(|_| AtomicU64::new(0)).collect());
+    let errors = Arc::new(AtomicU64::new(0));
+    let (s, n, e) = (stop.clone(), sent.clone(), errors.clone());
+    let task = tokio::spawn(async move {
+        let keys: Vec<_> = (0..LOAD_ACCOUNTS).map(account_key).collect();
+        let period = Duration::from_secs_f64(1.0 / LOAD_TPS);
+        let mut next = tokio::time::Instant::now();
+        let mut k = 0usize;
+        while !s.load(Ordering::Relaxed) {
+            let a = k % LOAD_ACCOUNTS;
+            k += 1;
+            let nonce = n[a].load(Ordering::Relaxed);
+            let tx = transfer(&keys[a], nonce, [9; 20], 1, 1);
+            let hex = to_hex(&ledger::codec::encode(&tx));
+            let r = http
+                .post(format!("{}/v1/txs", rpcs[a % rpcs.len()]))
+                .json(&serde_json::json!({ "tx": hex }))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().as_u16() == 202 => {
+                    n[a].fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    if e.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("honest submit refused: {status} {body}");
+                    }
+                }
+                Err(err) => {
+                    if e.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("honest submit failed: {err}");
+                    }
+                }
+            }
+            next += period;
+            tokio::time::sleep_until(next).await;
+        }
+    });
+    Load {
+        stop,
+        sent,
+        errors,
+        task,
+    }
+}
+
+/// Sum of the samples of `name` (with labels containing `label`, if given) on node `i`.
+async fn metric(net: &TestNet, i: usize, name: &str, label: Option<&str>) -> f64 {
+    let text = net
+        .http
+        .get(net.metrics_url(i))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let base = key.split('{').next()?;
+            (base == name && label.is_none_or(|lb| key.contains(lb))).then_some(value)
+        })
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits for node 0's next block; returns when it was seen and the txs committed so far,
+/// so throughput windows start and end on block boundaries.
+async fn next_block(net: &TestNet) -> (Instant, f64) {
+    let h0 = metric(net, 0, "tally_block_height", None).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = metric(net, 0, "tally_block_height", None).await;
+        if h > h0 || Instant::now() > deadline {
+            return (
+                Instant::now(),
+                metric(net, 0, "tally_txs_committed_total", None).await,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}
+
+fn proc_field_kb(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of a process (clock ticks at the usual 100 Hz).
+fn cpu_secs(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn pids(net: &TestNet, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| net.nodes[i].addresses.as_ref().unwrap().pid)
+        .collect()
+}
+
+async fn peers(net: &TestNet, i: usize) -> Vec<Value> {
+    net.get(i, "/v1/peers").await.unwrap()["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Every node's view of every honest peer: never banned, never below zero.
+async fn check_honest(net: &TestNet, n: usize, honest: &[String], worst: &mut f64) {
+    for i in 0..n {
+        for p in peers(net, i).await {
+            let id = p["peer_id"].as_str().unwrap_or_default();
+            if honest.iter().any(|h| h == id) {
+                let score = p["score"].as_f64().unwrap_or(0.0);
+                *worst = worst.min(score);
+                assert!(
+                    p["banned"] == false && score >= 0.0,
+                    "node {i} penalised honest peer {id}: {p}"
+                );
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_attacker(
+    mode: &str,
+    rate: u32,
+    ip: &str,
+    secret: &[u8; 32],
+    targets: &[String],
+    secs: f64,
+    extra: &[&str],
+    out: &std::path::Path,
+) -> std::process::Child {
+    let mut cmd = Command::new(bin("tally-attacker"));
+    cmd.args(["--mode", mode, "--ip", ip, "--key", &hex::encode(secret)])
+        .args(["--chain-id", tally_tests::CHAIN_ID])
+        .args(["--duration-secs", &secs.to_string()])
+        .args(["--rate", &rate.to_string()])
+        .args(["--account", &LOAD_ACCOUNTS.to_string()])
+        .args(extra);
+    for t in targets {
+        cmd.args(["--target", t]);
+    }
+    // A file, not a pipe: nobody reads while it runs.
+    cmd.stdout(std::fs::File::create(out).expect("attacker output file"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tally-attacker")
+}
+
+async fn attacker_output(
+    mut child: std::process::Child,
+    out: &std::path::Path,
+    timeout: Duration,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tally-attacker did not stop within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serde_json::from_slice(&std::fs::read(out).unwrap_or_default()).unwrap_or(Value::Null)
+}
+
+fn random_secret() -> [u8; 32] {
+    tally_node::keys::random_secret()
+}
+
+/// Every attacker mode in one net, one after the other, against 4 validators under a steady
+/// honest load; then a banned peer's reconnection is refused until its (5 s) ban ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attackers_are_banned_and_honest_pace_holds() {
+    let secs = attack_secs();
+    let n = 4;
+    let net = TestNet::builder()
+        .validators(n)
+        .accounts(LOAD_ACCOUNTS + 1)
+        .env("TALLY_P2P_BAN_DURATION_SECS", "5")
+        .start()
+        .await
+        .unwrap();
+    net.wait_for_height(2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let honest: Vec<String> = (0..n)
+        .map(|i| net.nodes[i].addresses.as_ref().unwrap().peer_id.clone())
+        .collect();
+    let targets: Vec<String> = (0..n)
+        .map(|i| net.nodes[i].addresses.as_ref().unwrap().p2p[0].clone())
+        .collect();
+    assert!(targets.iter().all(|t| t.contains("/p2p/")), "{targets:?}");
+    let prefix = net.nodes[0].ip.rsplit_once('.').unwrap().0.to_string();
+    let pids = pids(&net, n);
+    let rpcs: Vec<String> = (0..n).map(|i| net.rpc(i)).collect();
+    let load = start_load(rpcs, net.http.clone());
+    let mut worst_honest = 0.0f64;
+    let window = Duration::from_secs_f64(secs.max(4.0));
+
+    // Baseline: the honest load alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (t0, c0) = next_block(&net).await;
+    let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+    tokio::time::sleep(window.saturating_sub(t0.elapsed())).await;
+    let (t1, c1) = next_block(&net).await;
+    let base_secs = t1.duration_since(t0).as_secs_f64();
+    let baseline = (c1 - c0) / base_secs;
+    let base_cpu = (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0) / base_secs;
+    let base_rss = pids
+        .iter()
+        .map(|p| proc_field_kb(*p, "VmHWM"))
+        .max()
+        .unwrap();
+    check_honest(&net, n, &honest, &mut worst_honest).await;
+    assert!(
+        baseline > LOAD_TPS * 0.5,
+        "baseline {baseline:.1} tx/s is far below the offered {LOAD_TPS}"
+    );
+    let mut rows = vec![format!(
+        "| none (baseline) | - | 1.00 ({baseline:.1} tx/s) | {} MiB | {base_cpu:.2} | - |",
+        base_rss / 1024
+    )];
+
+    for (k, (mode, rate)) in MODES.iter().enumerate() {
+        let secret = random_secret();
+        let attacker = tally_p2p::peer_id_from_secret(secret).unwrap().to_string();
+        let ip = format!("{prefix}.{}", 200 + k);
+        let (t0, c0) = next_block(&net).await;
+        let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        let spawned = Instant::now();
+        let out = net.dir().join(format!("attacker-{mode}.json"));
+        let child = spawn_attacker(mode, *rate, &ip, &secret, &targets, secs, &[], &out);
+        // Poll every node until each shows the attacker banned.
+        let mut banned_at: HashMap<usize, Duration> = HashMap::new();
+        let ban_deadline = spawned + Duration::from_secs_f64(secs + 20.0);
+        while banned_at.len() < n && Instant::now() < ban_deadline {
+            for i in 0..n {
+                if banned_at.contains_key(&i) {
+                    continue;
+                }
+                let ps = peers(&net, i).await;
+                if ps
+                    .iter()
+                    .any(|p| p["peer_id"] == attacker.as_str() && p["banned"] == true)
+                {
+                    banned_at.insert(i, spawned.elapsed());
+                }
+            }
+            check_honest(&net, n, &honest, &mut worst_honest).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stats = attacker_output(child, &out, Duration::from_secs_f64(secs + 30.0)).await;
+        assert_eq!(
+            banned_at.len(),
+            n,
+            "{mode}: attacker {attacker} banned only on {banned_at:?}; stats {stats}"
+        );
+        let ban_time = banned_at.values().max().unwrap().as_secs_f64();
+        let reasons = peers(&net, 0)
+            .await
+            .into_iter()
+            .find(|p| p["peer_id"] == attacker.as_str())
+            .map(|p| p["reasons"].to_string())
+            .unwrap_or_default();
+        // Throughput over at least the attack window.
+        tokio::time::sleep(window.saturating_sub(t0.elapsed())).await;
+        let (t1, c1) = next_block(&net).await;
+        let dt = t1.duration_since(t0).as_secs_f64();
+        let tps = (c1 - c0) / dt;
+        let cpu = (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0) / dt;
+        let rss = pids
+            .iter()
+            .map(|p| proc_field_kb(*p, "VmHWM"))
+            .max()
+            .unwrap();
+        check_honest(&net, n, &honest, &mut worst_honest).await;
+        let ratio = tps / baseline;
+        eprintln!(
+            "byzantine {mode}: banned on all {n} nodes after {ban_time:.2}s ({reasons}), honest \
+             {tps:.1} tx/s ({ratio:.2} of baseline), peak RSS {} MiB, CPU {cpu:.2} cores; \
+             attacker {stats}",
+            rss / 1024
+        );
+        rows.push(format!(
+            "| {mode} | {ban_time:.2} s | {ratio:.2} ({tps:.1} tx/s) | {} MiB | {cpu:.2} | {reasons} |",
+            rss / 1024
+        ));
+        assert!(
+            ratio >= 0.8,
+            "{mode}: honest throughput {tps:.1} tx/s is below 80% of the baseline {baseline:.1}"
+        );
+        assert!(rss < MAX_RSS_KB, "{mode}: a node's peak RSS is {rss} kB");
+    }
+
+    // A banned peer is refused until its ban expires, then accepted (ban = 5 s here).
+    let secret = random_secret();
+    let attacker = tally_p2p::peer_id_from_secret(secret).unwrap().to_string();
+    let ip = format!("{prefix}.{}", 200 + MODES.len());
+    let denied0 = metric(
+        &net,
+        0,
+        "tally_p2p_connections_denied_total",
+        Some("banned"),
+    )
+    .await;
+    let out = net.dir().join("attacker-reconnect.json");
+    let child = spawn_attacker(
+        "garbage",
+        200,
+        &ip,
+        &secret,
+        &targets[..1],
+        14.0,
+        &["--max-messages", "30", "--redial"],
+        &out,
+    );
+    let find = |ps: Vec<Value>| ps.into_iter().find(|p| p["peer_id"] == attacker.as_str());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut banned_seen = None;
+    let mut readmitted = None;
+    while Instant::now() < deadline && readmitted.is_none() {
+        if let Some(p) = find(peers(&net, 0).await) {
+            if p["banned"] == true {
+                assert_eq!(p["connected"], false, "a banned peer is connected: {p}");
+                banned_seen.get_or_insert(Instant::now());
+            } else if banned_seen.is_some() && p["connected"] == true {
+                readmitted = Some(Instant::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let denied1 = metric(
+        &net,
+        0,
+        "tally_p2p_connections_denied_total",
+        Some("banned"),
+    )
+    .await;
+    let stats = attacker_output(child, &out, Duration::from_secs(30)).await;
+    let banned_seen = banned_seen.expect("the reconnecting attacker was never banned");
+    let readmitted = readmitted.unwrap_or_else(|| panic!("not readmitted after its ban: {stats}"));
+    let banned_for = readmitted.duration_since(banned_seen).as_secs_f64();
+    assert!(
+        denied1 > denied0,
+        "no reconnection was refused while banned ({denied0} -> {denied1}); {stats}"
+    );
+    assert!(
+        (3.5..9.0).contains(&banned_for),
+        "readmitted {banned_for:.1}s after the ban (ban is 5 s)"
+    );
+    eprintln!(
+        "byzantine reconnect: refused {} times while banned, readmitted after {banned_for:.1}s",
+        denied1 - denied0
+    );
+
+    // The honest load stops; every honest tx commits on every node, nothing forked.
+    load.stop.store(true, Ordering::Relaxed);
+    load.task.await.unwrap();
+    let errors = load.errors.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for a in 0..LOAD_ACCOUNTS {
+        let want = load.sent[a].load(Ordering::Relaxed);
+        let addr = to_hex(&account_key(a).address());
+        for i in 0..n {
+            loop {
+                let v = net.get(i, &format!("/v1/accounts/{addr}")).await.unwrap();
+                if v["nonce"].as_u64() == Some(want) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "account {a} on node {i}: {v}, want nonce {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let sent: u64 = load.sent.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    assert!(
+        errors * 50 <= sent,
+        "{errors} honest submissions refused out of {sent}"
+    );
+    let top = {
+        let mut hs = Vec::new();
+        for i in 0..n {
+            hs.push(net.height(i).await.unwrap());
+        }
+        hs.into_iter().min().unwrap()
+    };
+    for h in 1..=top {
+        let reference = net.block_at(0, h).await.unwrap();
+        for i in 1..n {
+            assert_eq!(
+                net.block_at(i, h).await.unwrap(),
+                reference,
+                "fork at height {h} on node {i}"
+            );
+        }
+    }
+    check_honest(&net, n, &honest, &mut worst_honest).await;
+    for i in 0..n {
+        let bans = metric(&net, i, "tally_peer_bans_total", None).await;
+        assert!(bans >= MODES.len() as f64, "node {i} counted {bans} bans");
+    }
+    eprintln!(
+        "byzantine summary: {sent} honest txs committed ({errors} refused submissions), \
+         {top} blocks without a fork, worst honest score {worst_honest}, attack {secs}s per mode\n\
+         | mode | time to ban (all 4) | honest TPS ratio | peak RSS (max node) | CPU (4 nodes, cores) | reasons (node 0) |\n\
+         |---|---|---|---|---|---|\n{}",
+        rows.join("\n")
+    );
+}
+
+/// One equivocating validator of four: the chain keeps committing, every honest node holds
+/// the evidence within a few blocks and counts it in `tally_evidence_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivocating_validator_is_caught() {
+    let net = TestNet::builder()
+        .validators(4)
+        .node_env(3, "TALLY_TEST_EQUIVOCATE", "1")
+        .start()
+        .await
+        .unwrap();
+    net.wait_for_height(2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let start = net.height(0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = true;
+        for i in 0..3 {
+            if net.evidence_count(i).await.unwrap() == 0 {
+                all = false;
+            }
+        }
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no evidence on every honest node"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caught = net.height(0).await.unwrap();
+    assert!(
+        caught <= start + 5,
+        "evidence took {} blocks to reach every honest node",
+        caught - start
+    );
+    let culprit = to_hex(&net.nodes[3].validator.unwrap());
+    for i in 0..3 {
+        let ev = net.get(i, "/v1/evidence").await.unwrap();
+        assert!(
+            ev.to_string().contains(&culprit),
+            "node {i}'s evidence does not name validator 3: {ev}"
+        );
+        let counted = metric(&net, i, "tally_evidence_total", None).await;
+        assert!(counted >= 1.0, "node {i}: tally_evidence_total = {counted}");
+    }
+    // The chain keeps committing with the equivocator still voting.
+    net.wait_for_height(caught + 3, Duration::from_secs(60))
+        .await
+        .unwrap();
+    for h in 1..=caught + 3 {
+        let reference = net.block_at(0, h).await.unwrap();
+        for i in 1..4 {
+            assert_eq!(net.block_at(i, h).await.unwrap(), reference, "fork at {h}");
+        }
+    }
+    let log = std::fs::read_to_string(net.log_path(3)).unwrap();
+    assert!(
+        log.contains("TALLY_TEST_EQUIVOCATE"),
+        "no warning in the log"
+    );
+}
