@@ -59,7 +59,7 @@ impl ChainMetrics {
             txs_committed: Counter::default(),
             blocks_committed: Counter::default(),
             round: Gauge::default(),
-            rounds_per_height: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 10.0].into_iter()),
+            rounds_per_height: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 10.0]),
             execution: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             commit_write: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             evidence: Counter::default(),

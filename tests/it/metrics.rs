@@ -527,23 +527,21 @@ fn resolves(expo: &Exposition, name: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_follow_commits_and_height_matches_status() {
     const N: u64 = 12;
-    let net = TestNet::builder()
+    let owned = TestNet::builder()
         .validators(2)
         .full_nodes(1)
         .accounts(3)
         .start()
         .await
         .unwrap();
+    let net = &owned;
     let nodes = net.nodes.len();
     net.wait_for_height(2, Duration::from_secs(60))
         .await
         .unwrap();
     let mut before = Vec::new();
     for i in 0..nodes {
-        before.push(scalar(
-            &parse(&scrape(&net, i).await),
-            "tally_txs_committed",
-        ));
+        before.push(scalar(&parse(&scrape(net, i).await), "tally_txs_committed"));
     }
     let mut ids = Vec::new();
     for n in 0..N {
@@ -561,7 +559,6 @@ async fn counters_follow_commits_and_height_matches_status() {
                 .unwrap();
         }
     }
-    let net = &net;
     for (i, b) in before.iter().enumerate() {
         // The tx index is written before the counter moves: wait for it, never past it.
         let want = b + N as f64;
@@ -569,7 +566,7 @@ async fn counters_follow_commits_and_height_matches_status() {
             Duration::from_secs(10),
             "counter reaching N",
             move || async move {
-                let got = scalar(&parse(&scrape(&net, i).await), "tally_txs_committed");
+                let got = scalar(&parse(&scrape(net, i).await), "tally_txs_committed");
                 assert!(got <= want, "node {i}: {got} txs counted, want {want}");
                 if got == want {
                     Ok(())
@@ -586,7 +583,7 @@ async fn counters_follow_commits_and_height_matches_status() {
         .await
         .unwrap();
     for (i, b) in before.iter().enumerate() {
-        let expo = parse(&scrape(&net, i).await);
+        let expo = parse(&scrape(net, i).await);
         assert_eq!(
             scalar(&expo, "tally_txs_committed"),
             b + N as f64,
@@ -602,7 +599,7 @@ async fn counters_follow_commits_and_height_matches_status() {
             "metric height = status height",
             move || async move {
                 let s1 = net.height(i).await.map_err(|e| e.to_string())?;
-                let m = scalar(&parse(&scrape(&net, i).await), "tally_block_height") as u64;
+                let m = scalar(&parse(&scrape(net, i).await), "tally_block_height") as u64;
                 let s2 = net.height(i).await.map_err(|e| e.to_string())?;
                 assert!(m + 1 >= s1, "node {i}: metric {m} behind status {s1}");
                 if s1 == m && m == s2 {
