@@ -477,6 +477,24 @@ async fn metrics_are_valid_openmetrics_with_conventional_names() {
     assert!(scalar(&expo, "tally_process_resident_memory_bytes") > 1e6);
     assert!(scalar(&expo, "tally_process_open_fds") > 3.0);
 
+    // The metrics reference cannot rot either: every tally_ family is documented.
+    let reference = std::fs::read_to_string(repo_file("configs/README.md")).unwrap();
+    let undocumented: Vec<String> = expo
+        .families
+        .iter()
+        .filter(|(name, _)| name.starts_with("tally_"))
+        .map(|(name, f)| match f.family_type {
+            OpenMetricsType::Counter => format!("{name}_total"),
+            _ => name.clone(),
+        })
+        .filter(|name| !reference.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in the metrics reference of configs/README.md: {undocumented:?}"
+    );
+
+    let _ = prometheus_binary(); // brings promtool where installing is allowed
     match promtool_check(&text) {
         Some(Ok(())) => {}
         Some(Err(findings)) => panic!("promtool check metrics: {findings}"),
@@ -756,9 +774,15 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The `prometheus` binary; installs Debian's package first when allowed (root, and CI
-/// or TALLY_INSTALL_PROMETHEUS=1).
+/// The `prometheus` binary; installs Debian's package (which brings `promtool` too)
+/// first when allowed: root, and CI=true or TALLY_INSTALL_PROMETHEUS=1. Once per test
+/// process, so concurrent tests never race for dpkg's lock.
 fn prometheus_binary() -> Option<PathBuf> {
+    static ONCE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(install_prometheus).clone()
+}
+
+fn install_prometheus() -> Option<PathBuf> {
     if let Some(p) = which("prometheus") {
         return Some(p);
     }
