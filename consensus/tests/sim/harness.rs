@@ -986,7 +986,11 @@ impl Sim {
                     .guard
                     .as_mut()
                     .expect("honest validators have a guard");
-                if guard.authorize_vote(&vote, locks).is_err() {
+                if let Err(e) = guard.authorize_vote(&vote, locks) {
+                    // The guard is the backstop; a correct core never needs it.
+                    self.violation(format!(
+                        "honest node {i}'s core asked to sign {vote:?}: {e}"
+                    ));
                     return;
                 }
                 let step = match vote.kind {
@@ -1040,7 +1044,8 @@ impl Sim {
                     .guard
                     .as_mut()
                     .expect("honest validators have a guard");
-                if guard.authorize_proposal(&p, locks).is_err() {
+                if let Err(e) = guard.authorize_proposal(&p, locks) {
+                    self.violation(format!("honest node {i}'s core asked to sign {p:?}: {e}"));
                     return;
                 }
                 let key = (i, p.height, p.round, 0);
