@@ -2,7 +2,7 @@
 //! (Buchman, Kwon, Milosevic 2018). Line numbers in comments refer to that algorithm.
 //!
 //! Every input is first recorded (proposal, vote, validation result), then the `upon`
-//! rules of Algorithm 1 are re-checked until none fires ([`Consensus::apply_rules`]); an
+//! rules of Algorithm 1 are re-checked until none fires (`apply_rules`); an
 //! `upon` rule's condition can become true through any of several inputs, and checking
 //! them all after every input is the simplest way not to miss one.
 
@@ -96,9 +96,9 @@ impl<V: SignatureVerifier> Consensus<V> {
 
     /// After a restart: hand in the signing guard's persisted state before the first
     /// `StartHeight`. If that height is the one we last signed in, the lock and valid value
-    /// are restored and we re-enter the last round we signed in, at the step we signed,
-    /// re-emitting the identical vote (so the core never asks the guard for a conflicting
-    /// signature).
+    /// (with its proof of lock) are restored and we re-enter the last round we signed in,
+    /// at the step we signed, re-emitting the identical votes we signed at that height (so
+    /// the core never asks the guard for a conflicting signature).
     pub fn resume(&mut self, state: &GuardState) {
         self.resume = Some(state.clone());
     }
@@ -666,7 +666,7 @@ impl<V: SignatureVerifier> Consensus<V> {
     }
 
     /// After a restart, re-enter the round we last signed in, at the step we signed, and
-    /// sign the identical votes of that round again (the guard allows exactly that):
+    /// sign the identical votes of this height again (the guard allows exactly that):
     /// peers that lost them get them again, and we rejoin the round the others are in.
     /// Starting a later round instead could strand us alone in it.
     fn resume_round(&mut self, g: &GuardState, last: LastSigned, out: &mut Vec<Output>) {
