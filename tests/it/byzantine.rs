@@ -25,6 +25,7 @@ const MODES: &[(&str, u32)] = &[
     ("unknown-validator-votes", 100),
     ("oversized", 100),
     ("flood", 4000),
+    ("sync-flood", 0),
 ];
 /// Honest transfers per second (offered load).
 const LOAD_TPS: f64 = 40.0;

@@ -14,8 +14,10 @@
 //! signature does not verify), `invalid-blocks` (proposals whose block hash does not match,
 //! or signed by a key that is not the proposer), `unknown-validator-votes` (votes signed by
 //! a key outside the validator set), `oversized` (tx-topic messages above the tx cap),
-//! `flood` (well-formed but useless txs and consensus messages far above the per-peer rate,
-//! plus a flood of sync requests).
+//! `flood` (well-formed but useless txs and consensus messages far above the per-peer
+//! rate), `sync-flood` (`/tally/sync/1` status requests far above the per-peer rate).
+//! Exact duplicates are not sent: gossipsub drops them from its seen-cache on both sides
+//! before any validation, so distinct but useless messages are the costlier flood.
 
 #![allow(clippy::unwrap_used)]
 
@@ -44,6 +46,7 @@ enum Mode {
     UnknownValidatorVotes,
     Oversized,
     Flood,
+    SyncFlood,
 }
 
 #[derive(Parser, Debug)]
@@ -182,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     let first_connect = wait_connected(&connected, &target_ids, deadline).await;
 
     let mut gen = Generator::new(&args);
-    if args.mode == Mode::Flood {
+    if args.mode == Mode::SyncFlood {
         let targets: Vec<PeerId> = target_ids.iter().copied().collect();
         spawn_request_flood(net.clone(), targets, stats.clone(), deadline);
     }
@@ -194,7 +197,8 @@ async fn main() -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent: u64 = 0;
     let mut credit = 0.0f64;
-    while Instant::now() < deadline && sent < args.max_messages {
+    let gossip = args.mode != Mode::SyncFlood;
+    while gossip && Instant::now() < deadline && sent < args.max_messages {
         tick.tick().await;
         credit += per_tick;
         while credit >= 1.0 && sent < args.max_messages {
@@ -211,8 +215,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let sending_ms = elapsed_ms(start);
-    // With --redial, stay around until the deadline to probe the ban.
-    if args.redial {
+    // With --redial (or a request flood), stay around until the deadline.
+    if args.redial || !gossip {
         tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
     }
     let connected_at_end: Vec<String> = connected
@@ -455,8 +459,8 @@ impl Generator {
                 let len = self.oversized_bytes;
                 (Topic::Tx, self.random_bytes(len))
             }
-            Mode::Flood => {
-                if n % 4 == 0 {
+            Mode::Flood | Mode::SyncFlood => {
+                if n % 4 != 0 {
                     // An empty re-announcement: valid, useless, distinct bytes each time.
                     let msg = ConsensusMessage::Rebroadcast {
                         sent_at_ms: n,
