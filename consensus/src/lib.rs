@@ -16,6 +16,7 @@ mod tests;
 
 pub use guard::{
     GuardError, GuardState, GuardStore, LastSigned, MemoryGuardStore, SignStep, SigningGuard,
+    MAX_HEIGHT_SIGNED,
 };
 pub use machine::{Consensus, FUTURE_ROUNDS, MAX_BUFFERED};
 pub use types::{
