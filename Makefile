@@ -47,6 +47,7 @@ bench: bootstrap
 
 soak: bootstrap
 	TALLY_SIM_SEEDS=$(SEEDS) $(CARGO) test -p consensus --release --test sim -- --ignored soak --nocapture
+	TALLY_BYZ_SECS=60 $(CARGO) test -p tally-tests --test it -- byzantine --nocapture
 
 # A local 4-validator + 1 full-node testnet on 127.0.0.2-6 (RPC :26657, metrics :26660),
 # live status table, Ctrl-C stops every node. Running it again resumes the same chain.
