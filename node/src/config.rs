@@ -64,7 +64,7 @@ pub struct MempoolSection {
     pub ttl_secs: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsensusSection {
     /// Path (relative to the home directory) of the validator key; empty = full node.
@@ -154,15 +154,6 @@ impl Default for MempoolSection {
             max_nonce_gap: d.max_nonce_gap,
             max_per_sender: d.max_per_sender,
             ttl_secs: d.ttl.as_secs(),
-        }
-    }
-}
-
-impl Default for ConsensusSection {
-    fn default() -> Self {
-        Self {
-            validator_key: String::new(),
-            timeout_commit_ms: 0,
         }
     }
 }

@@ -226,7 +226,7 @@ impl Router {
             let _ = self
                 .engine
                 .send(EngineMsg::Consensus {
-                    msg,
+                    msg: Box::new(msg),
                     from: Some(source),
                 })
                 .await;

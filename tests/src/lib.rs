@@ -153,6 +153,7 @@ impl Builder {
         let genesis_text = serde_json::to_string_pretty(&genesis)?;
         let mut nodes = Vec::new();
         for i in 0..total {
+            let vkey = vkeys.get(i);
             let home = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(home.join("config"))?;
             std::fs::write(home.join("config/genesis.json"), &genesis_text)?;
@@ -170,10 +171,10 @@ impl Builder {
             config.p2p.listen = vec![format!("/ip4/{ip}/tcp/0")];
             config.p2p.ban_duration_secs = 30;
             config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
-            if i < self.validators {
+            if let Some(vkey) = vkey {
                 tally_node::keys::write_validator_key(
                     &home.join("config/validator_key.json"),
-                    &vkeys[i],
+                    vkey,
                 )?;
                 config.consensus.validator_key = "config/validator_key.json".into();
             }
@@ -183,7 +184,7 @@ impl Builder {
                 ip,
                 child: None,
                 addresses: None,
-                validator: (i < self.validators).then(|| vkeys[i].address()),
+                validator: vkey.map(Keypair::address),
             });
         }
         Ok(TestNet {

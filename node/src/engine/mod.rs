@@ -74,7 +74,7 @@ pub struct EngineStatus {
 pub enum EngineMsg {
     /// A gossip message that passed the router's stateless checks.
     Consensus {
-        msg: ConsensusMessage,
+        msg: Box<ConsensusMessage>,
         from: Option<PeerId>,
     },
     Timeout(Timeout),
@@ -259,7 +259,7 @@ impl Engine {
 
     fn on_message(&mut self, msg: EngineMsg) {
         match msg {
-            EngineMsg::Consensus { msg, from } => self.on_consensus(msg, from),
+            EngineMsg::Consensus { msg, from } => self.on_consensus(*msg, from),
             EngineMsg::Timeout(t) => self.drive(Input::Timeout(t)),
             EngineMsg::StartHeight(h) => {
                 if self.tip().is_some_and(|t| t.height + 1 == h) && self.core.height() < h {

@@ -468,38 +468,29 @@ async fn events(
     let rx = s.events.subscribe();
     let stop = s.shutdown.clone();
     let stream = futures::stream::unfold((rx, permit, stop), |(mut rx, permit, stop)| async move {
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => return None,
-                n = rx.recv() => n,
-            };
-            match next {
-                Ok(NodeEvent::Block {
-                    height,
-                    hash,
-                    txs,
-                    time_ms,
-                }) => {
-                    let ev = Event::default()
-                        .event("block")
-                        .data(json!({"height": height, "hash": to_hex(&hash), "txs": txs, "time_ms": time_ms}).to_string());
-                    return Some((Ok(ev), (rx, permit, stop)));
-                }
-                Ok(NodeEvent::Tx { id, height, index }) => {
-                    let ev = Event::default().event("tx").data(
-                        json!({"tx_id": to_hex(&id), "height": height, "index": index}).to_string(),
-                    );
-                    return Some((Ok(ev), (rx, permit, stop)));
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let ev = Event::default()
-                        .event("lagged")
-                        .data(json!({"missed": n}).to_string());
-                    return Some((Ok(ev), (rx, permit, stop)));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        let next = tokio::select! {
+            _ = stop.cancelled() => return None,
+            n = rx.recv() => n,
+        };
+        let ev = match next {
+            Ok(NodeEvent::Block {
+                height,
+                hash,
+                txs,
+                time_ms,
+            }) => Event::default().event("block").data(
+                json!({"height": height, "hash": to_hex(&hash), "txs": txs, "time_ms": time_ms})
+                    .to_string(),
+            ),
+            Ok(NodeEvent::Tx { id, height, index }) => Event::default()
+                .event("tx")
+                .data(json!({"tx_id": to_hex(&id), "height": height, "index": index}).to_string()),
+            Err(broadcast::error::RecvError::Lagged(n)) => Event::default()
+                .event("lagged")
+                .data(json!({"missed": n}).to_string()),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(ev), (rx, permit, stop)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
