@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use tally_p2p::{Event, PenaltyReason};
+use tally_p2p::{Event, PenaltyReason, Topic, Verdict};
 
 use crate::support::{config, start, wait_until};
 
@@ -110,4 +110,68 @@ async fn per_ip_cap_refuses_extra_connections() {
     )
     .await;
     assert!(a.peer(nodes[1].id).await.is_none_or(|p| !p.connected));
+}
+
+/// Gossipsub's P4 graylists a peer after two or three rejected messages, long before its
+/// application score reaches the ban threshold, and a graylisted peer's messages never
+/// reach validation again. The task bans it anyway: graylisted with an offence on record.
+#[tokio::test]
+async fn graylisted_offender_is_banned() {
+    let mut ca = config([127, 0, 7, 1], 50);
+    ca.discovery = false;
+    let mut a = start(ca).await;
+    let mut cb = config([127, 0, 7, 2], 51);
+    cb.discovery = false;
+    let b = start(cb).await;
+    b.handle.dial(a.tcp.clone().unwrap()).await.unwrap();
+    wait_until("B sees A subscribed", || async {
+        b.peer(a.id)
+            .await
+            .is_some_and(|p| p.topics.contains(&Topic::Consensus))
+    })
+    .await;
+
+    // B sends invalid consensus messages (20 points each); A rejects what it sees.
+    let handle = a.handle.clone();
+    let mut rejected = 0u32;
+    for i in 0..10u32 {
+        let _ = b
+            .handle
+            .publish(Topic::Consensus, format!("bad vote {i}").into_bytes())
+            .await;
+        let got = tokio::time::timeout(Duration::from_millis(500), async {
+            a.expect("B's message", |ev| match ev {
+                Event::Message { msg_id, source, .. } => Some((msg_id, source)),
+                _ => None,
+            })
+            .await
+        })
+        .await;
+        if let Ok((msg_id, source)) = got {
+            rejected += 1;
+            handle
+                .validated(
+                    msg_id,
+                    source,
+                    Verdict::Reject(PenaltyReason::InvalidMessage),
+                )
+                .await
+                .unwrap();
+        }
+        if a.peer(b.id).await.is_some_and(|p| p.banned) {
+            break;
+        }
+    }
+    wait_until("A banned B", || async {
+        a.peer(b.id).await.is_some_and(|p| p.banned && !p.connected)
+    })
+    .await;
+    // Fewer than the five rejects that the application score alone would have needed.
+    assert!((1..5).contains(&rejected), "{rejected} messages validated");
+    let info = a.peer(b.id).await.unwrap();
+    assert!(info.app_score < -100.0, "{info:?}");
+    assert_eq!(
+        a.metric("tally_peer_bans_total{reason=\"invalid_message\"}"),
+        1.0
+    );
 }
