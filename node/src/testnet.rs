@@ -401,10 +401,17 @@ fn write_wallet_keys(
 }
 
 fn write_prometheus(dir: &Path, nodes: &[NodeEntry]) -> anyhow::Result<()> {
-    let targets = serde_json::json!([{
-        "targets": nodes.iter().map(|n| n.metrics.clone()).collect::<Vec<_>>(),
-        "labels": {"job": "tally-testnet"},
-    }]);
+    // One group per node with the labels configs/prometheus.yml and the Grafana
+    // dashboard use (`node`, `role`).
+    let targets: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "targets": [n.metrics],
+                "labels": {"node": n.name, "role": n.role},
+            })
+        })
+        .collect();
     std::fs::write(
         dir.join("prometheus-targets.json"),
         serde_json::to_string_pretty(&targets)?,

@@ -240,7 +240,8 @@ async fn testnet_up_wallet_faults_shutdown_and_resume() {
     }
     let manifest: Value = serde_json::from_str(&read(&dir.join("testnet.json"))).unwrap();
     let targets: Value = serde_json::from_str(&read(&dir.join("prometheus-targets.json"))).unwrap();
-    assert_eq!(targets[0]["targets"][4], format!("{BASE}.6:26660"));
+    assert_eq!(targets[4]["targets"][0], format!("{BASE}.6:26660"));
+    assert_eq!(targets[4]["labels"]["role"], "full");
 
     // The wallet, with the testnet's keys, as printed by `up`.
     let keys = tally(&root, &["keys", "list"]);
