@@ -730,6 +730,7 @@ async fn supervise(
     let started = Instant::now();
     let mut ticker = tokio::time::interval(period);
     let mut drawn = 0usize;
+    let mut events: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = int.recv() => return Ok(()),
@@ -737,10 +738,16 @@ async fn supervise(
             _ = hup.recv() => return Ok(()),
             _ = ticker.tick() => {}
         }
-        // Reap children that exited (killed from another terminal, or crashed).
-        for c in children.iter_mut() {
+        // Reap children that exited (killed from another terminal, or crashed) and say
+        // so: a node that cannot start (port taken, bad config) must not just show "down".
+        for (i, c) in children.iter_mut().enumerate() {
             if let Some(ch) = c {
-                if matches!(ch.try_wait(), Ok(Some(_))) {
+                if let Ok(Some(status)) = ch.try_wait() {
+                    events.push(format!(
+                        "node{i} (pid {}) exited: {status}; see {}",
+                        ch.id(),
+                        home(dir, i).join("node.log").display()
+                    ));
                     *c = None;
                 }
             }
@@ -756,6 +763,8 @@ async fn supervise(
                 "Ctrl-C stops all nodes"
             )];
             lines.extend(table(&rows, true));
+            // The last few events stay under the table.
+            lines.extend(events.iter().rev().take(3).rev().cloned());
             if drawn > 0 {
                 let _ = write!(out, "\x1b[{drawn}F");
             }
@@ -765,6 +774,9 @@ async fn supervise(
             drawn = lines.len();
         } else {
             let t = started.elapsed().as_secs_f64();
+            for e in events.drain(..) {
+                let _ = writeln!(out, "[{t:6.1}s] {e}");
+            }
             for r in &rows {
                 let _ = writeln!(out, "[{t:6.1}s] {}", status_line(r));
             }
