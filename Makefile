@@ -56,6 +56,18 @@ TESTNET_DIR ?= ./testnet
 testnet: release
 	$(CARGO_TARGET_DIR)/release/tallyd testnet up --validators 4 --full-nodes 1 --dir $(TESTNET_DIR)
 
+# Sync (node/benches/sync.rs): a fresh store syncing 10,000 blocks with transfers from a
+# peer store, in blocks/s and tx/s, against the single-core apply rate of the same run.
+bench: bench-sync
+.PHONY: bench-sync soak-crash
+bench-sync: bootstrap
+	$(CARGO) bench -p tally-node --bench sync
+
+# Crash torture (tests/it/crash.rs): a validator SIGKILLed and restarted 20 times under load.
+soak: soak-crash
+soak-crash: bootstrap
+	TALLY_CRASH_ROUNDS=20 $(CARGO) test -p tally-tests --test it -- crash::validator_killed --nocapture
+
 # Monitoring of the local testnet: a real Prometheus (Debian's package, installed when
 # missing) with configs/prometheus.yml, in the background; data under ./testnet/prometheus.
 .PHONY: monitor monitor-stop

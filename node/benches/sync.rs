@@ -84,7 +84,14 @@ fn sign_commit(validator: &Keypair, height: u64, hash: Hash) -> Commit {
 }
 
 /// The serving peer's chain: `blocks` blocks of `txs` transfers each.
-fn build_chain(store: &RocksStore, g: &Genesis, v: &Keypair, senders: &[Keypair], blocks: usize, txs: usize) {
+fn build_chain(
+    store: &RocksStore,
+    g: &Genesis,
+    v: &Keypair,
+    senders: &[Keypair],
+    blocks: usize,
+    txs: usize,
+) {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &g.params,
@@ -116,7 +123,8 @@ fn build_chain(store: &RocksStore, g: &Genesis, v: &Keypair, senders: &[Keypair]
     for txs in all {
         let tip = store.tip().expect("tip");
         let height = tip.height + 1;
-        let body = build_body(store, ctx, v.address(), txs, &Signatures::Cached(&yes)).expect("body");
+        let body =
+            build_body(store, ctx, v.address(), txs, &Signatures::Cached(&yes)).expect("body");
         assert!(body.rejected.is_empty(), "bench txs must be valid");
         let block = assemble(
             BlockTemplate {
@@ -167,20 +175,28 @@ fn main() {
     println!("Tally sync benchmark (in process: serve() bytes -> verify -> apply; {blocks} blocks x {txs} transfers, {cores} cores, synced RocksDB commit per block)");
     let v = Keypair::from_secret_bytes(&sha256(b"bench-validator")).expect("key");
     let senders: Vec<Keypair> = (0..SENDERS)
-        .map(|i| Keypair::from_secret_bytes(&sha256(format!("sender-{i}").as_bytes())).expect("key"))
+        .map(|i| {
+            Keypair::from_secret_bytes(&sha256(format!("sender-{i}").as_bytes())).expect("key")
+        })
         .collect();
     let g = genesis(&v, &senders, txs);
     let peer_dir = tempfile::tempdir().expect("tempdir");
     let peer = RocksStore::open(peer_dir.path(), &g).expect("open");
     let t = Instant::now();
     build_chain(&peer, &g, &v, &senders, blocks, txs);
-    eprintln!("  built the peer's chain in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "  built the peer's chain in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     let total_txs = (blocks * txs) as f64;
 
     // Baseline: single-core apply (every check, one thread).
     let base_dir = tempfile::tempdir().expect("tempdir");
     let base = RocksStore::open(base_dir.path(), &g).expect("open");
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
     let t = Instant::now();
     one.install(|| {
         for h in 1..=blocks as u64 {
@@ -208,8 +224,10 @@ fn main() {
             while from <= blocks as u64 {
                 let count = MAX_SYNC_BLOCKS.min((blocks as u64 + 1 - from) as u32);
                 let request = encode(&SyncRequest::Blocks { from, count });
-                let bytes = tally_node::engine::serve_sync(peer, &request, RESPONSE_CAP).expect("served");
-                let chunk = verify_response(g, from, count, &bytes).unwrap_or_else(|e| panic!("bad chunk: {e:?}"));
+                let bytes =
+                    tally_node::engine::serve_sync(peer, &request, RESPONSE_CAP).expect("served");
+                let chunk = verify_response(g, from, count, &bytes)
+                    .unwrap_or_else(|e| panic!("bad chunk: {e:?}"));
                 from += chunk.len() as u64;
                 if tx.send(chunk).is_err() {
                     return;
@@ -219,13 +237,17 @@ fn main() {
         let yes = |_: &Hash| true;
         for chunk in rx {
             for v in chunk {
-                apply(&sync, &g, &v.block, &v.commit, &Signatures::Cached(&yes));
+                apply(&sync, g, &v.block, &v.commit, &Signatures::Cached(&yes));
             }
         }
     });
     let sync_secs = t.elapsed().as_secs_f64();
     let sync_rate = blocks as f64 / sync_secs;
-    assert_eq!(sync.tip().expect("tip"), peer.tip().expect("tip"), "synced tip differs");
+    assert_eq!(
+        sync.tip().expect("tip"),
+        peer.tip().expect("tip"),
+        "synced tip differs"
+    );
 
     let ratio = sync_rate / base_rate;
     println!(

@@ -47,9 +47,14 @@ impl fmt::Display for Report {
             }
             write!(
                 f,
-                "fsck: {} problem(s). Restart the node to repair from peers (blocks are fetched again \
-                 and state is rebuilt by replay), or remove the data directory and resync.",
-                self.problems.len()
+                "fsck: {} problem(s). To repair damaged blocks, start the node with \
+                 {}=0 while peers are reachable: it checks the whole chain and fetches damaged \
+                 blocks from peers (by default it checks the last {} blocks). A damaged state \
+                 is not repaired in place: move data/db away and start the node to resync from \
+                 peers.",
+                self.problems.len(),
+                crate::repair::CHECK_DEPTH_ENV,
+                crate::repair::CHECK_DEPTH
             )
         }
     }

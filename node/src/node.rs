@@ -91,7 +91,7 @@ pub async fn run_with(
         &store,
         &genesis,
         &home.db_dir(),
-        crate::repair::CHECK_DEPTH,
+        crate::repair::check_depth(),
     )
     .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     if !damage.is_empty() {

@@ -29,6 +29,21 @@ use crate::wire::MAX_SYNC_BLOCKS;
 
 /// Blocks below the tip checked at every start (`tallyd fsck` checks them all).
 pub const CHECK_DEPTH: u64 = 1000;
+/// Overrides [`CHECK_DEPTH`] for one start; `0` checks (and repairs) the whole chain.
+pub const CHECK_DEPTH_ENV: &str = "TALLY_STARTUP_CHECK_DEPTH";
+
+/// The start-up check depth: [`CHECK_DEPTH_ENV`] if set (0 = every block), else
+/// [`CHECK_DEPTH`].
+pub fn check_depth() -> u64 {
+    match std::env::var(CHECK_DEPTH_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(0) => u64::MAX,
+        Some(n) => n,
+        None => CHECK_DEPTH,
+    }
+}
 /// How long start-up waits for peers to serve damaged blocks before refusing.
 pub const REPAIR_WAIT: Duration = Duration::from_secs(60);
 
@@ -131,7 +146,8 @@ pub fn check_tip(
                     // Full signature checks where the chain does not vouch for the block.
                     let full = h == tip.height || expected.is_none();
                     let ok = if full {
-                        v.verify_commit(chain_id, h, &hash, c).map_err(|e| e.to_string())
+                        v.verify_commit(chain_id, h, &hash, c)
+                            .map_err(|e| e.to_string())
                     } else if c.height == h && c.block_hash == hash {
                         Ok(())
                     } else {
