@@ -94,11 +94,9 @@ async fn late_joiner_syncs_1000_blocks_from_several_peers_and_follows() {
         log.contains("blocks/s") && log.contains("tx/s"),
         "no sync rate in the log"
     );
-    // It fetched from both peers.
-    let peers: std::collections::HashSet<String> = log
+    let done = log
         .lines()
-        .filter(|l| l.contains("catching up from peers"))
-        .map(str::to_string)
-        .collect();
-    assert!(!peers.is_empty(), "no catch-up logged");
+        .find(|l| l.contains("caught up with peers"))
+        .expect("no catch-up summary logged");
+    eprintln!("joiner: {done}");
 }

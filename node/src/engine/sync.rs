@@ -17,7 +17,7 @@
 //! wrong state root) is penalised, its buffered blocks are dropped and it is not asked
 //! again for [`BAD_PEER_PAUSE`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,9 @@ pub const PER_PEER: usize = 3;
 /// How far past the tip blocks are requested (bounds the reorder buffer's memory:
 /// at most this many blocks are held, each within the response size cap).
 const WINDOW: u64 = 2 * MAX_IN_FLIGHT as u64 * MAX_SYNC_BLOCKS as u64;
+/// How often every connected peer is asked for its tip: gossip alone under-reports how far
+/// ahead peers are when our inbox lags behind the network.
+const STATUS_POLL: Duration = Duration::from_secs(2);
 /// How often a progress line is logged while catching up.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -88,6 +91,8 @@ struct Progress {
     from_height: u64,
     txs: u64,
     last_log: Instant,
+    /// Peers whose blocks were applied.
+    sources: HashSet<PeerId>,
 }
 
 #[derive(Default)]
@@ -101,6 +106,7 @@ pub(super) struct SyncState {
     bad: HashMap<PeerId, Instant>,
     progress: Option<Progress>,
     last_progress: Option<Instant>,
+    last_status_poll: Option<Instant>,
 }
 
 impl SyncState {
@@ -187,8 +193,45 @@ impl Engine {
         }
     }
 
+    /// Asks every connected peer for its tip (answers arrive as `PeerHeight`).
+    fn poll_status(&mut self, now: Instant) {
+        if self
+            .sync
+            .last_status_poll
+            .is_some_and(|t| now.duration_since(t) < STATUS_POLL)
+        {
+            return;
+        }
+        self.sync.last_status_poll = Some(now);
+        let net = self.net.clone();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let peers = net.peers().await.unwrap_or_default();
+            for p in peers.into_iter().filter(|p| p.connected && !p.banned) {
+                let (net, me) = (net.clone(), me.clone());
+                tokio::spawn(async move {
+                    let request = encode(&SyncRequest::Status);
+                    let Ok(bytes) = net.request(p.peer_id, request).await else {
+                        return;
+                    };
+                    if let Ok(SyncResponse::Status(s)) =
+                        decode::<SyncResponse>("status", &bytes, 1024)
+                    {
+                        let _ = me
+                            .send(EngineMsg::PeerHeight {
+                                peer: p.peer_id,
+                                height: s.height,
+                            })
+                            .await;
+                    }
+                });
+            }
+        });
+    }
+
     pub(super) fn maybe_request_sync(&mut self) {
         let now = Instant::now();
+        self.poll_status(now);
         self.sync
             .in_flight
             .retain(|_, r| now.duration_since(r.since) < REQUEST_DEADLINE);
@@ -211,6 +254,7 @@ impl Engine {
                     height = tip.height,
                     blocks,
                     txs = p.txs,
+                    peers = p.sources.len(),
                     seconds = format!("{secs:.1}"),
                     rate = format!(
                         "{:.0} blocks/s, {:.0} tx/s",
@@ -237,6 +281,7 @@ impl Engine {
                     from_height: tip.height,
                     txs: 0,
                     last_log: now,
+                    sources: HashSet::new(),
                 });
                 tracing::info!(
                     from = tip.height + 1,
@@ -349,6 +394,9 @@ impl Engine {
                 }
             };
             let n = block.txs.len() as u64;
+            if let Some(p) = self.sync.progress.as_mut() {
+                p.sources.insert(peer);
+            }
             self.executed.insert(hash, outcome);
             if self.commit(block, commit, false).is_err() {
                 break;
