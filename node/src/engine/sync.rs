@@ -575,3 +575,211 @@ pub fn serve(store: &impl ChainReader, request: &[u8], max_bytes: usize) -> Opti
     };
     Some(encode(&response))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ledger::block::{assemble, BlockTemplate};
+    use ledger::crypto::Keypair;
+    use ledger::exec::{build_body, ExecContext};
+    use ledger::genesis::{GenesisAccount, GenesisFile, GenesisValidator, Params};
+    use ledger::store::memory::MemStore;
+    use ledger::store::ChainWriter;
+    use ledger::types::{CommitSig, Payload, Tx, Vote, VoteKind};
+
+    const CHAIN: &str = "sync-test";
+
+    fn key(name: &str) -> Keypair {
+        Keypair::from_secret_bytes(&ledger::sha256(name.as_bytes())).unwrap()
+    }
+
+    fn genesis(v: &Keypair, sender: &Keypair) -> Genesis {
+        let file = GenesisFile {
+            chain_id: CHAIN.into(),
+            genesis_time_ms: 0,
+            params: Params::default(),
+            validators: vec![GenesisValidator {
+                name: "v".into(),
+                pubkey: hex::encode(v.public_key()),
+                power: 1,
+            }],
+            accounts: vec![GenesisAccount {
+                address: hex::encode(sender.address()),
+                balance: 1_000_000,
+            }],
+        };
+        Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap()
+    }
+
+    fn commit_for(v: &Keypair, height: u64, hash: Hash) -> Commit {
+        let vote = v.sign_vote(Vote {
+            chain_id: CHAIN.into(),
+            height,
+            round: 0,
+            kind: VoteKind::Precommit,
+            block_hash: Some(hash),
+        });
+        Commit {
+            height,
+            round: 0,
+            block_hash: hash,
+            signatures: vec![CommitSig {
+                validator: vote.validator,
+                signature: vote.signature,
+            }],
+        }
+    }
+
+    /// A valid chain of `n` blocks with two transfers each, in a MemStore.
+    fn chain(n: u64) -> (Genesis, MemStore, Vec<(Block, Commit)>) {
+        let (v, sender) = (key("v"), key("sender"));
+        let g = genesis(&v, &sender);
+        let store = MemStore::new(&g).unwrap();
+        let ctx = ExecContext {
+            chain_id: CHAIN,
+            params: &g.params,
+        };
+        let mut out: Vec<(Block, Commit)> = Vec::new();
+        for height in 1..=n {
+            let tip = store.tip().unwrap();
+            let txs: Vec<_> = (0..2)
+                .map(|i| {
+                    sender.sign_tx(Tx {
+                        chain_id: CHAIN.into(),
+                        from: sender.public_key(),
+                        nonce: (height - 1) * 2 + i,
+                        fee: 1,
+                        payload: Payload::Transfer {
+                            to: [9; 20],
+                            amount: 1,
+                        },
+                    })
+                })
+                .collect();
+            let body = build_body(&store, ctx, v.address(), txs, &Signatures::Verify).unwrap();
+            assert!(body.rejected.is_empty());
+            let block = assemble(
+                BlockTemplate {
+                    chain_id: CHAIN.into(),
+                    height,
+                    round: 0,
+                    time_ms: height,
+                    prev_hash: tip.block_hash,
+                    validators_hash: g.validators.hash(),
+                    proposer: v.address(),
+                    last_commit: out.last().map(|(_, c)| c.clone()),
+                },
+                &body,
+            );
+            let commit = commit_for(&v, height, block.hash());
+            let ids: Vec<Hash> = body.outcome.receipts.iter().map(|r| r.id).collect();
+            store
+                .commit_block(&block, &commit, &body.outcome.update, &ids)
+                .unwrap();
+            out.push((block, commit));
+        }
+        (g, store, out)
+    }
+
+    fn is_bad(r: Result<Vec<Verified>, Fault>) -> bool {
+        matches!(r, Err(Fault::Bad(PenaltyReason::InvalidBlock, _)))
+    }
+
+    #[test]
+    fn a_valid_chunk_passes_and_every_kind_of_tampering_is_caught() {
+        let (g, _, blocks) = chain(5);
+        assert_eq!(verify_chunk(&g, 1, blocks.clone()).unwrap().len(), 5);
+        assert_eq!(verify_chunk(&g, 3, blocks[2..].to_vec()).unwrap().len(), 3);
+        // Not the heights asked for.
+        assert!(is_bad(verify_chunk(&g, 2, blocks.clone())));
+        // A gap: block 3 missing.
+        let mut gap = blocks.clone();
+        gap.remove(2);
+        assert!(is_bad(verify_chunk(&g, 1, gap)));
+        // A commit for another block.
+        let mut wrong = blocks.clone();
+        wrong[1].1 = blocks[2].1.clone();
+        assert!(is_bad(verify_chunk(&g, 1, wrong)));
+        // A commit signed by someone outside the validator set.
+        let mut forged = blocks.clone();
+        forged[4].1 = commit_for(&key("mallory"), 5, blocks[4].0.hash());
+        assert!(is_bad(verify_chunk(&g, 1, forged)));
+        // A tx signature flipped (same header: the commit still matches the header).
+        let mut tampered = blocks.clone();
+        tampered[3].0.txs[1].signature[10] ^= 1;
+        assert!(is_bad(verify_chunk(&g, 1, tampered)));
+    }
+
+    #[test]
+    fn serve_answers_within_the_cap_and_the_answer_verifies() {
+        let (g, store, _) = chain(6);
+        let request = encode(&SyncRequest::Blocks { from: 2, count: 64 });
+        let all = serve(&store, &request, 1 << 20).unwrap();
+        assert_eq!(verify_response(&g, 2, 64, &all).unwrap().len(), 5);
+        // A tiny cap still returns one block, never zero.
+        let one = serve(&store, &request, 10).unwrap();
+        assert_eq!(verify_response(&g, 2, 64, &one).unwrap().len(), 1);
+        // More than asked for is a bad response; nothing is "unavailable".
+        assert!(matches!(
+            verify_response(&g, 2, 3, &all),
+            Err(Fault::Bad(PenaltyReason::BadResponse, _))
+        ));
+        let none = serve(
+            &store,
+            &encode(&SyncRequest::Blocks { from: 9, count: 4 }),
+            1 << 20,
+        )
+        .unwrap();
+        assert!(matches!(
+            verify_response(&g, 9, 4, &none),
+            Err(Fault::Unavailable(_))
+        ));
+        assert!(matches!(
+            verify_response(&g, 2, 4, b"garbage"),
+            Err(Fault::Bad(PenaltyReason::Undecodable, _))
+        ));
+    }
+
+    #[test]
+    fn gaps_skip_buffered_and_requested_heights_and_bad_peers_are_not_picked() {
+        let (_, _, blocks) = chain(1);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut s = SyncState::default();
+        assert_eq!(s.next_gap(1, 500), Some((1, 64)));
+        s.in_flight.insert(
+            1,
+            Request {
+                peer: a,
+                count: 64,
+                since: Instant::now(),
+            },
+        );
+        assert_eq!(s.next_gap(1, 500), Some((65, 64)));
+        let (block, commit) = blocks[0].clone();
+        let hash = block.hash();
+        s.buffer.insert(
+            65,
+            (
+                b,
+                Verified {
+                    block,
+                    commit,
+                    hash,
+                },
+            ),
+        );
+        assert_eq!(s.next_gap(1, 500), Some((66, 64)));
+        assert_eq!(s.next_gap(1, 70), Some((66, 5)));
+        assert_eq!(s.next_gap(1, 65), None);
+        s.peers.insert(a, 1000);
+        s.peers.insert(b, 1000);
+        // b is idle, a has one request: b first.
+        assert_eq!(s.pick(66).map(|p| p.0), Some(b));
+        s.condemn(b);
+        assert!(s.buffer.is_empty(), "a bad peer's blocks are dropped");
+        assert_eq!(s.pick(66).map(|p| p.0), Some(a));
+        s.condemn(a);
+        assert_eq!(s.pick(66), None, "bad peers are not asked again");
+    }
+}
