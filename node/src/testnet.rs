@@ -665,6 +665,10 @@ pub fn start(dir: &Path, run: &RunArgs) -> anyhow::Result<()> {
         dir.join(SUPERVISOR_PID),
         format!("{}\n", std::process::id()),
     )?;
+    // Signal handlers go in before the first node starts: the nodes run in their own
+    // process groups, so a Ctrl-C that killed us half-way would leave them orphaned.
+    let rt = runtime()?;
+    let signals = rt.block_on(async { Signals::install() })?;
     let mut children: Vec<Option<Child>> = Vec::with_capacity(m.nodes.len());
     for i in 0..m.nodes.len() {
         match spawn_node(dir, i) {
@@ -677,8 +681,7 @@ pub fn start(dir: &Path, run: &RunArgs) -> anyhow::Result<()> {
     }
     print_banner(dir, &m);
     let interactive = !run.non_interactive && std::io::stdout().is_terminal();
-    let result =
-        runtime().and_then(|rt| rt.block_on(supervise(dir, &m, &mut children, interactive)));
+    let result = rt.block_on(supervise(dir, &m, &mut children, interactive, signals));
     println!("\nstopping {} nodes ...", m.nodes.len());
     shutdown(dir, &m, &mut children, false);
     let _ = std::fs::remove_file(dir.join(SUPERVISOR_PID));
@@ -710,18 +713,33 @@ fn shutdown(dir: &Path, m: &Manifest, children: &mut [Option<Child>], hard: bool
     }
 }
 
-/// Redraws the status until Ctrl-C, SIGTERM or SIGHUP (a closed terminal).
+/// Ctrl-C, SIGTERM and SIGHUP (a closed terminal). Registered once: a signal that arrives
+/// while a status poll is in flight (or before supervision starts) is kept, not lost.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Redraws the status until a signal in [`Signals`].
 async fn supervise(
     dir: &Path,
     m: &Manifest,
     children: &mut [Option<Child>],
     interactive: bool,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    // Created once: a signal that arrives while a poll is in flight is kept, not lost.
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let period = if interactive {
         Duration::from_secs(1)
     } else {
@@ -733,9 +751,9 @@ async fn supervise(
     let mut events: Vec<String> = Vec::new();
     loop {
         tokio::select! {
-            _ = int.recv() => return Ok(()),
-            _ = term.recv() => return Ok(()),
-            _ = hup.recv() => return Ok(()),
+            _ = signals.int.recv() => return Ok(()),
+            _ = signals.term.recv() => return Ok(()),
+            _ = signals.hup.recv() => return Ok(()),
             _ = ticker.tick() => {}
         }
         // Reap children that exited (killed from another terminal, or crashed) and say
