@@ -98,7 +98,8 @@ pub async fn run_with(
         tracing::warn!(
             heights = ?damage.heights,
             findings = ?damage.findings,
-            "start-up check found damaged block records; fetching them again from peers"
+            state = ?damage.state,
+            "start-up check found damage; repairing (blocks from peers, state by replay)"
         );
     }
     let tip = store.tip()?;
@@ -148,7 +149,7 @@ pub async fn run_with(
             &net,
             &damage,
             &home.db_dir(),
-            crate::repair::REPAIR_WAIT,
+            crate::repair::repair_wait(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;

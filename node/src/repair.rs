@@ -8,15 +8,17 @@
 //!
 //! Damaged block records are fetched again from peers by [`repair_from_peers`], verified
 //! (commit signatures, and the hash the chain above them expects) and rewritten with
-//! [`RocksStore::repair_block`]. Damage that cannot be repaired from peers (the state
-//! tree, or no peer serving the blocks in time) makes the node refuse to start with a
-//! message saying what is wrong and what to run. Nothing is skipped silently.
+//! [`RocksStore::repair_block`]. A state whose root is not the tip's is rebuilt by
+//! replaying every stored block from genesis ([`rebuild_state`]). Damage that cannot be
+//! repaired (no peer serving the blocks in time, a block that does not replay) makes the
+//! node refuse to start with a message saying what is wrong and what to run. Nothing is
+//! skipped silently.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ledger::exec::tx_ids_and_sizes;
+use ledger::exec::{execute_block, tx_ids_and_sizes, ExecContext, Signatures};
 use ledger::genesis::Genesis;
 use ledger::state::StateReader;
 use ledger::store::rocks::RocksStore;
@@ -46,6 +48,16 @@ pub fn check_depth() -> u64 {
 }
 /// How long start-up waits for peers to serve damaged blocks before refusing.
 pub const REPAIR_WAIT: Duration = Duration::from_secs(60);
+/// Overrides [`REPAIR_WAIT`], in seconds.
+pub const REPAIR_WAIT_ENV: &str = "TALLY_REPAIR_WAIT_SECS";
+
+/// [`REPAIR_WAIT`], or [`REPAIR_WAIT_ENV`] if set.
+pub fn repair_wait() -> Duration {
+    std::env::var(REPAIR_WAIT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(REPAIR_WAIT, Duration::from_secs)
+}
 
 /// What the start-up check found wrong with the block records.
 #[derive(Debug, Default)]
@@ -54,12 +66,14 @@ pub struct Damage {
     pub heights: Vec<u64>,
     /// One line per finding.
     pub findings: Vec<String>,
+    /// The state does not match the tip: rebuild it by replaying the blocks.
+    pub state: Option<String>,
     pub checked: u64,
 }
 
 impl Damage {
     pub fn is_empty(&self) -> bool {
-        self.heights.is_empty()
+        self.heights.is_empty() && self.state.is_none()
     }
 }
 
@@ -72,8 +86,8 @@ fn advice(db: &Path) -> String {
     )
 }
 
-/// Checks the tip and the last `depth` blocks. `Err` is a refusal message: damage that
-/// peers cannot repair (the state, or the tip record itself).
+/// Checks the tip, the state root and the last `depth` blocks. `Err` is a refusal
+/// message: the tip record itself is unreadable.
 pub fn check_tip(
     store: &RocksStore,
     genesis: &Genesis,
@@ -84,21 +98,21 @@ pub fn check_tip(
     let tip = store
         .tip()
         .map_err(|e| refuse(format!("cannot read the chain tip ({e})")))?;
-    match store.tree_version() {
-        Ok(Some((_, root))) if root == tip.state_root => {}
-        Ok(Some((_, root))) => {
-            return Err(refuse(format!(
-                "the state tree root {} is not the tip's state root {} (height {}); the \
-                 state cannot be repaired from block records at start-up",
-                ledger::to_hex(&root),
-                ledger::to_hex(&tip.state_root),
-                tip.height
-            )))
-        }
-        Ok(None) => return Err(refuse("the state tree has no version".into())),
-        Err(e) => return Err(refuse(format!("cannot read the state tree version ({e})"))),
-    }
-    let mut damage = Damage::default();
+    let state = match store.tree_version() {
+        Ok(Some((_, root))) if root == tip.state_root => None,
+        Ok(Some((_, root))) => Some(format!(
+            "the state tree root {} is not the tip's state root {} (height {})",
+            ledger::to_hex(&root),
+            ledger::to_hex(&tip.state_root),
+            tip.height
+        )),
+        Ok(None) => Some("the state tree has no version".into()),
+        Err(e) => Some(format!("cannot read the state tree version ({e})")),
+    };
+    let mut damage = Damage {
+        state,
+        ..Damage::default()
+    };
     if tip.height == 0 {
         return Ok(damage);
     }
@@ -254,7 +268,57 @@ pub async fn repair_from_peers(
         }
         remaining.retain(|h| *h < lo);
     }
-    tracing::warn!(blocks = repaired, "start-up repair done");
+    if repaired > 0 {
+        tracing::warn!(blocks = repaired, "block repair done");
+    }
+    if let Some(what) = &damage.state {
+        tracing::warn!(problem = %what, "the state is damaged; rebuilding it by replaying every block");
+        rebuild_state(store, genesis).map_err(|e| {
+            format!(
+                "the database is damaged ({what}) and the state cannot be rebuilt: {e}. {}",
+                advice(db)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Rebuilds the state from genesis by re-executing every stored block (signatures
+/// verified again), checking each block's state root, then the tip's.
+pub fn rebuild_state(store: &RocksStore, genesis: &Genesis) -> Result<(), String> {
+    let started = Instant::now();
+    let tip = store.tip().map_err(|e| e.to_string())?;
+    store.reset_state(genesis).map_err(|e| e.to_string())?;
+    let ctx = ExecContext {
+        chain_id: &genesis.chain_id,
+        params: &genesis.params,
+    };
+    for h in 1..=tip.height {
+        let block = match store.block(h) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(format!("block {h} is missing")),
+            Err(e) => return Err(format!("block {h}: {e}")),
+        };
+        let outcome = execute_block(store, ctx, &block, &Signatures::Verify)
+            .map_err(|e| format!("block {h} does not replay: {e}"))?;
+        store
+            .replay_state(&outcome.update, h == tip.height)
+            .map_err(|e| format!("cannot write the state of block {h}: {e}"))?;
+    }
+    match store.tree_version() {
+        Ok(Some((_, root))) if root == tip.state_root => {}
+        other => {
+            return Err(format!(
+                "the replayed state root {other:?} is not the tip's {}",
+                ledger::to_hex(&tip.state_root)
+            ))
+        }
+    }
+    tracing::warn!(
+        blocks = tip.height,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "state rebuilt by replay; its root matches the tip"
+    );
     Ok(())
 }
 

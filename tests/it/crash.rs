@@ -177,7 +177,7 @@ async fn stop_node(net: &mut TestNet, v: usize) -> u64 {
 
 /// Restarts node `v`, expects it to repair blocks from peers at start-up, catch up, hold
 /// the same blocks and state roots as node 0 at every height, and pass `tallyd fsck`.
-async fn expect_repaired(net: &mut TestNet, v: usize, case: &str) {
+async fn expect_repaired(net: &mut TestNet, v: usize, case: &str, logged: &str) {
     let log_start = std::fs::metadata(net.log_path(v)).map_or(0, |m| m.len() as usize);
     net.start_node(v).unwrap();
     net.wait_addresses(v, Duration::from_secs(90))
@@ -186,7 +186,7 @@ async fn expect_repaired(net: &mut TestNet, v: usize, case: &str) {
     let log = std::fs::read_to_string(net.log_path(v)).unwrap();
     let log = &log[log_start.min(log.len())..];
     assert!(
-        log.contains("repaired block from peers"),
+        log.contains(logged),
         "case {case}: no repair logged:\n{log}"
     );
     let end = net.height(0).await.unwrap() + 2;
@@ -210,14 +210,16 @@ async fn expect_repaired(net: &mut TestNet, v: usize, case: &str) {
 /// (a) a block record overwritten with garbage: repaired from peers;
 /// (b) a range of block records deleted: repaired from peers;
 /// (c) bytes flipped inside a RocksDB data file of the blocks column family: repaired;
-/// (d) the state tree's root record altered: refused, with a message naming the problem
-///     and the commands to run.
+/// (d) the state tree's root record altered: the state is rebuilt by replaying the blocks;
+/// (e) a block record overwritten while no peer is up: refused after
+///     `TALLY_REPAIR_WAIT_SECS`, with a message naming the problem and what to run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_stores_are_repaired_from_peers_or_refused() {
     let started = Instant::now();
     let mut net = TestNet::builder()
         .validators(4)
         .timeout_commit_ms(20)
+        .env("TALLY_REPAIR_WAIT_SECS", "5")
         .start()
         .await
         .unwrap();
@@ -245,7 +247,7 @@ async fn damaged_stores_are_repaired_from_peers_or_refused() {
     let (code, out) = net.tallyd(v, &["fsck"]).unwrap();
     assert_eq!(code, 2, "(a) fsck:\n{out}");
     assert!(out.contains(&format!("block {h}")), "(a) fsck:\n{out}");
-    expect_repaired(&mut net, v, "a").await;
+    expect_repaired(&mut net, v, "a", "repaired block from peers").await;
 
     // (b) A range of block records deleted (up to the tip's parent).
     let tip = net.height(0).await.unwrap().min({
@@ -264,7 +266,7 @@ async fn damaged_stores_are_repaired_from_peers_or_refused() {
     let (code, out) = net.tallyd(v, &["fsck"]).unwrap();
     assert_eq!(code, 2, "(b) fsck:\n{out}");
     assert!(out.contains("missing"), "(b) fsck:\n{out}");
-    expect_repaired(&mut net, v, "b").await;
+    expect_repaired(&mut net, v, "b", "repaired block from peers").await;
 
     // (c) Bytes flipped inside an SST file of the blocks column family.
     let sst = with_db(&home, |db| {
@@ -285,9 +287,9 @@ async fn damaged_stores_are_repaired_from_peers_or_refused() {
     std::fs::write(&sst, bytes).unwrap();
     let (code, out) = net.tallyd(v, &["fsck"]).unwrap();
     assert_eq!(code, 2, "(c) fsck:\n{out}");
-    expect_repaired(&mut net, v, "c").await;
+    expect_repaired(&mut net, v, "c", "repaired block from peers").await;
 
-    // (d) The state tree's root record altered: refused, not repaired.
+    // (d) The state tree's root record altered: rebuilt by replay.
     with_db(&home, |db| {
         let mut tree = db.get_cf(cf(db, "meta"), b"tree").unwrap().unwrap();
         let last = tree.len() - 1;
@@ -296,22 +298,36 @@ async fn damaged_stores_are_repaired_from_peers_or_refused() {
     });
     let (code, out) = net.tallyd(v, &["fsck"]).unwrap();
     assert_eq!(code, 2, "(d) fsck:\n{out}");
+    expect_repaired(&mut net, v, "d", "state rebuilt by replay").await;
+
+    // (e) A damaged block and no peer to fetch it from: refused.
+    let h = {
+        let (_, out) = net.tallyd(v, &["fsck"]).unwrap();
+        out.split("tip ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap()
+    } - 3;
+    for i in 0..3 {
+        net.stop(i).await.unwrap();
+    }
+    with_db(&home, |db| {
+        db.put_cf(cf(db, "blocks"), h.to_be_bytes(), b"garbage")
+            .unwrap()
+    });
     net.start_node(v).unwrap();
-    let (code, log) = net.wait_exit(v, Duration::from_secs(30)).await.unwrap();
-    assert_ne!(code, 0, "(d) the node started on a damaged state:\n{log}");
+    let (code, log) = net.wait_exit(v, Duration::from_secs(60)).await.unwrap();
+    assert_ne!(code, 0, "(e) the node started with a damaged block:\n{log}");
     for needle in [
         "refusing to start",
-        "state tree root",
+        &format!("block {h}"),
+        "no peer served blocks",
         "tallyd fsck",
         "resyncs",
     ] {
-        assert!(log.contains(needle), "(d) message lacks {needle:?}:\n{log}");
+        assert!(log.contains(needle), "(e) message lacks {needle:?}:\n{log}");
     }
-    // The others were never affected.
-    let h = net.height(0).await.unwrap();
-    net.wait_nodes_height(&[0, 1, 2], h + 2, Duration::from_secs(30))
-        .await
-        .unwrap();
     eprintln!(
         "corruption cases done in {:.1}s",
         started.elapsed().as_secs_f64()

@@ -298,6 +298,43 @@ impl RocksStore {
         self.db.write_opt(batch, &Self::synced()).map_err(db_err)
     }
 
+    /// Drops every state record (accounts and tree nodes) and writes the genesis state
+    /// again; blocks, commits, indexes, tip and consensus records stay. The first step of
+    /// rebuilding a damaged state by replaying the stored blocks with
+    /// [`Self::replay_state`]. Synced.
+    pub fn reset_state(&self, genesis: &Genesis) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(CF_STATE)?,
+            [0u8].as_slice(),
+            [0xffu8; 40].as_slice(),
+        );
+        batch.delete_cf(self.cf(CF_META)?, META_TREE);
+        self.db.write_opt(batch, &Self::synced()).map_err(db_err)?;
+        let update = genesis_update(self, genesis)?;
+        let mut batch = WriteBatch::default();
+        self.put_state(&mut batch, &update)?;
+        batch.put_cf(
+            self.cf(CF_META)?,
+            META_TREE,
+            encode(&(update.version, update.root)),
+        );
+        self.db.write_opt(batch, &Self::synced()).map_err(db_err)
+    }
+
+    /// Writes the state changes of one replayed block (after [`Self::reset_state`]),
+    /// leaving blocks and tip alone; `sync` for the last one.
+    pub fn replay_state(&self, update: &StateUpdate, sync: bool) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.put_state(&mut batch, update)?;
+        let opts = if sync {
+            Self::synced()
+        } else {
+            WriteOptions::default()
+        };
+        self.db.write_opt(batch, &opts).map_err(db_err)
+    }
+
     /// Flushes memtables to disk (used before taking a copy of the directory in tests).
     pub fn flush(&self) -> Result<(), StoreError> {
         for name in ALL_CFS {
