@@ -51,7 +51,7 @@ impl fmt::Display for Report {
                  {}=0 while peers are reachable: it checks the whole chain and fetches damaged \
                  blocks from peers (by default it checks the last {} blocks); a state whose \
                  root is not the tip's is rebuilt by replaying the blocks. Otherwise move \
-                 data/db away and start the node to resync from peers.
+                 data/db away and start the node to resync from peers.",
                 self.problems.len(),
                 crate::repair::CHECK_DEPTH_ENV,
                 crate::repair::CHECK_DEPTH
