@@ -12,12 +12,14 @@ SEEDS ?= 5000
 .PHONY: help bootstrap build release test lint fmt bench soak clean-target
 
 help:
+	@echo "make testnet   - release build, then a local testnet: 4 validators + 1 full node (Ctrl-C stops it)"
 	@echo "make test      - install system deps if missing, then run the whole test suite"
 	@echo "make lint      - rustfmt check + clippy (-D warnings)"
 	@echo "make build     - debug build of every crate"
 	@echo "make release   - optimised build of tallyd and tally"
-	@echo "make bench     - ledger benchmarks (verify rate, check+apply, 10k and 1M accounts)"
-	@echo "make soak      - long consensus simulation (SEEDS=$(SEEDS))"
+	@echo "make bench     - ledger (verify rate, check+apply at 10k/1M accounts) and sync benchmarks"
+	@echo "make soak      - long runs: consensus simulation (SEEDS=$(SEEDS)), byzantine peers, crash torture"
+	@echo "make monitor   - Prometheus against the local testnet (make monitor-stop stops it)"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
