@@ -9,20 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Codes the node uses when it refuses a transaction (ledger::check::TxError codes plus
-/// the mempool's own). These map to exit code 4.
-pub const TX_REJECT_CODES: &[&str] = &[
-    "malformed",
-    "too_large",
-    "wrong_chain",
-    "high_s_signature",
-    "bad_signature",
-    "nonce_too_low",
-    "nonce_too_high",
-    "fee_too_low",
-    "zero_amount",
-    "insufficient_funds",
-    "overflow",
+/// Codes the node's mempool adds to the ledger's transaction codes
+/// (`ledger::check::TxError::CODES`) when it refuses a transaction. Both map to exit code 4.
+pub const MEMPOOL_REJECT_CODES: &[&str] = &[
     "duplicate",
     "mempool_full",
     "nonce_gap",
@@ -30,6 +19,11 @@ pub const TX_REJECT_CODES: &[&str] = &[
     "replacement_underpriced",
     "sender_limit",
 ];
+
+/// Whether `code` is a refusal of the transaction itself (as opposed to a bad request).
+pub fn is_tx_rejection(code: &str) -> bool {
+    ledger::check::TxError::CODES.contains(&code) || MEMPOOL_REJECT_CODES.contains(&code)
+}
 
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:26657";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -355,7 +349,7 @@ pub fn node_error(status: u16, code: &str, message: &str) -> Error {
         _ => "",
     };
     let text = if message.is_empty() { code } else { message };
-    if TX_REJECT_CODES.contains(&code) {
+    if is_tx_rejection(code) {
         Error::rejected(
             code,
             format!("node rejected the transaction: {text} ({code}){hint}"),

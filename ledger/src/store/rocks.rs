@@ -239,6 +239,31 @@ impl RocksStore {
         Ok(())
     }
 
+    /// The block, its commit and its indexes (everything but state and tip) into `batch`.
+    fn put_block_records(
+        &self,
+        batch: &mut WriteBatch,
+        block: &Block,
+        commit: &Commit,
+        hash: &Hash,
+        tx_ids: &[Hash],
+    ) -> Result<(), StoreError> {
+        let height = block.header.height;
+        let key = height.to_be_bytes();
+        batch.put_cf(self.cf(CF_BLOCKS)?, key, seal(&encode(block)));
+        batch.put_cf(self.cf(CF_COMMITS)?, key, seal(&encode(commit)));
+        batch.put_cf(self.cf(CF_BLOCK_INDEX)?, hash, key);
+        let tx_cf = self.cf(CF_TX_INDEX)?;
+        for (index, id) in tx_ids.iter().enumerate() {
+            let loc = TxLocation {
+                height,
+                index: index as u32,
+            };
+            batch.put_cf(tx_cf, id, encode(&loc));
+        }
+        Ok(())
+    }
+
     /// Approximate on-disk size per column family, for metrics.
     pub fn sizes(&self) -> Vec<(&'static str, u64)> {
         ALL_CFS
@@ -282,19 +307,8 @@ impl RocksStore {
                 tip.height
             )));
         }
-        let key = height.to_be_bytes();
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_BLOCKS)?, key, seal(&encode(block)));
-        batch.put_cf(self.cf(CF_COMMITS)?, key, seal(&encode(commit)));
-        batch.put_cf(self.cf(CF_BLOCK_INDEX)?, hash, key);
-        let tx_cf = self.cf(CF_TX_INDEX)?;
-        for (index, id) in tx_ids.iter().enumerate() {
-            let loc = TxLocation {
-                height,
-                index: index as u32,
-            };
-            batch.put_cf(tx_cf, id, encode(&loc));
-        }
+        self.put_block_records(&mut batch, block, commit, &hash, tx_ids)?;
         self.db.write_opt(batch, &Self::synced()).map_err(db_err)
     }
 
@@ -465,19 +479,8 @@ impl ChainWriter for RocksStore {
         check_extends(&tip, block)?;
         let height = block.header.height;
         let hash = block.hash();
-        let key = height.to_be_bytes();
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_BLOCKS)?, key, seal(&encode(block)));
-        batch.put_cf(self.cf(CF_COMMITS)?, key, seal(&encode(commit)));
-        batch.put_cf(self.cf(CF_BLOCK_INDEX)?, hash, key);
-        let tx_cf = self.cf(CF_TX_INDEX)?;
-        for (index, id) in tx_ids.iter().enumerate() {
-            let loc = TxLocation {
-                height,
-                index: index as u32,
-            };
-            batch.put_cf(tx_cf, id, encode(&loc));
-        }
+        self.put_block_records(&mut batch, block, commit, &hash, tx_ids)?;
         self.put_state(&mut batch, update)?;
         let new_tip = Tip {
             height,
