@@ -58,7 +58,8 @@ impl Metrics {
             ]),
             dropped_events: Family::default(),
             connections_denied: Family::default(),
-            libp2p: libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p")),
+            // libp2p-metrics prefixes its families with `libp2p_` itself.
+            libp2p: libp2p::metrics::Metrics::new(registry),
         };
         let r = registry.sub_registry_with_prefix("tally");
         r.register("peers", "Connected peers", m.peers.clone());

@@ -21,8 +21,7 @@ type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
 /// it either way.
 const NEGATIVE_BUCKET_HISTOGRAMS: &[&str] = &["tally_peer_score"];
 
-/// Unit-less names of third-party families we cannot rename, by suffix (so they
-/// still match once the doubled `libp2p_libp2p_` prefix is fixed).
+/// Unit-less names of third-party families we cannot rename, matched by suffix.
 const THIRD_PARTY_UNIT_EXCEPTIONS: &[&str] = &["swarm_connections_establishment_duration"];
 
 /// Words of a HELP text that say the value is a duration or a size; the name must then
