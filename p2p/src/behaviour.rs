@@ -77,13 +77,8 @@ impl Behaviour {
             None
         };
 
-        // Anonymous gossip: every Tally message already carries its own secp256k1 signature
-        // (transactions, votes, proposals), message ids are content hashes, and scoring is
-        // by the forwarding peer, not the author. A libp2p author signature on top cost an
-        // Ed25519 sign per publish and a verify per receipt on every node — ~16% of a
-        // validator's CPU under transaction load (perf, bench/network.md).
         let mut gossipsub = Gossipsub::new_with_subscription_filter(
-            gossipsub::MessageAuthenticity::Anonymous,
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
             gossipsub_config(cfg)?,
             gossipsub::WhitelistSubscriptionFilter(
                 Topic::ALL
@@ -132,7 +127,7 @@ fn gossipsub_config(cfg: &NetworkConfig) -> Result<gossipsub::Config, NetworkErr
         // Default is 5 s: far too long for 1 s blocks, the mesh would form late.
         .heartbeat_initial_delay(Duration::from_millis(100))
         .max_transmit_size(cfg.max_message_bytes)
-        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::new(&content_id(&m.data)))
         // Publish to every subscribed peer above the publish threshold, not only the mesh:
