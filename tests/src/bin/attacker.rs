@@ -209,7 +209,12 @@ async fn main() -> anyhow::Result<()> {
                     Topic::Tx => stats.sent_tx.fetch_add(1, Ordering::Relaxed),
                     Topic::Consensus => stats.sent_consensus.fetch_add(1, Ordering::Relaxed),
                 },
-                Err(_) => stats.publish_errors.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    if stats.publish_errors.load(Ordering::Relaxed) == 0 {
+                        eprintln!("attacker: first publish error: {e}");
+                    }
+                    stats.publish_errors.fetch_add(1, Ordering::Relaxed)
+                }
             };
             sent += 1;
         }
