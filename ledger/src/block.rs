@@ -134,3 +134,38 @@ pub fn check_header(
     }
     Ok(())
 }
+
+/// The commit `signers` make for `block_hash` at (`height`, `round`): each signs the
+/// precommit, signatures sorted by validator address with duplicates removed, as
+/// [`ValidatorSet::verify_commit`] requires. The consensus core assembles commits from
+/// gossiped votes; this is for tools, tests and benches that hold the keys themselves.
+pub fn sign_commit(
+    chain_id: &str,
+    height: u64,
+    round: u32,
+    block_hash: Hash,
+    signers: &[&crate::crypto::Keypair],
+) -> Commit {
+    let vote = crate::types::Vote {
+        chain_id: chain_id.to_string(),
+        height,
+        round,
+        kind: crate::types::VoteKind::Precommit,
+        block_hash: Some(block_hash),
+    };
+    let mut signatures: Vec<crate::types::CommitSig> = signers
+        .iter()
+        .map(|k| crate::types::CommitSig {
+            validator: k.address(),
+            signature: k.sign_vote(vote.clone()).signature,
+        })
+        .collect();
+    signatures.sort_by_key(|s| s.validator);
+    signatures.dedup_by_key(|s| s.validator);
+    Commit {
+        height,
+        round,
+        block_hash,
+        signatures,
+    }
+}

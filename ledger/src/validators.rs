@@ -282,21 +282,8 @@ mod tests {
     fn commit_checks() {
         let (keys, s) = set(&[1, 1, 1, 1]);
         let hash = [7u8; 32];
-        let vote = Vote {
-            chain_id: "c".into(),
-            height: 3,
-            round: 1,
-            kind: VoteKind::Precommit,
-            block_hash: Some(hash),
-        };
-        let mut sigs: Vec<_> = keys
-            .iter()
-            .map(|k| crate::types::CommitSig {
-                validator: k.address(),
-                signature: k.sign_vote(vote.clone()).signature,
-            })
-            .collect();
-        sigs.sort_by_key(|s| s.validator);
+        let all: Vec<&Keypair> = keys.iter().collect();
+        let sigs = crate::block::sign_commit("c", 3, 1, hash, &all).signatures;
         let commit = Commit {
             height: 3,
             round: 1,

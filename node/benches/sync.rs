@@ -21,7 +21,7 @@ use ledger::exec::{build_body, execute_block, ExecContext, Signatures};
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::store::rocks::RocksStore;
 use ledger::store::{ChainReader, ChainWriter};
-use ledger::types::{Block, Commit, CommitSig, Payload, SignedTx, Tx, Vote, VoteKind};
+use ledger::types::{Block, Commit, Payload, SignedTx, Tx};
 use ledger::{sha256, Hash};
 use rayon::prelude::*;
 use tally_node::engine::sync::{verify_response, MAX_IN_FLIGHT};
@@ -65,22 +65,7 @@ fn genesis(validator: &Keypair, senders: &[Keypair], txs: usize) -> Genesis {
 }
 
 fn sign_commit(validator: &Keypair, height: u64, hash: Hash) -> Commit {
-    let vote = validator.sign_vote(Vote {
-        chain_id: CHAIN.into(),
-        height,
-        round: 0,
-        kind: VoteKind::Precommit,
-        block_hash: Some(hash),
-    });
-    Commit {
-        height,
-        round: 0,
-        block_hash: hash,
-        signatures: vec![CommitSig {
-            validator: vote.validator,
-            signature: vote.signature,
-        }],
-    }
+    ledger::block::sign_commit(CHAIN, height, 0, hash, &[validator])
 }
 
 /// The serving peer's chain: `blocks` blocks of `txs` transfers each.

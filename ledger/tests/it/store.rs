@@ -65,22 +65,7 @@ fn grow_chain<S: ChainWriter>(store: &S, genesis: &ledger::genesis::Genesis, n: 
         check_header(CHAIN, set, &tip, &block).unwrap();
         let outcome = execute_block(store, ctx, &block, &Signatures::Verify).unwrap();
         let hash = block.hash();
-        let vote = Vote {
-            chain_id: CHAIN.into(),
-            height,
-            round: 0,
-            kind: VoteKind::Precommit,
-            block_hash: Some(hash),
-        };
-        let commit = Commit {
-            height,
-            round: 0,
-            block_hash: hash,
-            signatures: vec![CommitSig {
-                validator: validator.address(),
-                signature: validator.sign_vote(vote).signature,
-            }],
-        };
+        let commit = ledger::block::sign_commit(CHAIN, height, 0, hash, &[validator]);
         set.verify_commit(CHAIN, height, &hash, &commit).unwrap();
         let ids: Vec<_> = outcome.receipts.iter().map(|r| r.id).collect();
         store

@@ -586,7 +586,7 @@ mod tests {
     use ledger::genesis::{GenesisAccount, GenesisFile, GenesisValidator, Params};
     use ledger::store::memory::MemStore;
     use ledger::store::ChainWriter;
-    use ledger::types::{CommitSig, Payload, Tx, Vote, VoteKind};
+    use ledger::types::{Payload, Tx};
 
     const CHAIN: &str = "sync-test";
 
@@ -613,22 +613,7 @@ mod tests {
     }
 
     fn commit_for(v: &Keypair, height: u64, hash: Hash) -> Commit {
-        let vote = v.sign_vote(Vote {
-            chain_id: CHAIN.into(),
-            height,
-            round: 0,
-            kind: VoteKind::Precommit,
-            block_hash: Some(hash),
-        });
-        Commit {
-            height,
-            round: 0,
-            block_hash: hash,
-            signatures: vec![CommitSig {
-                validator: vote.validator,
-                signature: vote.signature,
-            }],
-        }
+        ledger::block::sign_commit(CHAIN, height, 0, hash, &[v])
     }
 
     /// A valid chain of `n` blocks with two transfers each, in a MemStore.

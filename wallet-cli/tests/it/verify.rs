@@ -4,7 +4,7 @@
 use ledger::crypto::Keypair;
 use ledger::genesis::Genesis;
 use ledger::store::memory::MemStore;
-use ledger::types::{Block, Commit, CommitSig, Header, Vote, VoteKind};
+use ledger::types::{Block, Header};
 use ledger::ZERO_HASH;
 use serde_json::{json, Value};
 
@@ -41,22 +41,7 @@ fn serve_chain(node: &FakeNode, validator: &Keypair, genesis_text: &str, account
         last_commit_hash: ZERO_HASH,
     };
     let hash = header.hash();
-    let vote = validator.sign_vote(Vote {
-        chain_id: CHAIN_ID.into(),
-        height: 1,
-        round: 0,
-        kind: VoteKind::Precommit,
-        block_hash: Some(hash),
-    });
-    let commit = Commit {
-        height: 1,
-        round: 0,
-        block_hash: hash,
-        signatures: vec![CommitSig {
-            validator: validator.address(),
-            signature: vote.signature,
-        }],
-    };
+    let commit = ledger::block::sign_commit(CHAIN_ID, 1, 0, hash, &[validator]);
     let block = Block {
         header,
         txs: vec![],
