@@ -88,7 +88,13 @@ pub fn init(a: InitArgs) -> anyhow::Result<()> {
         }
         None => {
             let Some(v) = &validator else {
-                anyhow::bail!("a full node needs --genesis (the network's genesis.json)");
+                std::fs::write(home.config_file(), config.to_toml())?;
+                println!(
+                    "initialised full node {}; copy the network's genesis.json to {} before the first start",
+                    home.0.display(),
+                    home.genesis_file().display()
+                );
+                return Ok(());
             };
             let mut accounts = Vec::new();
             for spec in &a.accounts {
