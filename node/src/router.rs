@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use ledger::check::TxError;
 use ledger::codec::decode;
 use ledger::genesis::Genesis;
 use ledger::store::rocks::RocksStore;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{valid_evidence, EngineMsg};
 use crate::mempool::admission::admit_bytes;
 use crate::mempool::metrics::MempoolMetrics;
-use crate::mempool::Mempool;
+use crate::mempool::{AddError, Mempool};
 use crate::wire::ConsensusMessage;
 
 pub struct Router {
@@ -119,10 +120,12 @@ impl Router {
             max,
         ) {
             Ok(_) => Verdict::Accept,
-            Err(e) if e.is_peer_fault() => Verdict::Reject(match e.code() {
-                "bad_signature" | "high_s_signature" => PenaltyReason::InvalidSignature,
-                "malformed" => PenaltyReason::Undecodable,
-                "too_large" => PenaltyReason::Oversized,
+            Err(e) if e.is_peer_fault() => Verdict::Reject(match e {
+                AddError::Invalid(TxError::BadSignature | TxError::HighS) => {
+                    PenaltyReason::InvalidSignature
+                }
+                AddError::Invalid(TxError::Malformed(_)) => PenaltyReason::Undecodable,
+                AddError::Invalid(TxError::TooLarge { .. }) => PenaltyReason::Oversized,
                 _ => PenaltyReason::InvalidMessage,
             }),
             Err(_) => Verdict::Ignore,
