@@ -35,6 +35,9 @@ pub struct P2pSection {
     pub ban_threshold: f64,
     pub ban_duration_secs: u64,
     pub score_half_life_secs: u64,
+    /// Sign gossip with the libp2p identity (off: Tally messages carry their own
+    /// signatures). Every node of a network must use the same value.
+    pub gossip_author_signatures: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -121,6 +124,7 @@ impl Default for P2pSection {
             ban_threshold: -100.0,
             ban_duration_secs: 600,
             score_half_life_secs: 600,
+            gossip_author_signatures: false,
         }
     }
 }

@@ -139,6 +139,7 @@ pub async fn run_with(
     net_config.ban_threshold = config.p2p.ban_threshold;
     net_config.ban_duration = Duration::from_secs(config.p2p.ban_duration_secs);
     net_config.score_half_life = Duration::from_secs(config.p2p.score_half_life_secs.max(1));
+    net_config.gossip_author_signatures = config.p2p.gossip_author_signatures;
     let sync_max_response_bytes = net_config.sync_max_response_bytes;
     let (net, net_events) = tally_p2p::spawn(net_config, &mut registry, shutdown.clone())
         .map_err(|e| anyhow::anyhow!("cannot start networking: {e}"))?;

@@ -77,8 +77,14 @@ impl Behaviour {
             None
         };
 
+        // Anonymous by default: see `NetworkConfig::gossip_author_signatures`.
+        let authenticity = if cfg.gossip_author_signatures {
+            gossipsub::MessageAuthenticity::Signed(key.clone())
+        } else {
+            gossipsub::MessageAuthenticity::Anonymous
+        };
         let mut gossipsub = Gossipsub::new_with_subscription_filter(
-            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            authenticity,
             gossipsub_config(cfg)?,
             gossipsub::WhitelistSubscriptionFilter(
                 Topic::ALL
@@ -122,12 +128,23 @@ impl Behaviour {
 }
 
 fn gossipsub_config(cfg: &NetworkConfig) -> Result<gossipsub::Config, NetworkError> {
+    let (validation, allow_self_origin) = if cfg.gossip_author_signatures {
+        (gossipsub::ValidationMode::Strict, false)
+    } else {
+        // Anonymous messages have no author, so gossipsub cannot tell "my own message
+        // echoed back by an honest peer" from "a forgery claiming to be mine": without
+        // `allow_self_origin` every echo of a message we published (a race between flood
+        // publish and mesh forwarding) counts as an invalid delivery against the honest
+        // peer that forwarded it. With it, an echo is just a duplicate.
+        (gossipsub::ValidationMode::Anonymous, true)
+    };
     gossipsub::ConfigBuilder::default()
         .heartbeat_interval(cfg.heartbeat_interval)
         // Default is 5 s: far too long for 1 s blocks, the mesh would form late.
         .heartbeat_initial_delay(Duration::from_millis(100))
         .max_transmit_size(cfg.max_message_bytes)
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validation_mode(validation)
+        .allow_self_origin(allow_self_origin)
         .validate_messages()
         .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::new(&content_id(&m.data)))
         // Publish to every subscribed peer above the publish threshold, not only the mesh:
