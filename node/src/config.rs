@@ -65,6 +65,8 @@ pub struct MempoolSection {
     pub max_nonce_gap: u64,
     pub max_per_sender: usize,
     pub ttl_secs: u64,
+    /// Block execution skips the signatures the mempool already verified.
+    pub reuse_verified_signatures: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -158,6 +160,7 @@ impl Default for MempoolSection {
             max_nonce_gap: d.max_nonce_gap,
             max_per_sender: d.max_per_sender,
             ttl_secs: d.ttl.as_secs(),
+            reuse_verified_signatures: true,
         }
     }
 }

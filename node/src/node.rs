@@ -183,6 +183,7 @@ pub async fn run_with(
         net: net.clone(),
         key,
         timeout_commit,
+        reuse_mempool_signatures: config.mempool.reuse_verified_signatures,
         events: events.clone(),
     })?;
 

@@ -106,6 +106,9 @@ pub struct EngineParts {
     pub key: Option<Keypair>,
     pub timeout_commit: Duration,
     pub events: broadcast::Sender<NodeEvent>,
+    /// Block execution skips the signatures the mempool verified on admission
+    /// (`[mempool] reuse_verified_signatures`; off only to measure what it saves).
+    pub reuse_mempool_signatures: bool,
 }
 
 pub struct Engine {
@@ -119,6 +122,7 @@ pub struct Engine {
     guard: Option<SigningGuard<RocksGuardStore>>,
     core: Consensus,
     timeout_commit: Duration,
+    reuse_mempool_signatures: bool,
     inbox: mpsc::Receiver<EngineMsg>,
     me: mpsc::Sender<EngineMsg>,
     events: broadcast::Sender<NodeEvent>,
@@ -151,6 +155,22 @@ fn now_ms() -> u64 {
 
 impl Engine {
     /// Builds the engine, restoring the signing guard and the core's lock from disk.
+    /// "Was this tx's signature verified by our mempool?" (it holds only verified txs).
+    fn verified_by_mempool(&self) -> impl Fn(&Hash) -> bool + Sync + 'static {
+        let mempool = self.mempool.clone();
+        move |id: &Hash| mempool.lock().map(|m| m.contains(id)).unwrap_or(false)
+    }
+
+    /// How block execution treats signatures: skip those the mempool verified, unless
+    /// `reuse_mempool_signatures` is off.
+    fn signatures<'a>(&self, known: &'a (dyn Fn(&Hash) -> bool + Sync)) -> Signatures<'a> {
+        if self.reuse_mempool_signatures {
+            Signatures::Cached(known)
+        } else {
+            Signatures::Verify
+        }
+    }
+
     pub fn new(parts: EngineParts) -> anyhow::Result<(Self, mpsc::Sender<EngineMsg>, EngineView)> {
         let (me, inbox) = mpsc::channel(4096);
         let tip = parts.store.tip()?;
@@ -197,6 +217,7 @@ impl Engine {
             guard,
             core,
             timeout_commit: parts.timeout_commit,
+            reuse_mempool_signatures: parts.reuse_mempool_signatures,
             inbox,
             me: me.clone(),
             events: parts.events,
@@ -534,14 +555,14 @@ impl Engine {
             self.store.commit(tip.height).ok().flatten()
         };
         let start = Instant::now();
-        let mempool = self.mempool.clone();
-        let known = move |id: &Hash| mempool.lock().map(|m| m.contains(id)).unwrap_or(false);
+        let known = self.verified_by_mempool();
+        let sigs = self.signatures(&known);
         let body = match build_body(
             self.store.as_ref(),
             self.ctx(),
             key.address(),
             candidates.iter().map(|t| (**t).clone()),
-            &Signatures::Cached(&known),
+            &sigs,
         ) {
             Ok(b) => b,
             Err(e) => {
@@ -598,14 +619,9 @@ impl Engine {
             return false;
         }
         let start = Instant::now();
-        let mempool = self.mempool.clone();
-        let known = move |id: &Hash| mempool.lock().map(|m| m.contains(id)).unwrap_or(false);
-        match execute_block(
-            self.store.as_ref(),
-            self.ctx(),
-            block,
-            &Signatures::Cached(&known),
-        ) {
+        let known = self.verified_by_mempool();
+        let sigs = self.signatures(&known);
+        match execute_block(self.store.as_ref(), self.ctx(), block, &sigs) {
             Ok(outcome) => {
                 self.metrics
                     .execution
@@ -639,15 +655,9 @@ impl Engine {
                     tracing::error!(error = %e, "decided block does not extend our tip");
                     return Err(());
                 }
-                let mempool = self.mempool.clone();
-                let known =
-                    move |id: &Hash| mempool.lock().map(|m| m.contains(id)).unwrap_or(false);
-                match execute_block(
-                    self.store.as_ref(),
-                    self.ctx(),
-                    &block,
-                    &Signatures::Cached(&known),
-                ) {
+                let known = self.verified_by_mempool();
+                let sigs = self.signatures(&known);
+                match execute_block(self.store.as_ref(), self.ctx(), &block, &sigs) {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::error!(error = %e, "decided block does not execute");
