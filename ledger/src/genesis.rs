@@ -1,8 +1,11 @@
 //! `genesis.json`: loading and validation. Every error names the file, the field and the
 //! fix, because a bad genesis is a user's mistake that must be easy to correct.
 
+use std::fmt;
+use std::io::{self, Write};
 use std::path::Path;
 
+use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::crypto::{address_of, parse_public_key};
@@ -111,9 +114,14 @@ pub struct Genesis {
     pub validators: ValidatorSet,
     /// Validator names in set order, for logs and status tables.
     pub validator_names: Vec<String>,
+    /// Funded accounts in file order. Only needed to build the state at height 0: a node
+    /// releases them ([`Genesis::release_accounts`]) once its store is open, so a genesis
+    /// with millions of accounts does not stay in memory for the node's life.
     pub accounts: Vec<(Address, u64)>,
     /// SHA-256 of the genesis file's bytes; stored in the database.
     pub hash: Hash,
+    /// Set by [`Genesis::release_accounts`].
+    accounts_released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,20 +133,111 @@ pub struct GenesisError {
 }
 
 /// u64 values above 2^53 may be written as strings so JSON readers do not round them.
+/// (A visitor rather than an untagged enum: no buffering, which matters for a genesis
+/// with millions of balances.)
 fn u64_from_number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumOrStr {
-        Num(u64),
-        Str(String),
+    struct U64Visitor;
+    impl Visitor<'_> for U64Visitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an unsigned 64-bit integer, as a number or a string")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| {
+                E::custom(format!(
+                    "{v} is negative; expected 0 ..= 18446744073709551615"
+                ))
+            })
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<u64, E> {
+            s.parse().map_err(|_| {
+                E::custom(format!(
+                    "\"{s}\" is not an unsigned 64-bit integer (0 ..= 18446744073709551615)"
+                ))
+            })
+        }
     }
-    match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => Ok(n),
-        NumOrStr::Str(s) => s.parse().map_err(|_| {
-            serde::de::Error::custom(format!(
-                "\"{s}\" is not an unsigned 64-bit integer (0 ..= 18446744073709551615)"
-            ))
-        }),
+    d.deserialize_any(U64Visitor)
+}
+
+/// What [`Genesis::from_bytes`] parses: [`GenesisFile`] with the accounts decoded straight
+/// into (address, balance) pairs, so a genesis with a million accounts costs no string
+/// allocation per account.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGenesis {
+    chain_id: String,
+    #[serde(deserialize_with = "u64_from_number_or_string")]
+    genesis_time_ms: u64,
+    params: Params,
+    validators: Vec<GenesisValidator>,
+    accounts: RawAccounts,
+}
+
+/// Accounts in file order. An address that is not 40 hex characters is kept as zeros and
+/// the first such problem is remembered, so validation reports it by index like any other.
+#[derive(Default)]
+struct RawAccounts {
+    list: Vec<(Address, u64)>,
+    bad_address: Option<(usize, String)>,
+}
+
+/// An address as it was written: parsed, or why it is not an address.
+struct RawAddress(Result<Address, String>);
+
+impl<'de> Deserialize<'de> for RawAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AddressVisitor;
+        impl Visitor<'_> for AddressVisitor {
+            type Value = RawAddress;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a hex address string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawAddress, E> {
+                Ok(RawAddress(from_hex_array(s).map_err(|e| e.to_string())))
+            }
+        }
+        d.deserialize_str(AddressVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    address: RawAddress,
+    #[serde(deserialize_with = "u64_from_number_or_string")]
+    balance: u64,
+}
+
+impl<'de> Deserialize<'de> for RawAccounts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AccountsVisitor;
+        impl<'de> Visitor<'de> for AccountsVisitor {
+            type Value = RawAccounts;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of accounts")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawAccounts, A::Error> {
+                let mut out = RawAccounts {
+                    list: Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20)),
+                    bad_address: None,
+                };
+                while let Some(a) = seq.next_element::<RawAccount>()? {
+                    let address = a.address.0.unwrap_or_else(|e| {
+                        if out.bad_address.is_none() {
+                            out.bad_address = Some((out.list.len(), e));
+                        }
+                        [0u8; 20]
+                    });
+                    out.list.push((address, a.balance));
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(AccountsVisitor)
     }
 }
 
@@ -155,7 +254,7 @@ impl Genesis {
 
     /// Parses and validates `bytes`; `file` is only used in error messages.
     pub fn from_bytes(file: &str, bytes: &[u8]) -> Result<Self, GenesisError> {
-        let parsed: GenesisFile = serde_json::from_slice(bytes).map_err(|e| GenesisError {
+        let parsed: RawGenesis = serde_json::from_slice(bytes).map_err(|e| GenesisError {
             file: file.into(),
             field: format!("line {} column {}:", e.line(), e.column()),
             problem: e.to_string(),
@@ -168,11 +267,122 @@ impl Genesis {
     pub fn validator_set(&self) -> &ValidatorSet {
         &self.validators
     }
+
+    /// Frees the account list (everything else stays, the hash included). For a node whose
+    /// store already holds the genesis state; building that state again (a new database,
+    /// `RocksStore::reset_state`, `MemStore::new`) needs a freshly loaded genesis.
+    pub fn release_accounts(&mut self) {
+        self.accounts = Vec::new();
+        self.accounts_released = true;
+    }
+
+    /// Whether [`Genesis::release_accounts`] was called: `accounts` is then empty whatever
+    /// the file lists, and the genesis state cannot be built from this value.
+    pub fn accounts_released(&self) -> bool {
+        self.accounts_released
+    }
+}
+
+/// Balance of every bulk account (see [`bulk_account_address`]).
+pub const BULK_ACCOUNT_BALANCE: u64 = 1_000_000;
+
+/// Address of bulk genesis account `i`: the first 20 bytes of
+/// SHA-256("tally-genesis-account" || i as u64 little-endian). Bulk accounts are ballast
+/// for state-size tests and benchmarks: funded in genesis, but nobody holds their keys.
+pub fn bulk_account_address(i: u64) -> Address {
+    let digest = crate::hash::sha256_parts(&[b"tally-genesis-account", &i.to_le_bytes()]);
+    let mut address = [0u8; 20];
+    address.copy_from_slice(&digest[..20]);
+    address
+}
+
+/// Writes `file` as genesis JSON with `bulk` more accounts after its own:
+/// [`bulk_account_address`]`(0 .. bulk)`, [`BULK_ACCOUNT_BALANCE`] each. Accounts are one
+/// per line (about 60 bytes each), so a million of them take about 60 MB and a second or
+/// so; `progress` is called with the number of bulk accounts written every 100,000.
+pub fn write_json<W: Write>(
+    mut out: W,
+    file: &GenesisFile,
+    bulk: u64,
+    mut progress: impl FnMut(u64),
+) -> io::Result<()> {
+    let indent = |text: String| text.replace('\n', "\n  ");
+    writeln!(out, "{{")?;
+    writeln!(
+        out,
+        "  \"chain_id\": {},",
+        serde_json::to_string(&file.chain_id)?
+    )?;
+    writeln!(out, "  \"genesis_time_ms\": {},", file.genesis_time_ms)?;
+    writeln!(
+        out,
+        "  \"params\": {},",
+        indent(serde_json::to_string_pretty(&file.params)?)
+    )?;
+    writeln!(
+        out,
+        "  \"validators\": {},",
+        indent(serde_json::to_string_pretty(&file.validators)?)
+    )?;
+    write!(out, "  \"accounts\": [")?;
+    let mut sep = "\n";
+    for a in &file.accounts {
+        write!(out, "{sep}    {}", serde_json::to_string(a)?)?;
+        sep = ",\n";
+    }
+    let mut hex = [0u8; 40];
+    for i in 0..bulk {
+        hex::encode_to_slice(bulk_account_address(i), &mut hex)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        // Hex digits are ASCII.
+        let hex = std::str::from_utf8(&hex).map_err(|e| io::Error::other(e.to_string()))?;
+        write!(
+            out,
+            "{sep}    {{\"address\":\"{hex}\",\"balance\":{BULK_ACCOUNT_BALANCE}}}"
+        )?;
+        sep = ",\n";
+        if (i + 1) % 100_000 == 0 {
+            progress(i + 1);
+        }
+    }
+    if sep == "\n" {
+        writeln!(out, "]")?;
+    } else {
+        writeln!(out, "\n  ]")?;
+    }
+    writeln!(out, "}}")?;
+    out.flush()
 }
 
 impl GenesisFile {
     /// Semantic checks; the hash is left zero for the caller to fill in.
     pub fn validate(self, file: &str) -> Result<Genesis, GenesisError> {
+        let mut accounts = RawAccounts {
+            list: Vec::with_capacity(self.accounts.len()),
+            bad_address: None,
+        };
+        for a in &self.accounts {
+            let address = from_hex_array(&a.address).unwrap_or_else(|e| {
+                if accounts.bad_address.is_none() {
+                    accounts.bad_address = Some((accounts.list.len(), e.to_string()));
+                }
+                [0u8; 20]
+            });
+            accounts.list.push((address, a.balance));
+        }
+        RawGenesis {
+            chain_id: self.chain_id,
+            genesis_time_ms: self.genesis_time_ms,
+            params: self.params,
+            validators: self.validators,
+            accounts,
+        }
+        .validate(file)
+    }
+}
+
+impl RawGenesis {
+    fn validate(self, file: &str) -> Result<Genesis, GenesisError> {
         let err = |field: String, problem: String| GenesisError {
             file: file.into(),
             field,
@@ -277,29 +487,62 @@ impl GenesisFile {
             });
             names.push(v.name.clone());
         }
-        let mut accounts: Vec<(Address, u64)> = Vec::with_capacity(self.accounts.len());
-        let mut seen = std::collections::HashSet::with_capacity(self.accounts.len());
-        let mut supply: u64 = 0;
-        for (i, a) in self.accounts.iter().enumerate() {
-            let address: Address = from_hex_array(&a.address).map_err(|e| {
-                err(
+        let accounts = self.accounts.list;
+        // The first problem in file order, as a one-pass check would find it: at one index,
+        // a bad address before a duplicate before an overflowing balance. Linear apart from
+        // one sort, and with 8 bytes per account instead of a hash set of addresses.
+        let mut first: Option<(usize, u8, String, String)> =
+            self.accounts.bad_address.map(|(i, e)| {
+                (
+                    i,
+                    0,
                     format!("accounts[{i}].address"),
                     format!("is not an address (expected 40 hex chars): {e}"),
                 )
-            })?;
-            if !seen.insert(address) {
-                return Err(err(
-                    format!("accounts[{i}].address"),
-                    format!("{} appears twice; merge the balances", to_hex(&address)),
-                ));
+            });
+        let mut keep_first = |i: usize, rank: u8, field: String, problem: String| {
+            if first.as_ref().is_none_or(|f| (i, rank) < (f.0, f.1)) {
+                first = Some((i, rank, field, problem));
             }
-            supply = supply.checked_add(a.balance).ok_or_else(|| {
-                err(
-                    format!("accounts[{i}].balance"),
-                    "makes the total supply overflow u64; lower the balances".into(),
-                )
-            })?;
-            accounts.push((address, a.balance));
+        };
+        let mut order: Vec<usize> = (0..accounts.len()).collect();
+        order.sort_unstable_by(|&a, &b| accounts[a].0.cmp(&accounts[b].0).then(a.cmp(&b)));
+        // In each run of equal addresses the second index is where a scan in file order
+        // would first see a repeat.
+        if let Some(i) = order
+            .windows(2)
+            .filter(|w| accounts[w[0]].0 == accounts[w[1]].0)
+            .map(|w| w[1])
+            .min()
+        {
+            keep_first(
+                i,
+                1,
+                format!("accounts[{i}].address"),
+                format!(
+                    "{} appears twice; merge the balances",
+                    to_hex(&accounts[i].0)
+                ),
+            );
+        }
+        drop(order);
+        let mut supply: u64 = 0;
+        for (i, (_, balance)) in accounts.iter().enumerate() {
+            match supply.checked_add(*balance) {
+                Some(s) => supply = s,
+                None => {
+                    keep_first(
+                        i,
+                        2,
+                        format!("accounts[{i}].balance"),
+                        "makes the total supply overflow u64; lower the balances".into(),
+                    );
+                    break;
+                }
+            }
+        }
+        if let Some((_, _, field, problem)) = first {
+            return Err(err(field, problem));
         }
         Ok(Genesis {
             chain_id: self.chain_id,
@@ -309,6 +552,7 @@ impl GenesisFile {
             validator_names: names,
             accounts,
             hash: [0u8; 32],
+            accounts_released: false,
         })
     }
 }
@@ -367,6 +611,41 @@ mod tests {
                 "appears twice",
             ),
             (
+                Box::new(|v| {
+                    v["accounts"][0]["balance"] = 1.into();
+                    let a = v["accounts"][0].clone();
+                    let accounts = v["accounts"].as_array_mut().unwrap();
+                    accounts.push(serde_json::json!({"address": "00".repeat(20), "balance": 1}));
+                    accounts.push(a);
+                    accounts.push(serde_json::json!({"address": "bad", "balance": 1}));
+                }),
+                "accounts[2].address 2378b50dae7d4a9a336cb1b72832db240816988d appears twice",
+            ),
+            (
+                Box::new(|v| {
+                    v["accounts"][0]["balance"] = 1.into();
+                    v["accounts"].as_array_mut().unwrap().extend([
+                        serde_json::json!({"address": "11".repeat(20), "balance": 1}),
+                        serde_json::json!({"address": "11".repeat(19), "balance": 1}),
+                        serde_json::json!({"address": "11".repeat(20), "balance": 1}),
+                    ])
+                }),
+                "accounts[2].address is not an address (expected 40 hex chars)",
+            ),
+            (
+                Box::new(|v| v["accounts"][0]["balance"] = (-1).into()),
+                "-1 is negative",
+            ),
+            (
+                Box::new(|v| {
+                    v["accounts"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(serde_json::json!({"address": "22".repeat(20), "balance": 1}))
+                }),
+                "accounts[1].balance makes the total supply overflow u64",
+            ),
+            (
                 Box::new(|v| v["params"]["max_tx_bytes"] = 10.into()),
                 "params.max_tx_bytes must be at least 128",
             ),
@@ -382,5 +661,82 @@ mod tests {
             assert!(e.starts_with("genesis.json: "), "{e}");
             assert!(e.contains(expected), "expected {expected:?} in {e:?}");
         }
+    }
+
+    fn sample_file() -> GenesisFile {
+        serde_json::from_value(sample()).unwrap()
+    }
+
+    #[test]
+    fn bulk_account_addresses_are_pinned() {
+        // The bench tooling derives these addresses itself: the formula is an interface.
+        assert_eq!(
+            to_hex(&bulk_account_address(0)),
+            "bb0d9973d6d95bf89fc89c6dab7f91907db40130"
+        );
+        assert_eq!(
+            to_hex(&bulk_account_address(999_999)),
+            "26bc63dc618c1dcaaa665e09da9093774b523b53"
+        );
+    }
+
+    #[test]
+    fn bulk_genesis_is_deterministic_valid_and_lists_distinct_accounts() {
+        let mut file = sample_file();
+        file.accounts[0].balance = 5;
+        let write = |file: &GenesisFile, bulk| {
+            let mut out = Vec::new();
+            write_json(&mut out, file, bulk, |_| {}).unwrap();
+            out
+        };
+        let bytes = write(&file, 1000);
+        assert_eq!(bytes, write(&file, 1000), "same input, same bytes");
+        let g = Genesis::from_bytes("genesis.json", &bytes).unwrap();
+        assert_eq!(g.accounts.len(), 1001);
+        assert_eq!(
+            g.accounts[0],
+            (from_hex_array(&file.accounts[0].address).unwrap(), 5)
+        );
+        for (i, a) in g.accounts[1..].iter().enumerate() {
+            assert_eq!(*a, (bulk_account_address(i as u64), BULK_ACCOUNT_BALANCE));
+        }
+        let distinct: std::collections::HashSet<_> = g.accounts.iter().map(|a| a.0).collect();
+        assert_eq!(distinct.len(), 1001);
+        // The hand-written JSON is the same genesis as serde's rendering of the same file.
+        let mut listed = file.clone();
+        listed.accounts.extend((0..1000).map(|i| GenesisAccount {
+            address: to_hex(&bulk_account_address(i)),
+            balance: BULK_ACCOUNT_BALANCE,
+        }));
+        let explicit =
+            Genesis::from_bytes("genesis.json", &serde_json::to_vec_pretty(&listed).unwrap())
+                .unwrap();
+        assert_eq!(explicit.accounts, g.accounts);
+        assert_eq!(explicit.chain_id, g.chain_id);
+        assert_eq!(explicit.params, g.params);
+        assert_eq!(explicit.validator_names, g.validator_names);
+        // Without bulk accounts it is still valid, and so is a genesis without accounts.
+        assert_eq!(
+            Genesis::from_bytes("genesis.json", &write(&file, 0))
+                .unwrap()
+                .accounts,
+            g.accounts[..1]
+        );
+        file.accounts.clear();
+        let empty = Genesis::from_bytes("genesis.json", &write(&file, 0)).unwrap();
+        assert!(empty.accounts.is_empty());
+        let only_bulk = Genesis::from_bytes("genesis.json", &write(&file, 3)).unwrap();
+        assert_eq!(only_bulk.accounts[..], g.accounts[1..4]);
+    }
+
+    #[test]
+    fn released_accounts_are_gone_and_say_so() {
+        let mut g = load(&sample()).unwrap();
+        let hash = g.hash;
+        assert!(!g.accounts_released());
+        g.release_accounts();
+        assert!(g.accounts.is_empty() && g.accounts_released());
+        assert_eq!(g.hash, hash);
+        assert!(crate::store::memory::MemStore::new(&g).is_err());
     }
 }

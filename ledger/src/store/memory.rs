@@ -7,7 +7,7 @@ use std::sync::RwLock;
 use jmt::storage::{Node, NodeKey};
 
 use super::{
-    check_extends, genesis_tip, genesis_update, ChainReader, ChainWriter, StoreError, Tip,
+    build_genesis_state, check_extends, genesis_tip, ChainReader, ChainWriter, StoreError, Tip,
     TxLocation,
 };
 use crate::genesis::Genesis;
@@ -54,18 +54,23 @@ pub struct MemStore {
 impl MemStore {
     /// A store holding `genesis`'s state at height 0.
     pub fn new(genesis: &Genesis) -> Result<Self, StoreError> {
+        Self::new_chunked(genesis, super::GENESIS_CHUNK)
+    }
+
+    /// [`Self::new`] with the genesis state built `chunk` accounts per tree version.
+    pub(crate) fn new_chunked(genesis: &Genesis, chunk: usize) -> Result<Self, StoreError> {
         let store = Self {
             inner: RwLock::new(Inner::default()),
         };
-        let update = genesis_update(&store, genesis)?;
+        let (version, root) = build_genesis_state(&store, genesis, chunk, |update| {
+            store.write().apply_state(&update);
+            Ok(())
+        })?;
         {
             let mut inner = store.write();
-            inner.apply_state(&update);
-            if inner.tree.is_none() {
-                inner.tree = Some((update.version, update.root));
-            }
+            inner.tree = Some((version, root));
             inner.genesis_hash = genesis.hash;
-            inner.tip = Some(genesis_tip(genesis, update.root));
+            inner.tip = Some(genesis_tip(genesis, root));
         }
         Ok(store)
     }

@@ -9,7 +9,7 @@ use borsh::{BorshDeserialize, BorshSerialize};
 
 use crate::genesis::Genesis;
 use crate::hash::{sha256, Hash, ZERO_HASH};
-use crate::state::{compute_update, StateReader, StateUpdate};
+use crate::state::{compute_update, StateReader, StateUpdate, EMPTY_ROOT};
 use crate::types::{Account, Block, Commit};
 
 /// Version of the on-disk layout. Bump it with a migration in `rocks::migrate`.
@@ -83,28 +83,53 @@ pub trait ChainWriter: ChainReader {
     fn consensus_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
 }
 
-/// The genesis state update: every funded account at tree version 0.
-pub fn genesis_update<R: StateReader + ?Sized>(
-    empty: &R,
+/// Accounts per tree version when the genesis state is built. A genesis with up to this
+/// many accounts is one update at version 0, like a block's. A larger one is built in
+/// key-hash order in chunks of this many accounts, one tree version each (0, 1, 2, ...),
+/// each written before the next is computed, so building a million-account state holds
+/// one chunk's tree nodes in memory instead of all of them. The root is the same either
+/// way: jmt hashes a node from its children's hashes only, never from versions, and the
+/// tree's shape depends only on the set of keys.
+pub const GENESIS_CHUNK: usize = 65_536;
+
+/// Builds the genesis state on top of the empty state `reader` and hands each update to
+/// `apply`, which must make it visible to `reader` before returning. Returns the final tree
+/// version and root ((0, [`EMPTY_ROOT`]) without accounts, when `apply` is never called).
+pub fn build_genesis_state<R: StateReader + ?Sized>(
+    reader: &R,
     genesis: &Genesis,
-) -> Result<StateUpdate, StoreError> {
-    let changes = genesis
+    chunk: usize,
+    mut apply: impl FnMut(StateUpdate) -> Result<(), StoreError>,
+) -> Result<(u64, Hash), StoreError> {
+    if genesis.accounts_released() {
+        return Err(StoreError::Db(
+            "cannot build the genesis state: this process released the genesis accounts \
+             from memory; load genesis.json again"
+                .into(),
+        ));
+    }
+    // (key hash, index) sorted: 40 bytes per account.
+    let mut order: Vec<(Hash, usize)> = genesis
         .accounts
         .iter()
-        .map(|(addr, balance)| {
-            (
-                crate::state::account_key(addr),
-                (
-                    *addr,
-                    Account {
-                        balance: *balance,
-                        nonce: 0,
-                    },
-                ),
-            )
-        })
+        .enumerate()
+        .map(|(i, (addr, _))| (crate::state::account_key(addr), i))
         .collect();
-    compute_update(empty, changes)
+    order.sort_unstable();
+    let mut last = (0, EMPTY_ROOT);
+    for part in order.chunks(chunk.max(1)) {
+        let changes = part
+            .iter()
+            .map(|(key, i)| {
+                let (addr, balance) = genesis.accounts[*i];
+                (*key, (addr, Account { balance, nonce: 0 }))
+            })
+            .collect();
+        let update = compute_update(reader, changes)?;
+        last = (update.version, update.root);
+        apply(update)?;
+    }
+    Ok(last)
 }
 
 /// The tip of a freshly initialised chain.
@@ -163,4 +188,90 @@ pub(crate) fn check_extends(tip: &Tip, block: &Block) -> Result<(), StoreError> 
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory::MemStore;
+    use super::rocks::RocksStore;
+    use super::*;
+    use crate::genesis::{bulk_account_address, write_json, GenesisFile, BULK_ACCOUNT_BALANCE};
+    use crate::state::{compute_update, prove_account};
+
+    fn bulk_genesis(n: u64) -> Genesis {
+        let file: GenesisFile = serde_json::from_value(serde_json::json!({
+            "chain_id": "tally-test",
+            "genesis_time_ms": 0,
+            "params": {"block_max_txs": 100, "block_max_bytes": 100000, "max_tx_bytes": 1024, "min_fee": 1},
+            "validators": [{"name": "v0", "pubkey": "020c999b74a4fc101fbd0cbc943ce6da0219717b6e35599b72fe6fa57369e516c0", "power": 10}],
+            "accounts": []
+        }))
+        .unwrap();
+        let mut bytes = Vec::new();
+        write_json(&mut bytes, &file, n, |_| {}).unwrap();
+        Genesis::from_bytes("genesis.json", &bytes).unwrap()
+    }
+
+    /// One more version on top: a change to an existing account and a new account.
+    fn next_root<S: StateReader>(store: &S) -> Hash {
+        let mut changes = std::collections::BTreeMap::new();
+        for (addr, balance) in [(bulk_account_address(7), 1), ([0xab; 20], 2)] {
+            changes.insert(
+                crate::state::account_key(&addr),
+                (addr, Account { balance, nonce: 3 }),
+            );
+        }
+        compute_update(store, changes).unwrap().root
+    }
+
+    #[test]
+    fn chunked_genesis_state_has_the_same_root_accounts_and_proofs() {
+        let g = bulk_genesis(1000);
+        let whole = MemStore::new_chunked(&g, usize::MAX).unwrap();
+        let chunked = MemStore::new_chunked(&g, 64).unwrap();
+        let (v1, root) = whole.tree_version().unwrap().unwrap();
+        let (v2, root2) = chunked.tree_version().unwrap().unwrap();
+        assert_eq!((v1, v2), (0, 1000 / 64));
+        assert_eq!(root, root2);
+        assert_eq!(chunked.tip().unwrap().state_root, root);
+        for (addr, balance) in g.accounts.iter().step_by(97) {
+            let (acct, proof, r) = prove_account(&chunked, addr).unwrap();
+            assert_eq!(acct.map(|a| a.balance), Some(*balance));
+            assert_eq!(r, root);
+            proof.verify(&root, addr, acct.as_ref()).unwrap();
+        }
+        assert_eq!(next_root(&whole), next_root(&chunked));
+    }
+
+    #[test]
+    fn rocksdb_builds_a_multi_chunk_genesis_like_one_update() {
+        // More than one chunk, so RocksStore writes several tree versions.
+        let n = GENESIS_CHUNK as u64 + 5000;
+        let g = bulk_genesis(n);
+        let whole = MemStore::new_chunked(&g, usize::MAX).unwrap();
+        let root = whole.tree_version().unwrap().unwrap().1;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let rocks = RocksStore::open(dir.path(), &g).unwrap();
+            assert_eq!(rocks.tree_version().unwrap(), Some((1, root)));
+            assert_eq!(rocks.tip().unwrap().state_root, root);
+            for i in [0, 1, n / 2, n - 1] {
+                let addr = bulk_account_address(i);
+                assert_eq!(
+                    rocks.account(&addr).unwrap().map(|a| a.balance),
+                    Some(BULK_ACCOUNT_BALANCE)
+                );
+            }
+            assert_eq!(next_root(&rocks), next_root(&whole));
+            // A rebuild (start-up repair) writes the same state again.
+            rocks.reset_state(&g).unwrap();
+            assert_eq!(rocks.tree_version().unwrap(), Some((1, root)));
+        }
+        // Reopened with a genesis whose accounts were released: the hash still matches.
+        let mut released = g.clone();
+        released.release_accounts();
+        let rocks = RocksStore::open(dir.path(), &released).unwrap();
+        assert_eq!(rocks.tip().unwrap().state_root, root);
+        assert!(rocks.reset_state(&released).is_err());
+    }
 }

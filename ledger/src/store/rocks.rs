@@ -9,8 +9,8 @@ use rocksdb::{
 };
 
 use super::{
-    check_extends, decode_record, genesis_tip, genesis_update, seal, ChainReader, ChainWriter,
-    StoreError, Tip, TxLocation, SCHEMA_VERSION,
+    build_genesis_state, check_extends, decode_record, genesis_tip, seal, ChainReader, ChainWriter,
+    StoreError, Tip, TxLocation, GENESIS_CHUNK, SCHEMA_VERSION,
 };
 use crate::codec::encode;
 use crate::genesis::Genesis;
@@ -188,22 +188,42 @@ impl RocksStore {
     }
 
     fn initialise(&self, genesis: &Genesis) -> Result<(), StoreError> {
-        let update = genesis_update(self, genesis)?;
+        // Leftovers of an initialisation that was interrupted (the schema version, written
+        // last, is what marks a database initialised).
+        self.clear_state()?;
+        let (version, root) = self.write_genesis_state(genesis)?;
         let mut batch = WriteBatch::default();
-        self.put_state(&mut batch, &update)?;
-        let tree = (update.version, update.root);
         let meta = self.cf(CF_META)?;
-        batch.put_cf(meta, META_TREE, encode(&tree));
+        batch.put_cf(meta, META_TREE, encode(&(version, root)));
         batch.put_cf(meta, META_GENESIS, genesis.hash);
-        batch.put_cf(
-            meta,
-            META_TIP,
-            seal(&encode(&genesis_tip(genesis, update.root))),
-        );
-        // Schema version last in the batch (the batch is atomic anyway): its presence
-        // means "initialised".
+        batch.put_cf(meta, META_TIP, seal(&encode(&genesis_tip(genesis, root))));
+        // Schema version last: its presence means "initialised". This batch is synced, and
+        // with it the unsynced state batches written before it.
         batch.put_cf(meta, META_SCHEMA, SCHEMA_VERSION.to_le_bytes());
         self.db.write_opt(batch, &Self::synced()).map_err(db_err)
+    }
+
+    /// Deletes every state record (accounts, tree nodes) and the tree version.
+    fn clear_state(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(CF_STATE)?,
+            [0u8].as_slice(),
+            [0xffu8; 40].as_slice(),
+        );
+        batch.delete_cf(self.cf(CF_META)?, META_TREE);
+        self.db.write_opt(batch, &Self::synced()).map_err(db_err)
+    }
+
+    /// Writes the genesis state into an empty state, one unsynced batch per chunk of
+    /// [`GENESIS_CHUNK`] accounts (memory stays bounded for millions of accounts); the
+    /// caller writes the returned tree version and root with a synced batch.
+    fn write_genesis_state(&self, genesis: &Genesis) -> Result<(u64, Hash), StoreError> {
+        build_genesis_state(self, genesis, GENESIS_CHUNK, |update| {
+            let mut batch = WriteBatch::default();
+            self.put_state(&mut batch, &update)?;
+            self.db.write(batch).map_err(db_err)
+        })
     }
 
     /// Brings an older layout up to [`SCHEMA_VERSION`]. Version 1 is the first layout, so
@@ -317,22 +337,10 @@ impl RocksStore {
     /// rebuilding a damaged state by replaying the stored blocks with
     /// [`Self::replay_state`]. Synced.
     pub fn reset_state(&self, genesis: &Genesis) -> Result<(), StoreError> {
+        self.clear_state()?;
+        let (version, root) = self.write_genesis_state(genesis)?;
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            self.cf(CF_STATE)?,
-            [0u8].as_slice(),
-            [0xffu8; 40].as_slice(),
-        );
-        batch.delete_cf(self.cf(CF_META)?, META_TREE);
-        self.db.write_opt(batch, &Self::synced()).map_err(db_err)?;
-        let update = genesis_update(self, genesis)?;
-        let mut batch = WriteBatch::default();
-        self.put_state(&mut batch, &update)?;
-        batch.put_cf(
-            self.cf(CF_META)?,
-            META_TREE,
-            encode(&(update.version, update.root)),
-        );
+        batch.put_cf(self.cf(CF_META)?, META_TREE, encode(&(version, root)));
         self.db.write_opt(batch, &Self::synced()).map_err(db_err)
     }
 
