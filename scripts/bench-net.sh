@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
-# make bench-net (issue 12, first cut: measure, don't optimise).
-# Builds release, measures the raw k256 verify rate (the limit), starts 4 validators + 1 full
-# node on loopback (BENCH_NET_BASE_IP, default 127.0.60.2..6) in a fresh temp dir, drives them
-# with `tally bench` at rising rates until committed TPS stops growing, and writes
-# bench/network.md + bench/network.json. The testnet is always stopped on exit.
-# Env: BENCH_NET_RATES (250,500,1000,1500,2000,3000) BENCH_NET_DURATION (20)
-#      BENCH_NET_OUT (bench) BENCH_NET_KEEP_DIR=1 keeps the temp dir.
+# make bench-net (issue 12): throughput and finality of 4 validators + 1 full node on loopback.
+#
+#  1. builds release (tallyd with mimalloc, and a second tallyd with the system allocator),
+#  2. measures the raw k256 verify rate on one core (the limit = raw x cores / 4),
+#  3. creates a testnet with BENCH_NET_GENESIS_ACCOUNTS extra funded accounts in genesis,
+#  4. phase "default": rising rates until committed TPS stops growing (perf profile of node0
+#     during the top step),
+#  5. one phase per optimisation switched off, and all of them off, at the best rate of 4,
+#     then the default again as a control: same chain, all five nodes restarted per phase,
+#  6. writes bench/network.md + bench/network.json (scripts/bench_net_report.py).
+# The testnet is always stopped on exit; the bench fails if any step forks or loses a tx.
+# Env: BENCH_NET_RATES (500,1000,1500,2000,2500,3000,4000) BENCH_NET_DURATION (20)
+#      BENCH_NET_GENESIS_ACCOUNTS (1000000) BENCH_NET_BASE_IP (127.0.60.2)
+#      BENCH_NET_OUT (bench) BENCH_NET_ABLATIONS=0 skips step 5, BENCH_NET_KEEP_DIR=1 keeps the dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally/target}"
 CARGO="${CARGO:-cargo}"
 BASE_IP="${BENCH_NET_BASE_IP:-127.0.60.2}"
-RATES="${BENCH_NET_RATES:-250,500,1000,1500,2000,3000}"
+RATES="${BENCH_NET_RATES:-500,1000,1500,2000,2500,3000,4000}"
 DURATION="${BENCH_NET_DURATION:-20}"
+GENESIS_ACCOUNTS="${BENCH_NET_GENESIS_ACCOUNTS:-1000000}"
+ABLATIONS="${BENCH_NET_ABLATIONS:-1}"
 OUT="${BENCH_NET_OUT:-bench}"
 REL="$CARGO_TARGET_DIR/release"
 T0=$(date +%s)
+DRIVER=(python3 scripts/bench_net_report.py)
 
-echo "== make release"
+DIR=$(mktemp -d /tmp/tally-bench-net.XXXXXX)
+mkdir -p "$DIR/bin" "$DIR/phases"
+
+echo "== build: tallyd with the system allocator (optimisations-off phases), then the default release"
+$CARGO build --release -p tally-node --no-default-features --bin tallyd
+cp "$REL/tallyd" "$DIR/bin/tallyd-sysalloc"
 make --no-print-directory release
+cp "$REL/tallyd" "$DIR/bin/tallyd"
+cp "$REL/tally" "$DIR/bin/tally"
+TALLYD="$DIR/bin/tallyd"
 
 echo "== raw k256 verify rate (ledger bench binary, first figure only)"
 BENCH_BIN=$($CARGO bench -p ledger --bench ledger --no-run --message-format=json 2>/dev/null |
@@ -47,40 +65,94 @@ PY
 )
 echo "   raw k256 verify, one core: $RAW /s; nproc $(nproc)"
 
-DIR=$(mktemp -d /tmp/tally-bench-net.XXXXXX)
-UP_PID=""
+SUP_PID=""
+stop_net() {
+  [ -n "$SUP_PID" ] || return 0
+  "$TALLYD" testnet stop --dir "$DIR" >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do kill -0 "$SUP_PID" 2>/dev/null || break; sleep 0.5; done
+  kill -KILL "$SUP_PID" 2>/dev/null || true
+  SUP_PID=""
+}
 cleanup() {
   set +e
-  if [ -n "$UP_PID" ]; then
-    "$REL/tallyd" testnet stop --dir "$DIR" >/dev/null 2>&1
-    kill -TERM "$UP_PID" 2>/dev/null
-    for _ in $(seq 1 40); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$UP_PID" 2>/dev/null
-  fi
+  stop_net
   if [ "${BENCH_NET_KEEP_DIR:-0}" = 1 ]; then echo "testnet dir kept: $DIR"; else rm -rf "$DIR"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "== testnet: 4 validators + 1 full node on $BASE_IP.. in $DIR"
-"$REL/tallyd" testnet up --validators 4 --full-nodes 1 --dir "$DIR" --base-ip "$BASE_IP" \
-  --non-interactive --accounts 4 >"$DIR/up.log" 2>&1 &
-UP_PID=$!
-# wait until every node has a pid file and node0 has committed a few blocks
-for _ in $(seq 1 60); do
-  if [ -f "$DIR/testnet.json" ] && [ -f "$DIR/node4/pid" ] &&
-     h=$(curl -sf "http://$BASE_IP:26657/v1/blocks/latest" | python3 -c 'import sys,json; print(json.load(sys.stdin)["height"])' 2>/dev/null) &&
-     [ "${h:-0}" -ge 3 ]; then break; fi
-  kill -0 "$UP_PID" 2>/dev/null || { cat "$DIR/up.log" >&2; exit 1; }
-  sleep 0.5
-done
-echo "   up (height ${h:-?})"
+height() {
+  curl -sf "http://$1:26657/v1/blocks/latest" |
+    python3 -c 'import sys,json; print(json.load(sys.stdin)["height"])' 2>/dev/null || echo 0
+}
+node_ip() { python3 -c "import ipaddress,sys; print(ipaddress.ip_address(sys.argv[1]) + int(sys.argv[2]))" "$BASE_IP" "$1"; }
+LAST_IP=$(node_ip 4)
+
+# start_net LABEL BIN [VAR=value ...]: all five nodes with that binary and environment; waits
+# until node0 and the full node have each committed 3 more blocks.
+start_net() {
+  local label=$1 bin=$2; shift 2
+  local h0 log; h0=$(height "$BASE_IP")
+  log="$DIR/start-$(ls "$DIR/phases" | wc -l).log"
+  env "$@" "$bin" testnet start --dir "$DIR" --non-interactive >"$log" 2>&1 &
+  SUP_PID=$!
+  local t=0
+  while :; do
+    local a b; a=$(height "$BASE_IP"); b=$(height "$LAST_IP")
+    if [ "$a" -ge $((h0 + 3)) ] && [ "$b" -ge $((h0 + 3)) ]; then break; fi
+    kill -0 "$SUP_PID" 2>/dev/null || { echo "error: testnet exited" >&2; tail -20 "$log" >&2; exit 1; }
+    t=$((t + 1))
+    if [ $t -ge 1200 ]; then echo "error: no blocks after 10 min" >&2; tail -20 "$log" >&2; exit 1; fi
+    if [ $((t % 20)) = 0 ]; then echo "   waiting for blocks ($((t / 2)) s; node0 at $a, node4 at $b)"; fi
+    sleep 0.5
+  done
+  echo "   $label: up at height $(height "$BASE_IP")"
+}
+
+# phase LABEL RATES BIN [VAR=value ...] [-- driver args]
+phase() {
+  local label=$1 rates=$2 bin=$3; shift 3
+  local envs=() extra=()
+  while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then shift; extra=("$@"); break; fi
+    envs+=("$1"); shift
+  done
+  echo "== phase: $label (rates $rates)"
+  start_net "$label" "$bin" "${envs[@]}"
+  local file="$DIR/phases/$(printf '%02d' "$(ls "$DIR/phases" | wc -l)").json"
+  "${DRIVER[@]}" drive --dir "$DIR" --tally "$DIR/bin/tally" --raw "$RAW" --label "$label" \
+    --rates "$rates" --duration "$DURATION" --out-json "$file" "${extra[@]}" || PHASE_FAILED=1
+  stop_net
+}
+PHASE_FAILED=0
+
+echo "== testnet: 4 validators + 1 full node on $BASE_IP.. in $DIR, $GENESIS_ACCOUNTS genesis accounts"
+INIT_ARGS=(--validators 4 --full-nodes 1 --dir "$DIR" --base-ip "$BASE_IP" --accounts 4)
+[ "$GENESIS_ACCOUNTS" -gt 0 ] && INIT_ARGS+=(--genesis-accounts "$GENESIS_ACCOUNTS")
+TG=$(date +%s)
+"$TALLYD" testnet init "${INIT_ARGS[@]}"
+echo "   genesis written in $(( $(date +%s) - TG )) s ($(du -h "$DIR/genesis.json" | cut -f1))"
+
+DEFAULT="default: anonymous gossip, mimalloc, verify-once cache"
+phase "$DEFAULT" "$RATES" "$TALLYD" -- --stop-when-flat --profile
+BEST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_rate"])' "$DIR/phases/00.json")
+if [ "$ABLATIONS" = 1 ]; then
+  SIGS=TALLY_P2P_GOSSIP_AUTHOR_SIGNATURES=true
+  NOCACHE=TALLY_MEMPOOL_REUSE_VERIFIED_SIGNATURES=false
+  phase "libp2p author signatures on gossip" "$BEST" "$TALLYD" "$SIGS"
+  phase "system allocator (glibc malloc)" "$BEST" "$DIR/bin/tallyd-sysalloc"
+  phase "no verify-once cache (blocks re-verify every signature)" "$BEST" "$TALLYD" "$NOCACHE"
+  phase "all of the above off" "$BEST" "$DIR/bin/tallyd-sysalloc" "$SIGS" "$NOCACHE"
+  phase "default again (control)" "$BEST" "$TALLYD"
+fi
 
 mkdir -p "$OUT"
-NOTES="$OUT/network-notes.md.in"
-[ -f "$NOTES" ] || NOTES=/dev/null
-python3 scripts/bench_net_report.py --dir "$DIR" --tally "$REL/tally" --raw "$RAW" \
-  --rates "$RATES" --duration "$DURATION" --base-ip "$BASE_IP" \
+NOTES="$OUT/network-notes.md"
+[ -f "$NOTES" ] || NOTES=""
+PHASES=$(ls "$DIR"/phases/*.json | paste -sd, -)
+"${DRIVER[@]}" render --phases "$PHASES" --raw "$RAW" --started "$T0" --duration "$DURATION" \
+  --genesis-accounts "$GENESIS_ACCOUNTS" --base-ip "$BASE_IP" \
   --out-json "$OUT/network.json" --out-md "$OUT/network.md" --notes "$NOTES" && rc=0 || rc=$?
 echo "== wrote $OUT/network.md and $OUT/network.json ($(( $(date +%s) - T0 )) s in all)"
+[ "$PHASE_FAILED" = 0 ] || { echo "error: a phase saw a fork or a lost transaction (see the report)" >&2; exit 1; }
 exit $rc

@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """Driver + report for `make bench-net` (issue 12), stdlib only.
 
-Called by scripts/bench-net.sh once the testnet is up:
-  bench_net_report.py --dir TESTNET_DIR --tally BIN --raw RATE --out-md F --out-json F
-
-For each target rate it runs `tally --output json bench` against all five nodes, snapshots
-every node's /metrics and /proc before and after, checks that all nodes agree on the block
-hash at a common height, and stops once committed TPS grows by less than 10%.
+Called by scripts/bench-net.sh:
+  bench_net_report.py drive --dir TESTNET_DIR --tally BIN --raw RATE --label L --out-json F
+      once per phase, with the testnet up in that phase's configuration. For each target rate
+      it runs `tally --output json bench` against all five nodes, snapshots every node's
+      /metrics and /proc before and after (and samples VmRSS during the step), checks that all
+      nodes agree on the block hash at a common height, and (--stop-when-flat) stops once
+      committed TPS grows by less than 10%. --profile runs `perf record` on node0 during the
+      top-rate step.
+  bench_net_report.py render --phases A.json,B.json,... --out-md F --out-json F
+      combines the phases (the default configuration first) into the report.
 """
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -59,6 +64,17 @@ def proc_hwm_mib(pid):
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def proc_rss_mib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -118,6 +134,61 @@ def wait_mempool_empty(nodes, limit_s=20):
     return False
 
 
+def start_profile(args, pid):
+    """perf record (no call graphs: self time only) on node0, from 5 s into the step for 8 s."""
+    data = os.path.join(args.dir, "perf-node0.data")
+    try:
+        return {"data": data, "p": subprocess.Popen(
+            ["sh", "-c", f"sleep 5; exec perf record -F 499 -p {pid} -o {data} -- sleep 8"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)}
+    except OSError as e:
+        print(f"warning: no profile: {e}", file=sys.stderr)
+        return None
+
+
+def component(sym, dso):
+    """Coarse owner of a symbol, for the profile summary."""
+    if dso.startswith("[kernel"):
+        return "kernel (syscalls, scheduling, loopback TCP)"
+    if dso.startswith("libc") or sym.startswith(("_int_", "malloc", "cfree", "__mem", "free")):
+        return "libc (malloc/free, memcpy)"
+    for prefix, name in (("k256", "k256 (signature verification)"), ("subtle", "k256 (signature verification)"),
+                         ("elliptic_curve", "k256 (signature verification)"), ("ecdsa", "k256 (signature verification)"),
+                         ("rocksdb", "RocksDB"), ("mi_", "mimalloc"), ("_mi_", "mimalloc"), ("jmt", "jmt state tree"),
+                         ("sha2", "SHA-256"), ("libp2p", "libp2p"), ("yamux", "libp2p"), ("snow", "libp2p"),
+                         ("hashbrown", "hash maps"), ("tokio", "tokio"), ("hyper", "HTTP (axum/hyper)"),
+                         ("axum", "HTTP (axum/hyper)"), ("serde", "serde"), ("borsh", "borsh"),
+                         ("tally", "tally (node code)"), ("ledger", "tally (node code)"),
+                         ("consensus", "tally (node code)"), ("futures", "async runtime (futures)"),
+                         ("<futures", "async runtime (futures)"), ("core::", "Rust core/alloc"),
+                         ("<core", "Rust core/alloc"), ("alloc::", "Rust core/alloc"), ("<alloc", "Rust core/alloc"),
+                         ("bytes", "Rust core/alloc"), ("std::", "Rust core/alloc")):
+        if sym.lstrip("<").startswith(prefix):
+            return name
+    return "other"
+
+
+def finish_profile(perf):
+    perf["p"].wait()
+    try:
+        out = subprocess.run(["perf", "report", "-i", perf["data"], "--no-children", "--sort", "dso,sym",
+                              "--stdio", "-q"], capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"warning: perf report: {e}", file=sys.stderr)
+        return None
+    rows, groups = [], {}
+    for line in out.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) < 4 or not parts[0].endswith("%"):
+            continue
+        pct, dso, sym = float(parts[0].rstrip("%")), parts[1], parts[3].strip()
+        sym = re.sub(r"::h[0-9a-f]{16}$", "", sym)
+        rows.append({"pct": pct, "dso": dso, "sym": sym[:110]})
+        g = component(sym, dso)
+        groups[g] = groups.get(g, 0.0) + pct
+    return {"top": rows[:15], "components": dict(sorted(groups.items(), key=lambda kv: -kv[1]))}
+
+
 def run_step(args, nodes, rate, raw):
     accounts = max(64, min(256, rate // 8))
     urls = ",".join(n["rpc"] for n in nodes)
@@ -129,16 +200,23 @@ def run_step(args, nodes, rate, raw):
     before = snapshot(nodes)
     t0 = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    perf = None
+    if args.profile and rate == max(args._rates):
+        perf = start_profile(args, nodes[0]["pid"])
     # The generator's CPU: sampled from /proc/<pid>/stat while it runs, and exactly from
     # wait4's rusage at exit (the last /proc sample misses the final moments).
     last_proc = 0.0
+    rss_peak = [0.0] * len(nodes)
     while p.poll() is None:
         c = proc_cpu(p.pid)
         if c is not None:
             last_proc = c
+        for i, n in enumerate(nodes):
+            rss_peak[i] = max(rss_peak[i], proc_rss_mib(n["pid"]) or 0.0)
         time.sleep(0.2)
     out, err = p.communicate()
     wall = time.time() - t0
+    profile = finish_profile(perf) if perf else None
     after = snapshot(nodes)
     try:
         rep = json.loads(out.decode())
@@ -171,11 +249,14 @@ def run_step(args, nodes, rate, raw):
                     reason = k.split('reason="', 1)[1].split('"', 1)[0]
                     rejections[reason] = rejections.get(reason, 0) + int(d)
     per_node = []
-    for n, a, b in zip(nodes, before, after):
+    for i, (n, a, b) in enumerate(zip(nodes, before, after)):
         cpu = (b["cpu"] - a["cpu"]) if (a["cpu"] is not None and b["cpu"] is not None) else None
         per_node.append({"node": n["name"], "role": n["role"],
                          "cpu_s": round(cpu, 2) if cpu is not None else None,
                          "cpu_cores": round(cpu / wall, 2) if cpu is not None else None,
+                         "cpu_us_per_committed_tx": round(1e6 * cpu / rep["committed"], 1)
+                         if cpu is not None and rep.get("committed") else None,
+                         "rss_step_peak_mib": round(rss_peak[i], 1),
                          "peak_rss_mib": round(proc_hwm_mib(n["pid"]) or 0, 1),
                          "height": int(b["m"].get("tally_block_height", 0))})
     gen_cores = gen_cpu / wall if wall else 0.0
@@ -213,6 +294,8 @@ def run_step(args, nodes, rate, raw):
     }
     if rep.get("error"):
         step["error"] = rep["error"]
+    if profile:
+        step["profile_node0"] = profile
     print(f"   committed {step['committed']}/{step['accepted']} accepted, {tps:.0f} TPS "
           f"({step['ratio_to_limit']:.2f}x limit), p50 {lat.get('p50')} ms p99 {lat.get('p99')} ms, "
           f"rejections {rejections}, no fork at h{fork['height']}: {fork['agree']}",
@@ -228,23 +311,33 @@ def fmt(v, nd=0):
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def mean_cpu_us(step):
+    xs = [n["cpu_us_per_committed_tx"] for n in step["nodes"] if n.get("cpu_us_per_committed_tx")]
+    return sum(xs) / len(xs) if xs else None
+
+
 def write_md(path, rep):
-    s = rep["steps"]
+    main = rep["phases"][0]
+    s = main["steps"]
     lim = rep["limit_tps"]
     L = []
     L.append("# Network benchmark: 4 validators + 1 full node on one machine (`make bench-net`)\n")
     L.append(f"Run {rep['started_utc']} on `{rep['host']}` ({rep['nproc']} cores), release builds, "
-             f"loopback ({rep['base_ip']}..), 500 ms block time (testnet default), fresh chain, "
-             f"`tally bench` against all 5 RPC endpoints, {rep['duration_s']} s per step, "
-             f"load steps {rep['total_wall_s']:.0f} s (plus build, raw-rate measurement and testnet start). First cut of issue 12: measured, nothing optimised.\n")
+             f"loopback ({rep['base_ip']}..), 500 ms block time (testnet default), "
+             f"**{rep['genesis_accounts']:,} extra funded accounts in genesis**, "
+             f"`tally bench` against all 5 RPC endpoints, {rep['duration_s']} s per step. "
+             f"`make bench-net` took {rep['total_wall_s'] / 60:.1f} min in all (build, raw rate, "
+             f"genesis, every phase).\n")
     L.append("## The limit\n")
-    L.append(f"- raw k256 verify, one core (ledger bench binary, first figure, same run): "
-             f"**{rep['raw_verify_one_core']:,.0f} /s**")
-    L.append(f"- limit = raw × {rep['nproc']} cores / {VALIDATORS} validators = **{lim:,.0f} TPS** "
-             f"(assumes verification scales linearly across cores; every node verifies every tx once)")
-    L.append(f"- 0.6 × limit = {0.6 * lim:,.0f} TPS. The load generator shares the cores: its CPU per step "
-             f"is below, and the column \"ratio (−gen)\" divides by raw × (cores − generator cores) / 4.\n")
-    L.append("## Per step\n")
+    L.append(f"- raw k256 verify, one core (ledger bench binary, same run): **{rep['raw_verify_one_core']:,.0f} /s**")
+    L.append(f"- limit = raw × {rep['nproc']} cores / {VALIDATORS} validators = **{lim:,.0f} TPS**; "
+             f"0.6 × limit = {0.6 * lim:,.0f} TPS.")
+    L.append(f"- The load generator shares the cores: \"ratio (−gen)\" divides by raw × (cores − generator "
+             f"cores) / 4. The full node verifies every tx too, so with 5 verifying nodes on "
+             f"{rep['nproc']} cores the ceiling from verification alone is "
+             f"{rep['raw_verify_one_core'] * rep['nproc'] / (VALIDATORS + 1):,.0f} TPS = "
+             f"{VALIDATORS / (VALIDATORS + 1):.1f}x of the limit, before any other work.\n")
+    L.append(f"## Rising load (default configuration: {main['label']})\n")
     L.append("| target tx/s | submitted/s | committed TPS | ratio to limit | ratio (−gen) | p50 | p95 | p99 "
              "| block interval | txs/block | rounds/height | exec + write per block (node0) | mempool rejections (all nodes) | all accepted committed | no fork |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -259,20 +352,53 @@ def write_md(path, rep):
                  f"{'yes' if x['all_accepted_committed'] else 'NO'} ({x['committed']}/{x['accepted']}) | "
                  f"{'yes' if x['no_fork'] else 'NO'} (h{x['fork_check']['height']}) |")
     L.append("")
-    L.append("CPU seconds during the step (cores used = CPU s / step wall time) and peak RSS "
-             "(VmHWM since start) per node, and the load generator's CPU:\n")
+    L.append("Per node during each step: CPU (cores = CPU s / step wall time; µs of CPU per committed tx), "
+             "peak RSS sampled every 0.2 s during the step (VmRSS), and VmHWM since the node started "
+             "(includes building the genesis state). Last column: the load generator.\n")
     hdr = "| target tx/s | " + " | ".join(f"{n['node']} ({n['role']})" for n in s[0]["nodes"]) + " | tally bench |"
     L.append(hdr)
     L.append("|---" * (len(s[0]["nodes"]) + 2) + "|")
     for x in s:
-        cells = [f"{fmt(n['cpu_s'], 1)} s ({fmt(n['cpu_cores'], 2)} cores), {fmt(n['peak_rss_mib'], 0)} MiB"
+        cells = [f"{fmt(n['cpu_cores'], 2)} cores, {fmt(n.get('cpu_us_per_committed_tx'), 0)} µs/tx; "
+                 f"RSS {fmt(n.get('rss_step_peak_mib'), 0)} MiB (HWM {fmt(n['peak_rss_mib'], 0)})"
                  for n in x["nodes"]]
         L.append(f"| {x['target_rate']:,} | " + " | ".join(cells) +
-                 f" | {fmt(x['generator_cpu_s'], 1)} s ({fmt(x['generator_cores'], 2)} cores) |")
+                 f" | {fmt(x['generator_cores'], 2)} cores |")
     L.append("")
     best = max(s, key=lambda x: x["committed_tps"])
+    # Optimisations: every phase at the same offered rate
+    ab = [(ph, st) for ph in rep["phases"] for st in ph["steps"] if st["target_rate"] == rep["ab_rate"]]
+    if len(ab) > 1:
+        L.append(f"## Optimisations on and off (same run, same chain, {rep['ab_rate']:,} tx/s offered)\n")
+        L.append("Each phase restarts all five nodes with one configuration and runs the same load. "
+                 "The first row is the rising-load step above; the last re-measures the default after "
+                 "the others, as a control for drift (the chain keeps growing between phases).\n")
+        L.append("| configuration | committed TPS | vs default | p50 | p99 | CPU per tx per node (mean) | all committed, no fork |")
+        L.append("|---|---|---|---|---|---|---|")
+        base = ab[0][1]["committed_tps"] or 1.0
+        for ph, st in ab:
+            f = st["finality_ms"]
+            L.append(f"| {ph['label']} | {fmt(st['committed_tps'])} | {st['committed_tps'] / base:.2f}x | "
+                     f"{fmt(f['p50'])} ms | {fmt(f['p99'])} ms | {fmt(mean_cpu_us(st), 0)} µs | "
+                     f"{'yes' if st['all_accepted_committed'] and st['no_fork'] else 'NO'} |")
+        L.append("")
+    prof = next((x.get("profile_node0") for x in s if x.get("profile_node0")), None)
+    if prof:
+        L.append(f"## Profile (perf, node0, 8 s at the top step, self time)\n")
+        L.append("| component | share of node0's CPU |")
+        L.append("|---|---|")
+        for k, v in prof["components"].items():
+            if v >= 0.5:
+                L.append(f"| {k} | {v:.1f}% |")
+        L.append("\nTop symbols:\n")
+        L.append("| self | symbol |")
+        L.append("|---|---|")
+        for r in prof["top"]:
+            L.append(f"| {r['pct']:.1f}% | `{r['sym']}` ({r['dso']}) |")
+        L.append("")
     f = best["finality_ms"]
-    peak_rss = max(n["peak_rss_mib"] for x in s for n in x["nodes"])
+    rss = max((n.get("rss_step_peak_mib") or 0) for x in s for n in x["nodes"])
+    ok_all = all(x["no_fork"] and x["all_accepted_committed"] for ph in rep["phases"] for x in ph["steps"])
     met = lambda b: "**met**" if b else "**missed**"
     L.append("## Targets (issue 12)\n")
     L.append(f"Best step: {best['target_rate']:,} tx/s offered → {best['committed_tps']:,.0f} TPS committed.\n")
@@ -283,60 +409,97 @@ def write_md(path, rep):
              f"| {met(best['ratio_to_limit'] >= 0.6)} |")
     L.append(f"| p50 finality <= 1.5 s at that load | {fmt(f['p50'])} ms | {met(f['p50'] is not None and f['p50'] <= 1500)} |")
     L.append(f"| p99 finality <= 3 s at that load | {fmt(f['p99'])} ms | {met(f['p99'] is not None and f['p99'] <= 3000)} |")
-    L.append(f"| RSS per node <= 300 MiB with 1M accounts | {peak_rss:,.0f} MiB peak, but with ~{sum(x['accounts'] for x in s) + 4} accounts, "
-             f"not 1M | **not measured** |")
-    L.append(f"| no fork, every accepted tx committed | "
-             f"{'yes in every step' if all(x['no_fork'] and x['all_accepted_committed'] for x in s) else 'NO in some step (see table)'} | "
-             f"{met(all(x['no_fork'] and x['all_accepted_committed'] for x in s))} |")
-    L.append(f"| throughput with the optimisations switched off, same report | — | **not done** |")
+    L.append(f"| RSS per node <= 300 MiB with 1M accounts | {rss:,.0f} MiB (highest VmRSS of any node during any step, "
+             f"{rep['genesis_accounts']:,} genesis accounts) | "
+             f"{met(rss <= 300 and rep['genesis_accounts'] >= 1_000_000) if rep['genesis_accounts'] >= 1_000_000 else '**not measured at 1M**'} |")
+    L.append(f"| no fork, every accepted tx committed (checked per tx by `tally bench`, block hashes compared) | "
+             f"{'yes in every step of every phase' if ok_all else 'NO in some step (see tables)'} | {met(ok_all)} |")
+    L.append(f"| throughput with the optimisations switched off, same report | "
+             f"{'see the on/off table' if len(ab) > 1 else '—'} | {met(len(ab) > 1)} |")
     L.append("")
     L.append(rep.get("notes_md", ""))
     open(path, "w").write("\n".join(L) + "\n")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", required=True)
-    ap.add_argument("--tally", required=True)
-    ap.add_argument("--raw", type=float, required=True)
-    ap.add_argument("--rates", default="250,500,1000,1500,2000,3000")
-    ap.add_argument("--duration", type=int, default=20)
-    ap.add_argument("--drain", type=int, default=30)
-    ap.add_argument("--base-ip", default="127.0.60.2")
-    ap.add_argument("--out-json", required=True)
-    ap.add_argument("--out-md", required=True)
-    ap.add_argument("--notes", default="")
-    ap.add_argument("--max-wall", type=int, default=300, help="no new step after this many seconds")
-    args = ap.parse_args()
+def drive(args):
     args._gen_cpu_seen = 0.0
+    args._rates = [int(r) for r in args.rates.split(",")]
     started = time.time()
     nodes = load_nodes(args.dir)
     steps = []
-    for rate in [int(r) for r in args.rates.split(",")]:
+    for rate in args._rates:
         if time.time() - started > args.max_wall:
             print("time budget reached; no further steps", file=sys.stderr)
             break
         wait_mempool_empty(nodes)
         st = run_step(args, nodes, rate, args.raw)
         steps.append(st)
-        if len(steps) >= 2 and st["committed_tps"] < 1.1 * steps[-2]["committed_tps"]:
+        if args.stop_when_flat and len(steps) >= 2 and st["committed_tps"] < 1.1 * steps[-2]["committed_tps"]:
             print("committed TPS stopped growing (< 1.1x the previous step); stopping", file=sys.stderr)
             break
+    phase = {"label": args.label, "steps": steps, "wall_s": time.time() - started,
+             "best_committed_tps": max(x["committed_tps"] for x in steps) if steps else None,
+             "best_rate": max(steps, key=lambda x: x["committed_tps"])["target_rate"] if steps else None}
+    json.dump(phase, open(args.out_json, "w"), indent=2)
+    ok = all(x["no_fork"] and x["all_accepted_committed"] for x in steps)
+    return 0 if ok else 1
+
+
+def render(args):
+    if args.from_json:
+        # Re-render an earlier run's report (e.g. after editing the notes).
+        rep = json.load(open(args.from_json))
+        if args.notes and os.path.exists(args.notes):
+            rep["notes_md"] = open(args.notes).read()
+        write_md(args.out_md, rep)
+        return 0
+    phases = [json.load(open(p)) for p in args.phases.split(",") if os.path.exists(p)]
+    if not phases:
+        sys.exit("error: no phase results to render")
     rep = {
-        "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "host": os.uname().nodename, "nproc": NPROC, "validators": VALIDATORS, "full_nodes": len(nodes) - VALIDATORS,
-        "base_ip": args.base_ip, "duration_s": args.duration,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(args.started)),
+        "host": os.uname().nodename, "nproc": NPROC, "validators": VALIDATORS, "full_nodes": 1,
+        "base_ip": args.base_ip, "duration_s": args.duration, "genesis_accounts": args.genesis_accounts,
         "raw_verify_one_core": args.raw, "limit_tps": args.raw * NPROC / VALIDATORS,
-        "steps": steps,
-        "best_committed_tps": max(x["committed_tps"] for x in steps) if steps else None,
-        "total_wall_s": time.time() - started,
+        "ab_rate": phases[0].get("best_rate"),
+        "phases": phases, "total_wall_s": time.time() - args.started,
     }
     if args.notes and os.path.exists(args.notes):
         rep["notes_md"] = open(args.notes).read()
     json.dump({k: v for k, v in rep.items() if k != "notes_md"}, open(args.out_json, "w"), indent=2)
     write_md(args.out_md, rep)
-    ok = all(x["no_fork"] and x["all_accepted_committed"] for x in steps)
+    ok = all(x["no_fork"] and x["all_accepted_committed"] for ph in phases for x in ph["steps"])
     return 0 if ok else 1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("drive", help="run load steps against a running testnet; write one phase's JSON")
+    d.add_argument("--dir", required=True)
+    d.add_argument("--tally", required=True)
+    d.add_argument("--raw", type=float, required=True)
+    d.add_argument("--label", required=True)
+    d.add_argument("--rates", default="250,500,1000,1500,2000,3000")
+    d.add_argument("--stop-when-flat", action="store_true")
+    d.add_argument("--profile", action="store_true", help="perf-profile node0 during the top-rate step")
+    d.add_argument("--duration", type=int, default=20)
+    d.add_argument("--drain", type=int, default=30)
+    d.add_argument("--out-json", required=True)
+    d.add_argument("--max-wall", type=int, default=400, help="no new step after this many seconds")
+    r = sub.add_parser("render", help="combine phase JSONs into network.md + network.json")
+    r.add_argument("--phases", help="comma-separated phase JSON files, default configuration first")
+    r.add_argument("--from-json", help="re-render this network.json instead (notes may change)")
+    r.add_argument("--raw", type=float)
+    r.add_argument("--started", type=float, help="unix time the run started")
+    r.add_argument("--duration", type=int, default=20)
+    r.add_argument("--genesis-accounts", type=int, default=0)
+    r.add_argument("--base-ip", default="127.0.60.2")
+    r.add_argument("--out-json")
+    r.add_argument("--out-md", required=True)
+    r.add_argument("--notes", default="")
+    args = ap.parse_args()
+    return drive(args) if args.cmd == "drive" else render(args)
 
 
 if __name__ == "__main__":
