@@ -38,6 +38,8 @@ pub struct P2pSection {
     /// Sign gossip with the libp2p identity (off: Tally messages carry their own
     /// signatures). Every node of a network must use the same value.
     pub gossip_author_signatures: bool,
+    /// Gossipsub mesh degree of the transaction topic.
+    pub tx_mesh_n: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,8 +83,12 @@ pub struct ConsensusSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
+    /// RocksDB block cache shared by all column families.
     pub block_cache_mb: usize,
+    /// Memtable size of one column family: it is flushed when it reaches this.
     pub write_buffer_mb: usize,
+    /// All memtables together: past this the largest is flushed.
+    pub write_buffer_total_mb: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,6 +133,7 @@ impl Default for P2pSection {
             ban_duration_secs: 600,
             score_half_life_secs: 600,
             gossip_author_signatures: false,
+            tx_mesh_n: 2,
         }
     }
 }
@@ -170,6 +177,7 @@ impl Default for StorageSection {
         Self {
             block_cache_mb: 64,
             write_buffer_mb: 16,
+            write_buffer_total_mb: 64,
         }
     }
 }
@@ -288,6 +296,14 @@ impl NodeConfig {
         }
         if self.rpc.max_body_bytes < 1024 {
             return Err("rpc.max_body_bytes must be at least 1024".into());
+        }
+        if self.storage.write_buffer_mb == 0
+            || self.storage.write_buffer_total_mb < self.storage.write_buffer_mb
+        {
+            return Err(format!(
+                "storage.write_buffer_mb ({}) must be at least 1 and at most storage.write_buffer_total_mb ({})",
+                self.storage.write_buffer_mb, self.storage.write_buffer_total_mb
+            ));
         }
         if self.mempool.max_txs == 0 || self.mempool.max_bytes == 0 {
             return Err("mempool.max_txs and mempool.max_bytes must be positive".into());

@@ -56,7 +56,7 @@ pub async fn run_with(
     genesis: Genesis,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let genesis = Arc::new(genesis);
+    let mut genesis = Arc::new(genesis);
     let key = if config.consensus.validator_key.is_empty() {
         None
     } else {
@@ -81,6 +81,7 @@ pub async fn run_with(
             &RocksConfig {
                 block_cache_bytes: config.storage.block_cache_mb << 20,
                 write_buffer_bytes: config.storage.write_buffer_mb << 20,
+                write_buffer_total_bytes: config.storage.write_buffer_total_mb << 20,
             },
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", home.db_dir().display()))?,
@@ -140,6 +141,7 @@ pub async fn run_with(
     net_config.ban_duration = Duration::from_secs(config.p2p.ban_duration_secs);
     net_config.score_half_life = Duration::from_secs(config.p2p.score_half_life_secs.max(1));
     net_config.gossip_author_signatures = config.p2p.gossip_author_signatures;
+    net_config.tx_mesh_n = config.p2p.tx_mesh_n;
     let sync_max_response_bytes = net_config.sync_max_response_bytes;
     let (net, net_events) = tally_p2p::spawn(net_config, &mut registry, shutdown.clone())
         .map_err(|e| anyhow::anyhow!("cannot start networking: {e}"))?;
@@ -155,6 +157,10 @@ pub async fn run_with(
         .await
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     }
+    // The store holds the genesis state (and start-up repair, the last user of the account
+    // list, is done): free the list, most of a large genesis, for the node's lifetime.
+    Arc::make_mut(&mut genesis).release_accounts();
+    let genesis = genesis;
 
     let mempool = Arc::new(Mutex::new(Mempool::new(
         MempoolConfig {

@@ -61,13 +61,19 @@ fn db_err(e: rocksdb::Error) -> StoreError {
     StoreError::Db(e.into_string())
 }
 
-/// Tuning knobs; the defaults suit a node with up to a few million accounts.
+/// Tuning knobs; the defaults suit a node with up to a few million accounts. RocksDB's
+/// memory is about `block_cache_bytes + write_buffer_total_bytes` plus the index and bloom
+/// filter blocks of open tables (not in the cache; about 10 MiB per million accounts).
 #[derive(Clone, Debug)]
 pub struct RocksConfig {
     /// Shared LRU block cache for all column families.
     pub block_cache_bytes: usize,
-    /// Memtable size per column family.
+    /// Memtable size per column family: a memtable this big is flushed.
     pub write_buffer_bytes: usize,
+    /// All memtables of all column families together: past this the largest one is
+    /// flushed. Without it the bound would be 7 families x 2 memtables x
+    /// `write_buffer_bytes`.
+    pub write_buffer_total_bytes: usize,
 }
 
 impl Default for RocksConfig {
@@ -75,6 +81,7 @@ impl Default for RocksConfig {
         Self {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 16 << 20,
+            write_buffer_total_bytes: 64 << 20,
         }
     }
 }
@@ -139,6 +146,7 @@ impl RocksStore {
         let mut cf_opts = Options::default();
         cf_opts.set_block_based_table_factory(&table);
         cf_opts.set_write_buffer_size(config.write_buffer_bytes);
+        cf_opts.set_max_write_buffer_number(2);
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // State is read at random on every block: keep it uncompressed (no decompression
         // on the hot path; account and node records barely compress anyway).
@@ -149,6 +157,7 @@ impl RocksStore {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_open_files(512);
         db_opts.set_keep_log_file_num(4);
+        db_opts.set_db_write_buffer_size(config.write_buffer_total_bytes);
         let cfs = ALL_CFS.iter().map(|name| {
             let opts = if *name == CF_STATE {
                 state_opts.clone()
