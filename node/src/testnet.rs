@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! <dir>/testnet.json               manifest: chain id, nodes (role, ip, urls, peer id), accounts
-//! <dir>/genesis.json               the shared genesis (also in every node's config/)
+//!                                  (wallet keys; bulk genesis accounts only by count)
+//! <dir>/genesis.json               the shared genesis (copied into every node's config/)
 //! <dir>/supervisor.pid             pid of the running `up` / `start`
 //! <dir>/nodeN/config/...           node.toml, genesis.json, node_key.json, validator_key.json
 //! <dir>/nodeN/data/db              the node's RocksDB
@@ -29,14 +30,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ledger::crypto::Keypair;
-use ledger::genesis::{GenesisAccount, GenesisFile, GenesisValidator, Params};
+use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::hash::to_hex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_node::config::NodeConfig;
 use tally_node::keys;
 
-use crate::cli::{expand, write_genesis};
+use crate::cli::expand;
 
 pub const P2P_PORT: u16 = 26656;
 pub const RPC_PORT: u16 = 26657;
@@ -45,6 +46,9 @@ const MANIFEST: &str = "testnet.json";
 const SUPERVISOR_PID: &str = "supervisor.pid";
 /// Every account starts with this balance.
 const ACCOUNT_BALANCE: u64 = 1_000_000_000_000;
+/// Most bulk genesis accounts `--genesis-accounts` takes (about 60 MB of genesis.json per
+/// million).
+pub const MAX_GENESIS_ACCOUNTS: u64 = 5_000_000;
 /// How long a node gets to exit after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -98,6 +102,12 @@ pub struct InitArgs {
     /// Number of funded wallet keys (account0, account1, ...).
     #[arg(long, default_value_t = 4)]
     pub accounts: usize,
+    /// Extra funded accounts in genesis, as state-size ballast for benchmarks: account i
+    /// (0 <= i < N) has the address SHA-256("tally-genesis-account" || i as u64
+    /// little-endian)[..20] and a balance of 1000000. Nobody has their keys, so they never
+    /// send; they only make the state big. At most 5000000.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub genesis_accounts: u64,
     /// Block time: the genesis timeout_commit in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub timeout_commit_ms: u64,
@@ -136,7 +146,11 @@ pub struct NodeArgs {
 pub struct Manifest {
     pub chain_id: String,
     pub nodes: Vec<NodeEntry>,
+    /// The wallet keys' accounts.
     pub accounts: Vec<AccountEntry>,
+    /// How many bulk accounts (`--genesis-accounts`) genesis.json funds after them.
+    #[serde(default)]
+    pub genesis_accounts: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -223,11 +237,18 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
         let m = load_manifest(&dir)?;
         let v = m.nodes.iter().filter(|n| n.role == "validator").count();
         println!(
-            "resuming the testnet in {} ({v} validators, {} full nodes, chain {}); delete the directory for a new chain",
+            "resuming the testnet in {} ({v} validators, {} full nodes, {} bulk genesis accounts, chain {}); delete the directory for a new chain",
             dir.display(),
             m.nodes.len() - v,
+            m.genesis_accounts,
             m.chain_id
         );
+        if a.genesis_accounts != m.genesis_accounts {
+            println!(
+                "note: --genesis-accounts {} is ignored: this chain's genesis has {}",
+                a.genesis_accounts, m.genesis_accounts
+            );
+        }
         return Ok(dir);
     }
     let total = a.validators + a.full_nodes;
@@ -242,6 +263,12 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
     }
     if a.accounts > 10_000 {
         bail!("--accounts {} is too many (at most 10000)", a.accounts);
+    }
+    if a.genesis_accounts > MAX_GENESIS_ACCOUNTS {
+        bail!(
+            "--genesis-accounts {} is too many (at most {MAX_GENESIS_ACCOUNTS})",
+            a.genesis_accounts
+        );
     }
     std::fs::create_dir_all(&requested)
         .with_context(|| format!("cannot create {}", requested.display()))?;
@@ -318,11 +345,19 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
             })
             .collect(),
     };
-    write_genesis(&dir.join("genesis.json"), &genesis)?;
+    let genesis_path = dir.join("genesis.json");
+    write_genesis(&genesis_path, &genesis, a.genesis_accounts)?;
 
     for (i, node) in nodes.iter().enumerate() {
         let h = home(&dir, i);
-        write_genesis(&h.join("config/genesis.json"), &genesis)?;
+        std::fs::create_dir_all(h.join("config"))
+            .with_context(|| format!("cannot create {}", h.join("config").display()))?;
+        std::fs::copy(&genesis_path, h.join("config/genesis.json")).with_context(|| {
+            format!(
+                "cannot copy genesis.json into {}",
+                h.join("config").display()
+            )
+        })?;
         keys::write_node_key(&h.join("config/node_key.json"), node_secrets[i])?;
         let mut config = NodeConfig {
             moniker: node.name.clone(),
@@ -352,18 +387,53 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
         chain_id: a.chain_id.clone(),
         nodes,
         accounts,
+        genesis_accounts: a.genesis_accounts,
     };
     // Written last: its presence means the directory is complete.
     std::fs::write(dir.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)?;
     println!(
-        "created a testnet in {}: {} validators, {} full nodes, {} funded accounts, chain {}",
+        "created a testnet in {}: {} validators, {} full nodes, {} funded accounts, {} bulk genesis accounts, chain {}",
         dir.display(),
         a.validators,
         a.full_nodes,
         a.accounts,
+        a.genesis_accounts,
         a.chain_id
     );
     Ok(dir)
+}
+
+/// Writes `file` plus `bulk` bulk accounts to `path`, streamed (a million accounts take
+/// about 60 MB and a couple of seconds), then loads it back as a node will: a testnet
+/// never gets a genesis its nodes refuse.
+fn write_genesis(path: &Path, file: &GenesisFile, bulk: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let big = bulk >= 100_000;
+    if big {
+        println!("writing {} with {bulk} bulk accounts ...", path.display());
+    }
+    let out =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    ledger::genesis::write_json(std::io::BufWriter::new(out), file, bulk, |done| {
+        if started.elapsed() > Duration::from_secs(2) {
+            println!(
+                "  {done} of {bulk} bulk accounts written ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    })
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    Genesis::load(path)?;
+    if big {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "wrote {} ({:.1} MB) and checked it in {:.1} s",
+            path.display(),
+            size as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// Plaintext key files in the `tally` wallet's keystore format (version 1, `"insecure":
@@ -578,7 +648,9 @@ pub fn restart(dir: &Path, i: usize) -> anyhow::Result<()> {
     let mut child = spawn_node(dir, i)?;
     let pid = child.id();
     let addresses = tally_node::node::addresses_file(&home(dir, i));
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A node with a big genesis and no database yet builds its state first.
+    let wait = Duration::from_secs(30 + m.genesis_accounts / 50_000);
+    let deadline = Instant::now() + wait;
     loop {
         let up = std::fs::read_to_string(&addresses)
             .ok()
@@ -595,7 +667,8 @@ pub fn restart(dir: &Path, i: usize) -> anyhow::Result<()> {
         }
         if Instant::now() > deadline {
             bail!(
-                "node{i} (pid {pid}) did not come up within 30 s; see {}",
+                "node{i} (pid {pid}) did not come up within {} s; see {}",
+                wait.as_secs(),
                 home(dir, i).join("node.log").display()
             );
         }
