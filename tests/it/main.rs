@@ -8,6 +8,7 @@ mod chain;
 mod crash;
 mod dev;
 mod faults;
+mod genesis;
 mod metrics;
 mod rpc;
 mod sync;
