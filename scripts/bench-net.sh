@@ -133,16 +133,20 @@ TG=$(date +%s)
 "$TALLYD" testnet init "${INIT_ARGS[@]}"
 echo "   genesis written in $(( $(date +%s) - TG )) s ($(du -h "$DIR/genesis.json" | cut -f1))"
 
-DEFAULT="default: anonymous gossip, mimalloc, verify-once cache"
+DEFAULT="default: tx batches, anonymous gossip, tx mesh degree 2, mimalloc, verify-once cache"
 phase "$DEFAULT" "$RATES" "$TALLYD" -- --stop-when-flat --profile
 BEST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_rate"])' "$DIR/phases/00.json")
 if [ "$ABLATIONS" = 1 ]; then
   SIGS=TALLY_P2P_GOSSIP_AUTHOR_SIGNATURES=true
   NOCACHE=TALLY_MEMPOOL_REUSE_VERIFIED_SIGNATURES=false
+  MESH=TALLY_P2P_TX_MESH_N=6
+  NOBATCH=TALLY_P2P_TX_BATCH_MS=0
+  phase "no tx batching (one gossip message per tx)" "$BEST" "$TALLYD" "$NOBATCH"
   phase "libp2p author signatures on gossip" "$BEST" "$TALLYD" "$SIGS"
+  phase "tx topic mesh degree 6 (as the consensus topic)" "$BEST" "$TALLYD" "$MESH"
   phase "system allocator (glibc malloc)" "$BEST" "$DIR/bin/tallyd-sysalloc"
   phase "no verify-once cache (blocks re-verify every signature)" "$BEST" "$TALLYD" "$NOCACHE"
-  phase "all of the above off" "$BEST" "$DIR/bin/tallyd-sysalloc" "$SIGS" "$NOCACHE"
+  phase "all of the above off" "$BEST" "$DIR/bin/tallyd-sysalloc" "$SIGS" "$NOCACHE" "$MESH" "$NOBATCH"
   phase "default again (control)" "$BEST" "$TALLYD"
 fi
 

@@ -38,8 +38,11 @@ pub struct P2pSection {
     /// Sign gossip with the libp2p identity (off: Tally messages carry their own
     /// signatures). Every node of a network must use the same value.
     pub gossip_author_signatures: bool,
-    /// Gossipsub mesh degree of the transaction topic.
+    /// Gossipsub mesh degree of the transaction topics.
     pub tx_mesh_n: usize,
+    /// Transactions received over RPC are gossiped in batches collected over this many
+    /// milliseconds (0: each transaction in its own message).
+    pub tx_batch_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +137,7 @@ impl Default for P2pSection {
             score_half_life_secs: 600,
             gossip_author_signatures: false,
             tx_mesh_n: 2,
+            tx_batch_ms: 10,
         }
     }
 }
@@ -288,6 +292,15 @@ impl NodeConfig {
         if self.p2p.listen.is_empty() {
             return Err(
                 "p2p.listen is empty; give at least one address, e.g. [\"/ip4/0.0.0.0/tcp/26656\"]"
+                    .into(),
+            );
+        }
+        if !(1..=12).contains(&self.p2p.tx_mesh_n) {
+            return Err("p2p.tx_mesh_n must be in 1..=12, e.g. 2".into());
+        }
+        if self.p2p.tx_batch_ms > 1000 {
+            return Err(
+                "p2p.tx_batch_ms must be at most 1000 (a batch delays its txs); 10 is the default"
                     .into(),
             );
         }

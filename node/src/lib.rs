@@ -10,4 +10,5 @@ pub mod node;
 pub mod repair;
 pub mod router;
 pub mod rpc;
+pub mod txgossip;
 pub mod wire;

@@ -142,6 +142,9 @@ pub async fn run_with(
     net_config.score_half_life = Duration::from_secs(config.p2p.score_half_life_secs.max(1));
     net_config.gossip_author_signatures = config.p2p.gossip_author_signatures;
     net_config.tx_mesh_n = config.p2p.tx_mesh_n;
+    // A batch holds up to 1,024 txs; with the largest txs it is capped by the message size.
+    let tx_batch_bytes = (256 * 1024).clamp(net_config.max_tx_message_bytes, max_block_bytes);
+    net_config.max_tx_batch_bytes = tx_batch_bytes;
     let sync_max_response_bytes = net_config.sync_max_response_bytes;
     let (net, net_events) = tally_p2p::spawn(net_config, &mut registry, shutdown.clone())
         .map_err(|e| anyhow::anyhow!("cannot start networking: {e}"))?;
@@ -233,6 +236,12 @@ pub async fn run_with(
         mempool,
         mempool_metrics,
         net: net.clone(),
+        tx_gossip: crate::txgossip::TxGossip::start(
+            net.clone(),
+            Duration::from_millis(config.p2p.tx_batch_ms),
+            tx_batch_bytes,
+            shutdown.clone(),
+        ),
         view,
         events,
         metrics: rpc_metrics,

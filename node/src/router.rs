@@ -32,6 +32,22 @@ pub struct Router {
     pub listening: tokio::sync::watch::Sender<Vec<tally_p2p::Multiaddr>>,
 }
 
+/// The penalty for a gossiped tx that no honest node would have forwarded; None for txs
+/// that are only stale or unwelcome here (full pool, nonce used, already committed).
+fn tx_fault(e: &AddError) -> Option<PenaltyReason> {
+    if !e.is_peer_fault() {
+        return None;
+    }
+    Some(match e {
+        AddError::Invalid(TxError::BadSignature | TxError::HighS) => {
+            PenaltyReason::InvalidSignature
+        }
+        AddError::Invalid(TxError::Malformed(_)) => PenaltyReason::Undecodable,
+        AddError::Invalid(TxError::TooLarge { .. }) => PenaltyReason::Oversized,
+        _ => PenaltyReason::InvalidMessage,
+    })
+}
+
 impl Router {
     pub async fn run(self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
         loop {
@@ -49,6 +65,7 @@ impl Router {
                 } => {
                     let verdict = match topic {
                         Topic::Tx => self.on_tx(&data),
+                        Topic::TxBatch => self.on_tx_batch(&data),
                         Topic::Consensus => self.on_consensus(&data, source).await,
                     };
                     let _ = self.net.validated(msg_id, source, verdict).await;
@@ -120,15 +137,44 @@ impl Router {
             max,
         ) {
             Ok(_) => Verdict::Accept,
-            Err(e) if e.is_peer_fault() => Verdict::Reject(match e {
-                AddError::Invalid(TxError::BadSignature | TxError::HighS) => {
-                    PenaltyReason::InvalidSignature
-                }
-                AddError::Invalid(TxError::Malformed(_)) => PenaltyReason::Undecodable,
-                AddError::Invalid(TxError::TooLarge { .. }) => PenaltyReason::Oversized,
-                _ => PenaltyReason::InvalidMessage,
-            }),
-            Err(_) => Verdict::Ignore,
+            Err(e) => tx_fault(&e).map_or(Verdict::Ignore, Verdict::Reject),
+        }
+    }
+
+    /// A batch is admitted tx by tx, signatures verified in parallel. One tx that no honest
+    /// node would have forwarded (bad signature, undecodable, ...) rejects the batch; txs
+    /// that are merely stale here (already committed, nonce used) do not. Forwarded only
+    /// if it brought at least one new transaction.
+    fn on_tx_batch(&self, data: &[u8]) -> Verdict {
+        use rayon::prelude::*;
+        let max = self.genesis.params.max_tx_bytes as usize;
+        let txs = match crate::txgossip::split_batch(data, max) {
+            Ok(txs) => txs,
+            Err(_) => return Verdict::Reject(PenaltyReason::Undecodable),
+        };
+        let results: Vec<Result<_, AddError>> = txs
+            .par_iter()
+            .map(|bytes| {
+                admit_bytes(
+                    self.store.as_ref(),
+                    &self.mempool,
+                    &self.mempool_metrics,
+                    bytes,
+                    max,
+                )
+                .map(|_| ())
+            })
+            .collect();
+        if let Some(fault) = results
+            .iter()
+            .find_map(|r| r.as_ref().err().and_then(tx_fault))
+        {
+            return Verdict::Reject(fault);
+        }
+        if results.iter().any(Result::is_ok) {
+            Verdict::Accept
+        } else {
+            Verdict::Ignore
         }
     }
 

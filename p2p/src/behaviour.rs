@@ -138,7 +138,18 @@ fn gossipsub_config(cfg: &NetworkConfig) -> Result<gossipsub::Config, NetworkErr
         // peer that forwarded it. With it, an echo is just a duplicate.
         (gossipsub::ValidationMode::Anonymous, true)
     };
-    gossipsub::ConfigBuilder::default()
+    let mut builder = gossipsub::ConfigBuilder::default();
+    // The tx topic's own mesh degree (see `NetworkConfig::tx_mesh_n`).
+    let d = cfg.tx_mesh_n;
+    for t in [Topic::Tx, Topic::TxBatch] {
+        let hash = gossipsub::IdentTopic::new(t.topic_string(&cfg.chain_id)).hash();
+        builder
+            .mesh_n_for_topic(d, hash.clone())
+            .mesh_n_low_for_topic(d.div_ceil(2), hash.clone())
+            .mesh_n_high_for_topic(d * 2, hash.clone())
+            .mesh_outbound_min_for_topic(d / 2, hash);
+    }
+    builder
         .heartbeat_interval(cfg.heartbeat_interval)
         // Default is 5 s: far too long for 1 s blocks, the mesh would form late.
         .heartbeat_initial_delay(Duration::from_millis(100))
@@ -229,11 +240,13 @@ pub fn score_params(
         retain_score: Duration::from_secs(600),
         ..Default::default()
     };
-    let tx = gossipsub::IdentTopic::new(Topic::Tx.topic_string(&cfg.chain_id)).hash();
-    let consensus = gossipsub::IdentTopic::new(Topic::Consensus.topic_string(&cfg.chain_id)).hash();
+    let hash = |t: Topic| gossipsub::IdentTopic::new(t.topic_string(&cfg.chain_id)).hash();
     // Consensus messages matter most: full weight. Txs are cheap and plentiful: half.
-    params.topics.insert(consensus, topic(1.0, 20.0));
-    params.topics.insert(tx, topic(0.5, 20.0));
+    params
+        .topics
+        .insert(hash(Topic::Consensus), topic(1.0, 20.0));
+    params.topics.insert(hash(Topic::Tx), topic(0.5, 20.0));
+    params.topics.insert(hash(Topic::TxBatch), topic(0.5, 20.0));
     let thresholds = gossipsub::PeerScoreThresholds {
         // Below -10 (one invalid consensus message): no IHAVE/IWANT gossip with the peer.
         gossip_threshold: -10.0,

@@ -29,6 +29,8 @@ pub struct NetworkConfig {
     /// Largest message accepted on the tx topic; a larger one is rejected and penalised
     /// before it reaches the node.
     pub max_tx_message_bytes: usize,
+    /// Largest message accepted on the tx batch topic (same treatment).
+    pub max_tx_batch_bytes: usize,
 
     /// Established inbound connections, all peers together.
     pub max_inbound_connections: u32,
@@ -81,6 +83,12 @@ pub struct NetworkConfig {
     /// publish and a verify per receipt (~16% of a loaded validator's CPU). All nodes of a
     /// network must agree: an anonymous node rejects signed messages and vice versa.
     pub gossip_author_signatures: bool,
+    /// Gossipsub mesh degree D of the transaction topics (the consensus topic keeps 6).
+    /// Every node already receives a new transaction straight from the node that published
+    /// it (flood publish), so the mesh only repairs what that missed: each extra mesh peer
+    /// is one more duplicate copy of every transaction on every node. 2 keeps a second path
+    /// per hop; raise it on sparse networks where nodes are not directly connected.
+    pub tx_mesh_n: usize,
 }
 
 impl NetworkConfig {
@@ -105,6 +113,9 @@ impl NetworkConfig {
         }
         if self.max_tx_message_bytes == 0 || self.max_tx_message_bytes > self.max_message_bytes {
             return bad("max_tx_message_bytes", "must be in 1..=max_message_bytes");
+        }
+        if self.max_tx_batch_bytes == 0 || self.max_tx_batch_bytes > self.max_message_bytes {
+            return bad("max_tx_batch_bytes", "must be in 1..=max_message_bytes");
         }
         if self.ban_threshold >= 0.0 || !self.ban_threshold.is_finite() {
             return bad("ban_threshold", "must be a negative number");
@@ -132,6 +143,9 @@ impl NetworkConfig {
         if self.command_buffer == 0 || self.event_buffer == 0 {
             return bad("command_buffer/event_buffer", "must be positive");
         }
+        if !(1..=12).contains(&self.tx_mesh_n) {
+            return bad("tx_mesh_n", "must be in 1..=12");
+        }
         if self.heartbeat_interval < Duration::from_millis(50) {
             return bad("heartbeat_interval", "must be at least 50ms");
         }
@@ -149,6 +163,7 @@ impl Default for NetworkConfig {
             discovery: true,
             max_message_bytes: 4 * 1024 * 1024,
             max_tx_message_bytes: 64 * 1024,
+            max_tx_batch_bytes: 256 * 1024,
             max_inbound_connections: 64,
             max_connections_per_peer: 2,
             max_connections_per_ip: 8,
@@ -168,6 +183,7 @@ impl Default for NetworkConfig {
             event_buffer: 4096,
             idle_connection_timeout: Duration::from_secs(60),
             gossip_author_signatures: false,
+            tx_mesh_n: 2,
         }
     }
 }

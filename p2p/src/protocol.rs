@@ -6,25 +6,36 @@ use tokio::sync::oneshot;
 
 use crate::{Multiaddr, PeerId};
 
-/// A gossip topic. On the wire: `tally/<chain_id>/tx/1` and `tally/<chain_id>/consensus/1`.
+/// A gossip topic. On the wire: `tally/<chain_id>/tx/1`, `tally/<chain_id>/txs/1` and
+/// `tally/<chain_id>/consensus/1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {
-    /// Transactions.
+    /// One transaction per message: borsh(SignedTx).
     Tx,
+    /// Transactions in batches: borsh(Vec<SignedTx>). One message carries what a node
+    /// received over a few milliseconds, so per-message costs (framing, syscalls, timers,
+    /// validation round trips, duplicate copies) are paid once per batch, not per tx.
+    TxBatch,
     /// Proposals with their blocks, votes, evidence.
     Consensus,
 }
 
 impl Topic {
-    /// Both topics.
-    pub const ALL: [Topic; 2] = [Topic::Tx, Topic::Consensus];
+    /// Every topic.
+    pub const ALL: [Topic; 3] = [Topic::Tx, Topic::TxBatch, Topic::Consensus];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Topic::Tx => "tx",
+            Topic::TxBatch => "txs",
             Topic::Consensus => "consensus",
         }
+    }
+
+    /// Transactions, one or many per message.
+    pub fn carries_txs(self) -> bool {
+        matches!(self, Topic::Tx | Topic::TxBatch)
     }
 
     /// The gossipsub topic string for a chain.

@@ -571,7 +571,7 @@ impl Task {
             return;
         };
         let rate = match topic {
-            Topic::Tx => self.cfg.max_tx_msgs_per_sec_per_peer,
+            Topic::Tx | Topic::TxBatch => self.cfg.max_tx_msgs_per_sec_per_peer,
             Topic::Consensus => self.cfg.max_consensus_msgs_per_sec_per_peer,
         };
         let bucket = self
@@ -586,7 +586,12 @@ impl Task {
             return;
         }
         let len = message.data.len();
-        if topic == Topic::Tx && len > self.cfg.max_tx_message_bytes {
+        let max = match topic {
+            Topic::Tx => self.cfg.max_tx_message_bytes,
+            Topic::TxBatch => self.cfg.max_tx_batch_bytes,
+            Topic::Consensus => usize::MAX,
+        };
+        if len > max {
             self.metrics.invalid("oversized");
             ignore(self, gossipsub::MessageAcceptance::Reject);
             let reason = PenaltyReason::Oversized;

@@ -26,7 +26,7 @@ use ledger::store::ChainReader;
 use ledger::types::{Block, Commit};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tally_p2p::{NetworkHandle, Topic};
+use tally_p2p::NetworkHandle;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,8 @@ pub struct RpcState {
     pub mempool: Arc<Mutex<Mempool>>,
     pub mempool_metrics: MempoolMetrics,
     pub net: NetworkHandle,
+    /// Where accepted transactions go for gossip (batched or one by one).
+    pub tx_gossip: crate::txgossip::TxGossip,
     pub view: EngineView,
     pub events: broadcast::Sender<NodeEvent>,
     pub metrics: RpcMetrics,
@@ -207,9 +209,7 @@ async fn submit_tx(
     })
     .await
     .map_err(ApiError::internal)??;
-    if let Err(e) = s.net.publish(Topic::Tx, bytes).await {
-        tracing::debug!(error = %e, "tx gossip publish failed (no peers?)");
-    }
+    s.tx_gossip.publish(bytes).await;
     Ok((StatusCode::ACCEPTED, Json(json!({"tx_id": to_hex(&id)}))))
 }
 

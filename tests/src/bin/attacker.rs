@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.discovery = false;
     // We are the flooder: do not let our own stack refuse to send.
     cfg.max_tx_message_bytes = cfg.max_message_bytes;
+    cfg.max_tx_batch_bytes = cfg.max_message_bytes;
     let mut registry = Registry::default();
     let shutdown = CancellationToken::new();
     let (net, mut events) = tally_p2p::spawn(cfg, &mut registry, shutdown.clone())?;
@@ -206,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
             let (topic, data) = gen.next();
             match net.publish(topic, data).await {
                 Ok(_) => match topic {
-                    Topic::Tx => stats.sent_tx.fetch_add(1, Ordering::Relaxed),
+                    Topic::Tx | Topic::TxBatch => stats.sent_tx.fetch_add(1, Ordering::Relaxed),
                     Topic::Consensus => stats.sent_consensus.fetch_add(1, Ordering::Relaxed),
                 },
                 Err(e) => {
@@ -383,10 +384,10 @@ impl Generator {
         match self.mode {
             Mode::Garbage => {
                 let len = self.rng.gen_range(1..512);
-                let topic = if n % 2 == 0 {
-                    Topic::Tx
-                } else {
-                    Topic::Consensus
+                let topic = match n % 3 {
+                    0 => Topic::Tx,
+                    1 => Topic::TxBatch,
+                    _ => Topic::Consensus,
                 };
                 (topic, self.random_bytes(len))
             }
@@ -405,7 +406,12 @@ impl Generator {
                 });
                 stx.signature[5] ^= 0x5a;
                 stx.signature[40] ^= 0x01;
-                (Topic::Tx, ledger::codec::encode(&stx))
+                // Alternately alone and as a one-tx batch: both paths must catch it.
+                if n % 2 == 0 {
+                    (Topic::TxBatch, ledger::codec::encode(&vec![stx]))
+                } else {
+                    (Topic::Tx, ledger::codec::encode(&stx))
+                }
             }
             Mode::InvalidBlocks => {
                 let block = Block {

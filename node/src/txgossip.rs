@@ -1,0 +1,212 @@
+//! Transaction gossip out of this node, and the batch format in.
+//!
+//! Transactions accepted over RPC are published in batches on the `txs` topic: the
+//! [`Batcher`] collects them for up to `p2p.tx_batch_ms` (or until a batch is full) and
+//! publishes one message, `borsh(Vec<SignedTx>)`, built by concatenating the bytes the
+//! client sent (nothing is re-encoded). With `tx_batch_ms = 0` every transaction is published
+//! alone on the `tx` topic, as a node without batching (or another implementation) does; the
+//! router accepts both.
+
+use std::time::Duration;
+
+use borsh::BorshDeserialize;
+use ledger::types::SignedTx;
+use tally_p2p::{NetworkHandle, Topic};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Most transactions in one batch message.
+pub const MAX_BATCH_TXS: usize = 1024;
+
+/// Where the RPC hands an accepted transaction (its borsh bytes) for gossip.
+#[derive(Clone)]
+pub enum TxGossip {
+    /// Publish each transaction alone on the `tx` topic.
+    Single(NetworkHandle),
+    /// Hand it to the batcher (or, when the batcher is backed up, publish it alone).
+    Batched {
+        net: NetworkHandle,
+        batcher: mpsc::Sender<Vec<u8>>,
+    },
+}
+
+impl TxGossip {
+    /// Starts the batcher task when `window` is non-zero.
+    pub fn start(
+        net: NetworkHandle,
+        window: Duration,
+        max_batch_bytes: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        if window.is_zero() {
+            return TxGossip::Single(net);
+        }
+        let (batcher, rx) = mpsc::channel(4 * MAX_BATCH_TXS);
+        let b = Batcher {
+            net: net.clone(),
+            window,
+            max_bytes: max_batch_bytes,
+        };
+        tokio::spawn(b.run(rx, shutdown));
+        TxGossip::Batched { net, batcher }
+    }
+
+    pub async fn publish(&self, bytes: Vec<u8>) {
+        let single = |net: &NetworkHandle, bytes| {
+            let net = net.clone();
+            async move {
+                if let Err(e) = net.publish(Topic::Tx, bytes).await {
+                    tracing::debug!(error = %e, "tx gossip publish failed (no peers?)");
+                }
+            }
+        };
+        match self {
+            TxGossip::Single(net) => single(net, bytes).await,
+            TxGossip::Batched { net, batcher } => {
+                if let Err(e) = batcher.try_send(bytes) {
+                    single(net, e.into_inner()).await;
+                }
+            }
+        }
+    }
+}
+
+struct Batcher {
+    net: NetworkHandle,
+    window: Duration,
+    max_bytes: usize,
+}
+
+impl Batcher {
+    async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>, shutdown: CancellationToken) {
+        let mut pending: Option<Vec<u8>> = None;
+        loop {
+            // The first transaction of a batch opens the window.
+            let first = match pending.take() {
+                Some(tx) => tx,
+                None => tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    tx = rx.recv() => match tx { Some(tx) => tx, None => return },
+                },
+            };
+            let deadline = tokio::time::Instant::now() + self.window;
+            let mut batch = Vec::with_capacity(self.max_bytes.min(64 * 1024));
+            batch.extend_from_slice(&[0; 4]);
+            batch.extend_from_slice(&first);
+            let mut count: u32 = 1;
+            while (count as usize) < MAX_BATCH_TXS {
+                let next = tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    tx = rx.recv() => match tx { Some(tx) => tx, None => break },
+                };
+                if batch.len() + next.len() > self.max_bytes {
+                    pending = Some(next);
+                    break;
+                }
+                batch.extend_from_slice(&next);
+                count += 1;
+            }
+            batch[..4].copy_from_slice(&count.to_le_bytes());
+            if let Err(e) = self.net.publish(Topic::TxBatch, batch).await {
+                tracing::debug!(error = %e, txs = count, "tx batch publish failed (no peers?)");
+            }
+        }
+    }
+}
+
+/// Splits `borsh(Vec<SignedTx>)` into the bytes of each transaction (each at most
+/// `max_tx_bytes`, at most [`MAX_BATCH_TXS`] of them, nothing left over), so every
+/// transaction is admitted, and its id computed, from exactly the bytes its sender signed.
+pub fn split_batch(data: &[u8], max_tx_bytes: usize) -> Result<Vec<&[u8]>, String> {
+    let (count, mut rest) = data
+        .split_first_chunk::<4>()
+        .ok_or("batch shorter than its count")?;
+    let count = u32::from_le_bytes(*count) as usize;
+    if count == 0 || count > MAX_BATCH_TXS {
+        return Err(format!("batch of {count} txs (1..={MAX_BATCH_TXS})"));
+    }
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let before = rest;
+        SignedTx::deserialize(&mut rest).map_err(|e| format!("tx {i}: {e}"))?;
+        let len = before.len() - rest.len();
+        if len > max_tx_bytes {
+            return Err(format!("tx {i} is {len} bytes (max {max_tx_bytes})"));
+        }
+        out.push(&before[..len]);
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the last tx", rest.len()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger::codec::encode;
+
+    fn txs(n: usize) -> Vec<SignedTx> {
+        let key = ledger::crypto::Keypair::generate();
+        (0..n as u64)
+            .map(|nonce| {
+                key.sign_tx(ledger::types::Tx {
+                    chain_id: "t".into(),
+                    from: key.public_key(),
+                    nonce,
+                    fee: 1,
+                    payload: ledger::types::Payload::Transfer {
+                        to: [7; 20],
+                        amount: 5,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_concatenated_batch_is_borsh_of_the_vec_and_splits_back_into_the_same_bytes() {
+        let txs = txs(3);
+        let parts: Vec<Vec<u8>> = txs.iter().map(encode).collect();
+        let mut batch = 3u32.to_le_bytes().to_vec();
+        parts.iter().for_each(|p| batch.extend_from_slice(p));
+        assert_eq!(
+            batch,
+            encode(&txs),
+            "the batch format is borsh(Vec<SignedTx>)"
+        );
+        let split = split_batch(&batch, 1024).unwrap();
+        assert_eq!(split, parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let one = encode(&txs(1)[0]);
+        let batch = |count: u32, body: &[u8]| {
+            let mut b = count.to_le_bytes().to_vec();
+            b.extend_from_slice(body);
+            b
+        };
+        assert!(split_batch(&[1, 0], 1024).is_err(), "short count");
+        assert!(split_batch(&batch(0, &[]), 1024).is_err(), "empty batch");
+        assert!(
+            split_batch(&batch(2, &one), 1024).is_err(),
+            "count beyond the data"
+        );
+        let mut trailing = batch(1, &one);
+        trailing.push(0);
+        assert!(split_batch(&trailing, 1024).is_err(), "trailing bytes");
+        assert!(
+            split_batch(&batch(1, &one), one.len() - 1).is_err(),
+            "tx too large"
+        );
+        assert!(
+            split_batch(&batch(MAX_BATCH_TXS as u32 + 1, &one), 1024).is_err(),
+            "too many txs"
+        );
+        assert!(
+            split_batch(&batch(1, &one[..one.len() - 3]), 1024).is_err(),
+            "cut tx"
+        );
+    }
+}
