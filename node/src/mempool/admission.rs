@@ -59,17 +59,22 @@ fn admit(
     let storage = |e: ledger::store::StoreError| {
         AddError::Invalid(TxError::Malformed(format!("storage: {e}")))
     };
-    if store.tx_location(&id).map_err(storage)?.is_some() {
-        return Err(AddError::AlreadyCommitted);
-    }
     let account = store
         .account(&tx.sender())
         .map_err(storage)?
         .unwrap_or_default();
-    mempool
+    let checked = mempool
         .lock()
         .map_err(|_| AddError::Full)?
-        .precheck(tx, &id, size, &account)?;
+        .precheck(tx, &id, size, &account);
+    // A committed tx has a nonce below its sender's next one, so the tx index is only
+    // consulted to explain a used nonce (one RocksDB read less per admitted tx).
+    if let Err(AddError::Invalid(TxError::NonceTooLow { .. })) = &checked {
+        if store.tx_location(&id).map_err(storage)?.is_some() {
+            return Err(AddError::AlreadyCommitted);
+        }
+    }
+    checked?;
     // The expensive check runs without the lock so admissions verify in parallel.
     tx.verify_signature().map_err(TxError::from)?;
     mempool.lock().map_err(|_| AddError::Full)?.insert_verified(
