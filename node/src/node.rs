@@ -230,18 +230,25 @@ pub async fn run_with(
     let metrics_bound = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let registry = Arc::new(registry);
+    let tx_gossip = crate::txgossip::TxGossip::start(
+        net.clone(),
+        Duration::from_millis(config.p2p.tx_batch_ms),
+        tx_batch_bytes,
+        shutdown.clone(),
+    );
+    crate::txgossip::spawn_reannouncer(
+        tx_gossip.clone(),
+        mempool.clone(),
+        mempool_metrics.clone(),
+        shutdown.clone(),
+    );
     let rpc_state = RpcState {
         genesis: genesis.clone(),
         store: store.clone(),
         mempool,
         mempool_metrics,
         net: net.clone(),
-        tx_gossip: crate::txgossip::TxGossip::start(
-            net.clone(),
-            Duration::from_millis(config.p2p.tx_batch_ms),
-            tx_batch_bytes,
-            shutdown.clone(),
-        ),
+        tx_gossip: tx_gossip.clone(),
         view,
         events,
         metrics: rpc_metrics,

@@ -6,8 +6,16 @@
 //! client sent (nothing is re-encoded). With `tx_batch_ms = 0` every transaction is published
 //! alone on the `tx` topic, as a node without batching (or another implementation) does; the
 //! router accepts both.
+//!
+//! Gossip is best effort: a message can be dropped under load, or published while we have
+//! no peers. So [`spawn_reannouncer`] gossips again, through the same path, every pending
+//! transaction that has waited [`REANNOUNCE_AFTER`] without being committed (at most
+//! [`REANNOUNCE_MAX`] every [`REANNOUNCE_EVERY`]), as CometBFT's mempool reactor keeps
+//! sending its pending txs to peers. Peers that already hold them drop them as duplicates
+//! before any signature work and do not forward them.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use borsh::BorshDeserialize;
 use ledger::types::SignedTx;
@@ -17,6 +25,39 @@ use tokio_util::sync::CancellationToken;
 
 /// Most transactions in one batch message.
 pub const MAX_BATCH_TXS: usize = 1024;
+/// A pending tx is gossiped again once it has waited this long since it was last gossiped.
+pub const REANNOUNCE_AFTER: Duration = Duration::from_secs(3);
+/// How often the mempool is searched for such txs.
+pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// Most txs gossiped again per search (bounds the extra traffic under overload).
+pub const REANNOUNCE_MAX: usize = 2048;
+
+/// Starts the task that gossips long-pending transactions again (see the module docs).
+pub fn spawn_reannouncer(
+    gossip: TxGossip,
+    mempool: Arc<Mutex<crate::mempool::Mempool>>,
+    metrics: crate::mempool::metrics::MempoolMetrics,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REANNOUNCE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let due = match mempool.lock() {
+                Ok(mut m) => m.take_unannounced(Instant::now(), REANNOUNCE_AFTER, REANNOUNCE_MAX),
+                Err(_) => return,
+            };
+            metrics.reannounced.inc_by(due.len() as u64);
+            for tx in due {
+                gossip.publish(ledger::codec::encode(&*tx)).await;
+            }
+        }
+    });
+}
 
 /// Where the RPC hands an accepted transaction (its borsh bytes) for gossip.
 #[derive(Clone)]

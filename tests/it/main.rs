@@ -9,6 +9,7 @@ mod crash;
 mod dev;
 mod faults;
 mod genesis;
+mod mempool;
 mod metrics;
 mod rpc;
 mod sync;

@@ -283,6 +283,11 @@ impl TestNet {
         Ok(())
     }
 
+    /// An environment variable for node `i`'s next start.
+    pub fn set_node_env(&mut self, i: usize, key: &str, value: &str) {
+        self.node_env.push((i, key.into(), value.into()));
+    }
+
     /// SIGKILL: no shutdown code runs, like a power cut.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {

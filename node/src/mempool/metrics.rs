@@ -18,6 +18,7 @@ pub struct MempoolMetrics {
     pub admitted: Counter,
     pub rejections: Family<ReasonLabel, Counter>,
     pub evicted: Counter,
+    pub reannounced: Counter,
 }
 
 impl MempoolMetrics {
@@ -47,6 +48,11 @@ impl MempoolMetrics {
             "tally_mempool_dropped",
             "Pending transactions dropped after a commit (stale nonce, unpayable) or by TTL",
             m.evicted.clone(),
+        );
+        registry.register(
+            "tally_mempool_reannounced",
+            "Pending transactions gossiped again after waiting without being committed",
+            m.reannounced.clone(),
         );
         // Pre-create every reason so dashboards see zeros, not gaps.
         for code in ledger::check::TxError::CODES

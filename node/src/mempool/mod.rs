@@ -103,6 +103,8 @@ struct Entry {
     fee: u64,
     debit: u128,
     added: Instant,
+    /// When this node last gossiped it (arrival counts: it was gossiped then).
+    announced: Instant,
 }
 
 #[derive(Default, Debug)]
@@ -241,6 +243,7 @@ impl Mempool {
             fee,
             debit,
             added: now,
+            announced: now,
         };
         let q = self.senders.entry(sender).or_default();
         q.next_nonce = account.nonce;
@@ -347,6 +350,33 @@ impl Mempool {
             }
         }
         dropped
+    }
+
+    /// Pending txs not gossiped for `quiet` (since they arrived or were last returned
+    /// here), at most `limit`, longest-quiet first; they count as gossiped at `now`. A tx
+    /// whose gossip was lost (dropped under load, no peers at the time) would otherwise
+    /// stay in this pool only — for good on a full node, which never proposes.
+    pub fn take_unannounced(
+        &mut self,
+        now: Instant,
+        quiet: Duration,
+        limit: usize,
+    ) -> Vec<Arc<SignedTx>> {
+        let mut due: Vec<(Instant, Address, u64)> = self
+            .senders
+            .iter()
+            .flat_map(|(addr, q)| q.txs.iter().map(move |(n, e)| (e.announced, *addr, *n)))
+            .filter(|(at, _, _)| now.saturating_duration_since(*at) >= quiet)
+            .collect();
+        due.sort_unstable_by_key(|(at, _, n)| (*at, *n));
+        due.truncate(limit);
+        due.into_iter()
+            .filter_map(|(_, addr, nonce)| {
+                let e = self.senders.get_mut(&addr)?.txs.get_mut(&nonce)?;
+                e.announced = now;
+                Some(e.tx.clone())
+            })
+            .collect()
     }
 
     /// Drops txs older than the TTL. Returns how many.

@@ -156,6 +156,39 @@ fn ttl_expires_old_txs() {
 }
 
 #[test]
+fn quiet_txs_are_handed_out_for_gossip_once_per_quiet_period_oldest_first() {
+    let mut p = pool(MempoolConfig::default());
+    let quiet = Duration::from_secs(3);
+    let t0 = Instant::now();
+    let (a, b) = (key(1), key(2));
+    let ta = tx(&a, 0, 1, 1);
+    let tb = tx(&b, 0, 1, 1);
+    let (ida, idb) = (ta.1, tb.1);
+    p.insert_verified(ta.0, ta.1, ta.2, &rich(0), t0).unwrap();
+    p.insert_verified(tb.0, tb.1, tb.2, &rich(0), t0 + Duration::from_secs(1))
+        .unwrap();
+    let ids = |txs: Vec<Arc<SignedTx>>| -> Vec<Hash> {
+        txs.iter()
+            .map(|t| sha256(&ledger::codec::encode(&**t)))
+            .collect()
+    };
+    // Just gossiped on arrival: nothing is due yet.
+    assert!(p
+        .take_unannounced(t0 + Duration::from_secs(2), quiet, 10)
+        .is_empty());
+    // At 3.5 s only the first is quiet for 3 s; the limit keeps the oldest.
+    let t1 = t0 + Duration::from_millis(3500);
+    assert_eq!(ids(p.take_unannounced(t1, quiet, 10)), vec![ida]);
+    let t2 = t0 + Duration::from_secs(5);
+    assert_eq!(ids(p.take_unannounced(t2, quiet, 10)), vec![idb]);
+    // Each was just handed out: again only after another quiet period.
+    assert!(p.take_unannounced(t2, quiet, 10).is_empty());
+    let t3 = t2 + quiet;
+    assert_eq!(ids(p.take_unannounced(t3, quiet, 1)), vec![ida]);
+    assert_eq!(ids(p.take_unannounced(t3, quiet, 1)), vec![idb]);
+}
+
+#[test]
 fn cheap_checks_reject_before_signature_work() {
     let p = pool(MempoolConfig::default());
     let k = key(1);
