@@ -201,7 +201,7 @@ def run_step(args, nodes, rate, raw):
     t0 = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     perf = None
-    if args.profile and rate == max(args._rates):
+    if args.profile:
         perf = start_profile(args, nodes[0]["pid"])
     # The generator's CPU: sampled from /proc/<pid>/stat while it runs, and exactly from
     # wait4's rusage at exit (the last /proc sample misses the final moments).
@@ -324,7 +324,7 @@ def write_md(path, rep):
     L.append("# Network benchmark: 4 validators + 1 full node on one machine (`make bench-net`)\n")
     L.append(f"Run {rep['started_utc']} on `{rep['host']}` ({rep['nproc']} cores), release builds, "
              f"loopback ({rep['base_ip']}..), 500 ms block time (testnet default), "
-             f"**{rep['genesis_accounts']:,} extra funded accounts in genesis**, "
+             f"**{rep['genesis_accounts']:,} extra funded accounts in genesis**, commit `{rep.get('commit', '?')}`, "
              f"`tally bench` against all 5 RPC endpoints, {rep['duration_s']} s per step. "
              f"`make bench-net` took {rep['total_wall_s'] / 60:.1f} min in all (build, raw rate, "
              f"genesis, every phase).\n")
@@ -370,21 +370,26 @@ def write_md(path, rep):
     ab = [(ph, st) for ph in rep["phases"] for st in ph["steps"] if st["target_rate"] == rep["ab_rate"]]
     if len(ab) > 1:
         L.append(f"## Optimisations on and off (same run, same chain, {rep['ab_rate']:,} tx/s offered)\n")
-        L.append("Each phase restarts all five nodes with one configuration and runs the same load. "
-                 "The first row is the rising-load step above; the last re-measures the default after "
-                 "the others, as a control for drift (the chain keeps growing between phases).\n")
-        L.append("| configuration | committed TPS | vs default | p50 | p99 | CPU per tx per node (mean) | all committed, no fork |")
-        L.append("|---|---|---|---|---|---|---|")
-        base = ab[0][1]["committed_tps"] or 1.0
+        L.append("After the rising-load phase, each phase restarts all five nodes with one configuration "
+                 "and runs the same load for the same time. The default is measured before and after the "
+                 "others; \"vs default\" divides by the mean of those two (the rising-load step, first row, "
+                 "ran right after the genesis state was built, while RocksDB was still compacting it, so "
+                 "it is shown but not used as the base).\n")
+        L.append("| configuration | committed TPS | vs default | p50 | p99 | CPU per tx per node (mean) | peak RSS (max node) | all committed, no fork |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        defaults = [st["committed_tps"] for ph, st in ab[1:] if ph["label"].startswith("default")]
+        base = (sum(defaults) / len(defaults)) if defaults else (ab[0][1]["committed_tps"] or 1.0)
         for ph, st in ab:
             f = st["finality_ms"]
+            rss = max((n.get("rss_step_peak_mib") or 0) for n in st["nodes"])
             L.append(f"| {ph['label']} | {fmt(st['committed_tps'])} | {st['committed_tps'] / base:.2f}x | "
-                     f"{fmt(f['p50'])} ms | {fmt(f['p99'])} ms | {fmt(mean_cpu_us(st), 0)} µs | "
+                     f"{fmt(f['p50'])} ms | {fmt(f['p99'])} ms | {fmt(mean_cpu_us(st), 0)} µs | {rss:,.0f} MiB | "
                      f"{'yes' if st['all_accepted_committed'] and st['no_fork'] else 'NO'} |")
         L.append("")
-    prof = next((x.get("profile_node0") for x in s if x.get("profile_node0")), None)
+    best = max(s, key=lambda x: x["committed_tps"])
+    prof = best.get("profile_node0")
     if prof:
-        L.append(f"## Profile (perf, node0, 8 s at the top step, self time)\n")
+        L.append(f"## Profile (perf, node0, 8 s of the {best['target_rate']:,} tx/s step, self time)\n")
         L.append("| component | share of node0's CPU |")
         L.append("|---|---|")
         for k, v in prof["components"].items():
@@ -434,8 +439,8 @@ def drive(args):
         wait_mempool_empty(nodes)
         st = run_step(args, nodes, rate, args.raw)
         steps.append(st)
-        if args.stop_when_flat and len(steps) >= 2 and st["committed_tps"] < 1.1 * steps[-2]["committed_tps"]:
-            print("committed TPS stopped growing (< 1.1x the previous step); stopping", file=sys.stderr)
+        if args.stop_when_flat and len(steps) >= 2 and st["committed_tps"] < 1.05 * steps[-2]["committed_tps"]:
+            print("committed TPS stopped growing (< 1.05x the previous step); stopping", file=sys.stderr)
             break
     phase = {"label": args.label, "steps": steps, "wall_s": time.time() - started,
              "best_committed_tps": max(x["committed_tps"] for x in steps) if steps else None,
@@ -462,6 +467,7 @@ def render(args):
         "base_ip": args.base_ip, "duration_s": args.duration, "genesis_accounts": args.genesis_accounts,
         "raw_verify_one_core": args.raw, "limit_tps": args.raw * NPROC / VALIDATORS,
         "ab_rate": phases[0].get("best_rate"),
+        "commit": args.commit,
         "phases": phases, "total_wall_s": time.time() - args.started,
     }
     if args.notes and os.path.exists(args.notes):
@@ -494,6 +500,7 @@ def main():
     r.add_argument("--started", type=float, help="unix time the run started")
     r.add_argument("--duration", type=int, default=20)
     r.add_argument("--genesis-accounts", type=int, default=0)
+    r.add_argument("--commit", default="?", help="git commit the binaries were built from")
     r.add_argument("--base-ip", default="127.0.60.2")
     r.add_argument("--out-json")
     r.add_argument("--out-md", required=True)
