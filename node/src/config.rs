@@ -136,7 +136,7 @@ impl Default for P2pSection {
             ban_duration_secs: 600,
             score_half_life_secs: 600,
             gossip_author_signatures: false,
-            tx_mesh_n: 2,
+            tx_mesh_n: 6,
             tx_batch_ms: 10,
         }
     }
@@ -296,7 +296,7 @@ impl NodeConfig {
             );
         }
         if !(1..=12).contains(&self.p2p.tx_mesh_n) {
-            return Err("p2p.tx_mesh_n must be in 1..=12, e.g. 2".into());
+            return Err("p2p.tx_mesh_n must be in 1..=12, e.g. 6".into());
         }
         if self.p2p.tx_batch_ms > 1000 {
             return Err(

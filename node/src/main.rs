@@ -42,10 +42,6 @@ enum Command {
     Version,
 }
 
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let args = Args::parse();
     let result = match args.command {

@@ -91,7 +91,7 @@ pub trait ChainWriter: ChainReader {
 /// way: jmt hashes a node from its children's hashes only, never from versions, and the
 /// tree's shape depends only on the set of keys. Node start with 1M accounts (release):
 /// one update peaked at 3.0 GB and took 18.7 s (glibc); chunks of 65,536 at 350 MB and
-/// 16.9 s, of 16,384 at 200 MB and 9.7 s (mimalloc; 184 MB with glibc). Smaller working
+/// 16.9 s, of 16,384 at 200 MB and 9.7 s (mimalloc, since dropped; 184 MB with glibc). Smaller working
 /// sets are faster too.
 pub const GENESIS_CHUNK: usize = 16_384;
 
