@@ -80,8 +80,9 @@ monitor-stop:
 	@bash scripts/monitor.sh stop
 
 # Network benchmark (issue 12): release build, raw k256 verify rate (the limit), 4 validators
-# + 1 full node on 127.0.60.2-6 driven by `tally bench` at rising rates until committed TPS
-# stops growing; writes bench/network.md and bench/network.json (scripts/bench-net.sh).
+# + 1 full node on 127.0.60.2-6 with 1M genesis accounts driven by `tally bench` at rising
+# rates until committed TPS stops growing, then each optimisation switched off at that rate;
+# writes bench/network.md and bench/network.json (scripts/bench-net.sh).
 .PHONY: bench-net
 bench-net:
 	@bash scripts/bench-net.sh
