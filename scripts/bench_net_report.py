@@ -59,22 +59,12 @@ def proc_cpu(pid):
         return None
 
 
-def proc_hwm_mib(pid):
+def proc_status_mib(pid, field):
+    """A memory field of /proc/<pid>/status (VmRSS, VmHWM) in MiB, or None."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def proc_rss_mib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -212,7 +202,7 @@ def run_step(args, nodes, rate, raw):
         if c is not None:
             last_proc = c
         for i, n in enumerate(nodes):
-            rss_peak[i] = max(rss_peak[i], proc_rss_mib(n["pid"]) or 0.0)
+            rss_peak[i] = max(rss_peak[i], proc_status_mib(n["pid"], "VmRSS") or 0.0)
         time.sleep(0.2)
     out, err = p.communicate()
     wall = time.time() - t0
@@ -257,7 +247,7 @@ def run_step(args, nodes, rate, raw):
                          "cpu_us_per_committed_tx": round(1e6 * cpu / rep["committed"], 1)
                          if cpu is not None and rep.get("committed") else None,
                          "rss_step_peak_mib": round(rss_peak[i], 1),
-                         "peak_rss_mib": round(proc_hwm_mib(n["pid"]) or 0, 1),
+                         "peak_rss_mib": round(proc_status_mib(n["pid"], "VmHWM") or 0, 1),
                          "height": int(b["m"].get("tally_block_height", 0))})
     gen_cores = gen_cpu / wall if wall else 0.0
     limit = raw * NPROC / VALIDATORS
