@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -37,7 +37,10 @@ pub struct Metrics {
     pub penalties: Family<Reason, Counter>,
     pub peer_bans: Family<Reason, Counter>,
     pub sync_requests: Family<SyncLabels, Counter>,
-    pub peer_score: Histogram,
+    /// Lowest application score among connected peers (0 with no peer).
+    pub peer_score_min: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Connected peers whose application score is below zero.
+    pub peers_penalized: Gauge,
     pub dropped_events: Family<Kind, Counter>,
     pub connections_denied: Family<Reason, Counter>,
     pub libp2p: libp2p::metrics::Metrics,
@@ -53,9 +56,8 @@ impl Metrics {
             penalties: Family::default(),
             peer_bans: Family::default(),
             sync_requests: Family::default(),
-            peer_score: Histogram::new([
-                -200.0, -100.0, -50.0, -20.0, -10.0, -5.0, -1.0, 0.0, 1.0, 10.0,
-            ]),
+            peer_score_min: Gauge::default(),
+            peers_penalized: Gauge::default(),
             dropped_events: Family::default(),
             connections_denied: Family::default(),
             // libp2p-metrics prefixes its families with `libp2p_` itself.
@@ -94,9 +96,14 @@ impl Metrics {
             m.sync_requests.clone(),
         );
         r.register(
-            "peer_score",
-            "Application score of connected peers, sampled every 10 s",
-            m.peer_score.clone(),
+            "peer_score_min",
+            "Lowest application score of the connected peers (0 = none penalised), sampled every 10 s",
+            m.peer_score_min.clone(),
+        );
+        r.register(
+            "peers_penalized",
+            "Connected peers with a negative application score, sampled every 10 s",
+            m.peers_penalized.clone(),
         );
         r.register(
             "p2p_dropped",

@@ -380,15 +380,19 @@ impl Task {
     fn sample(&mut self, now: Instant) {
         {
             let peers: Vec<PeerId> = self.connections.keys().copied().collect();
+            let (mut min, mut penalized) = (0.0f64, 0i64);
             for peer in peers {
                 let score = self.scores.score(&peer, now);
-                self.metrics.peer_score.observe(score);
+                min = min.min(score);
+                penalized += i64::from(score < 0.0);
                 // Keep gossipsub's P5 in step with the decay.
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
                     .set_application_score(&peer, score);
             }
+            self.metrics.peer_score_min.set(min);
+            self.metrics.peers_penalized.set(penalized);
             let connections = &self.connections;
             self.scores.prune(now, |p| connections.contains_key(p));
             if self.connections.is_empty() {

@@ -14,13 +14,6 @@ use tally_tests::{account_key, transfer, TestNet};
 
 type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
 
-/// Histograms with negative buckets and a `_sum`, which OpenMetrics forbids (the sum of
-/// values that can be negative is no counter). `tally_peer_score` (p2p crate) samples
-/// scores that go below zero; until it drops `_sum`/`_count` or becomes gauges, its
-/// `_sum` and `_count` lines are left out before the strict parse. Prometheus ingests
-/// it either way.
-const NEGATIVE_BUCKET_HISTOGRAMS: &[&str] = &["tally_peer_score"];
-
 /// Unit-less names of third-party families we cannot rename, matched by suffix.
 const THIRD_PARTY_UNIT_EXCEPTIONS: &[&str] = &["swarm_connections_establishment_duration"];
 
@@ -93,11 +86,6 @@ fn parse(text: &str) -> Exposition {
     let mut blocks: Vec<String> = Vec::new();
     let mut family: Option<&str> = None;
     for line in body.lines() {
-        if NEGATIVE_BUCKET_HISTOGRAMS.iter().any(|h| {
-            line.starts_with(&format!("{h}_sum ")) || line.starts_with(&format!("{h}_count "))
-        }) {
-            continue;
-        }
         if let Some((name, unit)) = line.strip_prefix("# UNIT ").and_then(|r| r.split_once(' ')) {
             assert!(
                 name.ends_with(&format!("_{unit}")),
