@@ -12,7 +12,7 @@
 pub mod admission;
 pub mod metrics;
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,9 @@ pub struct Mempool {
     params: Params,
     senders: HashMap<Address, SenderQueue>,
     by_id: HashMap<Hash, (Address, u64)>,
+    /// (fee, sender) of every sender's highest-nonce tx: the eviction candidates, cheapest
+    /// first, so a full pool finds its victim in O(log n) instead of scanning all senders.
+    tails: BTreeSet<(u64, Address)>,
     bytes: usize,
 }
 
@@ -135,6 +138,7 @@ impl Mempool {
             params,
             senders: HashMap::new(),
             by_id: HashMap::new(),
+            tails: BTreeSet::new(),
             bytes: 0,
         }
     }
@@ -245,33 +249,67 @@ impl Mempool {
             added: now,
             announced: now,
         };
+        self.untrack_tail(&sender);
         let q = self.senders.entry(sender).or_default();
         q.next_nonce = account.nonce;
         q.balance = account.balance;
         q.txs.insert(nonce, entry);
+        self.track_tail(&sender);
         self.by_id.insert(id, (sender, nonce));
         self.bytes += size;
         Ok(())
     }
 
     fn cheapest_tail(&self, except: &Address) -> Option<(Hash, u64)> {
-        self.senders
-            .iter()
-            .filter(|(a, _)| *a != except)
-            .filter_map(|(_, q)| q.txs.values().next_back())
-            .min_by_key(|e| e.fee)
-            .map(|e| (e.id, e.fee))
+        let (fee, sender) = self.tails.iter().find(|(_, a)| a != except)?;
+        let e = self.senders.get(sender)?.txs.values().next_back()?;
+        Some((e.id, *fee))
+    }
+
+    fn tail_of(&self, sender: &Address) -> Option<(u64, Address)> {
+        let e = self.senders.get(sender)?.txs.values().next_back()?;
+        Some((e.fee, *sender))
+    }
+
+    /// Call before changing a sender's queue ...
+    fn untrack_tail(&mut self, sender: &Address) {
+        if let Some(t) = self.tail_of(sender) {
+            self.tails.remove(&t);
+        }
+    }
+
+    /// ... and after.
+    fn track_tail(&mut self, sender: &Address) {
+        if let Some(t) = self.tail_of(sender) {
+            self.tails.insert(t);
+        }
     }
 
     fn remove(&mut self, id: &Hash) -> Option<Entry> {
-        let (sender, nonce) = self.by_id.remove(id)?;
+        let (sender, nonce) = *self.by_id.get(id)?;
+        self.untrack_tail(&sender);
+        self.by_id.remove(id);
         let q = self.senders.get_mut(&sender)?;
-        let e = q.txs.remove(&nonce)?;
-        self.bytes -= e.size;
+        let e = q.txs.remove(&nonce);
+        if let Some(e) = &e {
+            self.bytes -= e.size;
+        }
         if q.txs.is_empty() {
             self.senders.remove(&sender);
         }
-        Some(e)
+        self.track_tail(&sender);
+        e
+    }
+
+    /// The tail index agrees with the queues (tests).
+    #[cfg(test)]
+    fn check_tails(&self) {
+        let expected: BTreeSet<(u64, Address)> = self
+            .senders
+            .keys()
+            .filter_map(|a| self.tail_of(a))
+            .collect();
+        assert_eq!(self.tails, expected, "tail index out of step");
     }
 
     /// Next nonce a wallet should use: the committed nonce plus this sender's consecutive

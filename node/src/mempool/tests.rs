@@ -105,6 +105,7 @@ fn full_pool_evicts_lowest_fee_only_for_a_better_fee() {
     add(&mut p, tx(&c, 0, 2, 10), &rich(0)).unwrap();
     assert!(!p.contains(&cheap));
     assert_eq!(p.len(), 2);
+    p.check_tails();
     // Highest fee first across senders.
     let fees: Vec<u64> = p.reap(10, 1 << 20).iter().map(|t| t.tx.fee).collect();
     assert_eq!(fees, vec![5, 2]);
@@ -186,6 +187,49 @@ fn quiet_txs_are_handed_out_for_gossip_once_per_quiet_period_oldest_first() {
     let t3 = t2 + quiet;
     assert_eq!(ids(p.take_unannounced(t3, quiet, 1)), vec![ida]);
     assert_eq!(ids(p.take_unannounced(t3, quiet, 1)), vec![idb]);
+}
+
+/// Random inserts (new senders, next nonces, fee bumps), commits and expiry on a small
+/// pool that is full most of the time: the eviction index always matches the queues, and
+/// every eviction picks a tail no other sender's tail undercuts.
+#[test]
+fn eviction_index_stays_in_step_with_the_queues() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut p = pool(MempoolConfig {
+        max_txs: 12,
+        ttl: Duration::from_secs(50),
+        ..Default::default()
+    });
+    let keys: Vec<Keypair> = (0..6).map(key).collect();
+    let mut committed = [0u64; 6];
+    let t0 = Instant::now();
+    for step in 0..400u64 {
+        let k = rng.gen_range(0..keys.len());
+        match rng.gen_range(0..10) {
+            0 => {
+                // Commit the sender's next nonce, if pending.
+                let next = p.pending_nonce(&keys[k].address(), committed[k]);
+                if next > committed[k] {
+                    committed[k] += 1;
+                    let acct = rich(committed[k]);
+                    p.update_after_commit(&[], [(keys[k].address(), acct)]);
+                }
+            }
+            1 => {
+                p.expire(t0 + Duration::from_secs(step));
+            }
+            _ => {
+                let nonce = committed[k] + rng.gen_range(0..4);
+                let fee = rng.gen_range(1..20);
+                let t = tx(&keys[k], nonce, fee, 1);
+                let at = t0 + Duration::from_secs(step);
+                let _ = p.insert_verified(t.0, t.1, t.2, &rich(committed[k]), at);
+            }
+        }
+        p.check_tails();
+        assert!(p.len() <= 12);
+    }
 }
 
 #[test]
