@@ -19,12 +19,10 @@ async fn a_tx_whose_gossip_was_lost_is_gossiped_again_and_committed() {
         .wait_addresses(1, Duration::from_secs(30))
         .await
         .unwrap();
-    let (status, body) = net
-        .submit(1, &transfer(&account_key(0), 0, [9; 20], 5, 1))
+    let id = net
+        .submit_accepted(1, &transfer(&account_key(0), 0, [9; 20], 5, 1))
         .await
         .unwrap();
-    assert_eq!(status, 202, "{body}");
-    let id = body["tx_id"].as_str().unwrap().to_string();
     // Then the validator starts and dials the full node.
     net.set_node_env(0, "TALLY_P2P_BOOTSTRAP", &full.p2p.join(","));
     net.start_node(0).unwrap();

@@ -385,12 +385,11 @@ async fn metrics_are_valid_openmetrics_with_conventional_names() {
     net.wait_for_height(2, Duration::from_secs(60))
         .await
         .unwrap();
-    let (status, body) = net
-        .submit(0, &transfer(&account_key(0), 0, [9; 20], 5, 1))
+    let id = net
+        .submit_accepted(0, &transfer(&account_key(0), 0, [9; 20], 5, 1))
         .await
         .unwrap();
-    assert_eq!(status, 202, "{body}");
-    net.wait_committed(0, body["tx_id"].as_str().unwrap(), Duration::from_secs(30))
+    net.wait_committed(0, &id, Duration::from_secs(30))
         .await
         .unwrap();
     // Refused (its nonce is used now): a labelled rejection series and a 4xx RPC status.

@@ -396,6 +396,15 @@ impl TestNet {
             .await
     }
 
+    /// POST a signed tx that must be accepted (202); returns its id.
+    pub async fn submit_accepted(&self, i: usize, tx: &SignedTx) -> anyhow::Result<String> {
+        let (status, body) = self.submit(i, tx).await?;
+        match (status, body["tx_id"].as_str()) {
+            (202, Some(id)) => Ok(id.to_string()),
+            _ => bail!("node {i} answered {status}: {body}"),
+        }
+    }
+
     pub async fn submit_hex(&self, i: usize, hex: &str) -> anyhow::Result<(u16, Value)> {
         let r = self
             .http
