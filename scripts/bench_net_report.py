@@ -230,14 +230,27 @@ def run_step(args, nodes, rate, raw):
     exc = delta(n0a, n0b, "tally_block_execution_seconds_count")
     cws = delta(n0a, n0b, "tally_block_commit_write_seconds_sum")
     cwc = delta(n0a, n0b, "tally_block_commit_write_seconds_count")
-    rejections = {}
-    for a, b in zip(before, after):
-        for k in b["m"]:
-            if k.startswith("tally_mempool_rejections_total{"):
-                d = b["m"][k] - a["m"].get(k, 0.0)
-                if d:
-                    reason = k.split('reason="', 1)[1].split('"', 1)[0]
-                    rejections[reason] = rejections.get(reason, 0) + int(d)
+    def by_label(prefix, label):
+        # Sum over all nodes of a labelled counter's growth during the step, by label value.
+        out = {}
+        for a, b in zip(before, after):
+            for k in b["m"]:
+                if k.startswith(prefix + "{") and f'{label}="' in k:
+                    d = b["m"][k] - a["m"].get(k, 0.0)
+                    if d:
+                        v = k.split(f'{label}="', 1)[1].split('"', 1)[0]
+                        out[v] = out.get(v, 0) + int(d)
+        return out
+
+    rejections = by_label("tally_mempool_rejections_total", "reason")
+    # Bounded channels and rate limits: what was dropped before reaching a node.
+    p2p_drops = by_label("tally_p2p_dropped_total", "kind")
+    # Gossip messages received by node0 per committed tx (batching shows here).
+    gossip_in = sum(v for k, v in n0b["m"].items()
+                    if k.startswith("tally_gossip_messages_total{") and 'direction="in"' in k) - \
+        sum(v for k, v in n0a["m"].items()
+            if k.startswith("tally_gossip_messages_total{") and 'direction="in"' in k)
+    reannounced = sum(delta(a, b, "tally_mempool_reannounced_total") for a, b in zip(before, after))
     per_node = []
     for i, (n, a, b) in enumerate(zip(nodes, before, after)):
         cpu = (b["cpu"] - a["cpu"]) if (a["cpu"] is not None and b["cpu"] is not None) else None
@@ -273,6 +286,9 @@ def run_step(args, nodes, rate, raw):
         "block_execution_ms": round(1000 * exs / exc, 1) if exc else None,
         "block_commit_write_ms": round(1000 * cws / cwc, 1) if cwc else None,
         "mempool_rejections_by_reason": rejections,
+        "p2p_dropped_by_kind": p2p_drops,
+        "node0_gossip_in_per_committed_tx": round(gossip_in / rep["committed"], 3) if rep.get("committed") else None,
+        "reannounced_all_nodes": int(reannounced),
         "nodes": per_node,
         "generator_cpu_s": round(gen_cpu, 2), "generator_cpu_s_proc_sampled": round(last_proc, 2),
         "generator_cores": round(gen_cores, 2),
@@ -306,6 +322,13 @@ def mean_cpu_us(step):
     return sum(xs) / len(xs) if xs else None
 
 
+def drops(step):
+    d = step.get("p2p_dropped_by_kind")
+    if d is None:
+        return "—"
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(d.items())) or "0"
+
+
 def write_md(path, rep):
     main = rep["phases"][0]
     s = main["steps"]
@@ -329,8 +352,9 @@ def write_md(path, rep):
              f"{VALIDATORS / (VALIDATORS + 1):.1f}x of the limit, before any other work.\n")
     L.append(f"## Rising load (default configuration: {main['label']})\n")
     L.append("| target tx/s | submitted/s | committed TPS | ratio to limit | ratio (−gen) | p50 | p95 | p99 "
-             "| block interval | txs/block | rounds/height | exec + write per block (node0) | mempool rejections (all nodes) | all accepted committed | no fork |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+             "| block interval | txs/block | rounds/height | exec + write per block (node0) | gossip msgs in per tx (node0) "
+             "| mempool rejections (all nodes) | p2p drops (all nodes) | re-announced | all accepted committed | no fork |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for x in s:
         f = x["finality_ms"]
         rej = ", ".join(f"{k} {v:,}" for k, v in sorted(x["mempool_rejections_by_reason"].items())) or "0"
@@ -338,7 +362,9 @@ def write_md(path, rep):
                  f"{x['ratio_to_limit']:.3f} | {fmt(x['ratio_to_limit_minus_generator'], 3)} | "
                  f"{fmt(f['p50'])} ms | {fmt(f['p95'])} ms | {fmt(f['p99'])} ms | "
                  f"{fmt(x['block_interval_s'], 2)} s | {fmt(x['txs_per_block'], 0)} | {fmt(x['rounds_per_height'], 2)} | "
-                 f"{fmt(x['block_execution_ms'], 0)} + {fmt(x['block_commit_write_ms'], 0)} ms | {rej} | "
+                 f"{fmt(x['block_execution_ms'], 0)} + {fmt(x['block_commit_write_ms'], 0)} ms | "
+                 f"{fmt(x.get('node0_gossip_in_per_committed_tx'), 3)} | {rej} | {drops(x)} | "
+                 f"{fmt(x.get('reannounced_all_nodes'))} | "
                  f"{'yes' if x['all_accepted_committed'] else 'NO'} ({x['committed']}/{x['accepted']}) | "
                  f"{'yes' if x['no_fork'] else 'NO'} (h{x['fork_check']['height']}) |")
     L.append("")
@@ -365,15 +391,16 @@ def write_md(path, rep):
                  "others; \"vs default\" divides by the mean of those two (the rising-load step, first row, "
                  "ran right after the genesis state was built, while RocksDB was still compacting it, so "
                  "it is shown but not used as the base).\n")
-        L.append("| configuration | committed TPS | vs default | p50 | p99 | CPU per tx per node (mean) | peak RSS (max node) | all committed, no fork |")
-        L.append("|---|---|---|---|---|---|---|---|")
+        L.append("| configuration | committed TPS | vs default | p50 | p99 | CPU per tx per node (mean) | gossip msgs in per tx (node0) | peak RSS (max node) | all committed, no fork |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
         defaults = [st["committed_tps"] for ph, st in ab[1:] if ph["label"].startswith("default")]
         base = (sum(defaults) / len(defaults)) if defaults else (ab[0][1]["committed_tps"] or 1.0)
         for ph, st in ab:
             f = st["finality_ms"]
             rss = max((n.get("rss_step_peak_mib") or 0) for n in st["nodes"])
             L.append(f"| {ph['label']} | {fmt(st['committed_tps'])} | {st['committed_tps'] / base:.2f}x | "
-                     f"{fmt(f['p50'])} ms | {fmt(f['p99'])} ms | {fmt(mean_cpu_us(st), 0)} µs | {rss:,.0f} MiB | "
+                     f"{fmt(f['p50'])} ms | {fmt(f['p99'])} ms | {fmt(mean_cpu_us(st), 0)} µs | "
+                     f"{fmt(st.get('node0_gossip_in_per_committed_tx'), 3)} | {rss:,.0f} MiB | "
                      f"{'yes' if st['all_accepted_committed'] and st['no_fork'] else 'NO'} |")
         L.append("")
     best = max(s, key=lambda x: x["committed_tps"])
