@@ -77,11 +77,146 @@ fn admit(
     checked?;
     // The expensive check runs without the lock so admissions verify in parallel.
     tx.verify_signature().map_err(TxError::from)?;
-    mempool.lock().map_err(|_| AddError::Full)?.insert_verified(
-        tx.clone(),
-        id,
-        size,
-        &account,
-        Instant::now(),
-    )
+    let mut pool = mempool.lock().map_err(|_| AddError::Full)?;
+    // The account again, under the lock: a block may have committed since the read above,
+    // and its post-commit update may already have run. Inserting with the stale nonce would
+    // set the sender's queue to a nonce it has passed, and the tx would never be reaped.
+    // (A commit writes the store before it takes this lock, so what we read here is at
+    // least as new as every update the pool has seen.)
+    let account = store
+        .account(&tx.sender())
+        .map_err(storage)?
+        .unwrap_or_default();
+    pool.insert_verified(tx.clone(), id, size, &account, Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use ledger::crypto::Keypair;
+    use ledger::genesis::Params;
+    use ledger::state::StateReader;
+    use ledger::store::{StoreError, Tip, TxLocation};
+    use ledger::types::{Account, Address, Block, Commit, Payload, Tx};
+
+    use super::*;
+    use crate::mempool::MempoolConfig;
+
+    type Hook = Box<dyn FnOnce(&Mutex<HashMap<Address, Account>>) + Send>;
+
+    /// A store whose first account read returns the value from before a block commit and
+    /// then runs the commit (store write, then the pool's post-commit update), as the
+    /// engine can between an admission's first read and its insert.
+    struct RacingStore {
+        accounts: Mutex<HashMap<Address, Account>>,
+        on_first_read: Mutex<Option<Hook>>,
+    }
+
+    impl StateReader for RacingStore {
+        fn account_by_key(&self, _: &Hash) -> Result<Option<Account>, StoreError> {
+            Ok(None)
+        }
+        fn tree_node(
+            &self,
+            _: &jmt::storage::NodeKey,
+        ) -> Result<Option<jmt::storage::Node>, StoreError> {
+            Ok(None)
+        }
+        fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+            Ok(None)
+        }
+        fn account(&self, address: &Address) -> Result<Option<Account>, StoreError> {
+            let read = self.accounts.lock().unwrap().get(address).copied();
+            if let Some(commit) = self.on_first_read.lock().unwrap().take() {
+                commit(&self.accounts);
+            }
+            Ok(read)
+        }
+    }
+
+    impl ChainReader for RacingStore {
+        fn tip(&self) -> Result<Tip, StoreError> {
+            Err(StoreError::Db("not in this test".into()))
+        }
+        fn block(&self, _: u64) -> Result<Option<Block>, StoreError> {
+            Ok(None)
+        }
+        fn commit(&self, _: u64) -> Result<Option<Commit>, StoreError> {
+            Ok(None)
+        }
+        fn height_of(&self, _: &Hash) -> Result<Option<u64>, StoreError> {
+            Ok(None)
+        }
+        fn tx_location(&self, _: &Hash) -> Result<Option<TxLocation>, StoreError> {
+            Ok(None)
+        }
+        fn genesis_hash(&self) -> Result<Hash, StoreError> {
+            Ok([0; 32])
+        }
+        fn consensus_get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn a_commit_between_the_account_read_and_the_insert_does_not_strand_the_tx() {
+        let key = Keypair::generate();
+        let sender = key.address();
+        let tx = |nonce| {
+            let stx = key.sign_tx(Tx {
+                chain_id: "race".into(),
+                from: key.public_key(),
+                nonce,
+                fee: 1,
+                payload: Payload::Transfer {
+                    to: [7; 20],
+                    amount: 5,
+                },
+            });
+            let bytes = ledger::codec::encode(&stx);
+            (stx, ledger::sha256(&bytes), bytes.len())
+        };
+        let pool = Arc::new(Mutex::new(Mempool::new(
+            MempoolConfig::default(),
+            "race".into(),
+            Params::default(),
+        )));
+        let funded = |nonce| Account {
+            balance: 1_000,
+            nonce,
+        };
+        // Nonce 0 is pending; nonce 1 arrives while the block with nonce 0 commits.
+        let (tx0, id0, size0) = tx(0);
+        pool.lock()
+            .unwrap()
+            .insert_verified(tx0, id0, size0, &funded(0), Instant::now())
+            .unwrap();
+        let commit_pool = pool.clone();
+        let store = RacingStore {
+            accounts: Mutex::new(HashMap::from([(sender, funded(0))])),
+            on_first_read: Mutex::new(Some(Box::new(move |accounts| {
+                accounts.lock().unwrap().insert(sender, funded(1));
+                commit_pool
+                    .lock()
+                    .unwrap()
+                    .update_after_commit(&[id0], [(sender, funded(1))]);
+            }))),
+        };
+        let (tx1, id1, _) = tx(1);
+        let metrics = MempoolMetrics::default();
+        admit_bytes(&store, &pool, &metrics, &ledger::codec::encode(&tx1), 1024).unwrap();
+        // Nonce 1 is the sender's next: the next block must get it.
+        let reaped = pool.lock().unwrap().reap(10, 1 << 20);
+        let ids: Vec<Hash> = reaped
+            .iter()
+            .map(|t| ledger::sha256(&ledger::codec::encode(&**t)))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![id1],
+            "the tx was stranded behind a nonce already used"
+        );
+    }
 }
