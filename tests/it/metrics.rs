@@ -4,7 +4,7 @@
 //! server scrapes a net and answers queries about it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,8 +43,15 @@ const NON_BASE_UNITS: &[&str] = &[
     "percent",
 ];
 
+/// This crate's directory, read at run time (cargo and nextest set it) so that a test
+/// binary reused from another checkout of the same sources reads this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    manifest_dir().join("..").join(rel)
 }
 
 /// GET `/metrics` of node `i`; checks the OpenMetrics content type.

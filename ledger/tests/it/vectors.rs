@@ -8,13 +8,20 @@ use ledger::types::*;
 use ledger::validators::{CommitError, ValidatorSet};
 use serde_json::Value;
 
+/// This crate's directory, read at run time (cargo and nextest set it) so that a test
+/// binary reused from another checkout of the same sources reads this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 fn vectors() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/tally-v1.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!("cannot read the golden vectors at {path}: {e} (../shared must sit beside the repo)")
+    let path = manifest_dir().join("../../shared/vectors/tally-v1.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the golden vectors at {}: {e} (../shared must sit beside the repo)",
+            path.display()
+        )
     });
     serde_json::from_str(&text).expect("vectors are JSON")
 }

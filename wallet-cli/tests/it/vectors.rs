@@ -8,9 +8,15 @@ use tally_wallet::commands::transfer::build_transfer;
 use tally_wallet::keystore::{parse_secret_hex, KdfParams, Keystore, Protection};
 use zeroize::Zeroizing;
 
+/// This crate's directory, read at run time (cargo and nextest set it) so that a test
+/// binary reused from another checkout of the same sources reads this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 fn vectors() -> Value {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/tally-v1.json");
+    let path = manifest_dir().join("../../shared/vectors/tally-v1.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
