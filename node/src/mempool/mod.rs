@@ -187,6 +187,17 @@ impl Mempool {
                 max_gap: self.config.max_nonce_gap,
             });
         }
+        // This tx alone must be payable (the pending ones before it are added on insert):
+        // a flood of txs from empty accounts is refused before any signature work.
+        let Payload::Transfer { amount, .. } = tx.tx.payload;
+        let needed = u128::from(amount) + u128::from(tx.tx.fee);
+        if needed > u128::from(account.balance) {
+            return Err(TxError::InsufficientFunds {
+                balance: account.balance,
+                needed,
+            }
+            .into());
+        }
         Ok(())
     }
 

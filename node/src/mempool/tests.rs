@@ -248,6 +248,15 @@ fn cheap_checks_reject_before_signature_work() {
         p.precheck(&stx, &id, size, &rich(0)).unwrap_err().code(),
         "fee_too_low"
     );
+    // An empty (or unknown) account: refused before its signature is checked.
+    let (stx, id, size) = tx(&k, 0, 1, 1);
+    assert_eq!(
+        p.precheck(&stx, &id, size, &Account::default())
+            .unwrap_err()
+            .code(),
+        "insufficient_funds"
+    );
+    assert!(p.precheck(&stx, &id, size, &rich(0)).is_ok());
 }
 
 #[test]
