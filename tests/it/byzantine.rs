@@ -158,6 +158,46 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A throughput window over the honest nodes, opened and closed on block boundaries.
+struct Window {
+    t0: Instant,
+    c0: f64,
+    cpu0: f64,
+}
+
+/// What a window measured: committed tx/s, CPU cores of all the nodes together, and the
+/// highest peak RSS (VmHWM, kB) among them.
+struct Measured {
+    tps: f64,
+    cpu: f64,
+    rss_kb: u64,
+}
+
+impl Window {
+    async fn open(net: &TestNet, pids: &[u32]) -> Self {
+        let (t0, c0) = next_block(net).await;
+        let cpu0 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        Window { t0, c0, cpu0 }
+    }
+
+    /// Waits until `len` has passed since the window opened, then closes it on a block.
+    async fn close(self, net: &TestNet, pids: &[u32], len: Duration) -> Measured {
+        tokio::time::sleep(len.saturating_sub(self.t0.elapsed())).await;
+        let (t1, c1) = next_block(net).await;
+        let dt = t1.duration_since(self.t0).as_secs_f64();
+        let cpu1: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        Measured {
+            tps: (c1 - self.c0) / dt,
+            cpu: (cpu1 - self.cpu0) / dt,
+            rss_kb: pids
+                .iter()
+                .map(|p| proc_field_kb(*p, "VmHWM"))
+                .max()
+                .unwrap_or(0),
+        }
+    }
+}
+
 fn pids(net: &TestNet, n: usize) -> Vec<u32> {
     (0..n)
         .map(|i| net.nodes[i].addresses.as_ref().unwrap().pid)
@@ -246,10 +286,7 @@ async fn attackers_are_banned_and_honest_pace_holds() {
         .validators(n)
         .accounts(LOAD_ACCOUNTS + 1)
         .env("TALLY_P2P_BAN_DURATION_SECS", "5")
-        .start()
-        .await
-        .unwrap();
-    net.wait_for_height(2, Duration::from_secs(60))
+        .start_at_height(2, Duration::from_secs(60))
         .await
         .unwrap();
     let honest: Vec<String> = (0..n)
@@ -268,18 +305,11 @@ async fn attackers_are_banned_and_honest_pace_holds() {
 
     // Baseline: the honest load alone.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (t0, c0) = next_block(&net).await;
-    let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
-    tokio::time::sleep(window.saturating_sub(t0.elapsed())).await;
-    let (t1, c1) = next_block(&net).await;
-    let base_secs = t1.duration_since(t0).as_secs_f64();
-    let baseline = (c1 - c0) / base_secs;
-    let base_cpu = (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0) / base_secs;
-    let base_rss = pids
-        .iter()
-        .map(|p| proc_field_kb(*p, "VmHWM"))
-        .max()
-        .unwrap();
+    let base = Window::open(&net, &pids)
+        .await
+        .close(&net, &pids, window)
+        .await;
+    let (baseline, base_cpu, base_rss) = (base.tps, base.cpu, base.rss_kb);
     check_honest(&net, n, &honest, &mut worst_honest).await;
     assert!(
         baseline > LOAD_TPS * 0.5,
@@ -294,8 +324,7 @@ async fn attackers_are_banned_and_honest_pace_holds() {
         let secret = random_secret();
         let attacker = tally_p2p::peer_id_from_secret(secret).unwrap().to_string();
         let ip = format!("{prefix}.{}", 200 + k);
-        let (t0, c0) = next_block(&net).await;
-        let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        let measuring = Window::open(&net, &pids).await;
         let spawned = Instant::now();
         let out = net.dir().join(format!("attacker-{mode}.json"));
         let child = spawn_attacker(mode, *rate, &ip, &secret, &targets, secs, &[], &out);
@@ -332,16 +361,11 @@ async fn attackers_are_banned_and_honest_pace_holds() {
             .map(|p| p["reasons"].to_string())
             .unwrap_or_default();
         // Throughput over at least the attack window.
-        tokio::time::sleep(window.saturating_sub(t0.elapsed())).await;
-        let (t1, c1) = next_block(&net).await;
-        let dt = t1.duration_since(t0).as_secs_f64();
-        let tps = (c1 - c0) / dt;
-        let cpu = (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0) / dt;
-        let rss = pids
-            .iter()
-            .map(|p| proc_field_kb(*p, "VmHWM"))
-            .max()
-            .unwrap();
+        let Measured {
+            tps,
+            cpu,
+            rss_kb: rss,
+        } = measuring.close(&net, &pids, window).await;
         check_honest(&net, n, &honest, &mut worst_honest).await;
         let ratio = tps / baseline;
         eprintln!(
@@ -487,10 +511,7 @@ async fn equivocating_validator_is_caught() {
     let net = TestNet::builder()
         .validators(4)
         .node_env(3, "TALLY_TEST_EQUIVOCATE", "1")
-        .start()
-        .await
-        .unwrap();
-    net.wait_for_height(2, Duration::from_secs(60))
+        .start_at_height(2, Duration::from_secs(60))
         .await
         .unwrap();
     let start = net.height(0).await.unwrap();

@@ -44,10 +44,7 @@ async fn validator_killed_at_random_moments_rejoins_without_fork_or_loss() {
     let mut net = TestNet::builder()
         .validators(4)
         .timeout_commit_ms(50)
-        .start()
-        .await
-        .unwrap();
-    net.wait_for_height(2, Duration::from_secs(60))
+        .start_at_height(2, Duration::from_secs(60))
         .await
         .unwrap();
 
@@ -225,11 +222,9 @@ async fn damaged_stores_are_repaired_from_peers_or_refused() {
         .unwrap();
     for a in 0..4 {
         for nonce in 0..5 {
-            let (status, body) = net
-                .submit(0, &transfer(&account_key(a), nonce, [3; 20], 2, 1))
+            net.submit_accepted(0, &transfer(&account_key(a), nonce, [3; 20], 2, 1))
                 .await
                 .unwrap();
-            assert_eq!(status, 202, "{body}");
         }
     }
     net.wait_for_height(40, Duration::from_secs(90))

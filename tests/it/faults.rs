@@ -7,8 +7,9 @@ use tally_tests::{account_key, transfer, TestNet};
 /// its data dir rejoins without double-signing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_survives_one_halts_at_two_and_resumes() {
-    let mut net = TestNet::builder().validators(4).start().await.unwrap();
-    net.wait_for_height(2, Duration::from_secs(60))
+    let mut net = TestNet::builder()
+        .validators(4)
+        .start_at_height(2, Duration::from_secs(60))
         .await
         .unwrap();
 

@@ -386,10 +386,7 @@ async fn metrics_are_valid_openmetrics_with_conventional_names() {
     let net = TestNet::builder()
         .validators(2)
         .accounts(2)
-        .start()
-        .await
-        .unwrap();
-    net.wait_for_height(2, Duration::from_secs(60))
+        .start_at_height(2, Duration::from_secs(60))
         .await
         .unwrap();
     let id = net
@@ -559,9 +556,8 @@ async fn counters_follow_commits_and_height_matches_status() {
         let from = (n % 3) as usize;
         let tx = transfer(&account_key(from), n / 3, [7; 20], 10, 1);
         let node = n as usize % nodes;
-        let (status, body) = net.submit(node, &tx).await.unwrap();
-        assert_eq!(status, 202, "tx {n} via node {node}: {body}");
-        ids.push(body["tx_id"].as_str().unwrap().to_string());
+        let id = net.submit_accepted(node, &tx).await;
+        ids.push(id.unwrap_or_else(|e| panic!("tx {n}: {e}")));
     }
     for i in 0..nodes {
         for id in &ids {
@@ -711,10 +707,7 @@ async fn every_dashboard_metric_exists_on_a_live_node() {
     let net = TestNet::builder()
         .validators(1)
         .accounts(1)
-        .start()
-        .await
-        .unwrap();
-    net.wait_for_height(1, Duration::from_secs(30))
+        .start_at_height(1, Duration::from_secs(30))
         .await
         .unwrap();
     let expo = parse(&scrape(&net, 0).await);
@@ -828,10 +821,7 @@ async fn prometheus_scrapes_the_nodes_and_answers_queries() {
     let net = TestNet::builder()
         .validators(2)
         .accounts(1)
-        .start()
-        .await
-        .unwrap();
-    net.wait_for_height(2, Duration::from_secs(60))
+        .start_at_height(2, Duration::from_secs(60))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -27,10 +27,7 @@ async fn rpc_bad_inputs_get_clear_errors() {
     let net = TestNet::builder()
         .validators(1)
         .accounts(3)
-        .start()
-        .await
-        .unwrap();
-    net.wait_for_height(1, Duration::from_secs(30))
+        .start_at_height(1, Duration::from_secs(30))
         .await
         .unwrap();
     let k = account_key(0);

@@ -114,6 +114,13 @@ impl Builder {
         Ok(net)
     }
 
+    /// [`Builder::start`], then waits until node 0 has committed `height` blocks.
+    pub async fn start_at_height(self, height: u64, timeout: Duration) -> anyhow::Result<TestNet> {
+        let net = self.start().await?;
+        net.wait_for_height(height, timeout).await?;
+        Ok(net)
+    }
+
     pub fn create(self) -> anyhow::Result<TestNet> {
         let dir = tempfile::Builder::new()
             .prefix("tally-testnet-")
