@@ -606,35 +606,25 @@ impl Sim {
         self.report
     }
 
-    /// Lowest decided height over the honest nodes (validators and full nodes).
+    /// Highest decided height of each honest node (validators and full nodes).
+    fn honest_heights(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.nodes.len()).filter(|i| self.honest(*i)).map(|i| {
+            self.nodes[i]
+                .decided
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Lowest decided height over the honest nodes.
     fn min_honest_height(&self) -> u64 {
-        (0..self.nodes.len())
-            .filter(|i| self.honest(*i))
-            .map(|i| {
-                self.nodes[i]
-                    .decided
-                    .keys()
-                    .next_back()
-                    .copied()
-                    .unwrap_or(0)
-            })
-            .min()
-            .unwrap_or(0)
+        self.honest_heights().min().unwrap_or(0)
     }
 
     fn max_honest_height(&self) -> u64 {
-        (0..self.nodes.len())
-            .filter(|i| self.honest(*i))
-            .map(|i| {
-                self.nodes[i]
-                    .decided
-                    .keys()
-                    .next_back()
-                    .copied()
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0)
+        self.honest_heights().max().unwrap_or(0)
     }
 
     fn step(&mut self, event: Event) {
