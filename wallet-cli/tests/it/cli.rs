@@ -26,13 +26,20 @@ pub fn assert_fails(out: &Output, code: i32, needle: &str) {
     );
 }
 
-#[test]
-fn send_waits_for_commit_and_moves_exactly_amount_plus_fee() {
+/// A fake node and a wallet with keys `alice` (funded with `balance`) and `bob`; returns
+/// their addresses too.
+fn alice_and_bob(balance: u64) -> (FakeNode, Wallet, [u8; 20], [u8; 20]) {
     let node = FakeNode::start();
     let w = Wallet::new(&node.url);
     let alice = w.new_key("alice");
     let bob = w.new_key("bob");
-    node.fund(&alice, 1_000_000);
+    node.fund(&alice, balance);
+    (node, w, alice, bob)
+}
+
+#[test]
+fn send_waits_for_commit_and_moves_exactly_amount_plus_fee() {
+    let (node, w, alice, bob) = alice_and_bob(1_000_000);
 
     let text = w.ok(&[
         "send",
@@ -107,11 +114,7 @@ fn send_waits_for_commit_and_moves_exactly_amount_plus_fee() {
 
 #[test]
 fn quick_and_concurrent_sends_from_one_key_do_not_collide() {
-    let node = FakeNode::start();
-    let w = Wallet::new(&node.url);
-    let alice = w.new_key("alice");
-    w.new_key("bob");
-    node.fund(&alice, 1_000_000);
+    let (_node, w, _, _) = alice_and_bob(1_000_000);
     let args = [
         "send", "--from", "alice", "--to", "bob", "--amount", "10", "--wait", "accepted",
     ];
@@ -153,11 +156,7 @@ fn quick_and_concurrent_sends_from_one_key_do_not_collide() {
 
 #[test]
 fn errors_are_one_line_with_the_right_exit_code() {
-    let node = FakeNode::start();
-    let w = Wallet::new(&node.url);
-    let alice = w.new_key("alice");
-    w.new_key("bob");
-    node.fund(&alice, 100);
+    let (node, w, alice, _) = alice_and_bob(100);
 
     let out = w
         .cmd(&["send", "--from", "alice", "--to", "bob", "--amount", "5"])
@@ -350,11 +349,7 @@ fn bench_funds_accounts_and_sees_every_tx_commit() {
 
 #[test]
 fn wait_committed_falls_back_to_polling_and_times_out_cleanly() {
-    let node = FakeNode::start();
-    let w = Wallet::new(&node.url);
-    let alice = w.new_key("alice");
-    w.new_key("bob");
-    node.fund(&alice, 1_000);
+    let (node, w, _, _) = alice_and_bob(1_000);
     node.with(|n| n.events_disabled = true);
     let v = w.json(&["send", "--from", "alice", "--to", "bob", "--amount", "10"]);
     assert_eq!(v["status"], "committed", "{v}");
