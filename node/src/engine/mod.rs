@@ -364,12 +364,12 @@ impl Engine {
                 .get_or_create(&crate::metrics::CfLabel { cf: cf.into() })
                 .set(size as i64);
         }
-        let expired = self
-            .mempool
-            .lock()
-            .map(|mut m| m.expire(Instant::now()))
-            .unwrap_or(0);
-        self.mempool_metrics.evicted.inc_by(expired as u64);
+        if let Ok(mut m) = self.mempool.lock() {
+            let expired = m.expire(Instant::now());
+            self.mempool_metrics.evicted.inc_by(expired as u64);
+            self.mempool_metrics.txs.set(m.len() as i64);
+            self.mempool_metrics.bytes.set(m.bytes() as i64);
+        }
         self.maybe_request_sync();
         self.rebroadcast();
     }

@@ -32,7 +32,7 @@ pub fn admit_bytes(
         .map_err(AddError::from)
         .and_then(|tx| {
             let id = sha256(bytes);
-            admit(store, mempool, &tx, id, bytes.len()).map(|_| (id, tx))
+            admit(store, mempool, metrics, &tx, id, bytes.len()).map(|_| (id, tx))
         });
     match &result {
         Ok(_) => {
@@ -42,16 +42,13 @@ pub fn admit_bytes(
             metrics.reject(e.code());
         }
     };
-    if let Ok(m) = mempool.lock() {
-        metrics.txs.set(m.len() as i64);
-        metrics.bytes.set(m.bytes() as i64);
-    }
     result
 }
 
 fn admit(
     store: &impl ChainReader,
     mempool: &Mutex<Mempool>,
+    metrics: &MempoolMetrics,
     tx: &SignedTx,
     id: Hash,
     size: usize,
@@ -87,7 +84,12 @@ fn admit(
         .account(&tx.sender())
         .map_err(storage)?
         .unwrap_or_default();
-    pool.insert_verified(tx.clone(), id, size, &account, Instant::now())
+    pool.insert_verified(tx.clone(), id, size, &account, Instant::now())?;
+    // Only an insert changes the pool's size here (evictions included): update the gauges
+    // while we hold the lock anyway.
+    metrics.txs.set(pool.len() as i64);
+    metrics.bytes.set(pool.bytes() as i64);
+    Ok(())
 }
 
 #[cfg(test)]
