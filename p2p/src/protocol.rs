@@ -33,10 +33,6 @@ impl Topic {
         }
     }
 
-    /// Transactions, one or many per message.
-    pub fn carries_txs(self) -> bool {
-        matches!(self, Topic::Tx | Topic::TxBatch)
-    }
 
     /// The gossipsub topic string for a chain.
     pub fn topic_string(self, chain_id: &str) -> String {
