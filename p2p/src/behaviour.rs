@@ -32,6 +32,11 @@ pub struct Behaviour {
     pub sync: request_response::Behaviour<SyncCodec>,
 }
 
+/// The gossipsub topic of `topic` on chain `chain_id`.
+pub fn topic_hash(topic: Topic, chain_id: &str) -> gossipsub::TopicHash {
+    gossipsub::IdentTopic::new(topic.topic_string(chain_id)).hash()
+}
+
 pub fn content_id(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
@@ -89,7 +94,7 @@ impl Behaviour {
             gossipsub::WhitelistSubscriptionFilter(
                 Topic::ALL
                     .iter()
-                    .map(|t| gossipsub::IdentTopic::new(t.topic_string(&cfg.chain_id)).hash())
+                    .map(|t| topic_hash(*t, &cfg.chain_id))
                     .collect::<HashSet<_>>(),
             ),
         )
@@ -142,7 +147,7 @@ fn gossipsub_config(cfg: &NetworkConfig) -> Result<gossipsub::Config, NetworkErr
     // The tx topic's own mesh degree (see `NetworkConfig::tx_mesh_n`).
     let d = cfg.tx_mesh_n;
     for t in [Topic::Tx, Topic::TxBatch] {
-        let hash = gossipsub::IdentTopic::new(t.topic_string(&cfg.chain_id)).hash();
+        let hash = topic_hash(t, &cfg.chain_id);
         builder
             .mesh_n_for_topic(d, hash.clone())
             .mesh_n_low_for_topic(d.div_ceil(2), hash.clone())
@@ -240,7 +245,7 @@ pub fn score_params(
         retain_score: Duration::from_secs(600),
         ..Default::default()
     };
-    let hash = |t: Topic| gossipsub::IdentTopic::new(t.topic_string(&cfg.chain_id)).hash();
+    let hash = |t: Topic| topic_hash(t, &cfg.chain_id);
     // Consensus messages matter most: full weight. Txs are cheap and plentiful: half.
     params
         .topics

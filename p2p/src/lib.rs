@@ -27,7 +27,7 @@ pub use protocol::{
 };
 pub use tokio_util::sync::CancellationToken;
 
-use libp2p::{gossipsub, identity::Keypair, noise, tcp, yamux};
+use libp2p::{identity::Keypair, noise, tcp, yamux};
 use tokio::sync::mpsc;
 
 /// The peer id that a 32-byte Ed25519 secret gives (without starting anything).
@@ -81,12 +81,7 @@ pub fn spawn(
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
     let topics = Topic::ALL
         .iter()
-        .map(|t| {
-            (
-                gossipsub::IdentTopic::new(t.topic_string(&config.chain_id)).hash(),
-                *t,
-            )
-        })
+        .map(|t| (behaviour::topic_hash(*t, &config.chain_id), *t))
         .collect();
     let handle = NetworkHandle::new(
         command_tx,

@@ -33,7 +33,6 @@ impl Topic {
         }
     }
 
-
     /// The gossipsub topic string for a chain.
     pub fn topic_string(self, chain_id: &str) -> String {
         format!("tally/{chain_id}/{}/1", self.as_str())

@@ -56,7 +56,7 @@ pub struct Task {
 
 impl Task {
     fn topic_hash(&self, topic: Topic) -> gossipsub::TopicHash {
-        gossipsub::IdentTopic::new(topic.topic_string(&self.cfg.chain_id)).hash()
+        crate::behaviour::topic_hash(topic, &self.cfg.chain_id)
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
