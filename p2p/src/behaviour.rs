@@ -59,8 +59,10 @@ impl Behaviour {
             connection_limits::ConnectionLimits::default()
                 .with_max_established_incoming(Some(cfg.max_inbound_connections))
                 .with_max_established_per_peer(Some(cfg.max_connections_per_peer))
-                // Handshakes in flight: bounds the crypto work an accept flood can cause.
-                .with_max_pending_incoming(Some(cfg.max_inbound_connections.max(8))),
+                // Handshakes in flight, all IPs together: bounds the crypto work an accept
+                // flood can cause (the gate caps them per IP). Outbound dials have no
+                // pending cap here, so a flood of inbound handshakes cannot take their slots.
+                .with_max_pending_incoming(Some(cfg.max_pending_inbound)),
         );
 
         let identify = identify::Behaviour::new(
@@ -121,7 +123,7 @@ impl Behaviour {
         );
 
         Ok(Behaviour {
-            gate: Gate::new(cfg.max_connections_per_ip),
+            gate: Gate::new(cfg.max_connections_per_ip, cfg.max_pending_inbound_per_ip),
             limits,
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),

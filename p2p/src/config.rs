@@ -38,6 +38,17 @@ pub struct NetworkConfig {
     pub max_connections_per_peer: u32,
     /// Established inbound connections from one IP address.
     pub max_connections_per_ip: u32,
+    /// Inbound connections still in their handshake (Noise/TLS and multiplexer
+    /// negotiation), all IPs together. Outbound dials are not counted: a flood of
+    /// half-open inbound connections cannot take the slots of the peers we dial.
+    pub max_pending_inbound: u32,
+    /// Inbound connections still in their handshake from one IP. An honest node has one
+    /// or two (TCP and QUIC) in flight; 64 silent TCP connections from one IP used to take
+    /// every pending slot and lock all new peers out (issue 17, item 8).
+    pub max_pending_inbound_per_ip: u32,
+    /// A connection that has not finished its handshake within this is closed (libp2p's
+    /// default is 10 s). It bounds how long a half-open connection holds its slot.
+    pub handshake_timeout: Duration,
 
     /// Gossip messages per second a peer may forward us on the tx topic (token bucket, the
     /// burst is one second's worth). Excess messages are ignored and cost `GossipFlood`.
@@ -143,6 +154,15 @@ impl NetworkConfig {
         if self.command_buffer == 0 || self.event_buffer == 0 {
             return bad("command_buffer/event_buffer", "must be positive");
         }
+        if self.max_pending_inbound == 0 || self.max_pending_inbound_per_ip == 0 {
+            return bad(
+                "max_pending_inbound/max_pending_inbound_per_ip",
+                "must be at least 1",
+            );
+        }
+        if self.handshake_timeout < Duration::from_millis(100) {
+            return bad("handshake_timeout", "must be at least 100ms");
+        }
         if !(1..=12).contains(&self.tx_mesh_n) {
             return bad("tx_mesh_n", "must be in 1..=12");
         }
@@ -167,6 +187,9 @@ impl Default for NetworkConfig {
             max_inbound_connections: 64,
             max_connections_per_peer: 2,
             max_connections_per_ip: 8,
+            max_pending_inbound: 32,
+            max_pending_inbound_per_ip: 4,
+            handshake_timeout: Duration::from_secs(5),
             max_tx_msgs_per_sec_per_peer: 1000,
             max_consensus_msgs_per_sec_per_peer: 200,
             max_sync_requests_per_sec_per_peer: 20,

@@ -1,5 +1,6 @@
-//! Connection gate: refuses connections from banned peers and caps inbound connections
-//! per IP address. (libp2p's `connection-limits` caps totals and per peer, not per IP.)
+//! Connection gate: refuses connections from banned peers and caps inbound connections per
+//! IP address, both established and still in their handshake. (libp2p's
+//! `connection-limits` caps totals and per peer, not per IP.)
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,7 +15,8 @@ use libp2p::{
     core::{multiaddr::Protocol, transport::PortUse, ConnectedPoint, Endpoint},
     swarm::{
         behaviour::ConnectionEstablished, dummy, ConnectionClosed, ConnectionDenied, ConnectionId,
-        FromSwarm, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        FromSwarm, ListenFailure, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent,
+        ToSwarm,
     },
     Multiaddr, PeerId,
 };
@@ -24,6 +26,18 @@ use libp2p::{
 pub enum Denied {
     Banned,
     TooManyFromIp { limit: u32 },
+    TooManyPendingFromIp { limit: u32 },
+}
+
+impl Denied {
+    /// Metric label (`tally_p2p_connections_denied_total{reason}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denied::Banned => "banned",
+            Denied::TooManyFromIp { .. } => "per_ip_limit",
+            Denied::TooManyPendingFromIp { .. } => "per_ip_pending_limit",
+        }
+    }
 }
 
 impl fmt::Display for Denied {
@@ -33,6 +47,9 @@ impl fmt::Display for Denied {
             Denied::TooManyFromIp { limit } => {
                 write!(f, "more than {limit} inbound connections from one IP")
             }
+            Denied::TooManyPendingFromIp { limit } => {
+                write!(f, "more than {limit} inbound handshakes from one IP")
+            }
         }
     }
 }
@@ -41,9 +58,14 @@ impl std::error::Error for Denied {}
 
 pub struct Gate {
     max_per_ip: u32,
+    max_pending_per_ip: u32,
     banned: HashMap<PeerId, Instant>,
+    /// Established inbound connections.
     inbound_ip: HashMap<ConnectionId, IpAddr>,
     per_ip: HashMap<IpAddr, HashSet<ConnectionId>>,
+    /// Inbound connections in their handshake.
+    pending_ip: HashMap<ConnectionId, IpAddr>,
+    pending_per_ip: HashMap<IpAddr, u32>,
 }
 
 pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
@@ -54,13 +76,20 @@ pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     })
 }
 
+fn deny(d: Denied) -> ConnectionDenied {
+    ConnectionDenied::new(d)
+}
+
 impl Gate {
-    pub fn new(max_per_ip: u32) -> Self {
+    pub fn new(max_per_ip: u32, max_pending_per_ip: u32) -> Self {
         Gate {
             max_per_ip,
+            max_pending_per_ip,
             banned: HashMap::new(),
             inbound_ip: HashMap::new(),
             per_ip: HashMap::new(),
+            pending_ip: HashMap::new(),
+            pending_per_ip: HashMap::new(),
         }
     }
 
@@ -80,19 +109,30 @@ impl Gate {
 
     fn check_peer(&self, peer: &PeerId) -> Result<(), ConnectionDenied> {
         if self.is_banned(peer) {
-            return Err(ConnectionDenied::new(Denied::Banned));
+            return Err(deny(Denied::Banned));
         }
         Ok(())
     }
 
-    fn check_ip(&self, ip: IpAddr) -> Result<(), ConnectionDenied> {
+    fn check_established(&self, ip: IpAddr) -> Result<(), ConnectionDenied> {
         let established = self.per_ip.get(&ip).map_or(0, HashSet::len);
         if established >= self.max_per_ip as usize {
-            return Err(ConnectionDenied::new(Denied::TooManyFromIp {
+            return Err(deny(Denied::TooManyFromIp {
                 limit: self.max_per_ip,
             }));
         }
         Ok(())
+    }
+
+    fn end_pending(&mut self, connection_id: ConnectionId) {
+        if let Some(ip) = self.pending_ip.remove(&connection_id) {
+            if let Some(n) = self.pending_per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.pending_per_ip.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -102,14 +142,26 @@ impl NetworkBehaviour for Gate {
 
     fn handle_pending_inbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
+        connection_id: ConnectionId,
         _local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        // Refused before the handshake: a flood from one IP costs us no crypto.
-        if let Some(ip) = ip_of(remote) {
-            self.check_ip(ip)?;
+        // Refused before the handshake: a flood from one IP costs us no crypto, and its
+        // silent connections cannot take every handshake slot.
+        let Some(ip) = ip_of(remote) else {
+            return Ok(());
+        };
+        self.check_established(ip)?;
+        let pending = self.pending_per_ip.get(&ip).copied().unwrap_or(0);
+        if pending >= self.max_pending_per_ip {
+            return Err(deny(Denied::TooManyPendingFromIp {
+                limit: self.max_pending_per_ip,
+            }));
         }
+        // Counted until it is established or fails (`on_swarm_event`); a later behaviour
+        // that refuses it also ends in a `ListenFailure`.
+        self.pending_ip.insert(connection_id, ip);
+        *self.pending_per_ip.entry(ip).or_insert(0) += 1;
         Ok(())
     }
 
@@ -122,7 +174,7 @@ impl NetworkBehaviour for Gate {
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.check_peer(&peer)?;
         if let Some(ip) = ip_of(remote) {
-            self.check_ip(ip)?;
+            self.check_established(ip)?;
         }
         Ok(dummy::ConnectionHandler)
     }
@@ -159,10 +211,14 @@ impl NetworkBehaviour for Gate {
                 endpoint: ConnectedPoint::Listener { send_back_addr, .. },
                 ..
             }) => {
+                self.end_pending(connection_id);
                 if let Some(ip) = ip_of(send_back_addr) {
                     self.inbound_ip.insert(connection_id, ip);
                     self.per_ip.entry(ip).or_default().insert(connection_id);
                 }
+            }
+            FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
+                self.end_pending(connection_id);
             }
             FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
                 if let Some(ip) = self.inbound_ip.remove(&connection_id) {
@@ -189,5 +245,50 @@ impl NetworkBehaviour for Gate {
 
     fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pending_handshakes_are_capped_per_ip_and_released() {
+        let mut gate = Gate::new(8, 2);
+        let local = addr("/ip4/127.0.0.1/tcp/1");
+        let flood = addr("/ip4/127.0.9.9/tcp/5555");
+        let mut next = 100;
+        let mut id = || {
+            next += 1;
+            ConnectionId::new_unchecked(next)
+        };
+        let (c1, c2, c3) = (id(), id(), id());
+        assert!(gate
+            .handle_pending_inbound_connection(c1, &local, &flood)
+            .is_ok());
+        assert!(gate
+            .handle_pending_inbound_connection(c2, &local, &flood)
+            .is_ok());
+        let refused = gate
+            .handle_pending_inbound_connection(c3, &local, &flood)
+            .unwrap_err();
+        assert_eq!(
+            refused.downcast_ref::<Denied>(),
+            Some(&Denied::TooManyPendingFromIp { limit: 2 })
+        );
+        // Another IP is not affected.
+        let other = addr("/ip4/127.0.9.10/tcp/1");
+        assert!(gate
+            .handle_pending_inbound_connection(id(), &local, &other)
+            .is_ok());
+        // A failed handshake frees its slot.
+        gate.end_pending(c1);
+        assert!(gate
+            .handle_pending_inbound_connection(c3, &local, &flood)
+            .is_ok());
     }
 }

@@ -25,6 +25,7 @@ pub use protocol::{
     Command, Event, MessageId, PeerInfo, PenaltyReason, RemoteError, RequestError,
     ResponseChannelId, Topic, Verdict,
 };
+pub use score::TokenBucket;
 pub use tokio_util::sync::CancellationToken;
 
 use libp2p::{identity::Keypair, noise, tcp, yamux};
@@ -65,6 +66,9 @@ pub fn spawn(
         .with_behaviour(|_| behaviour)
         .map_err(|e| NetworkError::Build(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        // Bounds how long a half-open connection (one that never finishes Noise/TLS and
+        // multiplexer negotiation) holds a pending slot.
+        .with_connection_timeout(config.handshake_timeout)
         .build();
 
     for addr in &config.listen {

@@ -780,10 +780,7 @@ impl Task {
 
 fn denied_reason(cause: &libp2p::swarm::ConnectionDenied) -> &'static str {
     if let Some(d) = cause.downcast_ref::<Denied>() {
-        match d {
-            Denied::Banned => "banned",
-            Denied::TooManyFromIp { .. } => "per_ip_limit",
-        }
+        d.as_str()
     } else if cause
         .downcast_ref::<connection_limits::Exceeded>()
         .is_some()

@@ -9,5 +9,6 @@ mod support;
 
 mod ban;
 mod gossip;
+mod halfopen;
 mod quic;
 mod sync;

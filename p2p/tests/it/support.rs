@@ -127,3 +127,34 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl TestNode {
+    /// Sum of every sample of the metric family `name` (all label sets; 0 if absent).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                (key.split('{').next()? == name).then_some(value)
+            })
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The socket address of the node's TCP listener.
+    pub fn tcp_socket(&self) -> std::net::SocketAddr {
+        let addr = self.tcp.as_ref().expect("a TCP listener");
+        let mut ip = None;
+        let mut port = None;
+        for p in addr.iter() {
+            match p {
+                Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+                Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+                Protocol::Tcp(p) => port = Some(p),
+                _ => {}
+            }
+        }
+        std::net::SocketAddr::new(ip.unwrap(), port.unwrap())
+    }
+}
