@@ -13,6 +13,7 @@ mod protocol;
 mod score;
 mod sync_codec;
 mod task;
+mod transport;
 
 use std::collections::HashMap;
 
@@ -28,7 +29,7 @@ pub use protocol::{
 pub use score::TokenBucket;
 pub use tokio_util::sync::CancellationToken;
 
-use libp2p::{identity::Keypair, noise, tcp, yamux};
+use libp2p::{core::upgrade, identity::Keypair, noise, tcp, yamux, Transport};
 use tokio::sync::mpsc;
 
 /// The peer id that a 32-byte Ed25519 secret gives (without starting anything).
@@ -54,15 +55,20 @@ pub fn spawn(
     let local_peer_id = key.public().to_peer_id();
 
     let behaviour = behaviour::Behaviour::new(&key, &config)?;
+    // TCP + noise + yamux as `with_tcp` builds it, but dialling from our listen IP
+    // (`transport.rs`).
+    let tcp = transport::SourceBoundTcp::new(tcp::Config::default().nodelay(true), &config.listen)
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(
+            noise::Config::new(&key)
+                .map_err(|e| NetworkError::Build(format!("tcp transport: {e}")))?,
+        )
+        .multiplex(yamux::Config::default());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| NetworkError::Build(format!("tcp transport: {e}")))?
         .with_quic()
+        .with_other_transport(|_| tcp)
+        .map_err(|e| NetworkError::Build(format!("tcp transport: {e}")))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| NetworkError::Build(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))

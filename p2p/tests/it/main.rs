@@ -12,3 +12,4 @@ mod gossip;
 mod halfopen;
 mod quic;
 mod sync;
+mod transport;
