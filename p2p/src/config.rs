@@ -36,19 +36,25 @@ pub struct NetworkConfig {
     pub max_inbound_connections: u32,
     /// Established connections with one peer (TCP and QUIC at once, plus a redial overlap).
     pub max_connections_per_peer: u32,
-    /// Established inbound connections from one IP address.
+    /// Established inbound connections from one IP address (one IPv6 /64).
     pub max_connections_per_ip: u32,
     /// Inbound connections still in their handshake (Noise/TLS and multiplexer
     /// negotiation), all IPs together. Outbound dials are not counted: a flood of
     /// half-open inbound connections cannot take the slots of the peers we dial.
     pub max_pending_inbound: u32,
-    /// Inbound connections still in their handshake from one IP. An honest node has one
-    /// or two (TCP and QUIC) in flight; 64 silent TCP connections from one IP used to take
-    /// every pending slot and lock all new peers out (issue 17, item 8).
+    /// Inbound connections still in their handshake from one IP (one IPv6 /64). An honest
+    /// node has one or two (TCP and QUIC) in flight; 64 silent TCP connections from one IP
+    /// used to take every pending slot and lock all new peers out (issue 17, item 8).
     pub max_pending_inbound_per_ip: u32,
     /// A connection that has not finished its handshake within this is closed (libp2p's
     /// default is 10 s). It bounds how long a half-open connection holds its slot.
     pub handshake_timeout: Duration,
+    /// Eclipse resistance: while fewer than this many peers are connected through
+    /// connections we dialled ourselves, the bootstrap peers we are not connected to are
+    /// redialled (every `bootstrap_redial_interval`), however many inbound peers we have.
+    pub min_outbound_peers: usize,
+    /// Least time between two rounds of bootstrap redials.
+    pub bootstrap_redial_interval: Duration,
 
     /// Gossip messages per second a peer may forward us on the tx topic (token bucket, the
     /// burst is one second's worth). Excess messages are ignored and cost `GossipFlood`.
@@ -70,6 +76,16 @@ pub struct NetworkConfig {
     /// Peers at or above this many distinct peers per IP are penalised by gossipsub's
     /// IP-colocation factor (P6).
     pub ip_colocation_threshold: f64,
+    /// Per-IP accounting (IPv4 address, IPv6 /64): every penalty a peer gets is also
+    /// charged to the IP it connects from, decaying with `score_half_life`. Below this
+    /// (negative) sum the IP is banned for `ip_ban_duration`: its peers are disconnected
+    /// and its connections refused before the handshake. Fresh identities cost nothing to
+    /// make, so without it an attacker starts over with a new key after each ban. Three
+    /// peer bans' worth by default, so one misbehaving node does not take its honest
+    /// neighbours behind the same NAT down with it.
+    pub ip_ban_threshold: f64,
+    /// How long an IP ban lasts.
+    pub ip_ban_duration: Duration,
 
     /// Largest sync request accepted or sent.
     pub sync_max_request_bytes: usize,
@@ -163,6 +179,12 @@ impl NetworkConfig {
         if self.handshake_timeout < Duration::from_millis(100) {
             return bad("handshake_timeout", "must be at least 100ms");
         }
+        if self.bootstrap_redial_interval < Duration::from_millis(100) {
+            return bad("bootstrap_redial_interval", "must be at least 100ms");
+        }
+        if self.ip_ban_threshold >= 0.0 || !self.ip_ban_threshold.is_finite() {
+            return bad("ip_ban_threshold", "must be a negative number");
+        }
         if !(1..=12).contains(&self.tx_mesh_n) {
             return bad("tx_mesh_n", "must be in 1..=12");
         }
@@ -190,6 +212,8 @@ impl Default for NetworkConfig {
             max_pending_inbound: 32,
             max_pending_inbound_per_ip: 4,
             handshake_timeout: Duration::from_secs(5),
+            min_outbound_peers: 2,
+            bootstrap_redial_interval: Duration::from_secs(10),
             max_tx_msgs_per_sec_per_peer: 1000,
             max_consensus_msgs_per_sec_per_peer: 200,
             max_sync_requests_per_sec_per_peer: 20,
@@ -198,6 +222,8 @@ impl Default for NetworkConfig {
             ban_duration: Duration::from_secs(600),
             score_half_life: Duration::from_secs(600),
             ip_colocation_threshold: 3.0,
+            ip_ban_threshold: -300.0,
+            ip_ban_duration: Duration::from_secs(600),
             sync_max_request_bytes: 4 * 1024,
             sync_max_response_bytes: 32 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),

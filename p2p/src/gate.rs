@@ -1,18 +1,18 @@
-//! Connection gate: refuses connections from banned peers and caps inbound connections per
-//! IP address, both established and still in their handshake. (libp2p's
-//! `connection-limits` caps totals and per peer, not per IP.)
+//! Connection gate: refuses connections from banned peers and banned IPs, and caps inbound
+//! connections per IP, both established and still in their handshake. (libp2p's
+//! `connection-limits` caps totals and per peer, not per IP.) "Per IP" is per IPv4 address
+//! and per IPv6 /64 ([`IpKey`]).
 
 use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
     fmt,
-    net::IpAddr,
     task::{Context, Poll},
     time::Instant,
 };
 
 use libp2p::{
-    core::{multiaddr::Protocol, transport::PortUse, ConnectedPoint, Endpoint},
+    core::{transport::PortUse, ConnectedPoint, Endpoint},
     swarm::{
         behaviour::ConnectionEstablished, dummy, ConnectionClosed, ConnectionDenied, ConnectionId,
         FromSwarm, ListenFailure, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent,
@@ -21,10 +21,13 @@ use libp2p::{
     Multiaddr, PeerId,
 };
 
+use crate::addrs::{ip_key, IpKey};
+
 /// Why the gate refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
     Banned,
+    IpBanned,
     TooManyFromIp { limit: u32 },
     TooManyPendingFromIp { limit: u32 },
 }
@@ -34,6 +37,7 @@ impl Denied {
     pub fn as_str(self) -> &'static str {
         match self {
             Denied::Banned => "banned",
+            Denied::IpBanned => "ip_banned",
             Denied::TooManyFromIp { .. } => "per_ip_limit",
             Denied::TooManyPendingFromIp { .. } => "per_ip_pending_limit",
         }
@@ -44,6 +48,7 @@ impl fmt::Display for Denied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Denied::Banned => f.write_str("peer is banned"),
+            Denied::IpBanned => f.write_str("IP is banned"),
             Denied::TooManyFromIp { limit } => {
                 write!(f, "more than {limit} inbound connections from one IP")
             }
@@ -60,20 +65,13 @@ pub struct Gate {
     max_per_ip: u32,
     max_pending_per_ip: u32,
     banned: HashMap<PeerId, Instant>,
+    banned_ips: HashMap<IpKey, Instant>,
     /// Established inbound connections.
-    inbound_ip: HashMap<ConnectionId, IpAddr>,
-    per_ip: HashMap<IpAddr, HashSet<ConnectionId>>,
+    inbound_ip: HashMap<ConnectionId, IpKey>,
+    per_ip: HashMap<IpKey, HashSet<ConnectionId>>,
     /// Inbound connections in their handshake.
-    pending_ip: HashMap<ConnectionId, IpAddr>,
-    pending_per_ip: HashMap<IpAddr, u32>,
-}
-
-pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    })
+    pending_ip: HashMap<ConnectionId, IpKey>,
+    pending_per_ip: HashMap<IpKey, u32>,
 }
 
 fn deny(d: Denied) -> ConnectionDenied {
@@ -86,6 +84,7 @@ impl Gate {
             max_per_ip,
             max_pending_per_ip,
             banned: HashMap::new(),
+            banned_ips: HashMap::new(),
             inbound_ip: HashMap::new(),
             per_ip: HashMap::new(),
             pending_ip: HashMap::new(),
@@ -101,6 +100,14 @@ impl Gate {
         self.banned.remove(peer);
     }
 
+    pub fn ban_ip(&mut self, ip: IpKey, until: Instant) {
+        self.banned_ips.insert(ip, until);
+    }
+
+    pub fn unban_ip(&mut self, ip: &IpKey) {
+        self.banned_ips.remove(ip);
+    }
+
     pub fn is_banned(&self, peer: &PeerId) -> bool {
         self.banned
             .get(peer)
@@ -114,7 +121,17 @@ impl Gate {
         Ok(())
     }
 
-    fn check_established(&self, ip: IpAddr) -> Result<(), ConnectionDenied> {
+    fn check_ip_ban(&self, ip: Option<IpKey>) -> Result<(), ConnectionDenied> {
+        let banned = ip
+            .and_then(|ip| self.banned_ips.get(&ip))
+            .is_some_and(|until| *until > Instant::now());
+        if banned {
+            return Err(deny(Denied::IpBanned));
+        }
+        Ok(())
+    }
+
+    fn check_established(&self, ip: IpKey) -> Result<(), ConnectionDenied> {
         let established = self.per_ip.get(&ip).map_or(0, HashSet::len);
         if established >= self.max_per_ip as usize {
             return Err(deny(Denied::TooManyFromIp {
@@ -148,9 +165,10 @@ impl NetworkBehaviour for Gate {
     ) -> Result<(), ConnectionDenied> {
         // Refused before the handshake: a flood from one IP costs us no crypto, and its
         // silent connections cannot take every handshake slot.
-        let Some(ip) = ip_of(remote) else {
+        let Some(ip) = ip_key(remote) else {
             return Ok(());
         };
+        self.check_ip_ban(Some(ip))?;
         self.check_established(ip)?;
         let pending = self.pending_per_ip.get(&ip).copied().unwrap_or(0);
         if pending >= self.max_pending_per_ip {
@@ -173,7 +191,9 @@ impl NetworkBehaviour for Gate {
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.check_peer(&peer)?;
-        if let Some(ip) = ip_of(remote) {
+        let ip = ip_key(remote);
+        self.check_ip_ban(ip)?;
+        if let Some(ip) = ip {
             self.check_established(ip)?;
         }
         Ok(dummy::ConnectionHandler)
@@ -196,11 +216,12 @@ impl NetworkBehaviour for Gate {
         &mut self,
         _connection_id: ConnectionId,
         peer: PeerId,
-        _addr: &Multiaddr,
+        addr: &Multiaddr,
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.check_peer(&peer)?;
+        self.check_ip_ban(ip_key(addr))?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -212,7 +233,7 @@ impl NetworkBehaviour for Gate {
                 ..
             }) => {
                 self.end_pending(connection_id);
-                if let Some(ip) = ip_of(send_back_addr) {
+                if let Some(ip) = ip_key(send_back_addr) {
                     self.inbound_ip.insert(connection_id, ip);
                     self.per_ip.entry(ip).or_default().insert(connection_id);
                 }
@@ -289,6 +310,24 @@ mod tests {
         gate.end_pending(c1);
         assert!(gate
             .handle_pending_inbound_connection(c3, &local, &flood)
+            .is_ok());
+    }
+
+    #[test]
+    fn banned_ip_is_refused_before_the_handshake() {
+        let mut gate = Gate::new(8, 4);
+        let local = addr("/ip4/127.0.0.1/tcp/1");
+        let remote = addr("/ip6/2001:db8:0:1::5/tcp/7");
+        let sibling = addr("/ip6/2001:db8:0:1::6/tcp/7");
+        let ip = ip_key(&remote).unwrap();
+        gate.ban_ip(ip, Instant::now() + std::time::Duration::from_secs(60));
+        let refused = gate
+            .handle_pending_inbound_connection(ConnectionId::new_unchecked(1), &local, &sibling)
+            .unwrap_err();
+        assert_eq!(refused.downcast_ref::<Denied>(), Some(&Denied::IpBanned));
+        gate.unban_ip(&ip);
+        assert!(gate
+            .handle_pending_inbound_connection(ConnectionId::new_unchecked(2), &local, &sibling)
             .is_ok());
     }
 }

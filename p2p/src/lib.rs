@@ -3,6 +3,7 @@
 //! types except the re-exported `PeerId` and `Multiaddr`. See README.md for the data flow,
 //! every knob and the scoring rationale.
 
+mod addrs;
 mod behaviour;
 mod config;
 mod error;
@@ -106,6 +107,12 @@ pub fn spawn(
             config.ban_threshold,
             config.ban_duration,
         ),
+        ip_scores: score::IpScores::new(
+            config.score_half_life,
+            config.ip_ban_threshold,
+            config.ip_ban_duration,
+        ),
+        peer_ips: HashMap::new(),
         cfg: config,
         commands: command_rx,
         events: event_tx,
@@ -119,6 +126,7 @@ pub fn spawn(
         pending_outbound: HashMap::new(),
         connections: HashMap::new(),
         last_kad_bootstrap: None,
+        last_bootstrap_dial: Some(std::time::Instant::now()),
     };
     for addr in task.cfg.bootstrap.clone() {
         if let Err(e) = task.dial_bootstrap(addr.clone()) {

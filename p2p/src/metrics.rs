@@ -43,6 +43,10 @@ pub struct Metrics {
     pub peers_penalized: Gauge,
     pub dropped_events: Family<Kind, Counter>,
     pub connections_denied: Family<Reason, Counter>,
+    /// IPs banned by the per-IP accounting, by the reason of the penalty that crossed it.
+    pub ip_bans: Family<Reason, Counter>,
+    /// IPs banned now.
+    pub banned_ips: Gauge,
     pub libp2p: libp2p::metrics::Metrics,
 }
 
@@ -60,6 +64,8 @@ impl Metrics {
             peers_penalized: Gauge::default(),
             dropped_events: Family::default(),
             connections_denied: Family::default(),
+            ip_bans: Family::default(),
+            banned_ips: Gauge::default(),
             // libp2p-metrics prefixes its families with `libp2p_` itself.
             libp2p: libp2p::metrics::Metrics::new(registry),
         };
@@ -112,8 +118,18 @@ impl Metrics {
         );
         r.register(
             "p2p_connections_denied",
-            "Connections refused by the gate (banned peer, per-IP cap)",
+            "Connections refused by the gate (banned peer or IP, per-IP caps) or the connection limits",
             m.connections_denied.clone(),
+        );
+        r.register(
+            "p2p_ip_bans",
+            "IPs (IPv6: /64s) banned because the penalties of their peers added up, by the reason of the last one",
+            m.ip_bans.clone(),
+        );
+        r.register(
+            "p2p_banned_ips",
+            "IPs (IPv6: /64s) banned now",
+            m.banned_ips.clone(),
         );
         m
     }

@@ -1,5 +1,6 @@
 //! Application score per peer: penalties subtract points, the score decays exponentially
 //! toward zero with a half-life, and a peer below the ban threshold is banned for a while.
+//! The same per IP ([`IpScores`]): the sum of the penalties of every peer seen from it.
 //! Also the per-peer token buckets that bound gossip and request rates.
 
 use std::{
@@ -7,7 +8,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{PeerId, PenaltyReason};
+use crate::{addrs::IpKey, PeerId, PenaltyReason};
+
+fn decay(score: f64, since: Instant, now: Instant, half_life: Duration) -> f64 {
+    let dt = now.saturating_duration_since(since).as_secs_f64();
+    score * 0.5f64.powf(dt / half_life.as_secs_f64())
+}
+
+/// A NaN or negative "penalty" from a caller must not raise a score.
+fn sane_points(points: f64) -> f64 {
+    if points.is_finite() {
+        points.max(0.0)
+    } else {
+        0.0
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct PeerScore {
@@ -50,8 +65,7 @@ impl Scores {
     }
 
     fn decayed(&self, s: &PeerScore, now: Instant) -> f64 {
-        let dt = now.saturating_duration_since(s.updated).as_secs_f64();
-        s.score * 0.5f64.powf(dt / self.half_life.as_secs_f64())
+        decay(s.score, s.updated, now, self.half_life)
     }
 
     /// Current (decayed) score, 0 for an unknown peer.
@@ -81,12 +95,7 @@ impl Scores {
         points: f64,
         now: Instant,
     ) -> Outcome {
-        // A NaN or negative "penalty" from a caller must not raise the score.
-        let points = if points.is_finite() {
-            points.max(0.0)
-        } else {
-            0.0
-        };
+        let points = sane_points(points);
         if !self.peers.contains_key(&peer) && self.peers.len() >= self.max_tracked {
             self.evict_one(now);
         }
@@ -120,12 +129,11 @@ impl Scores {
     pub fn expire_bans(&mut self, now: Instant) -> Vec<PeerId> {
         let mut lifted = Vec::new();
         let probation = self.ban_threshold / 2.0;
-        let half_life = self.half_life.as_secs_f64();
+        let half_life = self.half_life;
         for (peer, s) in self.peers.iter_mut() {
             if s.banned_until.is_some_and(|u| u <= now) {
                 s.banned_until = None;
-                let dt = now.saturating_duration_since(s.updated).as_secs_f64();
-                let current = s.score * 0.5f64.powf(dt / half_life);
+                let current = decay(s.score, s.updated, now, half_life);
                 s.score = current.max(probation);
                 s.updated = now;
                 // Served: a graylisted peer is only banned again for a new offence.
@@ -140,8 +148,7 @@ impl Scores {
     pub fn prune(&mut self, now: Instant, keep: impl Fn(&PeerId) -> bool) {
         let half_life = self.half_life;
         self.peers.retain(|peer, s| {
-            let dt = now.saturating_duration_since(s.updated).as_secs_f64();
-            let current = s.score * 0.5f64.powf(dt / half_life.as_secs_f64());
+            let current = decay(s.score, s.updated, now, half_life);
             keep(peer) || s.banned_until.is_some() || current < -0.5
         });
     }
@@ -164,6 +171,118 @@ impl Scores {
     }
 }
 
+/// The decaying penalty of one IP (an IPv4 address or an IPv6 /64): the sum of the
+/// penalties of every peer id seen from it. Bans and rate buckets per peer id cost an
+/// attacker nothing, since a fresh key is free; an IP is not.
+#[derive(Debug, Clone)]
+struct IpScore {
+    score: f64,
+    updated: Instant,
+    banned_until: Option<Instant>,
+}
+
+pub struct IpScores {
+    ips: HashMap<IpKey, IpScore>,
+    half_life: Duration,
+    ban_threshold: f64,
+    ban_duration: Duration,
+    max_tracked: usize,
+}
+
+impl IpScores {
+    pub fn new(half_life: Duration, ban_threshold: f64, ban_duration: Duration) -> Self {
+        IpScores {
+            ips: HashMap::new(),
+            half_life,
+            ban_threshold,
+            ban_duration,
+            max_tracked: 10_000,
+        }
+    }
+
+    /// Current (decayed) score, 0 for an unknown IP.
+    pub fn score(&self, ip: &IpKey, now: Instant) -> f64 {
+        self.ips
+            .get(ip)
+            .map_or(0.0, |s| decay(s.score, s.updated, now, self.half_life))
+    }
+
+    /// Charge `points` to `ip`; `Some(until)` when this crossed the ban threshold.
+    pub fn penalize(&mut self, ip: IpKey, points: f64, now: Instant) -> Option<Instant> {
+        let points = sane_points(points);
+        if points == 0.0 {
+            return None;
+        }
+        if !self.ips.contains_key(&ip) && self.ips.len() >= self.max_tracked {
+            self.evict_one(now);
+        }
+        let current = self.score(&ip, now);
+        let entry = self.ips.entry(ip).or_insert(IpScore {
+            score: 0.0,
+            updated: now,
+            banned_until: None,
+        });
+        entry.score = current - points;
+        entry.updated = now;
+        let already_banned = entry.banned_until.is_some_and(|u| u > now);
+        if entry.score < self.ban_threshold && !already_banned {
+            let until = now + self.ban_duration;
+            entry.banned_until = Some(until);
+            return Some(until);
+        }
+        None
+    }
+
+    /// Lift expired bans; as for peers, the IP comes back on probation at half the
+    /// threshold.
+    pub fn expire_bans(&mut self, now: Instant) -> Vec<IpKey> {
+        let probation = self.ban_threshold / 2.0;
+        let mut lifted = Vec::new();
+        for (ip, s) in self.ips.iter_mut() {
+            if s.banned_until.is_some_and(|u| u <= now) {
+                s.banned_until = None;
+                s.score = decay(s.score, s.updated, now, self.half_life).max(probation);
+                s.updated = now;
+                lifted.push(*ip);
+            }
+        }
+        lifted
+    }
+
+    /// IPs banned now.
+    pub fn banned(&self, now: Instant) -> usize {
+        self.ips
+            .values()
+            .filter(|s| s.banned_until.is_some_and(|u| u > now))
+            .count()
+    }
+
+    /// Forget IPs whose penalty has decayed away (bounded memory).
+    pub fn prune(&mut self, now: Instant) {
+        let half_life = self.half_life;
+        self.ips.retain(|_, s| {
+            s.banned_until.is_some() || decay(s.score, s.updated, now, half_life) < -0.5
+        });
+    }
+
+    fn evict_one(&mut self, now: Instant) {
+        // The unbanned IP closest to neutral carries the least information.
+        let victim = self
+            .ips
+            .iter()
+            .filter(|(_, s)| s.banned_until.is_none_or(|u| u <= now))
+            .min_by(|a, b| {
+                let sa = -decay(a.1.score, a.1.updated, now, self.half_life);
+                let sb = -decay(b.1.score, b.1.updated, now, self.half_life);
+                sa.total_cmp(&sb)
+            })
+            .map(|(ip, _)| *ip);
+        if let Some(v) = victim {
+            self.ips.remove(&v);
+        }
+    }
+}
+
 /// Token bucket: `rate` tokens per second, burst of one second's worth.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -181,17 +300,27 @@ impl TokenBucket {
         }
     }
 
-    /// Take one token; false if the bucket is empty.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + dt * self.rate).min(self.rate);
         self.last = now;
+    }
+
+    /// Take one token; false if the bucket is empty.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// Refilled to its burst: nothing to remember about the peer.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.rate
     }
 }
 
@@ -231,6 +360,27 @@ mod tests {
         s.penalize(p, PenaltyReason::Undecodable, f64::NAN, t2);
         s.penalize(p, PenaltyReason::Undecodable, -1000.0, t2);
         assert!(s.score(&p, t2) <= before);
+    }
+
+    #[test]
+    fn ip_score_sums_peers_and_bans() {
+        let t0 = Instant::now();
+        let mut s = IpScores::new(Duration::from_secs(600), -300.0, Duration::from_secs(5));
+        let ip = IpKey::of("127.0.11.9".parse().unwrap());
+        let other = IpKey::of("127.0.11.2".parse().unwrap());
+        // Six fresh identities from one IP, one invalid signature each (50 points).
+        for _ in 0..6 {
+            assert_eq!(s.penalize(ip, 50.0, t0), None);
+        }
+        assert!(s.penalize(ip, 50.0, t0).is_some());
+        assert_eq!(s.banned(t0), 1);
+        assert_eq!(s.score(&other, t0), 0.0);
+        assert_eq!(s.penalize(ip, f64::NAN, t0), None);
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(s.expire_bans(t1), vec![ip]);
+        assert!(s.score(&ip, t1) >= -150.0 - 1e-9);
+        // On probation: half the damage bans it again.
+        assert!(s.penalize(ip, 160.0, t1).is_some());
     }
 
     #[test]

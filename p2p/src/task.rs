@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
+    addrs::{self, IpKey},
     behaviour::{content_id, identify_version, kad_protocol, Behaviour, BehaviourEvent},
     gate::Denied,
     metrics::{Metrics, Reason},
-    score::{Outcome, Scores, TokenBucket},
+    score::{IpScores, Outcome, Scores, TokenBucket},
     sync_codec::{frame_too_large, SyncRequest, SyncResponse},
     Command, Event, MessageId, NetworkConfig, NetworkError, PeerInfo, PenaltyReason, RemoteError,
     RequestError, ResponseChannelId, Topic, Verdict,
@@ -35,6 +36,13 @@ const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_PENDING_OUTBOUND: usize = 1024;
 const GRAYLIST_THRESHOLD: f64 = crate::behaviour::GRAYLIST_THRESHOLD;
 
+/// One established connection.
+pub struct Conn {
+    pub remote: Multiaddr,
+    /// We dialled it (it counts toward `min_outbound_peers`).
+    pub outbound: bool,
+}
+
 pub struct Task {
     pub swarm: Swarm<Behaviour>,
     pub cfg: NetworkConfig,
@@ -42,7 +50,12 @@ pub struct Task {
     pub events: mpsc::Sender<Event>,
     pub metrics: Metrics,
     pub scores: Scores,
+    pub ip_scores: IpScores,
+    /// The IP each peer was last seen connecting from (connected peers and scored ones).
+    pub peer_ips: HashMap<PeerId, IpKey>,
     pub topics: HashMap<gossipsub::TopicHash, Topic>,
+    /// Message buckets per peer and topic. They outlive a disconnection (a peer does not
+    /// get a fresh budget by reconnecting) and are forgotten once refilled.
     pub gossip_buckets: HashMap<(PeerId, Topic), TokenBucket>,
     pub request_buckets: HashMap<PeerId, TokenBucket>,
     pub pending_inbound: HashMap<u64, (PeerId, InboundRequestId, ResponseChannel<SyncResponse>)>,
@@ -50,8 +63,9 @@ pub struct Task {
     pub next_channel: u64,
     pub pending_outbound:
         HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RequestError>>>,
-    pub connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
+    pub connections: HashMap<PeerId, HashMap<ConnectionId, Conn>>,
     pub last_kad_bootstrap: Option<Instant>,
+    pub last_bootstrap_dial: Option<Instant>,
 }
 
 impl Task {
@@ -242,8 +256,6 @@ impl Task {
                 .inc();
             self.swarm.behaviour_mut().gate.ban(peer, until);
             let _ = self.swarm.disconnect_peer_id(peer);
-            self.gossip_buckets.retain(|(p, _), _| *p != peer);
-            self.request_buckets.remove(&peer);
             self.emit(
                 Event::PeerBanned {
                     peer,
@@ -252,6 +264,41 @@ impl Task {
                 },
                 "peer_banned",
             );
+        }
+        if let Some(ip) = self.peer_ips.get(&peer).copied() {
+            self.penalize_ip(ip, reason, points, now);
+        }
+    }
+
+    /// Per-IP accounting: the penalty of any peer is also the penalty of its IP, so fresh
+    /// identities from one IP add up. Past the IP threshold the IP is banned: every peer
+    /// connected from it is dropped and the gate refuses it before the handshake.
+    fn penalize_ip(&mut self, ip: IpKey, reason: PenaltyReason, points: f64, now: Instant) {
+        let Some(until) = self.ip_scores.penalize(ip, points, now) else {
+            return;
+        };
+        let duration = until.saturating_duration_since(now);
+        let score = self.ip_scores.score(&ip, now);
+        warn!(%ip, %reason, score, ?duration, "banning IP");
+        self.metrics
+            .ip_bans
+            .get_or_create(&Reason {
+                reason: reason.as_str(),
+            })
+            .inc();
+        self.metrics
+            .banned_ips
+            .set(self.ip_scores.banned(now) as i64);
+        self.swarm.behaviour_mut().gate.ban_ip(ip, until);
+        let peers: Vec<PeerId> = self
+            .connections
+            .iter()
+            .filter(|(_, conns)| conns.values().any(|c| addrs::ip_key(&c.remote) == Some(ip)))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in peers {
+            info!(%peer, %ip, "disconnecting a peer of a banned IP");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -310,7 +357,7 @@ impl Task {
                     addresses: self
                         .connections
                         .get(&peer_id)
-                        .map(|c| c.values().cloned().collect())
+                        .map(|c| c.values().map(|c| c.remote.clone()).collect())
                         .unwrap_or_default(),
                     app_score: self.scores.score(&peer_id, now),
                     gossipsub_score: gs.peer_score(&peer_id),
@@ -330,8 +377,52 @@ impl Task {
         let now = Instant::now();
         self.lift_expired_bans(now);
         self.ban_graylisted(now);
+        self.keep_outbound_peers(now);
         if sample {
             self.sample(now);
+        }
+    }
+
+    /// Eclipse resistance: the peers we dial ourselves are the ones an attacker cannot
+    /// choose for us, however many inbound connections it makes (inbound caps never count
+    /// them). While fewer than `min_outbound_peers` are connected that way, redial the
+    /// bootstrap peers we are not connected to, every `bootstrap_redial_interval`.
+    fn keep_outbound_peers(&mut self, now: Instant) {
+        let outbound = self
+            .connections
+            .values()
+            .filter(|conns| conns.values().any(|c| c.outbound))
+            .count();
+        if outbound >= self.cfg.min_outbound_peers || self.cfg.bootstrap.is_empty() {
+            return;
+        }
+        if self
+            .last_bootstrap_dial
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.bootstrap_redial_interval)
+        {
+            return;
+        }
+        for addr in self.cfg.bootstrap.clone() {
+            let connected = match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => {
+                    self.connections.contains_key(&peer) || self.scores.is_banned(&peer, now)
+                }
+                _ => self
+                    .connections
+                    .values()
+                    .any(|conns| conns.values().any(|c| c.remote == addr)),
+            };
+            if connected {
+                continue;
+            }
+            debug!(%addr, outbound, "redialling bootstrap peer");
+            self.last_bootstrap_dial = Some(now);
+            if let Err(e) = self.dial(addr.clone()) {
+                debug!(%addr, error = %e, "bootstrap redial failed");
+            }
+        }
+        if outbound == 0 && !self.connections.is_empty() {
+            self.kad_bootstrap(now);
         }
     }
 
@@ -366,6 +457,16 @@ impl Task {
     }
 
     fn lift_expired_bans(&mut self, now: Instant) {
+        let ips = self.ip_scores.expire_bans(now);
+        if !ips.is_empty() {
+            for ip in ips {
+                info!(%ip, "IP ban expired");
+                self.swarm.behaviour_mut().gate.unban_ip(&ip);
+            }
+            self.metrics
+                .banned_ips
+                .set(self.ip_scores.banned(now) as i64);
+        }
         for peer in self.scores.expire_bans(now) {
             info!(%peer, "ban expired");
             self.swarm.behaviour_mut().gate.unban(&peer);
@@ -395,14 +496,15 @@ impl Task {
             self.metrics.peers_penalized.set(penalized);
             let connections = &self.connections;
             self.scores.prune(now, |p| connections.contains_key(p));
-            if self.connections.is_empty() {
-                // Alone (bootstrap peers were down at start, or everyone left): retry them.
-                for addr in self.cfg.bootstrap.clone() {
-                    if let Err(e) = self.dial(addr.clone()) {
-                        debug!(%addr, error = %e, "bootstrap redial failed");
-                    }
-                }
-            } else if self.connections.len() < 4 {
+            self.ip_scores.prune(now);
+            let scores = &self.scores;
+            self.peer_ips
+                .retain(|p, _| connections.contains_key(p) || scores.get(p).is_some());
+            self.gossip_buckets
+                .retain(|(p, _), b| connections.contains_key(p) || !b.is_full(now));
+            self.request_buckets
+                .retain(|p, b| connections.contains_key(p) || !b.is_full(now));
+            if !self.connections.is_empty() && self.connections.len() < 4 {
                 self.kad_bootstrap(now);
             }
         }
@@ -452,10 +554,17 @@ impl Task {
                 num_established,
                 ..
             } => {
-                self.connections
-                    .entry(peer_id)
-                    .or_default()
-                    .insert(connection_id, endpoint.get_remote_address().clone());
+                let remote = endpoint.get_remote_address().clone();
+                if let Some(ip) = addrs::ip_key(&remote) {
+                    self.peer_ips.insert(peer_id, ip);
+                }
+                self.connections.entry(peer_id).or_default().insert(
+                    connection_id,
+                    Conn {
+                        remote,
+                        outbound: endpoint.is_dialer(),
+                    },
+                );
                 self.metrics.peers.set(self.connections.len() as i64);
                 if num_established.get() == 1 {
                     debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
@@ -473,8 +582,6 @@ impl Task {
                 }
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
-                    self.gossip_buckets.retain(|(p, _), _| *p != peer_id);
-                    self.request_buckets.remove(&peer_id);
                     debug!(peer = %peer_id, "peer disconnected");
                     self.emit(Event::PeerDisconnected(peer_id), "peer_disconnected");
                 }
@@ -549,10 +656,54 @@ impl Task {
             return;
         }
         // Any live peer can bootstrap a newcomer: what it says it listens on goes into the
-        // routing table, so others' lookups find it.
+        // routing table, so others' lookups find it. Only what is plausible, though, and a
+        // bounded number per peer: the table is handed out to whoever asks, so junk
+        // (unspecified, multicast, transports nobody speaks, someone else's loopback, or
+        // the addresses of a victim to be flooded with dials) must not spread from it.
+        let seen_from = self
+            .connections
+            .get(&peer)
+            .and_then(|conns| conns.values().find_map(|c| addrs::ip_of(&c.remote)));
+        let loopback_ok = self
+            .cfg
+            .listen
+            .iter()
+            .any(|a| addrs::ip_of(a).is_some_and(|ip| ip.is_loopback()));
+        let announced = info.listen_addrs.len();
+        let keep = addrs::for_kademlia(&peer, info.listen_addrs, seen_from, loopback_ok);
+        if keep.len() < announced {
+            debug!(%peer, announced, kept = keep.len(), "implausible or surplus addresses not stored");
+        }
+        if keep.is_empty() {
+            return;
+        }
         if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-            for addr in info.listen_addrs {
-                kad.add_address(&peer, addr);
+            for addr in &keep {
+                kad.add_address(&peer, addr.clone());
+            }
+            // Earlier announcements stay in the table until replaced: drop the oldest of
+            // those beyond the bound.
+            let stored: Vec<Multiaddr> = kad
+                .kbucket(peer)
+                .and_then(|bucket| {
+                    bucket
+                        .iter()
+                        .find(|e| *e.node.key.preimage() == peer)
+                        .map(|e| e.node.value.iter().cloned().collect())
+                })
+                .unwrap_or_default();
+            let mut excess = stored.len().saturating_sub(addrs::MAX_KAD_ADDRS_PER_PEER);
+            for old in stored {
+                if excess == 0 {
+                    break;
+                }
+                let current = keep
+                    .iter()
+                    .any(|k| k == &old || k.clone().with_p2p(peer).is_ok_and(|k| k == old));
+                if !current {
+                    kad.remove_address(&peer, &old);
+                    excess -= 1;
+                }
             }
         }
         self.kad_bootstrap(Instant::now());

@@ -11,5 +11,6 @@ mod ban;
 mod gossip;
 mod halfopen;
 mod quic;
+mod sybil;
 mod sync;
 mod transport;
