@@ -56,10 +56,18 @@ pub struct NetworkConfig {
     /// Least time between two rounds of bootstrap redials.
     pub bootstrap_redial_interval: Duration,
 
-    /// Gossip messages per second a peer may forward us on the tx topic (token bucket, the
+    /// Gossip messages per second a peer may forward us on each tx topic (token bucket, the
     /// burst is one second's worth). Excess messages are ignored and cost `GossipFlood`.
     pub max_tx_msgs_per_sec_per_peer: u32,
-    /// As above for the consensus topic.
+    /// Transactions per second a peer may forward us, both tx topics together: a message on
+    /// the tx topic is one tx, a batch counts the txs in it (the u32 little-endian length
+    /// prefix of `borsh(Vec<SignedTx>)`). Token bucket, burst one second's worth; a message
+    /// over the budget is ignored and costs `GossipFlood`. Without it a peer could send
+    /// `max_tx_msgs_per_sec_per_peer` batches of 1,024 txs a second.
+    pub max_txs_per_sec_per_peer: u32,
+    /// Bytes per second a peer may forward us on the tx topics together (same treatment).
+    pub max_tx_bytes_per_sec_per_peer: u32,
+    /// As `max_tx_msgs_per_sec_per_peer` for the consensus topic.
     pub max_consensus_msgs_per_sec_per_peer: u32,
     /// Sync requests per second a peer may send us. Excess requests are refused with a
     /// `RateLimited` error frame and cost `RequestFlood`.
@@ -98,9 +106,16 @@ pub struct NetworkConfig {
     pub heartbeat_interval: Duration,
     /// Capacity of the command channel into the task.
     pub command_buffer: usize,
-    /// Capacity of the event channel out of the task; when full, events are dropped and
-    /// counted rather than buffered.
+    /// Events waiting for the node on the tx queue (tx and tx batch messages); when full,
+    /// tx messages are dropped and counted (`tx_channel_full`) rather than buffered.
     pub event_buffer: usize,
+    /// Events waiting for the node on the consensus queue (consensus messages and peer
+    /// events). The node reads it before the sync-request and tx queues (strict
+    /// priority), so a tx flood can neither fill it nor delay it behind txs.
+    pub consensus_event_buffer: usize,
+    /// Payload bytes each of those queues may hold (gossip and request data). A queue
+    /// always takes one message when empty, whatever its size.
+    pub event_buffer_bytes: usize,
     /// Idle connections are closed after this long.
     pub idle_connection_timeout: Duration,
     /// Sign every gossip message with the libp2p identity (gossipsub `Signed` + `Strict`)
@@ -167,8 +182,20 @@ impl NetworkConfig {
         {
             return bad("sync_max_*_bytes", "must fit the u32 length prefix");
         }
-        if self.command_buffer == 0 || self.event_buffer == 0 {
-            return bad("command_buffer/event_buffer", "must be positive");
+        if self.command_buffer == 0 || self.event_buffer == 0 || self.consensus_event_buffer == 0 {
+            return bad(
+                "command_buffer/event_buffer/consensus_event_buffer",
+                "must be positive",
+            );
+        }
+        if self.event_buffer_bytes == 0 {
+            return bad("event_buffer_bytes", "must be positive");
+        }
+        if self.max_txs_per_sec_per_peer == 0 || self.max_tx_bytes_per_sec_per_peer == 0 {
+            return bad(
+                "max_txs_per_sec_per_peer/max_tx_bytes_per_sec_per_peer",
+                "rate limits must be at least 1",
+            );
         }
         if self.max_pending_inbound == 0 || self.max_pending_inbound_per_ip == 0 {
             return bad(
@@ -215,6 +242,8 @@ impl Default for NetworkConfig {
             min_outbound_peers: 2,
             bootstrap_redial_interval: Duration::from_secs(10),
             max_tx_msgs_per_sec_per_peer: 1000,
+            max_txs_per_sec_per_peer: 20_000,
+            max_tx_bytes_per_sec_per_peer: 16 * 1024 * 1024,
             max_consensus_msgs_per_sec_per_peer: 200,
             max_sync_requests_per_sec_per_peer: 20,
             max_pending_inbound_requests: 256,
@@ -230,6 +259,8 @@ impl Default for NetworkConfig {
             heartbeat_interval: Duration::from_millis(500),
             command_buffer: 1024,
             event_buffer: 4096,
+            consensus_event_buffer: 2048,
+            event_buffer_bytes: 64 * 1024 * 1024,
             idle_connection_timeout: Duration::from_secs(60),
             gossip_author_signatures: false,
             tx_mesh_n: 6,

@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod gate;
 mod handle;
+mod lanes;
 mod metrics;
 mod protocol;
 mod score;
@@ -89,7 +90,9 @@ pub fn spawn(
 
     let metrics = metrics::Metrics::new(registry);
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
-    let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
+    // The node's end is short: the task queues events by priority (`lanes`) and hands
+    // them over as the node takes them.
+    let (event_tx, event_rx) = mpsc::channel(lanes::HANDOFF);
     let topics = Topic::ALL
         .iter()
         .map(|t| (behaviour::topic_hash(*t, &config.chain_id), *t))
@@ -113,12 +116,14 @@ pub fn spawn(
             config.ip_ban_duration,
         ),
         peer_ips: HashMap::new(),
+        lanes: lanes::Lanes::new(&config),
         cfg: config,
         commands: command_rx,
         events: event_tx,
         metrics,
         topics,
         gossip_buckets: HashMap::new(),
+        tx_budgets: HashMap::new(),
         request_buckets: HashMap::new(),
         pending_inbound: HashMap::new(),
         inbound_ids: HashMap::new(),

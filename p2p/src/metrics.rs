@@ -113,7 +113,7 @@ impl Metrics {
         );
         r.register(
             "p2p_dropped",
-            "Gossip messages and sync requests dropped before reaching the node, by cause",
+            "Gossip messages, sync requests and peer events dropped before reaching the node, by cause (kind: tx_rate_limited, consensus_rate_limited, tx_channel_full, consensus_channel_full, request_channel_full, ...)",
             m.dropped_events.clone(),
         );
         r.register(

@@ -308,13 +308,31 @@ impl TokenBucket {
 
     /// Take one token; false if the bucket is empty.
     pub fn try_take(&mut self, now: Instant) -> bool {
+        self.try_take_n(1.0, now)
+    }
+
+    /// Whether `n` tokens could be taken now (see [`TokenBucket::try_take_n`]).
+    pub fn allows(&mut self, n: f64, now: Instant) -> bool {
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        // More than a whole burst is allowed once the bucket is full, and leaves it in
+        // debt: the long-run rate still holds.
+        self.tokens >= n.min(self.rate)
+    }
+
+    /// Take `n` tokens (a batch of `n` txs, a message of `n` bytes); false, taking
+    /// nothing, if the bucket does not hold them.
+    pub fn try_take_n(&mut self, n: f64, now: Instant) -> bool {
+        if self.allows(n, now) {
+            self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// Take `n` tokens whether or not they are there (after [`TokenBucket::allows`]).
+    pub fn take(&mut self, n: f64) {
+        self.tokens -= n;
     }
 
     /// Refilled to its burst: nothing to remember about the peer.
@@ -381,6 +399,23 @@ mod tests {
         assert!(s.score(&ip, t1) >= -150.0 - 1e-9);
         // On probation: half the damage bans it again.
         assert!(s.penalize(ip, 160.0, t1).is_some());
+    }
+
+    #[test]
+    fn bucket_counts_batches() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(2048, t0);
+        assert!(b.try_take_n(1024.0, t0));
+        assert!(b.try_take_n(1024.0, t0));
+        assert!(!b.try_take_n(1024.0, t0));
+        assert!(!b.try_take_n(1.0, t0));
+        // Half a second refills one batch.
+        assert!(b.try_take_n(1024.0, t0 + Duration::from_millis(500)));
+        // A message larger than the burst passes only on a full bucket, and leaves a debt.
+        let mut b = TokenBucket::new(100, t0);
+        assert!(b.try_take_n(250.0, t0));
+        assert!(!b.try_take(t0 + Duration::from_secs(1)));
+        assert!(b.try_take(t0 + Duration::from_millis(1600)));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::{
     addrs::{self, IpKey},
     behaviour::{content_id, identify_version, kad_protocol, Behaviour, BehaviourEvent},
     gate::Denied,
+    lanes::Lanes,
     metrics::{Metrics, Reason},
     score::{IpScores, Outcome, Scores, TokenBucket},
     sync_codec::{frame_too_large, SyncRequest, SyncResponse},
@@ -43,20 +44,30 @@ pub struct Conn {
     pub outbound: bool,
 }
 
+/// Per-peer budgets of the two tx topics together: txs and bytes.
+pub struct TxBudget {
+    pub txs: TokenBucket,
+    pub bytes: TokenBucket,
+}
+
 pub struct Task {
     pub swarm: Swarm<Behaviour>,
     pub cfg: NetworkConfig,
     pub commands: mpsc::Receiver<Command>,
+    /// The node's end: short (`lanes::HANDOFF`); `lanes` feed it by priority.
     pub events: mpsc::Sender<Event>,
+    pub lanes: Lanes,
     pub metrics: Metrics,
     pub scores: Scores,
     pub ip_scores: IpScores,
     /// The IP each peer was last seen connecting from (connected peers and scored ones).
     pub peer_ips: HashMap<PeerId, IpKey>,
     pub topics: HashMap<gossipsub::TopicHash, Topic>,
-    /// Message buckets per peer and topic. They outlive a disconnection (a peer does not
-    /// get a fresh budget by reconnecting) and are forgotten once refilled.
+    /// Message buckets per peer and topic, tx budgets per peer. They outlive a
+    /// disconnection (a peer does not get a fresh budget by reconnecting) and are
+    /// forgotten once refilled.
     pub gossip_buckets: HashMap<(PeerId, Topic), TokenBucket>,
+    pub tx_budgets: HashMap<PeerId, TxBudget>,
     pub request_buckets: HashMap<PeerId, TokenBucket>,
     pub pending_inbound: HashMap<u64, (PeerId, InboundRequestId, ResponseChannel<SyncResponse>)>,
     pub inbound_ids: HashMap<InboundRequestId, u64>,
@@ -77,6 +88,8 @@ impl Task {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
+        // A clone, so a pending `reserve` does not borrow `self` inside the select.
+        let events = self.events.clone();
         loop {
             tokio::select! {
                 biased;
@@ -85,6 +98,17 @@ impl Task {
                     Some(cmd) => self.on_command(cmd),
                     // Every handle dropped: nobody can talk to us any more.
                     None => break,
+                },
+                // Before the swarm: under a flood the swarm always has an event ready, and
+                // the node must still be fed.
+                permit = events.reserve(), if !self.lanes.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(event) = self.lanes.pop() {
+                            permit.send(event);
+                        }
+                    }
+                    // The node stopped reading for good.
+                    Err(_) => self.lanes.clear(),
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => {
@@ -502,6 +526,9 @@ impl Task {
                 .retain(|p, _| connections.contains_key(p) || scores.get(p).is_some());
             self.gossip_buckets
                 .retain(|(p, _), b| connections.contains_key(p) || !b.is_full(now));
+            self.tx_budgets.retain(|p, b| {
+                connections.contains_key(p) || !(b.txs.is_full(now) && b.bytes.is_full(now))
+            });
             self.request_buckets
                 .retain(|p, b| connections.contains_key(p) || !b.is_full(now));
             if !self.connections.is_empty() && self.connections.len() < 4 {
@@ -524,17 +551,18 @@ impl Task {
         }
     }
 
-    /// Hand an event to the node without ever blocking the swarm: when the node is behind,
-    /// the event is dropped and counted (the bounded channel is the only queue).
+    /// Queue an event for the node without ever blocking the swarm: when its lane is full
+    /// (the node is behind), the event is dropped and counted as `kind` (the lanes are the
+    /// only queue; see `lanes.rs`).
     fn emit(&mut self, event: Event, kind: &'static str) -> bool {
-        match self.events.try_send(event) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.dropped(kind);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.events.is_closed() {
+            return false;
         }
+        let queued = self.lanes.push(event);
+        if !queued {
+            self.metrics.dropped(kind);
+        }
+        queued
     }
 
     // ---- swarm events ----
@@ -725,19 +753,27 @@ impl Task {
             ignore(self, gossipsub::MessageAcceptance::Ignore);
             return;
         };
-        let rate = match topic {
-            Topic::Tx | Topic::TxBatch => self.cfg.max_tx_msgs_per_sec_per_peer,
-            Topic::Consensus => self.cfg.max_consensus_msgs_per_sec_per_peer,
+        let (rate, rate_limited) = match topic {
+            Topic::Tx | Topic::TxBatch => {
+                (self.cfg.max_tx_msgs_per_sec_per_peer, "tx_rate_limited")
+            }
+            Topic::Consensus => (
+                self.cfg.max_consensus_msgs_per_sec_per_peer,
+                "consensus_rate_limited",
+            ),
+        };
+        let flood = |task: &mut Task| {
+            task.metrics.dropped(rate_limited);
+            ignore(task, gossipsub::MessageAcceptance::Ignore);
+            let reason = PenaltyReason::GossipFlood;
+            task.penalize(source, reason, reason.default_points());
         };
         let bucket = self
             .gossip_buckets
             .entry((source, topic))
             .or_insert_with(|| TokenBucket::new(rate, now));
         if !bucket.try_take(now) {
-            self.metrics.dropped("gossip_rate_limited");
-            ignore(self, gossipsub::MessageAcceptance::Ignore);
-            let reason = PenaltyReason::GossipFlood;
-            self.penalize(source, reason, reason.default_points());
+            flood(self);
             return;
         }
         let len = message.data.len();
@@ -753,6 +789,38 @@ impl Task {
             self.penalize(source, reason, reason.default_points());
             return;
         }
+        // Txs are counted, not messages: a batch is as many txs as its length prefix says.
+        let txs = match topic {
+            Topic::Tx => Some(1),
+            Topic::TxBatch => match batch_len(&message.data) {
+                Some(n) => Some(n),
+                None => {
+                    self.metrics.invalid("undecodable");
+                    ignore(self, gossipsub::MessageAcceptance::Reject);
+                    let reason = PenaltyReason::Undecodable;
+                    self.penalize(source, reason, reason.default_points());
+                    return;
+                }
+            },
+            Topic::Consensus => None,
+        };
+        if let Some(txs) = txs {
+            let (tx_rate, byte_rate) = (
+                self.cfg.max_txs_per_sec_per_peer,
+                self.cfg.max_tx_bytes_per_sec_per_peer,
+            );
+            let budget = self.tx_budgets.entry(source).or_insert_with(|| TxBudget {
+                txs: TokenBucket::new(tx_rate, now),
+                bytes: TokenBucket::new(byte_rate, now),
+            });
+            let (txs, bytes) = (f64::from(txs.max(1)), len as f64);
+            if !(budget.txs.allows(txs, now) && budget.bytes.allows(bytes, now)) {
+                flood(self);
+                return;
+            }
+            budget.txs.take(txs);
+            budget.bytes.take(bytes);
+        }
         self.metrics.gossip(topic.as_str(), "in", len);
         let event = Event::Message {
             topic,
@@ -761,7 +829,11 @@ impl Task {
             author: message.source,
             data: message.data,
         };
-        if !self.emit(event, "gossip_channel_full") {
+        let full = match topic {
+            Topic::Consensus => "consensus_channel_full",
+            Topic::Tx | Topic::TxBatch => "tx_channel_full",
+        };
+        if !self.emit(event, full) {
             // Not validated means not forwarded; free the cache slot now.
             ignore(self, gossipsub::MessageAcceptance::Ignore);
         }
@@ -929,6 +1001,15 @@ impl Task {
     }
 }
 
+/// The number of txs in a tx batch, `borsh(Vec<SignedTx>)`: its u32 little-endian length
+/// prefix. `None` when the message cannot be one: shorter than the prefix, or claiming more
+/// txs than it has bytes left (every tx takes at least one).
+fn batch_len(data: &[u8]) -> Option<u32> {
+    let prefix: [u8; 4] = data.get(..4)?.try_into().ok()?;
+    let n = u32::from_le_bytes(prefix);
+    (n as usize <= data.len() - 4).then_some(n)
+}
+
 fn denied_reason(cause: &libp2p::swarm::ConnectionDenied) -> &'static str {
     if let Some(d) = cause.downcast_ref::<Denied>() {
         d.as_str()
@@ -939,5 +1020,24 @@ fn denied_reason(cause: &libp2p::swarm::ConnectionDenied) -> &'static str {
         "connection_limit"
     } else {
         "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_len;
+
+    #[test]
+    fn batch_length_prefix() {
+        let mut batch = 3u32.to_le_bytes().to_vec();
+        batch.extend_from_slice(&[7; 300]);
+        assert_eq!(batch_len(&batch), Some(3));
+        assert_eq!(batch_len(&0u32.to_le_bytes()), Some(0));
+        assert_eq!(batch_len(&[1, 0]), None);
+        // Claims more txs than it has bytes.
+        let mut lie = 1000u32.to_le_bytes().to_vec();
+        lie.extend_from_slice(&[0; 999]);
+        assert_eq!(batch_len(&lie), None);
+        assert_eq!(batch_len(&u32::MAX.to_le_bytes()), None);
     }
 }

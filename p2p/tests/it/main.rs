@@ -10,6 +10,7 @@ mod support;
 mod ban;
 mod gossip;
 mod halfopen;
+mod priority;
 mod quic;
 mod sybil;
 mod sync;
