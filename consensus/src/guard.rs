@@ -4,6 +4,8 @@
 //! "persisted" and "signed" at worst loses a signature, never repeats one differently.
 
 use borsh::{BorshDeserialize, BorshSerialize};
+use ledger::codec::{decode, DecodeError};
+use ledger::genesis::MAX_CHAIN_ID_LEN;
 use ledger::hash::Hash;
 use ledger::types::{Proposal, SignedVote, Vote, VoteKind};
 
@@ -11,6 +13,30 @@ use crate::types::{Locks, RoundValue};
 
 /// How many signed messages of the current height the guard remembers.
 pub const MAX_HEIGHT_SIGNED: usize = 192;
+
+/// The most validators a chain can have (`ledger::validators::ValidatorSet::new` refuses
+/// more). A proof of lock holds at most one prevote per validator.
+pub const MAX_VALIDATORS: usize = u16::MAX as usize;
+
+// borsh sizes of the parts of a [`GuardState`] (fixed-size fields; a `String` or `Vec` is
+// a u32 length then its items, an `Option` one tag byte then the value).
+const HASH_BYTES: usize = 32;
+const LAST_SIGNED_BYTES: usize = 8 + 4 + 1 + (1 + HASH_BYTES);
+const ROUND_VALUE_BYTES: usize = 4 + HASH_BYTES;
+/// A prevote of the proof of lock: the vote (chain id at its longest, height, round,
+/// kind, block hash) then the validator address and the signature.
+const MAX_SIGNED_VOTE_BYTES: usize =
+    (4 + MAX_CHAIN_ID_LEN) + 8 + 4 + 1 + (1 + HASH_BYTES) + 20 + 64;
+
+/// The largest [`GuardState`] the guard can build, encoded: [`MAX_HEIGHT_SIGNED`] signed
+/// messages, a lock, a valid value and a proof of lock with a prevote from each of
+/// [`MAX_VALIDATORS`] validators (about 12.4 MiB; 4 validators need under 10 KiB). Stores
+/// read the state with this bound and the guard refuses to persist (so to sign) anything
+/// larger, so whatever was saved can be loaded again after a restart.
+pub const MAX_GUARD_STATE_BYTES: usize = (1 + LAST_SIGNED_BYTES)
+    + (4 + MAX_HEIGHT_SIGNED * LAST_SIGNED_BYTES)
+    + 2 * (1 + ROUND_VALUE_BYTES)
+    + (4 + MAX_VALIDATORS * MAX_SIGNED_VOTE_BYTES);
 
 /// The signing steps of a round in the order a validator signs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, BorshSerialize, BorshDeserialize)]
@@ -51,6 +77,18 @@ pub struct GuardState {
     pub valid_pol: Vec<SignedVote>,
 }
 
+impl GuardState {
+    /// Decodes a stored state, refusing more than [`MAX_GUARD_STATE_BYTES`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode("signing guard state", bytes, MAX_GUARD_STATE_BYTES)
+    }
+
+    /// Size of the borsh encoding.
+    pub fn encoded_len(&self) -> usize {
+        borsh::object_length(self).expect("borsh length of an in-memory value cannot fail")
+    }
+}
+
 /// Durable storage of the [`GuardState`]. `save` must not return before the state is on
 /// stable storage (the node's RocksDB implementation writes with sync).
 pub trait GuardStore {
@@ -82,7 +120,7 @@ impl GuardStore for MemoryGuardStore {
     fn load(&self) -> Result<Option<GuardState>, Self::Error> {
         self.bytes
             .as_deref()
-            .map(|b| borsh::from_slice(b).map_err(|e| MemoryStoreError::Decode(e.to_string())))
+            .map(|b| GuardState::decode(b).map_err(|e| MemoryStoreError::Decode(e.to_string())))
             .transpose()
     }
 
@@ -108,6 +146,13 @@ pub enum GuardError<E: std::error::Error + 'static> {
     },
     #[error("could not persist the signing state, so the message was not signed: {0}")]
     Store(#[source] E),
+    /// Cannot happen with the core's own locks (see [`MAX_GUARD_STATE_BYTES`]); refused
+    /// rather than saved, because a state too large to load would stop the next start.
+    #[error(
+        "refusing to sign: the signing state would be {size} bytes, more than the \
+         {max}-byte limit it can be read back with"
+    )]
+    TooLarge { size: usize, max: usize },
 }
 
 /// See the module documentation.
@@ -215,6 +260,13 @@ impl<S: GuardStore> SigningGuard<S> {
                 next.height_signed = self.state.height_signed[skip..].to_vec();
                 next.height_signed.push(attempted);
             }
+        }
+        let size = next.encoded_len();
+        if size > MAX_GUARD_STATE_BYTES {
+            return Err(GuardError::TooLarge {
+                size,
+                max: MAX_GUARD_STATE_BYTES,
+            });
         }
         self.store.save(&next).map_err(GuardError::Store)?;
         self.state = next;

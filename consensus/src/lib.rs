@@ -16,7 +16,7 @@ mod tests;
 
 pub use guard::{
     GuardError, GuardState, GuardStore, LastSigned, MemoryGuardStore, SignStep, SigningGuard,
-    MAX_HEIGHT_SIGNED,
+    MAX_GUARD_STATE_BYTES, MAX_HEIGHT_SIGNED, MAX_VALIDATORS,
 };
 pub use machine::{Consensus, FUTURE_ROUNDS, MAX_BUFFERED};
 pub use types::{

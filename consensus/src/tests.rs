@@ -1054,3 +1054,80 @@ fn the_proof_of_lock_is_persisted_and_restored() {
     );
     assert_eq!(restarted.locks(), core.locks());
 }
+
+/// 40 validators (the old 4 KiB cap on the stored state broke at 39): a validator locked
+/// with every prevote as its proof of lock, at the guard's full 192 signed messages of one
+/// height, reopens its store with the same state.
+#[test]
+fn forty_validators_full_guard_state_reopens() {
+    let n = net(40);
+    let hash = B;
+    let pol: Vec<SignedVote> = (0..40)
+        .map(|i| n.vote(i, 1, 0, VoteKind::Prevote, Some(hash)))
+        .collect();
+    let locks = Locks {
+        locked: locked(0, hash),
+        valid: locked(0, hash),
+        valid_pol: pol,
+    };
+    let mut guard = SigningGuard::open(MemoryGuardStore::default()).unwrap();
+    for round in 0..(crate::MAX_HEIGHT_SIGNED as u32 / 2 + 1) {
+        for kind in [VoteKind::Prevote, VoteKind::Precommit] {
+            guard
+                .authorize_vote(&unsigned_vote(1, round, kind, Some(hash)), locks.clone())
+                .unwrap();
+        }
+    }
+    let saved = guard.state().clone();
+    assert_eq!(saved.height_signed.len(), crate::MAX_HEIGHT_SIGNED);
+    assert_eq!(saved.valid_pol.len(), 40);
+    assert!(saved.encoded_len() <= crate::MAX_GUARD_STATE_BYTES);
+    let reopened = SigningGuard::open(guard.into_store()).unwrap();
+    assert_eq!(reopened.state(), &saved);
+}
+
+/// The bound is derived from the ledger's own limit on validators: one more is refused.
+#[test]
+fn max_validators_is_the_ledgers_limit() {
+    let validator = |i: usize| Validator {
+        address: sha256(&i.to_le_bytes())[..20].try_into().unwrap(),
+        pubkey: [2; 33],
+        power: 1,
+    };
+    let too_many: Vec<Validator> = (0..=crate::MAX_VALIDATORS).map(validator).collect();
+    assert!(ValidatorSet::new(too_many).is_err());
+}
+
+/// A caller handing the guard more than the core can build (here a proof of lock with
+/// more votes than the largest validator set has validators) is refused, not saved: a
+/// state that could not be read back would stop the next start.
+#[test]
+fn guard_refuses_a_state_it_could_not_read_back() {
+    let mut store = MemoryGuardStore::default();
+    let vote = n_vote_template();
+    let locks = Locks {
+        locked: None,
+        valid: locked(0, B),
+        valid_pol: vec![vote; crate::MAX_VALIDATORS + crate::MAX_HEIGHT_SIGNED],
+    };
+    let mut g = SigningGuard::open(store.clone()).unwrap();
+    let r = g.authorize_vote(&unsigned_vote(1, 0, VoteKind::Prevote, Some(B)), locks);
+    assert!(
+        matches!(r, Err(GuardError::TooLarge { max, .. }) if max == crate::MAX_GUARD_STATE_BYTES),
+        "{r:?}"
+    );
+    assert_eq!(g.state(), &GuardState::default());
+    store = g.into_store();
+    assert_eq!(store.load().unwrap(), None, "nothing was saved");
+}
+
+fn n_vote_template() -> SignedVote {
+    SignedVote {
+        vote: Vote {
+            chain_id: "c".repeat(ledger::genesis::MAX_CHAIN_ID_LEN),
+            ..unsigned_vote(1, 0, VoteKind::Prevote, Some(B))
+        },
+        validator: [1; 20],
+        signature: [1; 64],
+    }
+}

@@ -306,6 +306,8 @@ pub struct Report {
     pub min_height: u64,
     pub max_round_after_gst: u32,
     pub evidence: usize,
+    /// Largest encoded guard state a restarted validator loaded.
+    pub restart_guard_bytes: usize,
 }
 
 impl Report {
@@ -766,6 +768,7 @@ impl Sim {
             .unwrap_or_default();
         let guard = SigningGuard::open(store).expect("memory store loads");
         let state: GuardState = guard.state().clone();
+        self.report.restart_guard_bytes = self.report.restart_guard_bytes.max(state.encoded_len());
         n.guard = Some(guard);
         let cfg = n.core.config().clone();
         let verifier = if self.cfg.real_signatures {

@@ -27,6 +27,13 @@ fn ten_unequal() -> SimConfig {
     )
 }
 
+/// 40 validators, three byzantine, one honest validator crashed and restarted from its
+/// guard store: a proof of lock of 27+ prevotes is more than the node's old 4 KiB cap on
+/// the stored guard state, so the restart is what this checks.
+fn forty_three() -> SimConfig {
+    SimConfig::base("forty_three", vec![1; 40], vec![3, 17, 29])
+}
+
 fn four_one_real() -> SimConfig {
     let mut c = SimConfig::base("four_one_real", vec![1; 4], vec![3]);
     c.real_signatures = true;
@@ -59,6 +66,7 @@ fn all_configs() -> Vec<SimConfig> {
         four_one(),
         seven_two(),
         ten_unequal(),
+        forty_three(),
         four_one_real(),
         seven_two_real(),
         negative_control(),
@@ -77,11 +85,13 @@ fn run(cfg: &SimConfig, seed: u64, verbose: bool) -> Report {
     Sim::new(cfg.clone(), seed, verbose).run()
 }
 
-/// Runs `seeds` and fails with every failing seed and how to replay it.
-fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) {
+/// Runs `seeds` and fails with every failing seed and how to replay it; returns the
+/// reports.
+fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> Vec<Report> {
     let start = Instant::now();
     let mut failures = Vec::new();
     let mut max_round = 0;
+    let mut reports = Vec::new();
     for seed in seeds.clone() {
         let r = run(cfg, seed, false);
         max_round = max_round.max(r.max_round_after_gst);
@@ -92,6 +102,7 @@ fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) {
                 replay_hint(cfg, seed)
             ));
         }
+        reports.push(r);
     }
     eprintln!(
         "{}: {} seeds in {:?}, highest decision round after GST {max_round}",
@@ -105,6 +116,7 @@ fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) {
         failures.len(),
         failures.join("\n")
     );
+    reports
 }
 
 #[test]
@@ -120,6 +132,21 @@ fn seven_validators_two_byzantine_and_a_full_node() {
 #[test]
 fn ten_validators_unequal_power_byzantine_just_under_a_third() {
     run_seeds(&ten_unequal(), 0..250);
+}
+
+#[test]
+fn forty_validators_three_byzantine_and_a_restart() {
+    let reports = run_seeds(&forty_three(), 0..12);
+    let largest = reports
+        .iter()
+        .map(|r| r.restart_guard_bytes)
+        .max()
+        .unwrap_or(0);
+    eprintln!("largest guard state loaded at a restart: {largest} bytes");
+    assert!(
+        largest > 4096,
+        "no restart loaded a state past the old 4 KiB cap ({largest} bytes): the test does not test it"
+    );
 }
 
 #[test]
