@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CfLabel {
@@ -48,6 +50,62 @@ pub struct ChainMetrics {
     pub open_fds: Gauge,
     pub start_time: Gauge<f64, AtomicU64>,
     pub build_info: Family<VersionLabel, Gauge>,
+    /// Failures of this node's own store (shared with the mempool and the RPC).
+    pub storage: StorageHealth,
+}
+
+/// Failures of the node's own store (disk, database): never a peer's fault. Each is
+/// counted (`tally_storage_errors_total`), logged at error level (at most one line a
+/// second, so a failing disk under load does not flood the log), and the last one is kept
+/// for `GET /v1/status` (`storage_error`). Clones share the same record.
+#[derive(Clone, Default)]
+pub struct StorageHealth {
+    errors: Counter,
+    last: Arc<Mutex<StorageRecord>>,
+}
+
+#[derive(Default)]
+struct StorageRecord {
+    error: Option<String>,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl StorageHealth {
+    /// Reports a storage error that happened while `during`.
+    pub fn report(&self, during: &str, error: &dyn std::fmt::Display) {
+        self.errors.inc();
+        let Ok(mut record) = self.last.lock() else {
+            return;
+        };
+        let message = format!("{during}: {error}");
+        if record
+            .logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::error!(
+                error = %message,
+                similar_since_last_line = record.unlogged,
+                "storage error: this node's own disk or database failed (not a peer's fault); \
+                 check the disk (full? failing?) and the data directory"
+            );
+            record.logged = Some(Instant::now());
+            record.unlogged = 0;
+        } else {
+            record.unlogged += 1;
+        }
+        record.error = Some(message);
+    }
+
+    /// Storage errors reported since start.
+    pub fn count(&self) -> u64 {
+        self.errors.get()
+    }
+
+    /// The last storage error reported, with what the node was doing.
+    pub fn last(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|r| r.error.clone())
+    }
 }
 
 impl ChainMetrics {
@@ -72,6 +130,7 @@ impl ChainMetrics {
             open_fds: Gauge::default(),
             start_time: Gauge::default(),
             build_info: Family::default(),
+            storage: StorageHealth::default(),
         };
         if let Some(t) = process_start_time() {
             m.start_time.set(t);
@@ -143,7 +202,7 @@ impl ChainMetrics {
         );
         r.register(
             "tally_sync_target_height",
-            "Highest height seen at peers",
+            "Highest height proven by a valid commit while syncing (peers' claims alone do not count)",
             m.sync_target.clone(),
         );
         r.register(
@@ -170,6 +229,11 @@ impl ChainMetrics {
             "tally_process_start_time_seconds",
             "Start time of tallyd since the Unix epoch (a change means a restart)",
             m.start_time.clone(),
+        );
+        r.register(
+            "tally_storage_errors",
+            "Failures of this node's own store (reads or writes), never blamed on peers",
+            m.storage.errors.clone(),
         );
         r.register(
             "tally_build_info",

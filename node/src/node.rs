@@ -113,7 +113,10 @@ pub async fn run_with(
 
     let mut registry = Registry::default();
     let chain_metrics = ChainMetrics::register(&mut registry);
-    let mempool_metrics = MempoolMetrics::register(&mut registry);
+    let mut mempool_metrics = MempoolMetrics::register(&mut registry);
+    // One record of storage errors for the engine, admission and `/v1/status`.
+    mempool_metrics.storage = chain_metrics.storage.clone();
+    let storage_health = chain_metrics.storage.clone();
     let rpc_metrics = RpcMetrics::register(&mut registry);
 
     // The largest gossip message is a proposal carrying the largest block.
@@ -256,6 +259,7 @@ pub async fn run_with(
         validator: validator_address,
         streams: Arc::new(tokio::sync::Semaphore::new(config.rpc.max_event_streams)),
         shutdown: shutdown.clone(),
+        storage: storage_health,
     };
     let app = crate::rpc::router(
         rpc_state,

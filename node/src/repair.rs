@@ -364,7 +364,7 @@ async fn fetch_range(
                         .penalize(p.peer_id, reason, reason.default_points())
                         .await;
                 }
-                Err(Fault::Unavailable(e)) => {
+                Err(Fault::Unavailable(e) | Fault::Missing(e)) => {
                     last_error = format!("peer {}: {e}", p.peer_id);
                 }
             }

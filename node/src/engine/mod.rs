@@ -139,6 +139,9 @@ pub struct Engine {
     own_votes: Vec<ledger::types::SignedVote>,
     own_proposal: Option<(ledger::types::SignedProposal, Block)>,
     height_started: Instant,
+    /// The node's shutdown token (set by `run`): cancelled when the store cannot take a
+    /// committed block, because nothing after that can work.
+    halt: CancellationToken,
 }
 
 /// A height that has not finished after this long gets our messages re-announced.
@@ -231,11 +234,13 @@ impl Engine {
             own_votes: Vec::new(),
             own_proposal: None,
             height_started: Instant::now(),
+            halt: CancellationToken::new(),
         };
         Ok((engine, me, view))
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.halt = shutdown.clone();
         let tip = match self.store.tip() {
             Ok(t) => t,
             Err(e) => {
@@ -673,7 +678,17 @@ impl Engine {
             .store
             .commit_block(&block, &commit, &outcome.update, &ids)
         {
-            tracing::error!(height = block.header.height, error = %e, "cannot commit block");
+            // The write is one synced batch: a failure is our disk or database (full,
+            // read-only, failing), never a peer's doing, and the next heights cannot be
+            // stored either. Stop instead of running on without committing.
+            let height = block.header.height;
+            tracing::error!(
+                "cannot commit block {height}: {e}; stopping: the node's store is unusable (disk full?)"
+            );
+            self.metrics
+                .storage
+                .report(&format!("committing block {height}"), &e);
+            self.halt.cancel();
             return Err(());
         }
         self.metrics

@@ -16,6 +16,15 @@
 //! A peer that serves a bad block (undecodable, broken linkage, bad commit, bad signature,
 //! wrong state root) is penalised, its buffered blocks are dropped and it is not asked
 //! again for [`BAD_PEER_PAUSE`].
+//!
+//! What peers say about their height is a claim, not a fact: claims choose whom to ask,
+//! but what the node reports (`catching_up`, `sync_target`) comes only from heights proven
+//! by a valid commit (blocks fetched and verified, or decided by our own core). A peer that
+//! stated a height in a status answer and then has none of the blocks asked for is
+//! penalised and not believed for [`CLAIM_PAUSE`]; an oversized or undecodable status
+//! answer is penalised too. A failure of our own store while applying a synced block is
+//! never blamed on the peer that served it: it is reported (log, metric, `/v1/status`) and
+//! the block is retried at the next tick.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -24,7 +33,7 @@ use std::time::{Duration, Instant};
 use consensus::Input;
 use ledger::block::check_header;
 use ledger::codec::{decode, encode};
-use ledger::exec::{execute_block, Signatures};
+use ledger::exec::{execute_block, BlockOutcome, ExecContext, Signatures};
 use ledger::genesis::Genesis;
 use ledger::store::ChainReader;
 use ledger::types::{Block, Commit};
@@ -33,7 +42,8 @@ use rayon::prelude::*;
 use tally_p2p::{NetworkHandle, PeerId, PenaltyReason};
 
 use super::{Engine, EngineMsg};
-use crate::wire::{SyncRequest, SyncResponse, MAX_SYNC_BLOCKS};
+use crate::metrics::StorageHealth;
+use crate::wire::{SyncRequest, SyncResponse, SyncStatus, MAX_SYNC_BLOCKS};
 
 /// A request unanswered for this long is given up (the p2p layer also times out).
 const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
@@ -54,6 +64,11 @@ const WINDOW: u64 = 2 * MAX_IN_FLIGHT as u64 * MAX_SYNC_BLOCKS as u64;
 const STATUS_POLL: Duration = Duration::from_secs(2);
 /// How often a progress line is logged while catching up.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// How long the claims of a peer that did not serve a height it claimed are ignored.
+const CLAIM_PAUSE: Duration = Duration::from_secs(60);
+/// The size of a status answer, `SyncResponse::Status` (variant tag, height, tip hash):
+/// anything larger is not a status answer.
+pub const STATUS_BYTES: usize = 1 + 8 + 32;
 
 /// A block that passed every check that does not need our state.
 #[derive(Debug)]
@@ -66,18 +81,57 @@ pub struct Verified {
 /// Why a fetch failed.
 #[derive(Debug)]
 pub enum Fault {
-    /// Timeout, disconnect, empty answer: nobody's fault, ask someone else.
+    /// Timeout, disconnect, refusal: not provably the peer's fault, ask someone else.
     Unavailable(String),
+    /// The peer answered that it has none of the blocks asked for: its fault only if it
+    /// claimed them (see [`SyncState::served_nothing`]).
+    Missing(String),
     /// The peer served something invalid.
     Bad(PenaltyReason, String),
 }
 
-/// The answer to one sync request, checked off the engine task.
+/// An answer to a sync request, checked off the engine task.
 #[derive(Debug)]
-pub struct Fetched {
-    pub peer: PeerId,
-    pub from: u64,
-    pub result: Result<Vec<Verified>, Fault>,
+pub enum Fetched {
+    /// Blocks asked for from `from` on.
+    Blocks {
+        peer: PeerId,
+        from: u64,
+        result: Result<Vec<Verified>, Fault>,
+    },
+    /// A status answer: the peer states that its tip is `height`.
+    Status { peer: PeerId, height: u64 },
+}
+
+/// What one peer says it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Claim {
+    height: u64,
+    /// Stated in a status answer (scored if not served), rather than inferred from the
+    /// consensus messages it relayed (a relay may forward votes of heights it lacks).
+    stated: bool,
+}
+
+/// What to do with the block at tip + 1 (see [`SyncState::check_next`]).
+pub(super) enum Next {
+    /// No block at tip + 1 is buffered.
+    Empty,
+    /// Checked and executed: commit it.
+    Ready {
+        peer: PeerId,
+        verified: Box<Verified>,
+        outcome: BlockOutcome,
+    },
+    /// The block does not extend the tip or does not execute: the peer that served it.
+    PeerFault {
+        peer: PeerId,
+        height: u64,
+        reason: PenaltyReason,
+        error: String,
+    },
+    /// Our own store failed (reported): nobody else's fault; the block stays buffered and
+    /// is tried again.
+    Storage,
 }
 
 struct Request {
@@ -97,8 +151,16 @@ struct Progress {
 
 #[derive(Default)]
 pub(super) struct SyncState {
-    peers: HashMap<PeerId, u64>,
-    target: u64,
+    /// What each peer claims to have. Unproven: used to choose whom to ask, never reported.
+    peers: HashMap<PeerId, Claim>,
+    /// The highest height proven by a valid commit (a verified fetched block, or a block
+    /// our own core decided): what `catching_up` and `sync_target` report.
+    proven: u64,
+    /// Peers that did not serve a height they claimed: not believed until `CLAIM_PAUSE`
+    /// has passed.
+    doubted: HashMap<PeerId, Instant>,
+    /// Applying a synced block failed on our own store: try again at the next tick.
+    storage_retry: bool,
     /// Requests in flight by first height.
     in_flight: BTreeMap<u64, Request>,
     /// Verified blocks waiting for their turn, with the peer that served them.
@@ -110,16 +172,27 @@ pub(super) struct SyncState {
 }
 
 impl SyncState {
+    /// Whether a height proven by a valid commit is past the next one.
     pub(super) fn catching_up(&self, tip: u64) -> bool {
-        self.target > tip + 1
+        self.proven > tip.saturating_add(1)
     }
 
+    /// The highest height proven by a valid commit (what `/v1/status` reports).
     pub(super) fn target(&self) -> u64 {
-        self.target
+        self.proven
     }
 
+    /// `height` is proven by a valid commit (our core decided it).
     pub(super) fn raise_target(&mut self, height: u64) {
-        self.target = self.target.max(height);
+        self.proven = self.proven.max(height);
+    }
+
+    /// The highest height worth asking for: proven, or claimed by a peer still believed.
+    fn wanted(&self) -> u64 {
+        self.peers
+            .values()
+            .map(|c| c.height)
+            .fold(self.proven, u64::max)
     }
 
     pub(super) fn forget(&mut self, peer: &PeerId) {
@@ -133,15 +206,142 @@ impl SyncState {
             .is_some_and(|t| now.duration_since(*t) < BAD_PEER_PAUSE)
     }
 
+    fn is_doubted(&self, peer: &PeerId, now: Instant) -> bool {
+        self.doubted
+            .get(peer)
+            .is_some_and(|t| now.duration_since(*t) < CLAIM_PAUSE)
+    }
+
+    /// Records that `peer` says it has every block up to `height` (`stated`: in a status
+    /// answer). Ignored while the peer is doubted.
+    fn claim(&mut self, peer: PeerId, height: u64, stated: bool, now: Instant) {
+        if self.is_doubted(&peer, now) {
+            return;
+        }
+        let claim = self.peers.entry(peer).or_insert(Claim {
+            height: 0,
+            stated: false,
+        });
+        if height > claim.height {
+            *claim = Claim { height, stated };
+        } else if height == claim.height {
+            claim.stated |= stated;
+        }
+    }
+
+    /// `peer` answered that it has no block from `from` on. If that contradicts its claim,
+    /// the claim is dropped and the peer is not believed for [`CLAIM_PAUSE`]; the penalty
+    /// to charge is returned when the claim was stated in a status answer.
+    fn served_nothing(&mut self, peer: PeerId, from: u64, now: Instant) -> Option<PenaltyReason> {
+        let claim = self.peers.remove(&peer);
+        self.in_flight.retain(|_, r| r.peer != peer);
+        let claim = claim.filter(|c| c.height >= from)?;
+        self.doubted
+            .retain(|_, t| now.duration_since(*t) < CLAIM_PAUSE);
+        self.doubted.insert(peer, now);
+        claim.stated.then_some(PenaltyReason::BadResponse)
+    }
+
     /// The least busy good peer that has `need`, with its height.
-    fn pick(&self, need: u64) -> Option<(PeerId, u64)> {
-        let now = Instant::now();
+    fn pick(&self, need: u64, now: Instant) -> Option<(PeerId, u64)> {
         let busy = |p: &PeerId| self.in_flight.values().filter(|r| &r.peer == p).count();
         self.peers
             .iter()
-            .filter(|(p, h)| **h >= need && !self.is_bad(p, now) && busy(p) < PER_PEER)
-            .min_by_key(|(p, h)| (busy(p), std::cmp::Reverse(**h)))
-            .map(|(p, h)| (*p, *h))
+            .filter(|(p, c)| {
+                c.height >= need
+                    && !self.is_bad(p, now)
+                    && !self.is_doubted(p, now)
+                    && busy(p) < PER_PEER
+            })
+            .min_by_key(|(p, c)| (busy(p), std::cmp::Reverse(c.height)))
+            .map(|(p, c)| (*p, c.height))
+    }
+
+    /// The next request to send, recorded as in flight: (peer, first height, count).
+    fn next_request(&mut self, tip: u64, now: Instant) -> Option<(PeerId, u64, u64)> {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return None;
+        }
+        let hi = self.wanted().min(tip.saturating_add(WINDOW));
+        let (start, count) = self.next_gap(tip.saturating_add(1), hi)?;
+        let (peer, peer_height) = self.pick(start, now)?;
+        // Never past what the peer claims (it may claim anything, u64::MAX included).
+        let count = count.min(peer_height.saturating_sub(start).saturating_add(1));
+        self.in_flight.insert(
+            start,
+            Request {
+                peer,
+                count,
+                since: now,
+            },
+        );
+        Some((peer, start, count))
+    }
+
+    /// Takes the buffered block at tip + 1 and checks it against `store`: header linkage,
+    /// then execution (signatures were verified by the fetch task). An execution error of
+    /// our own store ([`ledger::exec::BlockError::is_peer_fault`] false) is reported to
+    /// `storage` and leaves the block buffered; any other failure is the serving peer's.
+    pub(super) fn check_next<S: ChainReader + ?Sized>(
+        &mut self,
+        store: &S,
+        genesis: &Genesis,
+        storage: &StorageHealth,
+    ) -> Next {
+        let tip = match store.tip() {
+            Ok(t) => t,
+            Err(e) => {
+                storage.report("sync: reading the chain tip", &e);
+                return Next::Storage;
+            }
+        };
+        let height = tip.height.saturating_add(1);
+        let Some((peer, verified)) = self.buffer.remove(&height) else {
+            return Next::Empty;
+        };
+        if let Err(e) = check_header(
+            &genesis.chain_id,
+            &genesis.validators,
+            &tip,
+            &verified.block,
+        ) {
+            return Next::PeerFault {
+                peer,
+                height,
+                reason: PenaltyReason::InvalidBlock,
+                error: format!("does not extend our tip: {e}"),
+            };
+        }
+        let ctx = ExecContext {
+            chain_id: &genesis.chain_id,
+            params: &genesis.params,
+        };
+        let all_checked = |_: &Hash| true;
+        match execute_block(
+            store,
+            ctx,
+            &verified.block,
+            &Signatures::Cached(&all_checked),
+        ) {
+            Ok(outcome) => Next::Ready {
+                peer,
+                verified: Box::new(verified),
+                outcome,
+            },
+            Err(e) if !e.is_peer_fault() => {
+                storage.report(&format!("sync: executing block {height}"), &e);
+                self.buffer.insert(height, (peer, verified));
+                Next::Storage
+            }
+            // Execution failed although > 2/3 signed the header: the peer lied about the
+            // block's contents (the header is authentic, the body is not).
+            Err(e) => Next::PeerFault {
+                peer,
+                height,
+                reason: PenaltyReason::InvalidBlock,
+                error: format!("does not execute: {e}"),
+            },
+        }
     }
 
     /// The lowest run of heights in `lo..=hi` neither buffered nor requested, at most one
@@ -180,15 +380,15 @@ impl SyncState {
 }
 
 impl Engine {
+    /// A height inferred from what `peer` relayed (or told the router on connecting).
     pub(super) fn note_peer_height(&mut self, peer: PeerId, height: u64) {
-        let known = self.sync.peers.entry(peer).or_insert(0);
-        if height > *known {
-            *known = height;
-        }
-        self.sync.raise_target(height);
-        self.metrics.sync_target.set(self.sync.target as i64);
+        self.note_claim(peer, height, false);
+    }
+
+    fn note_claim(&mut self, peer: PeerId, height: u64, stated: bool) {
+        self.sync.claim(peer, height, stated, Instant::now());
         let tip = self.tip().map_or(0, |t| t.height);
-        if height > tip + 1 {
+        if height > tip.saturating_add(1) {
             self.maybe_request_sync();
         }
     }
@@ -214,15 +414,21 @@ impl Engine {
                     let Ok(bytes) = net.request(p.peer_id, request).await else {
                         return;
                     };
-                    if let Ok(SyncResponse::Status(s)) =
-                        decode::<SyncResponse>("status", &bytes, 1024)
-                    {
-                        let _ = me
-                            .send(EngineMsg::PeerHeight {
+                    match read_status(&bytes) {
+                        Ok(s) => {
+                            let status = Fetched::Status {
                                 peer: p.peer_id,
                                 height: s.height,
-                            })
-                            .await;
+                            };
+                            let _ = me.send(EngineMsg::Synced(Box::new(status))).await;
+                        }
+                        Err(Fault::Bad(reason, e)) => {
+                            tracing::debug!(peer = %p.peer_id, error = %e, "bad status answer");
+                            let _ = net
+                                .penalize(p.peer_id, reason, reason.default_points())
+                                .await;
+                        }
+                        Err(_) => {}
                     }
                 });
             }
@@ -235,17 +441,26 @@ impl Engine {
         self.sync
             .in_flight
             .retain(|_, r| now.duration_since(r.since) < REQUEST_DEADLINE);
+        if std::mem::take(&mut self.sync.storage_retry) {
+            self.apply_buffered();
+        }
         let Some(tip) = self.tip() else { return };
-        self.sync.buffer = self.sync.buffer.split_off(&(tip.height + 1));
-        let behind = self.sync.target > tip.height + 1;
-        let stalled = self.sync.target > tip.height
+        self.sync.buffer = self.sync.buffer.split_off(&tip.height.saturating_add(1));
+        let wanted = self.sync.wanted();
+        let behind = wanted > tip.height.saturating_add(1);
+        let stalled = wanted > tip.height
             && self
                 .status
                 .borrow()
                 .last_block_at
                 .or(self.sync.last_progress)
                 .is_none_or(|t| t.elapsed() > STALL);
-        self.metrics.catching_up.set(i64::from(behind));
+        self.metrics
+            .catching_up
+            .set(i64::from(self.sync.catching_up(tip.height)));
+        self.metrics
+            .sync_target
+            .set(i64::try_from(self.sync.target()).unwrap_or(i64::MAX));
         if !behind && !stalled {
             if let Some(p) = self.sync.progress.take() {
                 let secs = p.since.elapsed().as_secs_f64().max(1e-3);
@@ -266,15 +481,7 @@ impl Engine {
             }
             return;
         }
-        let hi = self.sync.target.min(tip.height + WINDOW);
-        while self.sync.in_flight.len() < MAX_IN_FLIGHT {
-            let Some((start, count)) = self.sync.next_gap(tip.height + 1, hi) else {
-                break;
-            };
-            let Some((peer, peer_height)) = self.sync.pick(start) else {
-                break;
-            };
-            let count = count.min(peer_height + 1 - start);
+        while let Some((peer, start, count)) = self.sync.next_request(tip.height, now) {
             if self.sync.progress.is_none() {
                 self.sync.progress = Some(Progress {
                     since: now,
@@ -284,41 +491,39 @@ impl Engine {
                     sources: HashSet::new(),
                 });
                 tracing::info!(
-                    from = tip.height + 1,
-                    target = self.sync.target,
+                    from = tip.height.saturating_add(1),
+                    claimed = wanted,
                     peers = self.sync.peers.len(),
                     "catching up from peers"
                 );
             }
-            self.sync.in_flight.insert(
-                start,
-                Request {
-                    peer,
-                    count,
-                    since: now,
-                },
-            );
             let net = self.net.clone();
             let me = self.me.clone();
             let genesis = self.genesis.clone();
+            let count = u32::try_from(count).unwrap_or(MAX_SYNC_BLOCKS);
             tokio::spawn(async move {
-                let result = fetch(&net, &genesis, peer, start, count as u32).await;
+                let result = fetch(&net, &genesis, peer, start, count).await;
                 if let Err(Fault::Bad(reason, _)) = &result {
                     let _ = net.penalize(peer, *reason, reason.default_points()).await;
                 }
-                let _ = me
-                    .send(EngineMsg::Synced(Box::new(Fetched {
-                        peer,
-                        from: start,
-                        result,
-                    })))
-                    .await;
+                let fetched = Fetched::Blocks {
+                    peer,
+                    from: start,
+                    result,
+                };
+                let _ = me.send(EngineMsg::Synced(Box::new(fetched))).await;
             });
         }
     }
 
     pub(super) fn on_synced(&mut self, fetched: Fetched) {
-        let Fetched { peer, from, result } = fetched;
+        let (peer, from, result) = match fetched {
+            Fetched::Status { peer, height } => {
+                self.note_claim(peer, height, true);
+                return;
+            }
+            Fetched::Blocks { peer, from, result } => (peer, from, result),
+        };
         if self
             .sync
             .in_flight
@@ -332,6 +537,22 @@ impl Engine {
                 tracing::debug!(%peer, from, error = %e, "sync request failed");
                 self.sync.forget(&peer);
             }
+            Err(Fault::Missing(e)) => {
+                if let Some(reason) = self.sync.served_nothing(peer, from, Instant::now()) {
+                    tracing::warn!(
+                        %peer,
+                        from,
+                        error = %e,
+                        "peer stated a height it does not serve; not believing it for a while"
+                    );
+                    let net = self.net.clone();
+                    tokio::spawn(async move {
+                        let _ = net.penalize(peer, reason, reason.default_points()).await;
+                    });
+                } else {
+                    tracing::debug!(%peer, from, error = %e, "peer has no blocks there");
+                }
+            }
             Err(Fault::Bad(_, e)) => {
                 tracing::warn!(%peer, from, error = %e, "peer served invalid blocks; not asking it again");
                 self.sync.condemn(peer);
@@ -340,6 +561,8 @@ impl Engine {
                 let tip = self.tip().map_or(0, |t| t.height);
                 for v in blocks {
                     let h = v.block.header.height;
+                    // Its commit was verified: the height is proven.
+                    self.sync.raise_target(h);
                     if h > tip && !self.sync.is_bad(&peer, Instant::now()) {
                         self.sync.buffer.entry(h).or_insert((peer, v));
                     }
@@ -355,44 +578,37 @@ impl Engine {
         let mut applied = 0u64;
         let mut txs = 0u64;
         loop {
-            let Some(tip) = self.tip() else { return };
-            let Some((peer, v)) = self.sync.buffer.remove(&(tip.height + 1)) else {
-                break;
+            let (peer, verified, outcome) = match self.sync.check_next(
+                self.store.as_ref(),
+                &self.genesis,
+                &self.metrics.storage,
+            ) {
+                Next::Empty => break,
+                Next::Storage => {
+                    self.sync.storage_retry = true;
+                    break;
+                }
+                Next::PeerFault {
+                    peer,
+                    height,
+                    reason,
+                    error,
+                } => {
+                    tracing::warn!(%peer, height, error = %error, "synced block is invalid");
+                    self.punish(peer, reason);
+                    continue;
+                }
+                Next::Ready {
+                    peer,
+                    verified,
+                    outcome,
+                } => (peer, verified, outcome),
             };
             let Verified {
                 block,
                 commit,
                 hash,
-            } = v;
-            let height = block.header.height;
-            if let Err(e) = check_header(
-                &self.genesis.chain_id,
-                &self.genesis.validators,
-                &tip,
-                &block,
-            ) {
-                tracing::warn!(%peer, height, error = %e, "synced block does not extend our tip");
-                self.punish(peer, PenaltyReason::InvalidBlock);
-                continue;
-            }
-            // Signatures were all verified by the fetch task (the ids are the hashes of
-            // exactly those txs).
-            let all_checked = |_: &Hash| true;
-            let outcome = match execute_block(
-                self.store.as_ref(),
-                self.ctx(),
-                &block,
-                &Signatures::Cached(&all_checked),
-            ) {
-                Ok(o) => o,
-                Err(e) => {
-                    // Execution failed although > 2/3 signed it: the peer lied about the
-                    // block's contents (the header is authentic, the body is not).
-                    tracing::warn!(%peer, height, error = %e, "synced block does not execute");
-                    self.punish(peer, PenaltyReason::InvalidBlock);
-                    continue;
-                }
-            };
+            } = *verified;
             let n = block.txs.len() as u64;
             if let Some(p) = self.sync.progress.as_mut() {
                 p.sources.insert(peer);
@@ -410,6 +626,8 @@ impl Engine {
         self.metrics.sync_blocks.inc_by(applied);
         self.sync.last_progress = Some(Instant::now());
         let tip = self.tip().map_or(0, |t| t.height);
+        let target = self.sync.target();
+        let (in_flight, buffered) = (self.sync.in_flight.len(), self.sync.buffer.len());
         if let Some(p) = self.sync.progress.as_mut() {
             p.txs += txs;
             if p.last_log.elapsed() >= PROGRESS_EVERY {
@@ -418,9 +636,9 @@ impl Engine {
                 let blocks = tip.saturating_sub(p.from_height);
                 tracing::info!(
                     height = tip,
-                    target = self.sync.target,
-                    in_flight = self.sync.in_flight.len(),
-                    buffered = self.sync.buffer.len(),
+                    target,
+                    in_flight,
+                    buffered,
                     rate = format!(
                         "{:.0} blocks/s, {:.0} tx/s",
                         blocks as f64 / secs,
@@ -487,7 +705,7 @@ pub fn verify_response(
         Err(e) => return Err(Fault::Bad(PenaltyReason::Undecodable, e.to_string())),
     };
     if blocks.is_empty() {
-        return Err(Fault::Unavailable(format!("peer has no block {from}")));
+        return Err(Fault::Missing(format!("peer has no block {from}")));
     }
     if blocks.len() > count as usize {
         return Err(Fault::Bad(
@@ -496,6 +714,26 @@ pub fn verify_response(
         ));
     }
     verify_chunk(genesis, from, blocks)
+}
+
+/// Decodes a status answer: one `SyncResponse::Status` of [`STATUS_BYTES`]. A larger or
+/// undecodable answer is the peer's fault; an empty one is what a peer that cannot read
+/// its own tip sends.
+pub fn read_status(bytes: &[u8]) -> Result<SyncStatus, Fault> {
+    if bytes.is_empty() {
+        return Err(Fault::Unavailable("empty status answer".into()));
+    }
+    match decode::<SyncResponse>("status answer", bytes, STATUS_BYTES) {
+        Ok(SyncResponse::Status(s)) => Ok(s),
+        Ok(SyncResponse::Blocks(_)) => Err(Fault::Bad(
+            PenaltyReason::BadResponse,
+            "blocks in answer to a status request".into(),
+        )),
+        Err(e @ ledger::codec::DecodeError::TooLarge { .. }) => {
+            Err(Fault::Bad(PenaltyReason::Oversized, e.to_string()))
+        }
+        Err(e) => Err(Fault::Bad(PenaltyReason::Undecodable, e.to_string())),
+    }
 }
 
 /// Checks what can be checked without our state, in parallel over every core: heights
@@ -718,7 +956,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             verify_response(&g, 9, 4, &none),
-            Err(Fault::Unavailable(_))
+            Err(Fault::Missing(_))
         ));
         assert!(matches!(
             verify_response(&g, 2, 4, b"garbage"),
@@ -757,14 +995,270 @@ mod tests {
         assert_eq!(s.next_gap(1, 500), Some((66, 64)));
         assert_eq!(s.next_gap(1, 70), Some((66, 5)));
         assert_eq!(s.next_gap(1, 65), None);
-        s.peers.insert(a, 1000);
-        s.peers.insert(b, 1000);
+        let now = Instant::now();
+        s.claim(a, 1000, true, now);
+        s.claim(b, 1000, true, now);
         // b is idle, a has one request: b first.
-        assert_eq!(s.pick(66).map(|p| p.0), Some(b));
+        assert_eq!(s.pick(66, now).map(|p| p.0), Some(b));
         s.condemn(b);
         assert!(s.buffer.is_empty(), "a bad peer's blocks are dropped");
-        assert_eq!(s.pick(66).map(|p| p.0), Some(a));
+        assert_eq!(s.pick(66, now).map(|p| p.0), Some(a));
         s.condemn(a);
-        assert_eq!(s.pick(66), None, "bad peers are not asked again");
+        assert_eq!(s.pick(66, now), None, "bad peers are not asked again");
+    }
+
+    /// Item 6 of issue 17: a peer states u64::MAX in its status answer. The node asks it
+    /// (without overflowing), reports no catching up on its word alone, penalises it when
+    /// it serves nothing, and does not believe it again for a while.
+    #[test]
+    fn a_peer_claiming_u64_max_that_serves_nothing_is_penalised_and_not_believed() {
+        let mut s = SyncState::default();
+        let (liar, honest) = (PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        let tip = 10;
+        s.claim(honest, tip, true, now);
+        s.claim(liar, u64::MAX, true, now);
+        // Asking saturates instead of overflowing on the claimed height.
+        let first = s.next_request(tip, now);
+        assert_eq!(first, Some((liar, tip + 1, u64::from(MAX_SYNC_BLOCKS))));
+        assert!(!s.catching_up(tip), "a claim alone is not reported");
+        assert_eq!(s.wanted(), u64::MAX, "but it is worth asking");
+        // The liar has nothing: it stated a height it does not serve.
+        let penalty = s.served_nothing(liar, tip + 1, now);
+        assert_eq!(penalty, Some(PenaltyReason::BadResponse));
+        assert!(!s.catching_up(tip));
+        assert_eq!(s.wanted(), tip, "its claim is gone");
+        assert_eq!(s.next_request(tip, now), None, "nobody else claims more");
+        // Its next status answer is not believed during the pause.
+        s.claim(liar, u64::MAX, true, now + Duration::from_secs(2));
+        assert_eq!(s.wanted(), tip);
+        assert!(!s.catching_up(tip));
+        // A peer that only relayed messages of a height (no stated claim) is not scored.
+        s.claim(honest, tip + 5, false, now);
+        assert!(s.next_request(tip, now).is_some());
+        assert_eq!(s.served_nothing(honest, tip + 1, now), None);
+        // A height proven by a valid commit is reported; a saturating check at the top.
+        s.raise_target(tip + 100);
+        assert!(s.catching_up(tip));
+        assert!(!s.catching_up(u64::MAX));
+    }
+
+    #[test]
+    fn status_bytes_is_the_size_of_a_status_answer() {
+        let answer = SyncResponse::Status(SyncStatus {
+            height: u64::MAX,
+            tip_hash: [0xff; 32],
+        });
+        assert_eq!(encode(&answer).len(), STATUS_BYTES);
+        assert_eq!(read_status(&encode(&answer)).unwrap().height, u64::MAX);
+    }
+
+    /// Item 12 of issue 17: a 32 MiB answer to a status poll is refused and penalised.
+    #[test]
+    fn an_oversized_or_garbled_status_answer_is_penalised() {
+        let huge = vec![0u8; 32 << 20];
+        assert!(
+            matches!(
+                read_status(&huge),
+                Err(Fault::Bad(PenaltyReason::Oversized, _))
+            ),
+            "{:?}",
+            read_status(&huge).map(|s| s.height)
+        );
+        assert!(matches!(
+            read_status(b"garbage"),
+            Err(Fault::Bad(PenaltyReason::Undecodable, _))
+        ));
+        let blocks = encode(&SyncResponse::Blocks(vec![]));
+        assert!(matches!(
+            read_status(&blocks),
+            Err(Fault::Bad(PenaltyReason::BadResponse, _))
+        ));
+        assert!(matches!(read_status(&[]), Err(Fault::Unavailable(_))));
+    }
+
+    /// Item 5 of issue 17: our own store fails account reads while a synced block is
+    /// applied. The peer that served the block is not blamed, the block stays buffered for
+    /// a retry, the error is reported, and the block applies once the store works again.
+    #[test]
+    fn a_storage_error_while_applying_a_synced_block_blames_no_peer() {
+        let (g, _, blocks) = chain(2);
+        let store = testing::FailingStore::new(MemStore::new(&g).unwrap());
+        let peer = PeerId::random();
+        let mut s = SyncState::default();
+        for v in verify_chunk(&g, 1, blocks).unwrap() {
+            s.buffer.insert(v.block.header.height, (peer, v));
+        }
+        s.claim(peer, 2, true, Instant::now());
+        let health = StorageHealth::default();
+        store.fail_account_reads(true);
+        let next = s.check_next(&store, &g, &health);
+        assert!(
+            matches!(next, Next::Storage),
+            "a local storage error was blamed on the peer: {}",
+            describe(&next)
+        );
+        assert!(
+            !s.is_bad(&peer, Instant::now()),
+            "the peer is not condemned"
+        );
+        assert!(s.buffer.contains_key(&1), "the block is kept for a retry");
+        assert_eq!(health.count(), 1);
+        let last = health.last().unwrap_or_default();
+        assert!(last.contains("injected"), "{last}");
+        // The disk recovers: the same block applies.
+        store.fail_account_reads(false);
+        match s.check_next(&store, &g, &health) {
+            Next::Ready {
+                peer: p, verified, ..
+            } => {
+                assert_eq!(p, peer);
+                assert_eq!(verified.block.header.height, 1);
+            }
+            other => panic!("expected the block to apply: {}", describe(&other)),
+        }
+    }
+
+    /// Item 12 of issue 17: a block our store refuses to write stops the node (its
+    /// shutdown token is cancelled) with the error reported, instead of only a log line.
+    /// The refusal here is RocksDB's "not the next block"; a full disk takes the same path.
+    #[tokio::test]
+    async fn a_block_the_store_cannot_write_stops_the_node() {
+        use crate::engine::EngineParts;
+        use crate::mempool::{Mempool, MempoolConfig};
+        use ledger::exec::BlockOutcome;
+        use ledger::store::rocks::RocksStore;
+        use tokio_util::sync::CancellationToken;
+
+        let (_, _, blocks) = chain(1);
+        let g = Arc::new(genesis(&key("v"), &key("sender")));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RocksStore::open(dir.path(), &g).unwrap());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let (net, _events) = tally_p2p::spawn(
+            tally_p2p::NetworkConfig::new(CHAIN, [7; 32]),
+            &mut registry,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let (mut engine, _, _) = Engine::new(EngineParts {
+            genesis: g.clone(),
+            store,
+            mempool: Arc::new(std::sync::Mutex::new(Mempool::new(
+                MempoolConfig::default(),
+                CHAIN.into(),
+                g.params.clone(),
+            ))),
+            mempool_metrics: Default::default(),
+            metrics: crate::metrics::ChainMetrics::register(&mut registry),
+            net,
+            key: None,
+            timeout_commit: Duration::from_millis(10),
+            events: tokio::sync::broadcast::channel(16).0,
+            reuse_mempool_signatures: true,
+        })
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        engine.halt = shutdown.clone(); // what `run` does
+        let (mut block, commit) = blocks[0].clone();
+        block.header.height = 5;
+        engine.executed.insert(
+            block.hash(),
+            BlockOutcome {
+                update: Default::default(),
+                receipts: vec![],
+            },
+        );
+        assert!(engine.commit(block, commit, true).is_err());
+        assert!(
+            shutdown.is_cancelled(),
+            "the node keeps running after its store refused a block"
+        );
+        assert_eq!(engine.metrics.storage.count(), 1);
+        let last = engine.metrics.storage.last().unwrap_or_default();
+        assert!(last.contains("committing block 5"), "{last}");
+    }
+
+    fn describe(n: &Next) -> String {
+        match n {
+            Next::Empty => "empty".into(),
+            Next::Ready { .. } => "ready".into(),
+            Next::Storage => "storage".into(),
+            Next::PeerFault { reason, error, .. } => format!("peer fault {reason}: {error}"),
+        }
+    }
+}
+
+/// A store whose account reads can be made to fail, as a failing disk would.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ledger::state::StateReader;
+    use ledger::store::memory::MemStore;
+    use ledger::store::{ChainReader, StoreError, Tip, TxLocation};
+    use ledger::types::{Account, Block, Commit};
+    use ledger::Hash;
+
+    pub struct FailingStore {
+        inner: MemStore,
+        fail_accounts: AtomicBool,
+    }
+
+    impl FailingStore {
+        pub fn new(inner: MemStore) -> Self {
+            Self {
+                inner,
+                fail_accounts: AtomicBool::new(false),
+            }
+        }
+
+        pub fn fail_account_reads(&self, on: bool) {
+            self.fail_accounts.store(on, Ordering::SeqCst);
+        }
+    }
+
+    impl StateReader for FailingStore {
+        fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError> {
+            if self.fail_accounts.load(Ordering::SeqCst) {
+                return Err(StoreError::Db(
+                    "injected: IO error: reading an account failed".into(),
+                ));
+            }
+            self.inner.account_by_key(key)
+        }
+        fn tree_node(
+            &self,
+            key: &jmt::storage::NodeKey,
+        ) -> Result<Option<jmt::storage::Node>, StoreError> {
+            self.inner.tree_node(key)
+        }
+        fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+            self.inner.tree_version()
+        }
+    }
+
+    impl ChainReader for FailingStore {
+        fn tip(&self) -> Result<Tip, StoreError> {
+            self.inner.tip()
+        }
+        fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+            self.inner.block(height)
+        }
+        fn commit(&self, height: u64) -> Result<Option<Commit>, StoreError> {
+            self.inner.commit(height)
+        }
+        fn height_of(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+            self.inner.height_of(hash)
+        }
+        fn tx_location(&self, id: &Hash) -> Result<Option<TxLocation>, StoreError> {
+            self.inner.tx_location(id)
+        }
+        fn genesis_hash(&self) -> Result<Hash, StoreError> {
+            self.inner.genesis_hash()
+        }
+        fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.consensus_get(key)
+        }
     }
 }

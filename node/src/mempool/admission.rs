@@ -53,8 +53,11 @@ fn admit(
     id: Hash,
     size: usize,
 ) -> Result<(), AddError> {
+    // Our own store failing is nobody else's fault: never `Malformed` (which scores the
+    // relay), and the node reports it.
     let storage = |e: ledger::store::StoreError| {
-        AddError::Invalid(TxError::Malformed(format!("storage: {e}")))
+        metrics.storage.report("admitting a transaction", &e);
+        AddError::Storage(e.to_string())
     };
     let account = store
         .account(&tx.sender())
@@ -220,5 +223,63 @@ mod tests {
             vec![id1],
             "the tx was stranded behind a nonce already used"
         );
+    }
+
+    /// Item 5 of issue 17: our own store fails the account read while a gossiped (or
+    /// submitted) tx is admitted. The verdict is not a peer fault (the router then ignores
+    /// the message instead of scoring the relay), and the node reports the error.
+    #[test]
+    fn a_storage_error_during_admission_is_not_a_peer_fault_and_is_reported() {
+        use crate::engine::sync::testing::FailingStore;
+        use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator};
+        use ledger::store::memory::MemStore;
+
+        let key = Keypair::generate();
+        let file = GenesisFile {
+            chain_id: "disk".into(),
+            genesis_time_ms: 0,
+            params: Params::default(),
+            validators: vec![GenesisValidator {
+                name: "v".into(),
+                pubkey: hex::encode(Keypair::generate().public_key()),
+                power: 1,
+            }],
+            accounts: vec![GenesisAccount {
+                address: hex::encode(key.address()),
+                balance: 1_000,
+            }],
+        };
+        let genesis = Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap();
+        let store = FailingStore::new(MemStore::new(&genesis).unwrap());
+        store.fail_account_reads(true);
+        let pool = Mutex::new(Mempool::new(
+            MempoolConfig::default(),
+            "disk".into(),
+            Params::default(),
+        ));
+        let metrics = MempoolMetrics::default();
+        let tx = key.sign_tx(Tx {
+            chain_id: "disk".into(),
+            from: key.public_key(),
+            nonce: 0,
+            fee: 1,
+            payload: Payload::Transfer {
+                to: [7; 20],
+                amount: 5,
+            },
+        });
+        let bytes = ledger::codec::encode(&tx);
+        let e = admit_bytes(&store, &pool, &metrics, &bytes, 1024).unwrap_err();
+        assert!(
+            !e.is_peer_fault(),
+            "our disk error was blamed on the peer: {e:?}"
+        );
+        assert_eq!(e.code(), "storage_error");
+        assert_eq!(metrics.storage.count(), 1, "the error is counted");
+        let last = metrics.storage.last().unwrap_or_default();
+        assert!(last.contains("injected"), "{last}");
+        // The disk recovers: the same tx is admitted.
+        store.fail_account_reads(false);
+        admit_bytes(&store, &pool, &metrics, &bytes, 1024).unwrap();
     }
 }

@@ -19,6 +19,9 @@ pub struct MempoolMetrics {
     pub rejections: Family<ReasonLabel, Counter>,
     pub evicted: Counter,
     pub reannounced: Counter,
+    /// Where admission reports failures of the node's own store; the node shares the one
+    /// of its `ChainMetrics` (registered there).
+    pub storage: crate::metrics::StorageHealth,
 }
 
 impl MempoolMetrics {

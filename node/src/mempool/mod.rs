@@ -65,6 +65,10 @@ pub enum AddError {
     SenderLimit(usize),
     #[error("mempool is full and this fee does not beat the cheapest pending transaction")]
     Full,
+    /// This node's own store failed while checking the tx: not the sender's or a relay's
+    /// fault (see `crate::metrics::StorageHealth`).
+    #[error("this node cannot read its state right now ({0}); try again or another node")]
+    Storage(String),
 }
 
 impl AddError {
@@ -77,6 +81,7 @@ impl AddError {
             AddError::ReplacementUnderpriced { .. } => "replacement_underpriced",
             AddError::SenderLimit(_) => "sender_limit",
             AddError::Full => "mempool_full",
+            AddError::Storage(_) => "storage_error",
         }
     }
 
@@ -87,6 +92,7 @@ impl AddError {
         "replacement_underpriced",
         "sender_limit",
         "mempool_full",
+        "storage_error",
     ];
 
     /// Whether a peer that relayed this tx could have known it was bad.

@@ -53,6 +53,8 @@ pub struct RpcState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Ends event streams at shutdown (graceful shutdown waits for open connections).
     pub shutdown: CancellationToken,
+    /// The node's own storage failures (`storage_error` in `/v1/status`).
+    pub storage: crate::metrics::StorageHealth,
 }
 
 /// An API error: status, stable code, human message.
@@ -96,7 +98,7 @@ impl From<AddError> for ApiError {
             "duplicate" | "already_committed" | "nonce_too_low" | "replacement_underpriced" => {
                 StatusCode::CONFLICT
             }
-            "mempool_full" => StatusCode::SERVICE_UNAVAILABLE,
+            "mempool_full" | "storage_error" => StatusCode::SERVICE_UNAVAILABLE,
             "sender_limit" => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
@@ -399,6 +401,7 @@ async fn status(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
         "mempool": {"txs": txs, "bytes": bytes},
         "min_fee": s.genesis.params.min_fee,
         "seconds_since_last_block": st.last_block_at.map(|t| t.elapsed().as_secs_f64()),
+        "storage_error": s.storage.last(),
     })))
 }
 
