@@ -1,6 +1,8 @@
 //! Assembles a node from its home directory: store, network, mempool, engine, router,
 //! RPC and metrics, each a task under one shutdown token.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -267,12 +269,14 @@ pub async fn run_with(
         Duration::from_millis(config.rpc.timeout_ms),
     );
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(engine.run(shutdown.clone()));
-    tasks.spawn(router.run(net_events, shutdown.clone()));
+    let mut tasks = Supervisor::default();
+    tasks.spawn("consensus engine", engine.run(shutdown.clone()));
+    // The router ends when the network task's event channel closes: a dead network task
+    // stops the node through it.
+    tasks.spawn("router", router.run(net_events, shutdown.clone()));
     {
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
+        tasks.spawn("RPC server", async move {
             if let Err(e) = crate::rpc::serve(rpc_listener, app, shutdown.clone()).await {
                 tracing::error!(error = %e, "RPC server failed");
                 shutdown.cancel();
@@ -282,7 +286,7 @@ pub async fn run_with(
     if let Some(listener) = metrics_listener {
         let registry = registry.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
+        tasks.spawn("metrics server", async move {
             let app = axum::Router::new().route(
                 "/metrics",
                 axum::routing::get(move || {
@@ -334,15 +338,163 @@ pub async fn run_with(
         "node is up"
     );
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within 10 s");
-    }
+    let result = tasks.run(&shutdown, Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(addresses_file(&home.0));
-    Ok(())
+    result
+}
+
+/// The node's long-lived tasks under one shutdown token. A task that panics, or ends
+/// before shutdown was asked for, stops the whole node: [`Supervisor::run`] cancels the
+/// token and returns an error naming the task, instead of leaving a process that looks
+/// alive but no longer commits, gossips or answers.
+#[derive(Default)]
+pub struct Supervisor {
+    tasks: tokio::task::JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Supervisor {
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Runs until `shutdown` is cancelled or a task fails; then cancels `shutdown` and
+    /// waits up to `drain` for the other tasks. Err names the task that failed.
+    pub async fn run(
+        mut self,
+        shutdown: &CancellationToken,
+        drain: Duration,
+    ) -> anyhow::Result<()> {
+        // The first event ends the supervision: shutdown, or a task's end.
+        let joined = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            joined = self.tasks.join_next_with_id() => joined,
+        };
+        let failure = match joined {
+            None => {
+                // No task at all: nothing can fail; wait for shutdown.
+                shutdown.cancelled().await;
+                None
+            }
+            Some(Ok(_)) if shutdown.is_cancelled() => None,
+            Some(Ok((id, ()))) => Some(format!(
+                "task \"{}\" stopped on its own before shutdown",
+                self.name(id)
+            )),
+            Some(Err(e)) => Some(self.describe(e)),
+        };
+        match &failure {
+            Some(f) => tracing::error!("{f}; stopping the node"),
+            None => tracing::info!("shutting down"),
+        }
+        shutdown.cancel();
+        let finish = async {
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                if let Err(e) = joined {
+                    if e.is_panic() {
+                        tracing::error!("{} while shutting down", self.describe(e));
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(drain, finish).await.is_err() {
+            tracing::warn!("some tasks did not stop within {drain:?}");
+        }
+        match failure {
+            Some(f) => Err(anyhow::anyhow!("{f}; the node stopped")),
+            None => Ok(()),
+        }
+    }
+
+    fn name(&self, id: tokio::task::Id) -> &'static str {
+        self.names.get(&id).copied().unwrap_or("unnamed")
+    }
+
+    fn describe(&self, e: tokio::task::JoinError) -> String {
+        let name = self.name(e.id());
+        if !e.is_panic() {
+            return format!("task \"{name}\" was cancelled");
+        }
+        let panic = e.into_panic();
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        format!("task \"{name}\" panicked: {message}")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Item 6 of issue 17: a panic in one task stops the node with the task's name, not
+    /// just that task.
+    #[tokio::test]
+    async fn a_panicking_task_stops_the_node_and_is_named() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let token = shutdown.clone();
+        tasks.spawn("steady", async move { token.cancelled().await });
+        tasks.spawn("consensus engine", async {
+            tokio::task::yield_now().await;
+            panic!("boom at height 7");
+        });
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            tasks.run(&shutdown, Duration::from_secs(5)),
+        )
+        .await
+        .expect("the node kept running after a task panicked");
+        let error = result.expect_err("a panic must be an error").to_string();
+        assert!(
+            error.contains("\"consensus engine\" panicked: boom at height 7"),
+            "{error}"
+        );
+        assert!(shutdown.is_cancelled(), "the other tasks are told to stop");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_before_shutdown_stops_the_node() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let token = shutdown.clone();
+        tasks.spawn("steady", async move { token.cancelled().await });
+        tasks.spawn("metrics server", async {});
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            tasks.run(&shutdown, Duration::from_secs(5)),
+        )
+        .await
+        .expect("the node kept running after a task ended");
+        let error = result
+            .expect_err("an early end must be an error")
+            .to_string();
+        assert!(
+            error.contains("\"metrics server\" stopped on its own"),
+            "{error}"
+        );
+        assert!(shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_every_task_and_is_not_an_error() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        for name in ["a", "b"] {
+            let token = shutdown.clone();
+            tasks.spawn(name, async move { token.cancelled().await });
+        }
+        shutdown.cancel();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tasks.run(&shutdown, Duration::from_secs(5)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
 }
