@@ -191,6 +191,20 @@ impl Keystore {
                         "empty password; choose a password, or use --insecure-plaintext for a throw-away testnet key",
                     ));
                 }
+                if self.kdf != KdfParams::STRONG {
+                    // Honoured only to keep test suites fast: say so loudly every time, so
+                    // a key made this way by mistake is never mistaken for a real one.
+                    crate::context::warn(&format!(
+                        "WEAK KEY: {TEST_FAST_KDF_ENV} (tests only) is in effect: key \"{name}\" \
+                         is encrypted with argon2 cost {} KiB / {} pass instead of {} KiB / {} \
+                         passes, so its password can be brute-forced quickly; never hold real \
+                         funds with it: unset {TEST_FAST_KDF_ENV} and create a new key",
+                        self.kdf.m_cost_kib,
+                        self.kdf.t_cost,
+                        KdfParams::STRONG.m_cost_kib,
+                        KdfParams::STRONG.t_cost,
+                    ));
+                }
                 file.crypto = Some(seal(&secret, password, &address, &public_key, self.kdf)?);
             }
         }

@@ -189,3 +189,30 @@ fn strong_default_params_round_trip_and_are_recorded() {
     let (back, _) = reader.unlock("strong", pw("p")).unwrap();
     assert_eq!(back.address(), key.address());
 }
+
+/// Item 12 of issue 17: a key created while `TALLY_KDF_TEST_FAST=1` is honoured comes
+/// with a loud warning; a key made with the real parameters does not.
+#[test]
+fn a_weak_test_kdf_key_is_created_with_a_loud_warning() {
+    let w = crate::cli_support::Wallet::new("http://127.0.0.1:9");
+    let out = w.run(&["keys", "new", "weak"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("TALLY_KDF_TEST_FAST"))
+        .unwrap_or_else(|| panic!("no warning about the weak KDF: {stderr:?}"));
+    assert!(warning.starts_with("warning: WEAK KEY"), "{warning}");
+    assert!(warning.contains("brute-forced"), "{warning}");
+    let out = w
+        .cmd(&["keys", "new", "strong"])
+        .env_remove("TALLY_KDF_TEST_FAST")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("WEAK KEY"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
