@@ -64,12 +64,95 @@ pub enum HeaderError {
     },
     #[error("block time {got} is before its parent's time {parent}")]
     Time { parent: u64, got: u64 },
+    #[error("proposed block time {got} is not after its parent's time {parent}")]
+    TimeNotAfterParent { parent: u64, got: u64 },
+    #[error(
+        "proposed block time {got} is later than this validator's clock allows ({limit}: \
+         local time plus params.max_clock_drift_ms)"
+    )]
+    TimeAhead { got: u64, limit: u64 },
     #[error("last_commit is missing or present where it must not be")]
     LastCommitPresence,
     #[error("last_commit_hash does not match last_commit")]
     LastCommitHash,
     #[error("last_commit is invalid: {0}")]
     LastCommit(CommitError),
+}
+
+/// The time an honest proposer gives the block after one timed `parent_ms`: its own
+/// clock, or one millisecond after the parent if its clock is behind.
+pub fn next_block_time(parent_ms: u64, now_ms: u64) -> u64 {
+    now_ms.max(parent_ms.saturating_add(1))
+}
+
+/// The proposer-based timestamp rule (DESIGN.md, "Block time"): a validator accepts a
+/// proposed block for height `height` only if its time is after its parent's (at height
+/// 1: not before genesis) and not later than the validator's own clock plus
+/// `max_drift_ms`, except that one millisecond after the parent is always acceptable.
+///
+/// The exception is what keeps a chain whose last block ran ahead of the clocks (within
+/// the drift, the most a block can get through honest prevotes) live: the next honest
+/// proposer proposes `parent + 1`. A block time from the far future can never gather the
+/// prevotes of an honest validator, so it can never be committed; block times stay within
+/// the honest clocks plus the drift. All arithmetic saturates.
+///
+/// This rule is for proposals only: a committed block carries a commit, and its time is
+/// checked by [`check_header`] against its parent alone.
+pub fn check_proposal_time(
+    parent_ms: u64,
+    height: u64,
+    time_ms: u64,
+    now_ms: u64,
+    max_drift_ms: u64,
+) -> Result<(), HeaderError> {
+    let after_parent = if height <= 1 {
+        time_ms >= parent_ms
+    } else {
+        time_ms > parent_ms
+    };
+    if !after_parent {
+        return Err(HeaderError::TimeNotAfterParent {
+            parent: parent_ms,
+            got: time_ms,
+        });
+    }
+    let limit = now_ms
+        .saturating_add(max_drift_ms)
+        .max(parent_ms.saturating_add(1));
+    if time_ms > limit {
+        return Err(HeaderError::TimeAhead {
+            got: time_ms,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// A block body that does not belong to its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the transactions do not match the header's tx_root")]
+    TxRoot,
+    #[error("last_commit does not match the header's last_commit_hash")]
+    LastCommit,
+}
+
+/// Checks that `block`'s body is the one its header commits to: the Merkle root of the
+/// tx ids is `tx_root` and the hash of `last_commit` (or zero) is `last_commit_hash`.
+///
+/// The block hash covers the header only, so a relay can pair a signed proposal with
+/// another body; this check (a hash per tx, no signature checks) is what lets a node
+/// refuse such a body before keeping or forwarding it, and blame the relay.
+pub fn check_body(block: &Block) -> Result<(), BodyError> {
+    let commit_hash = block.last_commit.as_ref().map_or(ZERO_HASH, Commit::hash);
+    if commit_hash != block.header.last_commit_hash {
+        return Err(BodyError::LastCommit);
+    }
+    let ids: Vec<Hash> = block.txs.iter().map(crate::types::SignedTx::id).collect();
+    if crate::merkle::merkle_root(&ids) != block.header.tx_root {
+        return Err(BodyError::TxRoot);
+    }
+    Ok(())
 }
 
 /// Checks everything about `block`'s header that does not need execution: that it
@@ -167,5 +250,125 @@ pub fn sign_commit(
         round,
         block_hash,
         signatures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::crypto::Keypair;
+    use crate::types::{Payload, SignedTx, Tx};
+
+    const DRIFT: u64 = 2_000;
+
+    #[test]
+    fn a_proposal_from_the_far_future_is_refused_and_the_parent_plus_one_is_not() {
+        let (parent, now) = (1_000_000, 1_000_500);
+        assert_eq!(check_proposal_time(parent, 5, now, now, DRIFT), Ok(()));
+        assert_eq!(
+            check_proposal_time(parent, 5, now + DRIFT, now, DRIFT),
+            Ok(())
+        );
+        for bad in [now + DRIFT + 1, now + 3_600_000, u64::MAX] {
+            assert!(matches!(
+                check_proposal_time(parent, 5, bad, now, DRIFT),
+                Err(HeaderError::TimeAhead { .. })
+            ));
+        }
+        // Not after the parent.
+        for bad in [parent, parent - 1, 0] {
+            assert!(matches!(
+                check_proposal_time(parent, 5, bad, now, DRIFT),
+                Err(HeaderError::TimeNotAfterParent { .. })
+            ));
+        }
+        // A parent that ran ahead of our clock (within the drift it was accepted with):
+        // the honest proposer's `parent + 1` is still acceptable, a later time is not.
+        let ahead = now + 10 * DRIFT;
+        assert_eq!(next_block_time(ahead, now), ahead + 1);
+        assert_eq!(check_proposal_time(ahead, 5, ahead + 1, now, DRIFT), Ok(()));
+        assert!(check_proposal_time(ahead, 5, ahead + 2, now, DRIFT).is_err());
+        // Height 1 may carry the genesis time itself.
+        assert_eq!(check_proposal_time(0, 1, 0, now, DRIFT), Ok(()));
+    }
+
+    #[test]
+    fn time_arithmetic_saturates_at_the_ends() {
+        assert_eq!(next_block_time(u64::MAX, 5), u64::MAX);
+        assert!(check_proposal_time(u64::MAX, 9, u64::MAX, u64::MAX, u64::MAX).is_err());
+        assert_eq!(
+            check_proposal_time(0, 9, u64::MAX, u64::MAX, u64::MAX),
+            Ok(())
+        );
+        assert!(check_proposal_time(0, 9, u64::MAX, 0, DRIFT).is_err());
+    }
+
+    fn block_with_txs(n: u8) -> Block {
+        let key = Keypair::from_secret_bytes(&[7; 32]).unwrap();
+        let txs: Vec<SignedTx> = (0..n)
+            .map(|i| {
+                key.sign_tx(Tx {
+                    chain_id: "c".into(),
+                    from: key.public_key(),
+                    nonce: u64::from(i),
+                    fee: 1,
+                    payload: Payload::Transfer {
+                        to: [i; 20],
+                        amount: 1,
+                    },
+                })
+            })
+            .collect();
+        let last_commit = sign_commit("c", 1, 0, [3; 32], &[&key]);
+        let ids: Vec<Hash> = txs.iter().map(SignedTx::id).collect();
+        Block {
+            header: Header {
+                version: HEADER_VERSION,
+                chain_id: "c".into(),
+                height: 2,
+                round: 0,
+                time_ms: 1,
+                prev_hash: [3; 32],
+                tx_root: crate::merkle::merkle_root(&ids),
+                state_root: [0; 32],
+                validators_hash: [0; 32],
+                proposer: key.address(),
+                last_commit_hash: last_commit.hash(),
+            },
+            txs,
+            last_commit: Some(last_commit),
+        }
+    }
+
+    #[test]
+    fn a_body_swapped_under_a_header_is_caught() {
+        let block = block_with_txs(3);
+        assert_eq!(check_body(&block), Ok(()));
+
+        let mut dropped = block.clone();
+        dropped.txs.pop();
+        assert_eq!(
+            dropped.hash(),
+            block.hash(),
+            "the hash covers the header only"
+        );
+        assert_eq!(check_body(&dropped), Err(BodyError::TxRoot));
+
+        let mut reordered = block.clone();
+        reordered.txs.swap(0, 1);
+        assert_eq!(check_body(&reordered), Err(BodyError::TxRoot));
+
+        let mut no_commit = block.clone();
+        no_commit.last_commit = None;
+        assert_eq!(check_body(&no_commit), Err(BodyError::LastCommit));
+
+        let mut other_commit = block.clone();
+        if let Some(c) = other_commit.last_commit.as_mut() {
+            c.signatures.clear();
+        }
+        assert_eq!(check_body(&other_commit), Err(BodyError::LastCommit));
+
+        assert_eq!(check_body(&block_with_txs(0)), Ok(()));
     }
 }

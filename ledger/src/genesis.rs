@@ -39,6 +39,11 @@ pub struct Params {
     pub timeout_precommit_delta_ms: u64,
     #[serde(default = "defaults::timeout_commit_ms")]
     pub timeout_commit_ms: u64,
+    /// How far ahead of a validator's own clock a proposed block's time may be: a
+    /// validator prevotes nil on a proposal timed later than its clock plus this bound
+    /// (DESIGN.md, "Block time"). In genesis so every validator applies the same bound.
+    #[serde(default = "defaults::max_clock_drift_ms")]
+    pub max_clock_drift_ms: u64,
 }
 
 mod defaults {
@@ -53,6 +58,9 @@ mod defaults {
     }
     pub fn timeout_commit_ms() -> u64 {
         1000
+    }
+    pub fn max_clock_drift_ms() -> u64 {
+        2000
     }
 }
 
@@ -70,6 +78,7 @@ impl Default for Params {
             timeout_precommit_ms: defaults::timeout_vote_ms(),
             timeout_precommit_delta_ms: defaults::timeout_delta_ms(),
             timeout_commit_ms: defaults::timeout_commit_ms(),
+            max_clock_drift_ms: defaults::max_clock_drift_ms(),
         }
     }
 }
@@ -432,6 +441,12 @@ impl RawGenesis {
                     "must be between 1 and 600000 milliseconds".into(),
                 ));
             }
+        }
+        if p.max_clock_drift_ms == 0 || p.max_clock_drift_ms > 3_600_000 {
+            return Err(err(
+                "params.max_clock_drift_ms".into(),
+                "must be between 1 and 3600000 milliseconds (default 2000)".into(),
+            ));
         }
         if self.validators.is_empty() {
             return Err(err(
