@@ -29,6 +29,11 @@ pub const FUTURE_ROUNDS: u32 = 16;
 /// (gossip or the peers' commit will bring them again).
 pub const MAX_BUFFERED: usize = 4096;
 
+/// Next-height messages kept per validator: a proposal and two votes for each round it
+/// could be heard in when the height starts (0..=FUTURE_ROUNDS). One validator can never
+/// fill the buffer and crowd out the others' early messages.
+pub const MAX_BUFFERED_PER_VALIDATOR: usize = 3 * (FUTURE_ROUNDS as usize + 1);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Validity {
     Pending,
@@ -59,8 +64,10 @@ pub struct Consensus<V: SignatureVerifier = K256Verifier> {
     fired_line36: Option<u32>,
     fired_precommit_timeout: Option<u32>,
 
-    /// Proposals and votes for `height + 1`, replayed at its `StartHeight`.
+    /// Proposals and votes for `height + 1`, replayed at its `StartHeight`, and how many
+    /// each validator has there.
     next_height: Vec<Input>,
+    next_height_per: BTreeMap<ledger::types::Address, usize>,
     /// Guard state to resume from at the matching `StartHeight`.
     resume: Option<GuardState>,
 }
@@ -90,6 +97,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             fired_line36: None,
             fired_precommit_timeout: None,
             next_height: Vec::new(),
+            next_height_per: BTreeMap::new(),
             resume: None,
         }
     }
@@ -201,6 +209,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             return; // stale or repeated
         }
         let buffered = std::mem::take(&mut self.next_height);
+        self.next_height_per.clear();
         self.height = height;
         self.round = 0;
         self.locked = None;
@@ -243,7 +252,8 @@ impl<V: SignatureVerifier> Consensus<V> {
     /// proposer of (height, round), a valid signature, `pol_round < round`.
     fn on_proposal(&mut self, sp: SignedProposal, out: &mut Vec<Output>) {
         let p = &sp.proposal;
-        if self.buffer_if_next_height(p.height, || Input::Proposal(sp.clone())) {
+        let proposer = self.cfg.validators.proposer(p.height, p.round).address;
+        if self.buffer_if_next_height(p.height, p.round, proposer, || Input::Proposal(sp.clone())) {
             return;
         }
         if !self.accepts_height(p.height) || p.chain_id != self.cfg.chain_id {
@@ -272,7 +282,7 @@ impl<V: SignatureVerifier> Consensus<V> {
     /// equivocator's precommit even if we first saw another vote of it.
     fn on_vote(&mut self, sv: SignedVote, from_commit: bool, out: &mut Vec<Output>) {
         let v = &sv.vote;
-        if self.buffer_if_next_height(v.height, || Input::Vote(sv.clone())) {
+        if self.buffer_if_next_height(v.height, v.round, sv.validator, || Input::Vote(sv.clone())) {
             return;
         }
         if !self.accepts_height(v.height) || v.chain_id != self.cfg.chain_id {
@@ -772,11 +782,27 @@ impl<V: SignatureVerifier> Consensus<V> {
 
     /// Keeps a message for `height + 1` (bounded). True when the message was for the next
     /// height (kept or dropped) so the caller stops.
-    fn buffer_if_next_height(&mut self, height: u64, input: impl FnOnce() -> Input) -> bool {
+    fn buffer_if_next_height(
+        &mut self,
+        height: u64,
+        round: u32,
+        sender: ledger::types::Address,
+        input: impl FnOnce() -> Input,
+    ) -> bool {
         if self.step == Step::Idle || height != self.height.saturating_add(1) {
             return false;
         }
-        if self.next_height.len() < MAX_BUFFERED {
+        // Kept only if it could count when the height starts (round 0 .. FUTURE_ROUNDS),
+        // comes from a validator, and that validator is within its share.
+        if round > FUTURE_ROUNDS
+            || self.cfg.validators.get(&sender).is_none()
+            || self.next_height.len() >= MAX_BUFFERED
+        {
+            return true;
+        }
+        let count = self.next_height_per.entry(sender).or_insert(0);
+        if *count < MAX_BUFFERED_PER_VALIDATOR {
+            *count += 1;
             self.next_height.push(input());
         }
         true

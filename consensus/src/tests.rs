@@ -1131,3 +1131,35 @@ fn n_vote_template() -> SignedVote {
         signature: [1; 64],
     }
 }
+
+#[test]
+fn one_validator_cannot_fill_the_next_height_buffer() {
+    let n = net(4);
+    let mut core = n.core(None);
+    core.handle(Input::StartHeight { height: 1 });
+    // Validator 0 floods next-height votes for every round it can sign.
+    for r in 0..5_000u32 {
+        for kind in [VoteKind::Prevote, VoteKind::Precommit] {
+            core.handle(Input::Vote(n.vote(0, 2, r, kind, Some(C))));
+        }
+    }
+    assert!(
+        core.buffered() <= crate::machine::MAX_BUFFERED_PER_VALIDATOR,
+        "one validator holds {} buffered messages",
+        core.buffered()
+    );
+    // A vote from outside the set is not buffered at all.
+    let stranger = Keypair::from_secret_bytes(&sha256(b"stranger")).unwrap();
+    core.handle(Input::Vote(stranger.sign_vote(unsigned_vote(
+        2,
+        0,
+        VoteKind::Prevote,
+        Some(C),
+    ))));
+    let flooded = core.buffered();
+    // The other validators' early votes still find room and count at height 2.
+    for i in 1..4 {
+        core.handle(Input::Vote(n.vote(i, 2, 0, VoteKind::Prevote, Some(B))));
+    }
+    assert_eq!(core.buffered(), flooded + 3);
+}
