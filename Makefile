@@ -6,10 +6,16 @@ SHELL := /bin/bash
 # One persistent target directory outside the clone: a cold build (RocksDB, libp2p)
 # takes 15+ minutes on two cores, a warm one seconds.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/tally/target
+# RocksDB's C++ is compiled once per machine (scripts/rocksdb-prebuild.sh, run by
+# bootstrap) and every profile links that archive: debug, release and bench builds no
+# longer compile it three times. ROCKSDB_COMPILE=1 makes librocksdb-sys compile it in-tree.
+ROCKSDB_VERSION := $(shell awk '/^name = "librocksdb-sys"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' Cargo.lock)
+export ROCKSDB_LIB_DIR ?= $(HOME)/.cache/tally/rocksdb/$(ROCKSDB_VERSION)
+export ROCKSDB_STATIC ?= 1
 CARGO ?= cargo
 SEEDS ?= 5000
 
-.PHONY: help bootstrap build release test lint fmt bench soak clean-target
+.PHONY: help bootstrap build release test lint fmt bench soak env
 
 help:
 	@echo "make testnet   - release build, then a local testnet: 4 validators + 1 full node (Ctrl-C stops it)"
@@ -20,9 +26,16 @@ help:
 	@echo "make bench     - ledger (verify rate, check+apply at 10k/1M accounts) and sync benchmarks"
 	@echo "make soak      - long runs: consensus simulation (SEEDS=$(SEEDS)), byzantine peers, crash torture"
 	@echo "make monitor   - Prometheus against the local testnet (make monitor-stop stops it)"
+	@echo "make env       - the build variables, for cargo outside make: eval \"\$$(make -s env)\""
 
 bootstrap:
 	@bash scripts/bootstrap.sh
+
+# The build environment as shell exports, for cargo run outside make on the same target
+# directory (`eval "$$(make -s env)"`): a cargo with other RocksDB variables would make
+# librocksdb-sys rebuild, and the next make build rebuild it back.
+env:
+	@echo "export CARGO_TARGET_DIR='$(CARGO_TARGET_DIR)' ROCKSDB_LIB_DIR='$(ROCKSDB_LIB_DIR)' ROCKSDB_STATIC='$(ROCKSDB_STATIC)'"
 
 build: bootstrap
 	$(CARGO) build --workspace --all-targets

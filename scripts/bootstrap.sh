@@ -43,3 +43,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "bootstrap: cargo-nextest not found; installing it (one-time, a few minutes)"
   cargo install cargo-nextest --locked --quiet || echo "bootstrap: nextest unavailable; 'make test' falls back to cargo test"
 fi
+
+# RocksDB's C++, compiled once per machine for every cargo profile (see the Makefile):
+# librocksdb-sys links $ROCKSDB_LIB_DIR/librocksdb.a when ROCKSDB_STATIC is set.
+if [ -n "${ROCKSDB_LIB_DIR:-}" ] && [ -n "${ROCKSDB_STATIC:-}" ] && [ -z "${ROCKSDB_COMPILE:-}" ] &&
+  [ ! -f "$ROCKSDB_LIB_DIR/librocksdb.a" ]; then
+  bash "$(dirname "$0")/rocksdb-prebuild.sh" >/dev/null
+fi
