@@ -43,7 +43,12 @@ build: bootstrap
 release: bootstrap
 	$(CARGO) build --release -p tally-node -p tally-wallet
 
+# The real-stack tests (tests/it) run target/debug/tallyd, tally and tally-attacker as child
+# processes. Neither `cargo nextest run` nor `cargo test` builds them (a package's binaries
+# are built only for its own integration tests, and tally-node has none), so build them
+# first: from an empty target directory the tests would otherwise find no tallyd.
 test: bootstrap
+	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

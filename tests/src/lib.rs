@@ -35,9 +35,12 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
+    // `cargo test` / `cargo nextest run` build a package's binaries only for that package's
+    // own integration tests, and tally-node has none: they never build `tallyd`.
     assert!(
         path.exists(),
-        "{} not found: build the workspace first (cargo test --workspace builds it)",
+        "{} not found: run `make test`, or `cargo build --workspace --bins` first \
+         (cargo test and cargo nextest run do not build it)",
         path.display()
     );
     path
