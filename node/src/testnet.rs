@@ -505,8 +505,10 @@ fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Whether `pid` is a live (not zombie) process whose arguments contain `needle` (a
-/// node's home or the testnet dir), so a recycled pid is never mistaken for a node.
+/// Whether `pid` is a live (not zombie) process of this testnet, so a recycled pid is
+/// never mistaken for one: a node whose arguments contain `needle` (its canonical home, as
+/// the supervisor spawns it), or a supervisor whose directory is `needle` (the canonical
+/// testnet dir), however its `--dir` was spelled.
 fn process_alive(pid: u32, needle: &Path) -> bool {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     if Path::new("/proc/self").exists() {
@@ -521,10 +523,15 @@ fn process_alive(pid: u32, needle: &Path) -> bool {
         let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
             return false;
         };
-        let needle = needle.to_string_lossy();
-        return cmdline
+        let args: Vec<String> = cmdline
+            .strip_suffix(&[0])
+            .unwrap_or(&cmdline)
             .split(|b| *b == 0)
-            .any(|arg| String::from_utf8_lossy(arg).contains(needle.as_ref()));
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
+        let text = needle.to_string_lossy();
+        return args.iter().any(|arg| arg.contains(text.as_ref()))
+            || supervisor_dir(pid, &args).is_some_and(|dir| dir == needle);
     }
     // No procfs: fall back to "a process with this pid exists".
     Command::new("kill")
@@ -532,6 +539,37 @@ fn process_alive(pid: u32, needle: &Path) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The canonical testnet directory of a supervisor, from its arguments `args` (`tallyd
+/// testnet up|start [--dir DIR]`, DIR defaulting to ./testnet as in the CLI) resolved
+/// against its working directory; `None` for any other command. Its command line holds
+/// the directory as typed -- `make testnet` passes `--dir ./testnet` -- so a comparison
+/// of text with the canonical path would miss it (issue 16).
+fn supervisor_dir(pid: u32, args: &[String]) -> Option<PathBuf> {
+    let at = args
+        .windows(2)
+        .position(|w| w[0] == "testnet" && (w[1] == "up" || w[1] == "start"))?;
+    let mut dir = PathBuf::from("./testnet");
+    let mut rest = args[at + 2..].iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            break;
+        } else if arg == "--dir" {
+            dir = PathBuf::from(rest.next()?);
+        } else if let Some(d) = arg.strip_prefix("--dir=") {
+            dir = PathBuf::from(d);
+        }
+    }
+    let dir = expand(&dir);
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()?
+            .join(dir)
+    };
+    std::fs::canonicalize(dir).ok()
 }
 
 fn node_pid(dir: &Path, i: usize) -> Option<u32> {
@@ -1085,4 +1123,97 @@ fn print_banner(dir: &Path, m: &Manifest) {
         d = dir.display()
     ));
     println!("{s}");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A process whose command line is `sh -c 'read _' <args...>` (a shell blocked on its
+    /// stdin, so the arguments are its own) in `cwd`: it looks like `tallyd <args...>` to
+    /// `process_alive`.
+    struct Lookalike(Child);
+
+    impl Lookalike {
+        fn spawn(cwd: &Path, args: &[&str]) -> Self {
+            let child = Command::new("sh")
+                .args(["-c", "read _", "tallyd"])
+                .args(args)
+                .current_dir(cwd)
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // spawn returns once the exec has begun, possibly before the new command line
+            // is in place (an empty /proc/<pid>/cmdline).
+            let cmdline = format!("/proc/{}/cmdline", child.id());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"sh\0-c\0read _\0")) {
+                assert!(Instant::now() < deadline, "sh did not start");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Self(child)
+        }
+    }
+
+    impl Drop for Lookalike {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_supervisor_is_found_by_any_spelling_of_its_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let dir = root.join("testnet");
+        let other = root.join("other");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::os::unix::fs::symlink(&dir, root.join("link")).unwrap();
+        let abs = dir.to_str().unwrap();
+        let cases: [(&Path, &[&str]); 8] = [
+            (&root, &["testnet", "up", "--dir", "testnet"]),
+            (
+                &root,
+                &["testnet", "up", "--validators", "4", "--dir", "./testnet"],
+            ),
+            (&root, &["testnet", "start", "--dir=testnet/"]),
+            (&root, &["testnet", "start", "--dir", abs]),
+            (&dir, &["testnet", "start", "--dir", "."]),
+            (&other, &["testnet", "start", "--dir", "../link"]),
+            (&root, &["testnet", "start", "--non-interactive"]),
+            (&root, &["testnet", "up"]),
+        ];
+        for (cwd, args) in cases {
+            let p = Lookalike::spawn(cwd, args);
+            assert!(
+                process_alive(p.0.id(), &dir),
+                "{args:?} in {} not seen as the supervisor of {}",
+                cwd.display(),
+                dir.display()
+            );
+            assert!(
+                !process_alive(p.0.id(), &other),
+                "{args:?} in {} taken for the supervisor of {}",
+                cwd.display(),
+                other.display()
+            );
+        }
+        // The same spellings from a directory where they name another testnet.
+        for (cwd, args) in [
+            (&other, &["testnet", "up", "--dir", "testnet"][..]),
+            (&other, &["testnet", "start"][..]),
+        ] {
+            let p = Lookalike::spawn(cwd, args);
+            assert!(
+                !process_alive(p.0.id(), &dir),
+                "{args:?} in {} taken for the supervisor of {}",
+                cwd.display(),
+                dir.display()
+            );
+        }
+    }
 }

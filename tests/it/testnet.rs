@@ -352,3 +352,185 @@ async fn testnet_up_wallet_faults_shutdown_and_resume() {
 
     eprintln!("testnet e2e took {:?}", started.elapsed());
 }
+
+// ---- the supervisor found by any spelling of its directory (issue 16) -----------------
+
+/// A one-validator testnet for the supervisor checks, on its own range: its fixed ports
+/// must not meet the test above (127.0.77.x) or tests/it/genesis.rs (127.0.78.x).
+const GUARD_IP: &str = "127.0.79.2";
+
+/// `tallyd testnet <args>` run in `cwd`, whatever its exit status.
+fn tallyd_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(bin("tallyd"))
+        .current_dir(cwd)
+        .arg("testnet")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Starts a supervisor (`args` after `tallyd testnet`) in `cwd` and waits until it has
+/// written its pid file and every node runs (the banner is printed after the last spawn).
+fn supervise_in(guard: &mut Guard, cwd: &Path, args: &[&str]) -> u32 {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(guard.dir.join("up.out"))
+        .unwrap();
+    let before = read(&guard.dir.join("up.out"))
+        .matches("Ctrl-C stops every node.")
+        .count();
+    let child = Command::new(bin("tallyd"))
+        .current_dir(cwd)
+        .arg("testnet")
+        .args(args)
+        .arg("--non-interactive")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    guard.up = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let banners = read(&guard.dir.join("up.out"))
+            .matches("Ctrl-C stops every node.")
+            .count();
+        if banners > before {
+            break;
+        }
+        if let Some(status) = guard.up.as_mut().unwrap().try_wait().unwrap() {
+            panic!("tallyd testnet {args:?} exited early: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tallyd testnet {args:?} did not start its nodes within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        read(&guard.dir.join("supervisor.pid")).trim(),
+        pid.to_string()
+    );
+    assert_eq!(node_pids(&guard.dir).len(), 1, "node0's pid file");
+    pid
+}
+
+/// A second supervisor on the same directory is refused, naming the running one, for
+/// every spelling of the directory in `spellings` (cwd, --dir).
+fn assert_start_refused(guard: &Guard, pid: u32, spellings: &[(&Path, &str)]) {
+    for (cwd, dir) in spellings {
+        let out = tallyd_in(cwd, &["start", "--non-interactive", "--dir", dir]);
+        assert!(
+            !out.status.success(),
+            "a second start --dir {dir} (cwd {}) ran",
+            cwd.display()
+        );
+        assert!(
+            text(&out).contains(&format!("already running (supervisor pid {pid})")),
+            "start --dir {dir} (cwd {}) did not see supervisor {pid}: {}",
+            cwd.display(),
+            text(&out)
+        );
+    }
+    assert_eq!(
+        read(&guard.dir.join("supervisor.pid")).trim(),
+        pid.to_string(),
+        "a refused start must leave the pid file alone"
+    );
+}
+
+/// `tallyd testnet stop --dir <dir>` from `cwd` stops the supervisor and its node.
+fn assert_stops(guard: &mut Guard, pid: u32, cwd: &Path, dir: &str) {
+    let nodes = node_pids(&guard.dir);
+    let out = tallyd_in(cwd, &["stop", "--dir", dir]);
+    assert!(out.status.success(), "stop --dir {dir}: {}", text(&out));
+    assert!(
+        text(&out).contains(&format!("stopping the supervisor (pid {pid})")),
+        "stop --dir {dir} (cwd {}) did not find supervisor {pid}: {}",
+        cwd.display(),
+        text(&out)
+    );
+    let mut up = guard.up.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while up.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            guard.up = Some(up);
+            panic!("supervisor {pid} still runs 40 s after stop --dir {dir}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for n in nodes {
+        assert!(!alive_in(n, &guard.dir), "node pid {n} survived stop");
+    }
+    assert!(!guard.dir.join("supervisor.pid").exists());
+}
+
+#[test]
+fn stop_and_second_start_find_the_supervisor_by_any_spelling_of_its_dir() {
+    let tmp = tempfile::Builder::new()
+        .prefix("tally-testnet-dir-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let dir = root.join("testnet");
+    let abs = dir.to_str().unwrap().to_string();
+    let init = tallyd_in(
+        &root,
+        &[
+            "init",
+            "--validators",
+            "1",
+            "--full-nodes",
+            "0",
+            "--accounts",
+            "1",
+            "--timeout-commit-ms",
+            "300",
+            "--base-ip",
+            GUARD_IP,
+            "--dir",
+            "testnet",
+        ],
+    );
+    assert!(init.status.success(), "init: {}", text(&init));
+    std::os::unix::fs::symlink(&dir, root.join("link")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let spellings: [(&Path, &str); 6] = [
+        (&root, "testnet"),
+        (&root, "./testnet/"),
+        (&root, &abs),
+        (&dir, "."),
+        (&root, "link"),
+        (elsewhere.path(), &abs),
+    ];
+    let mut guard = Guard {
+        dir: dir.clone(),
+        up: None,
+    };
+
+    // A relative --dir, as `make testnet` runs it (`up --dir ./testnet`).
+    let pid = supervise_in(&mut guard, &root, &["up", "--dir", "./testnet"]);
+    assert_start_refused(&guard, pid, &spellings);
+    assert_stops(&mut guard, pid, &root, "testnet");
+
+    // An absolute one, stopped with a relative spelling from inside the directory.
+    let pid = supervise_in(&mut guard, &root, &["start", "--dir", &abs]);
+    assert_start_refused(&guard, pid, &spellings);
+    assert_stops(&mut guard, pid, &dir, ".");
+
+    // No --dir at all: the default ./testnet of the supervisor's working directory.
+    let pid = supervise_in(&mut guard, &root, &["start"]);
+    assert_start_refused(&guard, pid, &spellings);
+    assert_stops(&mut guard, pid, elsewhere.path(), &abs);
+}
