@@ -64,8 +64,11 @@ const WINDOW: u64 = 2 * MAX_IN_FLIGHT as u64 * MAX_SYNC_BLOCKS as u64;
 const STATUS_POLL: Duration = Duration::from_secs(2);
 /// How often a progress line is logged while catching up.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-/// How long the claims of a peer that did not serve a height it claimed are ignored.
-const CLAIM_PAUSE: Duration = Duration::from_secs(60);
+/// How long the claims of a peer that did not serve a height it claimed are ignored. Short:
+/// it only saves requests (what the node reports never rests on claims), and each lie after
+/// it costs the liar again, so a peer that keeps lying is banned within minutes (10 points a
+/// lie, -100 to ban, a 10-minute score half-life).
+const CLAIM_PAUSE: Duration = Duration::from_secs(10);
 /// The size of a status answer, `SyncResponse::Status` (variant tag, height, tip hash):
 /// anything larger is not a status answer.
 pub const STATUS_BYTES: usize = 1 + 8 + 32;
