@@ -259,7 +259,7 @@ impl Default for NetworkConfig {
             heartbeat_interval: Duration::from_millis(500),
             command_buffer: 1024,
             event_buffer: 4096,
-            consensus_event_buffer: 2048,
+            consensus_event_buffer: 4096,
             event_buffer_bytes: 64 * 1024 * 1024,
             idle_connection_timeout: Duration::from_secs(60),
             gossip_author_signatures: false,

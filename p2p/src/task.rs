@@ -409,15 +409,17 @@ impl Task {
 
     /// Eclipse resistance: the peers we dial ourselves are the ones an attacker cannot
     /// choose for us, however many inbound connections it makes (inbound caps never count
-    /// them). While fewer than `min_outbound_peers` are connected that way, redial the
-    /// bootstrap peers we are not connected to, every `bootstrap_redial_interval`.
+    /// them). While fewer than `min_outbound_peers` are connected that way (or no peer at
+    /// all), redial the bootstrap peers we are not connected to, every
+    /// `bootstrap_redial_interval`.
     fn keep_outbound_peers(&mut self, now: Instant) {
         let outbound = self
             .connections
             .values()
             .filter(|conns| conns.values().any(|c| c.outbound))
             .count();
-        if outbound >= self.cfg.min_outbound_peers || self.cfg.bootstrap.is_empty() {
+        let alone = self.connections.is_empty();
+        if (outbound >= self.cfg.min_outbound_peers && !alone) || self.cfg.bootstrap.is_empty() {
             return;
         }
         if self

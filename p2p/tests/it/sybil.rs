@@ -263,7 +263,15 @@ async fn identify_announcements_are_filtered_before_kademlia() {
         x.add_external_address(j.parse().unwrap());
     }
     let x_id = *x.local_peer_id();
-    x.dial(a_tcp.clone()).unwrap();
+    // A new port: libp2p's default dial binds 0.0.0.0:<X's listen port> for reuse, which
+    // now and then fails with EADDRINUSE next to X's own listener on 127.0.14.2.
+    x.dial(
+        libp2p::swarm::dial_opts::DialOpts::unknown_peer_id()
+            .address(a_tcp.clone())
+            .allocate_new_port()
+            .build(),
+    )
+    .unwrap();
     let x_listen = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = x.select_next_some().await {
             break address;
