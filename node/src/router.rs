@@ -3,13 +3,19 @@
 //! signatures, membership), reports the verdict to gossipsub (Accept forwards, Reject
 //! scores the sender down), and hands valid messages to the mempool or the engine.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use ledger::block::check_body;
 use ledger::check::TxError;
 use ledger::codec::decode;
 use ledger::genesis::Genesis;
+use ledger::hash::sha256;
 use ledger::store::rocks::RocksStore;
-use tally_p2p::{Event, NetworkHandle, PenaltyReason, Topic, Verdict};
+use ledger::types::{SignedProposal, SignedVote};
+use ledger::Hash;
+use tally_p2p::{Event, NetworkHandle, PeerId, PenaltyReason, TokenBucket, Topic, Verdict};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +56,7 @@ fn tx_fault(e: &AddError) -> Option<PenaltyReason> {
 
 impl Router {
     pub async fn run(self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        let mut filter = ConsensusFilter::default();
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -66,7 +73,7 @@ impl Router {
                     let verdict = match topic {
                         Topic::Tx => self.on_tx(&data),
                         Topic::TxBatch => self.on_tx_batch(&data),
-                        Topic::Consensus => self.on_consensus(&data, source).await,
+                        Topic::Consensus => self.on_consensus(&data, source, &mut filter).await,
                     };
                     let _ = self.net.validated(msg_id, source, verdict).await;
                 }
@@ -90,6 +97,7 @@ impl Router {
                     });
                 }
                 Event::PeerDisconnected(peer) => {
+                    filter.forget(&peer);
                     let _ = self.engine.send(EngineMsg::PeerGone(peer)).await;
                 }
                 Event::PeerConnected(peer) => {
@@ -177,111 +185,242 @@ impl Router {
         }
     }
 
-    async fn on_consensus(&self, data: &[u8], source: tally_p2p::PeerId) -> Verdict {
+    /// Checks a consensus message (module docs of [`ConsensusFilter`]) and hands what it
+    /// brought that is new to the engine.
+    async fn on_consensus(
+        &self,
+        data: &[u8],
+        source: tally_p2p::PeerId,
+        filter: &mut ConsensusFilter,
+    ) -> Verdict {
         let msg: ConsensusMessage = match decode("consensus message", data, self.max_block_bytes) {
             Ok(m) => m,
             Err(_) => return Verdict::Reject(PenaltyReason::Undecodable),
         };
-        let g = &self.genesis;
         let tip = ledger::store::ChainReader::tip(self.store.as_ref()).map_or(0, |t| t.height);
-        let verdict = match &msg {
-            ConsensusMessage::Vote(v) => match g.validators.get(&v.validator) {
-                None => Verdict::Reject(PenaltyReason::InvalidMessage),
-                Some(_) if v.vote.chain_id != g.chain_id => {
-                    Verdict::Reject(PenaltyReason::InvalidMessage)
-                }
-                // A vote for a committed height is useless to everyone: ignore it before
-                // paying for a signature check (a replay of old votes is otherwise a cheap
-                // way to make us verify signatures all day).
-                Some(_) if v.vote.height <= tip => return Verdict::Ignore,
-                Some(val) => match v.verify_signature(&val.pubkey) {
-                    Ok(()) => Verdict::Accept,
-                    Err(_) => Verdict::Reject(PenaltyReason::InvalidSignature),
-                },
-            },
-            ConsensusMessage::Proposal { proposal, block } => {
-                let p = &proposal.proposal;
-                let proposer = g.validators.proposer(p.height, p.round);
-                if p.chain_id != g.chain_id
-                    || block.hash() != p.block_hash
-                    || block.header.height != p.height
-                {
-                    Verdict::Reject(PenaltyReason::InvalidBlock)
-                } else if proposal.verify_signature(&proposer.pubkey).is_err() {
-                    Verdict::Reject(PenaltyReason::InvalidSignature)
-                } else {
-                    Verdict::Accept
+        match filter.check(&self.genesis, tip, msg) {
+            Checked::Fault(reason) => Verdict::Reject(reason),
+            Checked::Nothing => filter.charge_useless(source, Instant::now()),
+            Checked::New(msg) => {
+                let _ = self
+                    .engine
+                    .send(EngineMsg::Consensus {
+                        msg,
+                        from: Some(source),
+                    })
+                    .await;
+                Verdict::Accept
+            }
+        }
+    }
+}
+
+/// Votes and proposals remembered as verified (oldest forgotten first): ~2 MiB of ids, far
+/// more than the live heights of any validator set.
+const SEEN_CAPACITY: usize = 65_536;
+/// Consensus messages per second (burst: one second's worth) a peer may send that bring
+/// nothing new before each further one is a [`PenaltyReason::Replay`]. An honest relay
+/// sends a few: late votes of a height it just committed, validators' re-announcements
+/// (one a second per validator while a height is stuck) that overlap what we heard.
+const USELESS_PER_SEC: u32 = 20;
+/// Peers whose budget is tracked at once (the map is cleared past this).
+const MAX_TRACKED_PEERS: usize = 4_096;
+
+/// The router's memory of consensus traffic, owned by its task.
+///
+/// Every vote and proposal it has verified is remembered by id, so a copy of it, in
+/// whatever wrapper (a `Rebroadcast` with a fresh `sent_at_ms` is a new gossip message
+/// every time), costs a hash lookup instead of a signature check, is not handed to the
+/// engine again and is not forwarded. A message that brings nothing new (every part seen,
+/// or for a committed height) is ignored and charged to the peer that sent it; past
+/// [`USELESS_PER_SEC`] it costs the peer a [`PenaltyReason::Replay`]. A proposal whose body
+/// is not the one its header commits to is the relay's fault ([`check_body`]).
+#[derive(Default)]
+pub(crate) struct ConsensusFilter {
+    seen: HashSet<Hash>,
+    order: VecDeque<Hash>,
+    useless: HashMap<PeerId, TokenBucket>,
+}
+
+/// What a consensus message brought.
+#[derive(Debug)]
+pub(crate) enum Checked {
+    /// Something no honest node would send or forward.
+    Fault(PenaltyReason),
+    /// Nothing new: every part already seen, or for a committed height.
+    Nothing,
+    /// The new part of the message, verified (a `Rebroadcast` trimmed to what is new).
+    New(Box<ConsensusMessage>),
+}
+
+/// A vote's identity: who voted for what, not the signature bytes (another encoding of the
+/// same vote is no news either).
+fn vote_id(v: &SignedVote) -> Hash {
+    sha256(&ledger::codec::encode(&(b"vote", &v.validator, &v.vote)))
+}
+
+fn proposal_id(p: &SignedProposal) -> Hash {
+    sha256(&ledger::codec::encode(&(b"proposal", &p.proposal)))
+}
+
+impl ConsensusFilter {
+    fn seen(&self, id: &Hash) -> bool {
+        self.seen.contains(id)
+    }
+
+    fn remember(&mut self, id: Hash) {
+        if self.seen.insert(id) {
+            self.order.push_back(id);
+            while self.order.len() > SEEN_CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.seen.remove(&old);
                 }
             }
+        }
+    }
+
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.useless.remove(peer);
+    }
+
+    /// The verdict on a message that brought nothing new from `peer`.
+    pub(crate) fn charge_useless(&mut self, peer: PeerId, now: Instant) -> Verdict {
+        if self.useless.len() >= MAX_TRACKED_PEERS && !self.useless.contains_key(&peer) {
+            self.useless.clear();
+        }
+        let bucket = self
+            .useless
+            .entry(peer)
+            .or_insert_with(|| TokenBucket::new(USELESS_PER_SEC, now));
+        if bucket.try_take(now) {
+            Verdict::Ignore
+        } else {
+            Verdict::Reject(PenaltyReason::Replay)
+        }
+    }
+
+    /// A vote: `Ok(Some(vote))` if new and valid, `Ok(None)` if stale or seen.
+    fn vote(
+        &mut self,
+        g: &Genesis,
+        tip: u64,
+        v: SignedVote,
+    ) -> Result<Option<SignedVote>, PenaltyReason> {
+        let Some(validator) = g.validators.get(&v.validator) else {
+            return Err(PenaltyReason::InvalidMessage);
+        };
+        if v.vote.chain_id != g.chain_id {
+            return Err(PenaltyReason::InvalidMessage);
+        }
+        // A vote for a committed height is useless to everyone: no signature check.
+        if v.vote.height <= tip {
+            return Ok(None);
+        }
+        let id = vote_id(&v);
+        if self.seen(&id) {
+            return Ok(None);
+        }
+        v.verify_signature(&validator.pubkey)
+            .map_err(|_| PenaltyReason::InvalidSignature)?;
+        self.remember(id);
+        Ok(Some(v))
+    }
+
+    /// A proposal with its block: `Ok(Some(..))` if new and valid, `Ok(None)` if stale or
+    /// seen. The body is checked against the header before anything else is trusted.
+    fn proposal(
+        &mut self,
+        g: &Genesis,
+        tip: u64,
+        proposal: SignedProposal,
+        block: ledger::types::Block,
+    ) -> Result<Option<(SignedProposal, ledger::types::Block)>, PenaltyReason> {
+        let p = &proposal.proposal;
+        if p.chain_id != g.chain_id
+            || block.hash() != p.block_hash
+            || block.header.height != p.height
+            || check_body(&block).is_err()
+        {
+            return Err(PenaltyReason::InvalidBlock);
+        }
+        if p.height <= tip {
+            return Ok(None);
+        }
+        let id = proposal_id(&proposal);
+        if self.seen(&id) {
+            return Ok(None);
+        }
+        let proposer = g.validators.proposer(p.height, p.round);
+        proposal
+            .verify_signature(&proposer.pubkey)
+            .map_err(|_| PenaltyReason::InvalidSignature)?;
+        self.remember(id);
+        Ok(Some((proposal, block)))
+    }
+
+    /// Checks `msg` against the genesis and the tip height, remembering what it verified.
+    pub(crate) fn check(&mut self, g: &Genesis, tip: u64, msg: ConsensusMessage) -> Checked {
+        let checked = match msg {
+            ConsensusMessage::Vote(v) => {
+                self.vote(g, tip, v).map(|v| v.map(ConsensusMessage::Vote))
+            }
+            ConsensusMessage::Proposal { proposal, block } => self
+                .proposal(g, tip, proposal, block)
+                .map(|p| p.map(|(proposal, block)| ConsensusMessage::Proposal { proposal, block })),
             ConsensusMessage::Evidence(e) => {
-                if valid_evidence(g, e) {
-                    Verdict::Accept
+                let id = sha256(&ledger::codec::encode(&e));
+                if self.seen(&id) {
+                    Ok(None)
+                } else if valid_evidence(g, &e) {
+                    self.remember(id);
+                    Ok(Some(ConsensusMessage::Evidence(e)))
                 } else {
-                    Verdict::Reject(PenaltyReason::InvalidMessage)
+                    Err(PenaltyReason::InvalidMessage)
                 }
             }
             ConsensusMessage::Rebroadcast {
-                votes, proposal, ..
-            } => {
-                let stale = votes.iter().all(|v| v.vote.height <= tip)
-                    && proposal
-                        .as_ref()
-                        .is_none_or(|(p, _)| p.proposal.height <= tip);
-                if votes.len() > crate::wire::MAX_REBROADCAST_VOTES {
-                    Verdict::Reject(PenaltyReason::InvalidMessage)
-                } else if stale {
-                    // As for votes: up to 64 signature checks for nothing.
-                    return Verdict::Ignore;
-                } else {
-                    let mut verdict = Verdict::Accept;
-                    for v in votes {
-                        let ok = v.vote.chain_id == g.chain_id
-                            && g.validators
-                                .get(&v.validator)
-                                .is_some_and(|val| v.verify_signature(&val.pubkey).is_ok());
-                        if !ok {
-                            verdict = Verdict::Reject(PenaltyReason::InvalidSignature);
-                            break;
-                        }
-                    }
-                    if let (Verdict::Accept, Some((p, block))) = (&verdict, proposal) {
-                        let proposer = g.validators.proposer(p.proposal.height, p.proposal.round);
-                        if block.hash() != p.proposal.block_hash
-                            || p.verify_signature(&proposer.pubkey).is_err()
-                        {
-                            verdict = Verdict::Reject(PenaltyReason::InvalidBlock);
-                        }
-                    }
-                    verdict
-                }
-            }
+                sent_at_ms,
+                votes,
+                proposal,
+            } => self.rebroadcast(g, tip, sent_at_ms, votes, proposal),
         };
-        if matches!(verdict, Verdict::Accept) {
-            // Old heights are valid but useless: do not forward them.
-            let height = match &msg {
-                ConsensusMessage::Vote(v) => v.vote.height,
-                ConsensusMessage::Proposal { proposal, .. } => proposal.proposal.height,
-                ConsensusMessage::Evidence(_) => u64::MAX,
-                ConsensusMessage::Rebroadcast {
-                    votes, proposal, ..
-                } => votes
-                    .iter()
-                    .map(|v| v.vote.height)
-                    .chain(proposal.iter().map(|(p, _)| p.proposal.height))
-                    .max()
-                    .unwrap_or(0),
-            };
-            let _ = self
-                .engine
-                .send(EngineMsg::Consensus {
-                    msg: Box::new(msg),
-                    from: Some(source),
-                })
-                .await;
-            if height <= tip {
-                return Verdict::Ignore;
+        match checked {
+            Err(reason) => Checked::Fault(reason),
+            Ok(None) => Checked::Nothing,
+            Ok(Some(msg)) => Checked::New(Box::new(msg)),
+        }
+    }
+
+    /// A re-announcement: every part is checked like a message of its own (seen parts cost
+    /// a lookup), and only the new parts go on to the engine.
+    fn rebroadcast(
+        &mut self,
+        g: &Genesis,
+        tip: u64,
+        sent_at_ms: u64,
+        votes: Vec<SignedVote>,
+        proposal: Option<(SignedProposal, ledger::types::Block)>,
+    ) -> Result<Option<ConsensusMessage>, PenaltyReason> {
+        if votes.len() > crate::wire::MAX_REBROADCAST_VOTES {
+            return Err(PenaltyReason::InvalidMessage);
+        }
+        let proposal = match proposal {
+            Some((p, block)) => self.proposal(g, tip, p, block)?,
+            None => None,
+        };
+        let mut new_votes = Vec::new();
+        for v in votes {
+            if let Some(v) = self.vote(g, tip, v)? {
+                new_votes.push(v);
             }
         }
-        verdict
+        if new_votes.is_empty() && proposal.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(ConsensusMessage::Rebroadcast {
+            sent_at_ms,
+            votes: new_votes,
+            proposal,
+        }))
     }
 }

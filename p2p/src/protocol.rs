@@ -77,11 +77,15 @@ pub enum PenaltyReason {
     GossipFlood,
     /// A gossip message or sync request over its size cap (detected by this crate).
     Oversized,
+    /// Gossip that brought nothing new (votes and proposals already seen, re-wrapped or
+    /// stale), beyond the small per-peer budget an honest relay needs (detected by the
+    /// node, which alone knows what it has seen).
+    Replay,
 }
 
 impl PenaltyReason {
     /// Every reason.
-    pub const ALL: [PenaltyReason; 8] = [
+    pub const ALL: [PenaltyReason; 9] = [
         PenaltyReason::Undecodable,
         PenaltyReason::InvalidSignature,
         PenaltyReason::InvalidBlock,
@@ -90,6 +94,7 @@ impl PenaltyReason {
         PenaltyReason::RequestFlood,
         PenaltyReason::GossipFlood,
         PenaltyReason::Oversized,
+        PenaltyReason::Replay,
     ];
 
     /// Metric label and `/v1/peers` reason code.
@@ -103,6 +108,7 @@ impl PenaltyReason {
             PenaltyReason::RequestFlood => "request_flood",
             PenaltyReason::GossipFlood => "gossip_flood",
             PenaltyReason::Oversized => "oversized",
+            PenaltyReason::Replay => "replay",
         }
     }
 
@@ -120,6 +126,7 @@ impl PenaltyReason {
             PenaltyReason::BadResponse => 10.0,
             PenaltyReason::RequestFlood => 5.0,
             PenaltyReason::GossipFlood => 1.0,
+            PenaltyReason::Replay => 2.0,
         }
     }
 }

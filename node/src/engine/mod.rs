@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use consensus::{Consensus, Equivocation, Input, Output, SigningGuard, Timeout};
-use ledger::block::{assemble, check_header, BlockTemplate};
+use ledger::block::{
+    assemble, check_body, check_header, check_proposal_time, next_block_time, BlockTemplate,
+};
 use ledger::codec::encode;
 use ledger::crypto::Keypair;
 use ledger::exec::{build_body, execute_block, BlockOutcome, ExecContext, Signatures};
@@ -37,8 +39,11 @@ use crate::metrics::ChainMetrics;
 use crate::wire::ConsensusMessage;
 use guard_store::RocksGuardStore;
 
-/// Most evidence records kept (oldest dropped first).
-const MAX_EVIDENCE: usize = 1000;
+/// Evidence records kept per validator (its oldest dropped first); the list is bounded by
+/// this times the validator count.
+const MAX_EVIDENCE_PER_VALIDATOR: usize = 16;
+/// Evidence of a double sign older than this many heights is not recorded.
+const EVIDENCE_MAX_AGE: u64 = 1000;
 const EVIDENCE_KEY: &[u8] = b"evidence";
 
 /// Events for RPC subscribers (`GET /v1/events`).
@@ -128,8 +133,10 @@ pub struct Engine {
     events: broadcast::Sender<NodeEvent>,
     status: watch::Sender<EngineStatus>,
     evidence: Arc<RwLock<Vec<Equivocation>>>,
-    /// Candidate blocks of the current height by hash, with their execution if done.
+    /// Candidate blocks of the current and next height by hash, with their execution if
+    /// done, and which proposal (height, round) brought each gossiped body.
     blocks: HashMap<Hash, Block>,
+    bodies: HashMap<(u64, u32), Hash>,
     executed: HashMap<Hash, BlockOutcome>,
     /// Validation requests waiting for their block to arrive.
     awaiting_block: HashSet<Hash>,
@@ -227,6 +234,7 @@ impl Engine {
             status,
             evidence,
             blocks: HashMap::new(),
+            bodies: HashMap::new(),
             executed: HashMap::new(),
             awaiting_block: HashSet::new(),
             sync: sync::SyncState::default(),
@@ -250,12 +258,6 @@ impl Engine {
             }
         };
         tracing::info!(height = tip.height, "consensus engine starting");
-        if test_equivocate() {
-            tracing::warn!(
-                "TALLY_TEST_EQUIVOCATE is set: this validator signs TWO conflicting prevotes \
-                 per round (test-only byzantine behaviour; never set it in production)"
-            );
-        }
         self.drive(Input::StartHeight {
             height: tip.height + 1,
         });
@@ -307,7 +309,27 @@ impl Engine {
                 }
                 if h == self.core.height() || h == self.core.height() + 1 {
                     let hash = proposal.proposal.block_hash;
-                    self.blocks.entry(hash).or_insert(block);
+                    // Bodies are kept for the rounds the core accepts proposals for, one
+                    // per (height, round): a byzantine proposer signing proposals for
+                    // every round, or several per round, costs us at most that window.
+                    // The router refuses bodies that are not the header's; checked here
+                    // too so that no path can pair a hash with another body.
+                    let round = proposal.proposal.round;
+                    let window = if h == self.core.height() {
+                        self.core
+                            .round()
+                            .saturating_add(consensus::machine::FUTURE_ROUNDS)
+                    } else {
+                        consensus::machine::FUTURE_ROUNDS
+                    };
+                    let slot_free = self
+                        .bodies
+                        .get(&(h, round))
+                        .is_none_or(|held| *held == hash);
+                    if round <= window && slot_free && check_body(&block).is_ok() {
+                        self.bodies.insert((h, round), hash);
+                        self.blocks.entry(hash).or_insert(block);
+                    }
                     self.drive(Input::Proposal(proposal));
                     if self.awaiting_block.remove(&hash) && h == self.core.height() {
                         let valid = self.validate(&hash);
@@ -451,14 +473,6 @@ impl Engine {
                     tracing::error!(error = %e, "signing guard refused a vote");
                     return None;
                 }
-                if test_equivocate() && vote.kind == ledger::types::VoteKind::Prevote {
-                    // Test-only byzantine behaviour (TALLY_TEST_EQUIVOCATE): a second,
-                    // conflicting prevote that bypasses the guard and our own core.
-                    let mut second = vote.clone();
-                    let seed = format!("equivocate/{}/{}/{}", vote.height, vote.round, now_ms());
-                    second.block_hash = Some(ledger::hash::sha256(seed.as_bytes()));
-                    self.publish(ConsensusMessage::Vote(key.sign_vote(second)));
-                }
                 let signed = key.sign_vote(vote);
                 self.own_votes.push(signed.clone());
                 self.publish(ConsensusMessage::Vote(signed.clone()));
@@ -589,7 +603,7 @@ impl Engine {
                 chain_id: self.genesis.chain_id.clone(),
                 height,
                 round,
-                time_ms: now_ms().max(tip.time_ms + 1),
+                time_ms: next_block_time(tip.time_ms, now_ms()),
                 prev_hash: tip.block_hash,
                 validators_hash: self.genesis.validators.hash(),
                 proposer: key.address(),
@@ -621,6 +635,19 @@ impl Engine {
             block,
         ) {
             tracing::warn!(height = block.header.height, error = %e, "proposed block has a bad header");
+            return false;
+        }
+        // Proposer-based timestamps: a block time later than our clock plus the drift bound
+        // (or not after its parent) gets our nil prevote, so a byzantine proposer cannot get
+        // a far-future time committed and leave every later honest block "older" than it.
+        if let Err(e) = check_proposal_time(
+            tip.time_ms,
+            block.header.height,
+            block.header.time_ms,
+            now_ms(),
+            self.genesis.params.max_clock_drift_ms,
+        ) {
+            tracing::warn!(height = block.header.height, error = %e, "proposed block has a bad time");
             return false;
         }
         let start = Instant::now();
@@ -739,7 +766,10 @@ impl Engine {
                 "committed block"
             );
         }
-        self.blocks.clear();
+        // Proposals for the next height that arrived early stay: the core replays them
+        // when the height starts and asks for their bodies.
+        self.blocks.retain(|_, b| b.header.height == height + 1);
+        self.bodies.retain(|(h, _), _| *h == height + 1);
         self.executed.clear();
         self.awaiting_block.clear();
         self.status
@@ -747,25 +777,51 @@ impl Engine {
         Ok(())
     }
 
+    /// Keeps valid evidence: at most one per (validator, height), from heights near ours,
+    /// and at most [`MAX_EVIDENCE_PER_VALIDATOR`] per validator (its own oldest dropped
+    /// first), so one validator double-signing all day neither grows the list without end
+    /// nor evicts another's evidence, and costs one synced write per height at most.
     fn record_evidence(&mut self, e: Equivocation, ours: bool) {
+        let height = e.first.vote.height;
+        let ours_height = self.core.height();
+        if height.saturating_add(EVIDENCE_MAX_AGE) < ours_height
+            || height > ours_height.saturating_add(1)
+        {
+            return;
+        }
+        let Ok(list) = self.evidence.read() else {
+            return;
+        };
+        let validator = e.first.validator;
+        if list
+            .iter()
+            .any(|x| x.first.validator == validator && x.first.vote.height == height)
+        {
+            return;
+        }
+        drop(list);
+        // Signatures are checked only for evidence we would keep.
         if !valid_evidence(&self.genesis, &e) {
             return;
         }
         let Ok(mut list) = self.evidence.write() else {
             return;
         };
-        if list.iter().any(|x| x == &e) {
-            return;
-        }
         tracing::warn!(
-            validator = %ledger::to_hex(&e.first.validator),
-            height = e.first.vote.height,
+            validator = %ledger::to_hex(&validator),
+            height,
             round = e.first.vote.round,
             "equivocation evidence"
         );
         list.push(e.clone());
-        if list.len() > MAX_EVIDENCE {
-            list.remove(0);
+        let theirs = list
+            .iter()
+            .filter(|x| x.first.validator == validator)
+            .count();
+        if theirs > MAX_EVIDENCE_PER_VALIDATOR {
+            if let Some(oldest) = list.iter().position(|x| x.first.validator == validator) {
+                list.remove(oldest);
+            }
         }
         if let Err(err) = self.store.consensus_put(EVIDENCE_KEY, &encode(&*list)) {
             tracing::error!(error = %err, "cannot persist evidence");
@@ -794,12 +850,4 @@ pub fn valid_evidence(genesis: &Genesis, e: &Equivocation) -> bool {
         && a.vote.block_hash != b.vote.block_hash
         && a.verify_signature(&v.pubkey).is_ok()
         && b.verify_signature(&v.pubkey).is_ok()
-}
-
-/// Test-only byzantine switch: `TALLY_TEST_EQUIVOCATE=1` makes a validator also sign and
-/// publish a second prevote for a made-up block hash in every round, so tests can check
-/// that equivocation is detected, recorded and gossiped. Read once.
-fn test_equivocate() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("TALLY_TEST_EQUIVOCATE").is_ok_and(|v| v == "1"))
 }
