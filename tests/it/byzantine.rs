@@ -26,6 +26,9 @@ const MODES: &[(&str, u32)] = &[
     ("oversized", 100),
     ("flood", 4000),
     ("sync-flood", 0),
+    // Relays of live traffic (their rate is that of what they hear, except replay-votes).
+    ("replay-votes", 200),
+    ("swap-bodies", 0),
 ];
 /// Honest transfers per second (offered load).
 const LOAD_TPS: f64 = 40.0;
@@ -138,6 +141,45 @@ async fn next_block(net: &TestNet) -> (Instant, f64) {
         }
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
+}
+
+/// Node 0's `tally_consensus_rounds_per_height` histogram: heights decided, and how many
+/// of them in the first round.
+struct Rounds {
+    heights: f64,
+    first_round: f64,
+}
+
+impl Rounds {
+    async fn read(net: &TestNet) -> Self {
+        Rounds {
+            heights: metric(net, 0, "tally_consensus_rounds_per_height_count", None).await,
+            first_round: metric(
+                net,
+                0,
+                "tally_consensus_rounds_per_height_bucket",
+                Some("le=\"1.0\""),
+            )
+            .await,
+        }
+    }
+
+    fn since(&self, before: &Rounds) -> Rounds {
+        Rounds {
+            heights: self.heights - before.heights,
+            first_round: self.first_round - before.first_round,
+        }
+    }
+}
+
+/// Gossip messages and requests the p2p task dropped because the node's event channel was
+/// full, summed over nodes `0..n`.
+async fn channel_drops(net: &TestNet, n: usize) -> f64 {
+    let mut total = 0.0;
+    for i in 0..n {
+        total += metric(net, i, "tally_p2p_dropped_total", Some("channel_full")).await;
+    }
+    total
 }
 
 fn proc_field_kb(pid: u32, field: &str) -> u64 {
@@ -301,6 +343,7 @@ async fn attackers_are_banned_and_honest_pace_holds() {
     let rpcs: Vec<String> = (0..n).map(|i| net.rpc(i)).collect();
     let load = start_load(rpcs, net.http.clone());
     let mut worst_honest = 0.0f64;
+    let mut round0 = Vec::new();
     let window = Duration::from_secs_f64(secs.max(4.0));
 
     // Baseline: the honest load alone.
@@ -325,6 +368,8 @@ async fn attackers_are_banned_and_honest_pace_holds() {
         let attacker = tally_p2p::peer_id_from_secret(secret).unwrap().to_string();
         let ip = format!("{prefix}.{}", 200 + k);
         let measuring = Window::open(&net, &pids).await;
+        let rounds_before = Rounds::read(&net).await;
+        let drops_before = channel_drops(&net, n).await;
         let spawned = Instant::now();
         let out = net.dir().join(format!("attacker-{mode}.json"));
         let child = spawn_attacker(mode, *rate, &ip, &secret, &targets, secs, &[], &out);
@@ -367,6 +412,8 @@ async fn attackers_are_banned_and_honest_pace_holds() {
             rss_kb: rss,
         } = measuring.close(&net, &pids, window).await;
         check_honest(&net, n, &honest, &mut worst_honest).await;
+        let rounds = Rounds::read(&net).await.since(&rounds_before);
+        let drops = channel_drops(&net, n).await - drops_before;
         let ratio = tps / baseline;
         eprintln!(
             "byzantine {mode}: banned on all {n} nodes after {ban_time:.2}s ({reasons}), honest \
@@ -383,6 +430,25 @@ async fn attackers_are_banned_and_honest_pace_holds() {
             "{mode}: honest throughput {tps:.1} tx/s is below 80% of the baseline {baseline:.1}"
         );
         assert!(rss < MAX_RSS_KB, "{mode}: a node's peak RSS is {rss} kB");
+        eprintln!(
+            "byzantine {mode}: {} of {} heights decided in round 0, {drops} gossip events \
+             dropped for a full channel",
+            rounds.first_round, rounds.heights
+        );
+        round0.push(format!(
+            "| {mode} | {}/{} | {drops} |",
+            rounds.first_round, rounds.heights
+        ));
+        // Relays of live traffic must not cost the honest validators rounds (a swapped body
+        // used to make them prevote nil on honest proposals) nor fill the event channel (a
+        // replayed vote used to cost a signature check each).
+        assert_eq!(drops, 0.0, "{mode}: {drops} gossip events dropped");
+        assert!(
+            rounds.heights - rounds.first_round <= (rounds.heights / 20.0).max(1.0),
+            "{mode}: only {} of {} heights decided in round 0",
+            rounds.first_round,
+            rounds.heights
+        );
     }
 
     // A banned peer is refused until its ban expires, then accepted (ban = 5 s here).
@@ -499,21 +565,49 @@ async fn attackers_are_banned_and_honest_pace_holds() {
         "byzantine summary: {sent} honest txs committed ({errors} refused submissions), \
          {top} blocks without a fork, worst honest score {worst_honest}, attack {secs}s per mode\n\
          | mode | time to ban (all 4) | honest TPS ratio | peak RSS (max node) | CPU (4 nodes, cores) | reasons (node 0) |\n\
-         |---|---|---|---|---|---|\n{}",
-        rows.join("\n")
+         |---|---|---|---|---|---|\n{}\n\n\
+         | mode | heights decided in round 0 (node 0) | gossip events dropped (channel full, 4 nodes) |\n\
+         |---|---|---|\n{}",
+        rows.join("\n"),
+        round0.join("\n")
     );
 }
 
-/// One equivocating validator of four: the chain keeps committing, every honest node holds
-/// the evidence within a few blocks and counts it in `tally_evidence_total`.
+/// One equivocating validator of four: validator 3 runs honestly while `tally-attacker
+/// --mode equivocate` holds the same key and signs a conflicting prevote in every round it
+/// hears. The chain keeps committing, every honest node holds the evidence within a few
+/// blocks and counts it in `tally_evidence_total`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn equivocating_validator_is_caught() {
     let net = TestNet::builder()
         .validators(4)
-        .node_env(3, "TALLY_TEST_EQUIVOCATE", "1")
         .start_at_height(2, Duration::from_secs(60))
         .await
         .unwrap();
+    let targets: Vec<String> = (0..4)
+        .map(|i| net.nodes[i].addresses.as_ref().unwrap().p2p[0].clone())
+        .collect();
+    let prefix = net.nodes[0].ip.rsplit_once('.').unwrap().0.to_string();
+    let home3 = &net.nodes[3].home;
+    let key_file = home3.join("config/validator_key.json");
+    let genesis = home3.join("config/genesis.json");
+    let out = net.dir().join("attacker-equivocate.json");
+    let secs = 30.0;
+    let mut child = spawn_attacker(
+        "equivocate",
+        0,
+        &format!("{prefix}.211"),
+        &random_secret(),
+        &targets,
+        secs,
+        &[
+            "--validator-key-file",
+            key_file.to_str().unwrap(),
+            "--genesis",
+            genesis.to_str().unwrap(),
+        ],
+        &out,
+    );
     let start = net.height(0).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -526,13 +620,15 @@ async fn equivocating_validator_is_caught() {
         if all {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no evidence on every honest node"
-        );
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no evidence on every honest node");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let caught = net.height(0).await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
     assert!(
         caught <= start + 5,
         "evidence took {} blocks to reach every honest node",
@@ -548,7 +644,7 @@ async fn equivocating_validator_is_caught() {
         let counted = metric(&net, i, "tally_evidence_total", None).await;
         assert!(counted >= 1.0, "node {i}: tally_evidence_total = {counted}");
     }
-    // The chain keeps committing with the equivocator still voting.
+    // The chain keeps committing with the equivocator's key still voting.
     net.wait_for_height(caught + 3, Duration::from_secs(60))
         .await
         .unwrap();
@@ -558,9 +654,117 @@ async fn equivocating_validator_is_caught() {
             assert_eq!(net.block_at(i, h).await.unwrap(), reference, "fork at {h}");
         }
     }
-    let log = std::fs::read_to_string(net.log_path(3)).unwrap();
+}
+
+/// Wall-clock milliseconds, as the nodes read it.
+fn wall_ms() -> u64 {
+    #[allow(clippy::disallowed_methods)] // the test compares block times with the clock
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A byzantine validator (one of four, its node replaced by `tally-attacker --mode
+/// future-time` holding its key) proposes, at each of its turns, an empty block timed
+/// `u64::MAX` or an hour ahead, and votes for it. Its blocks must never be committed and the
+/// chain must keep committing: before the proposer-based time bound, the first such block
+/// committed and every later honest proposal was "older than its parent", for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_proposing_far_future_times_cannot_halt_the_chain() {
+    let secs = attack_secs().max(15.0);
+    let net = TestNet::builder()
+        .validators(4)
+        .start_only(&[0, 1, 2])
+        .await
+        .unwrap();
+    net.wait_nodes_height(&[0, 1, 2], 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let honest = [0usize, 1, 2];
+    let targets: Vec<String> = honest
+        .iter()
+        .map(|&i| net.nodes[i].addresses.as_ref().unwrap().p2p[0].clone())
+        .collect();
+    let prefix = net.nodes[0].ip.rsplit_once('.').unwrap().0.to_string();
+    let home3 = &net.nodes[3].home;
+    let key_file = home3.join("config/validator_key.json");
+    let genesis = home3.join("config/genesis.json");
+    let attacker_address = to_hex(&net.nodes[3].validator.unwrap());
+    let start = net.height(0).await.unwrap();
+    let out = net.dir().join("attacker-future-time.json");
+    let child = spawn_attacker(
+        "future-time",
+        0,
+        &format!("{prefix}.210"),
+        &random_secret(),
+        &targets,
+        secs,
+        &[
+            "--validator-key-file",
+            key_file.to_str().unwrap(),
+            "--genesis",
+            genesis.to_str().unwrap(),
+        ],
+        &out,
+    );
+    let stats = attacker_output(child, &out, Duration::from_secs_f64(secs + 30.0)).await;
+    let attacks = stats["attacks"].as_u64().unwrap_or(0);
     assert!(
-        log.contains("TALLY_TEST_EQUIVOCATE"),
-        "no warning in the log"
+        attacks >= 2,
+        "the attacker proposed only {attacks} times; stats {stats}"
+    );
+    let end = net.height(0).await.unwrap();
+    // Four validators take turns: the attacker had a turn in every four heights, and each
+    // cost the honest three one round at most.
+    assert!(
+        end >= start + 8,
+        "the chain stalled under the attack: height {start} -> {end}; stats {stats}\n{}",
+        net.tail_log(0)
+    );
+    net.wait_nodes_height(&honest, end + 3, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // No committed block is the attacker's, times strictly increase and none is later than
+    // the clocks allow; the honest nodes agree on every block.
+    let drift = ledger::genesis::Params::default().max_clock_drift_ms;
+    let now = wall_ms();
+    let mut prev_time = 0;
+    for h in 1..=end + 3 {
+        let b = net.get(0, &format!("/v1/blocks/{h}")).await.unwrap();
+        let header = &b["header"];
+        let time = header["time_ms"].as_u64().unwrap();
+        assert_ne!(
+            header["proposer"].as_str().unwrap(),
+            attacker_address,
+            "the attacker's block {h} was committed: {b}"
+        );
+        assert!(time > prev_time, "block {h}: time {time} <= {prev_time}");
+        assert!(
+            time <= now + drift,
+            "block {h}: time {time} is ahead of the clock {now}"
+        );
+        prev_time = time;
+        let reference = net.block_at(0, h).await.unwrap();
+        for &i in &honest[1..] {
+            assert_eq!(net.block_at(i, h).await.unwrap(), reference, "fork at {h}");
+        }
+    }
+    // The forged proposals reached the honest validators and were refused for their time.
+    let refused = honest
+        .iter()
+        .filter(|&&i| {
+            std::fs::read_to_string(net.log_path(i))
+                .unwrap_or_default()
+                .contains("proposed block has a bad time")
+        })
+        .count();
+    assert!(
+        refused >= 2,
+        "only {refused} honest validators logged a refused block time"
+    );
+    eprintln!(
+        "byzantine future-time: {attacks} forged proposals, height {start} -> {end} in {secs}s, \
+         none committed"
     );
 }

@@ -101,17 +101,25 @@ impl Builder {
 
     /// Writes homes for every node and starts them all; returns once every RPC answers.
     pub async fn start(self) -> anyhow::Result<TestNet> {
-        let net = self.create()?;
-        let mut net = net;
-        for i in 0..net.nodes.len() {
+        let total = self.validators + self.full_nodes;
+        let all: Vec<usize> = (0..total).collect();
+        self.start_only(&all).await
+    }
+
+    /// Writes homes for every node and starts only `which` (the first one is the others'
+    /// bootstrap peer); the rest keep their homes and keys, e.g. for a byzantine process
+    /// that holds a validator key in place of its node.
+    pub async fn start_only(self, which: &[usize]) -> anyhow::Result<TestNet> {
+        let mut net = self.create()?;
+        for (k, &i) in which.iter().enumerate() {
             net.start_node(i)?;
-            if i == 0 {
-                // Everyone else bootstraps from node 0.
-                let a = net.wait_addresses(0, Duration::from_secs(30)).await?;
+            if k == 0 {
+                // Everyone else bootstraps from the first node.
+                let a = net.wait_addresses(i, Duration::from_secs(30)).await?;
                 net.bootstrap = a.p2p.clone();
             }
         }
-        for i in 0..net.nodes.len() {
+        for &i in which {
             net.wait_addresses(i, Duration::from_secs(30)).await?;
         }
         Ok(net)
@@ -278,8 +286,16 @@ impl TestNet {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if i > 0 && !self.bootstrap.is_empty() {
-            cmd.env("TALLY_P2P_BOOTSTRAP", self.bootstrap.join(","));
+        // Every node but the bootstrap peer itself dials the bootstrap peer.
+        let own = format!("/ip4/{}/", self.nodes[i].ip);
+        let bootstrap: Vec<&str> = self
+            .bootstrap
+            .iter()
+            .map(String::as_str)
+            .filter(|a| !a.starts_with(&own))
+            .collect();
+        if !bootstrap.is_empty() {
+            cmd.env("TALLY_P2P_BOOTSTRAP", bootstrap.join(","));
         }
         for (k, v) in &self.env {
             cmd.env(k, v);

@@ -18,6 +18,16 @@
 //! rate), `sync-flood` (`/tally/sync/1` status requests far above the per-peer rate).
 //! Exact duplicates are not sent: gossipsub drops them from its seen-cache on both sides
 //! before any validation, so distinct but useless messages are the costlier flood.
+//!
+//! Relay modes, which need live traffic: `replay-votes` re-wraps the live votes it hears
+//! into `Rebroadcast` messages (a new gossip id each time) at `--rate`; `swap-bodies`
+//! republishes every proposal it hears with its last transaction removed (the signed
+//! header untouched). Validator mode (`--validator-key-file`, `--genesis`):
+//! `future-time` follows the chain over `/tally/sync/1` and, at each of its turns to
+//! propose, proposes an empty block timed `u64::MAX` or one hour ahead (alternately), and
+//! prevotes and precommits it; `equivocate` signs, for every (height, round) it hears
+//! votes of, a prevote for a made-up block (run it next to the real validator with the same
+//! key: the two prevotes are a double sign).
 
 #![allow(clippy::unwrap_used)]
 
@@ -29,10 +39,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use ledger::crypto::Keypair;
 use ledger::hash::sha256;
-use ledger::types::{Block, Header, Payload, Proposal, SignedTx, Tx, Vote, VoteKind};
+use ledger::types::{Block, Commit, Header, Payload, Proposal, SignedTx, Tx, Vote, VoteKind};
 use rand::{Rng, RngCore};
 use serde_json::json;
-use tally_node::wire::{ConsensusMessage, SyncRequest};
+use tally_node::wire::{ConsensusMessage, SyncRequest, SyncResponse, SyncStatus};
 use tally_p2p::{
     CancellationToken, Event, Multiaddr, NetworkConfig, NetworkHandle, PeerId, Registry, Topic,
     Verdict,
@@ -47,6 +57,10 @@ enum Mode {
     Oversized,
     Flood,
     SyncFlood,
+    ReplayVotes,
+    SwapBodies,
+    FutureTime,
+    Equivocate,
 }
 
 #[derive(Parser, Debug)]
@@ -85,6 +99,12 @@ struct Args {
     /// Keep redialling targets we are not connected to (every 250 ms), e.g. to probe a ban.
     #[arg(long)]
     redial: bool,
+    /// Validator modes: the validator key we hold (`validator_key.json`).
+    #[arg(long)]
+    validator_key_file: Option<std::path::PathBuf>,
+    /// Validator modes: the chain's genesis.json.
+    #[arg(long)]
+    genesis: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -95,6 +115,9 @@ struct Stats {
     requests_sent: AtomicU64,
     requests_refused: AtomicU64,
     requests_failed: AtomicU64,
+    /// Relay and validator modes: live consensus messages heard, and attacks made from them.
+    heard_consensus: AtomicU64,
+    attacks: AtomicU64,
 }
 
 fn elapsed_ms(start: Instant) -> u64 {
@@ -135,18 +158,42 @@ async fn main() -> anyhow::Result<()> {
     // Connection bookkeeping: every (dis)connection with its time.
     let connected = Arc::new(std::sync::Mutex::new(HashSet::<PeerId>::new()));
     let timeline = Arc::new(std::sync::Mutex::new(Timeline::default()));
+    let stats = Arc::new(Stats::default());
+    let live = Arc::new(Live::default());
     {
         let net = net.clone();
         let connected = connected.clone();
         let timeline = timeline.clone();
+        let (live, stats, mode) = (live.clone(), stats.clone(), args.mode);
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
                 match ev {
-                    Event::Message { msg_id, source, .. } => {
+                    Event::Message {
+                        msg_id,
+                        source,
+                        topic,
+                        data,
+                        ..
+                    } => {
                         let _ = net.validated(msg_id, source, Verdict::Ignore).await;
+                        if topic == Topic::Consensus {
+                            stats.heard_consensus.fetch_add(1, Ordering::Relaxed);
+                            on_heard(mode, &net, &live, &stats, &data).await;
+                        }
                     }
                     Event::Request { channel, .. } => {
-                        let _ = net.respond(channel, Vec::new()).await;
+                        // Answer status polls with the tip we follow, like an honest
+                        // node, so that the victims keep us as a peer.
+                        let answer = match *live.tip.lock().unwrap() {
+                            Some((height, tip_hash)) => {
+                                ledger::codec::encode(&SyncResponse::Status(SyncStatus {
+                                    height,
+                                    tip_hash,
+                                }))
+                            }
+                            None => Vec::new(),
+                        };
+                        let _ = net.respond(channel, answer).await;
                     }
                     Event::PeerConnected(p) => {
                         connected.lock().unwrap().insert(p);
@@ -182,13 +229,17 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Wait (bounded) until a target is connected and subscribed, i.e. a publish succeeds.
-    let stats = Arc::new(Stats::default());
     let first_connect = wait_connected(&connected, &target_ids, deadline).await;
 
-    let mut gen = Generator::new(&args);
+    let mut gen = Generator::new(&args, live.clone());
     if args.mode == Mode::SyncFlood {
         let targets: Vec<PeerId> = target_ids.iter().copied().collect();
         spawn_request_flood(net.clone(), targets, stats.clone(), deadline);
+    }
+    if matches!(args.mode, Mode::FutureTime | Mode::Equivocate) {
+        let validator = Validator::load(&args)?;
+        let targets: Vec<PeerId> = target_ids.iter().copied().collect();
+        tokio::spawn(validator.run(net.clone(), targets, live.clone(), stats.clone(), deadline));
     }
     // Sends in 10 ms batches: timers are too coarse for one message per period at high
     // rates.
@@ -198,7 +249,11 @@ async fn main() -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent: u64 = 0;
     let mut credit = 0.0f64;
-    let gossip = args.mode != Mode::SyncFlood;
+    // Modes driven by what they hear send from their own tasks.
+    let gossip = !matches!(
+        args.mode,
+        Mode::SyncFlood | Mode::SwapBodies | Mode::FutureTime | Mode::Equivocate
+    );
     while gossip && Instant::now() < deadline && sent < args.max_messages {
         tick.tick().await;
         credit += per_tick;
@@ -243,6 +298,8 @@ async fn main() -> anyhow::Result<()> {
         "requests_sent": stats.requests_sent.load(Ordering::Relaxed),
         "requests_refused": stats.requests_refused.load(Ordering::Relaxed),
         "requests_failed": stats.requests_failed.load(Ordering::Relaxed),
+        "heard_consensus": stats.heard_consensus.load(Ordering::Relaxed),
+        "attacks": stats.attacks.load(Ordering::Relaxed),
         "connected_at_end": connected_at_end,
         "connects": timeline.lock().unwrap().connects,
         "disconnects": timeline.lock().unwrap().disconnects,
@@ -353,11 +410,13 @@ struct Generator {
     /// A funded account's key (bad-sig-txs).
     funded: Keypair,
     oversized_bytes: usize,
+    live: Arc<Live>,
 }
 
 impl Generator {
-    fn new(args: &Args) -> Self {
+    fn new(args: &Args, live: Arc<Live>) -> Self {
         Generator {
+            live,
             mode: args.mode,
             chain_id: args.chain_id.clone(),
             n: 0,
@@ -470,7 +529,21 @@ impl Generator {
                 let len = self.oversized_bytes;
                 (Topic::Tx, self.random_bytes(len))
             }
-            Mode::Flood | Mode::SyncFlood => {
+            Mode::ReplayVotes => {
+                // The live votes heard last, re-wrapped: nothing new, a new message id.
+                let votes: Vec<_> = self.live.votes.lock().unwrap().iter().cloned().collect();
+                let msg = ConsensusMessage::Rebroadcast {
+                    sent_at_ms: n,
+                    votes,
+                    proposal: None,
+                };
+                (Topic::Consensus, ledger::codec::encode(&msg))
+            }
+            Mode::Flood
+            | Mode::SyncFlood
+            | Mode::SwapBodies
+            | Mode::FutureTime
+            | Mode::Equivocate => {
                 if n % 4 != 0 {
                     // An empty re-announcement: valid, useless, distinct bytes each time.
                     let msg = ConsensusMessage::Rebroadcast {
@@ -495,6 +568,260 @@ impl Generator {
                     (Topic::Tx, ledger::codec::encode(&stx))
                 }
             }
+        }
+    }
+}
+
+/// What relay and validator modes know of the live chain.
+#[derive(Default)]
+struct Live {
+    /// The latest votes heard (at most a rebroadcast's worth).
+    votes: std::sync::Mutex<std::collections::VecDeque<ledger::types::SignedVote>>,
+    /// The highest round seen in votes, per height (validator mode: whose turn it is).
+    rounds: std::sync::Mutex<std::collections::BTreeMap<u64, u32>>,
+    /// The tip we follow: (height, hash).
+    tip: std::sync::Mutex<Option<(u64, [u8; 32])>>,
+}
+
+impl Live {
+    fn heard_vote(&self, v: &ledger::types::SignedVote) {
+        let mut votes = self.votes.lock().unwrap();
+        votes.push_back(v.clone());
+        while votes.len() > tally_node::wire::MAX_REBROADCAST_VOTES {
+            votes.pop_front();
+        }
+        let mut rounds = self.rounds.lock().unwrap();
+        let r = rounds.entry(v.vote.height).or_insert(0);
+        *r = (*r).max(v.vote.round);
+        while rounds.len() > 16 {
+            rounds.pop_first();
+        }
+    }
+}
+
+/// A consensus message heard: remember its votes; `swap-bodies` republishes its proposal
+/// with the last transaction removed.
+async fn on_heard(mode: Mode, net: &NetworkHandle, live: &Live, stats: &Stats, data: &[u8]) {
+    let Ok(msg) = ledger::codec::decode::<ConsensusMessage>("consensus", data, 64 << 20) else {
+        return;
+    };
+    let proposal = match msg {
+        ConsensusMessage::Vote(v) => {
+            live.heard_vote(&v);
+            None
+        }
+        ConsensusMessage::Rebroadcast {
+            votes, proposal, ..
+        } => {
+            votes.iter().for_each(|v| live.heard_vote(v));
+            proposal
+        }
+        ConsensusMessage::Proposal { proposal, block } => Some((proposal, block)),
+        ConsensusMessage::Evidence(_) => None,
+    };
+    if mode != Mode::SwapBodies {
+        return;
+    }
+    if let Some((proposal, mut block)) = proposal {
+        if block.txs.pop().is_none() {
+            return;
+        }
+        let msg = ConsensusMessage::Proposal { proposal, block };
+        if net
+            .publish(Topic::Consensus, ledger::codec::encode(&msg))
+            .await
+            .is_ok()
+        {
+            stats.attacks.fetch_add(1, Ordering::Relaxed);
+            stats.sent_consensus.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A byzantine validator: holds a real validator key and proposes blocks timed far in the
+/// future at its turns (`future-time`), or double-signs prevotes (`equivocate`).
+struct Validator {
+    key: Keypair,
+    genesis: ledger::genesis::Genesis,
+    mode: Mode,
+}
+
+impl Validator {
+    fn load(args: &Args) -> anyhow::Result<Self> {
+        let key_file = args
+            .validator_key_file
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--validator-key-file is required for this mode"))?;
+        let genesis = args
+            .genesis
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--genesis is required for this mode"))?;
+        Ok(Validator {
+            key: tally_node::keys::read_validator_key(key_file)?,
+            genesis: ledger::genesis::Genesis::load(genesis)?,
+            mode: args.mode,
+        })
+    }
+
+    async fn status(net: &NetworkHandle, peer: PeerId) -> Option<SyncStatus> {
+        let req = ledger::codec::encode(&SyncRequest::Status);
+        let bytes = net.request(peer, req).await.ok()?;
+        match ledger::codec::decode::<SyncResponse>("status", &bytes, 1024).ok()? {
+            SyncResponse::Status(s) => Some(s),
+            SyncResponse::Blocks(_) => None,
+        }
+    }
+
+    async fn block(net: &NetworkHandle, peer: PeerId, height: u64) -> Option<(Block, Commit)> {
+        let req = ledger::codec::encode(&SyncRequest::Blocks {
+            from: height,
+            count: 1,
+        });
+        let bytes = net.request(peer, req).await.ok()?;
+        match ledger::codec::decode::<SyncResponse>("blocks", &bytes, 64 << 20).ok()? {
+            SyncResponse::Blocks(mut b) if !b.is_empty() => Some(b.swap_remove(0)),
+            _ => None,
+        }
+    }
+
+    /// Follows the tip; at each (height, round) where we are the proposer, proposes an
+    /// empty block with a far-future time and votes for it.
+    async fn run(
+        self,
+        net: NetworkHandle,
+        targets: Vec<PeerId>,
+        live: Arc<Live>,
+        stats: Arc<Stats>,
+        deadline: Instant,
+    ) {
+        let me = self.key.address();
+        let mut done: HashSet<(u64, u32)> = HashSet::new();
+        let mut parent: Option<(Block, Commit)> = None;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut tip = None;
+            for &peer in &targets {
+                if let Some(s) = Self::status(&net, peer).await {
+                    tip = Some((peer, s));
+                    break;
+                }
+            }
+            let Some((peer, status)) = tip else { continue };
+            *live.tip.lock().unwrap() = Some((status.height, status.tip_hash));
+            if status.height == 0 {
+                continue;
+            }
+            if parent
+                .as_ref()
+                .is_none_or(|(b, _)| b.header.height != status.height)
+            {
+                parent = Self::block(&net, peer, status.height).await;
+            }
+            let Some((block, commit)) = parent.as_ref() else {
+                continue;
+            };
+            let height = status.height + 1;
+            let round = live
+                .rounds
+                .lock()
+                .unwrap()
+                .get(&height)
+                .copied()
+                .unwrap_or(0);
+            let g = &self.genesis;
+            if self.mode == Mode::Equivocate {
+                if live.rounds.lock().unwrap().contains_key(&height) && done.insert((height, round))
+                {
+                    self.equivocate(&net, &stats, height, round).await;
+                }
+                continue;
+            }
+            if g.validators.proposer(height, round).address != me || !done.insert((height, round)) {
+                continue;
+            }
+            let n = stats.attacks.fetch_add(1, Ordering::Relaxed);
+            #[allow(clippy::disallowed_methods)]
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let time_ms = if n % 2 == 0 {
+                u64::MAX
+            } else {
+                now + 3_600_000
+            };
+            let forged = Block {
+                header: Header {
+                    version: ledger::types::HEADER_VERSION,
+                    chain_id: g.chain_id.clone(),
+                    height,
+                    round,
+                    time_ms,
+                    prev_hash: block.hash(),
+                    tx_root: ledger::merkle::merkle_root(&[]),
+                    // An empty block leaves the state as it is.
+                    state_root: block.header.state_root,
+                    validators_hash: g.validators.hash(),
+                    proposer: me,
+                    last_commit_hash: commit.hash(),
+                },
+                txs: Vec::new(),
+                last_commit: Some(commit.clone()),
+            };
+            let hash = forged.hash();
+            eprintln!("attacker: proposing height {height} round {round} with time_ms {time_ms}");
+            let proposal = self.key.sign_proposal(Proposal {
+                chain_id: g.chain_id.clone(),
+                height,
+                round,
+                pol_round: None,
+                block_hash: hash,
+            });
+            let mut msgs = vec![ConsensusMessage::Proposal {
+                proposal,
+                block: forged,
+            }];
+            for kind in [VoteKind::Prevote, VoteKind::Precommit] {
+                msgs.push(ConsensusMessage::Vote(self.key.sign_vote(Vote {
+                    chain_id: g.chain_id.clone(),
+                    height,
+                    round,
+                    kind,
+                    block_hash: Some(hash),
+                })));
+            }
+            for msg in msgs {
+                if net
+                    .publish(Topic::Consensus, ledger::codec::encode(&msg))
+                    .await
+                    .is_ok()
+                {
+                    stats.sent_consensus.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl Validator {
+    /// A prevote for a made-up block at (height, round): with the real validator's own
+    /// prevote, a double sign.
+    async fn equivocate(&self, net: &NetworkHandle, stats: &Stats, height: u64, round: u32) {
+        let seed = format!("equivocate/{height}/{round}");
+        let vote = self.key.sign_vote(Vote {
+            chain_id: self.genesis.chain_id.clone(),
+            height,
+            round,
+            kind: VoteKind::Prevote,
+            block_hash: Some(sha256(seed.as_bytes())),
+        });
+        let msg = ConsensusMessage::Vote(vote);
+        if net
+            .publish(Topic::Consensus, ledger::codec::encode(&msg))
+            .await
+            .is_ok()
+        {
+            stats.attacks.fetch_add(1, Ordering::Relaxed);
+            stats.sent_consensus.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
