@@ -29,12 +29,31 @@ pub struct P2pSection {
     pub discovery: bool,
     pub max_inbound_connections: u32,
     pub max_connections_per_ip: u32,
+    /// Inbound connections still in their handshake, all IPs together.
+    pub max_pending_inbound: u32,
+    /// Inbound connections still in their handshake from one IP (one IPv6 /64).
+    pub max_pending_inbound_per_ip: u32,
+    /// A connection that has not finished its handshake after this long is closed.
+    pub handshake_timeout_ms: u64,
+    /// Below this many peers connected through connections we dialled, the bootstrap
+    /// peers are redialled.
+    pub min_outbound_peers: usize,
     pub max_tx_msgs_per_sec_per_peer: u32,
+    /// Transactions per second one peer may forward, both tx topics together (a batch
+    /// counts its txs).
+    pub max_txs_per_sec_per_peer: u32,
+    /// Bytes per second one peer may forward on the tx topics together.
+    pub max_tx_bytes_per_sec_per_peer: u32,
     pub max_consensus_msgs_per_sec_per_peer: u32,
     pub max_sync_requests_per_sec_per_peer: u32,
     pub ban_threshold: f64,
     pub ban_duration_secs: u64,
     pub score_half_life_secs: u64,
+    /// Sum of the penalties of the peers of one IP (one IPv6 /64) below which the IP is
+    /// banned (negative).
+    pub ip_ban_threshold: f64,
+    /// How long an IP ban lasts, in seconds.
+    pub ip_ban_duration_secs: u64,
     /// Sign gossip with the libp2p identity (off: Tally messages carry their own
     /// signatures). Every node of a network must use the same value.
     pub gossip_author_signatures: bool,
@@ -129,16 +148,82 @@ impl Default for P2pSection {
             discovery: true,
             max_inbound_connections: 64,
             max_connections_per_ip: 8,
+            max_pending_inbound: 32,
+            max_pending_inbound_per_ip: 4,
+            handshake_timeout_ms: 5_000,
+            min_outbound_peers: 2,
             max_tx_msgs_per_sec_per_peer: 5000,
+            max_txs_per_sec_per_peer: 20_000,
+            max_tx_bytes_per_sec_per_peer: 16 * 1024 * 1024,
             max_consensus_msgs_per_sec_per_peer: 500,
             max_sync_requests_per_sec_per_peer: 20,
             ban_threshold: -100.0,
             ban_duration_secs: 600,
             score_half_life_secs: 600,
+            ip_ban_threshold: -300.0,
+            ip_ban_duration_secs: 600,
             gossip_author_signatures: false,
             tx_mesh_n: 6,
             tx_batch_ms: 10,
         }
+    }
+}
+
+impl P2pSection {
+    fn validate_limits(&self) -> Result<(), String> {
+        let p = self;
+        for (key, value, example) in [
+            (
+                "p2p.max_pending_inbound",
+                u64::from(p.max_pending_inbound),
+                "32",
+            ),
+            (
+                "p2p.max_pending_inbound_per_ip",
+                u64::from(p.max_pending_inbound_per_ip),
+                "4",
+            ),
+            (
+                "p2p.max_txs_per_sec_per_peer",
+                u64::from(p.max_txs_per_sec_per_peer),
+                "20000",
+            ),
+            (
+                "p2p.max_tx_bytes_per_sec_per_peer",
+                u64::from(p.max_tx_bytes_per_sec_per_peer),
+                "16777216",
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1, e.g. {example}"));
+            }
+        }
+        if p.handshake_timeout_ms < 100 {
+            return Err(format!(
+                "p2p.handshake_timeout_ms = {} must be at least 100 (a handshake takes a few round trips); 5000 is the default",
+                p.handshake_timeout_ms
+            ));
+        }
+        if !(p.ip_ban_threshold < 0.0 && p.ip_ban_threshold.is_finite()) {
+            return Err(format!(
+                "p2p.ip_ban_threshold = {} must be negative, e.g. -300 (three peer bans' worth)",
+                p.ip_ban_threshold
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies the knobs of issue 17 (pending-handshake caps, outbound peers, per-IP
+    /// accounting, tx rates counted in txs and bytes) into the network configuration.
+    pub fn apply_limits(&self, net: &mut tally_p2p::NetworkConfig) {
+        net.max_pending_inbound = self.max_pending_inbound;
+        net.max_pending_inbound_per_ip = self.max_pending_inbound_per_ip;
+        net.handshake_timeout = std::time::Duration::from_millis(self.handshake_timeout_ms);
+        net.min_outbound_peers = self.min_outbound_peers;
+        net.max_txs_per_sec_per_peer = self.max_txs_per_sec_per_peer;
+        net.max_tx_bytes_per_sec_per_peer = self.max_tx_bytes_per_sec_per_peer;
+        net.ip_ban_threshold = self.ip_ban_threshold;
+        net.ip_ban_duration = std::time::Duration::from_secs(self.ip_ban_duration_secs);
     }
 }
 
@@ -307,6 +392,7 @@ impl NodeConfig {
         if self.p2p.ban_threshold >= 0.0 {
             return Err("p2p.ban_threshold must be negative, e.g. -100".into());
         }
+        self.p2p.validate_limits()?;
         if self.rpc.max_body_bytes < 1024 {
             return Err("rpc.max_body_bytes must be at least 1024".into());
         }
@@ -481,6 +567,38 @@ mod tests {
             e.contains("p2p.bootstrap[0]") && e.contains("multiaddr"),
             "{e}"
         );
+    }
+    #[test]
+    fn p2p_limits_name_the_key_and_reach_the_network_config() {
+        for (text, key) in [
+            (
+                "[p2p]\nmax_pending_inbound_per_ip = 0\n",
+                "p2p.max_pending_inbound_per_ip",
+            ),
+            (
+                "[p2p]\nmax_pending_inbound = 0\n",
+                "p2p.max_pending_inbound",
+            ),
+            (
+                "[p2p]\nmax_txs_per_sec_per_peer = 0\n",
+                "p2p.max_txs_per_sec_per_peer",
+            ),
+            (
+                "[p2p]\nhandshake_timeout_ms = 0\n",
+                "p2p.handshake_timeout_ms",
+            ),
+            ("[p2p]\nip_ban_threshold = 5.0\n", "p2p.ip_ban_threshold"),
+        ] {
+            let e = parse(text, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let c = parse("", &[("TALLY_P2P_IP_BAN_DURATION_SECS", "7")]).unwrap();
+        let mut net = tally_p2p::NetworkConfig::default();
+        c.p2p.apply_limits(&mut net);
+        assert_eq!(net.ip_ban_duration, std::time::Duration::from_secs(7));
+        assert_eq!(net.max_txs_per_sec_per_peer, 20_000);
+        assert_eq!(net.max_pending_inbound_per_ip, 4);
+        assert_eq!(net.handshake_timeout, std::time::Duration::from_secs(5));
     }
 }
 
