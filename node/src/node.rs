@@ -147,6 +147,8 @@ pub async fn run_with(
     net_config.score_half_life = Duration::from_secs(config.p2p.score_half_life_secs.max(1));
     net_config.gossip_author_signatures = config.p2p.gossip_author_signatures;
     net_config.tx_mesh_n = config.p2p.tx_mesh_n;
+    // Connection, per-IP and event-queue limits ([p2p] section).
+    config.p2p.apply_limits(&mut net_config);
     // A batch holds up to 1,024 txs; with the largest txs it is capped by the message size.
     let tx_batch_bytes = (256 * 1024).clamp(net_config.max_tx_message_bytes, max_block_bytes);
     net_config.max_tx_batch_bytes = tx_batch_bytes;
