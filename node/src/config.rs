@@ -72,6 +72,16 @@ pub struct RpcSection {
     pub timeout_ms: u64,
     /// Most concurrent server-sent event streams.
     pub max_event_streams: usize,
+    /// Time for a connection to send a complete request head; also how long an idle
+    /// kept-alive connection stays open. Used by the metrics server too.
+    pub header_read_timeout_ms: u64,
+    /// Keep connections open between requests (HTTP/1.1 keep-alive). Used by the metrics
+    /// server too.
+    pub keep_alive: bool,
+    /// Open connections, all client addresses together.
+    pub max_connections: usize,
+    /// Open connections from one IPv4 address (one IPv6 /64).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,6 +89,10 @@ pub struct RpcSection {
 pub struct MetricsSection {
     pub enabled: bool,
     pub listen: String,
+    /// Open connections to the metrics server, all client addresses together.
+    pub max_connections: usize,
+    /// Open connections to the metrics server from one IPv4 address (one IPv6 /64).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -234,6 +248,10 @@ impl Default for RpcSection {
             max_body_bytes: 64 * 1024,
             timeout_ms: 10_000,
             max_event_streams: 256,
+            header_read_timeout_ms: 5_000,
+            keep_alive: true,
+            max_connections: 512,
+            max_connections_per_ip: 128,
         }
     }
 }
@@ -243,6 +261,8 @@ impl Default for MetricsSection {
         Self {
             enabled: true,
             listen: "127.0.0.1:26660".into(),
+            max_connections: 64,
+            max_connections_per_ip: 16,
         }
     }
 }
@@ -396,6 +416,7 @@ impl NodeConfig {
         if self.rpc.max_body_bytes < 1024 {
             return Err("rpc.max_body_bytes must be at least 1024".into());
         }
+        validate_connection_limits(&self.rpc, &self.metrics)?;
         if self.storage.write_buffer_mb == 0
             || self.storage.write_buffer_total_mb < self.storage.write_buffer_mb
         {
@@ -419,6 +440,38 @@ impl NodeConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serializes")
     }
+}
+
+/// The connection caps and the head timeout of the RPC and metrics servers.
+fn validate_connection_limits(rpc: &RpcSection, metrics: &MetricsSection) -> Result<(), String> {
+    if !(100..=60_000).contains(&rpc.header_read_timeout_ms) {
+        return Err(format!(
+            "rpc.header_read_timeout_ms = {} must be between 100 and 60000 (a slow client holds a connection this long); 5000 is the default",
+            rpc.header_read_timeout_ms
+        ));
+    }
+    for (section, total, per_ip, defaults) in [
+        (
+            "rpc",
+            rpc.max_connections,
+            rpc.max_connections_per_ip,
+            (512, 128),
+        ),
+        (
+            "metrics",
+            metrics.max_connections,
+            metrics.max_connections_per_ip,
+            (64, 16),
+        ),
+    ] {
+        if total == 0 || per_ip == 0 || per_ip > total {
+            return Err(format!(
+                "{section}.max_connections_per_ip ({per_ip}) must be at least 1 and at most {section}.max_connections ({total}); by default they are {} and {}",
+                defaults.1, defaults.0
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn describe_toml_error(e: &toml::de::Error) -> String {
@@ -560,6 +613,22 @@ mod tests {
             e.contains("TALLY_MEMPOOL_MAX_TXS") && e.contains("integer"),
             "{e}"
         );
+        let e = parse("[rpc]\nmax_connections_per_ip = 600\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rpc.max_connections_per_ip (600)")
+                && e.contains("rpc.max_connections (512)"),
+            "{e}"
+        );
+        let e = parse("", &[("TALLY_RPC_HEADER_READ_TIMEOUT_MS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rpc.header_read_timeout_ms = 0"), "{e}");
+        let e = parse("[metrics]\nmax_connections = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.max_connections_per_ip"), "{e}");
         let e = parse("[p2p]\nbootstrap = [\"127.0.0.1:5\"]\n", &[])
             .unwrap_err()
             .to_string();

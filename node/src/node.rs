@@ -258,7 +258,7 @@ pub async fn run_with(
         tx_gossip: tx_gossip.clone(),
         view,
         events,
-        metrics: rpc_metrics,
+        metrics: rpc_metrics.clone(),
         moniker: config.moniker.clone(),
         validator: validator_address,
         streams: Arc::new(tokio::sync::Semaphore::new(config.rpc.max_event_streams)),
@@ -278,36 +278,25 @@ pub async fn run_with(
     tasks.spawn("router", router.run(net_events, shutdown.clone()));
     {
         let shutdown = shutdown.clone();
+        let (limits, metrics) = (
+            crate::rpc::ConnLimits::rpc(&config.rpc),
+            rpc_metrics.clone(),
+        );
         tasks.spawn("RPC server", async move {
-            if let Err(e) = crate::rpc::serve(rpc_listener, app, shutdown.clone()).await {
+            let served = crate::rpc::serve(rpc_listener, app, limits, metrics, shutdown.clone());
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "RPC server failed");
                 shutdown.cancel();
             }
         });
     }
     if let Some(listener) = metrics_listener {
-        let registry = registry.clone();
-        let shutdown = shutdown.clone();
+        // Same accept loop as the RPC server (connection caps, head timeout), own caps.
+        let app = crate::rpc::metrics_router(registry.clone());
+        let limits = crate::rpc::ConnLimits::metrics(&config.rpc, &config.metrics);
+        let (metrics, shutdown) = (rpc_metrics.clone(), shutdown.clone());
         tasks.spawn("metrics server", async move {
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let registry = registry.clone();
-                    async move {
-                        (
-                            [(
-                                axum::http::header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            crate::metrics::encode(&registry),
-                        )
-                    }
-                }),
-            );
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await;
-            if let Err(e) = result {
+            if let Err(e) = crate::rpc::serve(listener, app, limits, metrics, shutdown).await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });

@@ -1,17 +1,20 @@
 //! The JSON-over-HTTP API (DESIGN.md section 7). Errors are
-//! `{"error": {"code": "...", "message": "..."}}` with a fitting status; every route has a
+//! `{"error": {"code": "...", "message": "..."}}` with a fitting status, also for the
+//! errors axum and tower-http answer themselves ([`json_errors`]); every route has a
 //! body-size limit and a timeout (except the event stream, which is long-lived by design).
+//! Connections are accepted by [`server::serve`], which caps them and times out slow
+//! request heads.
 
 pub mod metrics;
+pub mod server;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +38,7 @@ use crate::mempool::admission::admit_bytes;
 use crate::mempool::metrics::MempoolMetrics;
 use crate::mempool::{AddError, Mempool};
 use metrics::{RouteLabel, RouteStatus, RpcMetrics};
+pub use server::{serve, ConnLimits};
 
 #[derive(Clone)]
 pub struct RpcState {
@@ -128,7 +132,106 @@ pub fn router(state: RpcState, max_body: usize, timeout: Duration) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// The metrics server's app: `GET /metrics` (OpenMetrics text of `registry`); its errors
+/// have the API's JSON body too.
+pub fn metrics_router(registry: Arc<prometheus_client::registry::Registry>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        crate::metrics::encode(&registry),
+                    )
+                }
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; metrics are at GET /metrics",
+            )
+        })
+        .layer(axum::middleware::from_fn(json_errors))
+}
+
+/// Gives the error answers that axum and tower-http make themselves (405 from a method
+/// router, 408 from the timeout layer, a 413/415/422 rejection of an extractor) the API's
+/// JSON error body, so that a client parses every error one way. Answers that are already
+/// JSON pass untouched; other headers (`Allow` of a 405) are kept.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // axum's rejections carry a one-line reason in plain text: keep it as the message.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, fallback) = describe_status(status, &method);
+    let message = if text.is_empty() { fallback } else { text };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name, value.clone());
+        }
+    }
+    out
+}
+
+/// The error code and a default message of a status that has no answer of its own.
+fn describe_status(status: StatusCode, method: &Method) -> (&'static str, String) {
+    let generic = || {
+        format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("error")
+        )
+    };
+    match status {
+        StatusCode::BAD_REQUEST => ("bad_request", "the request is malformed".into()),
+        StatusCode::NOT_FOUND => ("not_found", "no such route; see GET /v1/status".into()),
+        // axum adds the `Allow` header after every layer, so it cannot be quoted here.
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            format!(
+                "this route does not take {method}; its Allow header lists the methods it does"
+            ),
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            "timeout",
+            "the request did not complete within the server's limit (rpc.timeout_ms); retry".into(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body is too large".into()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json".into(),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => ("unprocessable", generic()),
+        StatusCode::TOO_MANY_REQUESTS => ("too_many_requests", generic()),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", generic()),
+        s if s.is_server_error() => ("internal", generic()),
+        _ => ("http_error", generic()),
+    }
 }
 
 /// Counts every request by matched route and status, and times it.
@@ -496,18 +599,4 @@ async fn events(
         Some((Ok(ev), (rx, permit, stop)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
-}
-
-/// Serves the API until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
 }
