@@ -1,7 +1,13 @@
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ledger::hash::to_hex;
 use tally_tests::{account_key, transfer, TestNet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
 
 /// secp256k1 group order n, big-endian.
 const N: [u8; 32] = [
@@ -213,4 +219,481 @@ async fn rpc_bad_inputs_get_clear_errors() {
     };
     assert_eq!(acct.nonce, 2);
     proof.verify(&root, &k.address(), Some(&acct)).unwrap();
+}
+
+/// Where one node's RPC and metrics servers listen.
+fn listen_addrs(net: &TestNet) -> (SocketAddr, SocketAddr) {
+    let a = net.nodes[0].addresses.as_ref().unwrap();
+    let rpc: SocketAddr = a.rpc.parse().unwrap();
+    let metrics: SocketAddr = a.metrics.as_ref().unwrap().parse().unwrap();
+    (rpc, metrics)
+}
+
+/// The soft RLIMIT_NOFILE of this process (what the tallyd children inherit too), read from
+/// /proc so that the test needs no libc binding.
+fn open_files_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// What happened to the connections of one slow-loris attack.
+#[derive(Default)]
+struct LorisStats {
+    connected: AtomicUsize,
+    connect_failed: AtomicUsize,
+    /// How long after its connect the server closed each connection.
+    closed_after: Mutex<Vec<Duration>>,
+    /// Connections the server answered (a refusal) before closing; their first bytes.
+    answered: Mutex<Vec<String>>,
+}
+
+impl LorisStats {
+    fn settled(&self) -> usize {
+        self.connected.load(Ordering::SeqCst) + self.connect_failed.load(Ordering::SeqCst)
+    }
+    fn closed(&self) -> usize {
+        self.closed_after.lock().unwrap().len()
+    }
+    fn open(&self) -> usize {
+        self.connected.load(Ordering::SeqCst) - self.closed()
+    }
+}
+
+/// One slow-loris connection from `from`: half send a partial request and then one more
+/// header line every 2 s (never the blank line that ends the head), half send nothing at
+/// all. It holds the socket until the server closes it or `give_up`; the task owning it is
+/// aborted (closing the socket) when the test ends, passes or fails.
+async fn slow_loris_conn(
+    target: SocketAddr,
+    from: IpAddr,
+    partial: bool,
+    stats: Arc<LorisStats>,
+    connects: Arc<tokio::sync::Semaphore>,
+    give_up: Instant,
+) {
+    let socket = match TcpSocket::new_v4() {
+        Ok(s) => s,
+        Err(_) => {
+            stats.connect_failed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+    };
+    let permit = connects.acquire_owned().await;
+    let connected = match socket.bind(SocketAddr::new(from, 0)) {
+        Ok(()) => tokio::time::timeout(Duration::from_secs(10), socket.connect(target)).await,
+        Err(e) => Ok(Err(e)),
+    };
+    drop(permit);
+    let Ok(Ok(mut stream)) = connected else {
+        stats.connect_failed.fetch_add(1, Ordering::SeqCst);
+        return;
+    };
+    let opened = Instant::now();
+    stats.connected.fetch_add(1, Ordering::SeqCst);
+    if partial {
+        let _ = stream
+            .write_all(b"GET /v1/status HTTP/1.1\r\nHost: slow\r\n")
+            .await;
+    }
+    let mut drip = tokio::time::interval(Duration::from_secs(2));
+    drip.tick().await;
+    let mut first = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(n) if n > 0 => {
+                    if first.len() < 512 {
+                        first.extend_from_slice(&buf[..n]);
+                    }
+                }
+                _ => {
+                    stats.closed_after.lock().unwrap().push(opened.elapsed());
+                    if !first.is_empty() {
+                        stats.answered.lock().unwrap().push(String::from_utf8_lossy(&first).into_owned());
+                    }
+                    return;
+                }
+            },
+            _ = drip.tick(), if partial => {
+                let _ = stream.write_all(b"X-Slow: 1\r\n").await;
+            }
+            _ = tokio::time::sleep_until(give_up.into()) => return,
+        }
+    }
+}
+
+/// GET `url` from another loopback address than the attacker's; (status, body).
+async fn timed_get_text(url: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .local_address(IpAddr::from([127, 0, 0, 1]))
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    match client.get(url).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// A client on another loopback address than the attacker's, with a fresh connection
+/// per request; returns (status, latency).
+async fn timed_get(url: &str) -> (u16, Duration) {
+    let client = reqwest::Client::builder()
+        .local_address(IpAddr::from([127, 0, 0, 1]))
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let status = match client.get(url).send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            let _ = r.bytes().await;
+            s
+        }
+        Err(_) => 0,
+    };
+    (status, start.elapsed())
+}
+
+/// Issue 17 item 11: 5,000 slow-header connections from one IP to the RPC port (and 1,000
+/// to the metrics port) must not lock out a client on another IP: `/v1/status` and
+/// `/metrics` answer in under 1 s while they are open, connections over the caps are
+/// closed at once, and the ones within the caps are closed when their headers do not
+/// arrive in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_slow_loris_does_not_lock_out_other_clients() {
+    let net = TestNet::builder()
+        .validators(1)
+        .accounts(1)
+        .start_at_height(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (rpc, metrics) = listen_addrs(&net);
+    // The node gets the open-file limit most deployments give a service (systemd's
+    // LimitNOFILE soft default): without connection caps, the attack takes every
+    // descriptor it has and nobody else can connect.
+    let pid = net.nodes[0].addresses.as_ref().unwrap().pid.to_string();
+    match std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=1024:"])
+        .status()
+    {
+        Ok(s) if s.success() => println!("the node's soft RLIMIT_NOFILE is now 1024"),
+        other => {
+            println!("prlimit unavailable ({other:?}): the node keeps this test's open-file limit")
+        }
+    }
+    // Each attack connection costs one descriptor here; keep room for the rest.
+    let limit = open_files_limit().unwrap_or(1024);
+    let wanted = (5_000, 1_000);
+    let budget = limit.saturating_sub(512);
+    let (n_rpc, n_metrics) = if wanted.0 + wanted.1 <= budget {
+        wanted
+    } else {
+        let n_rpc = budget * 5 / 6;
+        println!(
+            "RLIMIT_NOFILE is {limit}: attacking with {n_rpc} + {} connections instead of {} + {}",
+            budget - n_rpc,
+            wanted.0,
+            wanted.1
+        );
+        (n_rpc, budget - n_rpc)
+    };
+
+    let attacker = IpAddr::from([127, 0, 250, 1]);
+    let give_up = Instant::now() + Duration::from_secs(90);
+    let connects = Arc::new(tokio::sync::Semaphore::new(256));
+    let rpc_stats = Arc::new(LorisStats::default());
+    let metrics_stats = Arc::new(LorisStats::default());
+    // Dropping the JoinSet (also when an assertion below panics) aborts every task and so
+    // closes every attack socket.
+    let mut attack = JoinSet::new();
+    let started = Instant::now();
+    for (target, n, stats) in [
+        (rpc, n_rpc, &rpc_stats),
+        (metrics, n_metrics, &metrics_stats),
+    ] {
+        for i in 0..n {
+            attack.spawn(slow_loris_conn(
+                target,
+                attacker,
+                i % 2 == 0,
+                stats.clone(),
+                connects.clone(),
+                give_up,
+            ));
+        }
+    }
+    // Every connect either completes or gives up; a server that stops accepting leaves
+    // them hanging, so the honest client is measured after 20 s in any case.
+    let connect_deadline = Instant::now() + Duration::from_secs(20);
+    while (rpc_stats.settled() < n_rpc || metrics_stats.settled() < n_metrics)
+        && Instant::now() < connect_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "slow-loris: {} of {n_rpc} connections to RPC and {} of {n_metrics} to metrics \
+         established from {attacker} in {:.1?} ({} + {} connects failed or still pending)",
+        rpc_stats.connected.load(Ordering::SeqCst),
+        metrics_stats.connected.load(Ordering::SeqCst),
+        started.elapsed(),
+        n_rpc - rpc_stats.connected.load(Ordering::SeqCst),
+        n_metrics - metrics_stats.connected.load(Ordering::SeqCst),
+    );
+
+    // The honest client, from another IP, while the attack connections are open.
+    let mut answers = Vec::new();
+    for round in 0..5 {
+        for (path, url, stats) in [
+            ("/v1/status", format!("http://{rpc}/v1/status"), &rpc_stats),
+            (
+                "/metrics",
+                format!("http://{metrics}/metrics"),
+                &metrics_stats,
+            ),
+        ] {
+            let open = stats.open();
+            let (status, took) = timed_get(&url).await;
+            println!(
+                "round {round}: GET {path} -> {status} in {took:.1?} ({open} attack connections open)"
+            );
+            answers.push((path, status, took));
+        }
+    }
+    for (path, status, took) in &answers {
+        assert!(
+            *status == 200 && *took < Duration::from_secs(1),
+            "GET {path} from another IP during the attack: {status} after {took:?} (0: no answer)"
+        );
+    }
+
+    // Every attack connection is closed by the server: over the caps at once, within them
+    // when the head does not arrive in time.
+    let close_deadline = Instant::now() + Duration::from_secs(15);
+    while rpc_stats.open() + metrics_stats.open() > 0 && Instant::now() < close_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The server's own count of the connections it holds. A few connections can stay open
+    // on the client side only: when a connect burst overflows the kernel's accept queue,
+    // an ACK it drops can leave a silent client "connected" to a server that never saw it
+    // (and holds nothing for it).
+    let (_, server_side) = timed_get_text(&format!("http://{metrics}/metrics")).await;
+    let counters: Vec<&str> = server_side
+        .lines()
+        .filter(|l| l.starts_with("tally_http_"))
+        .collect();
+    println!("server side: {}", counters.join("; "));
+    let held = |server: &str| {
+        let series = format!("tally_http_connections{{server=\"{server}\"}} ");
+        counters
+            .iter()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert_eq!(
+        held("rpc"),
+        Some(0.0),
+        "the RPC server still holds connections 15 s after the attack"
+    );
+    // The scrape that asked is the one open metrics connection.
+    assert_eq!(
+        held("metrics"),
+        Some(1.0),
+        "the metrics server still holds connections 15 s after the attack"
+    );
+    for (what, stats) in [("RPC", &rpc_stats), ("metrics", &metrics_stats)] {
+        let connected = stats.connected.load(Ordering::SeqCst);
+        let closed = stats.closed_after.lock().unwrap().clone();
+        let fast = closed
+            .iter()
+            .filter(|d| **d < Duration::from_secs(1))
+            .count();
+        let slowest = closed.iter().max().copied().unwrap_or_default();
+        println!(
+            "{what}: {connected} connected, {} closed by the server ({fast} within 1 s, {} of them \
+             answered first; the last after {slowest:.1?}), {} still open",
+            closed.len(),
+            stats.answered.lock().unwrap().len(),
+            stats.open()
+        );
+        assert!(
+            stats.open() * 10 <= connected,
+            "{what}: {} of {connected} slow connections were still open 15 s after the connect phase",
+            stats.open()
+        );
+        assert!(
+            fast * 2 >= connected,
+            "{what}: only {fast} of {connected} connections over the caps were closed at once"
+        );
+        for text in stats.answered.lock().unwrap().iter().take(3) {
+            assert!(
+                text.starts_with("HTTP/1.1 503") && text.contains("{\"error\":"),
+                "{what}: a refused connection was answered with {text:?}"
+            );
+        }
+    }
+    attack.abort_all();
+    while attack.join_next().await.is_some() {}
+
+    // Still serving and committing afterwards.
+    let h = net.height(0).await.unwrap();
+    net.wait_for_height(h + 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
+/// What a raw exchange got back: status, lower-cased head, body.
+struct RawAnswer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+}
+
+/// Sends `request` on a fresh connection and reads the answer for at most `wait`.
+async fn raw_exchange(target: SocketAddr, request: &[u8], wait: Duration) -> RawAnswer {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+        .await
+        .unwrap()
+        .unwrap();
+    // A server that answers early (413) may close before it has read all of a large body.
+    let _ = stream.write_all(request).await;
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|len| got.len() >= end + 4 + len) {
+                break;
+            }
+        }
+        match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            Ok(_) => break,
+            Err(_) => panic!(
+                "no complete answer within {wait:?} to {:?}; got {:?}",
+                String::from_utf8_lossy(request),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    RawAnswer {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+/// Issue 17 item 11: every error status, including the ones axum and tower-http make
+/// themselves (405 method not allowed, 408 timeout), answers with the API's JSON error
+/// body `{"error": {"code", "message"}}`, on the RPC and the metrics port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_every_error_status_has_a_json_body() {
+    let net = TestNet::builder()
+        .validators(1)
+        .accounts(1)
+        .env("TALLY_RPC_TIMEOUT_MS", "1000")
+        .start()
+        .await
+        .unwrap();
+    let (rpc, metrics) = listen_addrs(&net);
+    let big = format!("{{\"tx\": \"{}\"}}", "a".repeat(200 * 1024));
+    let big_post = format!(
+        "POST /v1/txs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{big}",
+        big.len()
+    );
+    let cases: Vec<(&str, SocketAddr, Vec<u8>, u16)> = vec![
+        (
+            "unknown route",
+            rpc,
+            b"GET /v1/nope HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            404,
+        ),
+        (
+            "POST to a GET route",
+            rpc,
+            b"POST /v1/status HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            405,
+        ),
+        (
+            "DELETE on the submit route",
+            rpc,
+            b"DELETE /v1/txs HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            405,
+        ),
+        (
+            "malformed JSON",
+            rpc,
+            b"POST /v1/txs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{not json".to_vec(),
+            400,
+        ),
+        ("body over rpc.max_body_bytes", rpc, big_post.into_bytes(), 413),
+        (
+            // Declares 100 bytes of body and sends 7: the handler waits past rpc.timeout_ms.
+            "a body that does not arrive in time",
+            rpc,
+            b"POST /v1/txs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tx\": ".to_vec(),
+            408,
+        ),
+        (
+            "unknown route on the metrics port",
+            metrics,
+            b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            404,
+        ),
+        (
+            "POST to /metrics",
+            metrics,
+            b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            405,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, target, request, want) in cases {
+        let answer = raw_exchange(target, &request, Duration::from_secs(5)).await;
+        let (status, body) = (answer.status, &answer.body);
+        let content_type = answer.header("content-type").unwrap_or("");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let code = json["error"]["code"].as_str().unwrap_or("");
+        let message = json["error"]["message"].as_str().unwrap_or("");
+        println!("{what}: {status} {content_type} {body}");
+        if status != want
+            || !content_type.starts_with("application/json")
+            || code.is_empty()
+            || message.is_empty()
+        {
+            failures.push(format!(
+                "{what}: want {want} with a JSON error body, got {status} ({content_type:?}) {body:?}"
+            ));
+        }
+        // The JSON body does not replace what a 405 must say in its headers.
+        if status == 405 && answer.header("allow").is_none_or(str::is_empty) {
+            failures.push(format!("{what}: a 405 without an Allow header"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
