@@ -57,6 +57,7 @@ fn tx_fault(e: &AddError) -> Option<PenaltyReason> {
 impl Router {
     pub async fn run(self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
         let mut filter = ConsensusFilter::default();
+        let mut useless_txs = UselessTxs::default();
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -71,8 +72,15 @@ impl Router {
                     ..
                 } => {
                     let verdict = match topic {
-                        Topic::Tx => self.on_tx(&data),
-                        Topic::TxBatch => self.on_tx_batch(&data),
+                        Topic::Tx => {
+                            let verdict = self.on_tx(&data);
+                            let ignored = u32::from(verdict == Verdict::Ignore);
+                            useless_txs.charge(source, ignored, verdict)
+                        }
+                        Topic::TxBatch => {
+                            let (verdict, ignored) = self.on_tx_batch(&data);
+                            useless_txs.charge(source, ignored, verdict)
+                        }
                         Topic::Consensus => self.on_consensus(&data, source, &mut filter).await,
                     };
                     let _ = self.net.validated(msg_id, source, verdict).await;
@@ -98,6 +106,7 @@ impl Router {
                 }
                 Event::PeerDisconnected(peer) => {
                     filter.forget(&peer);
+                    useless_txs.forget(&peer);
                     let _ = self.engine.send(EngineMsg::PeerGone(peer)).await;
                 }
                 Event::PeerConnected(peer) => {
@@ -154,15 +163,18 @@ impl Router {
     /// stops the work on it (a batch of forgeries costs about one verification per core
     /// before the sender is scored); txs that are merely stale here (already committed,
     /// nonce used) do not. Forwarded only if it brought at least one new transaction.
-    fn on_tx_batch(&self, data: &[u8]) -> Verdict {
+    /// Returns the verdict and how many of the batch's txs brought nothing (stale or
+    /// already held here), which [`UselessTxs`] charges to the sender.
+    fn on_tx_batch(&self, data: &[u8]) -> (Verdict, u32) {
         use rayon::prelude::*;
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::{AtomicU32, Ordering};
         let max = self.genesis.params.max_tx_bytes as usize;
         let txs = match crate::txgossip::split_batch(data, max) {
             Ok(txs) => txs,
-            Err(_) => return Verdict::Reject(PenaltyReason::Undecodable),
+            Err(_) => return (Verdict::Reject(PenaltyReason::Undecodable), 0),
         };
-        let admitted = AtomicBool::new(false);
+        let admitted = AtomicU32::new(0);
+        let ignored = AtomicU32::new(0);
         let checked = txs.par_iter().try_for_each(|bytes| {
             match admit_bytes(
                 self.store.as_ref(),
@@ -172,16 +184,23 @@ impl Router {
                 max,
             ) {
                 Ok(_) => {
-                    admitted.store(true, Ordering::Relaxed);
+                    admitted.fetch_add(1, Ordering::Relaxed);
                     Ok(())
                 }
-                Err(e) => tx_fault(&e).map_or(Ok(()), Err),
+                Err(e) => match tx_fault(&e) {
+                    Some(fault) => Err(fault),
+                    None => {
+                        ignored.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                },
             }
         });
+        let ignored = ignored.load(Ordering::Relaxed);
         match checked {
-            Err(fault) => Verdict::Reject(fault),
-            Ok(()) if admitted.load(Ordering::Relaxed) => Verdict::Accept,
-            Ok(()) => Verdict::Ignore,
+            Err(fault) => (Verdict::Reject(fault), ignored),
+            Ok(()) if admitted.load(Ordering::Relaxed) > 0 => (Verdict::Accept, ignored),
+            Ok(()) => (Verdict::Ignore, ignored),
         }
     }
 
@@ -422,5 +441,46 @@ impl ConsensusFilter {
             votes: new_votes,
             proposal,
         }))
+    }
+}
+
+/// Txs per second (burst: one second's worth) a peer may send us that bring nothing — already
+/// committed, nonce used, already pending, unfunded sender — before each further message
+/// carrying such txs is a [`PenaltyReason::Replay`]. An honest peer forwards only what was
+/// new to it, and re-announces what stays pending at most 2,048 txs a second; a peer that
+/// replays committed txs or sends txs from empty accounts (refused before their signature is
+/// checked, so never a provable fault) is past this within a second.
+const USELESS_TXS_PER_SEC: u32 = 8_192;
+
+/// Each peer's budget of useless txs (module docs of [`USELESS_TXS_PER_SEC`]).
+#[derive(Default)]
+struct UselessTxs {
+    budgets: HashMap<PeerId, TokenBucket>,
+}
+
+impl UselessTxs {
+    fn forget(&mut self, peer: &PeerId) {
+        self.budgets.remove(peer);
+    }
+
+    /// The verdict on a tx message from `peer` whose `ignored` txs brought nothing: `verdict`
+    /// itself while the peer's budget lasts (a fault stays a fault), then `Replay`.
+    fn charge(&mut self, peer: PeerId, ignored: u32, verdict: Verdict) -> Verdict {
+        if ignored == 0 || matches!(verdict, Verdict::Reject(_)) {
+            return verdict;
+        }
+        if self.budgets.len() >= MAX_TRACKED_PEERS && !self.budgets.contains_key(&peer) {
+            self.budgets.clear();
+        }
+        let now = Instant::now();
+        let bucket = self
+            .budgets
+            .entry(peer)
+            .or_insert_with(|| TokenBucket::new(USELESS_TXS_PER_SEC, now));
+        if (0..ignored).all(|_| bucket.try_take(now)) {
+            verdict
+        } else {
+            Verdict::Reject(PenaltyReason::Replay)
+        }
     }
 }
