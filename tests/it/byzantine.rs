@@ -29,6 +29,8 @@ const MODES: &[(&str, u32)] = &[
     // Relays of live traffic (their rate is that of what they hear, except replay-votes).
     ("replay-votes", 200),
     ("swap-bodies", 0),
+    // Batches of up to 1,024 already committed txs (the honest load's), 100 a second.
+    ("committed-txs", 100),
 ];
 /// Honest transfers per second (offered load).
 const LOAD_TPS: f64 = 40.0;

@@ -21,11 +21,13 @@
 //!
 //! Relay modes, which need live traffic: `replay-votes` re-wraps the live votes it hears
 //! into `Rebroadcast` messages (a new gossip id each time) at `--rate`; `swap-bodies`
-//! republishes every proposal it hears with its last transaction removed (the signed
-//! header untouched). Validator mode (`--validator-key-file`, `--genesis`):
+//! republishes every proposal it hears with three other bodies (last tx removed, first tx
+//! removed, order changed; the signed header untouched). Validator mode (`--validator-key-file`, `--genesis`):
 //! `future-time` follows the chain over `/tally/sync/1` and, at each of its turns to
 //! propose, proposes an empty block timed `u64::MAX` or one hour ahead (alternately), and
-//! prevotes and precommits it; `equivocate` signs, for every (height, round) it hears
+//! prevotes and precommits it; `committed-txs` (keyless) re-sends the txs of the blocks
+//! the chain committed last, as batches of up to 1,024 (a different subset each time) at
+//! `--rate`; `equivocate` signs, for every (height, round) it hears
 //! votes of, a prevote for a made-up block (run it next to the real validator with the same
 //! key: the two prevotes are a double sign).
 
@@ -61,6 +63,7 @@ enum Mode {
     SwapBodies,
     FutureTime,
     Equivocate,
+    CommittedTxs,
 }
 
 #[derive(Parser, Debug)]
@@ -236,6 +239,16 @@ async fn main() -> anyhow::Result<()> {
         let targets: Vec<PeerId> = target_ids.iter().copied().collect();
         spawn_request_flood(net.clone(), targets, stats.clone(), deadline);
     }
+    if args.mode == Mode::CommittedTxs {
+        let targets: Vec<PeerId> = target_ids.iter().copied().collect();
+        tokio::spawn(replay_committed_txs(
+            net.clone(),
+            targets,
+            stats.clone(),
+            deadline,
+            args.rate,
+        ));
+    }
     if matches!(args.mode, Mode::FutureTime | Mode::Equivocate) {
         let validator = Validator::load(&args)?;
         let targets: Vec<PeerId> = target_ids.iter().copied().collect();
@@ -252,7 +265,11 @@ async fn main() -> anyhow::Result<()> {
     // Modes driven by what they hear send from their own tasks.
     let gossip = !matches!(
         args.mode,
-        Mode::SyncFlood | Mode::SwapBodies | Mode::FutureTime | Mode::Equivocate
+        Mode::SyncFlood
+            | Mode::SwapBodies
+            | Mode::FutureTime
+            | Mode::Equivocate
+            | Mode::CommittedTxs
     );
     while gossip && Instant::now() < deadline && sent < args.max_messages {
         tick.tick().await;
@@ -543,7 +560,8 @@ impl Generator {
             | Mode::SyncFlood
             | Mode::SwapBodies
             | Mode::FutureTime
-            | Mode::Equivocate => {
+            | Mode::Equivocate
+            | Mode::CommittedTxs => {
                 if n % 4 != 0 {
                     // An empty re-announcement: valid, useless, distinct bytes each time.
                     let msg = ConsensusMessage::Rebroadcast {
@@ -622,11 +640,31 @@ async fn on_heard(mode: Mode, net: &NetworkHandle, live: &Live, stats: &Stats, d
     if mode != Mode::SwapBodies {
         return;
     }
-    if let Some((proposal, mut block)) = proposal {
-        if block.txs.pop().is_none() {
-            return;
-        }
-        let msg = ConsensusMessage::Proposal { proposal, block };
+    let Some((proposal, block)) = proposal else {
+        return;
+    };
+    if block.txs.is_empty() {
+        return;
+    }
+    // Other bodies under the one signed header: the last tx removed, and with two or more
+    // txs also the first removed and the order reversed.
+    let mut variants = Vec::new();
+    let mut last_removed = block.clone();
+    last_removed.txs.pop();
+    variants.push(last_removed);
+    if block.txs.len() >= 2 {
+        let mut first_removed = block.clone();
+        first_removed.txs.remove(0);
+        variants.push(first_removed);
+        let mut reversed = block;
+        reversed.txs.reverse();
+        variants.push(reversed);
+    }
+    for block in variants {
+        let msg = ConsensusMessage::Proposal {
+            proposal: proposal.clone(),
+            block,
+        };
         if net
             .publish(Topic::Consensus, ledger::codec::encode(&msg))
             .await
@@ -823,5 +861,77 @@ impl Validator {
             stats.attacks.fetch_add(1, Ordering::Relaxed);
             stats.sent_consensus.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// `committed-txs`: keeps the txs of the last committed blocks (fetched over
+/// `/tally/sync/1`) and publishes them again as batches, `rate` batches a second, each a
+/// different rotation so gossipsub does not drop it as a duplicate.
+async fn replay_committed_txs(
+    net: NetworkHandle,
+    targets: Vec<PeerId>,
+    stats: Arc<Stats>,
+    deadline: Instant,
+    rate: u32,
+) {
+    let mut txs: std::collections::VecDeque<SignedTx> = std::collections::VecDeque::new();
+    let mut seen_height = 0;
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut next_refresh = Instant::now();
+    let mut n: usize = 0;
+    while Instant::now() < deadline {
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + Duration::from_millis(500);
+            for &peer in &targets {
+                let Some(status) = Validator::status(&net, peer).await else {
+                    continue;
+                };
+                // Up to the last 256 blocks, 64 per request.
+                let mut from = seen_height.max(status.height.saturating_sub(256)) + 1;
+                while from <= status.height {
+                    let req = ledger::codec::encode(&SyncRequest::Blocks { from, count: 64 });
+                    let Ok(bytes) = net.request(peer, req).await else {
+                        break;
+                    };
+                    let Ok(SyncResponse::Blocks(blocks)) =
+                        ledger::codec::decode::<SyncResponse>("blocks", &bytes, 64 << 20)
+                    else {
+                        break;
+                    };
+                    if blocks.is_empty() {
+                        break;
+                    }
+                    from += blocks.len() as u64;
+                    txs.extend(blocks.into_iter().flat_map(|(b, _)| b.txs));
+                }
+                seen_height = seen_height.max(status.height);
+                while txs.len() > 4096 {
+                    txs.pop_front();
+                }
+                break;
+            }
+        }
+        if txs.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        n += 1;
+        let batch: Vec<&SignedTx> = txs
+            .iter()
+            .cycle()
+            .skip(n % txs.len())
+            .take(txs.len().min(1024))
+            .collect();
+        if net
+            .publish(Topic::TxBatch, ledger::codec::encode(&batch))
+            .await
+            .is_ok()
+        {
+            stats.attacks.fetch_add(1, Ordering::Relaxed);
+            stats.sent_tx.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(period).await;
     }
 }
