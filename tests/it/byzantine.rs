@@ -300,6 +300,28 @@ fn spawn_attacker(
         .expect("start tally-attacker")
 }
 
+/// `tally-attacker` in a validator mode, holding node `v`'s validator key.
+fn spawn_validator_attacker(
+    net: &TestNet,
+    v: usize,
+    mode: &str,
+    ip: &str,
+    targets: &[String],
+    secs: f64,
+    out: &std::path::Path,
+) -> std::process::Child {
+    let home = &net.nodes[v].home;
+    let key_file = home.join("config/validator_key.json");
+    let genesis = home.join("config/genesis.json");
+    let extra = [
+        "--validator-key-file",
+        key_file.to_str().unwrap(),
+        "--genesis",
+        genesis.to_str().unwrap(),
+    ];
+    spawn_attacker(mode, 0, ip, &random_secret(), targets, secs, &extra, out)
+}
+
 async fn attacker_output(
     mut child: std::process::Child,
     out: &std::path::Path,
@@ -590,24 +612,14 @@ async fn equivocating_validator_is_caught() {
         .map(|i| net.nodes[i].addresses.as_ref().unwrap().p2p[0].clone())
         .collect();
     let prefix = net.nodes[0].ip.rsplit_once('.').unwrap().0.to_string();
-    let home3 = &net.nodes[3].home;
-    let key_file = home3.join("config/validator_key.json");
-    let genesis = home3.join("config/genesis.json");
     let out = net.dir().join("attacker-equivocate.json");
-    let secs = 30.0;
-    let mut child = spawn_attacker(
+    let mut child = spawn_validator_attacker(
+        &net,
+        3,
         "equivocate",
-        0,
         &format!("{prefix}.211"),
-        &random_secret(),
         &targets,
-        secs,
-        &[
-            "--validator-key-file",
-            key_file.to_str().unwrap(),
-            "--genesis",
-            genesis.to_str().unwrap(),
-        ],
+        30.0,
         &out,
     );
     let start = net.height(0).await.unwrap();
@@ -688,25 +700,16 @@ async fn a_validator_proposing_far_future_times_cannot_halt_the_chain() {
         .map(|&i| net.nodes[i].addresses.as_ref().unwrap().p2p[0].clone())
         .collect();
     let prefix = net.nodes[0].ip.rsplit_once('.').unwrap().0.to_string();
-    let home3 = &net.nodes[3].home;
-    let key_file = home3.join("config/validator_key.json");
-    let genesis = home3.join("config/genesis.json");
     let attacker_address = to_hex(&net.nodes[3].validator.unwrap());
     let start = net.height(0).await.unwrap();
     let out = net.dir().join("attacker-future-time.json");
-    let child = spawn_attacker(
+    let child = spawn_validator_attacker(
+        &net,
+        3,
         "future-time",
-        0,
         &format!("{prefix}.210"),
-        &random_secret(),
         &targets,
         secs,
-        &[
-            "--validator-key-file",
-            key_file.to_str().unwrap(),
-            "--genesis",
-            genesis.to_str().unwrap(),
-        ],
         &out,
     );
     let stats = attacker_output(child, &out, Duration::from_secs_f64(secs + 30.0)).await;

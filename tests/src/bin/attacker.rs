@@ -590,6 +590,19 @@ impl Generator {
     }
 }
 
+/// Publishes one consensus message; counts it as an attack if it went out.
+async fn publish_attack(net: &NetworkHandle, stats: &Stats, msg: &ConsensusMessage) -> bool {
+    let sent = net
+        .publish(Topic::Consensus, ledger::codec::encode(msg))
+        .await
+        .is_ok();
+    if sent {
+        stats.attacks.fetch_add(1, Ordering::Relaxed);
+        stats.sent_consensus.fetch_add(1, Ordering::Relaxed);
+    }
+    sent
+}
+
 /// What relay and validator modes know of the live chain.
 #[derive(Default)]
 struct Live {
@@ -665,14 +678,7 @@ async fn on_heard(mode: Mode, net: &NetworkHandle, live: &Live, stats: &Stats, d
             proposal: proposal.clone(),
             block,
         };
-        if net
-            .publish(Topic::Consensus, ledger::codec::encode(&msg))
-            .await
-            .is_ok()
-        {
-            stats.attacks.fetch_add(1, Ordering::Relaxed);
-            stats.sent_consensus.fetch_add(1, Ordering::Relaxed);
-        }
+        publish_attack(net, stats, &msg).await;
     }
 }
 
@@ -852,15 +858,7 @@ impl Validator {
             kind: VoteKind::Prevote,
             block_hash: Some(sha256(seed.as_bytes())),
         });
-        let msg = ConsensusMessage::Vote(vote);
-        if net
-            .publish(Topic::Consensus, ledger::codec::encode(&msg))
-            .await
-            .is_ok()
-        {
-            stats.attacks.fetch_add(1, Ordering::Relaxed);
-            stats.sent_consensus.fetch_add(1, Ordering::Relaxed);
-        }
+        publish_attack(net, stats, &ConsensusMessage::Vote(vote)).await;
     }
 }
 
