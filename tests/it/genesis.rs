@@ -176,10 +176,7 @@ async fn bulk_genesis_accounts_are_served_with_proofs_and_survive_a_restart() {
     let wallet_balance = manifest["accounts"][0]["balance"].as_u64().unwrap();
     drop(genesis);
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = tally_tests::http_client(Duration::from_secs(5)).unwrap();
     let home = dir.join("node0");
     let mut node = Node::start(&home);
     // Blocks on top of the big genesis state.

@@ -223,10 +223,7 @@ async fn testnet_up_wallet_faults_shutdown_and_resume() {
     let root = tmp.path().canonicalize().unwrap();
     let dir = root.join("testnet");
     std::fs::create_dir_all(&dir).unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = tally_tests::http_client(Duration::from_secs(5)).unwrap();
     let all: Vec<usize> = (0..NODES).collect();
 
     let mut guard = Guard {

@@ -46,6 +46,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// An HTTP client for the nodes' RPC: `timeout` per request, and idle connections dropped
+/// after 2 s, before the node's header-read timeout (5 s) closes them under a request.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()?)
+}
+
 /// A funded test account key, the same in every run.
 pub fn account_key(i: usize) -> Keypair {
     Keypair::from_secret_bytes(&sha256(format!("tally-test-account-{i}").as_bytes()))
@@ -209,9 +218,7 @@ impl Builder {
             dir,
             nodes,
             bootstrap: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            http: http_client(Duration::from_secs(10))?,
             env: self.extra_env,
             node_env: self.node_env,
         })

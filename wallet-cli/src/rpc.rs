@@ -28,6 +28,8 @@ pub fn is_tx_rejection(code: &str) -> bool {
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:26657";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle connection is kept for reuse: below the node's header-read timeout.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MempoolInfo {
@@ -199,6 +201,9 @@ impl NodeClient {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(64)
+            // The node closes a kept-alive connection that stays idle for its header-read
+            // timeout (5 s by default); drop ours first so a request never races that close.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| Error::failure(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Self { base, http })
