@@ -46,9 +46,11 @@ release: bootstrap
 # The real-stack tests (tests/it) run target/debug/tallyd, tally and tally-attacker as child
 # processes. Neither `cargo nextest run` nor `cargo test` builds them (a package's binaries
 # are built only for its own integration tests, and tally-node has none), so build them
-# first: from an empty target directory the tests would otherwise find no tallyd.
+# first: from an empty target directory the tests would otherwise find no tallyd. With the
+# tests in the same build, dev-dependency features are unified as in the test run's build,
+# which then has nothing left to compile (with --bins alone ~40 crates compiled twice).
 test: bootstrap
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins --tests
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
