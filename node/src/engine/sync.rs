@@ -260,6 +260,38 @@ impl SyncState {
             .map(|(p, c)| (*p, c.height))
     }
 
+    /// A claim past everything proven: ask its peer for that one block, recorded as in
+    /// flight, so that the claim is proven at once (`catching_up` and `sync_target` say so
+    /// for the whole catch-up, not only while a chunk waits in the buffer) or, if the peer
+    /// does not serve it, found out at once. The highest such claim first, one at a time.
+    fn next_probe(&mut self, tip: u64, now: Instant) -> Option<(PeerId, u64)> {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return None;
+        }
+        let floor = self.proven.max(tip.saturating_add(1));
+        let (peer, height) = self
+            .peers
+            .iter()
+            .filter(|(p, c)| {
+                c.height > floor
+                    && !self.is_bad(p, now)
+                    && !self.is_doubted(p, now)
+                    && !self.in_flight.contains_key(&c.height)
+                    && !self.buffer.contains_key(&c.height)
+            })
+            .max_by_key(|(_, c)| c.height)
+            .map(|(p, c)| (*p, c.height))?;
+        self.in_flight.insert(
+            height,
+            Request {
+                peer,
+                count: 1,
+                since: now,
+            },
+        );
+        Some((peer, height))
+    }
+
     /// The next request to send, recorded as in flight: (peer, first height, count).
     fn next_request(&mut self, tip: u64, now: Instant) -> Option<(PeerId, u64, u64)> {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
@@ -484,6 +516,9 @@ impl Engine {
             }
             return;
         }
+        if let Some((peer, height)) = self.sync.next_probe(tip.height, now) {
+            self.spawn_fetch(peer, height, 1);
+        }
         while let Some((peer, start, count)) = self.sync.next_request(tip.height, now) {
             if self.sync.progress.is_none() {
                 self.sync.progress = Some(Progress {
@@ -500,23 +535,29 @@ impl Engine {
                     "catching up from peers"
                 );
             }
-            let net = self.net.clone();
-            let me = self.me.clone();
-            let genesis = self.genesis.clone();
-            let count = u32::try_from(count).unwrap_or(MAX_SYNC_BLOCKS);
-            tokio::spawn(async move {
-                let result = fetch(&net, &genesis, peer, start, count).await;
-                if let Err(Fault::Bad(reason, _)) = &result {
-                    let _ = net.penalize(peer, *reason, reason.default_points()).await;
-                }
-                let fetched = Fetched::Blocks {
-                    peer,
-                    from: start,
-                    result,
-                };
-                let _ = me.send(EngineMsg::Synced(Box::new(fetched))).await;
-            });
+            self.spawn_fetch(peer, start, count);
         }
+    }
+
+    /// Fetches `count` blocks from `start` off the engine task; the checked answer comes back
+    /// as [`EngineMsg::Synced`].
+    fn spawn_fetch(&self, peer: PeerId, start: u64, count: u64) {
+        let net = self.net.clone();
+        let me = self.me.clone();
+        let genesis = self.genesis.clone();
+        let count = u32::try_from(count).unwrap_or(MAX_SYNC_BLOCKS);
+        tokio::spawn(async move {
+            let result = fetch(&net, &genesis, peer, start, count).await;
+            if let Err(Fault::Bad(reason, _)) = &result {
+                let _ = net.penalize(peer, *reason, reason.default_points()).await;
+            }
+            let fetched = Fetched::Blocks {
+                peer,
+                from: start,
+                result,
+            };
+            let _ = me.send(EngineMsg::Synced(Box::new(fetched))).await;
+        });
     }
 
     pub(super) fn on_synced(&mut self, fetched: Fetched) {
@@ -1044,6 +1085,40 @@ mod tests {
         s.raise_target(tip + 100);
         assert!(s.catching_up(tip));
         assert!(!s.catching_up(u64::MAX));
+    }
+
+    #[test]
+    fn the_highest_unproven_claim_is_probed_once_so_catching_up_shows_for_the_whole_sync() {
+        let mut s = SyncState::default();
+        let (ahead, near) = (PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        let tip = 10;
+        s.claim(near, tip + 1, true, now);
+        assert_eq!(
+            s.next_probe(tip, now),
+            None,
+            "one block ahead is not worth a probe"
+        );
+        s.claim(ahead, tip + 500, true, now);
+        assert_eq!(s.next_probe(tip, now), Some((ahead, tip + 500)));
+        assert_eq!(s.next_probe(tip, now), None, "already in flight");
+        // Chunks are still asked from the tip up (of the least busy peer that has them).
+        let (_, start, _) = s.next_request(tip, now).expect("a chunk request");
+        assert_eq!(start, tip + 1);
+        // The probed block's commit verified: the claim is proven, and reported at once.
+        s.in_flight.remove(&(tip + 500));
+        s.raise_target(tip + 500);
+        assert!(s.catching_up(tip));
+        assert_eq!(s.next_probe(tip, now), None, "nothing unproven left");
+        // A liar's probe is the one block it cannot serve.
+        let liar = PeerId::random();
+        s.claim(liar, u64::MAX, true, now);
+        assert_eq!(s.next_probe(tip, now), Some((liar, u64::MAX)));
+        assert_eq!(
+            s.served_nothing(liar, u64::MAX, now),
+            Some(PenaltyReason::BadResponse)
+        );
+        assert_eq!(s.next_probe(tip, now), None);
     }
 
     #[test]
