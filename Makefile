@@ -104,5 +104,5 @@ monitor-stop:
 # rates until committed TPS stops growing, then each optimisation switched off at that rate;
 # writes bench/network.md and bench/network.json (scripts/bench-net.sh).
 .PHONY: bench-net
-bench-net:
+bench-net: bootstrap
 	@bash scripts/bench-net.sh

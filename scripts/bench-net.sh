@@ -16,7 +16,12 @@
 #      BENCH_NET_OUT (bench) BENCH_NET_ABLATIONS=0 skips step 5, BENCH_NET_KEEP_DIR=1 keeps the dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally/target}"
+# The Makefile's build variables (target dir, the prebuilt RocksDB), also when this script
+# runs on its own: other values would make librocksdb-sys build again.
+if [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
+  eval "$(make -s env)"
+  bash scripts/bootstrap.sh
+fi
 CARGO="${CARGO:-cargo}"
 BASE_IP="${BENCH_NET_BASE_IP:-127.0.60.2}"
 RATES="${BENCH_NET_RATES:-1000,2000,2500,3000,3500,4000,5000}"
