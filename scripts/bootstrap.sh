@@ -29,6 +29,24 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The network-fault tests (tests/it/netfaults.rs, `tallyd testnet --hosts netns`) need
+# `ip` (iproute2) for namespaces, veths and bridges, `nft` for partitions inside the
+# namespaces, and `faketime` for clock skew. Only root can use them, so only root installs
+# them; without them those tests say why and skip.
+need_net=()
+command -v ip >/dev/null 2>&1 || need_net+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_net+=(nftables)
+command -v faketime >/dev/null 2>&1 || need_net+=(faketime)
+if [ ${#need_net[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "bootstrap: installing ${need_net[*]} (for the network-fault tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_net[@]}" >/dev/null
+  else
+    echo "bootstrap: not root: ${need_net[*]} not installed; the network-fault tests will skip" >&2
+  fi
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "bootstrap: cargo is missing; install Rust (rustup) first" >&2
   exit 1
