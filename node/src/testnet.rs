@@ -19,7 +19,11 @@
 //! <dir>/nodeN/pid                  pid of the running tallyd
 //! <dir>/wallet/keys/accountK.json  funded wallet keys (plaintext: INSECURE testnet keys)
 //! <dir>/prometheus-targets.json    file_sd targets; <dir>/prometheus.yml uses it
+//! <dir>/faults.json                partitions and paused nodes in force (testnet/faults.rs)
 //! ```
+//!
+//! With `--hosts netns` each node runs in its own network namespace on an address of
+//! 198.18.0.0/15 behind a bridge (testnet/netns.rs), so whole links can be cut.
 
 use std::io::{IsTerminal, Write};
 use std::net::Ipv4Addr;
@@ -38,6 +42,9 @@ use tally_node::config::NodeConfig;
 use tally_node::keys;
 
 use crate::cli::expand;
+
+mod faults;
+mod netns;
 
 pub const P2P_PORT: u16 = 26656;
 pub const RPC_PORT: u16 = 26657;
@@ -79,6 +86,74 @@ pub enum TestnetCommand {
     Stop(DirArgs),
     /// Print the status table once.
     Status(DirArgs),
+    /// Drop everything between groups of nodes, both ways (--hosts netns only): `partition
+    /// 0,1 2,3,4`. Replaces the partition or isolation in force; nodes in no group keep
+    /// every link.
+    Partition(PartitionArgs),
+    /// Cut one node off from every other node, both ways (--hosts netns only).
+    Isolate(NodeArgs),
+    /// Drop the packets from node FROM to node TO only (--hosts netns only); adds to the
+    /// cuts in force.
+    Oneway(OnewayArgs),
+    /// Remove every partition, isolation and one-way cut.
+    Heal(DirArgs),
+    /// Freeze one node with SIGSTOP (it holds its connections but answers nothing).
+    Pause(NodeArgs),
+    /// Thaw a paused node with SIGCONT.
+    Resume(NodeArgs),
+    /// `stop`, then remove the testnet's namespaces, veths, bridge and filters.
+    Down(DirArgs),
+    /// Remove leftover namespaces, veths and bridges (and the nodes still inside them)
+    /// after a supervisor crash, found by name: this testnet's with --dir, else every
+    /// `tly*` one on the machine.
+    Cleanup(CleanupArgs),
+}
+
+/// How nodes are laid out on this machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Hosts {
+    /// Every node on its own loopback address of the one network stack.
+    #[default]
+    Loopback,
+    /// Every node in its own network namespace (a host of its own) on 198.18.0.0/15,
+    /// behind a bridge: partitions and one-way links become possible. Needs root.
+    Netns,
+}
+
+impl std::fmt::Display for Hosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hosts::Loopback => "loopback",
+            Hosts::Netns => "netns",
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct PartitionArgs {
+    /// Two or more groups of node indices, e.g. `0,1 2,3,4`.
+    #[arg(required = true, num_args = 2..)]
+    pub groups: Vec<String>,
+    #[arg(long, default_value = "./testnet")]
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub struct OnewayArgs {
+    /// The node whose packets are dropped.
+    pub from: usize,
+    /// The node they were going to.
+    pub to: usize,
+    #[arg(long, default_value = "./testnet")]
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub struct CleanupArgs {
+    /// Only this testnet's leftovers (default: every `tly*` namespace, veth and bridge).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -111,9 +186,14 @@ pub struct InitArgs {
     /// Block time: the genesis timeout_commit in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub timeout_commit_ms: u64,
-    /// Address of node 0; node i listens on this address + i.
+    /// Address of node 0; node i listens on this address + i. With --hosts netns a
+    /// loopback address here means "pick a free /24 of 198.18.0.0/15".
     #[arg(long, default_value = "127.0.0.2")]
     pub base_ip: Ipv4Addr,
+    /// loopback (default) or netns: one network namespace per node, so the partition
+    /// verbs can cut links (root only). Fixed when the testnet is created.
+    #[arg(long, value_enum)]
+    pub hosts: Option<Hosts>,
     #[arg(long, default_value = "tally-testnet")]
     pub chain_id: String,
 }
@@ -129,6 +209,9 @@ pub struct RunArgs {
 pub struct StartArgs {
     #[arg(long, default_value = "./testnet")]
     pub dir: PathBuf,
+    /// Refuse to start unless the testnet was created with these hosts.
+    #[arg(long, value_enum)]
+    pub hosts: Option<Hosts>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -151,6 +234,26 @@ pub struct Manifest {
     /// How many bulk accounts (`--genesis-accounts`) genesis.json funds after them.
     #[serde(default)]
     pub genesis_accounts: u64,
+    /// Loopback addresses, or one network namespace per node.
+    #[serde(default)]
+    pub hosts: Hosts,
+}
+
+impl Manifest {
+    /// Every node's address, in node order.
+    pub fn ips(&self) -> anyhow::Result<Vec<Ipv4Addr>> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.ip.parse().with_context(|| {
+                    format!(
+                        "testnet.json: {}.ip {:?} is not an IPv4 address",
+                        n.name, n.ip
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,11 +282,19 @@ pub struct AccountEntry {
 pub fn run(args: TestnetArgs) -> anyhow::Result<()> {
     match args.command {
         TestnetCommand::Init(a) => init(&a).map(|_| ()),
-        TestnetCommand::Start(a) => start(&absolute(&a.dir)?, &a.run),
+        TestnetCommand::Start(a) => start(&absolute(&a.dir)?, a.hosts, &a.run),
         TestnetCommand::Up { init: a, run } => {
             let dir = init(&a)?;
-            start(&dir, &run)
+            start(&dir, a.hosts, &run)
         }
+        TestnetCommand::Partition(a) => faults::partition(&absolute(&a.dir)?, &a.groups),
+        TestnetCommand::Isolate(a) => faults::isolate(&absolute(&a.dir)?, a.node),
+        TestnetCommand::Oneway(a) => faults::oneway(&absolute(&a.dir)?, a.from, a.to),
+        TestnetCommand::Heal(a) => faults::heal(&absolute(&a.dir)?),
+        TestnetCommand::Pause(a) => faults::pause(&absolute(&a.dir)?, a.node),
+        TestnetCommand::Resume(a) => faults::resume(&absolute(&a.dir)?, a.node),
+        TestnetCommand::Down(a) => down(&absolute(&a.dir)?),
+        TestnetCommand::Cleanup(a) => cleanup(a.dir.as_deref()),
         TestnetCommand::Kill(a) => kill(&absolute(&a.dir)?, a.node),
         TestnetCommand::Restart(a) => restart(&absolute(&a.dir)?, a.node),
         TestnetCommand::Stop(a) => stop(&absolute(&a.dir)?),
@@ -243,6 +354,12 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
             m.genesis_accounts,
             m.chain_id
         );
+        if let Some(h) = a.hosts.filter(|h| *h != m.hosts) {
+            bail!(
+                "--hosts {h}: this testnet was created with --hosts {} (its addresses are in its configs); create another with `tallyd testnet up --hosts {h} --dir <new dir>`",
+                m.hosts
+            );
+        }
         if a.genesis_accounts != m.genesis_accounts {
             println!(
                 "note: --genesis-accounts {} is ignored: this chain's genesis has {}",
@@ -254,6 +371,19 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
     let total = a.validators + a.full_nodes;
     if a.validators == 0 {
         bail!("--validators must be at least 1");
+    }
+    let hosts = a.hosts.unwrap_or_default();
+    if hosts == Hosts::Netns && !a.base_ip.is_loopback() && !netns::in_range(a.base_ip) {
+        bail!(
+            "--base-ip {} with --hosts netns: the nodes' addresses must be in 198.18.0.0/15 (RFC 2544), e.g. 198.18.7.2, or leave --base-ip out to pick a free /24",
+            a.base_ip
+        );
+    }
+    if hosts == Hosts::Netns && netns::in_range(a.base_ip) && u32::from(a.base_ip) & 0xff < 2 {
+        bail!(
+            "--base-ip {} with --hosts netns: .1 is the bridge's address; start at .2 or higher",
+            a.base_ip
+        );
     }
     if u32::from(a.base_ip) & 0xff < 1 || (u32::from(a.base_ip) & 0xff) as usize + total > 255 {
         bail!(
@@ -283,13 +413,19 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
         }
     }
 
+    let base_ip = if hosts == Hosts::Netns && a.base_ip.is_loopback() {
+        netns::pick_base_ip(&netns::Names::for_dir(&dir))?
+    } else {
+        a.base_ip
+    };
+
     let validator_keys: Vec<Keypair> = (0..a.validators).map(|_| Keypair::generate()).collect();
     let node_secrets: Vec<[u8; 32]> = (0..total).map(|_| keys::random_secret()).collect();
     let account_keys: Vec<Keypair> = (0..a.accounts).map(|_| Keypair::generate()).collect();
 
     let mut nodes = Vec::with_capacity(total);
     for (i, secret) in node_secrets.iter().enumerate() {
-        let ip = Ipv4Addr::from(u32::from(a.base_ip) + i as u32).to_string();
+        let ip = Ipv4Addr::from(u32::from(base_ip) + i as u32).to_string();
         let peer_id = tally_p2p::peer_id_from_secret(*secret)
             .map_err(|e| anyhow::anyhow!("cannot derive a peer id: {e}"))?
             .to_string();
@@ -388,11 +524,12 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
         nodes,
         accounts,
         genesis_accounts: a.genesis_accounts,
+        hosts,
     };
     // Written last: its presence means the directory is complete.
     std::fs::write(dir.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)?;
     println!(
-        "created a testnet in {}: {} validators, {} full nodes, {} funded accounts, {} bulk genesis accounts, chain {}",
+        "created a testnet in {} ({hosts} hosts from {base_ip}): {} validators, {} full nodes, {} funded accounts, {} bulk genesis accounts, chain {}",
         dir.display(),
         a.validators,
         a.full_nodes,
@@ -585,7 +722,8 @@ fn signal(pid: u32, sig: &str) {
 
 /// Starts `tallyd start --home <dir>/nodeI` in its own process group (a Ctrl-C reaches
 /// only the supervisor, which stops the nodes in order), output appended to node.log.
-fn spawn_node(dir: &Path, i: usize) -> anyhow::Result<Child> {
+/// With netns hosts through `ip netns exec`, which execs tallyd: the pid is the node's.
+fn spawn_node(dir: &Path, m: &Manifest, i: usize) -> anyhow::Result<Child> {
     let h = home(dir, i);
     let _ = std::fs::remove_file(tally_node::node::addresses_file(&h));
     let log = std::fs::OpenOptions::new()
@@ -594,7 +732,15 @@ fn spawn_node(dir: &Path, i: usize) -> anyhow::Result<Child> {
         .open(h.join("node.log"))
         .with_context(|| format!("cannot open {}", h.join("node.log").display()))?;
     let exe = std::env::current_exe().context("cannot find the tallyd executable")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = match m.hosts {
+        Hosts::Loopback => Command::new(exe),
+        Hosts::Netns => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &netns::Names::for_dir(dir).ns(i)])
+                .arg(exe);
+            c
+        }
+    };
     cmd.arg("start")
         .arg("--home")
         .arg(&h)
@@ -618,6 +764,8 @@ fn spawn_node(dir: &Path, i: usize) -> anyhow::Result<Child> {
 fn stop_pids(pids: &[(u32, PathBuf)], children: &mut [Option<Child>], hard: bool) {
     for (pid, _) in pids {
         signal(*pid, if hard { "KILL" } else { "TERM" });
+        // A paused node (`testnet pause`) holds a SIGTERM until it runs again.
+        signal(*pid, "CONT");
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
@@ -649,6 +797,29 @@ fn stop_pids(pids: &[(u32, PathBuf)], children: &mut [Option<Child>], hard: bool
     }
 }
 
+/// Stops processes known only by pid (found in one of our namespaces after a crash):
+/// SIGTERM (and SIGCONT, for a paused one), up to 10 s, then SIGKILL.
+fn stop_pids_by_signal(pids: &[u32]) {
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
+        })
+    };
+    for pid in pids {
+        signal(*pid, "TERM");
+        signal(*pid, "CONT");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in pids.iter().filter(|p| alive(**p)) {
+        eprintln!("pid {pid} did not stop within 10 s of SIGTERM: SIGKILL");
+        signal(*pid, "KILL");
+    }
+}
+
 fn check_index(m: &Manifest, i: usize) -> anyhow::Result<()> {
     if i >= m.nodes.len() {
         bail!(
@@ -667,6 +838,7 @@ pub fn kill(dir: &Path, i: usize) -> anyhow::Result<()> {
         return Ok(());
     };
     stop_pids(&[(pid, home(dir, i))], &mut [], true);
+    faults::forget_paused(dir, i);
     let _ = std::fs::remove_file(pid_file(dir, i));
     let _ = std::fs::remove_file(tally_node::node::addresses_file(&home(dir, i)));
     println!(
@@ -683,7 +855,20 @@ pub fn restart(dir: &Path, i: usize) -> anyhow::Result<()> {
         println!("node{i} is running (pid {pid}): stopping it first");
         stop_pids(&[(pid, home(dir, i))], &mut [], false);
     }
-    let mut child = spawn_node(dir, i)?;
+    faults::forget_paused(dir, i);
+    if m.hosts == Hosts::Netns {
+        let ns = netns::Names::for_dir(dir).ns(i);
+        if !netns::leftovers(Some(&netns::Names::for_dir(dir).tag))
+            .0
+            .contains(&ns)
+        {
+            bail!(
+                "namespace {ns} does not exist: start the testnet with `tallyd testnet start --dir {}` (it makes the namespaces)",
+                dir.display()
+            );
+        }
+    }
+    let mut child = spawn_node(dir, &m, i)?;
     let pid = child.id();
     let addresses = tally_node::node::addresses_file(&home(dir, i));
     // A node with a big genesis and no database yet builds its state first.
@@ -754,8 +939,76 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-pub fn start(dir: &Path, run: &RunArgs) -> anyhow::Result<()> {
+/// `stop`, then remove every namespace, veth, bridge and filter of this testnet.
+pub fn down(dir: &Path) -> anyhow::Result<()> {
     let m = load_manifest(dir)?;
+    stop(dir)?;
+    let removed = netns::teardown(&netns::Names::for_dir(dir));
+    faults::clear(dir);
+    if m.hosts == Hosts::Netns || !removed.is_empty() {
+        println!("removed {} network object(s)", removed.len());
+    }
+    Ok(())
+}
+
+/// Finds our namespaces, veths and bridges by name and removes them (after stopping the
+/// processes inside): one testnet's with `dir`, else all of them.
+pub fn cleanup(dir: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(problem) = netns::capability_problem() {
+        bail!("`testnet cleanup` {problem}");
+    }
+    let tag = match dir {
+        Some(d) => {
+            let d = absolute(d)?;
+            if d.join(MANIFEST).exists() {
+                stop(&d)?;
+            }
+            faults::clear(&d);
+            Some(netns::Names::for_dir(&d).tag)
+        }
+        None => None,
+    };
+    let removed = netns::remove(tag.as_deref());
+    for r in &removed {
+        println!("removed {r}");
+    }
+    let (namespaces, links) = netns::leftovers(tag.as_deref());
+    if !namespaces.is_empty() || !links.is_empty() {
+        bail!(
+            "could not remove {}; see `ip netns list` and `ip link`",
+            namespaces
+                .iter()
+                .chain(&links)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("no namespace, veth or bridge of ours is left");
+    Ok(())
+}
+
+/// Tears down the namespaces when the supervisor returns, errors or panics.
+struct NetGuard {
+    names: Option<netns::Names>,
+}
+
+impl Drop for NetGuard {
+    fn drop(&mut self) {
+        if let Some(names) = self.names.take() {
+            netns::teardown(&names);
+        }
+    }
+}
+
+pub fn start(dir: &Path, hosts: Option<Hosts>, run: &RunArgs) -> anyhow::Result<()> {
+    let m = load_manifest(dir)?;
+    if let Some(h) = hosts.filter(|h| *h != m.hosts) {
+        bail!(
+            "--hosts {h}: this testnet was created with --hosts {} (its addresses are in its configs); create another with `tallyd testnet up --hosts {h} --dir <new dir>`",
+            m.hosts
+        );
+    }
     if let Some(pid) = read_pid(&dir.join(SUPERVISOR_PID)).filter(|p| process_alive(*p, dir)) {
         bail!(
             "this testnet is already running (supervisor pid {pid}); stop it with Ctrl-C there or `tallyd testnet stop --dir {}`",
@@ -772,6 +1025,11 @@ pub fn start(dir: &Path, run: &RunArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    if m.hosts == Hosts::Netns {
+        if let Some(problem) = netns::capability_problem() {
+            bail!("--hosts netns {problem}");
+        }
+    }
     std::fs::write(
         dir.join(SUPERVISOR_PID),
         format!("{}\n", std::process::id()),
@@ -780,9 +1038,20 @@ pub fn start(dir: &Path, run: &RunArgs) -> anyhow::Result<()> {
     // process groups, so a Ctrl-C that killed us half-way would leave them orphaned.
     let rt = runtime()?;
     let signals = rt.block_on(async { Signals::install() })?;
+    // Faults of an earlier run died with its namespaces and processes.
+    faults::clear(dir);
+    let mut net = NetGuard { names: None };
+    if m.hosts == Hosts::Netns {
+        let names = netns::Names::for_dir(dir);
+        net.names = Some(names.clone());
+        if let Err(e) = netns::setup(&names, &m.ips()?) {
+            let _ = std::fs::remove_file(dir.join(SUPERVISOR_PID));
+            return Err(e.context("cannot create the nodes' network namespaces"));
+        }
+    }
     let mut children: Vec<Option<Child>> = Vec::with_capacity(m.nodes.len());
     for i in 0..m.nodes.len() {
-        match spawn_node(dir, i) {
+        match spawn_node(dir, &m, i) {
             Ok(c) => children.push(Some(c)),
             Err(e) => {
                 shutdown(dir, &m, &mut children, false);
@@ -795,6 +1064,15 @@ pub fn start(dir: &Path, run: &RunArgs) -> anyhow::Result<()> {
     let result = rt.block_on(supervise(dir, &m, &mut children, interactive, signals));
     println!("\nstopping {} nodes ...", m.nodes.len());
     shutdown(dir, &m, &mut children, false);
+    if let Some(names) = net.names.take() {
+        let removed = netns::teardown(&names);
+        println!(
+            "removed {} network object(s) ({}-*)",
+            removed.len(),
+            names.tag
+        );
+    }
+    faults::clear(dir);
     let _ = std::fs::remove_file(dir.join(SUPERVISOR_PID));
     println!(
         "all nodes stopped; run `tallyd testnet up --dir {}` again to resume this chain",
@@ -885,9 +1163,10 @@ async fn supervise(
         let mut out = std::io::stdout().lock();
         if interactive {
             let mut lines = vec![format!(
-                "\x1b[1m{} — {} nodes — up {}s — {}\x1b[0m",
+                "\x1b[1m{} — {} nodes on {} hosts — up {}s — {}\x1b[0m",
                 m.chain_id,
                 m.nodes.len(),
+                m.hosts,
                 started.elapsed().as_secs(),
                 "Ctrl-C stops all nodes"
             )];
@@ -922,9 +1201,14 @@ struct Row {
     rpc: String,
     pid: Option<u32>,
     status: Option<Value>,
+    /// Partitions and pauses in force ("-" for none), from `<dir>/faults.json`.
+    fault: String,
+    paused: bool,
 }
 
 async fn poll_all(dir: &Path, m: &Manifest) -> Vec<Row> {
+    let faults = faults::load(dir);
+    let faults = &faults;
     let polls = m.nodes.iter().enumerate().map(|(i, n)| async move {
         let status = http_get_json(&n.rpc, "/v1/status", Duration::from_millis(800))
             .await
@@ -935,6 +1219,8 @@ async fn poll_all(dir: &Path, m: &Manifest) -> Vec<Row> {
             rpc: n.rpc.clone(),
             pid: node_pid(dir, i),
             status,
+            fault: faults.describe(i),
+            paused: faults.paused.contains(&i),
         }
     });
     futures::future::join_all(polls).await
@@ -942,6 +1228,7 @@ async fn poll_all(dir: &Path, m: &Manifest) -> Vec<Row> {
 
 fn state_of(r: &Row) -> &'static str {
     match (&r.status, r.pid) {
+        (_, Some(_)) if r.paused => "paused",
         (Some(s), _) if s["catching_up"].as_bool() == Some(true) => "syncing",
         (Some(_), _) => "up",
         (None, Some(_)) => "starting",
@@ -975,8 +1262,18 @@ fn mempool(r: &Row) -> String {
 
 fn table(rows: &[Row], colour: bool) -> Vec<String> {
     let mut out = vec![format!(
-        "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {:<8} {:>7}",
-        "NODE", "ROLE", "RPC", "HEIGHT", "ROUND", "PEERS", "MEMPOOL", "LAST BLOCK", "STATE", "PID"
+        "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {:<8} {:>7}  {}",
+        "NODE",
+        "ROLE",
+        "RPC",
+        "HEIGHT",
+        "ROUND",
+        "PEERS",
+        "MEMPOOL",
+        "LAST BLOCK",
+        "STATE",
+        "PID",
+        "FAULT"
     )];
     for r in rows {
         let state = state_of(r);
@@ -987,7 +1284,7 @@ fn table(rows: &[Row], colour: bool) -> Vec<String> {
             (true, _) => ("\x1b[31m", "\x1b[0m"),
         };
         out.push(format!(
-            "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {on}{:<8}{off} {:>7}",
+            "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {on}{:<8}{off} {:>7}  {}",
             r.name,
             r.role,
             r.rpc,
@@ -998,6 +1295,7 @@ fn table(rows: &[Row], colour: bool) -> Vec<String> {
             since_block(r),
             state,
             r.pid.map_or("-".into(), |p| p.to_string()),
+            r.fault,
         ));
     }
     out
@@ -1005,7 +1303,7 @@ fn table(rows: &[Row], colour: bool) -> Vec<String> {
 
 fn status_line(r: &Row) -> String {
     format!(
-        "{} {} height={} round={} peers={} mempool={} last_block={} state={} pid={}",
+        "{} {} height={} round={} peers={} mempool={} last_block={} state={} pid={} fault={}",
         r.name,
         r.role,
         field(r, "height"),
@@ -1015,6 +1313,7 @@ fn status_line(r: &Row) -> String {
         since_block(r),
         state_of(r),
         r.pid.map_or("-".into(), |p| p.to_string()),
+        r.fault,
     )
 }
 
@@ -1087,6 +1386,23 @@ fn print_banner(dir: &Path, m: &Manifest) {
         .map_or_else(|| "tally".to_string(), |p| p.display().to_string());
     let rpc0 = m.nodes.first().map_or(String::new(), |n| n.rpc.clone());
     let mut s = format!("\nTally testnet \"{}\" in {}\n", m.chain_id, dir.display());
+    match m.hosts {
+        Hosts::Loopback => {
+            s.push_str("  hosts: loopback (one network stack, an address per node)\n")
+        }
+        Hosts::Netns => {
+            let names = netns::Names::for_dir(dir);
+            let bridge = m
+                .ips()
+                .ok()
+                .and_then(|ips| ips.first().map(|ip| netns::bridge_ip(*ip).to_string()))
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "  hosts: netns (node i in namespace {t}-n<i>, bridge {t}-br {bridge}/24; `ip netns exec {t}-n0 ss -tnp` shows node0's links)\n",
+                t = names.tag
+            ));
+        }
+    }
     s.push_str("  node      role       RPC                          metrics                              log\n");
     for (i, n) in m.nodes.iter().enumerate() {
         s.push_str(&format!(
@@ -1119,9 +1435,16 @@ fn print_banner(dir: &Path, m: &Manifest) {
         ));
     }
     s.push_str(&format!(
-        "Fault injection: tallyd testnet kill 2 --dir {d}   /   tallyd testnet restart 2 --dir {d}\nCtrl-C stops every node.\n",
+        "Fault injection: tallyd testnet kill 2 --dir {d}   /   tallyd testnet restart 2 --dir {d}\n                 tallyd testnet pause 2 --dir {d}  /   tallyd testnet resume 2 --dir {d}\n",
         d = dir.display()
     ));
+    if m.hosts == Hosts::Netns {
+        s.push_str(&format!(
+            "                 tallyd testnet partition 0,1 2,3,4 --dir {d}   isolate 2   oneway 0 1   heal\n",
+            d = dir.display()
+        ));
+    }
+    s.push_str("Ctrl-C stops every node.\n");
     println!("{s}");
 }
 
