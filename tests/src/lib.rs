@@ -22,6 +22,8 @@ use serde_json::Value;
 use tally_node::config::NodeConfig;
 use tally_node::node::Addresses;
 
+pub mod checker;
+
 pub const CHAIN_ID: &str = "tally-test";
 
 /// Each test net takes a block of loopback addresses so concurrent tests never share one.
