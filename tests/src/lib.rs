@@ -23,6 +23,7 @@ use tally_node::config::NodeConfig;
 use tally_node::node::Addresses;
 
 pub mod checker;
+pub mod netns;
 
 pub const CHAIN_ID: &str = "tally-test";
 

@@ -1,0 +1,522 @@
+//! A harness for the network-fault tests (issue 18): the real `tallyd testnet up --hosts
+//! netns` supervisor, one network namespace per node on 198.18.0.0/15, faults injected
+//! through the real `tallyd testnet partition|isolate|oneway|heal|pause|resume` verbs, a
+//! transfer workload through random nodes, and the [`crate::checker`] at the end.
+//!
+//! Only root can make namespaces: [`skip_reason`] says why a test cannot run. Whatever
+//! happens, [`NetnsTestnet`]'s `Drop` kills the supervisor and runs `tallyd testnet
+//! cleanup --dir`, which stops the nodes and removes every namespace, veth, bridge and nft
+//! table of the testnet, also when the test panics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ledger::crypto::Keypair;
+use ledger::hash::{sha256, to_hex};
+use ledger::types::Address;
+use rand::Rng;
+use serde_json::Value;
+
+use crate::checker::{self, Observation, Violation};
+use crate::{bin, http_client, transfer};
+
+/// Why this machine cannot run the netns tests (not root, `ip` or `nft` missing).
+pub fn skip_reason() -> Option<String> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|r| r.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return Some("not root: network namespaces need root (CI runs as root)".into());
+    }
+    for tool in ["ip", "nft", "ss"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return Some(format!("`{tool}` not found: run `make bootstrap` as root"));
+        }
+    }
+    None
+}
+
+/// Serialises the netns tests across nextest's processes: their timing assertions (no
+/// commit while split, resume within 10 s) need the CPU a lone testnet would get on two
+/// cores. A pid file, taken over when its owner died.
+pub struct NetLock(PathBuf);
+
+impl NetLock {
+    pub async fn take() -> Self {
+        let path = std::env::temp_dir().join("tally-netns-tests.lock");
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let _ = write!(f, "{}", std::process::id());
+                    return Self(path);
+                }
+                Err(_) => {
+                    let owner: Option<u32> = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok());
+                    let alive =
+                        owner.is_some_and(|p| Path::new(&format!("/proc/{p}/stat")).exists());
+                    // An empty file is one being written: give its owner a moment.
+                    if owner.is_some() && !alive {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for NetLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub struct NetnsTestnet {
+    tmp: Option<tempfile::TempDir>,
+    /// The testnet directory (canonical).
+    pub dir: PathBuf,
+    up: Option<Child>,
+    pub ips: Vec<String>,
+    pub rpcs: Vec<String>,
+    pub validators: usize,
+    pub keys: Vec<Keypair>,
+    pub genesis: BTreeMap<Address, u64>,
+    pub http: reqwest::Client,
+}
+
+impl NetnsTestnet {
+    /// `tallyd testnet up --hosts netns` with `validators` + `full_nodes` nodes and 4
+    /// funded accounts; returns once every node answers its RPC.
+    pub async fn start(
+        validators: usize,
+        full_nodes: usize,
+        timeout_commit_ms: u64,
+    ) -> anyhow::Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("tally-netns-").tempdir()?;
+        let dir = tmp.path().canonicalize()?.join("testnet");
+        let out = std::fs::File::create(tmp.path().join("up.out"))?;
+        let up = Command::new(bin("tallyd"))
+            .args(["testnet", "up", "--hosts", "netns", "--non-interactive"])
+            .args(["--validators", &validators.to_string()])
+            .args(["--full-nodes", &full_nodes.to_string()])
+            .args(["--accounts", "4", "--chain-id", crate::CHAIN_ID])
+            .args(["--timeout-commit-ms", &timeout_commit_ms.to_string()])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot start tallyd testnet up")?;
+        let mut net = Self {
+            tmp: Some(tmp),
+            dir,
+            up: Some(up),
+            ips: Vec::new(),
+            rpcs: Vec::new(),
+            validators,
+            keys: Vec::new(),
+            genesis: BTreeMap::new(),
+            http: http_client(Duration::from_secs(2))?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let manifest: Value = loop {
+            if let Some(m) = std::fs::read_to_string(net.dir.join("testnet.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                break m;
+            }
+            net.check_up()?;
+            if Instant::now() > deadline {
+                bail!("no testnet.json within 60 s:\n{}", net.up_output());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for n in manifest["nodes"].as_array().context("manifest nodes")? {
+            net.ips
+                .push(n["ip"].as_str().context("node ip")?.to_string());
+            net.rpcs
+                .push(format!("http://{}", n["rpc"].as_str().context("node rpc")?));
+        }
+        for a in manifest["accounts"]
+            .as_array()
+            .context("manifest accounts")?
+        {
+            let name = a["name"].as_str().context("account name")?;
+            let file: Value = serde_json::from_str(&std::fs::read_to_string(
+                net.dir.join(format!("wallet/keys/{name}.json")),
+            )?)?;
+            let secret: [u8; 32] = hex::decode(file["secret_key"].as_str().context("secret")?)?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{name}: secret_key is not 32 bytes"))?;
+            net.keys.push(Keypair::from_secret_bytes(&secret)?);
+            let address: Address = hex::decode(a["address"].as_str().context("address")?)?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{name}: address is not 20 bytes"))?;
+            net.genesis
+                .insert(address, a["balance"].as_u64().context("balance")?);
+        }
+        let all: Vec<usize> = (0..net.ips.len()).collect();
+        net.wait_height(&all, 1, Duration::from_secs(60)).await?;
+        Ok(net)
+    }
+
+    fn check_up(&mut self) -> anyhow::Result<()> {
+        if let Some(up) = self.up.as_mut() {
+            if let Some(status) = up.try_wait()? {
+                self.up = None;
+                bail!(
+                    "tallyd testnet up exited with {status}:\n{}",
+                    self.up_output()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn up_output(&self) -> String {
+        self.tmp
+            .as_ref()
+            .and_then(|t| std::fs::read_to_string(t.path().join("up.out")).ok())
+            .unwrap_or_default()
+    }
+
+    /// The kernel names' tag, as `tallyd` derives it from the canonical directory.
+    pub fn tag(&self) -> String {
+        format!(
+            "tly{}",
+            &to_hex(&sha256(self.dir.as_os_str().as_encoded_bytes()))[..6]
+        )
+    }
+
+    pub fn ns(&self, i: usize) -> String {
+        format!("{}-n{i}", self.tag())
+    }
+
+    /// `tallyd testnet <args> --dir <dir>`.
+    pub fn verb(&self, args: &[&str]) -> Output {
+        Command::new(bin("tallyd"))
+            .arg("testnet")
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tallyd")
+    }
+
+    /// [`NetnsTestnet::verb`], which must succeed.
+    pub fn fault(&self, args: &[&str]) {
+        let out = self.verb(args);
+        assert!(
+            out.status.success(),
+            "tallyd testnet {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `cmd` inside node `i`'s namespace.
+    pub fn in_ns(&self, i: usize, cmd: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(i)])
+            .args(cmd)
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGKILL the supervisor (a crash): its nodes and namespaces stay behind.
+    pub fn crash_supervisor(&mut self) {
+        if let Some(mut up) = self.up.take() {
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/v1/status", self.rpcs[i]))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    pub async fn height(&self, i: usize) -> Option<u64> {
+        self.status(i).await?["height"].as_u64()
+    }
+
+    /// Every node's height (None for one that does not answer).
+    pub async fn heights(&self, nodes: &[usize]) -> Vec<Option<u64>> {
+        let mut out = Vec::new();
+        for &i in nodes {
+            out.push(self.height(i).await);
+        }
+        out
+    }
+
+    pub async fn wait_height(
+        &self,
+        nodes: &[usize],
+        h: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hs = self.heights(nodes).await;
+            if hs.iter().all(|x| x.is_some_and(|x| x >= h)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nodes {nodes:?} did not reach height {h} within {timeout:?}: {hs:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Heights committed by `node` per second over `window`.
+    pub async fn rate(&self, node: usize, window: Duration) -> anyhow::Result<f64> {
+        let h0 = self.height(node).await.context("no height")?;
+        let t0 = Instant::now();
+        tokio::time::sleep(window).await;
+        let h1 = self.height(node).await.context("no height")?;
+        Ok((h1 - h0) as f64 / t0.elapsed().as_secs_f64())
+    }
+
+    pub async fn evidence_count(&self, i: usize) -> anyhow::Result<usize> {
+        let v: Value = self
+            .http
+            .get(format!("{}/v1/evidence", self.rpcs[i]))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(v["evidence"].as_array().map_or(0, Vec::len))
+    }
+
+    /// After the workload stopped: waits until every node is at one height with an empty
+    /// mempool, then runs the checker over every node's history. The violations (empty
+    /// when the run was correct) and the height checked.
+    pub async fn check(&self, observed: Vec<Observation>) -> anyhow::Result<(Vec<Violation>, u64)> {
+        let all: Vec<usize> = (0..self.ips.len()).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut settled = true;
+            let mut heights = Vec::new();
+            for &i in &all {
+                let s = self.status(i).await;
+                let h = s.as_ref().and_then(|s| s["height"].as_u64());
+                let pool = s.as_ref().and_then(|s| s["mempool"]["txs"].as_u64());
+                settled &= pool == Some(0) && h.is_some();
+                heights.push(h);
+            }
+            let hs: Vec<u64> = heights.iter().flatten().copied().collect();
+            let min = hs.iter().min().copied().unwrap_or(0);
+            let max = hs.iter().max().copied().unwrap_or(0);
+            if settled && max - min <= 1 {
+                let nodes: Vec<(String, String)> = all
+                    .iter()
+                    .map(|i| (format!("node{i}"), self.rpcs[*i].clone()))
+                    .collect();
+                let history =
+                    checker::fetch(&self.http, &nodes, &self.genesis, min, observed.clone())
+                        .await?;
+                let v = checker::check(&history);
+                // Txs committed while the accounts were read (a late gossip): read again.
+                if v.iter()
+                    .any(|x| matches!(x, Violation::UnsettledSnapshot { .. }))
+                    && Instant::now() < deadline
+                {
+                    continue;
+                }
+                return Ok((v, min));
+            }
+            if Instant::now() > deadline {
+                bail!("the nodes did not settle (same height, empty mempools) within 60 s: {heights:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for NetnsTestnet {
+    fn drop(&mut self) {
+        self.crash_supervisor();
+        // Stops the nodes (pid files and whatever runs in our namespaces) and removes
+        // every namespace, veth, bridge and nft table of this testnet.
+        let cleanup = Command::new(bin("tallyd"))
+            .args(["testnet", "cleanup", "--dir"])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output();
+        if !cleanup.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!("tallyd testnet cleanup failed: {cleanup:?}");
+        }
+        if std::thread::panicking() || std::env::var_os("TALLY_TEST_KEEP").is_some() {
+            eprintln!("supervisor output:\n{}", self.up_output());
+            for i in 0..self.ips.len() {
+                let log = std::fs::read_to_string(self.dir.join(format!("node{i}/node.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!(
+                    "node{i} log tail:\n{}",
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                );
+            }
+            if let Some(t) = self.tmp.take() {
+                eprintln!("testnet kept in {}", t.keep().display());
+            }
+        }
+    }
+}
+
+/// Transfers between the testnet's accounts through random nodes, one outstanding tx per
+/// account: each loop reads its account's nonce from a random node, sends a transfer to
+/// another random node, and records it as observed once some node says committed.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    observed: Arc<Mutex<Vec<Observation>>>,
+}
+
+impl Workload {
+    pub fn start(net: &NetnsTestnet) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let observed = Arc::new(Mutex::new(Vec::new()));
+        let addresses: Vec<Address> = net.keys.iter().map(Keypair::address).collect();
+        let tasks = net
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(k, key)| {
+                let key = Keypair::from_secret_bytes(&key.secret_bytes()).expect("key");
+                let to = addresses[(k + 1) % addresses.len()];
+                let rpcs = net.rpcs.clone();
+                let http = net.http.clone();
+                let stop = stop.clone();
+                let observed = observed.clone();
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(o) = one_transfer(&http, &rpcs, &key, to, &stop).await {
+                            observed.lock().expect("observed").push(o);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            tasks,
+            observed,
+        }
+    }
+
+    pub fn committed_so_far(&self) -> usize {
+        self.observed.lock().map(|o| o.len()).unwrap_or(0)
+    }
+
+    /// Stops the loops; the txs seen committed.
+    pub async fn stop(self) -> Vec<Observation> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let o = self.observed.lock().expect("observed").clone();
+        o
+    }
+}
+
+async fn one_transfer(
+    http: &reqwest::Client,
+    rpcs: &[String],
+    key: &Keypair,
+    to: Address,
+    stop: &AtomicBool,
+) -> Option<Observation> {
+    let pick = || rand::thread_rng().gen_range(0..rpcs.len());
+    let account: Value = http
+        .get(format!(
+            "{}/v1/accounts/{}",
+            rpcs[pick()],
+            to_hex(&key.address())
+        ))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let nonce = account["nonce"].as_u64()?;
+    let amount = rand::thread_rng().gen_range(1..100);
+    let tx = transfer(key, nonce, to, amount, 1);
+    let body = serde_json::json!({ "tx": to_hex(&ledger::codec::encode(&tx)) });
+    let r = http
+        .post(format!("{}/v1/txs", rpcs[pick()]))
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    if r.status().as_u16() != 202 {
+        return None;
+    }
+    let id = to_hex(&tx.id());
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let Ok(r) = http
+            .get(format!("{}/v1/txs/{id}", rpcs[pick()]))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(v) = r.json::<Value>().await else {
+            continue;
+        };
+        if v["status"] == "committed" {
+            return Some(Observation {
+                tx_id: id,
+                height: v["height"].as_u64()?,
+            });
+        }
+    }
+    None
+}
+
+/// Panics with every violation, one a line.
+pub fn assert_no_violations(v: &[Violation], height: u64, observed: usize) {
+    assert!(
+        v.is_empty(),
+        "the checker found {} violation(s) over heights 1..={height} ({observed} txs seen committed):\n{}",
+        v.len(),
+        v.iter().map(|x| format!("  {x}")).collect::<Vec<_>>().join("\n")
+    );
+}
