@@ -945,8 +945,10 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     stop(dir)?;
     let removed = netns::teardown(&netns::Names::for_dir(dir));
     faults::clear(dir);
-    if m.hosts == Hosts::Netns || !removed.is_empty() {
-        println!("removed {} network object(s)", removed.len());
+    if !removed.is_empty() {
+        println!("removed {} leftover network object(s)", removed.len());
+    } else if m.hosts == Hosts::Netns {
+        println!("no namespace, veth or bridge of this testnet is left");
     }
     Ok(())
 }
