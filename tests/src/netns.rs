@@ -259,6 +259,50 @@ impl NetnsTestnet {
         }
     }
 
+    /// SIGTERM the supervisor (what Ctrl-C does) and wait for it to exit: it stops the
+    /// nodes and removes the namespaces itself.
+    pub async fn stop_supervisor(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let Some(mut up) = self.up.take() else {
+            bail!("the supervisor is not running");
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &up.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while up.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = up.kill();
+                bail!("the supervisor did not exit within {timeout:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Our namespaces and links that exist now (`ip netns list`, `ip -o link show`).
+    pub fn leftovers(&self) -> Vec<String> {
+        let tag = self.tag();
+        let run = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let mut out: Vec<String> = run(&["netns", "list"])
+            .lines()
+            .filter(|l| l.starts_with(&format!("{tag}-")))
+            .map(str::to_string)
+            .collect();
+        out.extend(
+            run(&["-o", "link", "show"])
+                .lines()
+                .filter(|l| l.contains(&format!(" {tag}-")))
+                .map(str::to_string),
+        );
+        out
+    }
+
     pub async fn status(&self, i: usize) -> Option<Value> {
         let r = self
             .http
