@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ledger::crypto::Keypair;
+use ledger::genesis::Genesis;
 use ledger::hash::{sha256, to_hex};
 use ledger::types::Address;
+use ledger::validators::ValidatorSet;
 use rand::Rng;
 use serde_json::Value;
 
@@ -106,6 +108,9 @@ pub struct NetnsTestnet {
     pub keys: Vec<Keypair>,
     pub genesis: BTreeMap<Address, u64>,
     pub http: reqwest::Client,
+    /// The genesis validator set (for the proposer schedule) and each validator's node.
+    validator_set: Option<ValidatorSet>,
+    validator_nodes: BTreeMap<Address, usize>,
 }
 
 impl NetnsTestnet {
@@ -142,6 +147,8 @@ impl NetnsTestnet {
             keys: Vec::new(),
             genesis: BTreeMap::new(),
             http: http_client(Duration::from_secs(2))?,
+            validator_set: None,
+            validator_nodes: BTreeMap::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         let manifest: Value = loop {
@@ -157,7 +164,21 @@ impl NetnsTestnet {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        for n in manifest["nodes"].as_array().context("manifest nodes")? {
+        let genesis =
+            Genesis::load(&net.dir.join("genesis.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        net.validator_set = Some(genesis.validators);
+        for (i, n) in manifest["nodes"]
+            .as_array()
+            .context("manifest nodes")?
+            .iter()
+            .enumerate()
+        {
+            if let Some(v) = n["validator_address"].as_str() {
+                let a: Address = hex::decode(v)?
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("node{i}: validator_address is not 20 bytes"))?;
+                net.validator_nodes.insert(a, i);
+            }
             net.ips
                 .push(n["ip"].as_str().context("node ip")?.to_string());
             net.rpcs
@@ -204,6 +225,14 @@ impl NetnsTestnet {
             .as_ref()
             .and_then(|t| std::fs::read_to_string(t.path().join("up.out")).ok())
             .unwrap_or_default()
+    }
+
+    /// The node whose validator proposes at (`height`, `round`).
+    pub fn proposer_node(&self, height: u64, round: u32) -> Option<usize> {
+        let set = self.validator_set.as_ref()?;
+        self.validator_nodes
+            .get(&set.proposer(height, round).address)
+            .copied()
     }
 
     /// The kernel names' tag, as `tallyd` derives it from the canonical directory.
