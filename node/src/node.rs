@@ -214,6 +214,7 @@ pub async fn run_with(
         engine: engine_tx,
         max_block_bytes,
         sync_max_response_bytes,
+        engine_status: view.status.clone(),
     };
 
     // RPC and metrics listeners are bound before anything is announced.

@@ -36,6 +36,8 @@ pub struct Router {
     pub sync_max_response_bytes: usize,
     /// Our active listen addresses, as the network task reports them.
     pub listening: tokio::sync::watch::Sender<Vec<tally_p2p::Multiaddr>>,
+    /// Where the engine is: its round bounds the consensus messages worth forwarding.
+    pub engine_status: tokio::sync::watch::Receiver<crate::engine::EngineStatus>,
 }
 
 /// The penalty for a gossiped tx that no honest node would have forwarded; None for txs
@@ -217,20 +219,31 @@ impl Router {
             Err(_) => return Verdict::Reject(PenaltyReason::Undecodable),
         };
         let tip = ledger::store::ChainReader::tip(self.store.as_ref()).map_or(0, |t| t.height);
-        match filter.check(&self.genesis, tip, msg) {
-            Checked::Fault(reason) => Verdict::Reject(reason),
-            Checked::Nothing => filter.charge_useless(source, Instant::now()),
-            Checked::New(msg) => {
-                let _ = self
-                    .engine
-                    .send(EngineMsg::Consensus {
-                        msg,
-                        from: Some(source),
-                    })
-                    .await;
-                Verdict::Accept
+        // The engine's round is that of the height after its tip; right after a commit the
+        // status may still show the old height, whose round says nothing of the new one.
+        let round = {
+            let status = self.engine_status.borrow();
+            if status.height == tip {
+                status.round
+            } else {
+                0
             }
-        }
+        };
+        let (msg, verdict) = match filter.check(&self.genesis, Live { tip, round }, msg) {
+            Checked::Fault(reason) => return Verdict::Reject(reason),
+            Checked::Nothing => return filter.charge_useless(source, Instant::now()),
+            Checked::Unwanted => return Verdict::Ignore,
+            Checked::New(msg) => (msg, Verdict::Accept),
+            Checked::Local(msg) => (msg, Verdict::Ignore),
+        };
+        let _ = self
+            .engine
+            .send(EngineMsg::Consensus {
+                msg,
+                from: Some(source),
+            })
+            .await;
+        verdict
     }
 }
 
@@ -254,11 +267,59 @@ const MAX_TRACKED_PEERS: usize = 4_096;
 /// or for a committed height) is ignored and charged to the peer that sent it; past
 /// [`USELESS_PER_SEC`] it costs the peer a [`PenaltyReason::Replay`]. A proposal whose body
 /// is not the one its header commits to is the relay's fault ([`check_body`]).
+///
+/// Only what the consensus core can use is forwarded, so that one validator signing
+/// messages nobody needs cannot make honest relays pass a flood on (and be scored down for
+/// it by their peers): votes and proposals of the next two heights in the rounds the core
+/// accepts ([`consensus::machine::FUTURE_ROUNDS`] past the engine's round), the first
+/// proposal of each round, two votes per (validator, height, round, kind) (the second
+/// proves a double sign), and one equivocation per (validator, height) of the heights the
+/// engine keeps evidence for. The rest is [`Checked::Unwanted`]: not verified, not
+/// forwarded, and not charged, because an honest relay a few rounds ahead of us sends some.
+/// A vote for a height further ahead is verified and given to the engine as a sign of the
+/// sender's height ([`Checked::Local`]), and not forwarded.
 #[derive(Default)]
 pub(crate) struct ConsensusFilter {
     seen: HashSet<Hash>,
     order: VecDeque<Hash>,
     useless: HashMap<PeerId, TokenBucket>,
+    /// Verified messages per (height, round, kind, signer), for heights above `pruned_at`.
+    slots: HashMap<Slot, u8>,
+    /// Equivocations forwarded, per (validator, height).
+    evidence: HashSet<([u8; 20], u64)>,
+    pruned_at: u64,
+}
+
+/// One signer's messages of one kind in one round: (height, round, kind, signer).
+type Slot = (u64, u32, u8, [u8; 20]);
+const SLOT_PREVOTE: u8 = 0;
+const SLOT_PRECOMMIT: u8 = 1;
+const SLOT_PROPOSAL: u8 = 2;
+
+/// What the filter knows of the live consensus.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Live {
+    /// Our committed height.
+    pub tip: u64,
+    /// The engine's round at `tip + 1`.
+    pub round: u32,
+}
+
+impl Live {
+    /// Whether the core takes messages of (`height`, `round`), a height above the tip and at
+    /// most one past the next.
+    fn in_window(&self, height: u64, round: u32) -> bool {
+        let current = if height == self.tip.saturating_add(1) {
+            self.round
+        } else {
+            0
+        };
+        round <= current.saturating_add(consensus::machine::FUTURE_ROUNDS)
+    }
+
+    fn near(&self, height: u64) -> bool {
+        height <= self.tip.saturating_add(2)
+    }
 }
 
 /// What a consensus message brought.
@@ -268,8 +329,22 @@ pub(crate) enum Checked {
     Fault(PenaltyReason),
     /// Nothing new: every part already seen, or for a committed height.
     Nothing,
+    /// Of no use to the core (rounds or heights outside its window, more of a slot than a
+    /// correct node forwards): dropped unchecked, not forwarded, not charged.
+    Unwanted,
     /// The new part of the message, verified (a `Rebroadcast` trimmed to what is new).
     New(Box<ConsensusMessage>),
+    /// Verified, for the engine only (a vote heights ahead: the sender's height), not
+    /// forwarded.
+    Local(Box<ConsensusMessage>),
+}
+
+/// What one vote or proposal brought.
+enum Part<T> {
+    Stale,
+    Unwanted,
+    New(T),
+    Local(T),
 }
 
 /// A vote's identity: who voted for what, not the signature bytes (another encoding of the
@@ -318,13 +393,34 @@ impl ConsensusFilter {
         }
     }
 
-    /// A vote: `Ok(Some(vote))` if new and valid, `Ok(None)` if stale or seen.
+    /// Forgets the slots and evidence of committed heights (once per height).
+    fn prune(&mut self, tip: u64) {
+        if tip == self.pruned_at {
+            return;
+        }
+        self.pruned_at = tip;
+        self.slots.retain(|(h, ..), _| *h > tip);
+        let oldest = tip.saturating_sub(crate::engine::EVIDENCE_MAX_AGE);
+        self.evidence.retain(|(_, h)| *h >= oldest);
+    }
+
+    /// Whether `slot` holds fewer than `max` verified messages.
+    fn slot_open(&self, slot: &Slot, max: u8) -> bool {
+        self.slots.get(slot).copied().unwrap_or(0) < max
+    }
+
+    fn fill(&mut self, slot: Slot) {
+        let n = self.slots.entry(slot).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    /// A vote: new and valid, stale or seen, of no use, or a sign of the sender's height.
     fn vote(
         &mut self,
         g: &Genesis,
-        tip: u64,
+        live: Live,
         v: SignedVote,
-    ) -> Result<Option<SignedVote>, PenaltyReason> {
+    ) -> Result<Part<SignedVote>, PenaltyReason> {
         let Some(validator) = g.validators.get(&v.validator) else {
             return Err(PenaltyReason::InvalidMessage);
         };
@@ -332,28 +428,42 @@ impl ConsensusFilter {
             return Err(PenaltyReason::InvalidMessage);
         }
         // A vote for a committed height is useless to everyone: no signature check.
-        if v.vote.height <= tip {
-            return Ok(None);
+        if v.vote.height <= live.tip {
+            return Ok(Part::Stale);
         }
         let id = vote_id(&v);
         if self.seen(&id) {
-            return Ok(None);
+            return Ok(Part::Stale);
+        }
+        if !live.near(v.vote.height) {
+            v.verify_signature(&validator.pubkey)
+                .map_err(|_| PenaltyReason::InvalidSignature)?;
+            return Ok(Part::Local(v));
+        }
+        let kind = match v.vote.kind {
+            ledger::types::VoteKind::Prevote => SLOT_PREVOTE,
+            ledger::types::VoteKind::Precommit => SLOT_PRECOMMIT,
+        };
+        let slot = (v.vote.height, v.vote.round, kind, v.validator);
+        if !live.in_window(v.vote.height, v.vote.round) || !self.slot_open(&slot, 2) {
+            return Ok(Part::Unwanted);
         }
         v.verify_signature(&validator.pubkey)
             .map_err(|_| PenaltyReason::InvalidSignature)?;
         self.remember(id);
-        Ok(Some(v))
+        self.fill(slot);
+        Ok(Part::New(v))
     }
 
-    /// A proposal with its block: `Ok(Some(..))` if new and valid, `Ok(None)` if stale or
-    /// seen. The body is checked against the header before anything else is trusted.
+    /// A proposal with its block. The body is checked against the header before anything
+    /// else is trusted.
     fn proposal(
         &mut self,
         g: &Genesis,
-        tip: u64,
+        live: Live,
         proposal: SignedProposal,
         block: ledger::types::Block,
-    ) -> Result<Option<(SignedProposal, ledger::types::Block)>, PenaltyReason> {
+    ) -> Result<Part<(SignedProposal, ledger::types::Block)>, PenaltyReason> {
         let p = &proposal.proposal;
         if p.chain_id != g.chain_id
             || block.hash() != p.block_hash
@@ -362,85 +472,130 @@ impl ConsensusFilter {
         {
             return Err(PenaltyReason::InvalidBlock);
         }
-        if p.height <= tip {
-            return Ok(None);
+        if p.height <= live.tip {
+            return Ok(Part::Stale);
         }
         let id = proposal_id(&proposal);
         if self.seen(&id) {
-            return Ok(None);
+            return Ok(Part::Stale);
         }
         let proposer = g.validators.proposer(p.height, p.round);
+        let slot = (p.height, p.round, SLOT_PROPOSAL, proposer.address);
+        if !live.near(p.height) || !live.in_window(p.height, p.round) || !self.slot_open(&slot, 1) {
+            return Ok(Part::Unwanted);
+        }
         proposal
             .verify_signature(&proposer.pubkey)
             .map_err(|_| PenaltyReason::InvalidSignature)?;
         self.remember(id);
-        Ok(Some((proposal, block)))
+        self.fill(slot);
+        Ok(Part::New((proposal, block)))
     }
 
-    /// Checks `msg` against the genesis and the tip height, remembering what it verified.
-    pub(crate) fn check(&mut self, g: &Genesis, tip: u64, msg: ConsensusMessage) -> Checked {
-        let checked = match msg {
+    /// An equivocation: forwarded once per (validator, height) of the heights the engine
+    /// keeps evidence for.
+    fn evidence(
+        &mut self,
+        g: &Genesis,
+        live: Live,
+        e: consensus::types::Equivocation,
+    ) -> Result<Part<consensus::types::Equivocation>, PenaltyReason> {
+        let id = sha256(&ledger::codec::encode(&e));
+        if self.seen(&id) {
+            return Ok(Part::Stale);
+        }
+        let key = (e.first.validator, e.first.vote.height);
+        let height = e.first.vote.height;
+        let next = live.tip.saturating_add(1);
+        if height.saturating_add(crate::engine::EVIDENCE_MAX_AGE) < next
+            || !live.near(height)
+            || self.evidence.contains(&key)
+        {
+            return Ok(Part::Unwanted);
+        }
+        if !valid_evidence(g, &e) {
+            return Err(PenaltyReason::InvalidMessage);
+        }
+        self.remember(id);
+        self.evidence.insert(key);
+        Ok(Part::New(e))
+    }
+
+    /// Checks `msg` against the genesis and the live consensus, remembering what it
+    /// verified.
+    pub(crate) fn check(&mut self, g: &Genesis, live: Live, msg: ConsensusMessage) -> Checked {
+        self.prune(live.tip);
+        let part = match msg {
             ConsensusMessage::Vote(v) => {
-                self.vote(g, tip, v).map(|v| v.map(ConsensusMessage::Vote))
+                self.vote(g, live, v).map(|p| p.map(ConsensusMessage::Vote))
             }
             ConsensusMessage::Proposal { proposal, block } => self
-                .proposal(g, tip, proposal, block)
+                .proposal(g, live, proposal, block)
                 .map(|p| p.map(|(proposal, block)| ConsensusMessage::Proposal { proposal, block })),
-            ConsensusMessage::Evidence(e) => {
-                let id = sha256(&ledger::codec::encode(&e));
-                if self.seen(&id) {
-                    Ok(None)
-                } else if valid_evidence(g, &e) {
-                    self.remember(id);
-                    Ok(Some(ConsensusMessage::Evidence(e)))
-                } else {
-                    Err(PenaltyReason::InvalidMessage)
-                }
-            }
+            ConsensusMessage::Evidence(e) => self
+                .evidence(g, live, e)
+                .map(|p| p.map(ConsensusMessage::Evidence)),
             ConsensusMessage::Rebroadcast {
                 sent_at_ms,
                 votes,
                 proposal,
-            } => self.rebroadcast(g, tip, sent_at_ms, votes, proposal),
+            } => self.rebroadcast(g, live, sent_at_ms, votes, proposal),
         };
-        match checked {
+        match part {
             Err(reason) => Checked::Fault(reason),
-            Ok(None) => Checked::Nothing,
-            Ok(Some(msg)) => Checked::New(Box::new(msg)),
+            Ok(Part::Stale) => Checked::Nothing,
+            Ok(Part::Unwanted) => Checked::Unwanted,
+            Ok(Part::New(msg)) => Checked::New(Box::new(msg)),
+            Ok(Part::Local(msg)) => Checked::Local(Box::new(msg)),
         }
     }
 
     /// A re-announcement: every part is checked like a message of its own (seen parts cost
-    /// a lookup), and only the new parts go on to the engine.
+    /// a lookup), and only the new parts go on to the engine. Parts the core cannot use
+    /// count as seen: a validator re-announces its own messages of the live round.
     fn rebroadcast(
         &mut self,
         g: &Genesis,
-        tip: u64,
+        live: Live,
         sent_at_ms: u64,
         votes: Vec<SignedVote>,
         proposal: Option<(SignedProposal, ledger::types::Block)>,
-    ) -> Result<Option<ConsensusMessage>, PenaltyReason> {
+    ) -> Result<Part<ConsensusMessage>, PenaltyReason> {
         if votes.len() > crate::wire::MAX_REBROADCAST_VOTES {
             return Err(PenaltyReason::InvalidMessage);
         }
         let proposal = match proposal {
-            Some((p, block)) => self.proposal(g, tip, p, block)?,
+            Some((p, block)) => match self.proposal(g, live, p, block)? {
+                Part::New(p) => Some(p),
+                Part::Stale | Part::Unwanted | Part::Local(_) => None,
+            },
             None => None,
         };
         let mut new_votes = Vec::new();
         for v in votes {
-            if let Some(v) = self.vote(g, tip, v)? {
+            if let Part::New(v) = self.vote(g, live, v)? {
                 new_votes.push(v);
             }
         }
         if new_votes.is_empty() && proposal.is_none() {
-            return Ok(None);
+            return Ok(Part::Stale);
         }
-        Ok(Some(ConsensusMessage::Rebroadcast {
+        Ok(Part::New(ConsensusMessage::Rebroadcast {
             sent_at_ms,
             votes: new_votes,
             proposal,
         }))
+    }
+}
+
+impl<T> Part<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Part<U> {
+        match self {
+            Part::Stale => Part::Stale,
+            Part::Unwanted => Part::Unwanted,
+            Part::New(t) => Part::New(f(t)),
+            Part::Local(t) => Part::Local(f(t)),
+        }
     }
 }
 
@@ -482,5 +637,224 @@ impl UselessTxs {
         } else {
             Verdict::Reject(PenaltyReason::Replay)
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use consensus::types::Equivocation;
+    use ledger::crypto::Keypair;
+    use ledger::genesis::{GenesisFile, GenesisValidator, Params};
+    use ledger::types::{Block, Header, Proposal, Vote, VoteKind};
+
+    const CHAIN: &str = "router-test";
+
+    fn keys() -> Vec<Keypair> {
+        (0..4)
+            .map(|i| Keypair::from_secret_bytes(&sha256(format!("v{i}").as_bytes())).unwrap())
+            .collect()
+    }
+
+    fn genesis(keys: &[Keypair]) -> Genesis {
+        let file = GenesisFile {
+            chain_id: CHAIN.into(),
+            genesis_time_ms: 0,
+            params: Params::default(),
+            validators: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| GenesisValidator {
+                    name: format!("v{i}"),
+                    pubkey: hex::encode(k.public_key()),
+                    power: 1,
+                })
+                .collect(),
+            accounts: Vec::new(),
+        };
+        Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap()
+    }
+
+    fn vote(k: &Keypair, height: u64, round: u32, hash: u8) -> ConsensusMessage {
+        ConsensusMessage::Vote(k.sign_vote(Vote {
+            chain_id: CHAIN.into(),
+            height,
+            round,
+            kind: VoteKind::Prevote,
+            block_hash: Some([hash; 32]),
+        }))
+    }
+
+    /// A proposal by the round's proposer, with an empty body that matches its header.
+    fn proposal(
+        g: &Genesis,
+        keys: &[Keypair],
+        height: u64,
+        round: u32,
+        t: u64,
+    ) -> ConsensusMessage {
+        let proposer = g.validators.proposer(height, round).address;
+        let key = keys.iter().find(|k| k.address() == proposer).unwrap();
+        let block = Block {
+            header: Header {
+                version: ledger::types::HEADER_VERSION,
+                chain_id: CHAIN.into(),
+                height,
+                round,
+                time_ms: t,
+                prev_hash: [0; 32],
+                tx_root: ledger::merkle::merkle_root(&[]),
+                state_root: [0; 32],
+                validators_hash: g.validators.hash(),
+                proposer,
+                last_commit_hash: ledger::hash::ZERO_HASH,
+            },
+            txs: Vec::new(),
+            last_commit: None,
+        };
+        let proposal = key.sign_proposal(Proposal {
+            chain_id: CHAIN.into(),
+            height,
+            round,
+            pol_round: None,
+            block_hash: block.hash(),
+        });
+        ConsensusMessage::Proposal { proposal, block }
+    }
+
+    fn kind(c: &Checked) -> &'static str {
+        match c {
+            Checked::Fault(_) => "fault",
+            Checked::Nothing => "nothing",
+            Checked::Unwanted => "unwanted",
+            Checked::New(_) => "new",
+            Checked::Local(_) => "local",
+        }
+    }
+
+    const LIVE: Live = Live { tip: 10, round: 0 };
+
+    #[test]
+    fn votes_outside_the_cores_round_window_are_not_forwarded() {
+        let (k, g) = (keys(), genesis(&keys()));
+        let mut f = ConsensusFilter::default();
+        let top = consensus::machine::FUTURE_ROUNDS;
+        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, top, 1))), "new");
+        assert_eq!(
+            kind(&f.check(&g, LIVE, vote(&k[0], 11, top + 1, 1))),
+            "unwanted"
+        );
+        assert_eq!(
+            kind(&f.check(&g, LIVE, vote(&k[0], 11, u32::MAX, 1))),
+            "unwanted"
+        );
+        // The window moves with the engine's round; the next height's starts at round 0.
+        let later = Live { tip: 10, round: 5 };
+        assert_eq!(
+            kind(&f.check(&g, later, vote(&k[1], 11, top + 5, 1))),
+            "new"
+        );
+        assert_eq!(
+            kind(&f.check(&g, later, vote(&k[1], 12, top + 1, 1))),
+            "unwanted"
+        );
+        assert_eq!(kind(&f.check(&g, later, vote(&k[1], 12, top, 1))), "new");
+        // Heights ahead: verified for the engine (the sender's height), not forwarded.
+        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[2], 13, 0, 1))), "local");
+        // A forged signature is still a fault where it is checked.
+        let mut forged = vote(&k[2], 11, 0, 1);
+        if let ConsensusMessage::Vote(v) = &mut forged {
+            v.signature[10] ^= 1;
+        }
+        assert_eq!(kind(&f.check(&g, LIVE, forged)), "fault");
+    }
+
+    #[test]
+    fn two_votes_per_validator_round_and_kind_are_forwarded_then_no_more() {
+        let (k, g) = (keys(), genesis(&keys()));
+        let mut f = ConsensusFilter::default();
+        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 0, 1))), "new");
+        // The second proves a double sign and must travel; the third adds nothing.
+        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 0, 2))), "new");
+        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 0, 3))), "unwanted");
+        // Another validator's slot, and the same validator's next round, are their own.
+        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[1], 11, 0, 3))), "new");
+        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 1, 3))), "new");
+        // A copy of a forwarded vote is no news (charged), not unwanted.
+        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 0, 1))), "nothing");
+        // Slots of committed heights are forgotten.
+        assert!(!f.slots.is_empty());
+        f.check(&g, Live { tip: 11, round: 0 }, vote(&k[0], 12, 0, 1));
+        assert!(
+            f.slots.keys().all(|(h, ..)| *h > 11),
+            "{:?}",
+            f.slots.keys()
+        );
+    }
+
+    #[test]
+    fn only_the_first_proposal_of_a_round_is_forwarded() {
+        let (k, g) = (keys(), genesis(&keys()));
+        let mut f = ConsensusFilter::default();
+        assert_eq!(kind(&f.check(&g, LIVE, proposal(&g, &k, 11, 0, 1))), "new");
+        assert_eq!(
+            kind(&f.check(&g, LIVE, proposal(&g, &k, 11, 0, 2))),
+            "unwanted"
+        );
+        assert_eq!(kind(&f.check(&g, LIVE, proposal(&g, &k, 11, 1, 2))), "new");
+        let past = consensus::machine::FUTURE_ROUNDS + 1;
+        assert_eq!(
+            kind(&f.check(&g, LIVE, proposal(&g, &k, 11, past, 1))),
+            "unwanted"
+        );
+        assert_eq!(
+            kind(&f.check(&g, LIVE, proposal(&g, &k, 13, 0, 1))),
+            "unwanted"
+        );
+        // A body that is not its header's is still the relay's fault, slot or not.
+        let mut swapped = proposal(&g, &k, 11, 0, 1);
+        if let ConsensusMessage::Proposal { block, .. } = &mut swapped {
+            block.txs.push(k[0].sign_tx(ledger::types::Tx {
+                chain_id: CHAIN.into(),
+                from: k[0].public_key(),
+                nonce: 0,
+                fee: 1,
+                payload: ledger::types::Payload::Transfer {
+                    to: [1; 20],
+                    amount: 1,
+                },
+            }));
+        }
+        assert_eq!(kind(&f.check(&g, LIVE, swapped)), "fault");
+    }
+
+    #[test]
+    fn one_equivocation_per_validator_and_height_is_forwarded() {
+        let (k, g) = (keys(), genesis(&keys()));
+        let mut f = ConsensusFilter::default();
+        let ev = |height: u64, a: u8, b: u8| {
+            let (ConsensusMessage::Vote(first), ConsensusMessage::Vote(second)) =
+                (vote(&k[3], height, 0, a), vote(&k[3], height, 0, b))
+            else {
+                unreachable!()
+            };
+            ConsensusMessage::Evidence(Equivocation { first, second })
+        };
+        assert_eq!(kind(&f.check(&g, LIVE, ev(11, 1, 2))), "new");
+        assert_eq!(kind(&f.check(&g, LIVE, ev(11, 1, 2))), "nothing");
+        assert_eq!(kind(&f.check(&g, LIVE, ev(11, 1, 3))), "unwanted");
+        assert_eq!(kind(&f.check(&g, LIVE, ev(9, 1, 3))), "new");
+        assert_eq!(kind(&f.check(&g, LIVE, ev(13, 1, 3))), "unwanted");
+        // Not a double sign (same hash twice): a fault where it is checked.
+        assert_eq!(kind(&f.check(&g, LIVE, ev(11, 4, 4))), "unwanted");
+        assert_eq!(kind(&f.check(&g, LIVE, ev(12, 4, 4))), "fault");
+        // Older than the engine keeps evidence for.
+        let far = Live {
+            tip: 5_000,
+            round: 0,
+        };
+        assert_eq!(kind(&f.check(&g, far, ev(100, 1, 3))), "unwanted");
+        assert!(f.evidence.is_empty(), "{:?}", f.evidence);
     }
 }

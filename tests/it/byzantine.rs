@@ -300,7 +300,9 @@ fn spawn_attacker(
         .expect("start tally-attacker")
 }
 
-/// `tally-attacker` in a validator mode, holding node `v`'s validator key.
+/// `tally-attacker` in a validator mode, holding node `v`'s validator key; `rate` and
+/// `more` for the modes that take them.
+#[allow(clippy::too_many_arguments)]
 fn spawn_validator_attacker(
     net: &TestNet,
     v: usize,
@@ -308,18 +310,20 @@ fn spawn_validator_attacker(
     ip: &str,
     targets: &[String],
     secs: f64,
+    (rate, more): (u32, &[&str]),
     out: &std::path::Path,
 ) -> std::process::Child {
     let home = &net.nodes[v].home;
     let key_file = home.join("config/validator_key.json");
     let genesis = home.join("config/genesis.json");
-    let extra = [
+    let mut extra = vec![
         "--validator-key-file",
         key_file.to_str().unwrap(),
         "--genesis",
         genesis.to_str().unwrap(),
     ];
-    spawn_attacker(mode, 0, ip, &random_secret(), targets, secs, &extra, out)
+    extra.extend_from_slice(more);
+    spawn_attacker(mode, rate, ip, &random_secret(), targets, secs, &extra, out)
 }
 
 async fn attacker_output(
@@ -620,6 +624,7 @@ async fn equivocating_validator_is_caught() {
         &format!("{prefix}.211"),
         &targets,
         30.0,
+        (0, &[]),
         &out,
     );
     // Evidence must spread: from the height at which the first honest node holds it, every
@@ -716,6 +721,7 @@ async fn a_validator_proposing_far_future_times_cannot_halt_the_chain() {
         &format!("{prefix}.210"),
         &targets,
         secs,
+        (0, &[]),
         &out,
     );
     let stats = attacker_output(child, &out, Duration::from_secs_f64(secs + 30.0)).await;
@@ -778,5 +784,170 @@ async fn a_validator_proposing_far_future_times_cannot_halt_the_chain() {
     eprintln!(
         "byzantine future-time: {attacks} forged proposals, height {start} -> {end} in {secs}s, \
          none committed"
+    );
+}
+
+/// Of the heights in `from..=to` whose round-0 proposer is not `attacker`: how many, and
+/// how many of them were decided in round 0 (node 0's blocks).
+async fn honest_turns_in_round0(net: &TestNet, from: u64, to: u64, attacker: usize) -> (u64, u64) {
+    let genesis =
+        ledger::genesis::Genesis::load(&net.nodes[0].home.join("config/genesis.json")).unwrap();
+    let bad = net.nodes[attacker].validator.unwrap();
+    let (mut turns, mut first) = (0, 0);
+    for h in from..=to {
+        if genesis.validators.proposer(h, 0).address == bad {
+            continue;
+        }
+        turns += 1;
+        let b = net.get(0, &format!("/v1/blocks/{h}")).await.unwrap();
+        if b["header"]["round"].as_u64() == Some(0) {
+            first += 1;
+        }
+    }
+    (turns, first)
+}
+
+/// Gossip messages nodes `of` received, summed.
+async fn relayed(net: &TestNet, of: &[usize]) -> f64 {
+    let mut sum = 0.0;
+    for &i in of {
+        sum += metric(net, i, "libp2p_gossipsub_messages_total", None).await;
+    }
+    sum
+}
+
+/// A byzantine validator (validator 3's key in `tally-attacker --mode flood-rounds`,
+/// publishing through four network identities connected to node 0 only, each under the
+/// per-peer limit) signs 600 messages a second that no honest validator sends:
+/// votes for rounds far past the live one, extra prevotes for made-up blocks in the live
+/// rounds, and proposals with 64 KiB bodies at each of its rounds to propose, in and past
+/// the live window. Each is validly signed, so each is new to a relay that forwards what it
+/// verified: node 0 passed the whole flood on, on top of its own traffic, and nodes 1 and 2
+/// scored it down for flooding and banned it, which stopped the chain (it needs all three).
+/// Messages for rounds outside the window the core accepts, and more than the first
+/// proposal of a round and two votes of a (validator, round, kind), are not forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_flooding_signed_rounds_cannot_turn_honest_relays_into_flooders() {
+    let secs = attack_secs().max(10.0);
+    let honest = [0usize, 1, 2];
+    let net = TestNet::builder()
+        .validators(4)
+        .start_only(&honest)
+        .await
+        .unwrap();
+    net.wait_nodes_height(&honest, 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ids: Vec<String> = honest
+        .iter()
+        .map(|&i| net.nodes[i].addresses.as_ref().unwrap().peer_id.clone())
+        .collect();
+    let pids = pids(&net, honest.len());
+    let prefix = net.nodes[0].ip.rsplit_once('.').unwrap().0.to_string();
+    let mut worst = 0.0f64;
+
+    // The same length of time without the attack, for the ratios.
+    let window = Duration::from_secs_f64(secs);
+    let rounds_before = Rounds::read(&net).await;
+    let h0 = net.height(0).await.unwrap();
+    let m0 = relayed(&net, &[1, 2]).await;
+    tokio::time::sleep(window).await;
+    let base_blocks = net.height(0).await.unwrap() - h0;
+    let base_relayed = relayed(&net, &[1, 2]).await - m0;
+    let base_rounds = Rounds::read(&net).await.since(&rounds_before);
+    let base_rss: u64 = pids
+        .iter()
+        .map(|p| proc_field_kb(*p, "VmRSS"))
+        .max()
+        .unwrap_or(0);
+
+    // Several network identities (one IP each) publish what the one key signs: each stays
+    // under node 0's per-peer limit, together they are far above it.
+    const IDENTITIES: usize = 4;
+    let target = vec![net.nodes[0].addresses.as_ref().unwrap().p2p[0].clone()];
+    let rounds_before = Rounds::read(&net).await;
+    let h1 = net.height(0).await.unwrap();
+    let m1 = relayed(&net, &[1, 2]).await;
+    let drops_before = channel_drops(&net, honest.len()).await;
+    let children: Vec<_> = (0..IDENTITIES)
+        .map(|k| {
+            let out = net.dir().join(format!("attacker-flood-rounds-{k}.json"));
+            let child = spawn_validator_attacker(
+                &net,
+                3,
+                "flood-rounds",
+                &format!("{prefix}.{}", 212 + k),
+                &target,
+                secs,
+                (150, &["--oversized-bytes", "65536"]),
+                &out,
+            );
+            (child, out)
+        })
+        .collect();
+    let deadline = Instant::now() + window;
+    let mut peak_rss = 0;
+    while Instant::now() < deadline {
+        check_honest(&net, honest.len(), &ids, &mut worst).await;
+        peak_rss = pids
+            .iter()
+            .map(|p| proc_field_kb(*p, "VmRSS"))
+            .max()
+            .unwrap_or(0)
+            .max(peak_rss);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let attack_relayed = relayed(&net, &[1, 2]).await - m1;
+    let mut attacks = 0;
+    for (child, out) in children {
+        let stats = attacker_output(child, &out, Duration::from_secs(30)).await;
+        attacks += stats["attacks"].as_u64().unwrap_or(0);
+    }
+    let attack_blocks = net.height(0).await.unwrap() - h1;
+    let attack_rounds = Rounds::read(&net).await.since(&rounds_before);
+    let drops = channel_drops(&net, honest.len()).await - drops_before;
+    check_honest(&net, honest.len(), &ids, &mut worst).await;
+    let ratio = attack_blocks as f64 / base_blocks.max(1) as f64;
+    let first = attack_rounds.first_round / attack_rounds.heights.max(1.0);
+    let honest_turns = honest_turns_in_round0(&net, h1 + 1, h1 + attack_blocks, 3).await;
+    eprintln!(
+        "byzantine flood-rounds: {attacks} signed messages in {secs}s; blocks {attack_blocks} vs \
+         {base_blocks} without ({ratio:.2}); round 0 {first:.2} (without: {:.2}); peak RSS \
+         {} MiB (before: {} MiB); channel drops {drops}; worst honest score {worst}; gossip \
+         messages reaching nodes 1 and 2 {attack_relayed} vs {base_relayed} without; honest \
+         turns decided in round 0: {}/{}",
+        base_rounds.first_round / base_rounds.heights.max(1.0),
+        peak_rss / 1024,
+        base_rss / 1024,
+        honest_turns.1,
+        honest_turns.0,
+    );
+    assert!(
+        attacks as f64 >= secs * 50.0 * IDENTITIES as f64,
+        "the attackers sent only {attacks} messages"
+    );
+    assert!(
+        ratio >= 0.75,
+        "{attack_blocks} blocks under the attack, {base_blocks} without"
+    );
+    // The attacker's own turns fail (its proposals are garbage); every honest turn must
+    // still be decided in its first round.
+    let (turns, in_round0) = honest_turns;
+    assert!(
+        in_round0 as f64 >= 0.9 * turns as f64,
+        "only {in_round0} of {turns} honest proposers' heights were decided in round 0"
+    );
+    assert_eq!(drops, 0.0, "consensus messages dropped on a full channel");
+    // What the attackers sent node 0 stayed there.
+    assert!(
+        attack_relayed < base_relayed * 2.0 + 0.1 * attacks as f64,
+        "nodes 1 and 2 received {attack_relayed} gossip messages under the attack, \
+         {base_relayed} without; the attackers sent {attacks}"
+    );
+    assert!(
+        peak_rss < base_rss + 128 * 1024,
+        "RSS grew from {} MiB to {} MiB",
+        base_rss / 1024,
+        peak_rss / 1024
     );
 }

@@ -43,7 +43,7 @@ use guard_store::RocksGuardStore;
 /// this times the validator count.
 const MAX_EVIDENCE_PER_VALIDATOR: usize = 16;
 /// Evidence of a double sign older than this many heights is not recorded.
-const EVIDENCE_MAX_AGE: u64 = 1000;
+pub(crate) const EVIDENCE_MAX_AGE: u64 = 1000;
 const EVIDENCE_KEY: &[u8] = b"evidence";
 
 /// Events for RPC subscribers (`GET /v1/events`).

@@ -29,7 +29,11 @@
 //! the chain committed last, as batches of up to 1,024 (a different subset each time) at
 //! `--rate`; `equivocate` signs, for every (height, round) it hears
 //! votes of, a prevote for a made-up block (run it next to the real validator with the same
-//! key: the two prevotes are a double sign).
+//! key: the two prevotes are a double sign); `flood-rounds` signs, at `--rate`, a stream of
+//! distinct but well-signed messages no honest validator sends: votes for rounds far past
+//! the live one, extra prevotes with made-up hashes in the live rounds, and proposals at
+//! every round it is the proposer of (in and past the live window), each with a new body
+//! of about `--oversized-bytes` bytes of made-up txs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -64,6 +68,7 @@ enum Mode {
     FutureTime,
     Equivocate,
     CommittedTxs,
+    FloodRounds,
 }
 
 #[derive(Parser, Debug)]
@@ -249,9 +254,22 @@ async fn main() -> anyhow::Result<()> {
             args.rate,
         ));
     }
-    if matches!(args.mode, Mode::FutureTime | Mode::Equivocate) {
-        let validator = Validator::load(&args)?;
+    if matches!(
+        args.mode,
+        Mode::FutureTime | Mode::Equivocate | Mode::FloodRounds
+    ) {
+        let validator = Arc::new(Validator::load(&args)?);
         let targets: Vec<PeerId> = target_ids.iter().copied().collect();
+        if args.mode == Mode::FloodRounds {
+            tokio::spawn(validator.clone().flood_rounds(
+                net.clone(),
+                live.clone(),
+                stats.clone(),
+                deadline,
+                args.rate,
+                args.oversized_bytes,
+            ));
+        }
         tokio::spawn(validator.run(net.clone(), targets, live.clone(), stats.clone(), deadline));
     }
     // Sends in 10 ms batches: timers are too coarse for one message per period at high
@@ -270,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
             | Mode::FutureTime
             | Mode::Equivocate
             | Mode::CommittedTxs
+            | Mode::FloodRounds
     );
     while gossip && Instant::now() < deadline && sent < args.max_messages {
         tick.tick().await;
@@ -561,7 +580,8 @@ impl Generator {
             | Mode::SwapBodies
             | Mode::FutureTime
             | Mode::Equivocate
-            | Mode::CommittedTxs => {
+            | Mode::CommittedTxs
+            | Mode::FloodRounds => {
                 if n % 4 != 0 {
                     // An empty re-announcement: valid, useless, distinct bytes each time.
                     let msg = ConsensusMessage::Rebroadcast {
@@ -731,7 +751,7 @@ impl Validator {
     /// Follows the tip; at each (height, round) where we are the proposer, proposes an
     /// empty block with a far-future time and votes for it.
     async fn run(
-        self,
+        self: Arc<Self>,
         net: NetworkHandle,
         targets: Vec<PeerId>,
         live: Arc<Live>,
@@ -752,7 +772,7 @@ impl Validator {
             }
             let Some((peer, status)) = tip else { continue };
             *live.tip.lock().unwrap() = Some((status.height, status.tip_hash));
-            if status.height == 0 {
+            if status.height == 0 || self.mode == Mode::FloodRounds {
                 continue;
             }
             if parent
@@ -847,6 +867,114 @@ impl Validator {
 }
 
 impl Validator {
+    /// `flood-rounds`: `rate` signed messages a second for the height after the tip we
+    /// follow, in turn a vote for a far round, a prevote with a made-up hash in one of the
+    /// live rounds, and a proposal (with a new body of ~`body_bytes`) at one of our rounds
+    /// to propose, from round 0 to ~10,000.
+    async fn flood_rounds(
+        self: Arc<Self>,
+        net: NetworkHandle,
+        live: Arc<Live>,
+        stats: Arc<Stats>,
+        deadline: Instant,
+        rate: u32,
+        body_bytes: usize,
+    ) {
+        let g = &self.genesis;
+        let me = self.key.address();
+        let chain_id = g.chain_id.clone();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let stranger = Keypair::generate();
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let mut next = Instant::now();
+        let mut n: u64 = 0;
+        while Instant::now() < deadline {
+            tokio::time::sleep_until(next.into()).await;
+            next += period;
+            let Some((tip, _)) = *live.tip.lock().unwrap() else {
+                continue;
+            };
+            let height = tip + 1;
+            n += 1;
+            let msg = match n % 3 {
+                0 => ConsensusMessage::Vote(self.key.sign_vote(Vote {
+                    chain_id: chain_id.clone(),
+                    height,
+                    round: 1_000 + (n / 3) as u32,
+                    kind: if n % 2 == 0 {
+                        VoteKind::Prevote
+                    } else {
+                        VoteKind::Precommit
+                    },
+                    block_hash: None,
+                })),
+                1 => ConsensusMessage::Vote(self.key.sign_vote(Vote {
+                    chain_id: chain_id.clone(),
+                    height,
+                    round: rng.gen_range(0..4),
+                    kind: VoteKind::Prevote,
+                    block_hash: Some(rng.gen()),
+                })),
+                _ => {
+                    // Our k-th round to propose at this height.
+                    let k = (n / 3) % 2_500;
+                    let Some(round) = (0..u32::MAX)
+                        .filter(|r| g.validators.proposer(height, *r).address == me)
+                        .nth(k as usize)
+                    else {
+                        continue;
+                    };
+                    let mut txs = Vec::new();
+                    let mut size = 0;
+                    while size < body_bytes {
+                        let tx = SignedTx {
+                            tx: Tx {
+                                chain_id: chain_id.clone(),
+                                from: stranger.public_key(),
+                                nonce: rng.gen(),
+                                fee: 1,
+                                payload: Payload::Transfer {
+                                    to: rng.gen(),
+                                    amount: 1,
+                                },
+                            },
+                            signature: [7; 64],
+                        };
+                        size += ledger::codec::encode(&tx).len();
+                        txs.push(tx);
+                    }
+                    let ids: Vec<_> = txs.iter().map(SignedTx::id).collect();
+                    let block = Block {
+                        header: Header {
+                            version: ledger::types::HEADER_VERSION,
+                            chain_id: chain_id.clone(),
+                            height,
+                            round,
+                            time_ms: 0,
+                            prev_hash: rng.gen(),
+                            tx_root: ledger::merkle::merkle_root(&ids),
+                            state_root: rng.gen(),
+                            validators_hash: g.validators.hash(),
+                            proposer: me,
+                            last_commit_hash: ledger::hash::ZERO_HASH,
+                        },
+                        txs,
+                        last_commit: None,
+                    };
+                    let proposal = self.key.sign_proposal(Proposal {
+                        chain_id: chain_id.clone(),
+                        height,
+                        round,
+                        pol_round: None,
+                        block_hash: block.hash(),
+                    });
+                    ConsensusMessage::Proposal { proposal, block }
+                }
+            };
+            publish_attack(&net, &stats, &msg).await;
+        }
+    }
+
     /// A prevote for a made-up block at (height, round): with the real validator's own
     /// prevote, a double sign.
     async fn equivocate(&self, net: &NetworkHandle, stats: &Stats, height: u64, round: u32) {
