@@ -164,7 +164,7 @@ impl Router {
     /// node would have forwarded (bad signature, undecodable, ...) rejects the batch and
     /// stops the work on it (a batch of forgeries costs about one verification per core
     /// before the sender is scored); txs that are merely stale here (already committed,
-    /// nonce used) do not. Forwarded only if it brought at least one new transaction.
+    /// nonce used) do not. Forwarded only if most of it was new ([`batch_verdict`]).
     /// Returns the verdict and how many of the batch's txs brought nothing (stale or
     /// already held here), which [`UselessTxs`] charges to the sender.
     fn on_tx_batch(&self, data: &[u8]) -> (Verdict, u32) {
@@ -201,8 +201,10 @@ impl Router {
         let ignored = ignored.load(Ordering::Relaxed);
         match checked {
             Err(fault) => (Verdict::Reject(fault), ignored),
-            Ok(()) if admitted.load(Ordering::Relaxed) > 0 => (Verdict::Accept, ignored),
-            Ok(()) => (Verdict::Ignore, ignored),
+            Ok(()) => (
+                batch_verdict(admitted.load(Ordering::Relaxed) as usize, txs.len()),
+                ignored,
+            ),
         }
     }
 
@@ -244,6 +246,22 @@ impl Router {
             })
             .await;
         verdict
+    }
+}
+
+/// Whether a valid batch of `total` txs of which `admitted` were new here is forwarded.
+///
+/// Gossipsub forwards a message whole, so a batch of one new tx and 1,023 the chain already
+/// committed would carry the stale part on to every peer, which charges *us* for it
+/// ([`UselessTxs`]): a few peers each padding batches just under our budget would make us
+/// pass on a multiple of the next peer's budget. A batch is forwarded only when at least
+/// half of it was new here; its new txs are in our mempool either way (proposed by us,
+/// re-announced if they stay pending, see [`crate::txgossip`]).
+fn batch_verdict(admitted: usize, total: usize) -> Verdict {
+    if admitted > 0 && admitted.saturating_mul(2) >= total {
+        Verdict::Accept
+    } else {
+        Verdict::Ignore
     }
 }
 
@@ -734,6 +752,16 @@ mod tests {
     }
 
     const LIVE: Live = Live { tip: 10, round: 0 };
+
+    #[test]
+    fn a_batch_is_forwarded_only_when_most_of_it_was_new() {
+        assert_eq!(batch_verdict(1024, 1024), Verdict::Accept);
+        assert_eq!(batch_verdict(512, 1024), Verdict::Accept);
+        assert_eq!(batch_verdict(1, 1), Verdict::Accept);
+        assert_eq!(batch_verdict(511, 1024), Verdict::Ignore);
+        assert_eq!(batch_verdict(1, 1024), Verdict::Ignore);
+        assert_eq!(batch_verdict(0, 0), Verdict::Ignore);
+    }
 
     #[test]
     fn votes_outside_the_cores_round_window_are_not_forwarded() {

@@ -951,3 +951,103 @@ async fn a_validator_flooding_signed_rounds_cannot_turn_honest_relays_into_flood
         peak_rss / 1024
     );
 }
+
+/// Three keyless peers, connected to node 0 only, each send 8 batches a second of 1,024
+/// txs: one new, valid transfer and 1,023 the chain already committed, each peer just under
+/// node 0's budget for useless txs. A batch with something new in it was forwarded whole,
+/// so node 0 passed ~24,000 stale txs a second on, and its honest peers charged *it* for
+/// them. A batch is forwarded only when most of it was new; the new tx still reaches every
+/// validator through node 0's mempool. Consensus keeps its pace: no consensus message lost
+/// to a full channel, block interval within 20% of a no-attack run in the same test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_padded_with_committed_txs_are_not_passed_on() {
+    const PEERS: usize = 3;
+    let secs = attack_secs().max(10.0);
+    let n = 4;
+    let net = TestNet::builder()
+        .validators(n)
+        .accounts(LOAD_ACCOUNTS + PEERS)
+        .start_at_height(2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..n)
+        .map(|i| net.nodes[i].addresses.as_ref().unwrap().peer_id.clone())
+        .collect();
+    let prefix = net.nodes[0].ip.rsplit_once('.').unwrap().0.to_string();
+    let pids = pids(&net, n);
+    let rpcs: Vec<String> = (0..n).map(|i| net.rpc(i)).collect();
+    let load = start_load(rpcs, net.http.clone());
+    let mut worst = 0.0f64;
+    let window = Duration::from_secs_f64(secs);
+
+    // Let committed txs pile up for the attackers to replay, then a no-attack window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let h0 = net.height(0).await.unwrap();
+    let base = Window::open(&net, &pids)
+        .await
+        .close(&net, &pids, window)
+        .await;
+    let base_blocks = net.height(0).await.unwrap() - h0;
+
+    let target = vec![net.nodes[0].addresses.as_ref().unwrap().p2p[0].clone()];
+    let drops_before = channel_drops(&net, n).await;
+    let h1 = net.height(0).await.unwrap();
+    let measuring = Window::open(&net, &pids).await;
+    let children: Vec<_> = (0..PEERS)
+        .map(|k| {
+            let out = net.dir().join(format!("attacker-padded-{k}.json"));
+            let account = (LOAD_ACCOUNTS + k).to_string();
+            let child = spawn_attacker(
+                "padded-batches",
+                8,
+                &format!("{prefix}.{}", 220 + k),
+                &random_secret(),
+                &target,
+                secs,
+                &["--account", &account],
+                &out,
+            );
+            (child, out)
+        })
+        .collect();
+    let deadline = Instant::now() + window;
+    while Instant::now() < deadline {
+        check_honest(&net, n, &ids, &mut worst).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let attacked = measuring.close(&net, &pids, Duration::ZERO).await;
+    let attack_blocks = net.height(0).await.unwrap() - h1;
+    let mut batches = 0;
+    for (child, out) in children {
+        let stats = attacker_output(child, &out, Duration::from_secs(30)).await;
+        batches += stats["attacks"].as_u64().unwrap_or(0);
+    }
+    check_honest(&net, n, &ids, &mut worst).await;
+    let drops = channel_drops(&net, n).await - drops_before;
+    load.stop.store(true, Ordering::Relaxed);
+    let _ = load.task.await;
+    // Block interval under the attack against without it (the attack window is measured
+    // from its first block to the moment the attackers stopped, plus one block).
+    let interval = |blocks: u64, len: f64| len / blocks.max(1) as f64;
+    let (base_interval, attack_interval) =
+        (interval(base_blocks, secs), interval(attack_blocks, secs));
+    eprintln!(
+        "byzantine padded-batches: {PEERS} peers sent {batches} batches of 1,024 in {secs}s; \
+         block interval {attack_interval:.2}s vs {base_interval:.2}s ({:.2}); committed {:.1} tx/s \
+         (the attackers' new txs included) vs {:.1} ({:.2}); consensus drops {drops}; peak RSS {} MiB; worst honest score {worst}",
+        attack_interval / base_interval,
+        attacked.tps,
+        base.tps,
+        attacked.tps / base.tps.max(0.1),
+        attacked.rss_kb / 1024,
+    );
+    assert!(
+        batches as f64 >= secs * 4.0 * PEERS as f64,
+        "the attackers sent only {batches} batches"
+    );
+    assert_eq!(drops, 0.0, "gossip events dropped for a full channel");
+    assert!(
+        attack_interval <= base_interval * 1.2,
+        "block interval {attack_interval:.2}s under the attack, {base_interval:.2}s without"
+    );
+}

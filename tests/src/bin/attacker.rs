@@ -27,7 +27,8 @@
 //! propose, proposes an empty block timed `u64::MAX` or one hour ahead (alternately), and
 //! prevotes and precommits it; `committed-txs` (keyless) re-sends the txs of the blocks
 //! the chain committed last, as batches of up to 1,024 (a different subset each time) at
-//! `--rate`; `equivocate` signs, for every (height, round) it hears
+//! `--rate`; `padded-batches` does the same with one new, valid transfer (from `--account`,
+//! nonces from 0) at the head of each batch, so that the batch is not all stale; `equivocate` signs, for every (height, round) it hears
 //! votes of, a prevote for a made-up block (run it next to the real validator with the same
 //! key: the two prevotes are a double sign); `flood-rounds` signs, at `--rate`, a stream of
 //! distinct but well-signed messages no honest validator sends: votes for rounds far past
@@ -68,11 +69,16 @@ enum Mode {
     FutureTime,
     Equivocate,
     CommittedTxs,
+    PaddedBatches,
     FloodRounds,
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "tally-attacker", about = "A byzantine Tally peer for tests")]
+#[command(
+    name = "tally-attacker",
+    about = "A byzantine Tally peer for tests",
+    args_override_self = true
+)]
 struct Args {
     #[arg(long, value_enum)]
     mode: Mode,
@@ -244,14 +250,17 @@ async fn main() -> anyhow::Result<()> {
         let targets: Vec<PeerId> = target_ids.iter().copied().collect();
         spawn_request_flood(net.clone(), targets, stats.clone(), deadline);
     }
-    if args.mode == Mode::CommittedTxs {
+    if matches!(args.mode, Mode::CommittedTxs | Mode::PaddedBatches) {
         let targets: Vec<PeerId> = target_ids.iter().copied().collect();
+        let fresh =
+            (args.mode == Mode::PaddedBatches).then(|| tally_tests::account_key(args.account));
         tokio::spawn(replay_committed_txs(
             net.clone(),
             targets,
             stats.clone(),
             deadline,
             args.rate,
+            fresh,
         ));
     }
     if matches!(
@@ -288,6 +297,7 @@ async fn main() -> anyhow::Result<()> {
             | Mode::FutureTime
             | Mode::Equivocate
             | Mode::CommittedTxs
+            | Mode::PaddedBatches
             | Mode::FloodRounds
     );
     while gossip && Instant::now() < deadline && sent < args.max_messages {
@@ -581,6 +591,7 @@ impl Generator {
             | Mode::FutureTime
             | Mode::Equivocate
             | Mode::CommittedTxs
+            | Mode::PaddedBatches
             | Mode::FloodRounds => {
                 if n % 4 != 0 {
                     // An empty re-announcement: valid, useless, distinct bytes each time.
@@ -999,8 +1010,10 @@ async fn replay_committed_txs(
     stats: Arc<Stats>,
     deadline: Instant,
     rate: u32,
+    fresh: Option<Keypair>,
 ) {
     let mut txs: std::collections::VecDeque<SignedTx> = std::collections::VecDeque::new();
+    let mut nonce = 0;
     let mut seen_height = 0;
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let mut next_refresh = Instant::now();
@@ -1042,11 +1055,18 @@ async fn replay_committed_txs(
             continue;
         }
         n += 1;
-        let batch: Vec<&SignedTx> = txs
+        let new_tx = fresh.as_ref().map(|key| {
+            nonce += 1;
+            tally_tests::transfer(key, nonce - 1, [9; 20], 1, 1)
+        });
+        let batch: Vec<&SignedTx> = new_tx
             .iter()
-            .cycle()
-            .skip(n % txs.len())
-            .take(txs.len().min(1024))
+            .chain(
+                txs.iter()
+                    .cycle()
+                    .skip(n % txs.len())
+                    .take(txs.len().min(1024 - usize::from(new_tx.is_some()))),
+            )
             .collect();
         if net
             .publish(Topic::TxBatch, ledger::codec::encode(&batch))
