@@ -8,6 +8,8 @@
 //! Root only (namespaces); without root each test says why and passes. The tests take a
 //! machine-wide lock so only one netns testnet runs at a time.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -484,6 +486,151 @@ async fn scenario_5_paused_validator_catches_up_without_evidence() {
     eprintln!(
         "FIGURES scenario 5: base {base:.2} blocks/s, {during:.2} blocks/s while paused (ratio {:.2}), caught up {caught_up:.1} s after resume, no evidence, {} txs seen committed, checked heights 1..={h}",
         during / base,
+        observed.len()
+    );
+    assert_no_violations(&v, h, observed.len());
+}
+
+/// A size-limited tmpfs mounted by a test; unmounted (lazily, so a node still holding
+/// files in it cannot stop it) when dropped, also when the test panics.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs at {}: {out:?}",
+            at.display()
+        );
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros into `path` until the file system is full; the bytes written.
+fn fill(path: &Path) -> u64 {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    let mut written = 0u64;
+    while f.write_all(&chunk).is_ok() {
+        written += chunk.len() as u64;
+    }
+    // The last partial chunk too: leave not one block free.
+    let mut byte = [0u8; 1];
+    while f.write_all(&byte).is_ok() {
+        written += 1;
+        byte[0] = 0;
+    }
+    written
+}
+
+fn log_text(net: &NetnsTestnet, i: usize) -> String {
+    std::fs::read_to_string(net.dir.join(format!("node{i}/node.log"))).unwrap_or_default()
+}
+
+/// Scenario 7 (short): validator 2's data directory moves to a 64 MiB tmpfs, which then
+/// fills up under load. Its store refuses the next block; it says in its log that its own
+/// disk is full and not a peer's fault, and stops (the engine halts on a failed commit);
+/// nobody bans anybody. The other three keep committing. After space is freed `tallyd
+/// fsck` passes on its store (no corruption), and restarted it catches up. The checker
+/// passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_7_full_disk_stops_a_validator_cleanly_and_it_recovers() {
+    require_root!();
+    let _lock = NetLock::take().await;
+    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
+    let work = Workload::start(&net);
+    net.wait_height(&ALL, 5, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // Node 2's data onto a small tmpfs (stopped meanwhile; restart keeps its data).
+    net.fault(&["kill", "2"]);
+    let home = net.dir.join("node2");
+    std::fs::rename(home.join("data"), home.join("data.disk")).unwrap();
+    std::fs::create_dir(home.join("data")).unwrap();
+    let _tmpfs = Tmpfs::mount(&home.join("data"), "64m");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(home.join("data.disk/."))
+        .arg(home.join("data"))
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    net.fault(&["restart", "2"]);
+    let h = net.height(0).await.unwrap();
+    net.wait_height(&[2], h, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let log_before = log_text(&net, 2).len();
+
+    let ballast = home.join("data/ballast");
+    let filled = Instant::now();
+    let written = fill(&ballast);
+    // It stops at its next block: its RPC goes away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while net.status(2).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "node2 still answers 30 s after its disk filled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stopped_after = filled.elapsed().as_secs_f64();
+    let log = log_text(&net, 2);
+    let tail = &log[log_before.min(log.len())..];
+    assert!(
+        tail.contains("No space left on device") && tail.contains("not a peer's fault"),
+        "node2's log does not say its disk is full:\n{tail}"
+    );
+    // The others go on without it.
+    let h = net.height(0).await.unwrap();
+    net.wait_height(&[0, 1, 3], h + 3, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    std::fs::remove_file(&ballast).unwrap();
+    let fsck = Command::new(tally_tests::bin("tallyd"))
+        .args(["fsck", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    let fsck_out = String::from_utf8_lossy(&fsck.stdout).into_owned();
+    assert!(
+        fsck.status.success() && fsck_out.contains("fsck: OK"),
+        "fsck after a full disk: {fsck_out}{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    net.fault(&["restart", "2"]);
+    let restarted = Instant::now();
+    let target = net.height(0).await.unwrap();
+    net.wait_height(&[2], target, Duration::from_secs(30))
+        .await
+        .expect("node2 did not catch up after its disk was freed");
+    let caught_up = restarted.elapsed().as_secs_f64();
+    net.wait_height(&ALL, target + 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for i in ALL {
+        let log = log_text(&net, i);
+        let bans: Vec<&str> = log.lines().filter(|l| l.contains("banning")).collect();
+        assert!(bans.is_empty(), "node{i} banned a peer: {bans:?}");
+    }
+    let observed = work.stop().await;
+    let (v, h) = net.check(observed.clone()).await.unwrap();
+    eprintln!(
+        "FIGURES scenario 7: ballast {} MiB, node2 stopped {stopped_after:.1} s after its disk filled, fsck OK, caught up {caught_up:.1} s after restart, no bans, {} txs seen committed, checked heights 1..={h}",
+        written >> 20,
         observed.len()
     );
     assert_no_violations(&v, h, observed.len());
