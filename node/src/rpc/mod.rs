@@ -112,9 +112,21 @@ impl From<AddError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Most txs in one `POST /v1/txs/batch`.
+pub const MAX_SUBMIT_BATCH: usize = 1024;
+
 pub fn router(state: RpcState, max_body: usize, timeout: Duration) -> Router {
+    // A full batch in its larger form (hex in JSON: two characters a byte, plus quoting).
+    let batch_body = MAX_SUBMIT_BATCH
+        .saturating_mul(2 * state.genesis.params.max_tx_bytes as usize + 8)
+        .saturating_add(1024)
+        .max(max_body);
     let timed = Router::new()
         .route("/v1/txs", post(submit_tx))
+        .route(
+            "/v1/txs/batch",
+            post(submit_batch).layer(DefaultBodyLimit::max(batch_body)),
+        )
         .route("/v1/txs/{id}", get(get_tx))
         .route("/v1/accounts/{address}", get(get_account))
         .route("/v1/blocks/latest", get(latest_block))
@@ -316,6 +328,110 @@ async fn submit_tx(
     .map_err(ApiError::internal)??;
     s.tx_gossip.publish(bytes).await;
     Ok((StatusCode::ACCEPTED, Json(json!({"tx_id": to_hex(&id)}))))
+}
+
+#[derive(Deserialize)]
+struct SubmitBatchBody {
+    txs: Vec<String>,
+}
+
+/// `POST /v1/txs/batch`: up to [`MAX_SUBMIT_BATCH`] txs, as `{"txs": ["<hex>", ...]}` or,
+/// with `Content-Type: application/octet-stream`, as raw borsh `Vec<SignedTx>` (the
+/// `txs/1` gossip format). Each tx is admitted in order (so one sender's nonces may follow
+/// each other in a batch) and answered on its own: `{"tx_id"}` or `{"tx_id", "error":
+/// {"code", "message"}}` with the codes of `POST /v1/txs`. The answer is 200 whenever the
+/// batch itself could be read, whatever became of its txs.
+async fn submit_batch(
+    State(s): State<RpcState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/octet-stream"));
+    let max = s.genesis.params.max_tx_bytes as usize;
+    // Each entry: the tx's bytes, or why they could not be read.
+    let entries: Vec<Result<Vec<u8>, String>> = if raw {
+        crate::txgossip::split_batch(&body, max)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    format!("body is not borsh Vec<SignedTx>: {e}"),
+                )
+            })?
+            .into_iter()
+            .map(|b| Ok(b.to_vec()))
+            .collect()
+    } else {
+        let parsed: SubmitBatchBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "{e}; send {{\"txs\": [\"<hex of borsh(SignedTx)>\", ...]}} or raw borsh \
+                     Vec<SignedTx> with Content-Type: application/octet-stream"
+                ),
+            )
+        })?;
+        parsed
+            .txs
+            .iter()
+            .map(|h| hex::decode(h.trim()).map_err(|e| format!("tx is not hex: {e}")))
+            .collect()
+    };
+    if entries.is_empty() || entries.len() > MAX_SUBMIT_BATCH {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_batch_size",
+            format!(
+                "a batch holds 1 to {MAX_SUBMIT_BATCH} txs, this one {}",
+                entries.len()
+            ),
+        ));
+    }
+    let st = s.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        entries
+            .into_iter()
+            .map(|entry| {
+                let bytes = entry.map_err(|m| (None, "malformed", m))?;
+                let id = ledger::hash::sha256(&bytes);
+                match admit_bytes(
+                    st.store.as_ref(),
+                    &st.mempool,
+                    &st.mempool_metrics,
+                    &bytes,
+                    max,
+                ) {
+                    Ok(_) => Ok((id, bytes)),
+                    Err(e) => Err((Some(id), e.code(), e.to_string())),
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (mut accepted, mut answers) = (0usize, Vec::with_capacity(results.len()));
+    for r in results {
+        match r {
+            Ok((id, bytes)) => {
+                accepted += 1;
+                s.tx_gossip.publish(bytes).await;
+                answers.push(json!({"tx_id": to_hex(&id)}));
+            }
+            Err((id, code, message)) => answers.push(json!({
+                "tx_id": id.map(|id| to_hex(&id)),
+                "error": {"code": code, "message": message},
+            })),
+        }
+    }
+    Ok(Json(json!({
+        "accepted": accepted,
+        "refused": answers.len() - accepted,
+        "results": answers,
+    })))
 }
 
 fn parse_hash(text: &str, what: &'static str) -> ApiResult<[u8; 32]> {
