@@ -302,6 +302,37 @@ async fn testnet_up_wallet_faults_shutdown_and_resume() {
     assert_eq!(report["submitted"], 100, "{report}");
     assert_eq!(report["committed"], 100, "{report}");
     assert_eq!(report["ok"], true, "{report}");
+    // The same through POST /v1/txs/batch, signed before the run.
+    let batched = tally(
+        &root,
+        &[
+            "--node",
+            &nodes,
+            "--output",
+            "json",
+            "bench",
+            "--keys",
+            "account0,account1,account2,account3",
+            "--rate",
+            "50",
+            "--duration",
+            "2s",
+            "--batch",
+            "20",
+            "--drain-timeout",
+            "30s",
+        ],
+    );
+    let report: Value = serde_json::from_slice(&batched.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bench --batch output ({e}): {}{}",
+            String::from_utf8_lossy(&batched.stdout),
+            String::from_utf8_lossy(&batched.stderr)
+        )
+    });
+    assert_eq!(report["submitted"], 100, "{report}");
+    assert_eq!(report["committed"], 100, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
 
     // Every node agrees on the block (hash and state root) at a common height.
     let tip = height(&http, 0).await.unwrap();

@@ -178,4 +178,8 @@ pub struct BenchArgs {
     /// After submitting, how long to wait for accepted transactions to commit.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub drain_timeout: Duration,
+    /// Submit through `POST /v1/txs/batch`, this many txs per request (1-1024), all signed
+    /// before the measured window; 0 sends one request per tx, signed as it goes.
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
 }

@@ -164,6 +164,22 @@ struct SubmitResponse {
 }
 
 #[derive(Debug, Deserialize)]
+struct BatchResponse {
+    results: Vec<BatchEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchEntry {
+    tx_id: Option<String>,
+    error: Option<BatchError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchError {
+    code: String,
+}
+
+#[derive(Debug, Deserialize)]
 struct ErrorBody {
     error: ErrorDetail,
 }
@@ -250,6 +266,30 @@ impl NodeClient {
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         let r: SubmitResponse = self.read(resp).await?;
         Ok(r.tx_id)
+    }
+
+    /// Submits up to 1,024 signed transactions in one `POST /v1/txs/batch` (raw borsh);
+    /// each entry is the tx id the node computed, or the error code it refused the tx with.
+    pub async fn submit_batch(
+        &self,
+        txs: &[SignedTx],
+    ) -> Result<Vec<std::result::Result<String, String>>> {
+        let req = self
+            .http
+            .post(format!("{}/v1/txs/batch", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .header("content-type", "application/octet-stream")
+            .body(ledger::codec::encode(&txs));
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let r: BatchResponse = self.read(resp).await?;
+        Ok(r.results
+            .into_iter()
+            .map(|e| match (e.tx_id, e.error) {
+                (Some(id), None) => Ok(id),
+                (_, Some(err)) => Err(err.code),
+                (None, None) => Err("no_tx_id".to_string()),
+            })
+            .collect())
     }
 
     /// Opens the server-sent event stream. Returns once the node has answered, so events

@@ -9,7 +9,7 @@
 //! After the run, a drain phase waits for every accepted tx to be seen committed, then
 //! asks the node about the stragglers, and lists those still not committed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use ledger::crypto::Keypair;
-use ledger::types::Address;
+use ledger::types::{Address, SignedTx};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -29,6 +29,8 @@ use crate::rpc::{Event, NodeClient};
 
 /// Most not-committed tx ids listed in the report.
 const MAX_LISTED: usize = 20;
+/// Most txs in one `POST /v1/txs/batch` (the node's limit).
+const MAX_BATCH: usize = 1024;
 
 struct BenchAccount {
     key: Keypair,
@@ -95,6 +97,11 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
     }
     if args.concurrency == 0 || args.concurrency > 10_000 {
         return Err(Error::usage("--concurrency must be between 1 and 10000"));
+    }
+    if args.batch > MAX_BATCH {
+        return Err(Error::usage(format!(
+            "--batch must be between 0 (one request per tx) and {MAX_BATCH}"
+        )));
     }
     let clients = ctx.clients()?;
     let primary = clients[0].clone();
@@ -169,13 +176,47 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
     };
     if !ctx.json() {
         ctx.say(format!(
-            "bench: {n} accounts, {} node(s), {:.0} tx/s for {:.1}s (target {target} txs), concurrency {}, amount {}, fee {fee}",
+            "bench: {n} accounts, {} node(s), {:.0} tx/s for {:.1}s (target {target} txs), concurrency {}, amount {}, fee {fee}{}",
             clients.len(),
             args.rate,
             args.duration.as_secs_f64(),
             args.concurrency,
-            args.amount
+            args.amount,
+            if args.batch > 0 {
+                format!(", batches of {} (pre-signed)", args.batch)
+            } else {
+                String::new()
+            }
         ));
+    }
+
+    // With --batch, every tx of the run is signed now, outside the measured window, in the
+    // order the pacing loop releases them (account i % n, its nonces in turn).
+    let mut presigned: Option<VecDeque<(usize, SignedTx)>> = None;
+    if args.batch > 0 {
+        if !ctx.json() {
+            ctx.say(format!("bench: signing {target} transfers before the run"));
+        }
+        let mut next = Vec::with_capacity(n);
+        for a in &accounts {
+            next.push(
+                clients[a.node]
+                    .account(&a.key.address(), false)
+                    .await?
+                    .next_nonce(),
+            );
+        }
+        let mut q = VecDeque::with_capacity(usize::try_from(target).unwrap_or(0));
+        for j in 0..target {
+            let i = (j % n as u64) as usize;
+            let a = &accounts[i];
+            q.push_back((
+                a.node,
+                build_transfer(&a.key, &chain_id, next[i], fee, a.to, args.amount),
+            ));
+            next[i] += 1;
+        }
+        presigned = Some(q);
     }
 
     // Pacing loop: open loop at the target rate, bounded by the semaphore.
@@ -188,6 +229,37 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
     'pace: while Instant::now() < end && sent < target {
         let due = ((start.elapsed().as_secs_f64() * args.rate) as u64 + 1).min(target);
         while sent < due {
+            if let Some(q) = presigned.as_mut() {
+                // Whole batches only, except the run's last one.
+                let ready = due - sent;
+                if ready < args.batch as u64 && due < target {
+                    break;
+                }
+                let k = (ready.min(args.batch as u64) as usize).min(q.len());
+                let mut groups: BTreeMap<usize, Vec<SignedTx>> = BTreeMap::new();
+                for (node, tx) in q.drain(..k) {
+                    groups.entry(node).or_default().push(tx);
+                }
+                for (node, txs) in groups {
+                    let permit = tokio::select! {
+                        p = sem.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break 'pace,
+                        },
+                        _ = tokio::time::sleep_until(end.into()) => break 'pace,
+                    };
+                    let (shared, clients) = (shared.clone(), clients.clone());
+                    tokio::spawn(async move {
+                        submit_group(&clients[node], txs, &shared).await;
+                        drop(permit);
+                    });
+                }
+                sent += k as u64;
+                if k == 0 {
+                    break 'pace;
+                }
+                continue;
+            }
             let permit = tokio::select! {
                 p = sem.clone().acquire_owned() => match p {
                     Ok(p) => p,
@@ -297,6 +369,45 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
     }
 
     report(ctx, &args, &shared, n, sent, submit_elapsed, not_committed)
+}
+
+/// `--batch`: one `POST /v1/txs/batch` of pre-signed txs, each counted on its own.
+async fn submit_group(client: &NodeClient, txs: Vec<SignedTx>, shared: &Shared) {
+    let ids: Vec<String> = txs.iter().map(|t| hex::encode(t.id())).collect();
+    {
+        let mut s = shared.stats();
+        let now = Instant::now();
+        s.submitted += ids.len() as u64;
+        s.first_submit.get_or_insert(now);
+        for id in &ids {
+            s.in_flight.insert(id.clone(), now);
+        }
+    }
+    let answer = client.submit_batch(&txs).await;
+    let mut s = shared.stats();
+    match answer {
+        Ok(results) => {
+            for (id, r) in ids.into_iter().zip(results) {
+                match r {
+                    Ok(_) => {
+                        s.accepted += 1;
+                        s.accepted_ids.insert(id);
+                    }
+                    Err(code) => {
+                        s.in_flight.remove(&id);
+                        *s.rejected.entry(code).or_default() += 1;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            let why = reason(&e);
+            for id in ids {
+                s.in_flight.remove(&id);
+                *s.rejected.entry(why.clone()).or_default() += 1;
+            }
+        }
+    }
 }
 
 async fn submit_one(
