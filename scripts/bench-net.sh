@@ -14,6 +14,8 @@
 # Env: BENCH_NET_RATES (1000,2000,2500,3000,3500,4000,5000) BENCH_NET_DURATION (20)
 #      BENCH_NET_GENESIS_ACCOUNTS (1000000) BENCH_NET_BASE_IP (127.0.60.2)
 #      BENCH_NET_OUT (bench) BENCH_NET_ABLATIONS=0 skips step 5, BENCH_NET_KEEP_DIR=1 keeps the dir.
+#      BENCH_NET_BATCH (0): `tally bench --batch N`, N txs per POST /v1/txs/batch, signed
+#      before each step (0: one POST /v1/txs per tx, signed as it goes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The Makefile's build variables (target dir, the prebuilt RocksDB), also when this script
@@ -29,6 +31,7 @@ DURATION="${BENCH_NET_DURATION:-20}"
 GENESIS_ACCOUNTS="${BENCH_NET_GENESIS_ACCOUNTS:-1000000}"
 ABLATIONS="${BENCH_NET_ABLATIONS:-1}"
 OUT="${BENCH_NET_OUT:-bench}"
+BATCH="${BENCH_NET_BATCH:-0}"
 REL="$CARGO_TARGET_DIR/release"
 T0=$(date +%s)
 # What the binaries are built from (a dirty tree outside bench/ is marked).
@@ -128,7 +131,7 @@ phase() {
   start_net "$label" "$bin" "${envs[@]}"
   local file="$DIR/phases/$(printf '%02d' "$(ls "$DIR/phases" | wc -l)").json"
   "${DRIVER[@]}" drive --dir "$DIR" --tally "$DIR/bin/tally" --raw "$RAW" --label "$label" \
-    --rates "$rates" --duration "$DURATION" --out-json "$file" "${extra[@]}" || PHASE_FAILED=1
+    --rates "$rates" --duration "$DURATION" --batch "$BATCH" --out-json "$file" "${extra[@]}" || PHASE_FAILED=1
   stop_net
 }
 PHASE_FAILED=0

@@ -186,7 +186,10 @@ def run_step(args, nodes, rate, raw):
            "--output", "json", "bench", "--fund-from", "account0", "--accounts", str(accounts),
            "--rate", str(rate), "--duration", f"{args.duration}s",
            "--drain-timeout", f"{args.drain}s"]
-    print(f"== step: {rate} tx/s, {accounts} accounts, {args.duration} s", file=sys.stderr, flush=True)
+    if args.batch > 0:
+        cmd += ["--batch", str(args.batch)]
+    print(f"== step: {rate} tx/s, {accounts} accounts, {args.duration} s"
+          + (f", batches of {args.batch}" if args.batch > 0 else ""), file=sys.stderr, flush=True)
     before = snapshot(nodes)
     t0 = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -508,6 +511,8 @@ def main():
     d.add_argument("--profile", action="store_true", help="perf-profile node0 during the top-rate step")
     d.add_argument("--duration", type=int, default=20)
     d.add_argument("--drain", type=int, default=30)
+    d.add_argument("--batch", type=int, default=0,
+                   help="tally bench --batch: txs per POST /v1/txs/batch, signed before the step (0: one request per tx)")
     d.add_argument("--out-json", required=True)
     d.add_argument("--max-wall", type=int, default=400, help="no new step after this many seconds")
     r = sub.add_parser("render", help="combine phase JSONs into network.md + network.json")
