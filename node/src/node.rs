@@ -273,7 +273,8 @@ pub async fn run_with(
     );
 
     let mut tasks = Supervisor::default();
-    tasks.spawn("consensus engine", engine.run(shutdown.clone()));
+    let fatal = tasks.fatal(&shutdown);
+    tasks.spawn("consensus engine", engine.run(shutdown.clone(), fatal));
     // The router ends when the network task's event channel closes: a dead network task
     // stops the node through it.
     tasks.spawn("router", router.run(net_events, shutdown.clone()));
@@ -335,6 +336,36 @@ pub async fn run_with(
     result
 }
 
+/// Stops the node for a failure a task detected and cannot recover from (the store
+/// refusing a committed block): the shutdown token is cancelled and the reason becomes the
+/// node's error, so `tallyd start` exits with status 1 and says why.
+#[derive(Clone, Debug, Default)]
+pub struct Fatal {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl Fatal {
+    pub fn new(token: CancellationToken) -> Self {
+        Fatal {
+            token,
+            reason: Arc::default(),
+        }
+    }
+
+    /// Records `reason` (the first one wins) and stops the node.
+    pub fn stop(&self, reason: impl Into<String>) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert_with(|| reason.into());
+        }
+        self.token.cancel();
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().ok().and_then(|r| r.clone())
+    }
+}
+
 /// The node's long-lived tasks under one shutdown token. A task that panics, or ends
 /// before shutdown was asked for, stops the whole node: [`Supervisor::run`] cancels the
 /// token and returns an error naming the task, instead of leaving a process that looks
@@ -343,9 +374,18 @@ pub async fn run_with(
 pub struct Supervisor {
     tasks: tokio::task::JoinSet<()>,
     names: HashMap<tokio::task::Id, &'static str>,
+    fatal: Vec<Fatal>,
 }
 
 impl Supervisor {
+    /// A [`Fatal`] for one of the tasks, bound to `shutdown`; its reason is what
+    /// [`Supervisor::run`] returns.
+    pub fn fatal(&mut self, shutdown: &CancellationToken) -> Fatal {
+        let fatal = Fatal::new(shutdown.clone());
+        self.fatal.push(fatal.clone());
+        fatal
+    }
+
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
         let handle = self.tasks.spawn(task);
         self.names.insert(handle.id(), name);
@@ -376,6 +416,7 @@ impl Supervisor {
             )),
             Some(Err(e)) => Some(self.describe(e)),
         };
+        let failure = failure.or_else(|| self.fatal.iter().find_map(Fatal::reason));
         match &failure {
             Some(f) => tracing::error!("{f}; stopping the node"),
             None => tracing::info!("shutting down"),
@@ -447,6 +488,34 @@ mod tests {
             "{error}"
         );
         assert!(shutdown.is_cancelled(), "the other tasks are told to stop");
+    }
+
+    /// A task that stops the node through [`Fatal`] makes the node's result an error with
+    /// its reason (`tallyd start` exits 1), not a clean shutdown.
+    #[tokio::test]
+    async fn a_fatal_stop_is_the_nodes_error() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let fatal = tasks.fatal(&shutdown);
+        let token = shutdown.clone();
+        tasks.spawn("steady", async move { token.cancelled().await });
+        tasks.spawn("consensus engine", async move {
+            fatal.stop("cannot commit block 9: disk full");
+            fatal.stop("a later reason is not the cause");
+        });
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            tasks.run(&shutdown, Duration::from_secs(5)),
+        )
+        .await
+        .expect("the node kept running after a fatal stop");
+        let error = result
+            .expect_err("a fatal stop must be an error")
+            .to_string();
+        assert!(
+            error.contains("cannot commit block 9: disk full"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -146,9 +146,9 @@ pub struct Engine {
     own_votes: Vec<ledger::types::SignedVote>,
     own_proposal: Option<(ledger::types::SignedProposal, Block)>,
     height_started: Instant,
-    /// The node's shutdown token (set by `run`): cancelled when the store cannot take a
-    /// committed block, because nothing after that can work.
-    halt: CancellationToken,
+    /// Stops the node (set by `run`) when the store cannot take a committed block,
+    /// because nothing after that can work.
+    halt: crate::node::Fatal,
 }
 
 /// A height that has not finished after this long gets our messages re-announced.
@@ -242,13 +242,13 @@ impl Engine {
             own_votes: Vec::new(),
             own_proposal: None,
             height_started: Instant::now(),
-            halt: CancellationToken::new(),
+            halt: crate::node::Fatal::default(),
         };
         Ok((engine, me, view))
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        self.halt = shutdown.clone();
+    pub async fn run(mut self, shutdown: CancellationToken, fatal: crate::node::Fatal) {
+        self.halt = fatal;
         let tip = match self.store.tip() {
             Ok(t) => t,
             Err(e) => {
@@ -715,7 +715,9 @@ impl Engine {
             self.metrics
                 .storage
                 .report(&format!("committing block {height}"), &e);
-            self.halt.cancel();
+            self.halt.stop(format!(
+                "cannot commit block {height}: {e}: the node's store is unusable (disk full?)"
+            ));
             return Err(());
         }
         self.metrics

@@ -1237,7 +1237,7 @@ mod tests {
         })
         .unwrap();
         let shutdown = CancellationToken::new();
-        engine.halt = shutdown.clone(); // what `run` does
+        engine.halt = crate::node::Fatal::new(shutdown.clone()); // what `run` does
         let (mut block, commit) = blocks[0].clone();
         block.header.height = 5;
         engine.executed.insert(
@@ -1252,6 +1252,8 @@ mod tests {
             shutdown.is_cancelled(),
             "the node keeps running after its store refused a block"
         );
+        let reason = engine.halt.reason().unwrap_or_default();
+        assert!(reason.contains("cannot commit block 5"), "{reason}");
         assert_eq!(engine.metrics.storage.count(), 1);
         let last = engine.metrics.storage.last().unwrap_or_default();
         assert!(last.contains("committing block 5"), "{last}");
