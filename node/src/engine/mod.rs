@@ -585,7 +585,10 @@ impl Engine {
         ) {
             Ok(b) => b,
             Err(e) => {
+                // Building reads our own store only: any failure is ours, and /v1/status
+                // and the storage metric should say so.
                 tracing::error!(error = %e, "cannot build a block");
+                self.metrics.storage.report("building a proposal", &e);
                 return None;
             }
         };
@@ -660,6 +663,16 @@ impl Engine {
                     .observe(start.elapsed().as_secs_f64());
                 self.executed.insert(*hash, outcome);
                 true
+            }
+            Err(e) if !e.is_peer_fault() => {
+                // Our store failed under the block: not the proposer's doing. We cannot
+                // vote for what we cannot check, but say whose failure it is.
+                let height = block.header.height;
+                tracing::error!(height, error = %e, "cannot validate the proposed block: the node's store failed");
+                self.metrics
+                    .storage
+                    .report(&format!("validating block {height}"), &e);
+                false
             }
             Err(e) => {
                 tracing::warn!(height = block.header.height, error = %e, "proposed block is invalid");
