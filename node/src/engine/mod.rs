@@ -866,3 +866,192 @@ pub fn valid_evidence(genesis: &Genesis, e: &Equivocation) -> bool {
         && a.verify_signature(&v.pubkey).is_ok()
         && b.verify_signature(&v.pubkey).is_ok()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::mempool::MempoolConfig;
+    use ledger::genesis::{GenesisFile, GenesisValidator, Params};
+    use ledger::types::{Header, Proposal};
+
+    const CHAIN: &str = "engine-test";
+
+    fn keys() -> Vec<Keypair> {
+        (0..4)
+            .map(|i| {
+                Keypair::from_secret_bytes(&ledger::sha256(format!("v{i}").as_bytes())).unwrap()
+            })
+            .collect()
+    }
+
+    /// A full node's engine (no key) over a fresh store of a 4-validator genesis, at
+    /// height 1.
+    fn engine(keys: &[Keypair], dir: &std::path::Path) -> Engine {
+        let file = GenesisFile {
+            chain_id: CHAIN.into(),
+            genesis_time_ms: 0,
+            params: Params::default(),
+            validators: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| GenesisValidator {
+                    name: format!("v{i}"),
+                    pubkey: hex::encode(k.public_key()),
+                    power: 1,
+                })
+                .collect(),
+            accounts: Vec::new(),
+        };
+        let g =
+            Arc::new(Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap());
+        let store = Arc::new(RocksStore::open(dir, &g).unwrap());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let (net, _events) = tally_p2p::spawn(
+            tally_p2p::NetworkConfig::new(CHAIN, [7; 32]),
+            &mut registry,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let (mut engine, _, _) = Engine::new(EngineParts {
+            genesis: g.clone(),
+            store,
+            mempool: Arc::new(Mutex::new(Mempool::new(
+                MempoolConfig::default(),
+                CHAIN.into(),
+                g.params.clone(),
+            ))),
+            mempool_metrics: Default::default(),
+            metrics: ChainMetrics::register(&mut registry),
+            net,
+            key: None,
+            timeout_commit: Duration::from_millis(10),
+            events: broadcast::channel(16).0,
+            reuse_mempool_signatures: true,
+        })
+        .unwrap();
+        engine.drive(Input::StartHeight { height: 1 });
+        engine
+    }
+
+    /// A proposal by `key` for (height, round) with an empty body of its own (`salt`
+    /// makes each one a different block).
+    fn proposal(
+        g: &Genesis,
+        key: &Keypair,
+        height: u64,
+        round: u32,
+        salt: u64,
+    ) -> ConsensusMessage {
+        let block = Block {
+            header: Header {
+                version: ledger::types::HEADER_VERSION,
+                chain_id: CHAIN.into(),
+                height,
+                round,
+                time_ms: salt,
+                prev_hash: [0; 32],
+                tx_root: ledger::merkle::merkle_root(&[]),
+                state_root: [0; 32],
+                validators_hash: g.validators.hash(),
+                proposer: key.address(),
+                last_commit_hash: ledger::hash::ZERO_HASH,
+            },
+            txs: Vec::new(),
+            last_commit: None,
+        };
+        let proposal = key.sign_proposal(Proposal {
+            chain_id: CHAIN.into(),
+            height,
+            round,
+            pol_round: None,
+            block_hash: block.hash(),
+        });
+        ConsensusMessage::Proposal { proposal, block }
+    }
+
+    /// Item 10 of issue 17: one validator signing proposals for every round it proposes
+    /// in, several different ones per round, for this height and the next, used to have
+    /// every body kept until the height committed. The engine keeps one body per (height,
+    /// round), for the rounds the core takes proposals for.
+    #[tokio::test]
+    async fn one_proposer_signing_every_round_is_held_to_the_round_window() {
+        let keys = keys();
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = engine(&keys, dir.path());
+        let g = engine.genesis.clone();
+        let bad = &keys[3];
+        let mut sent = 0;
+        for height in [1, 2] {
+            for round in 0..2_000u32 {
+                if g.validators.proposer(height, round).address != bad.address() {
+                    continue;
+                }
+                for salt in 0..5 {
+                    engine.on_consensus(proposal(&g, bad, height, round, salt), None);
+                    sent += 1;
+                }
+            }
+        }
+        let window = 2 * (consensus::machine::FUTURE_ROUNDS as usize + 1);
+        assert!(sent > 2_000, "{sent}");
+        assert!(
+            engine.blocks.len() <= window && engine.bodies.len() <= window,
+            "{} bodies kept of {sent} proposals ({} slots); the window holds {window}",
+            engine.blocks.len(),
+            engine.bodies.len()
+        );
+        assert!(
+            !engine.blocks.is_empty(),
+            "in-window proposals must still be kept"
+        );
+    }
+
+    fn equivocation(key: &Keypair, height: u64, round: u32) -> Equivocation {
+        let vote = |hash: u8| {
+            key.sign_vote(ledger::types::Vote {
+                chain_id: CHAIN.into(),
+                height,
+                round,
+                kind: ledger::types::VoteKind::Prevote,
+                block_hash: Some([hash; 32]),
+            })
+        };
+        Equivocation {
+            first: vote(1),
+            second: vote(2),
+        }
+    }
+
+    /// Item 10 of issue 17: one validator's double signs, as many as it likes, are one
+    /// record per height it may be punished for, and never push out another's.
+    #[tokio::test]
+    async fn one_validators_evidence_never_evicts_anothers() {
+        let keys = keys();
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = engine(&keys, dir.path());
+        engine.record_evidence(equivocation(&keys[2], 1, 0), false);
+        for round in 0..200 {
+            for height in [1, 2, 3, 5_000] {
+                engine.record_evidence(equivocation(&keys[3], height, round), false);
+            }
+        }
+        let list = engine.evidence.read().unwrap().clone();
+        let of = |k: &Keypair| {
+            list.iter()
+                .filter(|e| e.first.validator == k.address())
+                .count()
+        };
+        assert_eq!(of(&keys[2]), 1, "validator 2's record was evicted");
+        // Heights 1 and 2 only (the next height at most); one record each.
+        assert_eq!(of(&keys[3]), 2, "{} records of validator 3", of(&keys[3]));
+        // And the stored copy is the same bounded list.
+        let stored: Vec<Equivocation> = ledger::codec::decode(
+            "evidence",
+            &engine.store.consensus_get(EVIDENCE_KEY).unwrap().unwrap(),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(stored.len(), 3);
+    }
+}
