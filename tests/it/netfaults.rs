@@ -538,6 +538,86 @@ fn log_text(net: &NetnsTestnet, i: usize) -> String {
     std::fs::read_to_string(net.dir.join(format!("node{i}/node.log"))).unwrap_or_default()
 }
 
+/// Scenario 6 (short): validator 1's clock 30 s ahead, validator 2's 30 s behind
+/// (libfaketime), max_clock_drift 2 s. The chain keeps committing; block times strictly
+/// increase and never run more than the drift ahead of the real clock; node1's proposals
+/// (timed 30 s ahead) are refused, so none of its blocks commits while it is skewed;
+/// node2's (its clock is behind its parent: it proposes parent + 1 ms, which the rule
+/// always accepts) commit. The checker passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
+    require_root!();
+    let Some(lib) = tally_tests::netns::libfaketime() else {
+        eprintln!("skipping: libfaketime not found: run `make bootstrap` as root");
+        return;
+    };
+    let lib = lib.to_string_lossy().into_owned();
+    let _lock = NetLock::take().await;
+    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
+    let work = Workload::start(&net);
+    net.wait_height(&ALL, 5, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let base = net.rate(0, Duration::from_secs(5)).await.unwrap();
+
+    for (i, offset) in [(1, "+30s"), (2, "-30s")] {
+        net.restart_with_env(
+            i,
+            &[
+                ("LD_PRELOAD", &lib),
+                ("FAKETIME", offset),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        );
+    }
+    let from = net.height(0).await.unwrap() + 1;
+    let during = net.rate(0, Duration::from_secs(15)).await.unwrap();
+    let to = net.height(0).await.unwrap();
+    assert!(
+        during / base > 0.15 && to >= from + 5,
+        "the chain nearly stopped with skewed clocks: {during:.2} blocks/s against {base:.2}"
+    );
+    let observed = work.stop().await;
+    let (v, history) = net.check_history(observed.clone()).await.unwrap();
+    #[allow(clippy::disallowed_methods)] // block times are compared with the real clock
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let blocks = &history.nodes[0].blocks;
+    let latest = blocks.iter().map(|b| b.time_ms).max().unwrap();
+    assert!(
+        latest <= now_ms + 2000,
+        "a block is timed {} ms ahead of the real clock",
+        latest - now_ms
+    );
+    let (ahead, behind) = (
+        net.validator_address(1).unwrap(),
+        net.validator_address(2).unwrap(),
+    );
+    let window: Vec<_> = blocks
+        .iter()
+        .filter(|b| b.height >= from && b.height <= to)
+        .collect();
+    let by_ahead = window.iter().filter(|b| b.proposer == ahead).count();
+    let by_behind = window.iter().filter(|b| b.proposer == behind).count();
+    let later_rounds = window.iter().filter(|b| b.round > 0).count();
+    assert_eq!(by_ahead, 0, "a block timed 30 s ahead was committed");
+    assert!(
+        by_behind > 0,
+        "none of the slow clock's proposals committed"
+    );
+    eprintln!(
+        "FIGURES scenario 6: base {base:.2} blocks/s, {during:.2} blocks/s with clocks +30 s / -30 s (ratio {:.2}), heights {from}..={to}: {} blocks, {later_rounds} after round 0, 0 proposed by the fast clock, {by_behind} by the slow one; newest block time {} ms from the real clock; {} txs seen committed",
+        during / base,
+        window.len(),
+        latest as i64 - now_ms as i64,
+        observed.len()
+    );
+    let h = blocks.len() as u64;
+    assert_no_violations(&v, h, observed.len());
+}
+
 /// Scenario 7 (short): validator 2's data directory moves to a 64 MiB tmpfs, which then
 /// fills up under load. Its store refuses the next block; it says in its log that its own
 /// disk is full and not a peer's fault, and stops (the engine halts on a failed commit);

@@ -4,7 +4,8 @@
 //! [`fetch`] reads each node's blocks and accounts over RPC into a [`History`];
 //! [`check`] is a pure function of that history, so each rule has a negative control (a
 //! doctored history it must reject, in this file's tests). The rules:
-//! - no fork: one block hash per height on every node, each block linked to the one below;
+//! - no fork: one block hash per height on every node, each block linked to the one below
+//!   and timed strictly after it;
 //! - no lost write: every tx a client saw committed is in the chain at that height;
 //! - no tx twice in a node's chain;
 //! - every account's balance and nonce as reported equal a replay of the committed txs
@@ -34,6 +35,10 @@ pub struct TxRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockRecord {
     pub height: u64,
+    /// The round it was committed in.
+    pub round: u32,
+    /// Its header's time (the proposer's clock, checked by the validators).
+    pub time_ms: u64,
     pub hash: String,
     pub prev_hash: String,
     pub proposer: Address,
@@ -44,6 +49,8 @@ impl BlockRecord {
     pub fn from_block(b: &Block) -> Self {
         Self {
             height: b.header.height,
+            round: b.header.round,
+            time_ms: b.header.time_ms,
             hash: to_hex(&b.hash()),
             prev_hash: to_hex(&b.header.prev_hash),
             proposer: b.header.proposer,
@@ -272,6 +279,18 @@ fn check_node(h: &History, n: &NodeHistory, genesis_supply: u128, out: &mut Vec<
                 why: format!("expected height {} at position {k}", k + 1),
             });
             return;
+        }
+        if k > 0 && b.time_ms <= n.blocks[k - 1].time_ms {
+            out.push(Violation::BrokenChain {
+                node: node.clone(),
+                height: b.height,
+                why: format!(
+                    "time {} ms is not after block {}'s {} ms",
+                    b.time_ms,
+                    k,
+                    n.blocks[k - 1].time_ms
+                ),
+            });
         }
         if k > 0 && b.prev_hash != n.blocks[k - 1].hash {
             out.push(Violation::BrokenChain {
@@ -530,6 +549,8 @@ mod tests {
     fn block(height: u64, txs: Vec<TxRecord>) -> BlockRecord {
         BlockRecord {
             height,
+            round: 0,
+            time_ms: 1000 * height,
             hash: format!("h{height}"),
             prev_hash: format!("h{}", height - 1),
             proposer: P,
@@ -610,6 +631,20 @@ mod tests {
         let mut h = good();
         h.nodes[0].blocks[2].prev_hash = "elsewhere".into();
         assert!(kinds(&h).contains("broken chain"));
+    }
+
+    #[test]
+    fn negative_control_block_time_going_back() {
+        let mut h = good();
+        h.nodes[1].blocks[2].time_ms = h.nodes[1].blocks[1].time_ms;
+        let v = check(&h);
+        assert!(
+            v.iter().any(|x| matches!(
+                x,
+                Violation::BrokenChain { height: 3, why, .. } if why.contains("not after")
+            )),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -54,6 +54,20 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// libfaketime's preload library (Debian's `faketime` package), if installed. The
+/// `faketime` command itself is no use for a node that outlives it: it waits for every
+/// process holding its pipe.
+pub fn libfaketime() -> Option<PathBuf> {
+    let lib = std::fs::read_dir("/usr/lib").ok()?.flatten().find_map(|d| {
+        let p = d.path().join("faketime/libfaketime.so.1");
+        p.is_file().then_some(p)
+    });
+    lib.or_else(|| {
+        let p = PathBuf::from("/usr/lib/faketime/libfaketime.so.1");
+        p.is_file().then_some(p)
+    })
+}
+
 /// Serialises the netns tests across nextest's processes: their timing assertions (no
 /// commit while split, resume within 10 s) need the CPU a lone testnet would get on two
 /// cores. A pid file, taken over when its owner died.
@@ -235,6 +249,32 @@ impl NetnsTestnet {
             .copied()
     }
 
+    /// The validator address of node `i` (None for a full node).
+    pub fn validator_address(&self, i: usize) -> Option<Address> {
+        self.validator_nodes
+            .iter()
+            .find(|(_, n)| **n == i)
+            .map(|(a, _)| *a)
+    }
+
+    /// `tallyd testnet restart i` with `env` set: the restarted node inherits it (e.g.
+    /// libfaketime's `LD_PRELOAD` and `FAKETIME` for a skewed clock).
+    pub fn restart_with_env(&self, i: usize, env: &[(&str, &str)]) {
+        let out = Command::new(bin("tallyd"))
+            .args(["testnet", "restart", &i.to_string(), "--dir"])
+            .arg(&self.dir)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tallyd");
+        assert!(
+            out.status.success(),
+            "tallyd testnet restart {i} with {env:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The kernel names' tag, as `tallyd` derives it from the canonical directory.
     pub fn tag(&self) -> String {
         format!(
@@ -398,6 +438,16 @@ impl NetnsTestnet {
     /// mempool, then runs the checker over every node's history. The violations (empty
     /// when the run was correct) and the height checked.
     pub async fn check(&self, observed: Vec<Observation>) -> anyhow::Result<(Vec<Violation>, u64)> {
+        let (v, history) = self.check_history(observed).await?;
+        let height = history.nodes.first().map_or(0, |n| n.blocks.len() as u64);
+        Ok((v, height))
+    }
+
+    /// [`NetnsTestnet::check`], returning the fetched history with the violations.
+    pub async fn check_history(
+        &self,
+        observed: Vec<Observation>,
+    ) -> anyhow::Result<(Vec<Violation>, checker::History)> {
         let all: Vec<usize> = (0..self.ips.len()).collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -429,7 +479,7 @@ impl NetnsTestnet {
                 {
                     continue;
                 }
-                return Ok((v, min));
+                return Ok((v, history));
             }
             if Instant::now() > deadline {
                 bail!("the nodes did not settle (same height, empty mempools) within 60 s: {heights:?}");
