@@ -4,6 +4,10 @@
 //! not, so this crate, the one that uses RocksDB, asks for it.
 
 fn main() {
+    // Nothing to link without the RocksDB store (the consensus crate's and the wallet's build).
+    if std::env::var_os("CARGO_FEATURE_ROCKSDB").is_none() {
+        return;
+    }
     println!("cargo:rerun-if-env-changed=ROCKSDB_LIB_DIR");
     println!("cargo:rerun-if-env-changed=ROCKSDB_STATIC");
     println!("cargo:rerun-if-env-changed=ROCKSDB_COMPILE");

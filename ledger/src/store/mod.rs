@@ -3,6 +3,7 @@
 //! block is one atomic write: block, commit, indexes, state changes and tip together.
 
 pub mod memory;
+#[cfg(feature = "rocksdb")]
 pub mod rocks;
 
 use borsh::{BorshDeserialize, BorshSerialize};
@@ -147,6 +148,7 @@ pub fn genesis_tip(genesis: &Genesis, state_root: Hash) -> Tip {
 
 /// Records carry an 8-byte checksum prefix (truncated SHA-256 of the payload) so a
 /// corrupted or overwritten record is detected on read instead of decoded into garbage.
+#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // the disk format, used by `rocks`
 pub(crate) fn seal(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&sha256(payload)[..8]);
@@ -154,6 +156,7 @@ pub(crate) fn seal(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // the disk format, used by `rocks`
 pub(crate) fn unseal<'a>(what: &str, sealed: &'a [u8]) -> Result<&'a [u8], StoreError> {
     if sealed.len() < 8 {
         return Err(StoreError::Corrupt {
@@ -171,6 +174,7 @@ pub(crate) fn unseal<'a>(what: &str, sealed: &'a [u8]) -> Result<&'a [u8], Store
     Ok(payload)
 }
 
+#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // the disk format, used by `rocks`
 pub(crate) fn decode_record<T: BorshDeserialize>(
     what: &str,
     sealed: &[u8],
@@ -196,9 +200,8 @@ pub(crate) fn check_extends(tip: &Tip, block: &Block) -> Result<(), StoreError> 
 #[cfg(test)]
 mod tests {
     use super::memory::MemStore;
-    use super::rocks::RocksStore;
     use super::*;
-    use crate::genesis::{bulk_account_address, write_json, GenesisFile, BULK_ACCOUNT_BALANCE};
+    use crate::genesis::{bulk_account_address, write_json, GenesisFile};
     use crate::state::{compute_update, prove_account};
 
     fn bulk_genesis(n: u64) -> Genesis {
@@ -246,8 +249,11 @@ mod tests {
         assert_eq!(next_root(&whole), next_root(&chunked));
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn rocksdb_builds_a_multi_chunk_genesis_like_one_update() {
+        use super::rocks::RocksStore;
+        use crate::genesis::BULK_ACCOUNT_BALANCE;
         // More than one chunk, so RocksStore writes several tree versions.
         let n = GENESIS_CHUNK as u64 + 5000;
         let g = bulk_genesis(n);

@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod props;
+#[cfg(feature = "rocksdb")]
 mod store;
 mod vectors;
