@@ -52,12 +52,58 @@ pub async fn run(home: &Path, shutdown: CancellationToken) -> anyhow::Result<()>
     run_with(home, config, genesis, shutdown).await
 }
 
+/// RocksDB's table files held open (`set_max_open_files` in `ledger::store::rocks`).
+const ROCKSDB_OPEN_FILES: u64 = 512;
+/// Descriptors besides table files and sockets: the WAL, logs, pipes, epoll, listeners.
+const FD_MARGIN: u64 = 256;
+
+/// File descriptors the node may hold at once at its configured limits.
+pub fn fds_needed(config: &NodeConfig) -> u64 {
+    let p2p = u64::from(config.p2p.max_inbound_connections)
+        + u64::from(config.p2p.max_pending_inbound)
+        // Outbound dials (bootstrap, discovery) are not capped by the inbound limit.
+        + u64::from(config.p2p.max_inbound_connections);
+    ROCKSDB_OPEN_FILES
+        + config.rpc.max_connections as u64
+        + config.metrics.max_connections as u64
+        + p2p
+        + FD_MARGIN
+}
+
+/// Raises the soft open-file limit to `needed` (at most the hard limit): many systems start
+/// processes at 1,024, which RocksDB's files and a full load of RPC and p2p connections
+/// exceed; a node out of descriptors refuses connections and can fail to open table files.
+/// Returns the limit in force afterwards.
+pub fn raise_open_files_limit(needed: u64) -> u64 {
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(limit) if limit < needed => {
+            tracing::warn!(
+                limit,
+                needed,
+                "the open-file limit is below what this node may use at its connection limits; \
+                 raise the hard limit (`ulimit -Hn`, or LimitNOFILE= in a systemd unit) or \
+                 lower rpc.max_connections"
+            );
+            limit
+        }
+        Ok(limit) => {
+            tracing::debug!(limit, needed, "open-file limit");
+            limit
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            0
+        }
+    }
+}
+
 pub async fn run_with(
     home: Home,
     config: NodeConfig,
     genesis: Genesis,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    raise_open_files_limit(fds_needed(&config));
     let mut genesis = Arc::new(genesis);
     let key = if config.consensus.validator_key.is_empty() {
         None
@@ -516,6 +562,31 @@ mod tests {
             error.contains("cannot commit block 9: disk full"),
             "{error}"
         );
+    }
+
+    /// A node started under a soft open-file limit of 256 raises it to what its connection
+    /// limits need (or to the hard limit, if that is lower). nextest runs each test in its
+    /// own process, so lowering this process's limit touches no other test.
+    #[test]
+    fn the_open_file_limit_is_raised_to_what_the_limits_need() {
+        use rlimit::Resource;
+        if std::env::var_os("NEXTEST").is_none() {
+            // Under `cargo test` the other tests share this process's limit.
+            eprintln!("skipped: needs a process of its own (run it with cargo nextest)");
+            return;
+        }
+        let (_, hard) = Resource::NOFILE.get().unwrap();
+        if hard < 512 {
+            eprintln!("skipped: hard open-file limit {hard} leaves nothing to raise");
+            return;
+        }
+        Resource::NOFILE.set(256, hard).unwrap();
+        let needed = fds_needed(&NodeConfig::default());
+        assert!(needed > 1024, "the defaults need {needed} descriptors");
+        let limit = raise_open_files_limit(needed);
+        let (soft, _) = Resource::NOFILE.get().unwrap();
+        assert_eq!(soft, limit);
+        assert_eq!(soft, needed.min(hard), "soft limit {soft}, hard {hard}");
     }
 
     #[tokio::test]
