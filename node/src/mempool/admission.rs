@@ -65,7 +65,7 @@ fn admit(
         .unwrap_or_default();
     let checked = mempool
         .lock()
-        .map_err(|_| AddError::Full)?
+        .map_err(|_| AddError::Poisoned)?
         .precheck(tx, &id, size, &account);
     // A committed tx has a nonce below its sender's next one, so the tx index is only
     // consulted to explain a used nonce (one RocksDB read less per admitted tx).
@@ -77,7 +77,7 @@ fn admit(
     checked?;
     // The expensive check runs without the lock so admissions verify in parallel.
     tx.verify_signature().map_err(TxError::from)?;
-    let mut pool = mempool.lock().map_err(|_| AddError::Full)?;
+    let mut pool = mempool.lock().map_err(|_| AddError::Poisoned)?;
     // The account again, under the lock: a block may have committed since the read above,
     // and its post-commit update may already have run. Inserting with the stale nonce would
     // set the sender's queue to a nonce it has passed, and the tx would never be reaped.
@@ -281,5 +281,58 @@ mod tests {
         // The disk recovers: the same tx is admitted.
         store.fail_account_reads(false);
         admit_bytes(&store, &pool, &metrics, &bytes, 1024).unwrap();
+    }
+
+    /// A pool whose lock a panic poisoned answers `internal` (HTTP 500), not `mempool_full`
+    /// (which tells a client to retry with a higher fee), and is no peer's fault.
+    #[test]
+    fn a_poisoned_pool_is_an_internal_error_not_a_full_one() {
+        use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator};
+        use ledger::store::memory::MemStore;
+
+        let key = Keypair::generate();
+        let file = GenesisFile {
+            chain_id: "poison".into(),
+            genesis_time_ms: 0,
+            params: Params::default(),
+            validators: vec![GenesisValidator {
+                name: "v".into(),
+                pubkey: hex::encode(Keypair::generate().public_key()),
+                power: 1,
+            }],
+            accounts: vec![GenesisAccount {
+                address: hex::encode(key.address()),
+                balance: 1_000,
+            }],
+        };
+        let genesis = Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap();
+        let store = MemStore::new(&genesis).unwrap();
+        let pool = Arc::new(Mutex::new(Mempool::new(
+            MempoolConfig::default(),
+            "poison".into(),
+            Params::default(),
+        )));
+        let holder = pool.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = holder.lock().unwrap();
+            panic!("a bug while holding the pool");
+        })
+        .join();
+        assert!(pool.is_poisoned());
+        let tx = key.sign_tx(Tx {
+            chain_id: "poison".into(),
+            from: key.public_key(),
+            nonce: 0,
+            fee: 1,
+            payload: Payload::Transfer {
+                to: [7; 20],
+                amount: 5,
+            },
+        });
+        let metrics = MempoolMetrics::default();
+        let e =
+            admit_bytes(&store, &pool, &metrics, &ledger::codec::encode(&tx), 1024).unwrap_err();
+        assert_eq!(e.code(), "internal", "{e}");
+        assert!(!e.is_peer_fault());
     }
 }

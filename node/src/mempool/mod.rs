@@ -69,6 +69,10 @@ pub enum AddError {
     /// fault (see `crate::metrics::StorageHealth`).
     #[error("this node cannot read its state right now ({0}); try again or another node")]
     Storage(String),
+    /// The pool's lock was poisoned by a panic elsewhere in the node: a bug of ours, not a
+    /// full pool (it used to be reported as `mempool_full`).
+    #[error("internal error: the mempool is unusable after a panic; see the node's log")]
+    Poisoned,
 }
 
 impl AddError {
@@ -82,6 +86,7 @@ impl AddError {
             AddError::SenderLimit(_) => "sender_limit",
             AddError::Full => "mempool_full",
             AddError::Storage(_) => "storage_error",
+            AddError::Poisoned => "internal",
         }
     }
 
@@ -93,6 +98,7 @@ impl AddError {
         "sender_limit",
         "mempool_full",
         "storage_error",
+        "internal",
     ];
 
     /// Whether a peer that relayed this tx could have known it was bad.

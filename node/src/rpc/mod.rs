@@ -104,6 +104,7 @@ impl From<AddError> for ApiError {
             }
             "mempool_full" | "storage_error" => StatusCode::SERVICE_UNAVAILABLE,
             "sender_limit" => StatusCode::TOO_MANY_REQUESTS,
+            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, e.code(), e.to_string())
