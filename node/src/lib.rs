@@ -10,5 +10,7 @@ pub mod node;
 pub mod repair;
 pub mod router;
 pub mod rpc;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod txgossip;
 pub mod wire;

@@ -664,34 +664,18 @@ mod tests {
     use super::*;
     use consensus::types::Equivocation;
     use ledger::crypto::Keypair;
-    use ledger::genesis::{GenesisFile, GenesisValidator, Params};
-    use ledger::types::{Block, Header, Proposal, Vote, VoteKind};
+    use ledger::types::{Vote, VoteKind};
 
     const CHAIN: &str = "router-test";
 
     fn keys() -> Vec<Keypair> {
         (0..4)
-            .map(|i| Keypair::from_secret_bytes(&sha256(format!("v{i}").as_bytes())).unwrap())
+            .map(|i| crate::testing::key(&format!("v{i}")))
             .collect()
     }
 
     fn genesis(keys: &[Keypair]) -> Genesis {
-        let file = GenesisFile {
-            chain_id: CHAIN.into(),
-            genesis_time_ms: 0,
-            params: Params::default(),
-            validators: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| GenesisValidator {
-                    name: format!("v{i}"),
-                    pubkey: hex::encode(k.public_key()),
-                    power: 1,
-                })
-                .collect(),
-            accounts: Vec::new(),
-        };
-        Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap()
+        crate::testing::genesis(CHAIN, &keys.iter().collect::<Vec<_>>(), &[])
     }
 
     fn vote(k: &Keypair, height: u64, round: u32, hash: u8) -> ConsensusMessage {
@@ -714,31 +698,7 @@ mod tests {
     ) -> ConsensusMessage {
         let proposer = g.validators.proposer(height, round).address;
         let key = keys.iter().find(|k| k.address() == proposer).unwrap();
-        let block = Block {
-            header: Header {
-                version: ledger::types::HEADER_VERSION,
-                chain_id: CHAIN.into(),
-                height,
-                round,
-                time_ms: t,
-                prev_hash: [0; 32],
-                tx_root: ledger::merkle::merkle_root(&[]),
-                state_root: [0; 32],
-                validators_hash: g.validators.hash(),
-                proposer,
-                last_commit_hash: ledger::hash::ZERO_HASH,
-            },
-            txs: Vec::new(),
-            last_commit: None,
-        };
-        let proposal = key.sign_proposal(Proposal {
-            chain_id: CHAIN.into(),
-            height,
-            round,
-            pol_round: None,
-            block_hash: block.hash(),
-        });
-        ConsensusMessage::Proposal { proposal, block }
+        crate::testing::empty_proposal(g, key, height, round, t)
     }
 
     fn kind(c: &Checked) -> &'static str {

@@ -698,6 +698,26 @@ async fn rpc_every_error_status_has_a_json_body() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `POST /v1/txs/batch` with a JSON `{"txs": [...]}` body, or raw borsh when `raw` is
+/// given; (status, answer).
+async fn post_batch(
+    net: &TestNet,
+    hexes: Option<&[String]>,
+    raw: Option<Vec<u8>>,
+) -> (u16, serde_json::Value) {
+    let req = net.http.post(format!("{}/v1/txs/batch", net.rpc(0)));
+    let req = match (hexes, raw) {
+        (_, Some(bytes)) => req
+            .header("content-type", "application/octet-stream")
+            .body(bytes),
+        (Some(h), None) => req.json(&serde_json::json!({ "txs": h })),
+        (None, None) => req.json(&serde_json::json!({})),
+    };
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// `POST /v1/txs/batch`: every tx answered on its own, in order (one sender's consecutive
 /// nonces in one batch), JSON or raw borsh, a full batch of 1,024 fits the body limit, and
 /// the batch's own faults are JSON errors.
@@ -709,7 +729,6 @@ async fn batch_submit_answers_every_tx_and_they_commit() {
         .start_at_height(1, Duration::from_secs(30))
         .await
         .unwrap();
-    let url = format!("{}/v1/txs/batch", net.rpc(0));
     let (a, b) = (account_key(0), account_key(1));
     let hex_of = |tx: &ledger::types::SignedTx| to_hex(&ledger::codec::encode(tx));
     let mut forged = transfer(&b, 0, [7; 20], 1, 1);
@@ -722,15 +741,8 @@ async fn batch_submit_answers_every_tx_and_they_commit() {
         hex_of(&forged),
         hex_of(&transfer(&b, 0, [7; 20], 1, 1)),
     ];
-    let r = net
-        .http
-        .post(&url)
-        .json(&serde_json::json!({ "txs": batch }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = post_batch(&net, Some(&batch), None).await;
+    assert_eq!(status, 200);
     let codes: Vec<String> = v["results"]
         .as_array()
         .unwrap()
@@ -750,16 +762,8 @@ async fn batch_submit_answers_every_tx_and_they_commit() {
     // Raw borsh Vec<SignedTx>, the gossip batch format.
     let raw: Vec<ledger::types::SignedTx> =
         (1..3).map(|n| transfer(&b, n, [7; 20], 1, 1)).collect();
-    let r = net
-        .http
-        .post(&url)
-        .header("content-type", "application/octet-stream")
-        .body(ledger::codec::encode(&raw))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let w: serde_json::Value = r.json().await.unwrap();
+    let (status, w) = post_batch(&net, None, Some(ledger::codec::encode(&raw))).await;
+    assert_eq!(status, 200);
     assert_eq!(w["accepted"], 2, "{w}");
 
     let ids: Vec<String> = v["results"]
@@ -783,40 +787,22 @@ async fn batch_submit_answers_every_tx_and_they_commit() {
     let full: Vec<String> = (0..1024)
         .map(|n| hex_of(&transfer(&c, n, [7; 20], 1, 1)))
         .collect();
-    let r = net
-        .http
-        .post(&url)
-        .json(&serde_json::json!({ "txs": full }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = post_batch(&net, Some(&full), None).await;
+    assert_eq!(status, 200);
     assert_eq!(v["results"].as_array().unwrap().len(), 1024);
     assert!(v["accepted"].as_u64().unwrap() >= 1, "{}", v["results"][0]);
 
     // The batch's own faults.
     let too_many: Vec<String> = vec!["00".into(); 1025];
-    for (body, code) in [
-        (serde_json::json!({ "txs": too_many }), "bad_batch_size"),
-        (serde_json::json!({ "txs": [] }), "bad_batch_size"),
-        (serde_json::json!({ "tx": "00" }), "bad_request"),
+    for (hexes, raw, code) in [
+        (Some(&too_many[..]), None, "bad_batch_size"),
+        (Some(&[][..]), None, "bad_batch_size"),
+        (None, None, "bad_request"),
+        (None, Some(vec![5, 0, 0, 0, 1]), "malformed"),
     ] {
-        let r = net.http.post(&url).json(&body).send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 400);
-        let e: serde_json::Value = r.json().await.unwrap();
+        let (status, e) = post_batch(&net, hexes, raw).await;
+        assert_eq!(status, 400, "{e}");
         assert_eq!(e["error"]["code"], code, "{e}");
     }
-    let r = net
-        .http
-        .post(&url)
-        .header("content-type", "application/octet-stream")
-        .body(vec![5, 0, 0, 0, 1])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    let e: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(e["error"]["code"], "malformed", "{e}");
     assert!(net.height(0).await.is_ok(), "the node stopped serving");
 }

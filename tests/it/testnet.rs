@@ -271,11 +271,11 @@ async fn testnet_up_wallet_faults_shutdown_and_resume() {
     );
     assert!(String::from_utf8_lossy(&send.stdout).contains("final"));
 
-    // 100 transfers from the four funded keys, spread over all five nodes.
     let nodes = all.iter().map(|i| rpc(*i)).collect::<Vec<_>>().join(",");
-    let bench = tally(
-        &root,
-        &[
+    // 100 transfers from the four funded keys, spread over all five nodes: one request per
+    // tx, then the same through POST /v1/txs/batch, signed before the run.
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
             "--node",
             &nodes,
             "--output",
@@ -289,50 +289,23 @@ async fn testnet_up_wallet_faults_shutdown_and_resume() {
             "2s",
             "--drain-timeout",
             "30s",
-        ],
-    );
-    let report: Value = serde_json::from_slice(&bench.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bench output ({e}): {}{}",
-            String::from_utf8_lossy(&bench.stdout),
-            String::from_utf8_lossy(&bench.stderr)
-        )
-    });
-    assert!(bench.status.success(), "bench: {report}");
-    assert_eq!(report["submitted"], 100, "{report}");
-    assert_eq!(report["committed"], 100, "{report}");
-    assert_eq!(report["ok"], true, "{report}");
-    // The same through POST /v1/txs/batch, signed before the run.
-    let batched = tally(
-        &root,
-        &[
-            "--node",
-            &nodes,
-            "--output",
-            "json",
-            "bench",
-            "--keys",
-            "account0,account1,account2,account3",
-            "--rate",
-            "50",
-            "--duration",
-            "2s",
-            "--batch",
-            "20",
-            "--drain-timeout",
-            "30s",
-        ],
-    );
-    let report: Value = serde_json::from_slice(&batched.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bench --batch output ({e}): {}{}",
-            String::from_utf8_lossy(&batched.stdout),
-            String::from_utf8_lossy(&batched.stderr)
-        )
-    });
-    assert_eq!(report["submitted"], 100, "{report}");
-    assert_eq!(report["committed"], 100, "{report}");
-    assert_eq!(report["ok"], true, "{report}");
+        ];
+        args.extend_from_slice(extra);
+        let out = tally(&root, &args);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bench {extra:?} output ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(out.status.success(), "bench {extra:?}: {report}");
+        assert_eq!(report["submitted"], 100, "{report}");
+        assert_eq!(report["committed"], 100, "{report}");
+        assert_eq!(report["ok"], true, "{report}");
+    };
+    bench(&[]);
+    bench(&["--batch", "20"]);
 
     // Every node agrees on the block (hash and state root) at a common height.
     let tip = height(&http, 0).await.unwrap();

@@ -871,71 +871,23 @@ pub fn valid_evidence(genesis: &Genesis, e: &Equivocation) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::mempool::MempoolConfig;
-    use ledger::genesis::{GenesisFile, GenesisValidator, Params};
-    use ledger::types::{Header, Proposal};
 
     const CHAIN: &str = "engine-test";
 
     fn keys() -> Vec<Keypair> {
         (0..4)
-            .map(|i| {
-                Keypair::from_secret_bytes(&ledger::sha256(format!("v{i}").as_bytes())).unwrap()
-            })
+            .map(|i| crate::testing::key(&format!("v{i}")))
             .collect()
     }
 
-    /// A full node's engine (no key) over a fresh store of a 4-validator genesis, at
-    /// height 1.
+    /// A full node's engine over a fresh store of a 4-validator genesis, at height 1.
     fn engine(keys: &[Keypair], dir: &std::path::Path) -> Engine {
-        let file = GenesisFile {
-            chain_id: CHAIN.into(),
-            genesis_time_ms: 0,
-            params: Params::default(),
-            validators: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| GenesisValidator {
-                    name: format!("v{i}"),
-                    pubkey: hex::encode(k.public_key()),
-                    power: 1,
-                })
-                .collect(),
-            accounts: Vec::new(),
-        };
-        let g =
-            Arc::new(Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap());
-        let store = Arc::new(RocksStore::open(dir, &g).unwrap());
-        let mut registry = prometheus_client::registry::Registry::default();
-        let (net, _events) = tally_p2p::spawn(
-            tally_p2p::NetworkConfig::new(CHAIN, [7; 32]),
-            &mut registry,
-            CancellationToken::new(),
-        )
-        .unwrap();
-        let (mut engine, _, _) = Engine::new(EngineParts {
-            genesis: g.clone(),
-            store,
-            mempool: Arc::new(Mutex::new(Mempool::new(
-                MempoolConfig::default(),
-                CHAIN.into(),
-                g.params.clone(),
-            ))),
-            mempool_metrics: Default::default(),
-            metrics: ChainMetrics::register(&mut registry),
-            net,
-            key: None,
-            timeout_commit: Duration::from_millis(10),
-            events: broadcast::channel(16).0,
-            reuse_mempool_signatures: true,
-        })
-        .unwrap();
+        let g = crate::testing::genesis(CHAIN, &keys.iter().collect::<Vec<_>>(), &[]);
+        let mut engine = crate::testing::engine(Arc::new(g), dir);
         engine.drive(Input::StartHeight { height: 1 });
         engine
     }
 
-    /// A proposal by `key` for (height, round) with an empty body of its own (`salt`
-    /// makes each one a different block).
     fn proposal(
         g: &Genesis,
         key: &Keypair,
@@ -943,31 +895,7 @@ mod tests {
         round: u32,
         salt: u64,
     ) -> ConsensusMessage {
-        let block = Block {
-            header: Header {
-                version: ledger::types::HEADER_VERSION,
-                chain_id: CHAIN.into(),
-                height,
-                round,
-                time_ms: salt,
-                prev_hash: [0; 32],
-                tx_root: ledger::merkle::merkle_root(&[]),
-                state_root: [0; 32],
-                validators_hash: g.validators.hash(),
-                proposer: key.address(),
-                last_commit_hash: ledger::hash::ZERO_HASH,
-            },
-            txs: Vec::new(),
-            last_commit: None,
-        };
-        let proposal = key.sign_proposal(Proposal {
-            chain_id: CHAIN.into(),
-            height,
-            round,
-            pol_round: None,
-            block_hash: block.hash(),
-        });
-        ConsensusMessage::Proposal { proposal, block }
+        crate::testing::empty_proposal(g, key, height, round, salt)
     }
 
     /// Item 10 of issue 17: one validator signing proposals for every round it proposes

@@ -865,33 +865,16 @@ mod tests {
     use ledger::block::{assemble, BlockTemplate};
     use ledger::crypto::Keypair;
     use ledger::exec::{build_body, ExecContext};
-    use ledger::genesis::{GenesisAccount, GenesisFile, GenesisValidator, Params};
     use ledger::store::memory::MemStore;
     use ledger::store::ChainWriter;
     use ledger::types::{Payload, Tx};
 
     const CHAIN: &str = "sync-test";
 
-    fn key(name: &str) -> Keypair {
-        Keypair::from_secret_bytes(&ledger::sha256(name.as_bytes())).unwrap()
-    }
+    use crate::testing::key;
 
     fn genesis(v: &Keypair, sender: &Keypair) -> Genesis {
-        let file = GenesisFile {
-            chain_id: CHAIN.into(),
-            genesis_time_ms: 0,
-            params: Params::default(),
-            validators: vec![GenesisValidator {
-                name: "v".into(),
-                pubkey: hex::encode(v.public_key()),
-                power: 1,
-            }],
-            accounts: vec![GenesisAccount {
-                address: hex::encode(sender.address()),
-                balance: 1_000_000,
-            }],
-        };
-        Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap()
+        crate::testing::genesis(CHAIN, &[v], &[(sender, 1_000_000)])
     }
 
     fn commit_for(v: &Keypair, height: u64, hash: Hash) -> Commit {
@@ -1202,40 +1185,13 @@ mod tests {
     /// The refusal here is RocksDB's "not the next block"; a full disk takes the same path.
     #[tokio::test]
     async fn a_block_the_store_cannot_write_stops_the_node() {
-        use crate::engine::EngineParts;
-        use crate::mempool::{Mempool, MempoolConfig};
         use ledger::exec::BlockOutcome;
-        use ledger::store::rocks::RocksStore;
         use tokio_util::sync::CancellationToken;
 
         let (_, _, blocks) = chain(1);
         let g = Arc::new(genesis(&key("v"), &key("sender")));
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(RocksStore::open(dir.path(), &g).unwrap());
-        let mut registry = prometheus_client::registry::Registry::default();
-        let (net, _events) = tally_p2p::spawn(
-            tally_p2p::NetworkConfig::new(CHAIN, [7; 32]),
-            &mut registry,
-            CancellationToken::new(),
-        )
-        .unwrap();
-        let (mut engine, _, _) = Engine::new(EngineParts {
-            genesis: g.clone(),
-            store,
-            mempool: Arc::new(std::sync::Mutex::new(Mempool::new(
-                MempoolConfig::default(),
-                CHAIN.into(),
-                g.params.clone(),
-            ))),
-            mempool_metrics: Default::default(),
-            metrics: crate::metrics::ChainMetrics::register(&mut registry),
-            net,
-            key: None,
-            timeout_commit: Duration::from_millis(10),
-            events: tokio::sync::broadcast::channel(16).0,
-            reuse_mempool_signatures: true,
-        })
-        .unwrap();
+        let mut engine = crate::testing::engine(g, dir.path());
         let shutdown = CancellationToken::new();
         engine.halt = crate::node::Fatal::new(shutdown.clone()); // what `run` does
         let (mut block, commit) = blocks[0].clone();

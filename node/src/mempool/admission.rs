@@ -231,25 +231,10 @@ mod tests {
     #[test]
     fn a_storage_error_during_admission_is_not_a_peer_fault_and_is_reported() {
         use crate::engine::sync::testing::FailingStore;
-        use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator};
         use ledger::store::memory::MemStore;
 
         let key = Keypair::generate();
-        let file = GenesisFile {
-            chain_id: "disk".into(),
-            genesis_time_ms: 0,
-            params: Params::default(),
-            validators: vec![GenesisValidator {
-                name: "v".into(),
-                pubkey: hex::encode(Keypair::generate().public_key()),
-                power: 1,
-            }],
-            accounts: vec![GenesisAccount {
-                address: hex::encode(key.address()),
-                balance: 1_000,
-            }],
-        };
-        let genesis = Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap();
+        let genesis = crate::testing::genesis("disk", &[&Keypair::generate()], &[(&key, 1_000)]);
         let store = FailingStore::new(MemStore::new(&genesis).unwrap());
         store.fail_account_reads(true);
         let pool = Mutex::new(Mempool::new(
@@ -287,25 +272,10 @@ mod tests {
     /// (which tells a client to retry with a higher fee), and is no peer's fault.
     #[test]
     fn a_poisoned_pool_is_an_internal_error_not_a_full_one() {
-        use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator};
         use ledger::store::memory::MemStore;
 
         let key = Keypair::generate();
-        let file = GenesisFile {
-            chain_id: "poison".into(),
-            genesis_time_ms: 0,
-            params: Params::default(),
-            validators: vec![GenesisValidator {
-                name: "v".into(),
-                pubkey: hex::encode(Keypair::generate().public_key()),
-                power: 1,
-            }],
-            accounts: vec![GenesisAccount {
-                address: hex::encode(key.address()),
-                balance: 1_000,
-            }],
-        };
-        let genesis = Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap();
+        let genesis = crate::testing::genesis("poison", &[&Keypair::generate()], &[(&key, 1_000)]);
         let store = MemStore::new(&genesis).unwrap();
         let pool = Arc::new(Mutex::new(Mempool::new(
             MempoolConfig::default(),
