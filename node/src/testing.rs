@@ -49,6 +49,15 @@ pub fn genesis(chain_id: &str, validators: &[&Keypair], accounts: &[(&Keypair, u
 /// A full node's engine (no validator key) over a fresh RocksDB store of `genesis` in
 /// `dir`, with a network task of its own that nobody dials.
 pub fn engine(genesis: Arc<Genesis>, dir: &std::path::Path) -> Engine {
+    validator_engine(genesis, dir, None)
+}
+
+/// [`engine`], signing with `key` when given.
+pub fn validator_engine(
+    genesis: Arc<Genesis>,
+    dir: &std::path::Path,
+    key: Option<Keypair>,
+) -> Engine {
     let store = Arc::new(RocksStore::open(dir, &genesis).unwrap());
     let mut registry = prometheus_client::registry::Registry::default();
     let (net, _events) = tally_p2p::spawn(
@@ -68,7 +77,7 @@ pub fn engine(genesis: Arc<Genesis>, dir: &std::path::Path) -> Engine {
         mempool_metrics: Default::default(),
         metrics: crate::metrics::ChainMetrics::register(&mut registry),
         net,
-        key: None,
+        key,
         timeout_commit: Duration::from_millis(10),
         events: tokio::sync::broadcast::channel(16).0,
         reuse_mempool_signatures: true,

@@ -130,6 +130,13 @@ pub struct Engine {
     reuse_mempool_signatures: bool,
     inbox: mpsc::Receiver<EngineMsg>,
     me: mpsc::Sender<EngineMsg>,
+    /// Round timeouts and the next height's start, fired by `run`'s loop: owned by the
+    /// engine (dropped with it), never a task per timer.
+    timers: tokio_util::time::DelayQueue<EngineMsg>,
+    /// Our own consensus messages, in the order we signed them, for the one publisher
+    /// task `run` starts (a task per publish could reorder a prevote and a precommit).
+    outbox: mpsc::Sender<Vec<u8>>,
+    outbox_rx: Option<mpsc::Receiver<Vec<u8>>>,
     events: broadcast::Sender<NodeEvent>,
     status: watch::Sender<EngineStatus>,
     evidence: Arc<RwLock<Vec<Equivocation>>>,
@@ -149,6 +156,19 @@ pub struct Engine {
     /// Stops the node (set by `run`) when the store cannot take a committed block,
     /// because nothing after that can work.
     halt: crate::node::Fatal,
+}
+
+/// Our own messages waiting for the network task, at most.
+const OUTBOX: usize = 1024;
+
+/// The publisher: our own consensus messages go out one after the other, in the order the
+/// engine signed them, until the engine drops its end.
+async fn publish_in_order(net: NetworkHandle, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(data) = rx.recv().await {
+        if let Err(e) = net.publish(Topic::Consensus, data).await {
+            tracing::debug!(error = %e, "publish failed (no peers yet?)");
+        }
+    }
 }
 
 /// A height that has not finished after this long gets our messages re-announced.
@@ -183,6 +203,7 @@ impl Engine {
 
     pub fn new(parts: EngineParts) -> anyhow::Result<(Self, mpsc::Sender<EngineMsg>, EngineView)> {
         let (me, inbox) = mpsc::channel(4096);
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let tip = parts.store.tip()?;
         let address = parts.key.as_ref().map(Keypair::address);
         let mut core = Consensus::new(consensus::Config {
@@ -230,6 +251,9 @@ impl Engine {
             reuse_mempool_signatures: parts.reuse_mempool_signatures,
             inbox,
             me: me.clone(),
+            timers: tokio_util::time::DelayQueue::new(),
+            outbox,
+            outbox_rx: Some(outbox_rx),
             events: parts.events,
             status,
             evidence,
@@ -258,6 +282,10 @@ impl Engine {
             }
         };
         tracing::info!(height = tip.height, "consensus engine starting");
+        let publisher = self
+            .outbox_rx
+            .take()
+            .map(|rx| tokio::spawn(publish_in_order(self.net.clone(), rx)));
         self.drive(Input::StartHeight {
             height: tip.height + 1,
         });
@@ -269,8 +297,17 @@ impl Engine {
                     Some(msg) => self.on_message(msg),
                     None => break,
                 },
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
+                    if !self.timers.is_empty() => self.on_message(expired.into_inner()),
                 _ = tick.tick() => self.on_tick(),
             }
+        }
+        // What we signed last still goes out (bounded: the publisher ends when the outbox
+        // is empty and closed).
+        let Engine { outbox, .. } = self;
+        drop(outbox);
+        if let Some(p) = publisher {
+            let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
         }
         tracing::info!("consensus engine stopped");
     }
@@ -496,11 +533,10 @@ impl Engine {
                 timeout,
                 duration_ms,
             } => {
-                let me = self.me.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(duration_ms)).await;
-                    let _ = me.send(EngineMsg::Timeout(timeout)).await;
-                });
+                self.timers.insert(
+                    EngineMsg::Timeout(timeout),
+                    Duration::from_millis(duration_ms),
+                );
                 None
             }
             Output::Decide {
@@ -530,23 +566,18 @@ impl Engine {
         }
     }
 
-    fn schedule_start(&self, height: u64) {
-        let me = self.me.clone();
-        let wait = self.timeout_commit;
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let _ = me.send(EngineMsg::StartHeight(height)).await;
-        });
+    fn schedule_start(&mut self, height: u64) {
+        self.timers
+            .insert(EngineMsg::StartHeight(height), self.timeout_commit);
     }
 
+    /// Queues one of our messages for the publisher, in order. Never blocks the engine: if
+    /// the network has not taken [`OUTBOX`] messages, this one is dropped (and counted)
+    /// rather than stalling consensus; re-announcements repeat what matters.
     fn publish(&self, msg: ConsensusMessage) {
-        let net = self.net.clone();
-        let data = encode(&msg);
-        tokio::spawn(async move {
-            if let Err(e) = net.publish(Topic::Consensus, data).await {
-                tracing::debug!(error = %e, "publish failed (no peers yet?)");
-            }
-        });
+        if self.outbox.try_send(encode(&msg)).is_err() {
+            tracing::warn!("own consensus message dropped: the network is not taking them");
+        }
     }
 
     fn ctx(&self) -> ExecContext<'_> {
@@ -981,5 +1012,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(stored.len(), 3);
+    }
+
+    /// Our own messages leave in the order we signed them (one publisher task reading a
+    /// queue; a task per message could put a precommit on the wire before its prevote),
+    /// and the next height's start is a timer the engine owns, not a task of its own.
+    #[tokio::test]
+    async fn own_messages_are_published_in_signing_order_and_timers_are_owned() {
+        let v = crate::testing::key("solo");
+        let g = Arc::new(crate::testing::genesis(CHAIN, &[&v], &[]));
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = crate::testing::validator_engine(g, dir.path(), Some(v));
+        let mut outbox = engine.outbox_rx.take().unwrap();
+        engine.drive(Input::StartHeight { height: 1 });
+        let mut sent = Vec::new();
+        while let Ok(data) = outbox.try_recv() {
+            let msg: ConsensusMessage = ledger::codec::decode("msg", &data, 1 << 20).unwrap();
+            sent.push(match msg {
+                ConsensusMessage::Proposal { proposal, .. } => {
+                    format!("proposal {}", proposal.proposal.height)
+                }
+                ConsensusMessage::Vote(v) => format!("{:?} {}", v.vote.kind, v.vote.height),
+                other => format!("{other:?}"),
+            });
+        }
+        assert_eq!(sent, ["proposal 1", "Prevote 1", "Precommit 1"]);
+        assert_eq!(
+            engine.tip().unwrap().height,
+            1,
+            "the lone validator commits"
+        );
+        // The next height starts from a timer the engine owns (timeout_commit is 10 ms).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let fired = tokio::time::timeout_at(
+                deadline,
+                std::future::poll_fn(|cx| engine.timers.poll_expired(cx)),
+            )
+            .await
+            .expect("no StartHeight(2) timer fired within 10 s")
+            .expect("the timer queue ran empty without StartHeight(2)");
+            if matches!(fired.into_inner(), EngineMsg::StartHeight(2)) {
+                break;
+            }
+        }
     }
 }
