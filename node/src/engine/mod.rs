@@ -137,6 +137,9 @@ pub struct Engine {
     /// task `run` starts (a task per publish could reorder a prevote and a precommit).
     outbox: mpsc::Sender<Vec<u8>>,
     outbox_rx: Option<mpsc::Receiver<Vec<u8>>>,
+    /// The store's tip as last read; cleared when we commit (the only writer while the
+    /// engine runs).
+    tip_cache: std::cell::Cell<Option<Tip>>,
     events: broadcast::Sender<NodeEvent>,
     status: watch::Sender<EngineStatus>,
     evidence: Arc<RwLock<Vec<Equivocation>>>,
@@ -254,6 +257,7 @@ impl Engine {
             timers: tokio_util::time::DelayQueue::new(),
             outbox,
             outbox_rx: Some(outbox_rx),
+            tip_cache: std::cell::Cell::new(None),
             events: parts.events,
             status,
             evidence,
@@ -312,9 +316,16 @@ impl Engine {
         tracing::info!("consensus engine stopped");
     }
 
+    /// The committed tip, read from the store once per commit (not once per input).
     fn tip(&self) -> Option<Tip> {
+        if let Some(t) = self.tip_cache.get() {
+            return Some(t);
+        }
         match self.store.tip() {
-            Ok(t) => Some(t),
+            Ok(t) => {
+                self.tip_cache.set(Some(t));
+                Some(t)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the chain tip");
                 None
@@ -745,6 +756,8 @@ impl Engine {
         let ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
         let start = Instant::now();
         let prev_time = self.tip().map(|t| t.time_ms);
+        // The tip moves (or, on a failed write, is unknown): read it again when next asked.
+        self.tip_cache.set(None);
         if let Err(e) = self
             .store
             .commit_block(&block, &commit, &outcome.update, &ids)
