@@ -187,11 +187,17 @@ fn now_ms() -> u64 {
 }
 
 impl Engine {
-    /// Builds the engine, restoring the signing guard and the core's lock from disk.
-    /// "Was this tx's signature verified by our mempool?" (it holds only verified txs).
-    fn verified_by_mempool(&self) -> impl Fn(&Hash) -> bool + Sync + 'static {
-        let mempool = self.mempool.clone();
-        move |id: &Hash| mempool.lock().map(|m| m.contains(id)).unwrap_or(false)
+    /// The ids of `block`'s txs whose signatures our mempool verified (it holds only
+    /// verified txs), read under one lock: execution gets a set, not a callback that locks
+    /// the pool once per tx from inside the ledger's parallel loop.
+    fn verified_by_mempool(&self, block: &Block) -> impl Fn(&Hash) -> bool + Sync + 'static {
+        use rayon::prelude::*;
+        let ids: Vec<Hash> = block.txs.par_iter().map(SignedTx::id).collect();
+        let known: HashSet<Hash> = match self.mempool.lock() {
+            Ok(m) => ids.into_iter().filter(|id| m.contains(id)).collect(),
+            Err(_) => HashSet::new(),
+        };
+        move |id: &Hash| known.contains(id)
     }
 
     /// How block execution treats signatures: skip those the mempool verified, unless
@@ -616,7 +622,8 @@ impl Engine {
             self.store.commit(tip.height).ok().flatten()
         };
         let start = Instant::now();
-        let known = self.verified_by_mempool();
+        // Every candidate came out of the mempool, which holds only verified txs.
+        let known = |_: &Hash| true;
         let sigs = self.signatures(&known);
         let body = match build_body(
             self.store.as_ref(),
@@ -696,7 +703,7 @@ impl Engine {
             return false;
         }
         let start = Instant::now();
-        let known = self.verified_by_mempool();
+        let known = self.verified_by_mempool(block);
         let sigs = self.signatures(&known);
         match execute_block(self.store.as_ref(), self.ctx(), block, &sigs) {
             Ok(outcome) => {
@@ -742,7 +749,7 @@ impl Engine {
                     tracing::error!(error = %e, "decided block does not extend our tip");
                     return Err(());
                 }
-                let known = self.verified_by_mempool();
+                let known = self.verified_by_mempool(&block);
                 let sigs = self.signatures(&known);
                 match execute_block(self.store.as_ref(), self.ctx(), &block, &sigs) {
                     Ok(o) => o,
