@@ -130,6 +130,8 @@ pub fn spawn(
         next_channel: 0,
         pending_outbound: HashMap::new(),
         connections: HashMap::new(),
+        agents: HashMap::new(),
+        agent_labels: Default::default(),
         last_kad_bootstrap: None,
         last_bootstrap_dial: Some(std::time::Instant::now()),
     };

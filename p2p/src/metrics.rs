@@ -24,6 +24,16 @@ pub struct SyncLabels {
     pub outcome: &'static str,
 }
 
+/// A peer's software as identify announces it (`tally/<version>`), or `other`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Agent {
+    pub agent: String,
+}
+
+/// Distinct agent labels ever exported; past this, new ones count as `other` (a peer
+/// chooses its agent string, and each label is a series kept for the process's life).
+pub const MAX_AGENT_LABELS: usize = 16;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
     pub kind: &'static str,
@@ -47,6 +57,8 @@ pub struct Metrics {
     pub ip_bans: Family<Reason, Counter>,
     /// IPs banned now.
     pub banned_ips: Gauge,
+    /// Connected peers by the software they announce.
+    pub peer_agents: Family<Agent, Gauge>,
     pub libp2p: libp2p::metrics::Metrics,
 }
 
@@ -66,6 +78,7 @@ impl Metrics {
             connections_denied: Family::default(),
             ip_bans: Family::default(),
             banned_ips: Gauge::default(),
+            peer_agents: Family::default(),
             // libp2p-metrics prefixes its families with `libp2p_` itself.
             libp2p: libp2p::metrics::Metrics::new(registry),
         };
@@ -130,6 +143,11 @@ impl Metrics {
             "p2p_banned_ips",
             "IPs (IPv6: /64s) banned now",
             m.banned_ips.clone(),
+        );
+        r.register(
+            "p2p_peer_agents",
+            "Connected peers by the software they announce (identify's agent: tally/<version>, or other), sampled every 10 s",
+            m.peer_agents.clone(),
         );
         m
     }

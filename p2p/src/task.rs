@@ -75,6 +75,10 @@ pub struct Task {
     pub pending_outbound:
         HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RequestError>>>,
     pub connections: HashMap<PeerId, HashMap<ConnectionId, Conn>>,
+    /// What connected peers announce as their software (identify's agent version).
+    pub agents: HashMap<PeerId, String>,
+    /// Agent labels exported so far (each stays a series).
+    pub agent_labels: std::collections::BTreeSet<String>,
     pub last_kad_bootstrap: Option<Instant>,
     pub last_bootstrap_dial: Option<Instant>,
 }
@@ -390,6 +394,7 @@ impl Task {
                     ban_remaining: ban_until.map(|u| u.saturating_duration_since(now)),
                     topics: subscribed.remove(&peer_id).unwrap_or_default(),
                     mesh_topics,
+                    agent: self.agents.get(&peer_id).cloned(),
                 }
             })
             .collect()
@@ -504,6 +509,43 @@ impl Task {
         }
     }
 
+    /// `tally_p2p_peer_agents`: connected peers per announced agent, at most
+    /// [`crate::metrics::MAX_AGENT_LABELS`] distinct labels over the process's life.
+    fn sample_agents(&mut self) {
+        use std::collections::BTreeMap;
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for peer in self.connections.keys() {
+            let agent = self
+                .agents
+                .get(peer)
+                .filter(|a| a.starts_with("tally/"))
+                .cloned()
+                .unwrap_or_else(|| "other".into());
+            *counts.entry(agent).or_default() += 1;
+        }
+        let mut labeled: BTreeMap<String, i64> = BTreeMap::new();
+        for (agent, n) in counts {
+            let label = if self.agent_labels.contains(&agent)
+                || self.agent_labels.len() < crate::metrics::MAX_AGENT_LABELS
+            {
+                agent
+            } else {
+                "other".into()
+            };
+            self.agent_labels.insert(label.clone());
+            *labeled.entry(label).or_default() += n;
+        }
+        for label in &self.agent_labels {
+            let n = labeled.get(label).copied().unwrap_or(0);
+            self.metrics
+                .peer_agents
+                .get_or_create(&crate::metrics::Agent {
+                    agent: label.clone(),
+                })
+                .set(n);
+        }
+    }
+
     fn sample(&mut self, now: Instant) {
         {
             let peers: Vec<PeerId> = self.connections.keys().copied().collect();
@@ -520,6 +562,7 @@ impl Task {
             }
             self.metrics.peer_score_min.set(min);
             self.metrics.peers_penalized.set(penalized);
+            self.sample_agents();
             let connections = &self.connections;
             self.scores.prune(now, |p| connections.contains_key(p));
             self.ip_scores.prune(now);
@@ -612,6 +655,7 @@ impl Task {
                 }
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
+                    self.agents.remove(&peer_id);
                     debug!(peer = %peer_id, "peer disconnected");
                     self.emit(Event::PeerDisconnected(peer_id), "peer_disconnected");
                 }
@@ -678,6 +722,9 @@ impl Task {
             info!(%peer, version = %info.protocol_version, "disconnecting peer of another network");
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
+        }
+        if self.connections.contains_key(&peer) {
+            self.agents.insert(peer, agent_of(&info.agent_version));
         }
         let Ok(kad_proto) = kad_protocol(&self.cfg.chain_id) else {
             return;
@@ -1041,5 +1088,30 @@ mod tests {
         lie.extend_from_slice(&[0; 999]);
         assert_eq!(batch_len(&lie), None);
         assert_eq!(batch_len(&u32::MAX.to_le_bytes()), None);
+    }
+}
+
+/// Longest agent string kept for a peer.
+pub const MAX_AGENT_LEN: usize = 64;
+
+/// A peer's announced agent, as we keep and show it: printable ASCII only, at most
+/// [`MAX_AGENT_LEN`] characters (the peer chooses it).
+pub fn agent_of(announced: &str) -> String {
+    announced
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(MAX_AGENT_LEN)
+        .collect()
+}
+
+#[cfg(test)]
+mod agent_tests {
+    use super::*;
+
+    #[test]
+    fn an_announced_agent_is_kept_printable_and_short() {
+        assert_eq!(agent_of("tally/0.1.0"), "tally/0.1.0");
+        assert_eq!(agent_of("evil\n\u{1b}[31mred\u{0}"), "evil[31mred");
+        assert_eq!(agent_of(&"x".repeat(1000)).len(), MAX_AGENT_LEN);
     }
 }

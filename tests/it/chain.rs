@@ -48,6 +48,16 @@ async fn four_validators_and_a_full_node_commit_200_transfers() {
         .await
         .unwrap();
     let reference = net.block_at(0, tip).await.unwrap();
+    // Every connected peer shows the software it announced.
+    let version = format!("tally/{}", env!("CARGO_PKG_VERSION"));
+    for i in 0..5 {
+        let peers = net.get(i, "/v1/peers").await.unwrap();
+        for p in peers["peers"].as_array().unwrap() {
+            if p["connected"] == true {
+                assert_eq!(p["agent"], version.as_str(), "node {i}: {p}");
+            }
+        }
+    }
     for i in 0..5 {
         assert_eq!(
             net.block_at(i, tip).await.unwrap(),

@@ -639,6 +639,7 @@ async fn peers(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
                 "reasons": p.reasons.iter().map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "banned": p.banned,
                 "ban_remaining_secs": p.ban_remaining.map(|d| d.as_secs_f64()),
+                "agent": p.agent,
             })
         })
         .collect();
