@@ -161,6 +161,20 @@ pub struct Engine {
     halt: crate::node::Fatal,
 }
 
+/// Runs CPU-heavy work (executing or building a block: signature checks, the state tree)
+/// from the engine's task without holding up the runtime: on the multi-threaded runtime
+/// `block_in_place` hands this worker's other tasks (router, RPC, network) to another
+/// worker for the duration. On a current-thread runtime (unit tests) it just runs.
+pub(crate) fn heavy<T>(work: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 /// Our own messages waiting for the network task, at most.
 const OUTBOX: usize = 1024;
 
@@ -625,13 +639,15 @@ impl Engine {
         // Every candidate came out of the mempool, which holds only verified txs.
         let known = |_: &Hash| true;
         let sigs = self.signatures(&known);
-        let body = match build_body(
-            self.store.as_ref(),
-            self.ctx(),
-            key.address(),
-            candidates.iter().map(|t| (**t).clone()),
-            &sigs,
-        ) {
+        let body = match heavy(|| {
+            build_body(
+                self.store.as_ref(),
+                self.ctx(),
+                key.address(),
+                candidates.iter().map(|t| (**t).clone()),
+                &sigs,
+            )
+        }) {
             Ok(b) => b,
             Err(e) => {
                 // Building reads our own store only: any failure is ours, and /v1/status
@@ -705,7 +721,7 @@ impl Engine {
         let start = Instant::now();
         let known = self.verified_by_mempool(block);
         let sigs = self.signatures(&known);
-        match execute_block(self.store.as_ref(), self.ctx(), block, &sigs) {
+        match heavy(|| execute_block(self.store.as_ref(), self.ctx(), block, &sigs)) {
             Ok(outcome) => {
                 self.metrics
                     .execution
@@ -751,7 +767,7 @@ impl Engine {
                 }
                 let known = self.verified_by_mempool(&block);
                 let sigs = self.signatures(&known);
-                match execute_block(self.store.as_ref(), self.ctx(), &block, &sigs) {
+                match heavy(|| execute_block(self.store.as_ref(), self.ctx(), &block, &sigs)) {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::error!(error = %e, "decided block does not execute");

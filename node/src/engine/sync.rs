@@ -352,12 +352,14 @@ impl SyncState {
             params: &genesis.params,
         };
         let all_checked = |_: &Hash| true;
-        match execute_block(
-            store,
-            ctx,
-            &verified.block,
-            &Signatures::Cached(&all_checked),
-        ) {
+        match super::heavy(|| {
+            execute_block(
+                store,
+                ctx,
+                &verified.block,
+                &Signatures::Cached(&all_checked),
+            )
+        }) {
             Ok(outcome) => Next::Ready {
                 peer,
                 verified: Box::new(verified),
