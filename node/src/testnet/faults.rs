@@ -202,9 +202,18 @@ fn check_network_verb(dir: &Path, m: &Manifest, verb: &str) -> anyhow::Result<Na
 /// Rewrites every node's filter from `f.blocked`, then records `f`.
 fn apply_network(dir: &Path, m: &Manifest, names: &Names, f: &Faults) -> anyhow::Result<()> {
     let ips = m.ips()?;
-    for i in 0..m.nodes.len() {
-        let (deny_in, deny_out) = f.filter_of(i, &ips);
-        netns::set_filter(names, i, &deny_in, &deny_out)?;
+    // The node with the most cuts first: an isolated node's own filter already cuts all
+    // its links, so the fault starts with the first `nft` run, not the last (it matters
+    // with 300 ms blocks: "isolate the proposer right after it proposed").
+    let mut order: Vec<(usize, BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>)> = (0..m.nodes.len())
+        .map(|i| {
+            let (deny_in, deny_out) = f.filter_of(i, &ips);
+            (i, deny_in, deny_out)
+        })
+        .collect();
+    order.sort_by_key(|(i, a, b)| (std::cmp::Reverse(a.len() + b.len()), *i));
+    for (i, deny_in, deny_out) in &order {
+        netns::set_filter(names, *i, deny_in, deny_out)?;
     }
     save(dir, f)
 }
