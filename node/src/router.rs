@@ -220,16 +220,12 @@ impl Router {
             Ok(m) => m,
             Err(_) => return Verdict::Reject(PenaltyReason::Undecodable),
         };
-        let tip = ledger::store::ChainReader::tip(self.store.as_ref()).map_or(0, |t| t.height);
-        // The engine's round is that of the height after its tip; right after a commit the
-        // status may still show the old height, whose round says nothing of the new one.
-        let round = {
+        // Where the engine is, from its status (updated after every input it handles and
+        // every block it commits): no store read per message. Right after a commit the
+        // round may still be the last height's, which only widens the window a little.
+        let (tip, round) = {
             let status = self.engine_status.borrow();
-            if status.height == tip {
-                status.round
-            } else {
-                0
-            }
+            (status.height, status.round)
         };
         let (msg, verdict) = match filter.check(&self.genesis, Live { tip, round }, msg) {
             Checked::Fault(reason) => return Verdict::Reject(reason),
