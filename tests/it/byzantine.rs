@@ -820,7 +820,7 @@ async fn relayed(net: &TestNet, of: &[usize]) -> f64 {
 /// publishing through four network identities connected to node 0 only, each under the
 /// per-peer limit) signs 600 messages a second that no honest validator sends:
 /// votes for rounds far past the live one, extra prevotes for made-up blocks in the live
-/// rounds, and proposals with 64 KiB bodies at each of its rounds to propose, in and past
+/// rounds, and proposals with 8 KiB bodies at each of its rounds to propose, in and past
 /// the live window. Each is validly signed, so each is new to a relay that forwards what it
 /// verified: node 0 passed the whole flood on, on top of its own traffic, and nodes 1 and 2
 /// scored it down for flooding and banned it, which stopped the chain (it needs all three).
@@ -879,7 +879,7 @@ async fn a_validator_flooding_signed_rounds_cannot_turn_honest_relays_into_flood
                 &format!("{prefix}.{}", 212 + k),
                 &target,
                 secs,
-                (150, &["--oversized-bytes", "65536"]),
+                (150, &["--oversized-bytes", "8192"]),
                 &out,
             );
             (child, out)
