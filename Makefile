@@ -69,7 +69,7 @@ bench: bootstrap
 
 soak: bootstrap
 	TALLY_SIM_SEEDS=$(SEEDS) $(CARGO) test -p consensus --release --test sim -- --ignored soak --nocapture
-	TALLY_BYZ_SECS=60 $(CARGO) test -p tally-tests --test it -- byzantine --nocapture
+	TALLY_BYZ_SECS=60 $(CARGO) test -p tally-tests --test it -- byzantine --nocapture --test-threads=1
 
 # A local 4-validator + 1 full-node testnet on 127.0.0.2-6 (RPC :26657, metrics :26660),
 # live status table, Ctrl-C stops every node. Running it again resumes the same chain.
@@ -84,6 +84,14 @@ bench: bench-sync
 .PHONY: bench-sync soak-crash
 bench-sync: bootstrap
 	$(CARGO) bench -p tally-node --bench sync
+
+# Network faults (tests/it/netfaults.rs, scenario 10): a seeded random schedule of
+# partitions, isolations, one-way links and pauses on a netns testnet for 10 minutes, the
+# checker at the end; the seed is printed (TALLY_NETSOAK_SEED replays it). Needs root.
+.PHONY: soak-netfaults
+soak: soak-netfaults
+soak-netfaults: bootstrap
+	TALLY_NETSOAK_SECS=$${TALLY_NETSOAK_SECS:-600} $(CARGO) test -p tally-tests --test it -- --ignored netfaults::scenario_10 --nocapture
 
 # Crash torture (tests/it/crash.rs): a validator SIGKILLed and restarted 20 times under load.
 soak: soak-crash
