@@ -27,6 +27,23 @@ macro_rules! require_root {
     };
 }
 
+/// The common start of a scenario: the machine-wide lock (keep it for the test's life),
+/// the 4 + 1 netns testnet with the workload running, every node past height 5, and the
+/// no-fault block rate of node 0 over `base_over` (0 when not measured).
+async fn started(base_over: Option<Duration>) -> (NetLock, NetnsTestnet, Workload, f64) {
+    let lock = NetLock::take().await;
+    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
+    let work = Workload::start(&net);
+    net.wait_height(&ALL, 5, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let base = match base_over {
+        Some(over) => net.rate(0, over).await.unwrap(),
+        None => 0.0,
+    };
+    (lock, net, work, base)
+}
+
 fn root_ruleset() -> String {
     String::from_utf8_lossy(
         &Command::new("nft")
@@ -202,13 +219,7 @@ async fn partition_verbs_refuse_a_loopback_testnet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_1_split_2_2_halts_and_resumes_after_heal() {
     require_root!();
-    let _lock = NetLock::take().await;
-    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
-    let work = Workload::start(&net);
-    net.wait_height(&ALL, 5, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let base = net.rate(0, Duration::from_secs(5)).await.unwrap();
+    let (_lock, net, work, base) = started(Some(Duration::from_secs(5))).await;
 
     net.fault(&["partition", "0,1,4", "2,3"]);
     // A height whose precommits were already on the wire may still land.
@@ -256,13 +267,7 @@ async fn scenario_1_split_2_2_halts_and_resumes_after_heal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_2_split_3_1_majority_commits_minority_catches_up() {
     require_root!();
-    let _lock = NetLock::take().await;
-    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
-    let work = Workload::start(&net);
-    net.wait_height(&ALL, 5, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let base = net.rate(0, Duration::from_secs(8)).await.unwrap();
+    let (_lock, net, work, base) = started(Some(Duration::from_secs(8))).await;
     let seen_before = work.committed_so_far();
 
     net.fault(&["partition", "0,1,2,4", "3"]);
@@ -313,13 +318,7 @@ async fn scenario_2_split_3_1_majority_commits_minority_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_3_isolated_proposer_and_flapping_isolation() {
     require_root!();
-    let _lock = NetLock::take().await;
-    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
-    let work = Workload::start(&net);
-    net.wait_height(&ALL, 5, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let base = net.rate(0, Duration::from_secs(5)).await.unwrap();
+    let (_lock, net, work, base) = started(Some(Duration::from_secs(5))).await;
 
     let mut resumes = Vec::new();
     let mut in_time = 0;
@@ -430,13 +429,7 @@ async fn scenario_3_isolated_proposer_and_flapping_isolation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_4_one_way_link_for_each_validator_pair() {
     require_root!();
-    let _lock = NetLock::take().await;
-    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
-    let work = Workload::start(&net);
-    net.wait_height(&ALL, 5, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let base = net.rate(0, Duration::from_secs(5)).await.unwrap();
+    let (_lock, net, work, base) = started(Some(Duration::from_secs(5))).await;
 
     let h0 = net.height(0).await.unwrap();
     let t0 = Instant::now();
@@ -486,13 +479,7 @@ async fn scenario_4_one_way_link_for_each_validator_pair() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_5_paused_validator_catches_up_without_evidence() {
     require_root!();
-    let _lock = NetLock::take().await;
-    let mut net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
-    let work = Workload::start(&net);
-    net.wait_height(&ALL, 5, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let base = net.rate(0, Duration::from_secs(5)).await.unwrap();
+    let (_lock, mut net, work, base) = started(Some(Duration::from_secs(5))).await;
 
     net.fault(&["pause", "2"]);
     let during = net.rate(0, Duration::from_secs(10)).await.unwrap();
@@ -589,13 +576,7 @@ async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
         return;
     };
     let lib = lib.to_string_lossy().into_owned();
-    let _lock = NetLock::take().await;
-    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
-    let work = Workload::start(&net);
-    net.wait_height(&ALL, 5, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let base = net.rate(0, Duration::from_secs(5)).await.unwrap();
+    let (_lock, net, work, base) = started(Some(Duration::from_secs(5))).await;
 
     for (i, offset) in [(1, "+30s"), (2, "-30s")] {
         net.restart_with_env(
@@ -664,12 +645,7 @@ async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_7_full_disk_stops_a_validator_cleanly_and_it_recovers() {
     require_root!();
-    let _lock = NetLock::take().await;
-    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
-    let work = Workload::start(&net);
-    net.wait_height(&ALL, 5, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (_lock, net, work, _) = started(None).await;
 
     // Node 2's data onto a small tmpfs (stopped meanwhile; restart keeps its data).
     net.fault(&["kill", "2"]);
@@ -773,12 +749,7 @@ async fn scenario_10_soak_random_faults() {
         .unwrap_or_else(rand::random);
     eprintln!("soak seed {seed} ({secs} s): replay with TALLY_NETSOAK_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let _lock = NetLock::take().await;
-    let net = NetnsTestnet::start(4, 1, COMMIT_MS).await.unwrap();
-    let work = Workload::start(&net);
-    net.wait_height(&ALL, 5, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (_lock, net, work, _) = started(None).await;
 
     let end = Instant::now() + Duration::from_secs(secs);
     let mut log = Vec::new();
