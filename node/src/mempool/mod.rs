@@ -25,7 +25,8 @@ use ledger::Hash;
 pub struct MempoolConfig {
     pub max_txs: usize,
     pub max_bytes: usize,
-    /// How far ahead of the account's next nonce a tx may be (future nonces wait).
+    /// How far past the account's next nonce, after its pending txs, a tx may be (future
+    /// nonces wait).
     pub max_nonce_gap: u64,
     /// Most pending txs from one sender (stops one key from filling the pool).
     pub max_per_sender: usize,
@@ -192,9 +193,18 @@ impl Mempool {
             }
             .into());
         }
-        if nonce > account.nonce.saturating_add(self.config.max_nonce_gap) {
+        // The gap counts from the sender's next nonce with its pending txs, not from the
+        // committed one: a sender with 100 txs in flight (a batch, a backlog) is not gapped.
+        // (From the committed nonce, its 65th pending tx was refused, and every later one
+        // waited for a nonce the client had been told was refused.)
+        let expected = if nonce > account.nonce.saturating_add(self.config.max_nonce_gap) {
+            self.pending_nonce(&tx.sender(), account.nonce)
+        } else {
+            account.nonce
+        };
+        if nonce > expected.saturating_add(self.config.max_nonce_gap) {
             return Err(AddError::NonceGap {
-                expected: account.nonce,
+                expected,
                 got: nonce,
                 max_gap: self.config.max_nonce_gap,
             });

@@ -73,6 +73,32 @@ fn gap_waits_and_too_far_ahead_is_refused() {
     assert_eq!(e.code(), "nonce_too_low");
 }
 
+/// The gap counts from the sender's pending txs: 100 consecutive nonces in flight (one
+/// batch, or a backlog while blocks are slow) are all taken with a gap allowance of 4; only
+/// a nonce more than 4 past the last pending one is refused, naming that next nonce.
+#[test]
+fn a_long_run_of_pending_nonces_is_not_a_gap() {
+    let mut p = pool(MempoolConfig {
+        max_nonce_gap: 4,
+        ..Default::default()
+    });
+    let k = key(1);
+    for n in 0..100 {
+        add(&mut p, tx(&k, n, 1, 10), &rich(0)).unwrap_or_else(|e| panic!("nonce {n}: {e}"));
+    }
+    let e = add(&mut p, tx(&k, 105, 1, 10), &rich(0)).unwrap_err();
+    assert_eq!(
+        e,
+        AddError::NonceGap {
+            expected: 100,
+            got: 105,
+            max_gap: 4
+        }
+    );
+    add(&mut p, tx(&k, 104, 1, 10), &rich(0)).unwrap();
+    assert_eq!(p.reap(1_000, 1 << 24).len(), 100, "104 waits for 100..=103");
+}
+
 #[test]
 fn duplicates_and_replace_by_fee() {
     let mut p = pool(MempoolConfig::default());
