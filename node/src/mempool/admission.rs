@@ -165,29 +165,34 @@ mod tests {
         }
     }
 
+    /// A 5-unit transfer from `key` on `chain`, fee 1.
+    fn transfer(key: &Keypair, chain: &str, nonce: u64) -> SignedTx {
+        key.sign_tx(Tx {
+            chain_id: chain.into(),
+            from: key.public_key(),
+            nonce,
+            fee: 1,
+            payload: Payload::Transfer {
+                to: [7; 20],
+                amount: 5,
+            },
+        })
+    }
+
+    fn empty_pool(chain: &str) -> Mempool {
+        Mempool::new(MempoolConfig::default(), chain.into(), Params::default())
+    }
+
     #[test]
     fn a_commit_between_the_account_read_and_the_insert_does_not_strand_the_tx() {
         let key = Keypair::generate();
         let sender = key.address();
         let tx = |nonce| {
-            let stx = key.sign_tx(Tx {
-                chain_id: "race".into(),
-                from: key.public_key(),
-                nonce,
-                fee: 1,
-                payload: Payload::Transfer {
-                    to: [7; 20],
-                    amount: 5,
-                },
-            });
+            let stx = transfer(&key, "race", nonce);
             let bytes = ledger::codec::encode(&stx);
             (stx, ledger::sha256(&bytes), bytes.len())
         };
-        let pool = Arc::new(Mutex::new(Mempool::new(
-            MempoolConfig::default(),
-            "race".into(),
-            Params::default(),
-        )));
+        let pool = Arc::new(Mutex::new(empty_pool("race")));
         let funded = |nonce| Account {
             balance: 1_000,
             nonce,
@@ -237,22 +242,9 @@ mod tests {
         let genesis = crate::testing::genesis("disk", &[&Keypair::generate()], &[(&key, 1_000)]);
         let store = FailingStore::new(MemStore::new(&genesis).unwrap());
         store.fail_account_reads(true);
-        let pool = Mutex::new(Mempool::new(
-            MempoolConfig::default(),
-            "disk".into(),
-            Params::default(),
-        ));
+        let pool = Mutex::new(empty_pool("disk"));
         let metrics = MempoolMetrics::default();
-        let tx = key.sign_tx(Tx {
-            chain_id: "disk".into(),
-            from: key.public_key(),
-            nonce: 0,
-            fee: 1,
-            payload: Payload::Transfer {
-                to: [7; 20],
-                amount: 5,
-            },
-        });
+        let tx = transfer(&key, "disk", 0);
         let bytes = ledger::codec::encode(&tx);
         let e = admit_bytes(&store, &pool, &metrics, &bytes, 1024).unwrap_err();
         assert!(
@@ -277,11 +269,7 @@ mod tests {
         let key = Keypair::generate();
         let genesis = crate::testing::genesis("poison", &[&Keypair::generate()], &[(&key, 1_000)]);
         let store = MemStore::new(&genesis).unwrap();
-        let pool = Arc::new(Mutex::new(Mempool::new(
-            MempoolConfig::default(),
-            "poison".into(),
-            Params::default(),
-        )));
+        let pool = Arc::new(Mutex::new(empty_pool("poison")));
         let holder = pool.clone();
         let _ = std::thread::spawn(move || {
             let _guard = holder.lock().unwrap();
@@ -289,16 +277,7 @@ mod tests {
         })
         .join();
         assert!(pool.is_poisoned());
-        let tx = key.sign_tx(Tx {
-            chain_id: "poison".into(),
-            from: key.public_key(),
-            nonce: 0,
-            fee: 1,
-            payload: Payload::Transfer {
-                to: [7; 20],
-                amount: 5,
-            },
-        });
+        let tx = transfer(&key, "poison", 0);
         let metrics = MempoolMetrics::default();
         let e =
             admit_bytes(&store, &pool, &metrics, &ledger::codec::encode(&tx), 1024).unwrap_err();
