@@ -420,16 +420,18 @@ impl Fatal {
 pub struct Supervisor {
     tasks: tokio::task::JoinSet<()>,
     names: HashMap<tokio::task::Id, &'static str>,
-    fatal: Vec<Fatal>,
+    /// The reason shared by every [`Fatal`] handed out: the first stop's.
+    fatal: Arc<Mutex<Option<String>>>,
 }
 
 impl Supervisor {
     /// A [`Fatal`] for one of the tasks, bound to `shutdown`; its reason is what
     /// [`Supervisor::run`] returns.
     pub fn fatal(&mut self, shutdown: &CancellationToken) -> Fatal {
-        let fatal = Fatal::new(shutdown.clone());
-        self.fatal.push(fatal.clone());
-        fatal
+        Fatal {
+            token: shutdown.clone(),
+            reason: self.fatal.clone(),
+        }
     }
 
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
@@ -462,7 +464,7 @@ impl Supervisor {
             )),
             Some(Err(e)) => Some(self.describe(e)),
         };
-        let failure = failure.or_else(|| self.fatal.iter().find_map(Fatal::reason));
+        let failure = failure.or_else(|| self.fatal.lock().ok().and_then(|r| r.clone()));
         match &failure {
             Some(f) => tracing::error!("{f}; stopping the node"),
             None => tracing::info!("shutting down"),
