@@ -56,6 +56,32 @@ struct Stats {
     blocks: u64,
 }
 
+impl Stats {
+    /// `ids` go out now: their latency samples start here.
+    fn submitting(&mut self, ids: &[String]) {
+        let now = Instant::now();
+        self.submitted += ids.len() as u64;
+        self.first_submit.get_or_insert(now);
+        for id in ids {
+            self.in_flight.insert(id.clone(), now);
+        }
+    }
+
+    /// The node's answer for one submitted tx: accepted, or refused for `Err(reason)`.
+    fn answered(&mut self, id: String, answer: std::result::Result<(), String>) {
+        match answer {
+            Ok(()) => {
+                self.accepted += 1;
+                self.accepted_ids.insert(id);
+            }
+            Err(why) => {
+                self.in_flight.remove(&id);
+                *self.rejected.entry(why).or_default() += 1;
+            }
+        }
+    }
+}
+
 struct Shared {
     stats: Mutex<Stats>,
     latency_us: Mutex<Histogram<u64>>,
@@ -374,37 +400,19 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
 /// `--batch`: one `POST /v1/txs/batch` of pre-signed txs, each counted on its own.
 async fn submit_group(client: &NodeClient, txs: Vec<SignedTx>, shared: &Shared) {
     let ids: Vec<String> = txs.iter().map(|t| hex::encode(t.id())).collect();
-    {
-        let mut s = shared.stats();
-        let now = Instant::now();
-        s.submitted += ids.len() as u64;
-        s.first_submit.get_or_insert(now);
-        for id in &ids {
-            s.in_flight.insert(id.clone(), now);
-        }
-    }
+    shared.stats().submitting(&ids);
     let answer = client.submit_batch(&txs).await;
     let mut s = shared.stats();
     match answer {
         Ok(results) => {
             for (id, r) in ids.into_iter().zip(results) {
-                match r {
-                    Ok(_) => {
-                        s.accepted += 1;
-                        s.accepted_ids.insert(id);
-                    }
-                    Err(code) => {
-                        s.in_flight.remove(&id);
-                        *s.rejected.entry(code).or_default() += 1;
-                    }
-                }
+                s.answered(id, r.map(|_| ()));
             }
         }
         Err(e) => {
             let why = reason(&e);
             for id in ids {
-                s.in_flight.remove(&id);
-                *s.rejected.entry(why.clone()).or_default() += 1;
+                s.answered(id, Err(why.clone()));
             }
         }
     }
@@ -431,27 +439,13 @@ async fn submit_one(
     };
     let stx = build_transfer(&acct.key, chain_id, nonce, fee, acct.to, amount);
     let id = hex::encode(stx.id());
-    {
-        let mut s = shared.stats();
-        let now = Instant::now();
-        s.submitted += 1;
-        s.first_submit.get_or_insert(now);
-        s.in_flight.insert(id.clone(), now);
-    }
-    match client.submit(&stx).await {
-        Ok(_) => {
-            *next = Some(nonce + 1);
-            let mut s = shared.stats();
-            s.accepted += 1;
-            s.accepted_ids.insert(id);
-        }
-        Err(e) => {
-            *next = None;
-            let mut s = shared.stats();
-            s.in_flight.remove(&id);
-            *s.rejected.entry(reason(&e)).or_default() += 1;
-        }
-    }
+    shared.stats().submitting(std::slice::from_ref(&id));
+    let answer = client.submit(&stx).await;
+    // On a refusal the nonce is fetched from the node again.
+    *next = answer.is_ok().then_some(nonce + 1);
+    shared
+        .stats()
+        .answered(id, answer.map(|_| ()).map_err(|e| reason(&e)));
 }
 
 fn reason(e: &Error) -> String {
