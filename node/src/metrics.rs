@@ -35,12 +35,16 @@ pub struct ChainMetrics {
     pub txs_committed: Counter,
     pub blocks_committed: Counter,
     pub round: Gauge,
+    pub absent_validators: Gauge,
     pub rounds_per_height: Histogram,
     pub execution: Histogram,
     pub commit_write: Histogram,
     pub evidence: Counter,
     pub catching_up: Gauge,
     pub sync_blocks: Counter,
+    /// Blocks this node sent to peers in answer to their sync requests (counted by the
+    /// router, which answers them).
+    pub sync_blocks_served: Counter,
     pub sync_target: Gauge,
     pub db_size: Family<CfLabel, Gauge>,
     pub resident_memory: Gauge,
@@ -117,12 +121,14 @@ impl ChainMetrics {
             txs_committed: Counter::default(),
             blocks_committed: Counter::default(),
             round: Gauge::default(),
+            absent_validators: Gauge::default(),
             rounds_per_height: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 10.0]),
             execution: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             commit_write: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             evidence: Counter::default(),
             catching_up: Gauge::default(),
             sync_blocks: Counter::default(),
+            sync_blocks_served: Counter::default(),
             sync_target: Gauge::default(),
             db_size: Family::default(),
             resident_memory: Gauge::default(),
@@ -171,6 +177,11 @@ impl ChainMetrics {
             m.round.clone(),
         );
         r.register(
+            "tally_consensus_absent_validators",
+            "Validators not heard from for 2+ heights (their proposer turns get a short propose timeout)",
+            m.absent_validators.clone(),
+        );
+        r.register(
             "tally_consensus_rounds_per_height",
             "Rounds needed to decide a height (1 = first round)",
             m.rounds_per_height.clone(),
@@ -199,6 +210,11 @@ impl ChainMetrics {
             "tally_sync_blocks",
             "Blocks applied through sync",
             m.sync_blocks.clone(),
+        );
+        r.register(
+            "tally_sync_blocks_served",
+            "Blocks (with their commits) sent to peers in answer to their sync requests",
+            m.sync_blocks_served.clone(),
         );
         r.register(
             "tally_sync_target_height",

@@ -165,6 +165,7 @@ pub async fn run_with(
     // One record of storage errors for the engine, admission and `/v1/status`.
     mempool_metrics.storage = chain_metrics.storage.clone();
     let storage_health = chain_metrics.storage.clone();
+    let sync_blocks_served = chain_metrics.sync_blocks_served.clone();
     let rpc_metrics = RpcMetrics::register(&mut registry);
 
     // The largest gossip message is a proposal carrying the largest block.
@@ -260,6 +261,7 @@ pub async fn run_with(
         engine: engine_tx,
         max_block_bytes,
         sync_max_response_bytes,
+        sync_blocks_served,
         engine_status: view.status.clone(),
     };
 

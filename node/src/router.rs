@@ -34,6 +34,8 @@ pub struct Router {
     pub engine: mpsc::Sender<EngineMsg>,
     pub max_block_bytes: usize,
     pub sync_max_response_bytes: usize,
+    /// `tally_sync_blocks_served_total`: blocks sent in answer to peers' sync requests.
+    pub sync_blocks_served: prometheus_client::metrics::counter::Counter,
     /// Our active listen addresses, as the network task reports them.
     pub listening: tokio::sync::watch::Sender<Vec<tally_p2p::Multiaddr>>,
     /// Where the engine is: its round bounds the consensus messages worth forwarding.
@@ -91,8 +93,12 @@ impl Router {
                     let store = self.store.clone();
                     let net = self.net.clone();
                     let cap = self.sync_max_response_bytes;
+                    let served = self.sync_blocks_served.clone();
                     tokio::task::spawn_blocking(move || {
                         let response = crate::engine::serve_sync(store.as_ref(), &data, cap);
+                        if let Some(bytes) = &response {
+                            served.inc_by(crate::wire::blocks_in_response(bytes));
+                        }
                         let handle = tokio::runtime::Handle::current();
                         handle.block_on(async move {
                             match response {

@@ -40,6 +40,8 @@ async fn late_joiner_syncs_1000_blocks_from_several_peers_and_follows() {
             .unwrap();
     }
 
+    // What nodes 0 and 1 have served so far (node 1 may have synced a little from node 0).
+    let served_before = served(&net, &[0, 1]).await;
     let joined = Instant::now();
     let j = net.add_full_node().await.unwrap();
     let target = net.height(0).await.unwrap();
@@ -69,6 +71,20 @@ async fn late_joiner_syncs_1000_blocks_from_several_peers_and_follows() {
         target as f64 / secs
     );
     assert!(saw_catching_up, "status never showed catching_up");
+    // Every block the joiner applied through sync was served by node 0 or node 1, and
+    // counted there (`tally_sync_blocks_served_total`): at least as many as it applied (a
+    // block served twice, or served and then dropped, counts twice).
+    let synced = counter(&net, j, "tally_sync_blocks_total").await;
+    let served_by = served(&net, &[0, 1]).await - served_before;
+    eprintln!("joiner applied {synced} synced blocks; nodes 0 and 1 served {served_by}");
+    assert!(
+        synced >= target.saturating_sub(64),
+        "the joiner applied only {synced} of {target} blocks through sync"
+    );
+    assert!(
+        served_by >= synced,
+        "nodes 0 and 1 count {served_by} blocks served, the joiner applied {synced} from them"
+    );
 
     // It follows the tip afterwards (new blocks arrive through consensus gossip).
     let later = net.height(0).await.unwrap() + 5;
@@ -106,4 +122,20 @@ async fn late_joiner_syncs_1000_blocks_from_several_peers_and_follows() {
         "no sync rate in the summary: {done}"
     );
     eprintln!("joiner: {done}");
+}
+
+/// A counter's value on node `i` (`/metrics`).
+async fn counter(net: &TestNet, i: usize, name: &str) -> u64 {
+    tally_tests::netns::scrape_counter(&net.http, &net.metrics_url(i), name)
+        .await
+        .unwrap()
+}
+
+/// `tally_sync_blocks_served_total` summed over `nodes`.
+async fn served(net: &TestNet, nodes: &[usize]) -> u64 {
+    let mut sum = 0;
+    for &i in nodes {
+        sum += counter(net, i, "tally_sync_blocks_served_total").await;
+    }
+    sum
 }

@@ -658,3 +658,22 @@ pub fn assert_no_violations(v: &[Violation], height: u64, observed: usize) {
         v.iter().map(|x| format!("  {x}")).collect::<Vec<_>>().join("\n")
     );
 }
+
+/// The value of the counter sample `name` (e.g. `tally_sync_blocks_served_total`) on the
+/// `/metrics` page at `url`; an error if the page has no such sample.
+pub async fn scrape_counter(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<u64> {
+    let text = http.get(url).send().await?.text().await?;
+    let value = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == name).then(|| value.split_whitespace().next())?
+        })
+        .with_context(|| format!("no sample {name} at {url}"))?;
+    // Counters are encoded as integers ("12") or, for f64 counters, as "12.0".
+    let v: f64 = value
+        .parse()
+        .with_context(|| format!("{name} at {url}: {value:?} is not a number"))?;
+    Ok(v as u64)
+}
