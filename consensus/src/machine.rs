@@ -6,7 +6,7 @@
 //! `upon` rule's condition can become true through any of several inputs, and checking
 //! them all after every input is the simplest way not to miss one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ledger::hash::Hash;
 use ledger::types::{
@@ -33,6 +33,17 @@ pub const MAX_BUFFERED: usize = 4096;
 /// could be heard in when the height starts (0..=FUTURE_ROUNDS). One validator can never
 /// fill the buffer and crowd out the others' early messages.
 pub const MAX_BUFFERED_PER_VALIDATOR: usize = 3 * (FUTURE_ROUNDS as usize + 1);
+
+/// A validator we heard nothing from (no proposal, no vote, no commit signature) for this
+/// many heights in a row counts as absent: when it is a round's proposer we wait only
+/// `timeout_propose / ABSENT_PROPOSE_DIVISOR` for its proposal. A live validator signs two
+/// votes every height, so one missed height can be a late message; two in a row is a node
+/// that is down, cut off or frozen. Timeouts are a local choice in Tendermint (safety never
+/// depends on them), so a wrong guess costs at most that round.
+pub const ABSENT_AFTER_HEIGHTS: u32 = 2;
+
+/// See [`ABSENT_AFTER_HEIGHTS`].
+pub const ABSENT_PROPOSE_DIVISOR: u64 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Validity {
@@ -70,6 +81,12 @@ pub struct Consensus<V: SignatureVerifier = K256Verifier> {
     next_height_per: BTreeMap<ledger::types::Address, usize>,
     /// Guard state to resume from at the matching `StartHeight`.
     resume: Option<GuardState>,
+
+    /// Validators whose signed message (proposal, vote, commit signature) of the current
+    /// height we verified.
+    heard: BTreeSet<Address>,
+    /// Per validator: heights in a row (up to the previous one) with nothing heard from it.
+    silent: BTreeMap<Address, u32>,
 }
 
 impl Consensus<K256Verifier> {
@@ -99,6 +116,8 @@ impl<V: SignatureVerifier> Consensus<V> {
             next_height: Vec::new(),
             next_height_per: BTreeMap::new(),
             resume: None,
+            heard: BTreeSet::new(),
+            silent: BTreeMap::new(),
         }
     }
 
@@ -172,6 +191,15 @@ impl<V: SignatureVerifier> Consensus<V> {
                 .is_some_and(|rv| matches!(rv.set(vote.vote.kind).classify(vote), Added::Duplicate))
     }
 
+    /// Validators we heard nothing from for [`ABSENT_AFTER_HEIGHTS`] heights or more: their
+    /// proposer turns get a short propose timeout (for metrics and the status page).
+    pub fn absent_validators(&self) -> impl Iterator<Item = &Address> + '_ {
+        self.silent
+            .iter()
+            .filter(|(_, n)| **n >= ABSENT_AFTER_HEIGHTS)
+            .map(|(a, _)| a)
+    }
+
     /// Number of buffered next-height messages (for metrics and tests).
     pub fn buffered(&self) -> usize {
         self.next_height.len()
@@ -210,6 +238,9 @@ impl<V: SignatureVerifier> Consensus<V> {
         }
         let buffered = std::mem::take(&mut self.next_height);
         self.next_height_per.clear();
+        if self.step != Step::Idle {
+            self.count_silence();
+        }
         self.height = height;
         self.round = 0;
         self.locked = None;
@@ -272,6 +303,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         if !self.verifier.verify_proposal(&sp, &proposer.pubkey) {
             return;
         }
+        self.heard.insert(proposer.address);
         let (round, hash) = (p.round, p.block_hash);
         self.proposals.insert(round, sp);
         self.request_validation(round, hash, out);
@@ -315,6 +347,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         if !self.verifier.verify_vote(&sv, &pubkey) {
             return;
         }
+        self.heard.insert(sv.validator);
         let set = self.votes.entry(round).or_default().set_mut(kind);
         if let Added::Equivocation(first) = set.add(sv.clone(), power, count_conflicting) {
             out.push(Output::Evidence(Box::new(Equivocation {
@@ -428,6 +461,9 @@ impl<V: SignatureVerifier> Consensus<V> {
             progressed |= self.rule_precommit_value(out);
             progressed |= self.rule_precommit_nil(out);
             self.rule_precommit_timeout(out);
+            if self.rule_next_round_on_nil_commit(out) {
+                continue;
+            }
             if !progressed {
                 return;
             }
@@ -642,6 +678,25 @@ impl<V: SignatureVerifier> Consensus<V> {
         }
     }
 
+    /// 2f+1 precommits for nil in this round: no value can reach 2f+1 precommits in it any
+    /// more (at most f of those nil voters are byzantine and could also precommit a value,
+    /// leaving a value at most 2f), so waiting out `timeout_precommit` (line 47) could only
+    /// collect votes that decide nothing: start the next round now. Line 49 still decides
+    /// from this round's precommits if they ever show a value with 2f+1 (they cannot while
+    /// fewer than a third are byzantine). Without this, every round lost to an absent
+    /// proposer costs a full `timeout_precommit` on top of its propose timeout.
+    fn rule_next_round_on_nil_commit(&mut self, out: &mut Vec<Output>) -> bool {
+        let nil = self
+            .votes
+            .get(&self.round)
+            .map_or(0, |rv| rv.precommits.power_for(&None));
+        if !self.cfg.validators.is_quorum(nil) {
+            return false;
+        }
+        self.start_round(self.round.saturating_add(1), out);
+        true
+    }
+
     // ----- actions ------------------------------------------------------------------------
 
     /// Lines 11-21: `StartRound(round)`.
@@ -671,8 +726,29 @@ impl<V: SignatureVerifier> Consensus<V> {
         }
         // Line 21. The paper skips this for the proposer; we schedule it anyway so a
         // proposer whose block building fails or whose proposal the guard refuses still
-        // moves on.
-        self.schedule(TimeoutStep::Propose, out);
+        // moves on. A proposer we have not heard from for heights gets a short one.
+        let proposer = self.cfg.validators.proposer(self.height, round).address;
+        let absent = self.cfg.address != Some(proposer)
+            && self.silent.get(&proposer).copied().unwrap_or(0) >= ABSENT_AFTER_HEIGHTS;
+        if absent {
+            let full = self.cfg.timeouts.duration_ms(TimeoutStep::Propose, round);
+            self.schedule_ms(TimeoutStep::Propose, full / ABSENT_PROPOSE_DIVISOR, out);
+        } else {
+            self.schedule(TimeoutStep::Propose, out);
+        }
+    }
+
+    /// At the end of a height: who did we hear from in it? (See [`ABSENT_AFTER_HEIGHTS`].)
+    fn count_silence(&mut self) {
+        let heard = std::mem::take(&mut self.heard);
+        for v in self.cfg.validators.validators() {
+            let n = self.silent.entry(v.address).or_insert(0);
+            *n = if heard.contains(&v.address) {
+                0
+            } else {
+                n.saturating_add(1)
+            };
+        }
     }
 
     /// After a restart, re-enter the round we last signed in, at the step we signed, and
@@ -740,13 +816,17 @@ impl<V: SignatureVerifier> Consensus<V> {
     }
 
     fn schedule(&self, step: TimeoutStep, out: &mut Vec<Output>) {
+        self.schedule_ms(step, self.cfg.timeouts.duration_ms(step, self.round), out);
+    }
+
+    fn schedule_ms(&self, step: TimeoutStep, duration_ms: u64, out: &mut Vec<Output>) {
         out.push(Output::ScheduleTimeout {
             timeout: Timeout {
                 height: self.height,
                 round: self.round,
                 step,
             },
-            duration_ms: self.cfg.timeouts.duration_ms(step, self.round),
+            duration_ms,
         });
     }
 

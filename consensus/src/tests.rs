@@ -537,13 +537,11 @@ fn a_locked_validator_prevotes_only_its_lock_unless_shown_a_newer_pol() {
             ),
             row(v(o[0], 0, VoteKind::Precommit, None), vec![]),
             row(v(o[1], 0, VoteKind::Precommit, None), vec![]),
+            // 2f+1 nil precommits: round 1 at once, without timeout_precommit.
             row(
                 v(o[2], 0, VoteKind::Precommit, None),
-                vec![timeout(1, 0, TimeoutStep::Precommit)],
-            ),
-            row(
-                fire(1, 0, TimeoutStep::Precommit),
                 vec![
+                    timeout(1, 0, TimeoutStep::Precommit),
                     Output::RoundChanged {
                         height: 1,
                         round: 1,
@@ -551,6 +549,7 @@ fn a_locked_validator_prevotes_only_its_lock_unless_shown_a_newer_pol() {
                     timeout(1, 1, TimeoutStep::Propose),
                 ],
             ),
+            row(fire(1, 0, TimeoutStep::Precommit), vec![]),
             // Round 1: C without a proof of lock. Valid, but we are locked on B: nil.
             row(
                 Input::Proposal(n.proposal(1, 1, None, C)),
@@ -597,12 +596,12 @@ fn proof_of_lock_from_a_later_round_unlocks() {
         core.handle(v(*i, 0, VoteKind::Prevote, Some(B)));
     }
     assert_eq!(core.locks().locked, locked(0, B));
-    // Round 1 jump (f+1 precommits nil of round 1), C prevoted by 3 others in round 1
+    // Round 2 jump (f+1 precommits nil of round 2), C prevoted by 3 others in round 1
     // (without the proposal we never saw it): a POL for C at round 1.
     for i in &o {
         core.handle(v(*i, 1, VoteKind::Prevote, Some(C)));
     }
-    for i in &o {
+    for i in &o[..2] {
         core.handle(v(*i, 2, VoteKind::Precommit, None));
     }
     assert_eq!(core.round(), 2);
@@ -856,10 +855,11 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
             ),
             row(pc(o[0]), vec![]),
             row(pc(o[1]), vec![]),
-            row(pc(o[2]), vec![timeout(1, 1, TimeoutStep::Precommit)]),
+            // The other three precommit nil: 2f+1 nil, round 2 at once.
             row(
-                fire(1, 1, TimeoutStep::Precommit),
+                pc(o[2]),
                 vec![
+                    timeout(1, 1, TimeoutStep::Precommit),
                     Output::RoundChanged {
                         height: 1,
                         round: 2,
@@ -867,6 +867,7 @@ fn restart_resumes_the_last_signed_round_with_the_lock() {
                     timeout(1, 2, TimeoutStep::Propose),
                 ],
             ),
+            row(fire(1, 1, TimeoutStep::Precommit), vec![]),
             // Still locked on B after the restart: C without a proof of lock gets nil.
             row(
                 Input::Proposal(n.proposal(1, 2, None, C)),
@@ -1162,4 +1163,124 @@ fn one_validator_cannot_fill_the_next_height_buffer() {
         core.handle(Input::Vote(n.vote(i, 2, 0, VoteKind::Prevote, Some(B))));
     }
     assert_eq!(core.buffered(), flooded + 3);
+}
+
+#[test]
+fn two_thirds_nil_precommits_start_the_next_round_at_once() {
+    let n = net(4);
+    let me = n.non_proposer();
+    let o = n.others(me);
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    core.handle(fire(1, 0, TimeoutStep::Propose));
+    for i in &o {
+        core.handle(Input::Vote(n.vote(*i, 1, 0, VoteKind::Prevote, None)));
+    }
+    let pc = |i: usize, h: Option<Hash>| Input::Vote(n.vote(i, 1, 0, VoteKind::Precommit, h));
+    run(
+        &mut core,
+        vec![
+            row(pc(o[0], None), vec![]),
+            // 2f+1 precommits, not all nil: wait out timeout_precommit (line 47), as late
+            // precommits could still make a value reach 2f+1.
+            row(pc(o[1], Some(B)), vec![]),
+            row(pc(o[2], None), vec![timeout(1, 0, TimeoutStep::Precommit)]),
+            // Our own nil precommit makes 2f+1 nil: round 1 starts without the timeout.
+            row_s(
+                pc(me, None),
+                vec![
+                    Output::RoundChanged {
+                        height: 1,
+                        round: 1,
+                    },
+                    timeout(1, 1, TimeoutStep::Propose),
+                ],
+                (1, Step::Propose, None),
+            ),
+            // The timeout of round 0 firing later changes nothing.
+            row(fire(1, 0, TimeoutStep::Precommit), vec![]),
+        ],
+    );
+}
+
+/// Decides `h` from a peer commit signed by `signers` and starts `h + 1`; returns the
+/// outputs of that `StartHeight`.
+fn decide_by_commit(n: &Net, core: &mut Consensus, signers: &[usize], h: u64) -> Vec<Output> {
+    let hash = sha256(&h.to_be_bytes());
+    core.handle(Input::Commit(n.commit(signers, h, 0, hash)));
+    core.handle(Input::BlockValidated {
+        height: h,
+        block_hash: hash,
+        valid: true,
+    });
+    assert_eq!(core.step(), Step::Decided, "height {h} decided");
+    core.handle(Input::StartHeight { height: h + 1 })
+}
+
+fn propose_timeout_ms(out: &[Output]) -> Option<u64> {
+    out.iter().find_map(|o| match o {
+        Output::ScheduleTimeout {
+            timeout:
+                Timeout {
+                    step: TimeoutStep::Propose,
+                    ..
+                },
+            duration_ms,
+        } => Some(*duration_ms),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_proposer_silent_for_two_heights_gets_a_short_propose_timeout() {
+    let n = net(4);
+    let full = Timeouts::from(&Params::default()).duration_ms(TimeoutStep::Propose, 0);
+    let absent = n.proposer(3, 0);
+    let me = n.others(absent)[0];
+    let without: Vec<usize> = n.others(absent);
+    let everyone: Vec<usize> = (0..4).collect();
+
+    // Negative control: the same validator signing every commit keeps its full timeout.
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    decide_by_commit(&n, &mut core, &everyone, 1);
+    let out = decide_by_commit(&n, &mut core, &everyone, 2);
+    assert_eq!(propose_timeout_ms(&out), Some(full));
+    assert_eq!(core.absent_validators().count(), 0);
+
+    // Silent at heights 1 and 2: its turn at height 3 times out after a tenth.
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    let out = decide_by_commit(&n, &mut core, &without, 1);
+    if n.proposer(2, 0) == absent {
+        assert_eq!(
+            propose_timeout_ms(&out),
+            Some(full),
+            "one height is not enough"
+        );
+    }
+    let out = decide_by_commit(&n, &mut core, &without, 2);
+    assert_eq!(propose_timeout_ms(&out), Some(full / 10));
+    let addr = n.keys[absent].address();
+    assert_eq!(core.absent_validators().collect::<Vec<_>>(), vec![&addr]);
+
+    // It is heard again (a vote of height 3): from height 4 on it counts as present.
+    core.handle(Input::Vote(n.vote(absent, 3, 0, VoteKind::Prevote, None)));
+    decide_by_commit(&n, &mut core, &without, 3);
+    assert_eq!(core.absent_validators().count(), 0);
+}
+
+#[test]
+fn our_own_turn_is_never_cut_short() {
+    let n = net(4);
+    let me = n.proposer(3, 0);
+    let others = n.others(me);
+    let full = Timeouts::from(&Params::default()).duration_ms(TimeoutStep::Propose, 0);
+    // A node that never hears itself (its own votes were lost) still waits the full
+    // timeout for its own proposal.
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    decide_by_commit(&n, &mut core, &others, 1);
+    let out = decide_by_commit(&n, &mut core, &others, 2);
+    assert_eq!(propose_timeout_ms(&out), Some(full));
 }

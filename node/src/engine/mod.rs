@@ -507,6 +507,10 @@ impl Engine {
                 }
                 self.last_round_change = round;
                 self.metrics.round.set(i64::from(round));
+                let absent = self.core.absent_validators().count();
+                self.metrics
+                    .absent_validators
+                    .set(i64::try_from(absent).unwrap_or(i64::MAX));
                 if round > 0 {
                     tracing::info!(height, round, "new round");
                 }
