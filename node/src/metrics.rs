@@ -36,6 +36,7 @@ pub struct ChainMetrics {
     pub blocks_committed: Counter,
     pub round: Gauge,
     pub absent_validators: Gauge,
+    pub halted: Gauge,
     pub rounds_per_height: Histogram,
     pub execution: Histogram,
     pub commit_write: Histogram,
@@ -122,6 +123,7 @@ impl ChainMetrics {
             blocks_committed: Counter::default(),
             round: Gauge::default(),
             absent_validators: Gauge::default(),
+            halted: Gauge::default(),
             rounds_per_height: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 10.0]),
             execution: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             commit_write: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -175,6 +177,11 @@ impl ChainMetrics {
             "tally_consensus_round",
             "Current consensus round",
             m.round.clone(),
+        );
+        r.register(
+            "tally_engine_halted",
+            "1 once consensus stopped because this node's store refused a block (disk full?); see storage_error / halted in /v1/status",
+            m.halted.clone(),
         );
         r.register(
             "tally_consensus_absent_validators",

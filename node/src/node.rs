@@ -321,8 +321,7 @@ pub async fn run_with(
     );
 
     let mut tasks = Supervisor::default();
-    let fatal = tasks.fatal(&shutdown);
-    tasks.spawn("consensus engine", engine.run(shutdown.clone(), fatal));
+    tasks.spawn("consensus engine", engine.run(shutdown.clone()));
     // The router ends when the network task's event channel closes: a dead network task
     // stops the node through it.
     tasks.spawn("router", router.run(net_events, shutdown.clone()));
@@ -384,36 +383,6 @@ pub async fn run_with(
     result
 }
 
-/// Stops the node for a failure a task detected and cannot recover from (the store
-/// refusing a committed block): the shutdown token is cancelled and the reason becomes the
-/// node's error, so `tallyd start` exits with status 1 and says why.
-#[derive(Clone, Debug, Default)]
-pub struct Fatal {
-    token: CancellationToken,
-    reason: Arc<Mutex<Option<String>>>,
-}
-
-impl Fatal {
-    pub fn new(token: CancellationToken) -> Self {
-        Fatal {
-            token,
-            reason: Arc::default(),
-        }
-    }
-
-    /// Records `reason` (the first one wins) and stops the node.
-    pub fn stop(&self, reason: impl Into<String>) {
-        if let Ok(mut r) = self.reason.lock() {
-            r.get_or_insert_with(|| reason.into());
-        }
-        self.token.cancel();
-    }
-
-    pub fn reason(&self) -> Option<String> {
-        self.reason.lock().ok().and_then(|r| r.clone())
-    }
-}
-
 /// The node's long-lived tasks under one shutdown token. A task that panics, or ends
 /// before shutdown was asked for, stops the whole node: [`Supervisor::run`] cancels the
 /// token and returns an error naming the task, instead of leaving a process that looks
@@ -422,20 +391,9 @@ impl Fatal {
 pub struct Supervisor {
     tasks: tokio::task::JoinSet<()>,
     names: HashMap<tokio::task::Id, &'static str>,
-    /// The reason shared by every [`Fatal`] handed out: the first stop's.
-    fatal: Arc<Mutex<Option<String>>>,
 }
 
 impl Supervisor {
-    /// A [`Fatal`] for one of the tasks, bound to `shutdown`; its reason is what
-    /// [`Supervisor::run`] returns.
-    pub fn fatal(&mut self, shutdown: &CancellationToken) -> Fatal {
-        Fatal {
-            token: shutdown.clone(),
-            reason: self.fatal.clone(),
-        }
-    }
-
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
         let handle = self.tasks.spawn(task);
         self.names.insert(handle.id(), name);
@@ -466,7 +424,6 @@ impl Supervisor {
             )),
             Some(Err(e)) => Some(self.describe(e)),
         };
-        let failure = failure.or_else(|| self.fatal.lock().ok().and_then(|r| r.clone()));
         match &failure {
             Some(f) => tracing::error!("{f}; stopping the node"),
             None => tracing::info!("shutting down"),
@@ -538,34 +495,6 @@ mod tests {
             "{error}"
         );
         assert!(shutdown.is_cancelled(), "the other tasks are told to stop");
-    }
-
-    /// A task that stops the node through [`Fatal`] makes the node's result an error with
-    /// its reason (`tallyd start` exits 1), not a clean shutdown.
-    #[tokio::test]
-    async fn a_fatal_stop_is_the_nodes_error() {
-        let shutdown = CancellationToken::new();
-        let mut tasks = Supervisor::default();
-        let fatal = tasks.fatal(&shutdown);
-        let token = shutdown.clone();
-        tasks.spawn("steady", async move { token.cancelled().await });
-        tasks.spawn("consensus engine", async move {
-            fatal.stop("cannot commit block 9: disk full");
-            fatal.stop("a later reason is not the cause");
-        });
-        let result = tokio::time::timeout(
-            Duration::from_secs(10),
-            tasks.run(&shutdown, Duration::from_secs(5)),
-        )
-        .await
-        .expect("the node kept running after a fatal stop");
-        let error = result
-            .expect_err("a fatal stop must be an error")
-            .to_string();
-        assert!(
-            error.contains("cannot commit block 9: disk full"),
-            "{error}"
-        );
     }
 
     /// A node started under a soft open-file limit of 256 raises it to what its connection

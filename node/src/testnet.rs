@@ -1231,6 +1231,7 @@ async fn poll_all(dir: &Path, m: &Manifest) -> Vec<Row> {
 fn state_of(r: &Row) -> &'static str {
     match (&r.status, r.pid) {
         (_, Some(_)) if r.paused => "paused",
+        (Some(s), _) if !s["halted"].is_null() => "HALTED",
         (Some(s), _) if s["catching_up"].as_bool() == Some(true) => "syncing",
         (Some(_), _) => "up",
         (None, Some(_)) => "starting",

@@ -637,13 +637,14 @@ async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
 }
 
 /// Scenario 7 (short): validator 2's data directory moves to a 64 MiB tmpfs, which then
-/// fills up under load. Its store refuses the next block; it says in its log that its own
-/// disk is full and not a peer's fault, and stops (the engine halts on a failed commit);
-/// nobody bans anybody. The other three keep committing. After space is freed `tallyd
-/// fsck` passes on its store (no corruption), and restarted it catches up. The checker
-/// passes.
+/// fills up under load. Its store refuses the next block; consensus halts there and the
+/// node says its own disk is full and not a peer's fault in its log, `/v1/status`
+/// (`halted`, `storage_error`) and metrics (`tally_engine_halted`), while it goes on
+/// answering; nobody bans anybody. The other three keep committing. After it is stopped
+/// and space is freed `tallyd fsck` passes on its store (no corruption), and restarted it
+/// catches up. The checker passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scenario_7_full_disk_stops_a_validator_cleanly_and_it_recovers() {
+async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
     require_root!();
     let (_lock, net, work, _) = started(None).await;
 
@@ -670,16 +671,48 @@ async fn scenario_7_full_disk_stops_a_validator_cleanly_and_it_recovers() {
     let ballast = home.join("data/ballast");
     let filled = Instant::now();
     let written = fill(&ballast);
-    // It stops at its next block: its RPC goes away.
+    // Its next block cannot be stored: consensus halts, and the node says so everywhere
+    // while it goes on answering.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while net.status(2).await.is_some() {
+    let halted = loop {
+        let st = net.status(2).await;
+        if let Some(reason) = st.as_ref().and_then(|s| s["halted"].as_str()) {
+            break reason.to_string();
+        }
         assert!(
             Instant::now() < deadline,
-            "node2 still answers 30 s after its disk filled"
+            "node2 does not report a halt 30 s after its disk filled: {st:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
     let stopped_after = filled.elapsed().as_secs_f64();
+    assert!(
+        halted.contains("No space left on device") && halted.contains("not a peer's fault"),
+        "node2's /v1/status halted: {halted}"
+    );
+    let st = net.status(2).await.expect("a halted node still answers");
+    assert!(
+        st["storage_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left on device")),
+        "storage_error: {}",
+        st["storage_error"]
+    );
+    let http = reqwest::Client::new();
+    let url = net.metrics_url(2).unwrap();
+    assert_eq!(
+        tally_tests::netns::scrape_counter(&http, &url, "tally_engine_halted")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        tally_tests::netns::scrape_counter(&http, &url, "tally_storage_errors_total")
+            .await
+            .unwrap()
+            >= 1
+    );
+    let halted_height = st["height"].as_u64().unwrap_or(0);
     let log = log_text(&net, 2);
     let tail = &log[log_before.min(log.len())..];
     assert!(
@@ -692,6 +725,14 @@ async fn scenario_7_full_disk_stops_a_validator_cleanly_and_it_recovers() {
         .await
         .unwrap();
 
+    assert_eq!(
+        net.height(2).await,
+        Some(halted_height),
+        "a halted node committed"
+    );
+
+    // The operator stops it, frees space, checks the store and starts it again.
+    net.fault(&["kill", "2"]);
     std::fs::remove_file(&ballast).unwrap();
     let fsck = Command::new(tally_tests::bin("tallyd"))
         .args(["fsck", "--home"])
@@ -722,7 +763,7 @@ async fn scenario_7_full_disk_stops_a_validator_cleanly_and_it_recovers() {
     let observed = work.stop().await;
     let (v, h) = net.check(observed.clone()).await.unwrap();
     eprintln!(
-        "FIGURES scenario 7: ballast {} MiB, node2 stopped {stopped_after:.1} s after its disk filled, fsck OK, caught up {caught_up:.1} s after restart, no bans, {} txs seen committed, checked heights 1..={h}",
+        "FIGURES scenario 7: ballast {} MiB, node2 halted {stopped_after:.1} s after its disk filled (status, metric and log say so), fsck OK, caught up {caught_up:.1} s after restart, no bans, {} txs seen committed, checked heights 1..={h}",
         written >> 20,
         observed.len()
     );

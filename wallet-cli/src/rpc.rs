@@ -64,6 +64,9 @@ pub struct Status {
     #[serde(default)]
     pub mempool: MempoolInfo,
     pub min_fee: u64,
+    /// Set when the node's consensus stopped (its store refused a block): why.
+    #[serde(default)]
+    pub halted: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -72,6 +72,10 @@ pub struct EngineStatus {
     pub catching_up: bool,
     pub sync_target: u64,
     pub last_block_at: Option<Instant>,
+    /// Set when the engine stopped committing because its own store refused a block (a
+    /// full or failing disk): why, and what to do. The node goes on answering RPC, metrics
+    /// and peers' sync requests from what it has; a restart once fixed resumes.
+    pub halted: Option<String>,
 }
 
 /// Messages into the engine.
@@ -156,9 +160,10 @@ pub struct Engine {
     own_votes: Vec<ledger::types::SignedVote>,
     own_proposal: Option<(ledger::types::SignedProposal, Block)>,
     height_started: Instant,
-    /// Stops the node (set by `run`) when the store cannot take a committed block,
-    /// because nothing after that can work.
-    halt: crate::node::Fatal,
+    /// Why consensus stopped, once the store could not take a committed block: nothing
+    /// after that can work, so the engine stops signing and applying, and says so
+    /// (log, `/v1/status`, `tally_engine_halted`) while the rest of the node serves.
+    halted: Option<String>,
 }
 
 /// Runs CPU-heavy work (executing or building a block: signature checks, the state tree)
@@ -290,13 +295,12 @@ impl Engine {
             own_votes: Vec::new(),
             own_proposal: None,
             height_started: Instant::now(),
-            halt: crate::node::Fatal::default(),
+            halted: None,
         };
         Ok((engine, me, view))
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken, fatal: crate::node::Fatal) {
-        self.halt = fatal;
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let tip = match self.store.tip() {
             Ok(t) => t,
             Err(e) => {
@@ -354,6 +358,9 @@ impl Engine {
     }
 
     fn on_message(&mut self, msg: EngineMsg) {
+        if self.halted.is_some() {
+            return; // drained and dropped: nothing is signed, applied or blamed
+        }
         match msg {
             EngineMsg::Consensus { msg, from } => self.on_consensus(*msg, from),
             EngineMsg::Timeout(t) => self.drive(Input::Timeout(t)),
@@ -451,6 +458,16 @@ impl Engine {
         });
     }
 
+    /// Stops consensus for good (until a restart): no more signing, applying or syncing.
+    /// The timers are dropped and every later message is ignored.
+    fn halt(&mut self, reason: String) {
+        tracing::error!("{reason}");
+        self.timers.clear();
+        self.metrics.halted.set(1);
+        self.status.send_modify(|s| s.halted = Some(reason.clone()));
+        self.halted = Some(reason);
+    }
+
     fn on_tick(&mut self) {
         self.metrics.sample_process();
         for (cf, size) in self.store.sizes() {
@@ -458,6 +475,9 @@ impl Engine {
                 .db_size
                 .get_or_create(&crate::metrics::CfLabel { cf: cf.into() })
                 .set(size as i64);
+        }
+        if self.halted.is_some() {
+            return;
         }
         if let Ok(mut m) = self.mempool.lock() {
             let expired = m.expire(Instant::now());
@@ -791,16 +811,16 @@ impl Engine {
         {
             // The write is one synced batch: a failure is our disk or database (full,
             // read-only, failing), never a peer's doing, and the next heights cannot be
-            // stored either. Stop instead of running on without committing.
+            // stored either. Stop consensus instead of running on without committing.
             let height = block.header.height;
-            tracing::error!(
-                "cannot commit block {height}: {e}; stopping: the node's store is unusable (disk full?)"
-            );
             self.metrics
                 .storage
                 .report(&format!("committing block {height}"), &e);
-            self.halt.stop(format!(
-                "cannot commit block {height}: {e}: the node's store is unusable (disk full?)"
+            self.halt(format!(
+                "cannot commit block {height}: {e}: this node's own store is unusable (disk \
+                 full?), not a peer's fault; consensus stopped here; free space or fix the \
+                 disk, then restart tallyd (it resumes from block {})",
+                height.saturating_sub(1)
             ));
             return Err(());
         }

@@ -1182,20 +1182,25 @@ mod tests {
         }
     }
 
-    /// Item 12 of issue 17: a block our store refuses to write stops the node (its
-    /// shutdown token is cancelled) with the error reported, instead of only a log line.
-    /// The refusal here is RocksDB's "not the next block"; a full disk takes the same path.
+    /// Item 12 of issue 17 and scenario 7 of issue 18: a block our store refuses to write
+    /// halts consensus (no more signing or applying; later messages are ignored) with the
+    /// error reported in the log, the metrics and `/v1/status`, while the process keeps
+    /// serving. The refusal here is RocksDB's "not the next block"; a full disk takes the
+    /// same path.
     #[tokio::test]
-    async fn a_block_the_store_cannot_write_stops_the_node() {
+    async fn a_block_the_store_cannot_write_halts_consensus_and_says_why() {
         use ledger::exec::BlockOutcome;
-        use tokio_util::sync::CancellationToken;
 
         let (_, _, blocks) = chain(1);
         let g = Arc::new(genesis(&key("v"), &key("sender")));
         let dir = tempfile::tempdir().unwrap();
-        let mut engine = crate::testing::engine(g, dir.path());
-        let shutdown = CancellationToken::new();
-        engine.halt = crate::node::Fatal::new(shutdown.clone()); // what `run` does
+        let mut engine = crate::testing::engine(g.clone(), dir.path());
+        let status = engine.status.subscribe();
+        // The control: a running engine starts height 1 on this message.
+        let other = tempfile::tempdir().unwrap();
+        let mut running = crate::testing::engine(g, other.path());
+        running.on_message(EngineMsg::StartHeight(1));
+        assert_eq!(running.core.height(), 1);
         let (mut block, commit) = blocks[0].clone();
         block.header.height = 5;
         engine.executed.insert(
@@ -1206,15 +1211,19 @@ mod tests {
             },
         );
         assert!(engine.commit(block, commit, true).is_err());
+        let halted = status.borrow().halted.clone().unwrap_or_default();
         assert!(
-            shutdown.is_cancelled(),
-            "the node keeps running after its store refused a block"
+            halted.contains("cannot commit block 5") && halted.contains("not a peer's fault"),
+            "{halted}"
         );
-        let reason = engine.halt.reason().unwrap_or_default();
-        assert!(reason.contains("cannot commit block 5"), "{reason}");
+        assert_eq!(engine.metrics.halted.get(), 1);
         assert_eq!(engine.metrics.storage.count(), 1);
         let last = engine.metrics.storage.last().unwrap_or_default();
         assert!(last.contains("committing block 5"), "{last}");
+        // Halted: the next height does not start (on a running engine it would).
+        engine.on_message(EngineMsg::StartHeight(1));
+        assert_eq!(engine.core.height(), 0, "a halted engine started a height");
+        assert!(engine.timers.is_empty(), "no timer left running");
     }
 
     fn describe(n: &Next) -> String {

@@ -113,6 +113,19 @@ impl From<AddError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A node whose consensus stopped (its store refused a block) takes no new txs: it could
+/// never report them committed. 503 `halted`, with the engine's reason.
+fn refuse_if_halted(s: &RpcState) -> ApiResult<()> {
+    match &s.view.status.borrow().halted {
+        Some(reason) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "halted",
+            format!("this node stopped committing and takes no txs: {reason}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Most txs in one `POST /v1/txs/batch`.
 pub const MAX_SUBMIT_BATCH: usize = 1024;
 
@@ -288,6 +301,7 @@ async fn submit_tx(
     State(s): State<RpcState>,
     body: Result<Json<SubmitBody>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    refuse_if_halted(&s)?;
     let Json(body) = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -347,6 +361,7 @@ async fn submit_batch(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
+    refuse_if_halted(&s)?;
     let raw = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -622,6 +637,7 @@ async fn status(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
         "min_fee": s.genesis.params.min_fee,
         "seconds_since_last_block": st.last_block_at.map(|t| t.elapsed().as_secs_f64()),
         "storage_error": s.storage.last(),
+        "halted": st.halted,
     })))
 }
 

@@ -70,8 +70,12 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
         ))
     })?;
     ctx.emit(&value, || {
+        let halted = st
+            .halted
+            .as_ref()
+            .map_or(String::new(), |r| format!("\nHALTED      {r}"));
         format!(
-            "node        {} ({})\nchain       {}\nheight      {}{}\ntip         {}\nvalidator   {}\nround       {}\npeers       {}\nmempool     {} txs, {} bytes\nmin fee     {}",
+            "node        {} ({})\nchain       {}\nheight      {}{}\ntip         {}\nvalidator   {}\nround       {}\npeers       {}\nmempool     {} txs, {} bytes\nmin fee     {}{}",
             client.url(),
             if st.moniker.is_empty() { st.node_id.as_str() } else { st.moniker.as_str() },
             st.chain_id,
@@ -87,7 +91,8 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
             st.peers,
             st.mempool.txs,
             st.mempool.bytes,
-            st.min_fee
+            st.min_fee,
+            halted
         )
     });
     Ok(())
