@@ -770,6 +770,161 @@ async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
     assert_no_violations(&v, h, observed.len());
 }
 
+/// `tally-attacker` holding validator node `v`'s key, run inside node `v`'s namespace
+/// from its address (so the partition rules of that host apply to it too), aimed at every
+/// node in `targets`. Killed on drop; `testnet cleanup` also kills whatever runs in the
+/// testnet's namespaces.
+struct NsAttacker(std::process::Child);
+
+impl NsAttacker {
+    fn spawn(net: &NetnsTestnet, v: usize, mode: &str, targets: &[usize], secs: f64) -> Self {
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(net.dir.join("testnet.json")).unwrap())
+                .unwrap();
+        let home = net.dir.join(format!("node{v}"));
+        let out = std::fs::File::create(home.join(format!("attacker-{mode}.json"))).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &net.ns(v)])
+            .arg(tally_tests::bin("tally-attacker"))
+            .args(["--mode", mode, "--ip", &net.ips[v]])
+            .args(["--chain-id", tally_tests::CHAIN_ID])
+            .args(["--duration-secs", &secs.to_string()])
+            .arg("--validator-key-file")
+            .arg(home.join("config/validator_key.json"))
+            .arg("--genesis")
+            .arg(net.dir.join("genesis.json"))
+            .arg("--redial");
+        for t in targets {
+            let addr = manifest["nodes"][*t]["p2p"].as_str().unwrap();
+            cmd.args(["--target", addr]);
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        NsAttacker(child)
+    }
+}
+
+impl Drop for NsAttacker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Blocks node `i` committed over `window`.
+async fn commits_over(net: &NetnsTestnet, i: usize, window: Duration) -> u64 {
+    let before = net.height(i).await.unwrap_or(0);
+    tokio::time::sleep(window).await;
+    net.height(i).await.unwrap_or(before).saturating_sub(before)
+}
+
+/// Scenario 9: seven validators, two of them byzantine, and the honest five split 4|1 and
+/// 3|2 (each byzantine host and the full node on one side). Validator 5 runs its node and, next to it on the same host with the same key,
+/// `tally-attacker --mode equivocate` (a conflicting prevote in every round it hears);
+/// validator 6's node is replaced by `--mode future-time` (at its turns it proposes blocks
+/// timed an hour or `u64::MAX` ahead and votes only for them). Node 7 is a full node.
+/// Safety always: no fork, no far-future block, the checker passes on every running node.
+/// Liveness whenever more than 2/3 of the power is honest and connected: with all five
+/// honest connected (5/7), and after each heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_9_two_byzantine_validators_of_seven_and_split_honest() {
+    require_root!();
+    let _lock = NetLock::take().await;
+    let net = NetnsTestnet::start(7, 1, COMMIT_MS).await.unwrap();
+    let work = Workload::start(&net);
+    let running = [0, 1, 2, 3, 4, 5, 7];
+    net.wait_height(&running, 3, Duration::from_secs(60))
+        .await
+        .unwrap();
+    net.fault(&["kill", "6"]);
+    let targets = [0, 1, 2, 3, 4, 5, 7];
+    let secs = 300.0; // killed at the end of the test
+    let _equivocate = NsAttacker::spawn(&net, 5, "equivocate", &targets, secs);
+    let _future = NsAttacker::spawn(&net, 6, "future-time", &targets, secs);
+    let honest = [0usize, 1, 2, 3, 4];
+
+    // Everything connected: 5 honest of 7 is more than 2/3; the chain commits.
+    let all_connected = commits_over(&net, 0, Duration::from_secs(10)).await;
+    assert!(
+        all_connected > 0,
+        "no commit in 10 s with the five honest validators connected"
+    );
+
+    // 4|1: 0-3 with validator 5's host and the full node, against 4 with validator 6's.
+    // (Every node is in a group: a node left out would relay gossip across the cut, as a
+    // first version of this test found: 23 commits "during" a 3|2 split.) The bigger side
+    // holds 4 honest + validator 5's node = 5/7 and may commit; safety only.
+    net.fault(&["partition", "0,1,2,3,5,7", "4,6"]);
+    let split_4_1 = commits_over(&net, 0, Duration::from_secs(12)).await;
+    let lone_4_1 = net.height(4).await.unwrap();
+    net.fault(&["heal"]);
+    let healed = Instant::now();
+    let top = net.height(0).await.unwrap();
+    net.wait_height(&honest, top + 2, Duration::from_secs(30))
+        .await
+        .expect("no progress on every honest node within 30 s of healing 4|1");
+    let resume_4_1 = healed.elapsed().as_secs_f64();
+
+    // 3|2: 0-2 with validator 5's host (4/7 even counting validator 5) against 3, 4 with
+    // validator 6 (3/7): neither side may commit.
+    net.fault(&["partition", "0,1,2,5,7", "3,4,6"]);
+    tokio::time::sleep(Duration::from_secs(2)).await; // what was in flight lands
+    let before: Vec<Option<u64>> = net.heights(&honest).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after: Vec<Option<u64>> = net.heights(&honest).await;
+    assert_eq!(
+        before, after,
+        "a side without 2/3 of the power committed during the 3|2 split"
+    );
+    net.fault(&["heal"]);
+    let healed = Instant::now();
+    let top = net.height(0).await.unwrap();
+    net.wait_height(&honest, top + 2, Duration::from_secs(30))
+        .await
+        .expect("no progress on every honest node within 30 s of healing 3|2");
+    let resume_3_2 = healed.elapsed().as_secs_f64();
+
+    // The equivocation was caught by the honest nodes.
+    let mut holding = 0;
+    for i in honest {
+        if net.evidence_count(i).await.unwrap_or(0) > 0 {
+            holding += 1;
+        }
+    }
+    drop(_equivocate);
+    drop(_future);
+    let observed = work.stop().await;
+    let (v, history) = net
+        .check_history_of(&running, observed.clone())
+        .await
+        .unwrap();
+    let h = history.nodes.first().map_or(0, |n| n.blocks.len() as u64);
+    // No block of the future-time attacker's was committed, and none is ahead of the clock.
+    let v6 = net.validator_address(6).unwrap();
+    #[allow(clippy::disallowed_methods)] // compared with the nodes' block times
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let blocks = &history.nodes[0].blocks;
+    let by_v6 = blocks.iter().filter(|b| b.proposer == v6).count();
+    let ahead = blocks.iter().filter(|b| b.time_ms > now_ms + 2_000).count();
+    eprintln!(
+        "FIGURES scenario 9: commits in 10 s all connected {all_connected}; in 12 s of 4|1 {split_4_1} (the lone honest node: stopped at {lone_4_1}); in 10 s of 3|2 0 on both sides; resumed {resume_4_1:.1} s / {resume_3_2:.1} s after the heals; evidence on {holding} of 5 honest nodes; blocks by the future-time validator {by_v6}, ahead of the clock {ahead}; {} txs seen committed, checked heights 1..={h} on 7 nodes",
+        observed.len()
+    );
+    assert_eq!(ahead, 0, "a far-future block was committed");
+    assert!(
+        holding >= 1,
+        "no honest node holds evidence of validator 5's double signing"
+    );
+    assert_no_violations(&v, h, observed.len());
+}
+
 /// Scenario 10 (`make soak`, ignored by `make test`): a seeded random schedule of the
 /// faults above for `TALLY_NETSOAK_SECS` (600) seconds -- partitions, isolations, one-way
 /// links, pauses, kills and restarts, each held 2-10 s then undone -- with the workload

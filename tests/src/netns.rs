@@ -449,6 +449,16 @@ impl NetnsTestnet {
         observed: Vec<Observation>,
     ) -> anyhow::Result<(Vec<Violation>, checker::History)> {
         let all: Vec<usize> = (0..self.ips.len()).collect();
+        self.check_history_of(&all, observed).await
+    }
+
+    /// [`NetnsTestnet::check_history`] over the nodes `all` only (e.g. without a node
+    /// whose process a byzantine one replaced).
+    pub async fn check_history_of(
+        &self,
+        all: &[usize],
+        observed: Vec<Observation>,
+    ) -> anyhow::Result<(Vec<Violation>, checker::History)> {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(60);
         // Empty mempools mean no tx can commit while the accounts are read. A tx that
@@ -460,7 +470,7 @@ impl NetnsTestnet {
             let mut settled = true;
             let mut heights = Vec::new();
             let mut pools = Vec::new();
-            for &i in &all {
+            for &i in all {
                 let s = self.status(i).await;
                 let h = s.as_ref().and_then(|s| s["height"].as_u64());
                 let pool = s.as_ref().and_then(|s| s["mempool"]["txs"].as_u64());
@@ -676,4 +686,203 @@ pub async fn scrape_counter(http: &reqwest::Client, url: &str, name: &str) -> an
         .parse()
         .with_context(|| format!("{name} at {url}: {value:?} is not a number"))?;
     Ok(v as u64)
+}
+
+/// A fresh full node started next to a running [`NetnsTestnet`] (issue 18, scenario 8):
+/// node `index` (past the testnet's own nodes) in a namespace of its own on the testnet's
+/// bridge, named like the supervisor's (`<tag>-n<index>`, veth `<tag>-v<index>` /
+/// `<tag>-p<index>`), so `tallyd testnet cleanup --dir` also finds it. Its `Drop` kills the
+/// node and removes the namespace and veth, also when the test panics.
+pub struct Joiner {
+    pub index: usize,
+    pub name: String,
+    pub ip: String,
+    /// `http://<ip>:26657`
+    pub rpc: String,
+    /// `http://<ip>:26660/metrics`
+    pub metrics: String,
+    pub home: PathBuf,
+    ns: String,
+    veth_host: String,
+    child: Option<Child>,
+}
+
+/// The testnet supervisor's ports (node/src/testnet.rs); every node has its own address.
+const JOINER_P2P_PORT: u16 = 26656;
+const JOINER_RPC_PORT: u16 = 26657;
+const JOINER_METRICS_PORT: u16 = 26660;
+
+impl NetnsTestnet {
+    /// Node `i`'s `/metrics` URL, from the testnet's manifest.
+    pub fn metrics_url(&self, i: usize) -> anyhow::Result<String> {
+        let m = self.manifest()?;
+        let addr = m["nodes"][i]["metrics"]
+            .as_str()
+            .with_context(|| format!("testnet.json: node{i} has no metrics address"))?;
+        Ok(format!("http://{addr}/metrics"))
+    }
+
+    fn manifest(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&std::fs::read_to_string(
+            self.dir.join("testnet.json"),
+        )?)?)
+    }
+
+    /// Makes node `index` (>= the testnet's node count, < 250) a fresh full node with the
+    /// testnet's genesis and a new node key, bootstrapped only from the testnet's nodes
+    /// `bootstrap`, in a new namespace on the bridge at the subnet's address for `index`.
+    /// Not started: [`Joiner::start`].
+    pub fn add_joiner(&self, index: usize, bootstrap: &[usize]) -> anyhow::Result<Joiner> {
+        if index < self.ips.len() || index >= 250 {
+            bail!(
+                "joiner index {index}: must be past the testnet's {} nodes and below 250",
+                self.ips.len()
+            );
+        }
+        let m = self.manifest()?;
+        let base: std::net::Ipv4Addr = self.ips[0].parse()?;
+        let ip = std::net::Ipv4Addr::from(u32::from(base) + index as u32).to_string();
+        let tag = self.tag();
+        let joiner = Joiner {
+            index,
+            name: format!("node{index}"),
+            rpc: format!("http://{ip}:{JOINER_RPC_PORT}"),
+            metrics: format!("http://{ip}:{JOINER_METRICS_PORT}/metrics"),
+            home: self.dir.join(format!("node{index}")),
+            ns: format!("{tag}-n{index}"),
+            veth_host: format!("{tag}-v{index}"),
+            child: None,
+            ip,
+        };
+        // From here on the joiner's Drop removes whatever was made, on error too.
+        let veth_node = format!("{tag}-p{index}");
+        let ns = joiner.ns.clone();
+        let host = joiner.veth_host.clone();
+        run_ip(&["netns", "add", &ns])?;
+        run_ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", &veth_node,
+        ])?;
+        run_ip(&["link", "set", &veth_node, "netns", &ns])?;
+        run_ip(&["link", "set", &host, "master", &format!("{tag}-br"), "up"])?;
+        run_ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let cidr = format!("{}/24", joiner.ip);
+        run_ip(&["-n", &ns, "addr", "add", &cidr, "dev", &veth_node])?;
+        run_ip(&["-n", &ns, "link", "set", &veth_node, "up"])?;
+
+        let config_dir = joiner.home.join("config");
+        std::fs::create_dir_all(&config_dir)?;
+        std::fs::copy(
+            self.dir.join("genesis.json"),
+            config_dir.join("genesis.json"),
+        )?;
+        tally_node::keys::write_node_key(
+            &config_dir.join("node_key.json"),
+            tally_node::keys::random_secret(),
+        )?;
+        let mut config = tally_node::config::NodeConfig {
+            moniker: joiner.name.clone(),
+            ..Default::default()
+        };
+        config.rpc.listen = format!("{}:{JOINER_RPC_PORT}", joiner.ip);
+        config.metrics.listen = format!("{}:{JOINER_METRICS_PORT}", joiner.ip);
+        config.p2p.listen = vec![format!("/ip4/{}/tcp/{JOINER_P2P_PORT}", joiner.ip)];
+        config.p2p.bootstrap = bootstrap
+            .iter()
+            .map(|b| {
+                m["nodes"][*b]["p2p"]
+                    .as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("testnet.json: node{b} has no p2p address"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
+        std::fs::write(config_dir.join("node.toml"), config.to_toml())?;
+        Ok(joiner)
+    }
+}
+
+impl Joiner {
+    /// `ip netns exec <ns> tallyd start --home <home>` (which execs tallyd: the child is the
+    /// node), output appended to `<home>/node.log`.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("{} is already started", self.name);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("node.log"))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns])
+            .arg(bin("tallyd"))
+            .arg("start")
+            .arg("--home")
+            .arg(&self.home)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        self.child = Some(cmd.spawn().context("cannot start a joiner")?);
+        Ok(())
+    }
+
+    /// Its height (`/v1/status`), None while it does not answer.
+    pub async fn height(&self, http: &reqwest::Client) -> Option<u64> {
+        let r = http
+            .get(format!("{}/v1/status", self.rpc))
+            .send()
+            .await
+            .ok()?;
+        r.json::<Value>().await.ok()?["height"].as_u64()
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.home.join("node.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Anything else left in the namespace, then the namespace (which takes the veth
+        // pair with it) and the root end of the veth if it is still there.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = run_ip(&["netns", "delete", &self.ns]);
+        if run_ip(&["link", "show", &self.veth_host]).is_ok() {
+            let _ = run_ip(&["link", "delete", &self.veth_host]);
+        }
+    }
+}
+
+/// Runs `ip <args>`, which must succeed.
+fn run_ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run `ip`")?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
