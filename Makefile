@@ -86,12 +86,16 @@ bench-sync: bootstrap
 	$(CARGO) bench -p tally-node --bench sync
 
 # Network faults (tests/it/netfaults.rs, scenario 10): a seeded random schedule of
-# partitions, isolations, one-way links and pauses on a netns testnet for 10 minutes, the
-# checker at the end; the seed is printed (TALLY_NETSOAK_SEED replays it). Needs root.
+# partitions, isolations, one-way links, pauses, kills, skewed clocks, double signing and a
+# full disk on a netns testnet for 10 minutes, the checker at the end; the seed is printed
+# (TALLY_NETSOAK_SEED replays it); scenario 8 (tests/it/netcrowd.rs): 10 fresh full nodes
+# join a 2,000-block chain at once. Then scenarios 1-9 at the issue's lengths
+# (TALLY_NETFAULTS_LONG=1: 2 minutes of flapping, a 30 s pause, 60 s of skew). Needs root.
 .PHONY: soak-netfaults
 soak: soak-netfaults
 soak-netfaults: bootstrap
-	TALLY_NETSOAK_SECS=$${TALLY_NETSOAK_SECS:-600} $(CARGO) test -p tally-tests --test it -- --ignored netfaults::scenario_10 --nocapture
+	TALLY_NETSOAK_SECS=$${TALLY_NETSOAK_SECS:-600} $(CARGO) test -p tally-tests --test it -- --ignored netfaults::scenario_10 netcrowd::scenario_8_crowd_of_joiners --nocapture
+	TALLY_NETFAULTS_LONG=1 $(CARGO) test -p tally-tests --test it -- netfaults:: --test-threads=1 --nocapture
 
 # Crash torture (tests/it/crash.rs): a validator SIGKILLed and restarted 20 times under load.
 soak: soak-crash

@@ -11,6 +11,7 @@ mod faults;
 mod genesis;
 mod mempool;
 mod metrics;
+mod netcrowd;
 mod netfaults;
 mod rpc;
 mod sync;
