@@ -16,6 +16,22 @@ use std::time::{Duration, Instant};
 use tally_tests::netns::{assert_no_violations, skip_reason, NetLock, NetnsTestnet, Workload};
 
 const COMMIT_MS: u64 = 300;
+
+/// `make test` runs the short versions; `TALLY_NETFAULTS_LONG=1` (`make soak`) the issue's
+/// lengths: scenario 3 flaps for 2 minutes, 4 holds each one-way link 5 s, 5 pauses for
+/// 30 s, 6 skews for 60 s.
+fn long() -> bool {
+    std::env::var_os("TALLY_NETFAULTS_LONG").is_some_and(|v| v != "0")
+}
+
+/// `short` seconds, or `long` under `TALLY_NETFAULTS_LONG`.
+fn secs(short: u64, long_secs: u64) -> u64 {
+    if long() {
+        long_secs
+    } else {
+        short
+    }
+}
 const ALL: [usize; 5] = [0, 1, 2, 3, 4];
 
 macro_rules! require_root {
@@ -371,7 +387,8 @@ async fn scenario_3_isolated_proposer_and_flapping_isolation() {
     let mut since = Instant::now();
     let mut longest = 0.0f64;
     let mut last = None;
-    for _ in 0..4 {
+    let flap_secs = secs(20, 120);
+    for _ in 0..flap_secs / 5 {
         let r = loop {
             let r = rand::random::<u32>() as usize % ALL.len();
             if Some(r) != last {
@@ -401,7 +418,7 @@ async fn scenario_3_isolated_proposer_and_flapping_isolation() {
     let flap_blocks = top - flap_from;
     assert!(
         flap_blocks > 0,
-        "nothing committed in 20 s of flapping isolation"
+        "nothing committed in {flap_secs} s of flapping isolation"
     );
     net.fault(&["heal"]);
     let healed = Instant::now();
@@ -415,8 +432,8 @@ async fn scenario_3_isolated_proposer_and_flapping_isolation() {
     let observed = work.stop().await;
     let (v, h) = net.check(observed.clone()).await.unwrap();
     eprintln!(
-        "FIGURES scenario 3: base {base:.2} blocks/s, proposer isolated before its height committed {in_time} of 2 times, caught up {resumes:.1?} s after heal, flapping: {flap_blocks} blocks in 20 s ({:.2} of the no-fault rate), longest stretch without a block {longest:.1} s, resumed {resume:.1} s after the last heal, {} txs seen committed, checked heights 1..={h}",
-        flap_blocks as f64 / 20.0 / base,
+        "FIGURES scenario 3: base {base:.2} blocks/s, proposer isolated before its height committed {in_time} of 2 times, caught up {resumes:.1?} s after heal, flapping: {flap_blocks} blocks in {flap_secs} s ({:.2} of the no-fault rate), longest stretch without a block {longest:.1} s, resumed {resume:.1} s after the last heal, {} txs seen committed, checked heights 1..={h}",
+        flap_blocks as f64 / flap_secs as f64 / base,
         observed.len()
     );
     assert_no_violations(&v, h, observed.len());
@@ -450,7 +467,7 @@ async fn scenario_4_one_way_link_for_each_validator_pair() {
                 .await
                 .unwrap_or_else(|e| panic!("no commit while {a}->{b} was dropped: {e}"));
             slowest = slowest.max(phase.elapsed().as_secs_f64());
-            let rest = Duration::from_secs(1).saturating_sub(phase.elapsed());
+            let rest = Duration::from_secs(secs(1, 5)).saturating_sub(phase.elapsed());
             tokio::time::sleep(rest).await;
             net.fault(&["heal"]);
         }
@@ -482,7 +499,8 @@ async fn scenario_5_paused_validator_catches_up_without_evidence() {
     let (_lock, mut net, work, base) = started(Some(Duration::from_secs(5))).await;
 
     net.fault(&["pause", "2"]);
-    let during = net.rate(0, Duration::from_secs(10)).await.unwrap();
+    let paused_secs = secs(10, 30);
+    let during = net.rate(0, Duration::from_secs(paused_secs)).await.unwrap();
     net.fault(&["resume", "2"]);
     let resumed = Instant::now();
     let target = net.height(0).await.unwrap();
@@ -508,7 +526,7 @@ async fn scenario_5_paused_validator_catches_up_without_evidence() {
     let left = net.leftovers();
     assert!(left.is_empty(), "the supervisor left: {left:?}");
     eprintln!(
-        "FIGURES scenario 5: base {base:.2} blocks/s, {during:.2} blocks/s while paused (ratio {:.2}), caught up {caught_up:.1} s after resume, no evidence, {} txs seen committed, checked heights 1..={h}",
+        "FIGURES scenario 5: base {base:.2} blocks/s, {during:.2} blocks/s while paused {paused_secs} s (ratio {:.2}), caught up {caught_up:.1} s after resume, no evidence, {} txs seen committed, checked heights 1..={h}",
         during / base,
         observed.len()
     );
@@ -589,7 +607,10 @@ async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
         );
     }
     let from = net.height(0).await.unwrap() + 1;
-    let during = net.rate(0, Duration::from_secs(15)).await.unwrap();
+    let during = net
+        .rate(0, Duration::from_secs(secs(15, 60)))
+        .await
+        .unwrap();
     let to = net.height(0).await.unwrap();
     assert!(
         during / base > 0.15 && to >= from + 5,
@@ -636,24 +657,20 @@ async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
     assert_no_violations(&v, h, observed.len());
 }
 
-/// Scenario 7 (short): validator 2's data directory moves to a 64 MiB tmpfs, which then
-/// fills up under load. Its store refuses the next block; consensus halts there and the
-/// node says its own disk is full and not a peer's fault in its log, `/v1/status`
-/// (`halted`, `storage_error`) and metrics (`tally_engine_halted`), while it goes on
-/// answering; nobody bans anybody. The other three keep committing. After it is stopped
-/// and space is freed `tallyd fsck` passes on its store (no corruption), and restarted it
-/// catches up. The checker passes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
-    require_root!();
-    let (_lock, net, work, _) = started(None).await;
-
+/// Scenario 7's fault on validator `v`: its data moved onto a 64 MiB tmpfs, filled while
+/// the workload runs; checks that consensus halts there and the node says why (status,
+/// metrics, log) while it answers and the others go on, then stops it, frees the space,
+/// runs `tallyd fsck` and restarts it; it must catch up and nobody may ban anybody.
+/// Returns the figures and the mount (unmounted on drop).
+async fn fill_disk_and_recover(net: &NetnsTestnet, v: usize) -> (DiskFull, Tmpfs) {
+    let n = v.to_string();
+    let others: Vec<usize> = (0..net.validators).filter(|i| *i != v).collect();
     // Node 2's data onto a small tmpfs (stopped meanwhile; restart keeps its data).
-    net.fault(&["kill", "2"]);
-    let home = net.dir.join("node2");
+    net.fault(&["kill", &n]);
+    let home = net.dir.join(format!("node{v}"));
     std::fs::rename(home.join("data"), home.join("data.disk")).unwrap();
     std::fs::create_dir(home.join("data")).unwrap();
-    let _tmpfs = Tmpfs::mount(&home.join("data"), "64m");
+    let tmpfs = Tmpfs::mount(&home.join("data"), "64m");
     let cp = Command::new("cp")
         .arg("-a")
         .arg(home.join("data.disk/."))
@@ -661,12 +678,12 @@ async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
         .status()
         .unwrap();
     assert!(cp.success());
-    net.fault(&["restart", "2"]);
-    let h = net.height(0).await.unwrap();
-    net.wait_height(&[2], h, Duration::from_secs(30))
+    net.fault(&["restart", &n]);
+    let h = net.height(others[0]).await.unwrap();
+    net.wait_height(&[v], h, Duration::from_secs(30))
         .await
         .unwrap();
-    let log_before = log_text(&net, 2).len();
+    let log_before = log_text(net, v).len();
 
     let ballast = home.join("data/ballast");
     let filled = Instant::now();
@@ -675,22 +692,22 @@ async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
     // while it goes on answering.
     let deadline = Instant::now() + Duration::from_secs(30);
     let halted = loop {
-        let st = net.status(2).await;
+        let st = net.status(v).await;
         if let Some(reason) = st.as_ref().and_then(|s| s["halted"].as_str()) {
             break reason.to_string();
         }
         assert!(
             Instant::now() < deadline,
-            "node2 does not report a halt 30 s after its disk filled: {st:?}"
+            "node{v} does not report a halt 30 s after its disk filled: {st:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let stopped_after = filled.elapsed().as_secs_f64();
     assert!(
         halted.contains("No space left on device") && halted.contains("not a peer's fault"),
-        "node2's /v1/status halted: {halted}"
+        "node{v}'s /v1/status halted: {halted}"
     );
-    let st = net.status(2).await.expect("a halted node still answers");
+    let st = net.status(v).await.expect("a halted node still answers");
     assert!(
         st["storage_error"]
             .as_str()
@@ -699,7 +716,7 @@ async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
         st["storage_error"]
     );
     let http = reqwest::Client::new();
-    let url = net.metrics_url(2).unwrap();
+    let url = net.metrics_url(v).unwrap();
     assert_eq!(
         tally_tests::netns::scrape_counter(&http, &url, "tally_engine_halted")
             .await
@@ -713,26 +730,26 @@ async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
             >= 1
     );
     let halted_height = st["height"].as_u64().unwrap_or(0);
-    let log = log_text(&net, 2);
+    let log = log_text(net, v);
     let tail = &log[log_before.min(log.len())..];
     assert!(
         tail.contains("No space left on device") && tail.contains("not a peer's fault"),
-        "node2's log does not say its disk is full:\n{tail}"
+        "node{v}'s log does not say its disk is full:\n{tail}"
     );
     // The others go on without it.
-    let h = net.height(0).await.unwrap();
-    net.wait_height(&[0, 1, 3], h + 3, Duration::from_secs(30))
+    let h = net.height(others[0]).await.unwrap();
+    net.wait_height(&others, h + 3, Duration::from_secs(30))
         .await
         .unwrap();
 
     assert_eq!(
-        net.height(2).await,
+        net.height(v).await,
         Some(halted_height),
         "a halted node committed"
     );
 
     // The operator stops it, frees space, checks the store and starts it again.
-    net.fault(&["kill", "2"]);
+    net.fault(&["kill", &n]);
     std::fs::remove_file(&ballast).unwrap();
     let fsck = Command::new(tally_tests::bin("tallyd"))
         .args(["fsck", "--home"])
@@ -745,12 +762,12 @@ async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
         "fsck after a full disk: {fsck_out}{}",
         String::from_utf8_lossy(&fsck.stderr)
     );
-    net.fault(&["restart", "2"]);
+    net.fault(&["restart", &n]);
     let restarted = Instant::now();
-    let target = net.height(0).await.unwrap();
-    net.wait_height(&[2], target, Duration::from_secs(30))
+    let target = net.height(others[0]).await.unwrap();
+    net.wait_height(&[v], target, Duration::from_secs(30))
         .await
-        .expect("node2 did not catch up after its disk was freed");
+        .unwrap_or_else(|e| panic!("node{v} did not catch up after its disk was freed: {e}"));
     let caught_up = restarted.elapsed().as_secs_f64();
     net.wait_height(&ALL, target + 2, Duration::from_secs(30))
         .await
@@ -760,11 +777,41 @@ async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
         let bans: Vec<&str> = log.lines().filter(|l| l.contains("banning")).collect();
         assert!(bans.is_empty(), "node{i} banned a peer: {bans:?}");
     }
+    (
+        DiskFull {
+            ballast_mib: written >> 20,
+            halted_after: stopped_after,
+            caught_up,
+        },
+        tmpfs,
+    )
+}
+
+struct DiskFull {
+    ballast_mib: u64,
+    halted_after: f64,
+    caught_up: f64,
+}
+
+/// Scenario 7 (short): validator 2's data directory moves to a 64 MiB tmpfs, which then
+/// fills up under load. Its store refuses the next block; consensus halts there and the
+/// node says its own disk is full and not a peer's fault in its log, `/v1/status`
+/// (`halted`, `storage_error`) and metrics (`tally_engine_halted`), while it goes on
+/// answering; nobody bans anybody. The other three keep committing. After it is stopped
+/// and space is freed `tallyd fsck` passes on its store (no corruption), and restarted it
+/// catches up. The checker passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_7_full_disk_halts_a_validator_cleanly_and_it_recovers() {
+    require_root!();
+    let (_lock, net, work, _) = started(None).await;
+    let (d, _tmpfs) = fill_disk_and_recover(&net, 2).await;
     let observed = work.stop().await;
     let (v, h) = net.check(observed.clone()).await.unwrap();
     eprintln!(
-        "FIGURES scenario 7: ballast {} MiB, node2 halted {stopped_after:.1} s after its disk filled (status, metric and log say so), fsck OK, caught up {caught_up:.1} s after restart, no bans, {} txs seen committed, checked heights 1..={h}",
-        written >> 20,
+        "FIGURES scenario 7: ballast {} MiB, node2 halted {:.1} s after its disk filled (status, metric and log say so), fsck OK, caught up {:.1} s after restart, no bans, {} txs seen committed, checked heights 1..={h}",
+        d.ballast_mib,
+        d.halted_after,
+        d.caught_up,
         observed.len()
     );
     assert_no_violations(&v, h, observed.len());
@@ -927,9 +974,12 @@ async fn scenario_9_two_byzantine_validators_of_seven_and_split_honest() {
 
 /// Scenario 10 (`make soak`, ignored by `make test`): a seeded random schedule of the
 /// faults above for `TALLY_NETSOAK_SECS` (600) seconds -- partitions, isolations, one-way
-/// links, pauses, kills and restarts, each held 2-10 s then undone -- with the workload
-/// running, then the checker. The seed is printed first; `TALLY_NETSOAK_SEED=<seed>`
-/// replays the same schedule.
+/// links, pauses, kills and restarts, a validator's clock 30 s ahead or behind, a
+/// validator double-signing (`tally-attacker --mode equivocate` next to it), and once a
+/// validator's disk filling up (scenario 7's steps, checked the same way) -- each held
+/// 2-10 s then undone, with the workload running, then the checker. The seed is printed
+/// first; `TALLY_NETSOAK_SEED=<seed>` replays the same schedule. (Scenario 8's crowd of
+/// joiners and scenario 9's seven validators need other testnets: they run on their own.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run by `make soak` or with --ignored"]
 async fn scenario_10_soak_random_faults() {
@@ -946,6 +996,8 @@ async fn scenario_10_soak_random_faults() {
     eprintln!("soak seed {seed} ({secs} s): replay with TALLY_NETSOAK_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (_lock, net, work, _) = started(None).await;
+    let faketime = tally_tests::netns::libfaketime().map(|p| p.display().to_string());
+    let mut disks: Vec<Tmpfs> = Vec::new();
 
     let end = Instant::now() + Duration::from_secs(secs);
     let mut log = Vec::new();
@@ -954,7 +1006,16 @@ async fn scenario_10_soak_random_faults() {
         let b = (a + rng.gen_range(1..5usize)) % 5;
         let v = rng.gen_range(0..4usize);
         let hold = Duration::from_millis(rng.gen_range(2000..10_000));
-        let fault = rng.gen_range(0..5u8);
+        // 0-4 network and process faults; 5 a skewed clock; 6 a validator double-signing;
+        // 7 a full disk (at most once: its node keeps its data on the tmpfs afterwards).
+        let mut fault = rng.gen_range(0..8u8);
+        if fault == 7 && !disks.is_empty() {
+            fault = rng.gen_range(0..5u8);
+        }
+        if fault == 5 && faketime.is_none() {
+            fault = 0;
+        }
+        let mut attacker = None;
         let step = match fault {
             0 => {
                 // A random split of the five nodes into two non-empty groups.
@@ -982,16 +1043,50 @@ async fn scenario_10_soak_random_faults() {
                 net.fault(&["pause", &v.to_string()]);
                 format!("pause {v}")
             }
-            _ => {
+            4 => {
                 net.fault(&["kill", &v.to_string()]);
                 format!("kill {v}")
+            }
+            5 => {
+                let offset = if rng.gen_bool(0.5) { "+30s" } else { "-30s" };
+                let lib = faketime.as_deref().unwrap_or_default();
+                net.restart_with_env(
+                    v,
+                    &[
+                        ("LD_PRELOAD", lib),
+                        ("FAKETIME", offset),
+                        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+                    ],
+                );
+                format!("clock of {v} at {offset}")
+            }
+            6 => {
+                let targets: Vec<usize> = (0..5).filter(|i| *i != v).collect();
+                attacker = Some(NsAttacker::spawn(
+                    &net,
+                    v,
+                    "equivocate",
+                    &targets,
+                    hold.as_secs_f64() + 5.0,
+                ));
+                format!("validator {v} double-signs")
+            }
+            _ => {
+                let (d, tmpfs) = fill_disk_and_recover(&net, v).await;
+                disks.push(tmpfs);
+                format!(
+                    "disk of {v} full: halted {:.1} s after, caught up {:.1} s after restart",
+                    d.halted_after, d.caught_up
+                )
             }
         };
         let at = net.height(0).await;
         tokio::time::sleep(hold).await;
         match fault {
             3 => net.fault(&["resume", &v.to_string()]),
-            4 => net.fault(&["restart", &v.to_string()]),
+            4 | 5 => net.fault(&["restart", &v.to_string()]),
+            6 => drop(attacker.take()),
+            7 => {}
             _ => net.fault(&["heal"]),
         }
         log.push(format!("{step} for {hold:?} at height {at:?}"));
@@ -1016,8 +1111,6 @@ async fn scenario_10_soak_random_faults() {
         log.len(),
         observed.len()
     );
-    if !v.is_empty() {
-        eprintln!("seed {seed} schedule:\n{}", log.join("\n"));
-    }
+    eprintln!("seed {seed} schedule:\n{}", log.join("\n"));
     assert_no_violations(&v, h, observed.len());
 }
