@@ -773,7 +773,7 @@ async fn fill_disk_and_recover(net: &NetnsTestnet, v: usize) -> (DiskFull, Tmpfs
         .await
         .unwrap();
     for i in ALL {
-        let log = log_text(&net, i);
+        let log = log_text(net, i);
         let bans: Vec<&str> = log.lines().filter(|l| l.contains("banning")).collect();
         assert!(bans.is_empty(), "node{i} banned a peer: {bans:?}");
     }
