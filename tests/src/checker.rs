@@ -468,16 +468,7 @@ pub async fn fetch(
     for (name, rpc) in nodes {
         let mut blocks = Vec::new();
         for height in 1..=upto {
-            let v: Value = get_json(http, &format!("{rpc}/v1/blocks/{height}"))
-                .await
-                .with_context(|| format!("{name}: block {height}"))?;
-            let hex = v["block"]
-                .as_str()
-                .with_context(|| format!("{name}: block {height} has no \"block\" field"))?;
-            let bytes = hex::decode(hex).with_context(|| format!("{name}: block {height} hex"))?;
-            let block: Block = ledger::codec::decode("block", &bytes, 64 << 20)
-                .map_err(|e| anyhow::anyhow!("{name}: block {height} does not decode: {e}"))?;
-            blocks.push(BlockRecord::from_block(&block));
+            blocks.push(fetch_block(http, name, rpc, height).await?);
         }
         let mut accounts = Vec::new();
         for address in touched(genesis, &blocks) {
@@ -495,6 +486,13 @@ pub async fn fetch(
                 height: field("height")?,
             });
         }
+        // The chain may have gone on while the accounts were read (a tx a client gave up
+        // on can still commit): the replay must reach the newest height an account was
+        // read at, or its balance would be compared with an older state.
+        let newest = accounts.iter().map(|a| a.height).max().unwrap_or(upto);
+        for height in upto + 1..=newest {
+            blocks.push(fetch_block(http, name, rpc, height).await?);
+        }
         out.push(NodeHistory {
             name: name.clone(),
             blocks,
@@ -506,6 +504,24 @@ pub async fn fetch(
         nodes: out,
         observed,
     })
+}
+
+async fn fetch_block(
+    http: &reqwest::Client,
+    name: &str,
+    rpc: &str,
+    height: u64,
+) -> anyhow::Result<BlockRecord> {
+    let v: Value = get_json(http, &format!("{rpc}/v1/blocks/{height}"))
+        .await
+        .with_context(|| format!("{name}: block {height}"))?;
+    let hex = v["block"]
+        .as_str()
+        .with_context(|| format!("{name}: block {height} has no \"block\" field"))?;
+    let bytes = hex::decode(hex).with_context(|| format!("{name}: block {height} hex"))?;
+    let block: Block = ledger::codec::decode("block", &bytes, 64 << 20)
+        .map_err(|e| anyhow::anyhow!("{name}: block {height} does not decode: {e}"))?;
+    Ok(BlockRecord::from_block(&block))
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
