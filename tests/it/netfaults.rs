@@ -862,6 +862,18 @@ impl Drop for NsAttacker {
     }
 }
 
+/// Heals every cut and waits until every node of `nodes` commits 2 more blocks (30 s at
+/// most); the seconds that took.
+async fn heal_and_resume(net: &NetnsTestnet, nodes: &[usize], split: &str) -> f64 {
+    net.fault(&["heal"]);
+    let healed = Instant::now();
+    let top = net.height(nodes[0]).await.unwrap();
+    net.wait_height(nodes, top + 2, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("no progress within 30 s of healing {split}: {e}"));
+    healed.elapsed().as_secs_f64()
+}
+
 /// Blocks node `i` committed over `window`.
 async fn commits_over(net: &NetnsTestnet, i: usize, window: Duration) -> u64 {
     let before = net.height(i).await.unwrap_or(0);
@@ -908,13 +920,7 @@ async fn scenario_9_two_byzantine_validators_of_seven_and_split_honest() {
     net.fault(&["partition", "0,1,2,3,5,7", "4,6"]);
     let split_4_1 = commits_over(&net, 0, Duration::from_secs(12)).await;
     let lone_4_1 = net.height(4).await.unwrap();
-    net.fault(&["heal"]);
-    let healed = Instant::now();
-    let top = net.height(0).await.unwrap();
-    net.wait_height(&honest, top + 2, Duration::from_secs(30))
-        .await
-        .expect("no progress on every honest node within 30 s of healing 4|1");
-    let resume_4_1 = healed.elapsed().as_secs_f64();
+    let resume_4_1 = heal_and_resume(&net, &honest, "4|1").await;
 
     // 3|2: 0-2 with validator 5's host (4/7 even counting validator 5) against 3, 4 with
     // validator 6 (3/7): neither side may commit.
@@ -927,13 +933,7 @@ async fn scenario_9_two_byzantine_validators_of_seven_and_split_honest() {
         before, after,
         "a side without 2/3 of the power committed during the 3|2 split"
     );
-    net.fault(&["heal"]);
-    let healed = Instant::now();
-    let top = net.height(0).await.unwrap();
-    net.wait_height(&honest, top + 2, Duration::from_secs(30))
-        .await
-        .expect("no progress on every honest node within 30 s of healing 3|2");
-    let resume_3_2 = healed.elapsed().as_secs_f64();
+    let resume_3_2 = heal_and_resume(&net, &honest, "3|2").await;
 
     // The equivocation was caught by the honest nodes.
     let mut holding = 0;
