@@ -38,9 +38,11 @@ pub fn assemble(template: BlockTemplate, body: &BuiltBody) -> Block {
                 .last_commit
                 .as_ref()
                 .map_or(ZERO_HASH, Commit::hash),
+            next_validators_hash: None,
         },
         txs: body.txs.clone(),
         last_commit: template.last_commit,
+        evidence: Vec::new(),
     }
 }
 
@@ -48,6 +50,11 @@ pub fn assemble(template: BlockTemplate, body: &BuiltBody) -> Block {
 pub enum HeaderError {
     #[error("header version {0} is not supported (expected {HEADER_VERSION})")]
     Version(u32),
+    #[error(
+        "block is ill-formed: next_validators_hash or evidence present where its header \
+         version does not have them"
+    )]
+    IllFormed,
     #[error("block is for chain \"{got}\", this is \"{expected}\"")]
     WrongChain { expected: String, got: String },
     #[error("block height {got} does not follow the tip {tip}")]
@@ -165,8 +172,12 @@ pub fn check_header(
     block: &Block,
 ) -> Result<(), HeaderError> {
     let h = &block.header;
+    // The only protocol this build executes; a protocol-2 chain does not start.
     if h.version != HEADER_VERSION {
         return Err(HeaderError::Version(h.version));
+    }
+    if !block.is_well_formed() {
+        return Err(HeaderError::IllFormed);
     }
     if h.chain_id != chain_id {
         return Err(HeaderError::WrongChain {
@@ -335,9 +346,11 @@ mod tests {
                 validators_hash: [0; 32],
                 proposer: key.address(),
                 last_commit_hash: last_commit.hash(),
+                next_validators_hash: None,
             },
             txs,
             last_commit: Some(last_commit),
+            evidence: Vec::new(),
         }
     }
 

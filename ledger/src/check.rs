@@ -29,6 +29,12 @@ pub enum TxError {
     InsufficientFunds { balance: u64, needed: u128 },
     #[error("amount + fee or a resulting balance overflows u64")]
     Overflow,
+    #[error("{}", unsupported_payload_message(.payload, *.needs, *.runs))]
+    UnsupportedPayload {
+        payload: &'static str,
+        needs: u32,
+        runs: u32,
+    },
 }
 
 impl TxError {
@@ -46,6 +52,7 @@ impl TxError {
             TxError::ZeroAmount => "zero_amount",
             TxError::InsufficientFunds { .. } => "insufficient_funds",
             TxError::Overflow => "overflow",
+            TxError::UnsupportedPayload { .. } => "unsupported_payload",
         }
     }
 
@@ -62,6 +69,7 @@ impl TxError {
         "zero_amount",
         "insufficient_funds",
         "overflow",
+        "unsupported_payload",
     ];
 
     /// A peer that relays a tx with this fault sent us something it could have checked
@@ -76,6 +84,18 @@ impl TxError {
                 | TxError::HighS
                 | TxError::BadSignature
                 | TxError::ZeroAmount
+                | TxError::UnsupportedPayload { .. }
+        )
+    }
+}
+
+fn unsupported_payload_message(payload: &str, needs: u32, runs: u32) -> String {
+    if runs < needs {
+        format!("payload {payload} needs protocol {needs}; this chain runs protocol {runs}")
+    } else {
+        format!(
+            "payload {payload} is a protocol {needs} payload, and this build has protocol \
+             {needs}'s formats but does not execute it yet"
         )
     }
 }
@@ -104,6 +124,10 @@ pub fn check_stateless(
 
 /// The cheap part of [`check_stateless`]: everything but the signature. Run it first so
 /// an obviously bad transaction costs no elliptic-curve work.
+///
+/// Protocol 1 executes transfers only: a protocol-2 payload (Bond, Unbond, Unjail) is
+/// refused with [`TxError::UnsupportedPayload`]. So, for now, is it on a protocol-2 chain:
+/// this build has protocol 2's formats but not its execution.
 pub fn check_static(
     stx: &SignedTx,
     encoded_len: usize,
@@ -129,15 +153,21 @@ pub fn check_static(
             got: stx.tx.fee,
         });
     }
-    let Payload::Transfer { amount, .. } = stx.tx.payload;
+    let Payload::Transfer { amount, .. } = stx.tx.payload else {
+        return Err(TxError::UnsupportedPayload {
+            payload: stx.tx.payload.kind(),
+            needs: stx.tx.payload.min_protocol(),
+            runs: params.protocol_version,
+        });
+    };
     if amount == 0 {
         return Err(TxError::ZeroAmount);
     }
     Ok(())
 }
 
-/// Checks against the sender's account: exact nonce, funds for amount + fee.
-/// Returns the total debit.
+/// Checks against the sender's account: exact nonce, funds for amount + fee (the amount
+/// is [`Payload::debit`]). Returns the total debit.
 pub fn check_against_account(stx: &SignedTx, sender: &Account) -> Result<u64, TxError> {
     let tx = &stx.tx;
     if tx.nonce < sender.nonce {
@@ -152,7 +182,7 @@ pub fn check_against_account(stx: &SignedTx, sender: &Account) -> Result<u64, Tx
             got: tx.nonce,
         });
     }
-    let Payload::Transfer { amount, .. } = tx.payload;
+    let amount = tx.payload.debit();
     let debit = amount.checked_add(tx.fee);
     let needed = u128::from(amount) + u128::from(tx.fee);
     if u128::from(sender.balance) < needed {

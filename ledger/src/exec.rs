@@ -64,6 +64,13 @@ pub enum BlockError {
         id: String,
         error: TxError,
     },
+    #[error("block header version {got} is not this chain's protocol {protocol}")]
+    Version { protocol: u32, got: u32 },
+    #[error(
+        "block is ill-formed: next_validators_hash or evidence present where its header \
+         version does not have them"
+    )]
+    IllFormed,
     #[error("tx_root {got} does not match the transactions ({expected})")]
     TxRoot { expected: String, got: String },
     #[error("state_root {got} does not match the executed state ({expected})")]
@@ -133,7 +140,14 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         if let Err(e) = signatures.check(&id, stx) {
             return Ok(Err(e));
         }
-        let Payload::Transfer { to, amount } = stx.tx.payload;
+        // check_static refused every other payload (protocol 2 is not executed yet).
+        let Payload::Transfer { to, amount } = stx.tx.payload else {
+            return Ok(Err(TxError::UnsupportedPayload {
+                payload: stx.tx.payload.kind(),
+                needs: stx.tx.payload.min_protocol(),
+                runs: self.ctx.params.protocol_version,
+            }));
+        };
         let fee = stx.tx.fee;
 
         // Compute every new value before writing any, so a failure leaves no trace.
@@ -194,7 +208,8 @@ pub fn tx_ids_and_sizes(txs: &[SignedTx]) -> Vec<(Hash, usize)> {
         .collect()
 }
 
-/// Executes every transaction of `block` (all must be valid) and checks `tx_root` and
+/// Executes every transaction of `block` (all must be valid) and checks that its header
+/// version is the chain's protocol (`params.protocol_version`), `tx_root` and
 /// `state_root`. Header linkage and the commit are checked by the caller.
 pub fn execute_block<R: StateReader + ?Sized>(
     base: &R,
@@ -202,6 +217,15 @@ pub fn execute_block<R: StateReader + ?Sized>(
     block: &Block,
     signatures: &Signatures<'_>,
 ) -> Result<BlockOutcome, BlockError> {
+    if block.header.version != ctx.params.protocol_version {
+        return Err(BlockError::Version {
+            protocol: ctx.params.protocol_version,
+            got: block.header.version,
+        });
+    }
+    if !block.is_well_formed() {
+        return Err(BlockError::IllFormed);
+    }
     let outcome = execute_txs(base, ctx, block.header.proposer, &block.txs, signatures)?;
     let ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
     let tx_root = merkle_root(&ids);

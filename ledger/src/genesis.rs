@@ -44,6 +44,118 @@ pub struct Params {
     /// (DESIGN.md, "Block time"). In genesis so every validator applies the same bound.
     #[serde(default = "defaults::max_clock_drift_ms")]
     pub max_clock_drift_ms: u64,
+    /// The protocol the chain runs: 1 (transfers, a fixed validator set) or 2 (issue 20's
+    /// staking formats). Absent means 1, and 1 is not written, so every genesis file
+    /// from before protocol 2 loads, and a protocol-1 genesis is written as before.
+    /// This build executes protocol 1 only; 2 is accepted here for its formats.
+    #[serde(
+        default = "defaults::protocol_version",
+        skip_serializing_if = "defaults::is_protocol_1"
+    )]
+    pub protocol_version: u32,
+    /// Protocol 2's staking parameters; absent means [`StakingParams::default`] (see
+    /// [`Params::staking`]). Not written when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staking: Option<StakingParams>,
+}
+
+/// Protocol 2's staking and slashing parameters (issue 20), `params.staking` in genesis.
+/// Every field has a default, so a file may list only the ones it changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StakingParams {
+    /// Stake per unit of voting power: power = stake / stake_per_power.
+    #[serde(deserialize_with = "u64_from_number_or_string")]
+    pub stake_per_power: u64,
+    /// Least stake that puts an unjailed validator in the set.
+    #[serde(deserialize_with = "u64_from_number_or_string")]
+    pub min_validator_stake: u64,
+    /// Largest validator set (the top validators by power, ties by key).
+    pub max_validators: u32,
+    /// Blocks an unbonding entry waits before it is paid back.
+    pub unbonding_blocks: u64,
+    /// Blocks a jailed validator stays jailed.
+    pub jail_blocks: u64,
+    /// Consecutive missed commits that jail a validator (no slash).
+    pub downtime_jail_after: u64,
+    /// Share of an equivocator's stake burned, in basis points (1/10,000).
+    pub slash_fraction_bps: u32,
+    /// Oldest evidence (in blocks) a block may carry.
+    pub evidence_max_age_blocks: u64,
+}
+
+impl Default for StakingParams {
+    fn default() -> Self {
+        Self {
+            stake_per_power: 1_000,
+            min_validator_stake: 10_000,
+            max_validators: 100,
+            unbonding_blocks: 1_000,
+            jail_blocks: 100,
+            downtime_jail_after: 50,
+            slash_fraction_bps: 500,
+            evidence_max_age_blocks: 1_000,
+        }
+    }
+}
+
+/// Most validators `params.staking.max_validators` may allow.
+pub const MAX_VALIDATORS_LIMIT: u32 = 10_000;
+
+impl Params {
+    /// The staking parameters in effect: the genesis's, or the defaults.
+    pub fn staking(&self) -> StakingParams {
+        self.staking.clone().unwrap_or_default()
+    }
+}
+
+impl StakingParams {
+    /// Range checks; the error is (field under `params.staking.`, problem).
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let at_least_1 = |name, v: u64| {
+            if v == 0 {
+                Err((name, "must be at least 1".to_string()))
+            } else {
+                Ok(())
+            }
+        };
+        at_least_1("stake_per_power", self.stake_per_power)?;
+        at_least_1("unbonding_blocks", self.unbonding_blocks)?;
+        at_least_1("jail_blocks", self.jail_blocks)?;
+        at_least_1("downtime_jail_after", self.downtime_jail_after)?;
+        at_least_1("evidence_max_age_blocks", self.evidence_max_age_blocks)?;
+        if self.min_validator_stake < self.stake_per_power {
+            return Err((
+                "min_validator_stake",
+                format!(
+                    "({}) must be at least stake_per_power ({}) so every validator in the set has power",
+                    self.min_validator_stake, self.stake_per_power
+                ),
+            ));
+        }
+        if self.max_validators == 0 || self.max_validators > MAX_VALIDATORS_LIMIT {
+            return Err((
+                "max_validators",
+                format!("must be between 1 and {MAX_VALIDATORS_LIMIT}"),
+            ));
+        }
+        if self.slash_fraction_bps > 10_000 {
+            return Err((
+                "slash_fraction_bps",
+                "must be at most 10000 (basis points: 10000 burns the whole stake)".into(),
+            ));
+        }
+        if self.evidence_max_age_blocks > self.unbonding_blocks {
+            return Err((
+                "evidence_max_age_blocks",
+                format!(
+                    "({}) must be at most unbonding_blocks ({}): stake must not finish unbonding while evidence against it can still be committed",
+                    self.evidence_max_age_blocks, self.unbonding_blocks
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 mod defaults {
@@ -62,6 +174,12 @@ mod defaults {
     pub fn max_clock_drift_ms() -> u64 {
         2000
     }
+    pub fn protocol_version() -> u32 {
+        crate::types::PROTOCOL_1
+    }
+    pub fn is_protocol_1(v: &u32) -> bool {
+        *v == crate::types::PROTOCOL_1
+    }
 }
 
 impl Default for Params {
@@ -79,6 +197,9 @@ impl Default for Params {
             timeout_precommit_delta_ms: defaults::timeout_delta_ms(),
             timeout_commit_ms: defaults::timeout_commit_ms(),
             max_clock_drift_ms: defaults::max_clock_drift_ms(),
+            // New chains stay on protocol 1 until protocol 2 executes (issue 20).
+            protocol_version: defaults::protocol_version(),
+            staking: None,
         }
     }
 }
@@ -448,6 +569,19 @@ impl RawGenesis {
                 "must be between 1 and 3600000 milliseconds (default 2000)".into(),
             ));
         }
+        if p.protocol_version != crate::types::PROTOCOL_1
+            && p.protocol_version != crate::types::PROTOCOL_2
+        {
+            return Err(err(
+                "params.protocol_version".into(),
+                format!("is {}; must be 1 or 2 (absent means 1)", p.protocol_version),
+            ));
+        }
+        if let Some(staking) = &p.staking {
+            staking
+                .check()
+                .map_err(|(field, problem)| err(format!("params.staking.{field}"), problem))?;
+        }
         if self.validators.is_empty() {
             return Err(err(
                 "validators".into(),
@@ -668,6 +802,52 @@ mod tests {
                 Box::new(|v| v["params"]["bogus"] = 1.into()),
                 "unknown field `bogus`",
             ),
+            (
+                Box::new(|v| v["params"]["protocol_version"] = 3.into()),
+                "params.protocol_version is 3; must be 1 or 2",
+            ),
+            (
+                Box::new(|v| v["params"]["staking"] = serde_json::json!({"stake_per_power": 0})),
+                "params.staking.stake_per_power must be at least 1",
+            ),
+            (
+                Box::new(|v| {
+                    v["params"]["staking"] =
+                        serde_json::json!({"stake_per_power": 100, "min_validator_stake": 99})
+                }),
+                "params.staking.min_validator_stake (99) must be at least stake_per_power (100)",
+            ),
+            (
+                Box::new(|v| v["params"]["staking"] = serde_json::json!({"max_validators": 0})),
+                "params.staking.max_validators must be between 1 and 10000",
+            ),
+            (
+                Box::new(|v| {
+                    v["params"]["staking"] = serde_json::json!({"slash_fraction_bps": 10_001})
+                }),
+                "params.staking.slash_fraction_bps must be at most 10000",
+            ),
+            (
+                Box::new(|v| {
+                    v["params"]["staking"] = serde_json::json!(
+                        {"unbonding_blocks": 10, "evidence_max_age_blocks": 11})
+                }),
+                "params.staking.evidence_max_age_blocks (11) must be at most unbonding_blocks (10)",
+            ),
+            (
+                Box::new(|v| v["params"]["staking"] = serde_json::json!({"jail_blocks": 0})),
+                "params.staking.jail_blocks must be at least 1",
+            ),
+            (
+                Box::new(|v| {
+                    v["params"]["staking"] = serde_json::json!({"downtime_jail_after": 0})
+                }),
+                "params.staking.downtime_jail_after must be at least 1",
+            ),
+            (
+                Box::new(|v| v["params"]["staking"] = serde_json::json!({"stake_per_pow": 1})),
+                "unknown field `stake_per_pow`",
+            ),
         ];
         for (mutate, expected) in cases {
             let mut v = sample();
@@ -676,6 +856,72 @@ mod tests {
             assert!(e.starts_with("genesis.json: "), "{e}");
             assert!(e.contains(expected), "expected {expected:?} in {e:?}");
         }
+    }
+
+    #[test]
+    fn a_genesis_without_protocol_fields_is_protocol_1_and_is_written_as_before() {
+        let g = load(&sample()).unwrap();
+        assert_eq!(g.params.protocol_version, 1);
+        assert_eq!(g.params.staking, None);
+        assert_eq!(g.params.staking(), StakingParams::default());
+        // A protocol-1 genesis is written with exactly the fields it had before protocol
+        // 2, so its bytes (and so its hash, the chain's identity) do not change.
+        let written = serde_json::to_value(sample_file().params).unwrap();
+        let mut keys: Vec<&str> = written
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "block_max_bytes",
+                "block_max_txs",
+                "max_clock_drift_ms",
+                "max_tx_bytes",
+                "min_fee",
+                "timeout_commit_ms",
+                "timeout_precommit_delta_ms",
+                "timeout_precommit_ms",
+                "timeout_prevote_delta_ms",
+                "timeout_prevote_ms",
+                "timeout_propose_delta_ms",
+                "timeout_propose_ms",
+            ]
+        );
+        // Its hash is the SHA-256 of the file's bytes, whatever the fields.
+        let bytes = serde_json::to_vec(&sample()).unwrap();
+        assert_eq!(
+            Genesis::from_bytes("g", &bytes).unwrap().hash,
+            sha256(&bytes)
+        );
+    }
+
+    #[test]
+    fn a_protocol_2_genesis_loads_with_partial_staking_params_and_round_trips() {
+        let mut v = sample();
+        v["params"]["protocol_version"] = 2.into();
+        v["params"]["staking"] =
+            serde_json::json!({"max_validators": 7, "min_validator_stake": "5000"});
+        let g = load(&v).unwrap();
+        assert_eq!(g.params.protocol_version, 2);
+        let s = g.params.staking();
+        assert_eq!((s.max_validators, s.min_validator_stake), (7, 5000));
+        assert_eq!(s.stake_per_power, StakingParams::default().stake_per_power);
+        // Written and read again: the same parameters.
+        let file: GenesisFile = serde_json::from_value(v).unwrap();
+        let mut out = Vec::new();
+        write_json(&mut out, &file, 0, |_| {}).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"protocol_version\": 2"), "{text}");
+        assert_eq!(
+            Genesis::from_bytes("g", text.as_bytes()).unwrap().params,
+            g.params
+        );
+        // The defaults pass their own checks.
+        assert_eq!(StakingParams::default().check(), Ok(()));
     }
 
     fn sample_file() -> GenesisFile {

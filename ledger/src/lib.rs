@@ -9,6 +9,7 @@ pub mod exec;
 pub mod genesis;
 pub mod hash;
 pub mod merkle;
+pub mod staking;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -17,8 +17,16 @@ pub const TX_DOMAIN: &[u8] = b"TALLY-TX-V1";
 pub const VOTE_DOMAIN: &[u8] = b"TALLY-VOTE-V1";
 pub const PROPOSAL_DOMAIN: &[u8] = b"TALLY-PROPOSAL-V1";
 
-/// The header version this code produces and accepts.
+/// The header version of protocol 1, the protocol this code executes: it produces and
+/// accepts only headers of this version (see [`PROTOCOL_2`] for the next one's formats).
 pub const HEADER_VERSION: u32 = 1;
+
+/// Protocol 1: transfers only, a validator set fixed in genesis.
+pub const PROTOCOL_1: u32 = 1;
+/// Protocol 2 (issue 20): bond, unbond and unjail payloads, `next_validators_hash` in the
+/// header, evidence in the block. **Formats only**: execution refuses these payloads and
+/// validation refuses version-2 blocks until the staking slice lands.
+pub const PROTOCOL_2: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Tx {
@@ -29,9 +37,54 @@ pub struct Tx {
     pub payload: Payload,
 }
 
+/// Variant indices are the wire format: Transfer 0 (protocol 1), the rest protocol 2.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub enum Payload {
+    /// 0: move `amount` from the sender to `to`.
     Transfer { to: Address, amount: u64 },
+    /// 1 (protocol 2): move `amount` from the sender's balance into its bond to the
+    /// consensus key `validator`.
+    Bond {
+        validator: PublicKeyBytes,
+        amount: u64,
+    },
+    /// 2 (protocol 2): start returning up to `amount` of the sender's bond to `validator`.
+    Unbond {
+        validator: PublicKeyBytes,
+        amount: u64,
+    },
+    /// 3 (protocol 2): release the jailed `validator` once its jail time is over; sent by
+    /// an operator bonded to it.
+    Unjail { validator: PublicKeyBytes },
+}
+
+impl Payload {
+    /// The variant's name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Transfer { .. } => "Transfer",
+            Payload::Bond { .. } => "Bond",
+            Payload::Unbond { .. } => "Unbond",
+            Payload::Unjail { .. } => "Unjail",
+        }
+    }
+
+    /// The first protocol whose blocks may carry this payload.
+    pub fn min_protocol(&self) -> u32 {
+        match self {
+            Payload::Transfer { .. } => PROTOCOL_1,
+            Payload::Bond { .. } | Payload::Unbond { .. } | Payload::Unjail { .. } => PROTOCOL_2,
+        }
+    }
+
+    /// The amount that leaves the sender's balance besides the fee: the transfer's or the
+    /// bond's amount. Unbond and Unjail move nothing out of the balance.
+    pub fn debit(&self) -> u64 {
+        match self {
+            Payload::Transfer { amount, .. } | Payload::Bond { amount, .. } => *amount,
+            Payload::Unbond { .. } | Payload::Unjail { .. } => 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -40,7 +93,14 @@ pub struct SignedTx {
     pub signature: SignatureBytes,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+/// A block header. Encoding (hand-written, keyed on `version`): the protocol-1 fields in
+/// declaration order, then, iff `version >= 2`, the 32 bytes of `next_validators_hash`.
+/// A version-1 header therefore encodes exactly as before protocol 2 existed.
+///
+/// `next_validators_hash` must be `Some` iff `version >= 2`; [`Header::is_well_formed`]
+/// checks it. Encoding writes what is there, so an ill-formed header's bytes never decode
+/// (a v1 header with the hash has trailing bytes, a v2 header without it is truncated).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub version: u32,
     pub chain_id: String,
@@ -53,13 +113,122 @@ pub struct Header {
     pub validators_hash: Hash,
     pub proposer: Address,
     pub last_commit_hash: Hash,
+    /// Protocol 2: SHA-256(borsh(Vec<Validator>)) of the set for height + 1.
+    pub next_validators_hash: Option<Hash>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+/// A block. Encoding (hand-written, keyed on `header.version`): header, txs, last_commit,
+/// then, iff `header.version >= 2`, `evidence` (u32 count then entries). A version-1 block
+/// encodes exactly as before protocol 2 existed. A version-1 block must carry no evidence
+/// ([`Block::is_well_formed`]); if it does, its evidence is still written, so its bytes do
+/// not decode rather than silently losing the evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Block {
     pub header: Header,
     pub txs: Vec<SignedTx>,
     pub last_commit: Option<Commit>,
+    /// Protocol 2: double-sign evidence committed by this block.
+    pub evidence: Vec<Equivocation>,
+}
+
+/// Protocol 2: two votes of one validator for the same (height, round, kind) and
+/// different block hashes. (The consensus crate's `Equivocation { first, second }` is its
+/// in-memory report; this is the wire form committed in blocks.)
+#[derive(Clone, Debug, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub struct Equivocation {
+    pub a: SignedVote,
+    pub b: SignedVote,
+}
+
+impl Header {
+    /// `next_validators_hash` is present iff the version is 2 or later.
+    pub fn is_well_formed(&self) -> bool {
+        self.next_validators_hash.is_some() == (self.version >= PROTOCOL_2)
+    }
+}
+
+impl Block {
+    /// The header is well formed and a version-1 block carries no evidence.
+    pub fn is_well_formed(&self) -> bool {
+        self.header.is_well_formed()
+            && (self.header.version >= PROTOCOL_2 || self.evidence.is_empty())
+    }
+}
+
+impl BorshSerialize for Header {
+    fn serialize<W: std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
+        self.version.serialize(w)?;
+        self.chain_id.serialize(w)?;
+        self.height.serialize(w)?;
+        self.round.serialize(w)?;
+        self.time_ms.serialize(w)?;
+        self.prev_hash.serialize(w)?;
+        self.tx_root.serialize(w)?;
+        self.state_root.serialize(w)?;
+        self.validators_hash.serialize(w)?;
+        self.proposer.serialize(w)?;
+        self.last_commit_hash.serialize(w)?;
+        // No Option tag: presence is implied by the version.
+        if let Some(next) = &self.next_validators_hash {
+            next.serialize(w)?;
+        }
+        Ok(())
+    }
+}
+
+impl BorshDeserialize for Header {
+    fn deserialize_reader<R: std::io::Read>(r: &mut R) -> std::io::Result<Self> {
+        let version = u32::deserialize_reader(r)?;
+        Ok(Header {
+            version,
+            chain_id: String::deserialize_reader(r)?,
+            height: u64::deserialize_reader(r)?,
+            round: u32::deserialize_reader(r)?,
+            time_ms: u64::deserialize_reader(r)?,
+            prev_hash: Hash::deserialize_reader(r)?,
+            tx_root: Hash::deserialize_reader(r)?,
+            state_root: Hash::deserialize_reader(r)?,
+            validators_hash: Hash::deserialize_reader(r)?,
+            proposer: Address::deserialize_reader(r)?,
+            last_commit_hash: Hash::deserialize_reader(r)?,
+            next_validators_hash: if version >= PROTOCOL_2 {
+                Some(Hash::deserialize_reader(r)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl BorshSerialize for Block {
+    fn serialize<W: std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
+        self.header.serialize(w)?;
+        self.txs.serialize(w)?;
+        self.last_commit.serialize(w)?;
+        if self.header.version >= PROTOCOL_2 || !self.evidence.is_empty() {
+            self.evidence.serialize(w)?;
+        }
+        Ok(())
+    }
+}
+
+impl BorshDeserialize for Block {
+    fn deserialize_reader<R: std::io::Read>(r: &mut R) -> std::io::Result<Self> {
+        let header = Header::deserialize_reader(r)?;
+        let txs = Vec::<SignedTx>::deserialize_reader(r)?;
+        let last_commit = Option::<Commit>::deserialize_reader(r)?;
+        let evidence = if header.version >= PROTOCOL_2 {
+            Vec::<Equivocation>::deserialize_reader(r)?
+        } else {
+            Vec::new()
+        };
+        Ok(Block {
+            header,
+            txs,
+            last_commit,
+            evidence,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -153,7 +322,7 @@ impl SignedTx {
 }
 
 impl Header {
-    /// Block hash = SHA-256(borsh(Header)).
+    /// Block hash = SHA-256(borsh(Header)) (version 2: including `next_validators_hash`).
     pub fn hash(&self) -> Hash {
         borsh_hash(self)
     }

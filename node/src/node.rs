@@ -103,6 +103,15 @@ pub async fn run_with(
     genesis: Genesis,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Protocol 2's formats are defined (issue 20, first slice) but nothing executes them:
+    // a node on such a chain would build version-1 blocks and refuse them.
+    if genesis.params.protocol_version != ledger::types::PROTOCOL_1 {
+        anyhow::bail!(
+            "genesis params.protocol_version is {}; this build runs protocol 1 only (protocol \
+             2 has its formats but not its execution yet): remove the field or set it to 1",
+            genesis.params.protocol_version
+        );
+    }
     raise_open_files_limit(fds_needed(&config));
     let mut genesis = Arc::new(genesis);
     let key = if config.consensus.validator_key.is_empty() {

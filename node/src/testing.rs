@@ -109,9 +109,11 @@ pub fn empty_proposal(
             validators_hash: g.validators.hash(),
             proposer: key.address(),
             last_commit_hash: ledger::hash::ZERO_HASH,
+            next_validators_hash: None,
         },
         txs: Vec::new(),
         last_commit: None,
+        evidence: Vec::new(),
     };
     let proposal = key.sign_proposal(Proposal {
         chain_id: g.chain_id.clone(),

@@ -89,6 +89,7 @@ mod tests {
             validators_hash: [4; 32],
             proposer: [5; 20],
             last_commit_hash: [6; 32],
+            next_validators_hash: None,
         };
         let commit = Commit {
             height,
@@ -101,6 +102,7 @@ mod tests {
                 header,
                 txs: Vec::new(),
                 last_commit: None,
+                evidence: Vec::new(),
             },
             commit,
         )

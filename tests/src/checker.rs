@@ -57,16 +57,21 @@ impl BlockRecord {
             txs: b
                 .txs
                 .iter()
-                .map(|t| {
-                    let Payload::Transfer { to, amount } = t.tx.payload;
-                    TxRecord {
+                // Protocol-1 blocks hold transfers only (execution refuses the protocol-2
+                // payloads). A block holding another would lose it here, and the replay's
+                // balances and nonces would then not match the nodes'.
+                .filter_map(|t| {
+                    let Payload::Transfer { to, amount } = t.tx.payload else {
+                        return None;
+                    };
+                    Some(TxRecord {
                         id: to_hex(&t.id()),
                         from: t.sender(),
                         nonce: t.tx.nonce,
                         to,
                         amount,
                         fee: t.tx.fee,
-                    }
+                    })
                 })
                 .collect(),
         }

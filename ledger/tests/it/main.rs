@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod props;
+mod protocol2;
 #[cfg(feature = "rocksdb")]
 mod store;
 mod vectors;
+mod vectors_v2;

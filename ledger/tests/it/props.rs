@@ -94,6 +94,7 @@ fn arb_block() -> impl Strategy<Value = Block> {
                 validators_hash: root,
                 proposer: [9; 20],
                 last_commit_hash: root,
+                next_validators_hash: None,
             },
             txs,
             last_commit: commit_hash.map(|h| Commit {
@@ -105,6 +106,7 @@ fn arb_block() -> impl Strategy<Value = Block> {
                     signature: [2; 64],
                 }],
             }),
+            evidence: Vec::new(),
         })
 }
 

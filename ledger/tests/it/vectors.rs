@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// This crate's directory, read at run time (cargo and nextest set it) so that a test
 /// binary reused from another checkout of the same sources reads this checkout's files.
-fn manifest_dir() -> std::path::PathBuf {
+pub(crate) fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }
@@ -26,16 +26,16 @@ fn vectors() -> Value {
     serde_json::from_str(&text).expect("vectors are JSON")
 }
 
-fn h<const N: usize>(v: &Value) -> [u8; N] {
+pub(crate) fn h<const N: usize>(v: &Value) -> [u8; N] {
     from_hex_array(v.as_str().expect("hex string")).expect("valid hex")
 }
 
-fn bytes(v: &Value) -> Vec<u8> {
+pub(crate) fn bytes(v: &Value) -> Vec<u8> {
     hex::decode(v.as_str().expect("hex string")).expect("valid hex")
 }
 
 /// u64 values above 2^53 are strings in the file.
-fn u(v: &Value) -> u64 {
+pub(crate) fn u(v: &Value) -> u64 {
     match v {
         Value::String(s) => s.parse().expect("u64 string"),
         other => other.as_u64().expect("u64 number"),
@@ -261,6 +261,7 @@ fn validators_headers_commit_and_account_match() {
             validators_hash: h(&x["validators_hash"]),
             proposer: h(&x["proposer"]),
             last_commit_hash: h(&x["last_commit_hash"]),
+            next_validators_hash: None,
         };
         let ids: Vec<[u8; 32]> = c["tx_ids"].as_array().unwrap().iter().map(h).collect();
         assert_eq!(

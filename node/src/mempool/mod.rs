@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ledger::check::{check_static, TxError};
 use ledger::genesis::Params;
-use ledger::types::{Account, Address, Payload, SignedTx};
+use ledger::types::{Account, Address, SignedTx};
 use ledger::Hash;
 
 #[derive(Clone, Debug)]
@@ -211,7 +211,7 @@ impl Mempool {
         }
         // This tx alone must be payable (the pending ones before it are added on insert):
         // a flood of txs from empty accounts is refused before any signature work.
-        let Payload::Transfer { amount, .. } = tx.tx.payload;
+        let amount = tx.tx.payload.debit();
         let needed = u128::from(amount) + u128::from(tx.tx.fee);
         if needed > u128::from(account.balance) {
             return Err(TxError::InsufficientFunds {
@@ -236,7 +236,7 @@ impl Mempool {
         self.precheck(&tx, &id, size, account)?;
         let sender = tx.sender();
         let nonce = tx.tx.nonce;
-        let Payload::Transfer { amount, .. } = tx.tx.payload;
+        let amount = tx.tx.payload.debit();
         let fee = tx.tx.fee;
         let debit = u128::from(amount) + u128::from(fee);
         // Funds: this tx plus every pending tx of the sender before it must be payable.

@@ -1,7 +1,7 @@
 use super::*;
 use ledger::crypto::Keypair;
 use ledger::sha256;
-use ledger::types::Tx;
+use ledger::types::{Payload, Tx};
 
 const CHAIN: &str = "mp";
 
@@ -298,4 +298,44 @@ fn sender_limit_bounds_one_key() {
         add(&mut p, tx(&k, 2, 1, 1), &rich(0)).unwrap_err().code(),
         "sender_limit"
     );
+}
+
+/// Protocol 1 executes transfers only: a Bond, Unbond or Unjail is refused on admission
+/// with `unsupported_payload` (a 400 over RPC), before any signature work, and its relayer
+/// is at fault (it could have checked).
+#[test]
+fn protocol_2_payloads_are_refused_on_a_protocol_1_chain() {
+    let mut p = pool(MempoolConfig::default());
+    let k = key(1);
+    for payload in [
+        Payload::Bond {
+            validator: k.public_key(),
+            amount: 10,
+        },
+        Payload::Unbond {
+            validator: k.public_key(),
+            amount: 10,
+        },
+        Payload::Unjail {
+            validator: k.public_key(),
+        },
+    ] {
+        let kind = payload.kind();
+        let stx = k.sign_tx(Tx {
+            chain_id: CHAIN.into(),
+            from: k.public_key(),
+            nonce: 0,
+            fee: 1,
+            payload,
+        });
+        let bytes = ledger::codec::encode(&stx);
+        let e = add(&mut p, (stx, sha256(&bytes), bytes.len()), &rich(0)).unwrap_err();
+        assert_eq!(e.code(), "unsupported_payload");
+        assert_eq!(
+            e.to_string(),
+            format!("payload {kind} needs protocol 2; this chain runs protocol 1")
+        );
+        assert!(e.is_peer_fault());
+    }
+    assert!(p.reap(10, 1 << 20).is_empty());
 }

@@ -95,9 +95,12 @@ impl IntoResponse for ApiError {
 impl From<AddError> for ApiError {
     fn from(e: AddError) -> Self {
         let status = match e.code() {
-            "malformed" | "bad_signature" | "high_s_signature" | "wrong_chain" | "zero_amount" => {
-                StatusCode::BAD_REQUEST
-            }
+            "malformed"
+            | "bad_signature"
+            | "high_s_signature"
+            | "wrong_chain"
+            | "zero_amount"
+            | "unsupported_payload" => StatusCode::BAD_REQUEST,
             "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "duplicate" | "already_committed" | "nonce_too_low" | "replacement_underpriced" => {
                 StatusCode::CONFLICT
@@ -733,4 +736,25 @@ async fn events(
         Some((Ok(ev), (rx, permit, stop)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger::check::TxError;
+
+    #[test]
+    fn a_protocol_2_payload_is_a_400_with_its_code() {
+        let e = ApiError::from(AddError::Invalid(TxError::UnsupportedPayload {
+            payload: "Bond",
+            needs: 2,
+            runs: 1,
+        }));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.code, "unsupported_payload");
+        assert_eq!(
+            e.message,
+            "payload Bond needs protocol 2; this chain runs protocol 1"
+        );
+    }
 }

@@ -532,9 +532,11 @@ impl Generator {
                         validators_hash: [0; 32],
                         proposer: self.stranger.address(),
                         last_commit_hash: [0; 32],
+                        next_validators_hash: None,
                     },
                     txs: Vec::new(),
                     last_commit: None,
+                    evidence: Vec::new(),
                 };
                 // Odd: the proposal names another hash than its block's. Even: the hash
                 // matches but the signer is not the proposer.
@@ -838,9 +840,11 @@ impl Validator {
                     validators_hash: g.validators.hash(),
                     proposer: me,
                     last_commit_hash: commit.hash(),
+                    next_validators_hash: None,
                 },
                 txs: Vec::new(),
                 last_commit: Some(commit.clone()),
+                evidence: Vec::new(),
             };
             let hash = forged.hash();
             eprintln!("attacker: proposing height {height} round {round} with time_ms {time_ms}");
@@ -968,9 +972,11 @@ impl Validator {
                             validators_hash: g.validators.hash(),
                             proposer: me,
                             last_commit_hash: ledger::hash::ZERO_HASH,
+                            next_validators_hash: None,
                         },
                         txs,
                         last_commit: None,
+                        evidence: Vec::new(),
                     };
                     let proposal = self.key.sign_proposal(Proposal {
                         chain_id: chain_id.clone(),

@@ -160,7 +160,10 @@ impl App {
         let txs = std::mem::take(&mut g.mempool);
         let mut ids = Vec::new();
         for (index, (id, stx)) in txs.into_iter().enumerate() {
-            let Payload::Transfer { to, amount } = stx.tx.payload;
+            // Submission admits transfers only.
+            let Payload::Transfer { to, amount } = stx.tx.payload else {
+                continue;
+            };
             let from = stx.sender();
             let a = g.accounts.entry(from).or_default();
             a.balance -= amount + stx.tx.fee;
@@ -236,7 +239,13 @@ async fn submit(State(app): State<App>, Json(body): Json<Value>) -> Response {
             "fee too low",
         );
     }
-    let Payload::Transfer { amount, .. } = stx.tx.payload;
+    let Payload::Transfer { amount, .. } = stx.tx.payload else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "unsupported_payload",
+            "payload needs protocol 2",
+        );
+    };
     if amount == 0 {
         return err(StatusCode::BAD_REQUEST, "zero_amount", "zero amount");
     }
@@ -269,10 +278,7 @@ async fn submit(State(app): State<App>, Json(body): Json<Value>) -> Response {
     }
     let spent: u128 = pending
         .iter()
-        .map(|t| {
-            let Payload::Transfer { amount, .. } = t.tx.payload;
-            u128::from(amount) + u128::from(t.tx.fee)
-        })
+        .map(|t| u128::from(t.tx.payload.debit()) + u128::from(t.tx.fee))
         .sum();
     let needed = u128::from(amount) + u128::from(stx.tx.fee);
     if u128::from(acct.balance) < spent + needed {

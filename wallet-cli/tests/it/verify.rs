@@ -39,6 +39,7 @@ fn serve_chain(node: &FakeNode, validator: &Keypair, genesis_text: &str, account
         validators_hash: genesis.validator_set().hash(),
         proposer: validator.address(),
         last_commit_hash: ZERO_HASH,
+        next_validators_hash: None,
     };
     let hash = header.hash();
     let commit = ledger::block::sign_commit(CHAIN_ID, 1, 0, hash, &[validator]);
@@ -46,6 +47,7 @@ fn serve_chain(node: &FakeNode, validator: &Keypair, genesis_text: &str, account
         header,
         txs: vec![],
         last_commit: None,
+        evidence: vec![],
     };
     let block_json = json!({
         "height": 1, "hash": hex::encode(hash), "header": {"height": 1}, "tx_ids": [],
