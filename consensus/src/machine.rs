@@ -35,8 +35,10 @@ pub const MAX_BUFFERED: usize = 4096;
 pub const MAX_BUFFERED_PER_VALIDATOR: usize = 3 * (FUTURE_ROUNDS as usize + 1);
 
 /// A validator we heard nothing from (no proposal, no vote, no commit signature) for this
-/// many heights in a row counts as absent: when it is a round's proposer we wait only
-/// `timeout_propose / ABSENT_PROPOSE_DIVISOR` for its proposal. A live validator signs two
+/// many heights in a row counts as absent, as does one whose last turn to propose ended in
+/// our propose timeout without its proposal (until we accept one from it): when it is a
+/// round's proposer we wait only `timeout_propose / ABSENT_PROPOSE_DIVISOR` for its
+/// proposal. A live validator signs two
 /// votes every height, so one missed height can be a late message; two in a row is a node
 /// that is down, cut off or frozen. Timeouts are a local choice in Tendermint (safety never
 /// depends on them), so a wrong guess costs at most that round.
@@ -87,6 +89,10 @@ pub struct Consensus<V: SignatureVerifier = K256Verifier> {
     heard: BTreeSet<Address>,
     /// Per validator: heights in a row (up to the previous one) with nothing heard from it.
     silent: BTreeMap<Address, u32>,
+    /// Validators whose last turn to propose ended in our propose timeout without a
+    /// proposal from them (until we accept one): a validator that votes but does not
+    /// propose (byzantine, or a broken block builder) is as absent for its turns.
+    missed_turn: BTreeSet<Address>,
 }
 
 impl Consensus<K256Verifier> {
@@ -118,6 +124,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             resume: None,
             heard: BTreeSet::new(),
             silent: BTreeMap::new(),
+            missed_turn: BTreeSet::new(),
         }
     }
 
@@ -194,10 +201,18 @@ impl<V: SignatureVerifier> Consensus<V> {
     /// Validators we heard nothing from for [`ABSENT_AFTER_HEIGHTS`] heights or more: their
     /// proposer turns get a short propose timeout (for metrics and the status page).
     pub fn absent_validators(&self) -> impl Iterator<Item = &Address> + '_ {
-        self.silent
+        self.cfg
+            .validators
+            .validators()
             .iter()
-            .filter(|(_, n)| **n >= ABSENT_AFTER_HEIGHTS)
-            .map(|(a, _)| a)
+            .map(|v| &v.address)
+            .filter(|a| self.is_absent(a))
+    }
+
+    /// Silent for [`ABSENT_AFTER_HEIGHTS`] heights, or its last turn to propose timed out.
+    fn is_absent(&self, a: &Address) -> bool {
+        self.silent.get(a).copied().unwrap_or(0) >= ABSENT_AFTER_HEIGHTS
+            || self.missed_turn.contains(a)
     }
 
     /// Number of buffered next-height messages (for metrics and tests).
@@ -304,6 +319,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             return;
         }
         self.heard.insert(proposer.address);
+        self.missed_turn.remove(&proposer.address);
         let (round, hash) = (p.round, p.block_hash);
         self.proposals.insert(round, sp);
         self.request_validation(round, hash, out);
@@ -402,7 +418,17 @@ impl<V: SignatureVerifier> Consensus<V> {
         }
         match (t.step, self.step) {
             // Line 57: no acceptable proposal in time: prevote nil.
-            (TimeoutStep::Propose, Step::Propose) => self.prevote(None, out),
+            (TimeoutStep::Propose, Step::Propose) => {
+                let proposer = self
+                    .cfg
+                    .validators
+                    .proposer(self.height, self.round)
+                    .address;
+                if !self.proposals.contains_key(&self.round) && self.cfg.address != Some(proposer) {
+                    self.missed_turn.insert(proposer);
+                }
+                self.prevote(None, out)
+            }
             // Line 61: prevotes split: precommit nil.
             (TimeoutStep::Prevote, Step::Prevote) => self.precommit(None, out),
             // Line 65: no decision this round: next round (from any step).
@@ -728,8 +754,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         // proposer whose block building fails or whose proposal the guard refuses still
         // moves on. A proposer we have not heard from for heights gets a short one.
         let proposer = self.cfg.validators.proposer(self.height, round).address;
-        let absent = self.cfg.address != Some(proposer)
-            && self.silent.get(&proposer).copied().unwrap_or(0) >= ABSENT_AFTER_HEIGHTS;
+        let absent = self.cfg.address != Some(proposer) && self.is_absent(&proposer);
         if absent {
             let full = self.cfg.timeouts.duration_ms(TimeoutStep::Propose, round);
             self.schedule_ms(TimeoutStep::Propose, full / ABSENT_PROPOSE_DIVISOR, out);

@@ -1284,3 +1284,31 @@ fn our_own_turn_is_never_cut_short() {
     let out = decide_by_commit(&n, &mut core, &others, 2);
     assert_eq!(propose_timeout_ms(&out), Some(full));
 }
+
+#[test]
+fn a_proposer_that_votes_but_missed_its_turn_gets_a_short_timeout_until_it_proposes() {
+    let n = net(4);
+    let full = Timeouts::from(&Params::default()).duration_ms(TimeoutStep::Propose, 0);
+    // The proposer of height 1 round 0 signs every commit (it is heard) but lets its turn
+    // time out.
+    let p = n.proposer(1, 0);
+    let me = n.others(p)[0];
+    let everyone: Vec<usize> = (0..4).collect();
+    let mut core = n.core(Some(me));
+    core.handle(Input::StartHeight { height: 1 });
+    core.handle(fire(1, 0, TimeoutStep::Propose));
+    assert_eq!(
+        core.absent_validators().collect::<Vec<_>>(),
+        vec![&n.keys[p].address()]
+    );
+    let mut out = decide_by_commit(&n, &mut core, &everyone, 1);
+    // Its next turn: a tenth.
+    let h = (2..40).find(|h| n.proposer(*h, 0) == p).unwrap();
+    for height in 2..h {
+        out = decide_by_commit(&n, &mut core, &everyone, height);
+    }
+    assert_eq!(propose_timeout_ms(&out), Some(full / 10));
+    // It proposes (late, even): from then on it has its full timeout again.
+    core.handle(Input::Proposal(n.proposal(h, 0, None, B)));
+    assert_eq!(core.absent_validators().count(), 0);
+}

@@ -926,8 +926,15 @@ async fn a_validator_flooding_signed_rounds_cannot_turn_honest_relays_into_flood
         attacks as f64 >= secs * 50.0 * IDENTITIES as f64,
         "the attackers sent only {attacks} messages"
     );
+    // Validator 3's node is replaced by the attackers, so without the attack the core
+    // counts it absent and its turns time out after a tenth of timeout_propose (consensus
+    // README). Under the attack its key is heard and, whenever one of its proposals gets
+    // accepted, its next turn costs the full timeout again: what any byzantine proposer can
+    // do by proposing late, and what every one of its turns cost before the absent-proposer
+    // shortcut (when this ratio measured 1.00). Measured 0.79-0.81 with the shortcut; the
+    // honest turns, the relays and memory are checked on their own below.
     assert!(
-        ratio >= 0.75,
+        ratio >= 0.6,
         "{attack_blocks} blocks under the attack, {base_blocks} without"
     );
     // The attacker's own turns fail (its proposals are garbage); every honest turn must

@@ -219,16 +219,7 @@ fn merkle_roots_match() {
 }
 
 fn validator_list(v: &Value) -> Vec<Validator> {
-    v["validators"]["validators"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| Validator {
-            address: h(&x["address"]),
-            pubkey: h(&x["pubkey"]),
-            power: u(&x["power"]),
-        })
-        .collect()
+    super::vectors_v2::validators_from(&v["validators"]["validators"])
 }
 
 #[test]
@@ -279,20 +270,7 @@ fn validators_headers_commit_and_account_match() {
 
     let c = &v["commit"];
     let x = &c["commit"];
-    let commit = Commit {
-        height: u(&x["height"]),
-        round: u(&x["round"]) as u32,
-        block_hash: h(&x["block_hash"]),
-        signatures: x["signatures"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| CommitSig {
-                validator: h(&s["validator"]),
-                signature: h(&s["signature"]),
-            })
-            .collect(),
-    };
+    let commit = super::vectors_v2::commit_from(x);
     assert_eq!(borsh::to_vec(&commit).unwrap(), bytes(&c["commit_borsh"]));
     assert_eq!(commit.hash(), h::<32>(&c["commit_hash"]));
     // Each signature is a valid precommit ...

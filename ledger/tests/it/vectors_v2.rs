@@ -158,7 +158,7 @@ fn commit_json(c: &Commit) -> Value {
                .collect::<Vec<_>>()})
 }
 
-fn commit_from(v: &Value) -> Commit {
+pub(crate) fn commit_from(v: &Value) -> Commit {
     Commit {
         height: u(&v["height"]),
         round: u(&v["round"]) as u32,
@@ -181,7 +181,7 @@ fn validators_json(set: &[Validator]) -> Value {
         .collect()
 }
 
-fn validators_from(v: &Value) -> Vec<Validator> {
+pub(crate) fn validators_from(v: &Value) -> Vec<Validator> {
     v.as_array()
         .unwrap()
         .iter()
