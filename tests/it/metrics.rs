@@ -280,6 +280,14 @@ fn convention_problems(expo: &Exposition, text: &str) -> Vec<String> {
     }
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let sample = line.split(['{', ' ']).next().unwrap_or_default();
+        // A counter's own samples (`tally_sync_blocks_served_total` is not a stray sample
+        // of the family `tally_sync_blocks`).
+        let own = counters
+            .iter()
+            .any(|f| sample == format!("{f}_total") || sample == format!("{f}_created"));
+        if own {
+            continue;
+        }
         for fam in &counters {
             if sample.starts_with(fam.as_str())
                 && sample != format!("{fam}_total")
