@@ -209,8 +209,9 @@ fn main() {
             while from <= blocks as u64 {
                 let count = MAX_SYNC_BLOCKS.min((blocks as u64 + 1 - from) as u32);
                 let request = encode(&SyncRequest::Blocks { from, count });
-                let bytes =
-                    tally_node::engine::serve_sync(peer, &request, RESPONSE_CAP).expect("served");
+                let bytes = tally_node::engine::serve_sync(peer, &request, RESPONSE_CAP)
+                    .expect("served")
+                    .bytes;
                 let chunk = verify_response(g, from, count, &bytes)
                     .unwrap_or_else(|e| panic!("bad chunk: {e:?}"));
                 from += chunk.len() as u64;

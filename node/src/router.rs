@@ -95,10 +95,11 @@ impl Router {
                     let cap = self.sync_max_response_bytes;
                     let served = self.sync_blocks_served.clone();
                     tokio::task::spawn_blocking(move || {
-                        let response = crate::engine::serve_sync(store.as_ref(), &data, cap);
-                        if let Some(bytes) = &response {
-                            served.inc_by(crate::wire::blocks_in_response(bytes));
-                        }
+                        let response =
+                            crate::engine::serve_sync(store.as_ref(), &data, cap).map(|answer| {
+                                served.inc_by(answer.blocks);
+                                answer.bytes
+                            });
                         let handle = tokio::runtime::Handle::current();
                         handle.block_on(async move {
                             match response {

@@ -827,8 +827,15 @@ pub fn verify_chunk(
     Ok(out)
 }
 
+/// An encoded answer to a peer's sync request, and how many blocks it carries (for
+/// `tally_sync_blocks_served_total`).
+pub struct Served {
+    pub bytes: Vec<u8>,
+    pub blocks: u64,
+}
+
 /// Answers a peer's sync request from the store, within the response size cap.
-pub fn serve(store: &impl ChainReader, request: &[u8], max_bytes: usize) -> Option<Vec<u8>> {
+pub fn serve(store: &impl ChainReader, request: &[u8], max_bytes: usize) -> Option<Served> {
     let request: SyncRequest = decode("sync request", request, 4096).ok()?;
     let response = match request {
         SyncRequest::Status => {
@@ -857,7 +864,14 @@ pub fn serve(store: &impl ChainReader, request: &[u8], max_bytes: usize) -> Opti
             SyncResponse::Blocks(out)
         }
     };
-    Some(encode(&response))
+    let blocks = match &response {
+        SyncResponse::Blocks(b) => b.len() as u64,
+        SyncResponse::Status(_) => 0,
+    };
+    Some(Served {
+        bytes: encode(&response),
+        blocks,
+    })
 }
 
 #[cfg(test)]
@@ -967,11 +981,14 @@ mod tests {
     fn serve_answers_within_the_cap_and_the_answer_verifies() {
         let (g, store, _) = chain(6);
         let request = encode(&SyncRequest::Blocks { from: 2, count: 64 });
-        let all = serve(&store, &request, 1 << 20).unwrap();
+        let served = serve(&store, &request, 1 << 20).unwrap();
+        assert_eq!(served.blocks, 5);
+        let all = served.bytes;
         assert_eq!(verify_response(&g, 2, 64, &all).unwrap().len(), 5);
         // A tiny cap still returns one block, never zero.
         let one = serve(&store, &request, 10).unwrap();
-        assert_eq!(verify_response(&g, 2, 64, &one).unwrap().len(), 1);
+        assert_eq!(one.blocks, 1);
+        assert_eq!(verify_response(&g, 2, 64, &one.bytes).unwrap().len(), 1);
         // More than asked for is a bad response; nothing is "unavailable".
         assert!(matches!(
             verify_response(&g, 2, 3, &all),
@@ -983,8 +1000,11 @@ mod tests {
             1 << 20,
         )
         .unwrap();
+        assert_eq!(none.blocks, 0);
+        let status = serve(&store, &encode(&SyncRequest::Status), 1 << 20).unwrap();
+        assert_eq!(status.blocks, 0);
         assert!(matches!(
-            verify_response(&g, 9, 4, &none),
+            verify_response(&g, 9, 4, &none.bytes),
             Err(Fault::Missing(_))
         ));
         assert!(matches!(
