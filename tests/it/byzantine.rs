@@ -117,15 +117,7 @@ async fn metric(net: &TestNet, i: usize, name: &str, label: Option<&str>) -> f64
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let base = key.split('{').next()?;
-            (base == name && label.is_none_or(|lb| key.contains(lb))).then_some(value)
-        })
-        .filter_map(|v| v.parse::<f64>().ok())
-        .sum()
+    tally_tests::metric_samples(&text, name, label).sum()
 }
 
 /// Waits for node 0's next block; returns when it was seen and the txs committed so far,

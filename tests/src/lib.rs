@@ -25,6 +25,28 @@ use tally_node::node::Addresses;
 pub mod checker;
 pub mod netns;
 
+/// The values of the samples of `name` on a `/metrics` page (Prometheus or OpenMetrics
+/// text: `name{labels} value`), keeping those whose labels contain `label` if given.
+pub fn metric_samples<'a>(
+    text: &'a str,
+    name: &'a str,
+    label: Option<&'a str>,
+) -> impl Iterator<Item = f64> + 'a {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(move |l| {
+            let (key, rest) = match l.rfind('}') {
+                Some(i) => l.split_at(i + 1),
+                None => l.split_once(' ')?,
+            };
+            let base = key.split('{').next()?;
+            if base != name || label.is_some_and(|lb| !key.contains(lb)) {
+                return None;
+            }
+            rest.split_whitespace().next()?.parse().ok()
+        })
+}
+
 pub const CHAIN_ID: &str = "tally-test";
 
 /// Each test net takes a block of loopback addresses so concurrent tests never share one.
@@ -614,5 +636,20 @@ impl TestNet {
     pub async fn evidence_count(&self, i: usize) -> anyhow::Result<usize> {
         let v = self.get(i, "/v1/evidence").await?;
         Ok(v["evidence"].as_array().map_or(0, Vec::len))
+    }
+}
+
+#[cfg(test)]
+mod metric_tests {
+    #[test]
+    fn metric_samples_reads_plain_and_labelled_samples() {
+        let page = "# TYPE a counter\na_total 12\nb{x=\"1 2\",y=\"z\"} 3.5\nb{x=\"3\"} 1\nab_total 7\n# EOF\n";
+        let got: Vec<f64> = super::metric_samples(page, "a_total", None).collect();
+        assert_eq!(got, vec![12.0]);
+        let b: f64 = super::metric_samples(page, "b", None).sum();
+        assert_eq!(b, 4.5);
+        let labelled: Vec<f64> = super::metric_samples(page, "b", Some("y=\"z\"")).collect();
+        assert_eq!(labelled, vec![3.5]);
+        assert_eq!(super::metric_samples(page, "c", None).count(), 0);
     }
 }

@@ -673,19 +673,11 @@ pub fn assert_no_violations(v: &[Violation], height: u64, observed: usize) {
 /// `/metrics` page at `url`; an error if the page has no such sample.
 pub async fn scrape_counter(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<u64> {
     let text = http.get(url).send().await?.text().await?;
-    let value = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (key, value) = l.split_once(' ')?;
-            (key == name).then(|| value.split_whitespace().next())?
-        })
-        .with_context(|| format!("no sample {name} at {url}"))?;
+    let value = crate::metric_samples(&text, name, None)
+        .next()
+        .with_context(|| format!("no numeric sample {name} at {url}"))?;
     // Counters are encoded as integers ("12") or, for f64 counters, as "12.0".
-    let v: f64 = value
-        .parse()
-        .with_context(|| format!("{name} at {url}: {value:?} is not a number"))?;
-    Ok(v as u64)
+    Ok(value as u64)
 }
 
 /// A fresh full node started next to a running [`NetnsTestnet`] (issue 18, scenario 8):
