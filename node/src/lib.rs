@@ -6,6 +6,7 @@ pub mod fsck;
 pub mod keys;
 pub mod mempool;
 pub mod metrics;
+pub mod netns;
 pub mod node;
 pub mod repair;
 pub mod router;

@@ -23,7 +23,8 @@
 //! ```
 //!
 //! With `--hosts netns` each node runs in its own network namespace on an address of
-//! 198.18.0.0/15 behind a bridge (testnet/netns.rs), so whole links can be cut.
+//! 198.18.0.0/15 behind a bridge (src/netns.rs, which the fault suite also uses to add
+//! joiners), so whole links can be cut.
 
 use std::io::{IsTerminal, Write};
 use std::net::Ipv4Addr;
@@ -44,7 +45,7 @@ use tally_node::keys;
 use crate::cli::expand;
 
 mod faults;
-mod netns;
+use tally_node::netns::{self, signal};
 
 pub const P2P_PORT: u16 = 26656;
 pub const RPC_PORT: u16 = 26657;
@@ -713,13 +714,6 @@ fn node_pid(dir: &Path, i: usize) -> Option<u32> {
     read_pid(&pid_file(dir, i)).filter(|pid| process_alive(*pid, &home(dir, i)))
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
 /// Starts `tallyd start --home <dir>/nodeI` in its own process group (a Ctrl-C reaches
 /// only the supervisor, which stops the nodes in order), output appended to node.log.
 /// With netns hosts through `ip netns exec`, which execs tallyd: the pid is the node's.
@@ -794,29 +788,6 @@ fn stop_pids(pids: &[(u32, PathBuf)], children: &mut [Option<Child>], hard: bool
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Stops processes known only by pid (found in one of our namespaces after a crash):
-/// SIGTERM (and SIGCONT, for a paused one), up to 10 s, then SIGKILL.
-fn stop_pids_by_signal(pids: &[u32]) {
-    let alive = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
-        })
-    };
-    for pid in pids {
-        signal(*pid, "TERM");
-        signal(*pid, "CONT");
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for pid in pids.iter().filter(|p| alive(**p)) {
-        eprintln!("pid {pid} did not stop within 10 s of SIGTERM: SIGKILL");
-        signal(*pid, "KILL");
     }
 }
 

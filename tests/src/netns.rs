@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ledger::crypto::Keypair;
 use ledger::genesis::Genesis;
-use ledger::hash::{sha256, to_hex};
+use ledger::hash::to_hex;
 use ledger::types::Address;
 use ledger::validators::ValidatorSet;
 use rand::Rng;
 use serde_json::Value;
+
+use tally_node::netns::{add_host, remove_host, Names};
 
 use crate::checker::{self, Observation, Violation};
 use crate::{bin, http_client, transfer};
@@ -275,16 +277,17 @@ impl NetnsTestnet {
         );
     }
 
-    /// The kernel names' tag, as `tallyd` derives it from the canonical directory.
+    /// The kernel object names `tallyd` gives this testnet (from its canonical directory).
+    pub fn names(&self) -> Names {
+        Names::for_dir(&self.dir)
+    }
+
     pub fn tag(&self) -> String {
-        format!(
-            "tly{}",
-            &to_hex(&sha256(self.dir.as_os_str().as_encoded_bytes()))[..6]
-        )
+        self.names().tag
     }
 
     pub fn ns(&self, i: usize) -> String {
-        format!("{}-n{i}", self.tag())
+        self.names().ns(i)
     }
 
     /// `tallyd testnet <args> --dir <dir>`.
@@ -694,8 +697,7 @@ pub struct Joiner {
     /// `http://<ip>:26660/metrics`
     pub metrics: String,
     pub home: PathBuf,
-    ns: String,
-    veth_host: String,
+    names: Names,
     child: Option<Child>,
 }
 
@@ -733,33 +735,20 @@ impl NetnsTestnet {
         }
         let m = self.manifest()?;
         let base: std::net::Ipv4Addr = self.ips[0].parse()?;
-        let ip = std::net::Ipv4Addr::from(u32::from(base) + index as u32).to_string();
-        let tag = self.tag();
+        let addr = std::net::Ipv4Addr::from(u32::from(base) + index as u32);
+        let ip = addr.to_string();
         let joiner = Joiner {
             index,
             name: format!("node{index}"),
             rpc: format!("http://{ip}:{JOINER_RPC_PORT}"),
             metrics: format!("http://{ip}:{JOINER_METRICS_PORT}/metrics"),
             home: self.dir.join(format!("node{index}")),
-            ns: format!("{tag}-n{index}"),
-            veth_host: format!("{tag}-v{index}"),
+            names: self.names(),
             child: None,
             ip,
         };
         // From here on the joiner's Drop removes whatever was made, on error too.
-        let veth_node = format!("{tag}-p{index}");
-        let ns = joiner.ns.clone();
-        let host = joiner.veth_host.clone();
-        run_ip(&["netns", "add", &ns])?;
-        run_ip(&[
-            "link", "add", &host, "type", "veth", "peer", "name", &veth_node,
-        ])?;
-        run_ip(&["link", "set", &veth_node, "netns", &ns])?;
-        run_ip(&["link", "set", &host, "master", &format!("{tag}-br"), "up"])?;
-        run_ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        let cidr = format!("{}/24", joiner.ip);
-        run_ip(&["-n", &ns, "addr", "add", &cidr, "dev", &veth_node])?;
-        run_ip(&["-n", &ns, "link", "set", &veth_node, "up"])?;
+        add_host(&joiner.names, index, addr)?;
 
         let config_dir = joiner.home.join("config");
         std::fs::create_dir_all(&config_dir)?;
@@ -805,7 +794,7 @@ impl Joiner {
             .append(true)
             .open(self.home.join("node.log"))?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns])
+        cmd.args(["netns", "exec", &self.names.ns(self.index)])
             .arg(bin("tallyd"))
             .arg("start")
             .arg("--home")
@@ -845,36 +834,8 @@ impl Drop for Joiner {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Anything else left in the namespace, then the namespace (which takes the veth
-        // pair with it) and the root end of the veth if it is still there.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.ns])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-            }
-        }
-        let _ = run_ip(&["netns", "delete", &self.ns]);
-        if run_ip(&["link", "show", &self.veth_host]).is_ok() {
-            let _ = run_ip(&["link", "delete", &self.veth_host]);
-        }
+        // Anything else left in the namespace, the namespace (which takes the veth pair
+        // with it) and the bridge's end of the veth if it is still there.
+        remove_host(&self.names, self.index);
     }
-}
-
-/// Runs `ip <args>`, which must succeed.
-fn run_ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run `ip`")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

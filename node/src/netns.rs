@@ -198,23 +198,7 @@ pub fn setup(names: &Names, ips: &[Ipv4Addr]) -> anyhow::Result<()> {
     ip(&["addr", "add", &bridge_addr, "dev", &br])?;
     ip(&["link", "set", &br, "up"])?;
     for (i, node_ip) in ips.iter().enumerate() {
-        let ns = names.ns(i);
-        let (host, node) = (names.veth_host(i), names.veth_node(i));
-        ip(&["netns", "add", &ns])?;
-        ip(&["link", "add", &host, "type", "veth", "peer", "name", &node])?;
-        ip(&["link", "set", &node, "netns", &ns])?;
-        ip(&["link", "set", &host, "master", &br, "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{node_ip}/24"),
-            "dev",
-            &node,
-        ])?;
-        ip(&["-n", &ns, "link", "set", &node, "up"])?;
+        add_host(names, i, *node_ip)?;
     }
     // The bridge forwards only once its ports have left the listening state; wait until
     // the root namespace reaches node 0's address on the link layer (a few ms normally).
@@ -228,6 +212,45 @@ pub fn setup(names: &Names, ips: &[Ipv4Addr]) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Host `i` of the testnet: namespace `names.ns(i)` with `node_ip` on its end of a veth pair
+/// whose other end is a port of the (existing) bridge. Also for a node added to a running
+/// testnet (the fault suite's joiners).
+pub fn add_host(names: &Names, i: usize, node_ip: Ipv4Addr) -> anyhow::Result<()> {
+    let ns = names.ns(i);
+    let (host, node) = (names.veth_host(i), names.veth_node(i));
+    ip(&["netns", "add", &ns])?;
+    ip(&["link", "add", &host, "type", "veth", "peer", "name", &node])?;
+    ip(&["link", "set", &node, "netns", &ns])?;
+    ip(&["link", "set", &host, "master", &names.bridge(), "up"])?;
+    ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{node_ip}/24"),
+        "dev",
+        &node,
+    ])?;
+    ip(&["-n", &ns, "link", "set", &node, "up"])?;
+    Ok(())
+}
+
+/// Undoes [`add_host`] for host `i` alone: stops what still runs in its namespace, deletes
+/// the namespace (which takes its veth end) and the bridge's end if it is still there.
+pub fn remove_host(names: &Names, i: usize) {
+    let ns = names.ns(i);
+    let pids = ns_pids(&ns);
+    if !pids.is_empty() {
+        stop_pids_by_signal(&pids);
+    }
+    let _ = ip(&["netns", "delete", &ns]);
+    let host = names.veth_host(i);
+    if ip(&["link", "show", &host]).is_ok() {
+        let _ = ip(&["link", "delete", &host]);
+    }
 }
 
 /// The names of our namespaces and links that exist now, restricted to `tag` when given.
@@ -253,6 +276,37 @@ pub fn leftovers(tag: Option<&str>) -> (Vec<String>, Vec<String>) {
     (namespaces, links)
 }
 
+/// Stops processes known only by pid (found in one of our namespaces after a crash):
+/// SIGTERM (and SIGCONT, for a paused one), up to 10 s, then SIGKILL.
+fn stop_pids_by_signal(pids: &[u32]) {
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
+        })
+    };
+    for pid in pids {
+        signal(*pid, "TERM");
+        signal(*pid, "CONT");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in pids.iter().filter(|p| alive(**p)) {
+        eprintln!("pid {pid} did not stop within 10 s of SIGTERM: SIGKILL");
+        signal(*pid, "KILL");
+    }
+}
+
+/// Sends `sig` (a `kill` signal name: TERM, KILL, STOP, CONT) to `pid`; errors ignored.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Pids of the processes running in namespace `ns`.
 pub fn ns_pids(ns: &str) -> Vec<u32> {
     ip(&["netns", "pids", ns])
@@ -276,7 +330,7 @@ pub fn remove(tag: Option<&str>) -> Vec<String> {
     pids.sort_unstable();
     pids.dedup();
     if !pids.is_empty() {
-        super::stop_pids_by_signal(&pids);
+        stop_pids_by_signal(&pids);
     }
     for ns in &namespaces {
         let _ = ip(&["netns", "delete", ns]);
