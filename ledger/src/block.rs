@@ -4,7 +4,7 @@
 use crate::exec::BuiltBody;
 use crate::hash::{Hash, ZERO_HASH};
 use crate::store::Tip;
-use crate::types::{Address, Block, Commit, Header, HEADER_VERSION};
+use crate::types::{Address, Block, Commit, Header, SignedTx, HEADER_VERSION};
 use crate::validators::{CommitError, ValidatorSet};
 
 /// Header fields that come from the chain, not from the body.
@@ -22,6 +22,31 @@ pub struct BlockTemplate {
 }
 
 pub fn assemble(template: BlockTemplate, body: &BuiltBody) -> Block {
+    assemble_parts(
+        template,
+        body.tx_root,
+        body.outcome.update.root,
+        body.txs.clone(),
+    )
+}
+
+/// A block without txs on a state whose root is `state_root` (an empty block leaves the
+/// state as it is): what tests and the test attacker propose without executing anything.
+pub fn assemble_empty(template: BlockTemplate, state_root: Hash) -> Block {
+    assemble_parts(
+        template,
+        crate::merkle::merkle_root(&[]),
+        state_root,
+        Vec::new(),
+    )
+}
+
+fn assemble_parts(
+    template: BlockTemplate,
+    tx_root: Hash,
+    state_root: Hash,
+    txs: Vec<SignedTx>,
+) -> Block {
     Block {
         header: Header {
             version: HEADER_VERSION,
@@ -30,8 +55,8 @@ pub fn assemble(template: BlockTemplate, body: &BuiltBody) -> Block {
             round: template.round,
             time_ms: template.time_ms,
             prev_hash: template.prev_hash,
-            tx_root: body.tx_root,
-            state_root: body.outcome.update.root,
+            tx_root,
+            state_root,
             validators_hash: template.validators_hash,
             proposer: template.proposer,
             last_commit_hash: template
@@ -40,7 +65,7 @@ pub fn assemble(template: BlockTemplate, body: &BuiltBody) -> Block {
                 .map_or(ZERO_HASH, Commit::hash),
             next_validators_hash: None,
         },
-        txs: body.txs.clone(),
+        txs,
         last_commit: template.last_commit,
         evidence: Vec::new(),
     }

@@ -95,26 +95,19 @@ pub fn empty_proposal(
     round: u32,
     time_ms: u64,
 ) -> crate::wire::ConsensusMessage {
-    use ledger::types::{Block, Header, Proposal};
-    let block = Block {
-        header: Header {
-            version: ledger::types::HEADER_VERSION,
-            chain_id: g.chain_id.clone(),
-            height,
-            round,
-            time_ms,
-            prev_hash: [0; 32],
-            tx_root: ledger::merkle::merkle_root(&[]),
-            state_root: [0; 32],
-            validators_hash: g.validators.hash(),
-            proposer: key.address(),
-            last_commit_hash: ledger::hash::ZERO_HASH,
-            next_validators_hash: None,
-        },
-        txs: Vec::new(),
+    use ledger::block::{assemble_empty, BlockTemplate};
+    use ledger::types::Proposal;
+    let template = BlockTemplate {
+        chain_id: g.chain_id.clone(),
+        height,
+        round,
+        time_ms,
+        prev_hash: [0; 32],
+        validators_hash: g.validators.hash(),
+        proposer: key.address(),
         last_commit: None,
-        evidence: Vec::new(),
     };
+    let block = assemble_empty(template, [0; 32]);
     let proposal = key.sign_proposal(Proposal {
         chain_id: g.chain_id.clone(),
         height,

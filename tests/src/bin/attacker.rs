@@ -826,26 +826,18 @@ impl Validator {
             } else {
                 now + 3_600_000
             };
-            let forged = Block {
-                header: Header {
-                    version: ledger::types::HEADER_VERSION,
-                    chain_id: g.chain_id.clone(),
-                    height,
-                    round,
-                    time_ms,
-                    prev_hash: block.hash(),
-                    tx_root: ledger::merkle::merkle_root(&[]),
-                    // An empty block leaves the state as it is.
-                    state_root: block.header.state_root,
-                    validators_hash: g.validators.hash(),
-                    proposer: me,
-                    last_commit_hash: commit.hash(),
-                    next_validators_hash: None,
-                },
-                txs: Vec::new(),
+            let template = ledger::block::BlockTemplate {
+                chain_id: g.chain_id.clone(),
+                height,
+                round,
+                time_ms,
+                prev_hash: block.hash(),
+                validators_hash: g.validators.hash(),
+                proposer: me,
                 last_commit: Some(commit.clone()),
-                evidence: Vec::new(),
             };
+            // An empty block leaves the state as it is.
+            let forged = ledger::block::assemble_empty(template, block.header.state_root);
             let hash = forged.hash();
             eprintln!("attacker: proposing height {height} round {round} with time_ms {time_ms}");
             let proposal = self.key.sign_proposal(Proposal {
