@@ -8,14 +8,14 @@
 //! The measured table is printed with `--nocapture`.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ledger::hash::to_hex;
 use serde_json::Value;
-use tally_tests::{account_key, bin, transfer, TestNet};
+use tally_tests::{account_key, transfer, TestNet};
 
 /// (mode, gossip messages per second).
 const MODES: &[(&str, u32)] = &[
@@ -275,16 +275,11 @@ fn spawn_attacker(
     extra: &[&str],
     out: &std::path::Path,
 ) -> std::process::Child {
-    let mut cmd = Command::new(bin("tally-attacker"));
-    cmd.args(["--mode", mode, "--ip", ip, "--key", &hex::encode(secret)])
-        .args(["--chain-id", tally_tests::CHAIN_ID])
-        .args(["--duration-secs", &secs.to_string()])
+    let mut cmd = tally_tests::attacker_command(None, mode, ip, secs, targets);
+    cmd.args(["--key", &hex::encode(secret)])
         .args(["--rate", &rate.to_string()])
         .args(["--account", &LOAD_ACCOUNTS.to_string()])
         .args(extra);
-    for t in targets {
-        cmd.args(["--target", t]);
-    }
     // A file, not a pipe: nobody reads while it runs.
     cmd.stdout(std::fs::File::create(out).expect("attacker output file"))
         .stderr(Stdio::inherit())

@@ -830,21 +830,17 @@ impl NsAttacker {
                 .unwrap();
         let home = net.dir.join(format!("node{v}"));
         let out = std::fs::File::create(home.join(format!("attacker-{mode}.json"))).unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &net.ns(v)])
-            .arg(tally_tests::bin("tally-attacker"))
-            .args(["--mode", mode, "--ip", &net.ips[v]])
-            .args(["--chain-id", tally_tests::CHAIN_ID])
-            .args(["--duration-secs", &secs.to_string()])
-            .arg("--validator-key-file")
+        let targets: Vec<String> = targets
+            .iter()
+            .map(|t| manifest["nodes"][*t]["p2p"].as_str().unwrap().to_string())
+            .collect();
+        let mut cmd =
+            tally_tests::attacker_command(Some(&net.ns(v)), mode, &net.ips[v], secs, &targets);
+        cmd.arg("--validator-key-file")
             .arg(home.join("config/validator_key.json"))
             .arg("--genesis")
             .arg(net.dir.join("genesis.json"))
             .arg("--redial");
-        for t in targets {
-            let addr = manifest["nodes"][*t]["p2p"].as_str().unwrap();
-            cmd.args(["--target", addr]);
-        }
         let child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(out)

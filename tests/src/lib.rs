@@ -25,6 +25,32 @@ use tally_node::node::Addresses;
 pub mod checker;
 pub mod netns;
 
+/// `tally-attacker --mode <mode> --ip <ip> --chain-id <CHAIN_ID> --duration-secs <secs>`
+/// with a `--target` for each of `targets`, run inside network namespace `ns` (through
+/// `ip netns exec`) when given; the caller adds the mode's own options and the output.
+pub fn attacker_command(
+    ns: Option<&str>,
+    mode: &str,
+    ip: &str,
+    secs: f64,
+    targets: &[String],
+) -> Command {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("tally-attacker"));
+            c
+        }
+        None => Command::new(bin("tally-attacker")),
+    };
+    cmd.args(["--mode", mode, "--ip", ip, "--chain-id", CHAIN_ID])
+        .args(["--duration-secs", &secs.to_string()]);
+    for t in targets {
+        cmd.args(["--target", t]);
+    }
+    cmd
+}
+
 /// The values of the samples of `name` on a `/metrics` page (Prometheus or OpenMetrics
 /// text: `name{labels} value`), keeping those whose labels contain `label` if given.
 pub fn metric_samples<'a>(
