@@ -22,4 +22,4 @@ pub use machine::{Consensus, FUTURE_ROUNDS, MAX_BUFFERED};
 pub use types::{
     Config, Equivocation, Input, Locks, Output, RoundValue, Step, Timeout, TimeoutStep, Timeouts,
 };
-pub use verify::{K256Verifier, SignatureVerifier};
+pub use verify::{K256Verifier, PreVerified, SignatureVerifier};

@@ -23,3 +23,20 @@ impl SignatureVerifier for K256Verifier {
         proposal.verify_signature(pubkey).is_ok()
     }
 }
+
+/// For a caller that verified every signed message before handing it to the core (the
+/// node's router checks each vote and proposal once, on arrival, and scores the sender
+/// for a bad one): the core does not verify them a second time. Our own messages are
+/// signed by us. Evidence is checked where it is kept, not here.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PreVerified;
+
+impl SignatureVerifier for PreVerified {
+    fn verify_vote(&self, _: &SignedVote, _: &PublicKeyBytes) -> bool {
+        true
+    }
+
+    fn verify_proposal(&self, _: &SignedProposal, _: &PublicKeyBytes) -> bool {
+        true
+    }
+}

@@ -32,6 +32,20 @@ impl NetworkHandle {
         }
     }
 
+    /// A handle with no network task behind it: every command it sends comes out of the
+    /// returned receiver. For tests and simulators that play the network themselves.
+    pub fn detached(capacity: usize) -> (Self, mpsc::Receiver<Command>) {
+        let (commands, rx) = mpsc::channel(capacity);
+        let limits = crate::NetworkConfig::new(String::new(), [0; 32]);
+        let handle = NetworkHandle::new(
+            commands,
+            PeerId::random(),
+            limits.sync_max_request_bytes,
+            limits.sync_max_response_bytes,
+        );
+        (handle, rx)
+    }
+
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
