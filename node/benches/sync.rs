@@ -24,7 +24,7 @@ use ledger::store::{ChainReader, ChainWriter};
 use ledger::types::{Block, Commit, Payload, SignedTx, Tx};
 use ledger::{sha256, Hash};
 use rayon::prelude::*;
-use tally_node::engine::sync::{verify_response, MAX_IN_FLIGHT};
+use tally_node::sync::{verify_response, MAX_IN_FLIGHT};
 use tally_node::wire::{SyncRequest, MAX_SYNC_BLOCKS};
 
 const CHAIN: &str = "bench-sync";
@@ -209,7 +209,7 @@ fn main() {
             while from <= blocks as u64 {
                 let count = MAX_SYNC_BLOCKS.min((blocks as u64 + 1 - from) as u32);
                 let request = encode(&SyncRequest::Blocks { from, count });
-                let bytes = tally_node::engine::serve_sync(peer, &request, RESPONSE_CAP)
+                let bytes = tally_node::sync::serve(peer, &request, RESPONSE_CAP)
                     .expect("served")
                     .bytes;
                 let chunk = verify_response(g, from, count, &bytes)

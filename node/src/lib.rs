@@ -1,7 +1,9 @@
 //! tallyd: the Tally node. See README.md for the data flow between its tasks.
 
+pub mod actors;
+pub mod chain;
 pub mod config;
-pub mod engine;
+pub mod driver;
 pub mod fsck;
 pub mod keys;
 pub mod mempool;
@@ -11,6 +13,8 @@ pub mod node;
 pub mod repair;
 pub mod router;
 pub mod rpc;
+pub mod status;
+pub mod sync;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod txgossip;

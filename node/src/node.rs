@@ -18,8 +18,8 @@ use tally_p2p::{Multiaddr, NetworkConfig};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::actors::{ActorParts, Actors};
 use crate::config::{Home, NodeConfig};
-use crate::engine::{Engine, EngineParts};
 use crate::mempool::metrics::MempoolMetrics;
 use crate::mempool::{Mempool, MempoolConfig};
 use crate::metrics::ChainMetrics;
@@ -246,18 +246,24 @@ pub async fn run_with(
         genesis.params.timeout_commit_ms
     });
     let validator_address = key.as_ref().map(|k| k.address());
-    let (engine, engine_tx, view) = Engine::new(EngineParts {
+    let actors = Actors::build(ActorParts {
         genesis: genesis.clone(),
         store: store.clone(),
         mempool: mempool.clone(),
         mempool_metrics: mempool_metrics.clone(),
-        metrics: chain_metrics,
+        metrics: chain_metrics.clone(),
         net: net.clone(),
         key,
         timeout_commit,
         reuse_mempool_signatures: config.mempool.reuse_verified_signatures,
         events: events.clone(),
     })?;
+    let mut tasks = Supervisor::default();
+    let handles = actors.spawn(net.clone(), &mut tasks, &shutdown);
+    tasks.spawn(
+        "metrics sampler",
+        sample_metrics(chain_metrics, store.clone(), shutdown.clone()),
+    );
 
     let (listening, mut listening_rx) = tokio::sync::watch::channel(Vec::new());
     let router = Router {
@@ -267,11 +273,12 @@ pub async fn run_with(
         mempool: mempool.clone(),
         mempool_metrics: mempool_metrics.clone(),
         net: net.clone(),
-        engine: engine_tx,
+        driver: handles.driver.clone(),
+        sync: handles.sync.clone(),
         max_block_bytes,
         sync_max_response_bytes,
         sync_blocks_served,
-        engine_status: view.status.clone(),
+        status: handles.view.status.clone(),
     };
 
     // RPC and metrics listeners are bound before anything is announced.
@@ -314,7 +321,7 @@ pub async fn run_with(
         mempool_metrics,
         net: net.clone(),
         tx_gossip: tx_gossip.clone(),
-        view,
+        view: handles.view.clone(),
         events,
         metrics: rpc_metrics.clone(),
         moniker: config.moniker.clone(),
@@ -329,8 +336,6 @@ pub async fn run_with(
         Duration::from_millis(config.rpc.timeout_ms),
     );
 
-    let mut tasks = Supervisor::default();
-    tasks.spawn("consensus engine", engine.run(shutdown.clone()));
     // The router ends when the network task's event channel closes: a dead network task
     // stops the node through it.
     tasks.spawn("router", router.run(net_events, shutdown.clone()));
@@ -390,6 +395,30 @@ pub async fn run_with(
     let result = tasks.run(&shutdown, Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(addresses_file(&home.0));
     result
+}
+
+/// Samples what the node's process and its database take (memory, CPU, descriptors, column
+/// family sizes) into the metrics, once a second.
+async fn sample_metrics(
+    metrics: crate::metrics::ChainMetrics,
+    store: Arc<RocksStore>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                metrics.sample_process();
+                for (cf, size) in store.sizes() {
+                    metrics
+                        .db_size
+                        .get_or_create(&crate::metrics::CfLabel { cf: cf.into() })
+                        .set(size as i64);
+                }
+            }
+        }
+    }
 }
 
 /// The node's long-lived tasks under one shutdown token. A task that panics, or ends

@@ -1,6 +1,6 @@
 //! Start-up integrity check and repair.
 //!
-//! Before the engine starts, [`check_tip`] checks the last [`CHECK_DEPTH`] blocks: each
+//! Before the actors start, [`check_tip`] checks the last [`CHECK_DEPTH`] blocks: each
 //! block and commit record decodes (checksum), the hash chain runs from the tip down, each
 //! commit is for its block (the tip's commit, and any block whose successor is damaged,
 //! with full > 2/3 signature checks), the hash index points back, and the state tree's
@@ -26,7 +26,7 @@ use ledger::store::ChainReader;
 use ledger::Hash;
 use tally_p2p::NetworkHandle;
 
-use crate::engine::sync::{fetch, Fault, Verified};
+use crate::sync::{fetch, Fault, Verified};
 use crate::wire::MAX_SYNC_BLOCKS;
 
 /// Blocks below the tip checked at every start (`tallyd fsck` checks them all).

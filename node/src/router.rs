@@ -1,7 +1,7 @@
 //! The router: the node side of the network task. It decodes every gossip message and
 //! sync request, checks what can be checked without consensus state (encoding, sizes,
 //! signatures, membership), reports the verdict to gossipsub (Accept forwards, Reject
-//! scores the sender down), and hands valid messages to the mempool or the engine.
+//! scores the sender down), and hands valid messages to the mempool or the consensus driver.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -19,10 +19,12 @@ use tally_p2p::{Event, NetworkHandle, PeerId, PenaltyReason, TokenBucket, Topic,
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{valid_evidence, EngineMsg};
+use crate::chain::valid_evidence;
+use crate::driver::DriverMsg;
 use crate::mempool::admission::admit_bytes;
 use crate::mempool::metrics::MempoolMetrics;
 use crate::mempool::{AddError, Mempool};
+use crate::sync::SyncMsg;
 use crate::wire::ConsensusMessage;
 
 pub struct Router {
@@ -31,15 +33,18 @@ pub struct Router {
     pub mempool: Arc<Mutex<Mempool>>,
     pub mempool_metrics: MempoolMetrics,
     pub net: NetworkHandle,
-    pub engine: mpsc::Sender<EngineMsg>,
+    /// Verified consensus messages go to the consensus driver.
+    pub driver: mpsc::Sender<DriverMsg>,
+    /// Peer heights and departures go to sync.
+    pub sync: mpsc::Sender<SyncMsg>,
     pub max_block_bytes: usize,
     pub sync_max_response_bytes: usize,
     /// `tally_sync_blocks_served_total`: blocks sent in answer to peers' sync requests.
     pub sync_blocks_served: prometheus_client::metrics::counter::Counter,
     /// Our active listen addresses, as the network task reports them.
     pub listening: tokio::sync::watch::Sender<Vec<tally_p2p::Multiaddr>>,
-    /// Where the engine is: its round bounds the consensus messages worth forwarding.
-    pub engine_status: tokio::sync::watch::Receiver<crate::engine::EngineStatus>,
+    /// Where the node is (tip, round): bounds the consensus messages worth forwarding.
+    pub status: tokio::sync::watch::Receiver<crate::status::NodeStatus>,
 }
 
 /// The penalty for a gossiped tx that no honest node would have forwarded; None for txs
@@ -96,7 +101,7 @@ impl Router {
                     let served = self.sync_blocks_served.clone();
                     tokio::task::spawn_blocking(move || {
                         let response =
-                            crate::engine::serve_sync(store.as_ref(), &data, cap).map(|answer| {
+                            crate::sync::serve(store.as_ref(), &data, cap).map(|answer| {
                                 served.inc_by(answer.blocks);
                                 answer.bytes
                             });
@@ -116,21 +121,21 @@ impl Router {
                 Event::PeerDisconnected(peer) => {
                     filter.forget(&peer);
                     useless_txs.forget(&peer);
-                    let _ = self.engine.send(EngineMsg::PeerGone(peer)).await;
+                    let _ = self.sync.send(SyncMsg::PeerGone(peer)).await;
                 }
                 Event::PeerConnected(peer) => {
                     // Ask the newcomer where it is, so a node that is behind starts
                     // syncing without waiting for consensus traffic.
                     let net = self.net.clone();
-                    let engine = self.engine.clone();
+                    let sync = self.sync.clone();
                     tokio::spawn(async move {
                         let req = ledger::codec::encode(&crate::wire::SyncRequest::Status);
                         if let Ok(bytes) = net.request(peer, req).await {
                             if let Ok(crate::wire::SyncResponse::Status(s)) =
                                 decode::<crate::wire::SyncResponse>("status", &bytes, 1024)
                             {
-                                let _ = engine
-                                    .send(EngineMsg::PeerHeight {
+                                let _ = sync
+                                    .send(SyncMsg::PeerHeight {
                                         peer,
                                         height: s.height,
                                     })
@@ -216,7 +221,7 @@ impl Router {
     }
 
     /// Checks a consensus message (module docs of [`ConsensusFilter`]) and hands what it
-    /// brought that is new to the engine.
+    /// brought that is new to the consensus driver.
     async fn on_consensus(
         &self,
         data: &[u8],
@@ -227,11 +232,11 @@ impl Router {
             Ok(m) => m,
             Err(_) => return Verdict::Reject(PenaltyReason::Undecodable),
         };
-        // Where the engine is, from its status (updated after every input it handles and
-        // every block it commits): no store read per message. Right after a commit the
+        // Where the node is, from its status (the driver updates the round after every input,
+        // the host the tip after every commit): no store read per message. Right after a commit the
         // round may still be the last height's, which only widens the window a little.
         let (tip, round) = {
-            let status = self.engine_status.borrow();
+            let status = self.status.borrow();
             (status.height, status.round)
         };
         let (msg, verdict) = match filter.check(&self.genesis, Live { tip, round }, msg) {
@@ -242,8 +247,8 @@ impl Router {
             Checked::Local(msg) => (msg, Verdict::Ignore),
         };
         let _ = self
-            .engine
-            .send(EngineMsg::Consensus {
+            .driver
+            .send(DriverMsg::Consensus {
                 msg,
                 from: Some(source),
             })
@@ -284,7 +289,7 @@ const MAX_TRACKED_PEERS: usize = 4_096;
 /// Every vote and proposal it has verified is remembered by id, so a copy of it, in
 /// whatever wrapper (a `Rebroadcast` with a fresh `sent_at_ms` is a new gossip message
 /// every time), costs a hash lookup instead of a signature check, is not handed to the
-/// engine again and is not forwarded. A message that brings nothing new (every part seen,
+/// driver again and is not forwarded. A message that brings nothing new (every part seen,
 /// or for a committed height) is ignored and charged to the peer that sent it; past
 /// [`USELESS_PER_SEC`] it costs the peer a [`PenaltyReason::Replay`]. A proposal whose body
 /// is not the one its header commits to is the relay's fault ([`check_body`]).
@@ -292,12 +297,12 @@ const MAX_TRACKED_PEERS: usize = 4_096;
 /// Only what the consensus core can use is forwarded, so that one validator signing
 /// messages nobody needs cannot make honest relays pass a flood on (and be scored down for
 /// it by their peers): votes and proposals of the next two heights in the rounds the core
-/// accepts ([`consensus::machine::FUTURE_ROUNDS`] past the engine's round), the first
+/// accepts ([`consensus::machine::FUTURE_ROUNDS`] past the driver's round), the first
 /// proposal of each round, two votes per (validator, height, round, kind) (the second
 /// proves a double sign), and one equivocation per (validator, height) of the heights the
-/// engine keeps evidence for. The rest is [`Checked::Unwanted`]: not verified, not
+/// chain host keeps evidence for. The rest is [`Checked::Unwanted`]: not verified, not
 /// forwarded, and not charged, because an honest relay a few rounds ahead of us sends some.
-/// A vote for a height further ahead is verified and given to the engine as a sign of the
+/// A vote for a height further ahead is verified and given to the driver as a sign of the
 /// sender's height ([`Checked::Local`]), and not forwarded.
 #[derive(Default)]
 pub(crate) struct ConsensusFilter {
@@ -322,7 +327,7 @@ const SLOT_PROPOSAL: u8 = 2;
 pub(crate) struct Live {
     /// Our committed height.
     pub tip: u64,
-    /// The engine's round at `tip + 1`.
+    /// The driver's round at `tip + 1`.
     pub round: u32,
 }
 
@@ -355,7 +360,7 @@ pub(crate) enum Checked {
     Unwanted,
     /// The new part of the message, verified (a `Rebroadcast` trimmed to what is new).
     New(Box<ConsensusMessage>),
-    /// Verified, for the engine only (a vote heights ahead: the sender's height), not
+    /// Verified, for the driver only (a vote heights ahead: the sender's height), not
     /// forwarded.
     Local(Box<ConsensusMessage>),
 }
@@ -421,7 +426,7 @@ impl ConsensusFilter {
         }
         self.pruned_at = tip;
         self.slots.retain(|(h, ..), _| *h > tip);
-        let oldest = tip.saturating_sub(crate::engine::EVIDENCE_MAX_AGE);
+        let oldest = tip.saturating_sub(crate::chain::EVIDENCE_MAX_AGE);
         self.evidence.retain(|(_, h)| *h >= oldest);
     }
 
@@ -513,7 +518,7 @@ impl ConsensusFilter {
         Ok(Part::New((proposal, block)))
     }
 
-    /// An equivocation: forwarded once per (validator, height) of the heights the engine
+    /// An equivocation: forwarded once per (validator, height) of the heights the chain host
     /// keeps evidence for.
     fn evidence(
         &mut self,
@@ -528,7 +533,7 @@ impl ConsensusFilter {
         let key = (e.first.validator, e.first.vote.height);
         let height = e.first.vote.height;
         let next = live.tip.saturating_add(1);
-        if height.saturating_add(crate::engine::EVIDENCE_MAX_AGE) < next
+        if height.saturating_add(crate::chain::EVIDENCE_MAX_AGE) < next
             || !live.near(height)
             || self.evidence.contains(&key)
         {
@@ -572,7 +577,7 @@ impl ConsensusFilter {
     }
 
     /// A re-announcement: every part is checked like a message of its own (seen parts cost
-    /// a lookup), and only the new parts go on to the engine. Parts the core cannot use
+    /// a lookup), and only the new parts go on to the driver. Parts the core cannot use
     /// count as seen: a validator re-announces its own messages of the live round.
     fn rebroadcast(
         &mut self,
@@ -740,7 +745,7 @@ mod tests {
             kind(&f.check(&g, LIVE, vote(&k[0], 11, u32::MAX, 1))),
             "unwanted"
         );
-        // The window moves with the engine's round; the next height's starts at round 0.
+        // The window moves with the driver's round; the next height's starts at round 0.
         let later = Live { tip: 10, round: 5 };
         assert_eq!(
             kind(&f.check(&g, later, vote(&k[1], 11, top + 5, 1))),
@@ -751,7 +756,7 @@ mod tests {
             "unwanted"
         );
         assert_eq!(kind(&f.check(&g, later, vote(&k[1], 12, top, 1))), "new");
-        // Heights ahead: verified for the engine (the sender's height), not forwarded.
+        // Heights ahead: verified for the driver (the sender's height), not forwarded.
         assert_eq!(kind(&f.check(&g, LIVE, vote(&k[2], 13, 0, 1))), "local");
         // A forged signature is still a fault where it is checked.
         let mut forged = vote(&k[2], 11, 0, 1);
@@ -840,7 +845,7 @@ mod tests {
         // Not a double sign (same hash twice): a fault where it is checked.
         assert_eq!(kind(&f.check(&g, LIVE, ev(11, 4, 4))), "unwanted");
         assert_eq!(kind(&f.check(&g, LIVE, ev(12, 4, 4))), "fault");
-        // Older than the engine keeps evidence for.
+        // Older than the chain host keeps evidence for.
         let far = Live {
             tip: 5_000,
             round: 0,

@@ -1,5 +1,6 @@
 //! Test support shared by the node's unit tests: keys, a genesis of given validators and
-//! funded accounts, and an engine over a real store in a temporary directory.
+//! funded accounts, a valid chain, the node's actors over any store, and a store that
+//! fails on demand.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,11 +9,14 @@ use std::time::Duration;
 
 use ledger::crypto::Keypair;
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
-use ledger::store::rocks::RocksStore;
-use tokio_util::sync::CancellationToken;
+use ledger::store::memory::MemStore;
+use ledger::store::ChainWriter;
+use ledger::types::{Block, Commit};
+use ledger::Hash;
 
-use crate::engine::{Engine, EngineParts};
+use crate::actors::{ActorParts, Actors};
 use crate::mempool::{Mempool, MempoolConfig};
+use crate::metrics::ChainMetrics;
 
 /// A key derived from `name`: the same in every run.
 pub fn key(name: &str) -> Keypair {
@@ -46,27 +50,82 @@ pub fn genesis(chain_id: &str, validators: &[&Keypair], accounts: &[(&Keypair, u
     Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap()
 }
 
-/// A full node's engine (no validator key) over a fresh RocksDB store of `genesis` in
-/// `dir`, with a network task of its own that nobody dials.
-pub fn engine(genesis: Arc<Genesis>, dir: &std::path::Path) -> Engine {
-    validator_engine(genesis, dir, None)
+/// The chain id of [`chain`] and [`actors`].
+pub const CHAIN: &str = "test-chain";
+
+/// A valid chain of `n` blocks with two transfers each, signed by validator key "v" and
+/// sent by key "sender", committed into a MemStore of its genesis.
+pub fn chain(n: u64) -> (Genesis, MemStore, Vec<(Block, Commit)>) {
+    use ledger::block::{assemble, BlockTemplate};
+    use ledger::exec::{build_body, ExecContext, Signatures};
+    use ledger::store::{ChainReader, ChainWriter};
+    use ledger::types::{Payload, Tx};
+
+    let (v, sender) = (key("v"), key("sender"));
+    let g = genesis(CHAIN, &[&v], &[(&sender, 1_000_000)]);
+    let store = MemStore::new(&g).unwrap();
+    let ctx = ExecContext {
+        chain_id: CHAIN,
+        params: &g.params,
+    };
+    let mut out: Vec<(Block, Commit)> = Vec::new();
+    for height in 1..=n {
+        let tip = store.tip().unwrap();
+        let txs: Vec<_> = (0..2)
+            .map(|i| {
+                sender.sign_tx(Tx {
+                    chain_id: CHAIN.into(),
+                    from: sender.public_key(),
+                    nonce: (height - 1) * 2 + i,
+                    fee: 1,
+                    payload: Payload::Transfer {
+                        to: [9; 20],
+                        amount: 1,
+                    },
+                })
+            })
+            .collect();
+        let body = build_body(&store, ctx, v.address(), txs, &Signatures::Verify).unwrap();
+        assert!(body.rejected.is_empty());
+        let block = assemble(
+            BlockTemplate {
+                chain_id: CHAIN.into(),
+                height,
+                round: 0,
+                time_ms: height,
+                prev_hash: tip.block_hash,
+                validators_hash: g.validators.hash(),
+                proposer: v.address(),
+                last_commit: out.last().map(|(_, c)| c.clone()),
+            },
+            &body,
+        );
+        let commit = ledger::block::sign_commit(CHAIN, height, 0, block.hash(), &[&v]);
+        let ids: Vec<Hash> = body.outcome.receipts.iter().map(|r| r.id).collect();
+        store
+            .commit_block(&block, &commit, &body.outcome.update, &ids)
+            .unwrap();
+        out.push((block, commit));
+    }
+    (g, store, out)
 }
 
-/// [`engine`], signing with `key` when given.
-pub fn validator_engine(
+/// The three actors over `store`, connected, not running: the test drives them by hand.
+/// The network is detached (its commands come out of the returned receiver), the
+/// mempool empty, `timeout_commit` 10 ms.
+pub fn actors<S: ChainWriter + 'static>(
     genesis: Arc<Genesis>,
-    dir: &std::path::Path,
+    store: Arc<S>,
     key: Option<Keypair>,
-) -> Engine {
-    let store = Arc::new(RocksStore::open(dir, &genesis).unwrap());
+) -> (
+    Actors<S>,
+    tokio::sync::mpsc::Receiver<tally_p2p::Command>,
+    ChainMetrics,
+) {
+    let (net, commands) = tally_p2p::NetworkHandle::detached(1024);
     let mut registry = prometheus_client::registry::Registry::default();
-    let (net, _events) = tally_p2p::spawn(
-        tally_p2p::NetworkConfig::new(genesis.chain_id.clone(), [7; 32]),
-        &mut registry,
-        CancellationToken::new(),
-    )
-    .unwrap();
-    let (engine, _, _) = Engine::new(EngineParts {
+    let metrics = ChainMetrics::register(&mut registry);
+    let actors = Actors::build(ActorParts {
         genesis: genesis.clone(),
         store,
         mempool: Arc::new(Mutex::new(Mempool::new(
@@ -75,15 +134,15 @@ pub fn validator_engine(
             genesis.params.clone(),
         ))),
         mempool_metrics: Default::default(),
-        metrics: crate::metrics::ChainMetrics::register(&mut registry),
+        metrics: metrics.clone(),
         net,
         key,
         timeout_commit: Duration::from_millis(10),
-        events: tokio::sync::broadcast::channel(16).0,
+        events: tokio::sync::broadcast::channel(1024).0,
         reuse_mempool_signatures: true,
     })
     .unwrap();
-    engine
+    (actors, commands, metrics)
 }
 
 /// A proposal signed by `key` for (height, round), with an empty body that matches its
@@ -116,4 +175,107 @@ pub fn empty_proposal(
         block_hash: block.hash(),
     });
     crate::wire::ConsensusMessage::Proposal { proposal, block }
+}
+
+pub use failing::FailingStore;
+
+/// A store whose account reads can be made to fail, as a failing disk would.
+mod failing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ledger::state::StateReader;
+    use ledger::state::StateUpdate;
+    use ledger::store::memory::MemStore;
+    use ledger::store::{ChainReader, ChainWriter, StoreError, Tip, TxLocation};
+    use ledger::types::{Account, Block, Commit};
+    use ledger::Hash;
+
+    pub struct FailingStore {
+        inner: MemStore,
+        fail_accounts: AtomicBool,
+        fail_commits: AtomicBool,
+    }
+
+    impl FailingStore {
+        pub fn new(inner: MemStore) -> Self {
+            Self {
+                inner,
+                fail_accounts: AtomicBool::new(false),
+                fail_commits: AtomicBool::new(false),
+            }
+        }
+
+        /// Block commits fail as on a full disk.
+        pub fn fail_commits(&self, on: bool) {
+            self.fail_commits.store(on, Ordering::SeqCst);
+        }
+
+        pub fn fail_account_reads(&self, on: bool) {
+            self.fail_accounts.store(on, Ordering::SeqCst);
+        }
+    }
+
+    impl StateReader for FailingStore {
+        fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError> {
+            if self.fail_accounts.load(Ordering::SeqCst) {
+                return Err(StoreError::Db(
+                    "injected: IO error: reading an account failed".into(),
+                ));
+            }
+            self.inner.account_by_key(key)
+        }
+        fn tree_node(
+            &self,
+            key: &jmt::storage::NodeKey,
+        ) -> Result<Option<jmt::storage::Node>, StoreError> {
+            self.inner.tree_node(key)
+        }
+        fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+            self.inner.tree_version()
+        }
+    }
+
+    impl ChainReader for FailingStore {
+        fn tip(&self) -> Result<Tip, StoreError> {
+            self.inner.tip()
+        }
+        fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+            self.inner.block(height)
+        }
+        fn commit(&self, height: u64) -> Result<Option<Commit>, StoreError> {
+            self.inner.commit(height)
+        }
+        fn height_of(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+            self.inner.height_of(hash)
+        }
+        fn tx_location(&self, id: &Hash) -> Result<Option<TxLocation>, StoreError> {
+            self.inner.tx_location(id)
+        }
+        fn genesis_hash(&self) -> Result<Hash, StoreError> {
+            self.inner.genesis_hash()
+        }
+        fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.consensus_get(key)
+        }
+    }
+
+    impl ChainWriter for FailingStore {
+        fn commit_block(
+            &self,
+            block: &Block,
+            commit: &Commit,
+            update: &StateUpdate,
+            tx_ids: &[Hash],
+        ) -> Result<(), StoreError> {
+            if self.fail_commits.load(Ordering::SeqCst) {
+                return Err(StoreError::Db(
+                    "injected: IO error: No space left on device".into(),
+                ));
+            }
+            self.inner.commit_block(block, commit, update, tx_ids)
+        }
+        fn consensus_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+            self.inner.consensus_put(key, value)
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! The signing guard's durable store: one synced RocksDB write in the `consensus` column
-//! family, done before any signature leaves the node.
+//! The signing guard's durable store: one synced write in the store's consensus table (the
+//! `consensus` column family in RocksDB), done before any signature leaves the node.
 //!
 //! The state is read back with the bound the guard itself computes from its limits
 //! ([`consensus::MAX_GUARD_STATE_BYTES`]), and the guard refuses to save anything larger,
@@ -10,22 +10,21 @@ use std::sync::Arc;
 
 use consensus::{GuardState, GuardStore};
 use ledger::codec::encode;
-use ledger::store::rocks::RocksStore;
-use ledger::store::{ChainReader, ChainWriter, StoreError};
+use ledger::store::{ChainWriter, StoreError};
 
 const GUARD_KEY: &[u8] = b"signing_guard";
 
-pub struct RocksGuardStore {
-    store: Arc<RocksStore>,
+pub struct StoreGuard<S> {
+    store: Arc<S>,
 }
 
-impl RocksGuardStore {
-    pub fn new(store: Arc<RocksStore>) -> Self {
+impl<S> StoreGuard<S> {
+    pub fn new(store: Arc<S>) -> Self {
         Self { store }
     }
 }
 
-impl GuardStore for RocksGuardStore {
+impl<S: ChainWriter> GuardStore for StoreGuard<S> {
     type Error = StoreError;
 
     fn load(&self) -> Result<Option<GuardState>, StoreError> {
@@ -55,6 +54,7 @@ mod tests {
     };
     use ledger::crypto::Keypair;
     use ledger::genesis::{Genesis, GenesisFile, GenesisValidator, Params, MAX_CHAIN_ID_LEN};
+    use ledger::store::rocks::RocksStore;
     use ledger::types::{SignedVote, Vote, VoteKind};
 
     fn key(i: usize) -> Keypair {
@@ -112,7 +112,7 @@ mod tests {
             }),
             valid_pol: pol,
         };
-        let mut guard = SigningGuard::open(RocksGuardStore::new(store.clone())).unwrap();
+        let mut guard = SigningGuard::open(StoreGuard::new(store.clone())).unwrap();
         for round in 0..(MAX_HEIGHT_SIGNED as u32 / 2 + 1) {
             for kind in [VoteKind::Prevote, VoteKind::Precommit] {
                 let vote = Vote {
@@ -130,7 +130,7 @@ mod tests {
             "the case the old 4 KiB cap broke"
         );
         drop(guard);
-        let reopened = SigningGuard::open(RocksGuardStore::new(store))
+        let reopened = SigningGuard::open(StoreGuard::new(store))
             .map_err(|e| format!("cannot read the signing guard state: {e}"))
             .unwrap();
         assert_eq!(reopened.state(), &saved);
@@ -173,7 +173,7 @@ mod tests {
             valid_pol: (0..MAX_VALIDATORS).map(vote).collect(),
         };
         assert_eq!(state.encoded_len(), MAX_GUARD_STATE_BYTES);
-        let mut guard_store = RocksGuardStore::new(store);
+        let mut guard_store = StoreGuard::new(store);
         guard_store.save(&state).unwrap();
         assert_eq!(guard_store.load().unwrap(), Some(state));
     }

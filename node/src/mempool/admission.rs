@@ -113,7 +113,7 @@ mod tests {
 
     /// A store whose first account read returns the value from before a block commit and
     /// then runs the commit (store write, then the pool's post-commit update), as the
-    /// engine can between an admission's first read and its insert.
+    /// chain host can between an admission's first read and its insert.
     struct RacingStore {
         accounts: Mutex<HashMap<Address, Account>>,
         on_first_read: Mutex<Option<Hook>>,
@@ -235,7 +235,7 @@ mod tests {
     /// the message instead of scoring the relay), and the node reports the error.
     #[test]
     fn a_storage_error_during_admission_is_not_a_peer_fault_and_is_reported() {
-        use crate::engine::sync::testing::FailingStore;
+        use crate::testing::FailingStore;
         use ledger::store::memory::MemStore;
 
         let key = Keypair::generate();

@@ -33,10 +33,10 @@ use tally_p2p::NetworkHandle;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{EngineView, NodeEvent};
 use crate::mempool::admission::admit_bytes;
 use crate::mempool::metrics::MempoolMetrics;
 use crate::mempool::{AddError, Mempool};
+use crate::status::{NodeEvent, NodeView};
 use metrics::{RouteLabel, RouteStatus, RpcMetrics};
 pub use server::{serve, ConnLimits};
 
@@ -49,7 +49,7 @@ pub struct RpcState {
     pub net: NetworkHandle,
     /// Where accepted transactions go for gossip (batched or one by one).
     pub tx_gossip: crate::txgossip::TxGossip,
-    pub view: EngineView,
+    pub view: NodeView,
     pub events: broadcast::Sender<NodeEvent>,
     pub metrics: RpcMetrics,
     pub moniker: String,
@@ -117,7 +117,7 @@ impl From<AddError> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// A node whose consensus stopped (its store refused a block) takes no new txs: it could
-/// never report them committed. 503 `halted`, with the engine's reason.
+/// never report them committed. 503 `halted`, with the chain host's reason.
 fn refuse_if_halted(s: &RpcState) -> ApiResult<()> {
     match &s.view.status.borrow().halted {
         Some(reason) => Err(ApiError::new(

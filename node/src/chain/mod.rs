@@ -1,0 +1,734 @@
+//! The chain host: the one actor that owns the ledger side of consensus. It keeps the
+//! candidate blocks of the next heights, builds proposals from the mempool, validates
+//! (executes) proposed blocks, commits decided and synced blocks to the store in one
+//! synced batch each, keeps the equivocation evidence, and updates the mempool, the
+//! metrics, `/v1/status` and the event stream after each commit. The tip lives in memory
+//! here: nothing re-reads it from the store per message.
+//!
+//! ```text
+//!  driver ──Body/Build/Validate/Decided/Evidence──▶ host ──Built/Validated/Committed──▶ driver
+//!  sync   ──Synced(blocks from tip+1, in order)───▶ host ──Applied──────────────────────▶ sync
+//!                                                    │ ──commit_block──▶ store (one synced batch)
+//!                                                    │ ──NodeEvent──▶ /v1/events, NodeStatus──▶ /v1/status
+//! ```
+//!
+//! Execution (signature checks, the state tree) runs on the blocking pool; the host waits
+//! for it, so requests are handled one at a time, in order.
+
+mod evidence;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use consensus::Equivocation;
+use ledger::block::{assemble, check_header, check_proposal_time, next_block_time, BlockTemplate};
+use ledger::exec::{build_body, execute_block, BlockError, BlockOutcome, ExecContext, Signatures};
+use ledger::genesis::Genesis;
+use ledger::store::{ChainWriter, Tip};
+use ledger::types::{Block, Commit, SignedTx};
+use ledger::Hash;
+use tally_p2p::{PeerId, PenaltyReason};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{DriverMsg, Outbox};
+use crate::mempool::metrics::MempoolMetrics;
+use crate::mempool::Mempool;
+use crate::metrics::ChainMetrics;
+use crate::status::{NodeEvent, StatusTx};
+use crate::sync::{SyncMsg, Verified};
+pub use evidence::{valid_evidence, EVIDENCE_MAX_AGE};
+
+/// Requests waiting for the host, at most.
+pub const INBOX: usize = 1024;
+
+/// Requests to the chain host.
+#[derive(Debug)]
+pub enum HostMsg {
+    /// A gossiped block body whose hash is its proposal's: kept as a candidate (the driver
+    /// passes on one per (height, round), in the rounds its core takes).
+    Body(Arc<Block>),
+    /// Build a proposal for (height, round) from the mempool; answered with
+    /// [`DriverMsg::Built`].
+    Build { height: u64, round: u32 },
+    /// Check and execute the candidate `hash` of `height`; answered with
+    /// [`DriverMsg::Validated`] once its body is here.
+    Validate { height: u64, hash: Hash },
+    /// Consensus decided `hash` at `height`: commit it; answered with
+    /// [`DriverMsg::Committed`].
+    Decided {
+        height: u64,
+        hash: Hash,
+        commit: Box<Commit>,
+    },
+    /// Blocks from the tip + 1 on, in order, each with the peer that served it and its
+    /// commit verified; answered on `reply`.
+    Synced {
+        blocks: Vec<(PeerId, Verified)>,
+        reply: oneshot::Sender<Applied>,
+    },
+    /// Equivocation evidence: from the network, or found by our own core (`ours`, then
+    /// published once kept).
+    Evidence {
+        evidence: Box<Equivocation>,
+        ours: bool,
+    },
+}
+
+/// What the host did with a batch of synced blocks.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Blocks committed, and their txs.
+    pub blocks: u64,
+    pub txs: u64,
+    /// The peers whose blocks were committed.
+    pub sources: Vec<PeerId>,
+    /// The block that failed because of the peer that served it; the rest of the batch
+    /// is in `unapplied`.
+    pub fault: Option<PeerFault>,
+    /// Our own store failed (reported): the failed block and the rest of the batch are in
+    /// `unapplied`, to be tried again.
+    pub storage_failed: bool,
+    pub unapplied: Vec<(PeerId, Verified)>,
+}
+
+#[derive(Debug)]
+pub struct PeerFault {
+    pub peer: PeerId,
+    pub height: u64,
+    pub reason: PenaltyReason,
+    pub error: String,
+}
+
+/// What the host is built from.
+pub struct HostParts<S> {
+    pub genesis: Arc<Genesis>,
+    pub store: Arc<S>,
+    pub mempool: Arc<Mutex<Mempool>>,
+    pub mempool_metrics: MempoolMetrics,
+    pub metrics: ChainMetrics,
+    pub events: broadcast::Sender<NodeEvent>,
+    pub status: StatusTx,
+    pub evidence: Arc<RwLock<Vec<Equivocation>>>,
+    /// Where our own evidence is published (the driver's ordered outbox).
+    pub outbox: Outbox,
+    /// Block execution skips the signatures the mempool verified on admission
+    /// (`[mempool] reuse_verified_signatures`; off only to measure what it saves).
+    pub reuse_mempool_signatures: bool,
+    /// Our address, when we propose (validators only).
+    pub proposer: Option<[u8; 20]>,
+}
+
+pub struct ChainHost<S> {
+    genesis: Arc<Genesis>,
+    store: Arc<S>,
+    mempool: Arc<Mutex<Mempool>>,
+    mempool_metrics: MempoolMetrics,
+    metrics: ChainMetrics,
+    events: broadcast::Sender<NodeEvent>,
+    status: StatusTx,
+    evidence: evidence::EvidencePool,
+    outbox: Outbox,
+    reuse_mempool_signatures: bool,
+    proposer: Option<[u8; 20]>,
+    /// The committed tip: read from the store once at start, then moved by our commits
+    /// (the host is the store's only block writer while the node runs).
+    tip: Tip,
+    /// Candidate blocks of the next two heights by hash, with their execution once done.
+    blocks: HashMap<Hash, Arc<Block>>,
+    executed: HashMap<Hash, BlockOutcome>,
+    /// Validation requests waiting for their block's body.
+    awaiting: HashSet<Hash>,
+    halted: bool,
+    driver: mpsc::Sender<DriverMsg>,
+    sync: mpsc::Sender<SyncMsg>,
+}
+
+fn now_ms() -> u64 {
+    // The host is the I/O edge for block time: wall-clock time is read here only.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs CPU-heavy work (a block's signatures and state tree) on the blocking pool, so the
+/// runtime's workers keep serving the network, the router and the RPC meanwhile.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %e, "block execution task failed");
+            None
+        }
+    }
+}
+
+impl<S: ChainWriter + 'static> ChainHost<S> {
+    pub fn new(
+        parts: HostParts<S>,
+        driver: mpsc::Sender<DriverMsg>,
+        sync: mpsc::Sender<SyncMsg>,
+    ) -> anyhow::Result<Self> {
+        let tip = parts.store.tip()?;
+        let evidence = evidence::EvidencePool::load(parts.evidence, parts.store.as_ref())?;
+        parts.metrics.height.set(tip.height as i64);
+        parts.status.send_modify(|s| {
+            s.height = tip.height;
+            s.tip_hash = tip.block_hash;
+            s.state_root = tip.state_root;
+        });
+        Ok(ChainHost {
+            genesis: parts.genesis,
+            store: parts.store,
+            mempool: parts.mempool,
+            mempool_metrics: parts.mempool_metrics,
+            metrics: parts.metrics,
+            events: parts.events,
+            status: parts.status,
+            evidence,
+            outbox: parts.outbox,
+            reuse_mempool_signatures: parts.reuse_mempool_signatures,
+            proposer: parts.proposer,
+            tip,
+            blocks: HashMap::new(),
+            executed: HashMap::new(),
+            awaiting: HashSet::new(),
+            halted: false,
+            driver,
+            sync,
+        })
+    }
+
+    /// The committed tip.
+    pub fn tip(&self) -> Tip {
+        self.tip
+    }
+
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<HostMsg>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = inbox.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.expire_mempool(),
+            }
+        }
+        tracing::debug!("chain host stopped");
+    }
+
+    /// Handles one request and sends its answer.
+    pub async fn handle(&mut self, msg: HostMsg) {
+        if self.halted {
+            return; // drained and dropped: nothing is applied, built or blamed
+        }
+        match msg {
+            HostMsg::Body(block) => self.on_body(block).await,
+            HostMsg::Build { height, round } => {
+                let block = self.build(height, round).await;
+                self.tell_driver(DriverMsg::Built {
+                    height,
+                    round,
+                    block,
+                });
+            }
+            HostMsg::Validate { height, hash } => {
+                if !self.blocks.contains_key(&hash) {
+                    self.awaiting.insert(hash);
+                    return;
+                }
+                let valid = self.validate(&hash).await;
+                self.tell_driver(DriverMsg::Validated {
+                    height,
+                    hash,
+                    valid,
+                });
+            }
+            HostMsg::Decided {
+                height,
+                hash,
+                commit,
+            } => self.on_decided(height, hash, *commit).await,
+            HostMsg::Synced { blocks, reply } => {
+                let applied = self.apply_synced(blocks).await;
+                if applied.blocks > 0 {
+                    self.tell_driver(DriverMsg::Committed {
+                        height: self.tip.height,
+                        synced: true,
+                    });
+                }
+                let _ = reply.send(applied);
+            }
+            HostMsg::Evidence { evidence, ours } => {
+                let next = self.tip.height.saturating_add(1);
+                if self
+                    .evidence
+                    .record(&self.genesis, *evidence.clone(), next, self.store.as_ref())
+                {
+                    self.metrics.evidence.inc();
+                    if ours {
+                        self.outbox
+                            .publish(&crate::wire::ConsensusMessage::Evidence(*evidence));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers to the driver go through its bounded inbox; if it is full the driver is far
+    /// behind and the answer is dropped (the round's timeouts cover a lost answer).
+    fn tell_driver(&self, msg: DriverMsg) {
+        if let Err(e) = self.driver.try_send(msg) {
+            tracing::warn!(error = %e, "consensus driver not taking answers; one dropped");
+        }
+    }
+
+    async fn on_body(&mut self, block: Arc<Block>) {
+        let height = block.header.height;
+        if height <= self.tip.height || height > self.tip.height.saturating_add(2) {
+            return;
+        }
+        let hash = block.hash();
+        self.blocks.entry(hash).or_insert(block);
+        if self.awaiting.remove(&hash) && height == self.tip.height + 1 {
+            let valid = self.validate(&hash).await;
+            self.tell_driver(DriverMsg::Validated {
+                height,
+                hash,
+                valid,
+            });
+        }
+    }
+
+    fn ctx(genesis: &Genesis) -> ExecContext<'_> {
+        ExecContext {
+            chain_id: &genesis.chain_id,
+            params: &genesis.params,
+        }
+    }
+
+    /// The ids of `block`'s txs whose signatures our mempool verified (it holds only
+    /// verified txs), read under one lock: execution gets a set, not a callback that locks
+    /// the pool once per tx from inside the ledger's parallel loop. Empty when reuse is off.
+    fn verified_by_mempool(&self, block: &Block) -> Option<HashSet<Hash>> {
+        use rayon::prelude::*;
+        if !self.reuse_mempool_signatures {
+            return Some(HashSet::new());
+        }
+        let ids: Vec<Hash> = block.txs.par_iter().map(SignedTx::id).collect();
+        Some(match self.mempool.lock() {
+            Ok(m) => ids.into_iter().filter(|id| m.contains(id)).collect(),
+            Err(_) => HashSet::new(),
+        })
+    }
+
+    /// Executes `block` against our state on the blocking pool, skipping the signatures in
+    /// `known` (all of them when None: a synced block's were checked when fetched).
+    async fn execute(
+        &self,
+        block: Arc<Block>,
+        known: Option<HashSet<Hash>>,
+    ) -> Option<Result<BlockOutcome, BlockError>> {
+        let (store, genesis) = (self.store.clone(), self.genesis.clone());
+        let start = Instant::now();
+        let result = blocking(move || {
+            let known = |id: &Hash| known.as_ref().is_none_or(|k| k.contains(id));
+            execute_block(
+                store.as_ref(),
+                Self::ctx(&genesis),
+                &block,
+                &Signatures::Cached(&known),
+            )
+        })
+        .await;
+        if matches!(result, Some(Ok(_))) {
+            self.metrics
+                .execution
+                .observe(start.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// Builds, executes and remembers a block from the mempool.
+    async fn build(&mut self, height: u64, round: u32) -> Option<Arc<Block>> {
+        let proposer = self.proposer?;
+        if self.tip.height + 1 != height {
+            return None;
+        }
+        let params = &self.genesis.params;
+        let candidates: Vec<Arc<SignedTx>> = self.mempool.lock().ok()?.reap(
+            params.block_max_txs as usize,
+            params.block_max_bytes as usize,
+        );
+        let last_commit = if self.tip.height == 0 {
+            None
+        } else {
+            self.store.commit(self.tip.height).ok().flatten()
+        };
+        let start = Instant::now();
+        let (store, genesis, reuse) = (
+            self.store.clone(),
+            self.genesis.clone(),
+            self.reuse_mempool_signatures,
+        );
+        let built = blocking(move || {
+            // Every candidate came out of the mempool, which holds only verified txs.
+            let all = |_: &Hash| true;
+            let sigs = if reuse {
+                Signatures::Cached(&all)
+            } else {
+                Signatures::Verify
+            };
+            build_body(
+                store.as_ref(),
+                Self::ctx(&genesis),
+                proposer,
+                candidates.iter().map(|t| (**t).clone()),
+                &sigs,
+            )
+        })
+        .await?;
+        let body = match built {
+            Ok(b) => b,
+            Err(e) => {
+                // Building reads our own store only: any failure is ours, and /v1/status
+                // and the storage metric should say so.
+                tracing::error!(error = %e, "cannot build a block");
+                self.metrics.storage.report("building a proposal", &e);
+                return None;
+            }
+        };
+        self.metrics
+            .execution
+            .observe(start.elapsed().as_secs_f64());
+        if !body.rejected.is_empty() {
+            tracing::debug!(
+                count = body.rejected.len(),
+                "dropped invalid txs while building"
+            );
+        }
+        let block = Arc::new(assemble(
+            BlockTemplate {
+                chain_id: self.genesis.chain_id.clone(),
+                height,
+                round,
+                time_ms: next_block_time(self.tip.time_ms, now_ms()),
+                prev_hash: self.tip.block_hash,
+                validators_hash: self.genesis.validators.hash(),
+                proposer,
+                last_commit,
+            },
+            &body,
+        ));
+        let hash = block.hash();
+        tracing::debug!(height, round, txs = block.txs.len(), "built a proposal");
+        self.executed.insert(hash, body.outcome);
+        self.blocks.insert(hash, block.clone());
+        Some(block)
+    }
+
+    /// Checks header linkage and the proposer's time, and executes the block (signatures
+    /// already verified by our mempool are not verified again).
+    async fn validate(&mut self, hash: &Hash) -> bool {
+        if self.executed.contains_key(hash) {
+            return true;
+        }
+        let Some(block) = self.blocks.get(hash).cloned() else {
+            return false;
+        };
+        let height = block.header.height;
+        if let Err(e) = check_header(
+            &self.genesis.chain_id,
+            &self.genesis.validators,
+            &self.tip,
+            &block,
+        ) {
+            tracing::warn!(height, error = %e, "proposed block has a bad header");
+            return false;
+        }
+        // Proposer-based timestamps: a block time later than our clock plus the drift bound
+        // (or not after its parent) gets our nil prevote, so a byzantine proposer cannot get
+        // a far-future time committed and leave every later honest block "older" than it.
+        if let Err(e) = check_proposal_time(
+            self.tip.time_ms,
+            height,
+            block.header.time_ms,
+            now_ms(),
+            self.genesis.params.max_clock_drift_ms,
+        ) {
+            tracing::warn!(height, error = %e, "proposed block has a bad time");
+            return false;
+        }
+        let known = self.verified_by_mempool(&block);
+        match self.execute(block, known).await {
+            Some(Ok(outcome)) => {
+                self.executed.insert(*hash, outcome);
+                true
+            }
+            Some(Err(e)) if !e.is_peer_fault() => {
+                // Our store failed under the block: not the proposer's doing. We cannot
+                // vote for what we cannot check, but say whose failure it is.
+                tracing::error!(height, error = %e, "cannot validate the proposed block: the node's store failed");
+                self.metrics
+                    .storage
+                    .report(&format!("validating block {height}"), &e);
+                false
+            }
+            Some(Err(e)) => {
+                tracing::warn!(height, error = %e, "proposed block is invalid");
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn on_decided(&mut self, height: u64, hash: Hash, commit: Commit) {
+        if height <= self.tip.height {
+            return; // sync committed it first
+        }
+        let Some(block) = self.blocks.get(&hash).cloned() else {
+            tracing::warn!(height, "decided a block we do not hold; syncing it");
+            let _ = self.sync.try_send(SyncMsg::Proven(height));
+            return;
+        };
+        if !self.executed.contains_key(&hash) {
+            if let Err(e) = check_header(
+                &self.genesis.chain_id,
+                &self.genesis.validators,
+                &self.tip,
+                &block,
+            ) {
+                tracing::error!(height, error = %e, "decided block does not extend our tip");
+                return;
+            }
+            let known = self.verified_by_mempool(&block);
+            match self.execute(block.clone(), known).await {
+                Some(Ok(outcome)) => {
+                    self.executed.insert(hash, outcome);
+                }
+                Some(Err(e)) => {
+                    tracing::error!(height, error = %e, "decided block does not execute");
+                    return;
+                }
+                None => return,
+            }
+        }
+        if self.commit(&block, hash, &commit, true).is_ok() {
+            self.tell_driver(DriverMsg::Committed {
+                height,
+                synced: false,
+            });
+        }
+    }
+
+    /// Commits synced blocks that extend the tip, in order: header linkage, execution
+    /// (their signatures were verified when fetched), commit.
+    async fn apply_synced(&mut self, blocks: Vec<(PeerId, Verified)>) -> Applied {
+        let mut applied = Applied::default();
+        let mut rest = blocks.into_iter();
+        for (peer, verified) in rest.by_ref() {
+            let height = verified.block.header.height;
+            if height <= self.tip.height {
+                continue; // committed meanwhile by consensus
+            }
+            let fault = |reason, error: String| PeerFault {
+                peer,
+                height,
+                reason,
+                error,
+            };
+            if let Err(e) = check_header(
+                &self.genesis.chain_id,
+                &self.genesis.validators,
+                &self.tip,
+                &verified.block,
+            ) {
+                applied.fault = Some(fault(
+                    PenaltyReason::InvalidBlock,
+                    format!("does not extend our tip: {e}"),
+                ));
+                break;
+            }
+            let block = Arc::new(verified.block);
+            let hash = verified.hash;
+            let outcome = match self.execute(block.clone(), None).await {
+                Some(Ok(o)) => o,
+                Some(Err(e)) if !e.is_peer_fault() => {
+                    self.metrics
+                        .storage
+                        .report(&format!("sync: executing block {height}"), &e);
+                    applied.storage_failed = true;
+                    applied.unapplied.push((
+                        peer,
+                        Verified {
+                            block: Arc::unwrap_or_clone(block),
+                            commit: verified.commit,
+                            hash,
+                        },
+                    ));
+                    break;
+                }
+                // Execution failed although > 2/3 signed the header: the peer lied about
+                // the block's contents (the header is authentic, the body is not).
+                Some(Err(e)) => {
+                    applied.fault = Some(fault(
+                        PenaltyReason::InvalidBlock,
+                        format!("does not execute: {e}"),
+                    ));
+                    break;
+                }
+                None => {
+                    applied.storage_failed = true;
+                    break;
+                }
+            };
+            self.executed.insert(hash, outcome);
+            if self.commit(&block, hash, &verified.commit, false).is_err() {
+                break;
+            }
+            applied.blocks += 1;
+            applied.txs += block.txs.len() as u64;
+            if !applied.sources.contains(&peer) {
+                applied.sources.push(peer);
+            }
+        }
+        applied.unapplied.extend(rest);
+        applied
+    }
+
+    /// Writes a decided (or synced) block with its commit in one synced batch and updates
+    /// the mempool, metrics, status and subscribers. The block must have been executed.
+    fn commit(
+        &mut self,
+        block: &Block,
+        hash: Hash,
+        commit: &Commit,
+        from_consensus: bool,
+    ) -> Result<(), ()> {
+        let height = block.header.height;
+        let Some(outcome) = self.executed.remove(&hash) else {
+            tracing::error!(height, "commit of a block that was not executed");
+            return Err(());
+        };
+        let ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
+        let start = Instant::now();
+        if let Err(e) = self
+            .store
+            .commit_block(block, commit, &outcome.update, &ids)
+        {
+            // The write is one synced batch: a failure is our disk or database (full,
+            // read-only, failing), never a peer's doing, and the next heights cannot be
+            // stored either. Stop consensus instead of running on without committing.
+            self.metrics
+                .storage
+                .report(&format!("committing block {height}"), &e);
+            self.halt(format!(
+                "cannot commit block {height}: {e}: this node's own store is unusable (disk \
+                 full?), not a peer's fault; consensus stopped here; free space or fix the \
+                 disk, then restart tallyd (it resumes from block {})",
+                height.saturating_sub(1)
+            ));
+            return Err(());
+        }
+        self.metrics
+            .commit_write
+            .observe(start.elapsed().as_secs_f64());
+        let prev_time = self.tip.time_ms;
+        self.tip = Tip {
+            height,
+            block_hash: hash,
+            state_root: block.header.state_root,
+            time_ms: block.header.time_ms,
+        };
+        // Mempool: drop what was included, re-check the senders whose state changed.
+        let touched = outcome
+            .update
+            .accounts
+            .iter()
+            .map(|(_, addr, acct)| (*addr, *acct));
+        if let Ok(mut m) = self.mempool.lock() {
+            let dropped = m.update_after_commit(&ids, touched);
+            self.mempool_metrics.evicted.inc_by(dropped as u64);
+            self.mempool_metrics.txs.set(m.len() as i64);
+            self.mempool_metrics.bytes.set(m.bytes() as i64);
+        }
+        self.metrics.height.set(height as i64);
+        self.metrics.blocks_committed.inc();
+        self.metrics.txs_committed.inc_by(ids.len() as u64);
+        self.metrics.block_txs.observe(ids.len() as f64);
+        if height > 1 {
+            let dt = block.header.time_ms.saturating_sub(prev_time) as f64 / 1000.0;
+            self.metrics.block_interval.observe(dt);
+        }
+        let _ = self.events.send(NodeEvent::Block {
+            height,
+            hash,
+            txs: ids.len(),
+            time_ms: block.header.time_ms,
+        });
+        for (index, id) in ids.iter().enumerate() {
+            let _ = self.events.send(NodeEvent::Tx {
+                id: *id,
+                height,
+                index: index as u32,
+            });
+        }
+        if from_consensus || height % 100 == 0 {
+            tracing::info!(
+                height,
+                txs = ids.len(),
+                hash = %ledger::to_hex(&hash[..8]),
+                round = commit.round,
+                "committed block"
+            );
+        }
+        // Proposals for the next height that arrived early stay: the core replays them
+        // when the height starts and asks for their bodies.
+        self.blocks.retain(|_, b| b.header.height == height + 1);
+        self.executed.clear();
+        self.awaiting.clear();
+        let tip = self.tip;
+        self.status.send_modify(|s| {
+            s.height = tip.height;
+            s.tip_hash = tip.block_hash;
+            s.state_root = tip.state_root;
+            s.last_block_at = Some(Instant::now());
+        });
+        Ok(())
+    }
+
+    /// Candidate blocks held.
+    #[cfg(test)]
+    pub(crate) fn candidates(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Stops committing for good (until a restart) and tells the driver to stop signing.
+    fn halt(&mut self, reason: String) {
+        tracing::error!("{reason}");
+        self.metrics.halted.set(1);
+        self.status.send_modify(|s| s.halted = Some(reason));
+        self.halted = true;
+        self.tell_driver(DriverMsg::Halted);
+    }
+
+    fn expire_mempool(&self) {
+        if self.halted {
+            return;
+        }
+        if let Ok(mut m) = self.mempool.lock() {
+            let expired = m.expire(Instant::now());
+            self.mempool_metrics.evicted.inc_by(expired as u64);
+            self.mempool_metrics.txs.set(m.len() as i64);
+            self.mempool_metrics.bytes.set(m.bytes() as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,483 @@
+//! The chain host and the consensus driver over in-memory stores, with a detached network
+//! and the messages between them pumped by hand: no process, no socket, no RocksDB.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consensus::Equivocation;
+use ledger::crypto::Keypair;
+use ledger::store::memory::MemStore;
+use ledger::store::{ChainReader, ChainWriter};
+use ledger::types::{Block, Proposal, SignedVote, Vote, VoteKind};
+use tally_p2p::PeerId;
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::actors::Actors;
+use crate::driver::DriverMsg;
+use crate::sync::{verify_chunk, SyncMsg};
+use crate::testing::{chain, key, FailingStore, CHAIN};
+use crate::wire::ConsensusMessage;
+
+/// Passes every message waiting between the actors until none is left; returns what was
+/// sent to sync.
+async fn pump<S: ChainWriter + 'static>(a: &mut Actors<S>) -> Vec<SyncMsg> {
+    let mut to_sync = Vec::new();
+    loop {
+        let mut idle = true;
+        while let Ok(msg) = a.host_rx.try_recv() {
+            a.host.handle(msg).await;
+            idle = false;
+        }
+        while let Ok(msg) = a.driver_rx.try_recv() {
+            a.driver.handle(msg).await;
+            idle = false;
+        }
+        while let Ok(msg) = a.sync_rx.try_recv() {
+            to_sync.push(msg);
+            idle = false;
+        }
+        if idle {
+            return to_sync;
+        }
+    }
+}
+
+/// Our own messages published so far, as "proposal H", "Prevote H", "Precommit H".
+fn published<S: ChainWriter>(a: &mut Actors<S>) -> Vec<String> {
+    let mut sent = Vec::new();
+    while let Ok(data) = a.outbox_rx.try_recv() {
+        let msg: ConsensusMessage = ledger::codec::decode("msg", &data, 1 << 20).unwrap();
+        sent.push(match msg {
+            ConsensusMessage::Proposal { proposal, .. } => {
+                format!("proposal {}", proposal.proposal.height)
+            }
+            ConsensusMessage::Vote(v) => format!("{:?} {}", v.vote.kind, v.vote.height),
+            ConsensusMessage::Evidence(_) => "evidence".into(),
+            ConsensusMessage::Rebroadcast { .. } => "rebroadcast".into(),
+        });
+    }
+    sent
+}
+
+fn consensus(msg: ConsensusMessage) -> DriverMsg {
+    DriverMsg::Consensus {
+        msg: Box::new(msg),
+        from: Some(PeerId::random()),
+    }
+}
+
+fn proposal_of(v: &Keypair, block: &Block) -> ConsensusMessage {
+    let proposal = v.sign_proposal(Proposal {
+        chain_id: CHAIN.into(),
+        height: block.header.height,
+        round: 0,
+        pol_round: None,
+        block_hash: block.hash(),
+    });
+    ConsensusMessage::Proposal {
+        proposal,
+        block: block.clone(),
+    }
+}
+
+fn precommit_of(v: &Keypair, block: &Block) -> ConsensusMessage {
+    ConsensusMessage::Vote(v.sign_vote(Vote {
+        chain_id: CHAIN.into(),
+        height: block.header.height,
+        round: 0,
+        kind: VoteKind::Precommit,
+        block_hash: Some(block.hash()),
+    }))
+}
+
+/// Waits (at most 5 s) for the driver's next-height timer, then lets it start the height.
+async fn next_height<S: ChainWriter + 'static>(a: &mut Actors<S>, height: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.driver.height() < height {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "height {height} did not start within 5 s (at {})",
+            a.driver.height()
+        );
+        a.driver.fire_timers().await;
+        pump(a).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A lone validator: the driver asks the host to build, signs and publishes in order
+/// (proposal, prevote, precommit), the host commits the decided block, and the next height
+/// starts from the driver's own timer.
+#[tokio::test]
+async fn a_lone_validator_builds_validates_commits_and_starts_the_next_height() {
+    let v = key("solo");
+    let g = Arc::new(crate::testing::genesis(CHAIN, &[&v], &[]));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, metrics) = crate::testing::actors(g, store.clone(), Some(v));
+    a.driver.start().await;
+    pump(&mut a).await;
+    assert_eq!(
+        published(&mut a),
+        ["proposal 1", "Prevote 1", "Precommit 1"]
+    );
+    assert_eq!(store.tip().unwrap().height, 1, "the lone validator commits");
+    assert_eq!(a.host.tip().height, 1);
+    assert_eq!(a.handles.view.status.borrow().height, 1);
+    assert_eq!(metrics.blocks_committed.get(), 1);
+    next_height(&mut a, 2).await;
+    pump(&mut a).await;
+    assert_eq!(store.tip().unwrap().height, 2);
+    assert_eq!(
+        published(&mut a),
+        ["proposal 2", "Prevote 2", "Precommit 2"]
+    );
+}
+
+/// A full node hears the proposal of height 2 before height 1 is decided: the body is
+/// kept, and once 1 commits and 2 starts, the core replays the proposal and the host
+/// validates the early body. Both blocks commit, the same as the chain's.
+#[tokio::test]
+async fn a_proposal_arriving_before_its_height_is_kept_and_used_when_the_height_starts() {
+    let (g, _, blocks) = chain(2);
+    let v = key("v");
+    let (b1, b2) = (&blocks[0].0, &blocks[1].0);
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, _) = crate::testing::actors(Arc::new(g), store.clone(), None);
+    a.driver.start().await;
+    pump(&mut a).await;
+    a.driver.handle(consensus(proposal_of(&v, b2))).await;
+    a.driver.handle(consensus(precommit_of(&v, b2))).await;
+    pump(&mut a).await;
+    assert_eq!(
+        store.tip().unwrap().height,
+        0,
+        "height 2 cannot commit first"
+    );
+    a.driver.handle(consensus(proposal_of(&v, b1))).await;
+    a.driver.handle(consensus(precommit_of(&v, b1))).await;
+    pump(&mut a).await;
+    assert_eq!(store.tip().unwrap().block_hash, b1.hash());
+    next_height(&mut a, 2).await;
+    pump(&mut a).await;
+    assert_eq!(
+        store.tip().unwrap().block_hash,
+        b2.hash(),
+        "the early proposal and precommit of height 2 decided it"
+    );
+    assert!(published(&mut a).is_empty(), "a full node signs nothing");
+}
+
+/// Blocks from sync commit in order through the host; the driver rejoins at the next
+/// height at once (no timeout_commit wait), and the status moves with the tip.
+#[tokio::test]
+async fn synced_blocks_commit_through_the_host_and_the_driver_rejoins_above_them() {
+    let (g, _, blocks) = chain(3);
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, metrics) = crate::testing::actors(Arc::new(g.clone()), store.clone(), None);
+    a.driver.start().await;
+    pump(&mut a).await;
+    let peer = PeerId::random();
+    let verified = verify_chunk(&g, 1, blocks.clone()).unwrap();
+    let (reply, answer) = oneshot::channel();
+    a.host
+        .handle(HostMsg::Synced {
+            blocks: verified.into_iter().map(|v| (peer, v)).collect(),
+            reply,
+        })
+        .await;
+    let applied = answer.await.unwrap();
+    assert_eq!((applied.blocks, applied.txs), (3, 6));
+    assert!(applied.fault.is_none() && !applied.storage_failed);
+    assert_eq!(store.tip().unwrap().block_hash, blocks[2].0.hash());
+    pump(&mut a).await;
+    assert_eq!(
+        a.driver.height(),
+        4,
+        "the driver rejoins above the synced tip"
+    );
+    assert_eq!(a.handles.view.status.borrow().height, 3);
+    assert_eq!(metrics.height.get(), 3);
+}
+
+/// A synced block whose body does not execute (its header is authentic, so > 2/3 signed
+/// it; the serving peer changed the body) is the peer's fault; the rest of the batch is
+/// handed back, and nothing of it is committed.
+#[tokio::test]
+async fn a_synced_block_that_does_not_execute_is_the_serving_peers_fault() {
+    let (g, _, blocks) = chain(3);
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, _) = crate::testing::actors(Arc::new(g.clone()), store.clone(), None);
+    let peer = PeerId::random();
+    let mut verified = verify_chunk(&g, 1, blocks).unwrap();
+    // Block 2's txs swapped for block 1's: still signed, no longer what the header says.
+    verified[1].block.txs = verified[0].block.txs.clone();
+    let (reply, answer) = oneshot::channel();
+    a.host
+        .handle(HostMsg::Synced {
+            blocks: verified.into_iter().map(|v| (peer, v)).collect(),
+            reply,
+        })
+        .await;
+    let applied = answer.await.unwrap();
+    assert_eq!(applied.blocks, 1);
+    let fault = applied.fault.expect("the peer is blamed");
+    assert_eq!((fault.peer, fault.height), (peer, 2));
+    assert_eq!(fault.reason, PenaltyReason::InvalidBlock);
+    assert_eq!(applied.unapplied.len(), 1, "block 3 is handed back");
+    assert_eq!(store.tip().unwrap().height, 1);
+}
+
+/// Item 5 of issue 17: our own store fails account reads while a synced block is
+/// applied. The peer that served the block is not blamed, the block is handed back for a
+/// retry, the error is reported, and the block applies once the store works again.
+#[tokio::test]
+async fn a_storage_error_while_applying_a_synced_block_blames_no_peer() {
+    let (g, _, blocks) = chain(2);
+    let store = Arc::new(FailingStore::new(MemStore::new(&g).unwrap()));
+    let (mut a, _net, metrics) = crate::testing::actors(Arc::new(g.clone()), store.clone(), None);
+    let peer = PeerId::random();
+    let verified: Vec<_> = verify_chunk(&g, 1, blocks)
+        .unwrap()
+        .into_iter()
+        .map(|v| (peer, v))
+        .collect();
+    store.fail_account_reads(true);
+    let (reply, answer) = oneshot::channel();
+    a.host
+        .handle(HostMsg::Synced {
+            blocks: verified,
+            reply,
+        })
+        .await;
+    let applied = answer.await.unwrap();
+    assert!(
+        applied.fault.is_none(),
+        "a local storage error was blamed on the peer"
+    );
+    assert!(applied.storage_failed);
+    assert_eq!(applied.blocks, 0);
+    assert_eq!(
+        applied.unapplied.len(),
+        2,
+        "both blocks are kept for a retry"
+    );
+    assert_eq!(metrics.storage.count(), 1);
+    let last = metrics.storage.last().unwrap_or_default();
+    assert!(last.contains("injected"), "{last}");
+    // The disk recovers: the same blocks apply.
+    store.fail_account_reads(false);
+    let (reply, answer) = oneshot::channel();
+    a.host
+        .handle(HostMsg::Synced {
+            blocks: applied.unapplied,
+            reply,
+        })
+        .await;
+    assert_eq!(answer.await.unwrap().blocks, 2);
+}
+
+/// Item 12 of issue 17 and scenario 7 of issue 18: a block the store refuses to write (a
+/// full disk) halts the host with the reason in `/v1/status`, the metrics and the log; the
+/// driver is told and signs nothing more, and its timers are dropped. A running driver is
+/// the control: it starts the next height.
+#[tokio::test]
+async fn a_block_the_store_cannot_write_halts_consensus_and_says_why() {
+    let v = key("solo");
+    let g = Arc::new(crate::testing::genesis(CHAIN, &[&v], &[]));
+    let store = Arc::new(FailingStore::new(MemStore::new(&g).unwrap()));
+    let (mut a, _net, metrics) = crate::testing::actors(g.clone(), store.clone(), Some(v));
+    store.fail_commits(true);
+    a.driver.start().await;
+    pump(&mut a).await;
+    let halted = a
+        .handles
+        .view
+        .status
+        .borrow()
+        .halted
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        halted.contains("cannot commit block 1") && halted.contains("not a peer's fault"),
+        "{halted}"
+    );
+    assert_eq!(metrics.halted.get(), 1);
+    assert_eq!(metrics.storage.count(), 1);
+    assert!(metrics
+        .storage
+        .last()
+        .unwrap_or_default()
+        .contains("committing block 1"));
+    assert_eq!(
+        published(&mut a),
+        ["proposal 1", "Prevote 1", "Precommit 1"]
+    );
+    // Halted: nothing more is signed, no timer is left, later messages are dropped.
+    assert!(a.driver.timers_empty(), "a halted driver keeps timers");
+    store.fail_commits(false);
+    a.driver
+        .handle(DriverMsg::Committed {
+            height: 1,
+            synced: true,
+        })
+        .await;
+    pump(&mut a).await;
+    assert!(published(&mut a).is_empty(), "a halted node signed");
+    assert_eq!(store.tip().unwrap().height, 0);
+}
+
+/// Item 10 of issue 17: one validator signing proposals for every round it proposes in,
+/// several different ones per round, for this height and the next, used to have every
+/// body kept until the height committed. One body per (height, round) is kept, for the
+/// rounds the core takes proposals for, by the driver and the host alike.
+#[tokio::test]
+async fn one_proposer_signing_every_round_is_held_to_the_round_window() {
+    let keys: Vec<Keypair> = (0..4).map(|i| key(&format!("v{i}"))).collect();
+    let g = Arc::new(crate::testing::genesis(
+        CHAIN,
+        &keys.iter().collect::<Vec<_>>(),
+        &[],
+    ));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, _) = crate::testing::actors(g.clone(), store, None);
+    a.driver.start().await;
+    let bad = &keys[3];
+    let mut sent = 0;
+    for height in [1, 2] {
+        for round in 0..2_000u32 {
+            if g.validators.proposer(height, round).address != bad.address() {
+                continue;
+            }
+            for salt in 0..5 {
+                let msg = crate::testing::empty_proposal(&g, bad, height, round, salt);
+                a.driver.handle(consensus(msg)).await;
+                sent += 1;
+            }
+        }
+    }
+    pump(&mut a).await;
+    let window = 2 * (consensus::machine::FUTURE_ROUNDS as usize + 1);
+    assert!(sent > 2_000, "{sent}");
+    let (driver, host) = (a.driver.candidates(), a.host.candidates());
+    assert!(
+        driver <= window && host <= window,
+        "{driver} bodies in the driver and {host} in the host of {sent} proposals; the window holds {window}"
+    );
+    assert!(host > 0, "in-window proposals must still be kept");
+}
+
+fn equivocation(key: &Keypair, height: u64, round: u32) -> Equivocation {
+    let vote = |hash: u8| -> SignedVote {
+        key.sign_vote(Vote {
+            chain_id: CHAIN.into(),
+            height,
+            round,
+            kind: VoteKind::Prevote,
+            block_hash: Some([hash; 32]),
+        })
+    };
+    Equivocation {
+        first: vote(1),
+        second: vote(2),
+    }
+}
+
+/// Item 10 of issue 17: one validator's double signs, as many as it likes, are one record
+/// per height it may be punished for, and never push out another's; the stored copy is the
+/// same bounded list.
+#[tokio::test]
+async fn one_validators_evidence_never_evicts_anothers() {
+    let keys: Vec<Keypair> = (0..4).map(|i| key(&format!("v{i}"))).collect();
+    let g = Arc::new(crate::testing::genesis(
+        CHAIN,
+        &keys.iter().collect::<Vec<_>>(),
+        &[],
+    ));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, metrics) = crate::testing::actors(g, store.clone(), None);
+    let record = |e| HostMsg::Evidence {
+        evidence: Box::new(e),
+        ours: false,
+    };
+    a.host.handle(record(equivocation(&keys[2], 1, 0))).await;
+    for round in 0..200 {
+        for height in [1, 2, 3, 5_000] {
+            a.host
+                .handle(record(equivocation(&keys[3], height, round)))
+                .await;
+        }
+    }
+    let list = a.handles.view.evidence.read().unwrap().clone();
+    let of = |k: &Keypair| {
+        list.iter()
+            .filter(|e| e.first.validator == k.address())
+            .count()
+    };
+    assert_eq!(of(&keys[2]), 1, "validator 2's record was evicted");
+    // Heights 1 and 2 only (the next height at most); one record each.
+    assert_eq!(of(&keys[3]), 2, "{} records of validator 3", of(&keys[3]));
+    assert_eq!(metrics.evidence.get(), 3);
+    let stored: Vec<Equivocation> = ledger::codec::decode(
+        "evidence",
+        &store
+            .consensus_get(evidence::EVIDENCE_KEY)
+            .unwrap()
+            .unwrap(),
+        1 << 20,
+    )
+    .unwrap();
+    assert_eq!(stored.len(), 3);
+}
+
+/// The actors running as tasks, stopped by the token in the middle of a height that
+/// cannot finish (we are one validator of four, height 1's first proposer; the others
+/// are silent): every task ends promptly and none panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_height_stops_every_actor() {
+    let keys: Vec<Keypair> = (0..4).map(|i| key(&format!("v{i}"))).collect();
+    let g = Arc::new(crate::testing::genesis(
+        CHAIN,
+        &keys.iter().collect::<Vec<_>>(),
+        &[],
+    ));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let first = g.validators.proposer(1, 0).address;
+    let us = keys.iter().find(|k| k.address() == first).unwrap().clone();
+    let (a, _net, _) = crate::testing::actors(g, store, Some(us));
+    let mut view = a.handles.view.status.clone();
+    let shutdown = tally_p2p::CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let Actors {
+        driver,
+        host,
+        sync,
+        driver_rx,
+        host_rx,
+        sync_rx,
+        mut outbox_rx,
+        ..
+    } = a;
+    tasks.spawn(driver.run(driver_rx, shutdown.clone()));
+    tasks.spawn(host.run(host_rx, shutdown.clone()));
+    tasks.spawn(sync.run(sync_rx, shutdown.clone()));
+    // In the height: our proposal goes out.
+    tokio::time::timeout(Duration::from_secs(10), outbox_rx.recv())
+        .await
+        .expect("no message signed within 10 s")
+        .expect("outbox closed");
+    assert_eq!(view.borrow_and_update().height, 0);
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("an actor panicked");
+        }
+    })
+    .await;
+    assert!(
+        stopped.is_ok(),
+        "an actor did not stop within 2 s of shutdown"
+    );
+}

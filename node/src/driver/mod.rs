@@ -1,0 +1,543 @@
+//! The consensus driver: the actor that owns the consensus core, the signing guard, the
+//! round timers and our own messages. It feeds the core what the router verified and the
+//! host's answers, and carries out the core's outputs: ask the host to build, validate or
+//! commit a block, sign through the guard (after its synced write), publish in signing
+//! order, and re-announce our messages while a height is stuck.
+//!
+//! ```text
+//!  router ──Consensus (verified)──▶ driver ──Body/Build/Validate/Decided/Evidence──▶ host
+//!  host ───Built/Validated/Committed/Halted──▶ │ ──signed messages──▶ outbox ──▶ publisher ──▶ p2p
+//!                                              │ ──PeerHeight──▶ sync
+//!  timers (one DelayQueue, owned here) ────────┘
+//! ```
+//!
+//! Signatures are checked once: the router verifies every vote and proposal before it
+//! gets here, and the core runs with [`consensus::PreVerified`].
+
+pub mod guard_store;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consensus::{Consensus, Input, Output, PreVerified, SigningGuard, Timeout};
+use ledger::codec::encode;
+use ledger::crypto::Keypair;
+use ledger::genesis::Genesis;
+use ledger::store::ChainWriter;
+use ledger::types::{Block, SignedProposal, SignedVote};
+use ledger::Hash;
+use tally_p2p::{NetworkHandle, PeerId, Topic};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use crate::chain::HostMsg;
+use crate::metrics::ChainMetrics;
+use crate::status::StatusTx;
+use crate::sync::SyncMsg;
+use crate::wire::ConsensusMessage;
+use guard_store::StoreGuard;
+
+/// Messages waiting for the driver, at most.
+pub const INBOX: usize = 4096;
+/// Our own messages waiting for the network task, at most.
+const OUTBOX: usize = 1024;
+/// A height that has not finished after this long gets our messages re-announced.
+const REBROADCAST_AFTER: Duration = Duration::from_millis(1500);
+
+/// Messages into the driver.
+#[derive(Debug)]
+pub enum DriverMsg {
+    /// A consensus message whose signatures the router verified.
+    Consensus {
+        msg: Box<ConsensusMessage>,
+        from: Option<PeerId>,
+    },
+    /// The host built our proposal (None: it could not).
+    Built {
+        height: u64,
+        round: u32,
+        block: Option<Arc<Block>>,
+    },
+    /// The host checked and executed a candidate.
+    Validated {
+        height: u64,
+        hash: Hash,
+        valid: bool,
+    },
+    /// The host committed up to `height`, decided by consensus or (`synced`) fetched.
+    Committed { height: u64, synced: bool },
+    /// The host cannot commit any more (its store failed): stop signing.
+    Halted,
+}
+
+/// Timers the driver owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Round(Timeout),
+    StartHeight(u64),
+}
+
+/// Our own consensus messages, in the order we signed them, for the one publisher task. A
+/// task per publish could put a precommit on the wire before its prevote.
+#[derive(Clone, Debug)]
+pub struct Outbox(mpsc::Sender<Vec<u8>>);
+
+impl Outbox {
+    pub fn new() -> (Outbox, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        (Outbox(tx), rx)
+    }
+
+    /// Queues one message, in order. Never blocks: if the network has not taken
+    /// [`OUTBOX`] messages, this one is dropped (and logged) rather than stalling
+    /// consensus; re-announcements repeat what matters.
+    pub fn publish(&self, msg: &ConsensusMessage) {
+        if self.0.try_send(encode(msg)).is_err() {
+            tracing::warn!("own consensus message dropped: the network is not taking them");
+        }
+    }
+}
+
+/// The publisher: our own consensus messages go out one after the other, in the order they
+/// were signed, until every [`Outbox`] is dropped.
+pub async fn publish_in_order(net: NetworkHandle, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(data) = rx.recv().await {
+        if let Err(e) = net.publish(Topic::Consensus, data).await {
+            tracing::debug!(error = %e, "publish failed (no peers yet?)");
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the driver is built from.
+pub struct DriverParts<S> {
+    pub genesis: Arc<Genesis>,
+    pub store: Arc<S>,
+    pub key: Option<Keypair>,
+    pub metrics: ChainMetrics,
+    pub status: StatusTx,
+    pub outbox: Outbox,
+    pub timeout_commit: Duration,
+    /// The committed tip's height when the node starts.
+    pub committed: u64,
+}
+
+pub struct Driver<S: ChainWriter> {
+    core: Consensus<PreVerified>,
+    guard: Option<SigningGuard<StoreGuard<S>>>,
+    key: Option<Keypair>,
+    metrics: ChainMetrics,
+    status: StatusTx,
+    outbox: Outbox,
+    timeout_commit: Duration,
+    timers: DelayQueue<Timer>,
+    /// The highest height the host committed.
+    committed: u64,
+    /// Candidate blocks of the current and next height (shared with the host): the ones
+    /// we built, and one gossiped body per (height, round) in the rounds the core takes.
+    blocks: HashMap<Hash, Arc<Block>>,
+    bodies: HashMap<(u64, u32), Hash>,
+    /// Our own signed messages of the current height, re-announced while it is stuck.
+    own_votes: Vec<SignedVote>,
+    own_proposal: Option<(SignedProposal, Block)>,
+    height_started: Instant,
+    halted: bool,
+    host: mpsc::Sender<HostMsg>,
+    sync: mpsc::Sender<SyncMsg>,
+}
+
+impl<S: ChainWriter + 'static> Driver<S> {
+    pub fn new(
+        parts: DriverParts<S>,
+        host: mpsc::Sender<HostMsg>,
+        sync: mpsc::Sender<SyncMsg>,
+    ) -> anyhow::Result<Self> {
+        let address = parts.key.as_ref().map(Keypair::address);
+        let mut core = Consensus::with_verifier(
+            consensus::Config {
+                chain_id: parts.genesis.chain_id.clone(),
+                validators: parts.genesis.validators.clone(),
+                address,
+                timeouts: (&parts.genesis.params).into(),
+            },
+            PreVerified,
+        );
+        let guard = match &parts.key {
+            Some(_) => {
+                let guard = SigningGuard::open(StoreGuard::new(parts.store))
+                    .map_err(|e| anyhow::anyhow!("cannot read the signing guard state: {e}"))?;
+                core.resume(guard.state());
+                Some(guard)
+            }
+            None => None,
+        };
+        Ok(Driver {
+            core,
+            guard,
+            key: parts.key,
+            metrics: parts.metrics,
+            status: parts.status,
+            outbox: parts.outbox,
+            timeout_commit: parts.timeout_commit,
+            timers: DelayQueue::new(),
+            committed: parts.committed,
+            blocks: HashMap::new(),
+            bodies: HashMap::new(),
+            own_votes: Vec::new(),
+            own_proposal: None,
+            height_started: Instant::now(),
+            halted: false,
+            host,
+            sync,
+        })
+    }
+
+    /// The height being decided.
+    pub fn height(&self) -> u64 {
+        self.core.height()
+    }
+
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<DriverMsg>, shutdown: CancellationToken) {
+        tracing::info!(height = self.committed, "consensus driver starting");
+        self.start().await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = inbox.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => break,
+                },
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
+                    if !self.timers.is_empty() => self.on_timer(expired.into_inner()).await,
+                _ = tick.tick() => self.rebroadcast(),
+            }
+        }
+        tracing::info!("consensus driver stopped");
+    }
+
+    /// Starts the height after the committed tip.
+    pub async fn start(&mut self) {
+        let height = self.committed + 1;
+        self.drive(Input::StartHeight { height }).await;
+    }
+
+    pub async fn handle(&mut self, msg: DriverMsg) {
+        if self.halted {
+            return; // nothing is signed once the host cannot commit
+        }
+        match msg {
+            DriverMsg::Consensus { msg, from } => self.on_consensus(*msg, from).await,
+            DriverMsg::Built {
+                height,
+                round,
+                block,
+            } => {
+                if let Some(block) = block {
+                    let hash = block.hash();
+                    self.blocks.insert(hash, block);
+                    self.drive(Input::ProposalBuilt {
+                        height,
+                        round,
+                        block_hash: hash,
+                    })
+                    .await;
+                }
+            }
+            DriverMsg::Validated {
+                height,
+                hash,
+                valid,
+            } => {
+                self.drive(Input::BlockValidated {
+                    height,
+                    block_hash: hash,
+                    valid,
+                })
+                .await
+            }
+            DriverMsg::Committed { height, synced } => {
+                self.committed = self.committed.max(height);
+                let next = self.committed + 1;
+                self.blocks.retain(|_, b| b.header.height >= next);
+                self.bodies.retain(|(h, _), _| *h >= next);
+                if !synced {
+                    self.timers
+                        .insert(Timer::StartHeight(next), self.timeout_commit);
+                } else if next > self.core.height() {
+                    self.drive(Input::StartHeight { height: next }).await;
+                }
+            }
+            DriverMsg::Halted => {
+                self.halted = true;
+                self.timers.clear();
+            }
+        }
+    }
+
+    async fn on_timer(&mut self, timer: Timer) {
+        if self.halted {
+            return;
+        }
+        match timer {
+            Timer::Round(t) => self.drive(Input::Timeout(t)).await,
+            Timer::StartHeight(h) => {
+                if self.committed + 1 == h && self.core.height() < h {
+                    self.drive(Input::StartHeight { height: h }).await;
+                }
+            }
+        }
+    }
+
+    fn note_peer_height(&self, peer: Option<PeerId>, height: u64) {
+        if let Some(peer) = peer {
+            let _ = self.sync.try_send(SyncMsg::PeerHeight { peer, height });
+        }
+    }
+
+    async fn on_consensus(&mut self, msg: ConsensusMessage, from: Option<PeerId>) {
+        // A Rebroadcast is unpacked into its parts, iteratively.
+        let mut queue = VecDeque::from([msg]);
+        while let Some(msg) = queue.pop_front() {
+            match msg {
+                ConsensusMessage::Proposal { proposal, block } => {
+                    let h = proposal.proposal.height;
+                    self.note_peer_height(from, h.saturating_sub(1));
+                    if h == self.core.height() || h == self.core.height() + 1 {
+                        self.keep_body(proposal.proposal.round, block).await;
+                        self.drive(Input::Proposal(proposal)).await;
+                    }
+                }
+                ConsensusMessage::Vote(vote) => {
+                    let h = vote.vote.height;
+                    // A vote for h means its sender has committed h - 1.
+                    self.note_peer_height(from, h.saturating_sub(1));
+                    if h == self.core.height() || h == self.core.height() + 1 {
+                        self.drive(Input::Vote(vote)).await;
+                    }
+                }
+                ConsensusMessage::Evidence(e) => {
+                    self.to_host(HostMsg::Evidence {
+                        evidence: Box::new(e),
+                        ours: false,
+                    })
+                    .await
+                }
+                ConsensusMessage::Rebroadcast {
+                    votes, proposal, ..
+                } => {
+                    if let Some((proposal, block)) = proposal {
+                        queue.push_back(ConsensusMessage::Proposal { proposal, block });
+                    }
+                    queue.extend(votes.into_iter().map(ConsensusMessage::Vote));
+                }
+            }
+        }
+    }
+
+    /// Keeps a gossiped body and passes it to the host, for the rounds the core accepts
+    /// proposals for, one per (height, round): a byzantine proposer signing proposals for
+    /// every round, or several per round, costs us at most that window. The router checked
+    /// that the body is the one its header commits to.
+    async fn keep_body(&mut self, round: u32, block: Block) {
+        let h = block.header.height;
+        let window = if h == self.core.height() {
+            self.core
+                .round()
+                .saturating_add(consensus::machine::FUTURE_ROUNDS)
+        } else {
+            consensus::machine::FUTURE_ROUNDS
+        };
+        let hash = block.hash();
+        let slot_free = self
+            .bodies
+            .get(&(h, round))
+            .is_none_or(|held| *held == hash);
+        if round > window || !slot_free || ledger::block::check_body(&block).is_err() {
+            return;
+        }
+        self.bodies.insert((h, round), hash);
+        if self.blocks.contains_key(&hash) {
+            return;
+        }
+        let block = Arc::new(block);
+        self.blocks.insert(hash, block.clone());
+        self.to_host(HostMsg::Body(block)).await;
+    }
+
+    async fn to_host(&self, msg: HostMsg) {
+        if self.host.send(msg).await.is_err() {
+            tracing::debug!("chain host stopped; request dropped");
+        }
+    }
+
+    /// Feeds one input to the core and carries out every output, including the inputs
+    /// those outputs produce (our own signed messages).
+    async fn drive(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            for output in self.core.handle(input) {
+                if let Some(next) = self.carry_out(output).await {
+                    queue.push_back(next);
+                }
+            }
+        }
+        let round = self.core.round();
+        self.status.send_if_modified(|s| {
+            let changed = s.round != round;
+            s.round = round;
+            changed
+        });
+    }
+
+    async fn carry_out(&mut self, output: Output) -> Option<Input> {
+        match output {
+            Output::RoundChanged { height, round } => {
+                if round == 0 || height != self.own_votes.first().map_or(height, |v| v.vote.height)
+                {
+                    self.own_votes.clear();
+                    self.own_proposal = None;
+                    self.height_started = Instant::now();
+                }
+                self.metrics.round.set(i64::from(round));
+                let absent = self.core.absent_validators().count();
+                self.metrics
+                    .absent_validators
+                    .set(i64::try_from(absent).unwrap_or(i64::MAX));
+                if round > 0 {
+                    tracing::info!(height, round, "new round");
+                }
+                None
+            }
+            Output::BuildProposal { height, round } => {
+                self.to_host(HostMsg::Build { height, round }).await;
+                None
+            }
+            Output::Propose(proposal) => {
+                let (guard, key) = (self.guard.as_mut()?, self.key.as_ref()?);
+                if let Err(e) = guard.authorize_proposal(&proposal, self.core.locks()) {
+                    tracing::error!(error = %e, "signing guard refused a proposal");
+                    return None;
+                }
+                let block = Block::clone(self.blocks.get(&proposal.block_hash)?);
+                let signed = key.sign_proposal(proposal);
+                self.own_proposal = Some((signed.clone(), block.clone()));
+                self.outbox.publish(&ConsensusMessage::Proposal {
+                    proposal: signed.clone(),
+                    block,
+                });
+                Some(Input::Proposal(signed))
+            }
+            Output::Vote(vote) => {
+                let (guard, key) = (self.guard.as_mut()?, self.key.as_ref()?);
+                if let Err(e) = guard.authorize_vote(&vote, self.core.locks()) {
+                    tracing::error!(error = %e, "signing guard refused a vote");
+                    return None;
+                }
+                let signed = key.sign_vote(vote);
+                self.own_votes.push(signed.clone());
+                self.outbox.publish(&ConsensusMessage::Vote(signed.clone()));
+                Some(Input::Vote(signed))
+            }
+            Output::ValidateBlock {
+                height, block_hash, ..
+            } => {
+                self.to_host(HostMsg::Validate {
+                    height,
+                    hash: block_hash,
+                })
+                .await;
+                None
+            }
+            Output::ScheduleTimeout {
+                timeout,
+                duration_ms,
+            } => {
+                self.timers
+                    .insert(Timer::Round(timeout), Duration::from_millis(duration_ms));
+                None
+            }
+            Output::Decide {
+                height,
+                round,
+                block_hash,
+                commit,
+            } => {
+                self.metrics
+                    .rounds_per_height
+                    .observe(f64::from(round) + 1.0);
+                self.to_host(HostMsg::Decided {
+                    height,
+                    hash: block_hash,
+                    commit: Box::new(commit),
+                })
+                .await;
+                None
+            }
+            Output::Evidence(e) => {
+                self.to_host(HostMsg::Evidence {
+                    evidence: e,
+                    ours: true,
+                })
+                .await;
+                None
+            }
+        }
+    }
+
+    /// Handles every timer that has expired (tests drive the driver without its loop).
+    #[cfg(test)]
+    pub(crate) async fn fire_timers(&mut self) {
+        use std::task::Poll;
+        loop {
+            let expired = std::future::poll_fn(|cx| match self.timers.poll_expired(cx) {
+                Poll::Ready(t) => Poll::Ready(t),
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await;
+            match expired {
+                Some(t) => self.on_timer(t.into_inner()).await,
+                None => break,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn timers_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
+
+    /// Candidate bodies held.
+    #[cfg(test)]
+    pub(crate) fn candidates(&self) -> usize {
+        self.blocks.len().max(self.bodies.len())
+    }
+
+    /// Re-announces our own messages of a height that is taking long.
+    fn rebroadcast(&mut self) {
+        if self.halted
+            || self.height_started.elapsed() < REBROADCAST_AFTER
+            || (self.own_votes.is_empty() && self.own_proposal.is_none())
+        {
+            return;
+        }
+        let start = self
+            .own_votes
+            .len()
+            .saturating_sub(crate::wire::MAX_REBROADCAST_VOTES);
+        self.outbox.publish(&ConsensusMessage::Rebroadcast {
+            sent_at_ms: now_ms(),
+            votes: self.own_votes[start..].to_vec(),
+            proposal: self.own_proposal.clone(),
+        });
+    }
+}
