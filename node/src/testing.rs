@@ -117,3 +117,47 @@ pub fn empty_proposal(
     });
     crate::wire::ConsensusMessage::Proposal { proposal, block }
 }
+
+/// The RPC's state over a fresh RocksDB store of `genesis` in `dir`, with a network task
+/// of its own that nobody dials and an engine view that never moves: for calling the
+/// handlers directly. Needs a tokio runtime.
+pub fn rpc_state(genesis: Arc<Genesis>, dir: &std::path::Path) -> crate::rpc::RpcState {
+    let store = Arc::new(RocksStore::open(dir, &genesis).unwrap());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let shutdown = CancellationToken::new();
+    let (net, _events) = tally_p2p::spawn(
+        tally_p2p::NetworkConfig::new(genesis.chain_id.clone(), [7; 32]),
+        &mut registry,
+        shutdown.clone(),
+    )
+    .unwrap();
+    let (_, status) = tokio::sync::watch::channel(crate::engine::EngineStatus::default());
+    crate::rpc::RpcState {
+        genesis: genesis.clone(),
+        store,
+        mempool: Arc::new(Mutex::new(Mempool::new(
+            MempoolConfig::default(),
+            genesis.chain_id.clone(),
+            genesis.params.clone(),
+        ))),
+        mempool_metrics: Default::default(),
+        tx_gossip: crate::txgossip::TxGossip::start(
+            net.clone(),
+            Duration::ZERO,
+            1 << 20,
+            shutdown.clone(),
+        ),
+        net,
+        view: crate::engine::EngineView {
+            status,
+            evidence: Default::default(),
+        },
+        events: tokio::sync::broadcast::channel(16).0,
+        metrics: crate::rpc::metrics::RpcMetrics::register(&mut registry),
+        moniker: "test".into(),
+        validator: None,
+        streams: Arc::new(tokio::sync::Semaphore::new(1)),
+        shutdown,
+        storage: Default::default(),
+    }
+}
