@@ -10,6 +10,7 @@ use std::time::Duration;
 use ledger::crypto::Keypair;
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::store::memory::MemStore;
+use ledger::store::rocks::RocksStore;
 use ledger::store::ChainWriter;
 use ledger::types::{Block, Commit};
 use ledger::Hash;
@@ -17,6 +18,7 @@ use ledger::Hash;
 use crate::actors::{ActorParts, Actors};
 use crate::mempool::{Mempool, MempoolConfig};
 use crate::metrics::ChainMetrics;
+use tokio_util::sync::CancellationToken;
 
 /// A key derived from `name`: the same in every run.
 pub fn key(name: &str) -> Keypair {
@@ -175,6 +177,50 @@ pub fn empty_proposal(
         block_hash: block.hash(),
     });
     crate::wire::ConsensusMessage::Proposal { proposal, block }
+}
+
+/// The RPC's state over a fresh RocksDB store of `genesis` in `dir`, with a network task
+/// of its own that nobody dials and a status that never moves: for calling the
+/// handlers directly. Needs a tokio runtime.
+pub fn rpc_state(genesis: Arc<Genesis>, dir: &std::path::Path) -> crate::rpc::RpcState {
+    let store = Arc::new(RocksStore::open(dir, &genesis).unwrap());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let shutdown = CancellationToken::new();
+    let (net, _events) = tally_p2p::spawn(
+        tally_p2p::NetworkConfig::new(genesis.chain_id.clone(), [7; 32]),
+        &mut registry,
+        shutdown.clone(),
+    )
+    .unwrap();
+    let (_, status) = tokio::sync::watch::channel(crate::status::NodeStatus::default());
+    crate::rpc::RpcState {
+        genesis: genesis.clone(),
+        store,
+        mempool: Arc::new(Mutex::new(Mempool::new(
+            MempoolConfig::default(),
+            genesis.chain_id.clone(),
+            genesis.params.clone(),
+        ))),
+        mempool_metrics: Default::default(),
+        tx_gossip: crate::txgossip::TxGossip::start(
+            net.clone(),
+            Duration::ZERO,
+            1 << 20,
+            shutdown.clone(),
+        ),
+        net,
+        view: crate::status::NodeView {
+            status,
+            evidence: Default::default(),
+        },
+        events: tokio::sync::broadcast::channel(16).0,
+        metrics: crate::rpc::metrics::RpcMetrics::register(&mut registry),
+        moniker: "test".into(),
+        validator: None,
+        streams: Arc::new(tokio::sync::Semaphore::new(1)),
+        shutdown,
+        storage: Default::default(),
+    }
 }
 
 pub use failing::FailingStore;

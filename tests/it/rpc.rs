@@ -98,6 +98,12 @@ async fn rpc_bad_inputs_get_clear_errors() {
         ),
     ];
     for (what, hex, status, code) in cases {
+        let want: tally_api::ErrorCode = code.parse().unwrap();
+        assert_eq!(
+            want.status(),
+            status,
+            "{what}: the case disagrees with ErrorCode"
+        );
         let (s, body) = net.submit_hex(0, &hex).await.unwrap();
         assert_eq!(
             (s, body["error"]["code"].as_str().unwrap_or("")),
@@ -197,27 +203,44 @@ async fn rpc_bad_inputs_get_clear_errors() {
     net.wait_committed(0, body["tx_id"].as_str().unwrap(), Duration::from_secs(30))
         .await
         .unwrap();
-    let status = net.get(0, "/v1/status").await.unwrap();
-    assert_eq!(status["chain_id"], tally_tests::CHAIN_ID);
+    // Every read route answers exactly the shape of its tally-api type.
+    let status: tally_api::Status = net.get_as(0, "/v1/status").await.unwrap();
+    assert_eq!(status.chain_id, tally_tests::CHAIN_ID);
+    let block: tally_api::Block = net.get_as(0, "/v1/blocks/latest").await.unwrap();
+    assert_eq!(block.height, block.header.height, "{block:?}");
+    let tx: tally_api::TxStatus = net
+        .get_as(
+            0,
+            &format!(
+                "/v1/txs/{}",
+                block.tx_ids.first().map_or(to_hex(&[0; 32]), Clone::clone)
+            ),
+        )
+        .await
+        .unwrap();
+    assert_ne!(tx.status, tally_api::TxState::Pending, "{tx:?}");
+    let _: tally_api::Validators = net.get_as(0, "/v1/validators").await.unwrap();
+    let _: tally_api::Peers = net.get_as(0, "/v1/peers").await.unwrap();
+    let _: tally_api::EvidenceList = net.get_as(0, "/v1/evidence").await.unwrap();
 
     // Account proof verifies against the reported root.
-    let a = net
-        .get(
+    let a: tally_api::Account = net
+        .get_as(
             0,
             &format!("/v1/accounts/{}?proof=true", to_hex(&k.address())),
         )
         .await
         .unwrap();
-    let proof = ledger::state::AccountProof::from_bytes(
-        &hex::decode(a["proof"].as_str().unwrap()).unwrap(),
-    )
-    .unwrap();
-    let root: [u8; 32] = ledger::hash::from_hex_array(a["state_root"].as_str().unwrap()).unwrap();
+    let proof =
+        ledger::state::AccountProof::from_bytes(&hex::decode(a.proof.as_deref().unwrap()).unwrap())
+            .unwrap();
+    let root: [u8; 32] = ledger::hash::from_hex_array(&a.state_root).unwrap();
     let acct = ledger::types::Account {
-        balance: a["balance"].as_u64().unwrap(),
-        nonce: a["nonce"].as_u64().unwrap(),
+        balance: a.balance,
+        nonce: a.nonce,
     };
     assert_eq!(acct.nonce, 2);
+    assert_eq!(a.exists, Some(true));
     proof.verify(&root, &k.address(), Some(&acct)).unwrap();
 }
 
@@ -677,13 +700,16 @@ async fn rpc_every_error_status_has_a_json_body() {
         let answer = raw_exchange(target, &request, Duration::from_secs(5)).await;
         let (status, body) = (answer.status, &answer.body);
         let content_type = answer.header("content-type").unwrap_or("");
-        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        let code = json["error"]["code"].as_str().unwrap_or("");
-        let message = json["error"]["message"].as_str().unwrap_or("");
+        let error = serde_json::from_str::<tally_api::ErrorBody>(body)
+            .ok()
+            .map(|b| b.error);
+        let code = error.as_ref().and_then(|e| e.code.known());
+        let message = error.as_ref().map_or("", |e| e.message.as_str());
         println!("{what}: {status} {content_type} {body}");
+        // A code of this build, with the status the code has.
         if status != want
             || !content_type.starts_with("application/json")
-            || code.is_empty()
+            || code.map(tally_api::ErrorCode::status) != Some(status)
             || message.is_empty()
         {
             failures.push(format!(

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use ledger::crypto::Keypair;
 use ledger::genesis::{GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::hash::{sha256, to_hex};
@@ -474,6 +474,24 @@ impl TestNet {
         Ok(r.json().await?)
     }
 
+    /// `GET path` on node `i` as the API's type `T`, which must describe the answer
+    /// exactly: a field the node sends that `T` lacks (or the other way round) fails.
+    pub async fn get_as<T>(&self, i: usize, path: &str) -> anyhow::Result<T>
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize,
+    {
+        let raw = self.get(i, path).await?;
+        let typed: T = serde_json::from_value(raw.clone())
+            .with_context(|| format!("{path} is not a {}: {raw}", std::any::type_name::<T>()))?;
+        let again = serde_json::to_value(&typed)?;
+        ensure!(
+            again == raw,
+            "{path}: the node's answer and tally-api's {} differ:\n node: {raw}\n type: {again}",
+            std::any::type_name::<T>()
+        );
+        Ok(typed)
+    }
+
     /// POST a signed tx; returns (HTTP status, body).
     pub async fn submit(&self, i: usize, tx: &SignedTx) -> anyhow::Result<(u16, Value)> {
         self.submit_hex(i, &to_hex(&ledger::codec::encode(tx)))
@@ -483,8 +501,8 @@ impl TestNet {
     /// POST a signed tx that must be accepted (202); returns its id.
     pub async fn submit_accepted(&self, i: usize, tx: &SignedTx) -> anyhow::Result<String> {
         let (status, body) = self.submit(i, tx).await?;
-        match (status, body["tx_id"].as_str()) {
-            (202, Some(id)) => Ok(id.to_string()),
+        match serde_json::from_value::<tally_api::Submitted>(body.clone()) {
+            Ok(s) if status == 202 => Ok(s.tx_id),
             _ => bail!("node {i} answered {status}: {body}"),
         }
     }
@@ -501,8 +519,9 @@ impl TestNet {
     }
 
     pub async fn height(&self, i: usize) -> anyhow::Result<u64> {
-        let s = self.get(i, "/v1/status").await?;
-        s["height"].as_u64().context("status has no height")
+        let s: tally_api::Status =
+            serde_json::from_value(self.get(i, "/v1/status").await?).context("not a status")?;
+        Ok(s.height)
     }
 
     /// Waits until every running node reaches `height`.

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::process::ExitCode;
 
+use tally_api::{Code, ErrorCode};
+
 /// Exit codes (documented in README.md; scripts depend on them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -41,7 +43,7 @@ impl Kind {
 pub struct Error {
     pub kind: Kind,
     /// The node's reason code when the node answered with an error.
-    pub code: Option<String>,
+    pub code: Option<Code>,
     message: String,
     /// The command already printed its JSON result (e.g. a bench report that ends in
     /// failure), so `--output json` must not add a second object.
@@ -72,15 +74,23 @@ impl Error {
         Self::new(Kind::Unreachable, message)
     }
 
-    pub fn rejected(code: &str, message: impl Into<String>) -> Self {
+    pub fn rejected(code: Code, message: impl Into<String>) -> Self {
         let mut e = Self::new(Kind::Rejected, message);
-        e.code = Some(code.to_string());
+        e.code = Some(code);
         e
     }
 
-    pub fn with_code(mut self, code: &str) -> Self {
-        self.code = Some(code.to_string());
+    pub fn with_code(mut self, code: Code) -> Self {
+        self.code = Some(code);
         self
+    }
+
+    /// Whether the node answered with one of `codes`.
+    pub fn is_node_code(&self, codes: &[ErrorCode]) -> bool {
+        self.code
+            .as_ref()
+            .and_then(Code::known)
+            .is_some_and(|c| codes.contains(&c))
     }
 
     pub fn json_reported(mut self) -> Self {
@@ -134,7 +144,9 @@ mod tests {
         assert_eq!(Error::usage("x").kind.exit_code(), 2);
         assert_eq!(Error::unreachable("x").kind.exit_code(), 3);
         assert_eq!(
-            Error::rejected("insufficient_funds", "x").kind.exit_code(),
+            Error::rejected(ErrorCode::InsufficientFunds.into(), "x")
+                .kind
+                .exit_code(),
             4
         );
     }

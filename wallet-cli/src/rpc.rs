@@ -1,198 +1,21 @@
-//! Client for the node's JSON-over-HTTP API (DESIGN.md section 7). Response types list
-//! only the fields the wallet uses; unknown fields are ignored so the node can add more.
+//! Client for the node's JSON-over-HTTP API (DESIGN.md section 7). The bodies are the
+//! `tally-api` crate's types, which ignore unknown fields so the node can add more.
 
 use std::time::Duration;
 
-use ledger::types::{Commit, CommitSig, SignedTx};
+use ledger::types::SignedTx;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use tally_api::{Code, ErrorBody, ErrorCode};
 
 use crate::error::{Error, Result};
 
-/// Codes the node's mempool adds to the ledger's transaction codes
-/// (`ledger::check::TxError::CODES`) when it refuses a transaction. Both map to exit code 4.
-pub const MEMPOOL_REJECT_CODES: &[&str] = &[
-    "duplicate",
-    "mempool_full",
-    "nonce_gap",
-    "already_committed",
-    "replacement_underpriced",
-    "sender_limit",
-];
-
-/// Whether `code` is a refusal of the transaction itself (as opposed to a bad request).
-pub fn is_tx_rejection(code: &str) -> bool {
-    ledger::check::TxError::CODES.contains(&code) || MEMPOOL_REJECT_CODES.contains(&code)
-}
+pub use tally_api::Event;
 
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:26657";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle connection is kept for reuse: below the node's header-read timeout.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct MempoolInfo {
-    #[serde(default)]
-    pub txs: u64,
-    #[serde(default)]
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    pub chain_id: String,
-    #[serde(default)]
-    pub node_id: String,
-    #[serde(default)]
-    pub moniker: String,
-    pub height: u64,
-    #[serde(default)]
-    pub tip_hash: String,
-    #[serde(default)]
-    pub state_root: String,
-    #[serde(default)]
-    pub catching_up: bool,
-    #[serde(default)]
-    pub validator: bool,
-    #[serde(default)]
-    pub validator_address: Option<String>,
-    #[serde(default)]
-    pub round: u32,
-    #[serde(default)]
-    pub peers: u64,
-    #[serde(default)]
-    pub mempool: MempoolInfo,
-    pub min_fee: u64,
-    /// Set when the node's consensus stopped (its store refused a block): why.
-    #[serde(default)]
-    pub halted: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TxStatus {
-    pub tx_id: String,
-    /// "pending", "committed" or "unknown".
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub height: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub block_hash: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccountInfo {
-    pub address: String,
-    pub balance: u64,
-    pub nonce: u64,
-    /// Next nonce to use (committed nonce + this sender's pending txs). Older nodes may
-    /// leave it out; then the committed nonce is the best guess.
-    #[serde(default)]
-    pub pending_nonce: Option<u64>,
-    pub height: u64,
-    #[serde(default)]
-    pub state_root: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proof: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exists: Option<bool>,
-}
-
-impl AccountInfo {
-    pub fn next_nonce(&self) -> u64 {
-        self.pending_nonce.unwrap_or(self.nonce).max(self.nonce)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommitSigJson {
-    pub validator: String,
-    pub signature: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommitJson {
-    pub height: u64,
-    pub round: u32,
-    pub block_hash: String,
-    pub signatures: Vec<CommitSigJson>,
-}
-
-impl CommitJson {
-    pub fn to_commit(&self) -> Result<Commit, String> {
-        let hash = |what: &str, s: &str| -> Result<[u8; 32], String> {
-            ledger::hash::from_hex_array::<32>(s).map_err(|e| format!("commit {what}: {e}"))
-        };
-        let signatures = self
-            .signatures
-            .iter()
-            .map(|s| {
-                Ok(CommitSig {
-                    validator: ledger::hash::from_hex_array::<20>(&s.validator)
-                        .map_err(|e| format!("commit signature validator: {e}"))?,
-                    signature: ledger::hash::from_hex_array::<64>(&s.signature)
-                        .map_err(|e| format!("commit signature: {e}"))?,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Commit {
-            height: self.height,
-            round: self.round,
-            block_hash: hash("block_hash", &self.block_hash)?,
-            signatures,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BlockInfo {
-    pub height: u64,
-    pub hash: String,
-    #[serde(default)]
-    pub header: serde_json::Value,
-    #[serde(default)]
-    pub tx_ids: Vec<String>,
-    #[serde(default)]
-    pub commit: Option<CommitJson>,
-    /// Hex of borsh(Block): the authoritative bytes, used by `balance --verify`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub block: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SubmitResponse {
-    tx_id: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct BatchResponse {
-    results: Vec<BatchEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BatchEntry {
-    tx_id: Option<String>,
-    error: Option<BatchError>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BatchError {
-    code: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorDetail {
-    code: String,
-    #[serde(default)]
-    message: String,
-}
 
 #[derive(Clone)]
 pub struct NodeClient {
@@ -232,22 +55,22 @@ impl NodeClient {
         &self.base
     }
 
-    pub async fn status(&self) -> Result<Status> {
+    pub async fn status(&self) -> Result<tally_api::Status> {
         self.get("/v1/status").await
     }
 
-    pub async fn account(&self, address: &[u8; 20], proof: bool) -> Result<AccountInfo> {
+    pub async fn account(&self, address: &[u8; 20], proof: bool) -> Result<tally_api::Account> {
         let q = if proof { "?proof=true" } else { "" };
         self.get(&format!("/v1/accounts/{}{q}", hex::encode(address)))
             .await
     }
 
-    pub async fn tx(&self, id: &[u8; 32]) -> Result<TxStatus> {
+    pub async fn tx(&self, id: &[u8; 32]) -> Result<tally_api::TxStatus> {
         self.get(&format!("/v1/txs/{}", hex::encode(id))).await
     }
 
     /// `None` = latest.
-    pub async fn block(&self, height: Option<u64>) -> Result<BlockInfo> {
+    pub async fn block(&self, height: Option<u64>) -> Result<tally_api::Block> {
         match height {
             Some(h) => self.get(&format!("/v1/blocks/{h}")).await,
             None => self.get("/v1/blocks/latest").await,
@@ -260,14 +83,16 @@ impl NodeClient {
 
     /// Submits a signed transaction; returns the id the node computed.
     pub async fn submit(&self, stx: &SignedTx) -> Result<String> {
-        let body = serde_json::json!({ "tx": hex::encode(ledger::codec::encode(stx)) });
+        let body = tally_api::SubmitTx {
+            tx: hex::encode(ledger::codec::encode(stx)),
+        };
         let req = self
             .http
             .post(format!("{}/v1/txs", self.base))
             .timeout(REQUEST_TIMEOUT)
             .json(&body);
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
-        let r: SubmitResponse = self.read(resp).await?;
+        let r: tally_api::Submitted = self.read(resp).await?;
         Ok(r.tx_id)
     }
 
@@ -284,12 +109,12 @@ impl NodeClient {
             .header("content-type", "application/octet-stream")
             .body(ledger::codec::encode(&txs));
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
-        let r: BatchResponse = self.read(resp).await?;
+        let r: tally_api::BatchAnswer = self.read(resp).await?;
         Ok(r.results
             .into_iter()
             .map(|e| match (e.tx_id, e.error) {
                 (Some(id), None) => Ok(id),
-                (_, Some(err)) => Err(err.code),
+                (_, Some(err)) => Err(err.code.to_string()),
                 (None, None) => Err("no_tx_id".to_string()),
             })
             .collect())
@@ -375,35 +200,43 @@ impl NodeClient {
     }
 }
 
-/// Maps the node's `{"error": {"code", "message"}}` to a wallet error with a hint.
-pub fn node_error(status: u16, code: &str, message: &str) -> Error {
-    let hint = match code {
-        "insufficient_funds" => "; fund the account or lower --amount / --fee",
-        "fee_too_low" => "; raise --fee (see min_fee in 'tally status')",
-        "nonce_gap" => {
+/// Maps the node's `{"error": {"code", "message"}}` to a wallet error with a hint: a
+/// refusal of the transaction itself is exit code 4, anything else (also a code this
+/// wallet does not know, from a newer node) a failure.
+pub fn node_error(status: u16, code: &Code, message: &str) -> Error {
+    let hint = match code.known() {
+        Some(ErrorCode::InsufficientFunds) => "; fund the account or lower --amount / --fee",
+        Some(ErrorCode::FeeTooLow) => "; raise --fee (see min_fee in 'tally status')",
+        Some(ErrorCode::NonceGap) => {
             "; too many pending transactions from this key (or an earlier nonce is missing): wait for them to commit and retry"
         }
-        "nonce_too_low" | "nonce_too_high" | "already_committed" => {
+        Some(ErrorCode::NonceTooLow | ErrorCode::NonceTooHigh | ErrorCode::AlreadyCommitted) => {
             "; another transaction from this key got in first: run the command again"
         }
-        "wrong_chain" => "; this node runs another chain: check --node",
-        "mempool_full" => "; the node is busy: retry in a moment",
-        "sender_limit" => "; too many pending transactions from this key: wait for some to commit",
-        "replacement_underpriced" => {
+        Some(ErrorCode::WrongChain) => "; this node runs another chain: check --node",
+        Some(ErrorCode::MempoolFull) => "; the node is busy: retry in a moment",
+        Some(ErrorCode::SenderLimit) => {
+            "; too many pending transactions from this key: wait for some to commit"
+        }
+        Some(ErrorCode::ReplacementUnderpriced) => {
             "; a pending transaction has this nonce: raise --fee to replace it"
         }
-        "duplicate" => "; this exact transaction was already submitted",
-        "not_found" => "",
+        Some(ErrorCode::Duplicate) => "; this exact transaction was already submitted",
         _ => "",
     };
-    let text = if message.is_empty() { code } else { message };
-    if is_tx_rejection(code) {
+    let text = if message.is_empty() {
+        code.as_str()
+    } else {
+        message
+    };
+    if code.known().is_some_and(ErrorCode::is_tx_rejection) {
         Error::rejected(
-            code,
+            code.clone(),
             format!("node rejected the transaction: {text} ({code}){hint}"),
         )
     } else {
-        Error::failure(format!("node answered HTTP {status} {code}: {text}")).with_code(code)
+        Error::failure(format!("node answered HTTP {status} {code}: {text}"))
+            .with_code(code.clone())
     }
 }
 
@@ -422,63 +255,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     match chars.next() {
         Some(first) => first.to_lowercase().chain(chars).collect(),
         None => text,
-    }
-}
-
-/// One server-sent event the wallet cares about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Block {
-        height: u64,
-        hash: String,
-        txs: u64,
-    },
-    Tx {
-        tx_id: String,
-        height: u64,
-        index: u32,
-    },
-}
-
-#[derive(Deserialize)]
-struct BlockEventJson {
-    height: u64,
-    #[serde(default)]
-    hash: String,
-    #[serde(default)]
-    txs: u64,
-}
-
-#[derive(Deserialize)]
-struct TxEventJson {
-    tx_id: String,
-    #[serde(default)]
-    height: u64,
-    #[serde(default)]
-    index: u32,
-}
-
-impl Event {
-    /// Unknown event names and undecodable data are skipped (`None`): newer nodes may
-    /// send more kinds.
-    pub fn parse(name: &str, data: &str) -> Option<Event> {
-        match name {
-            "block" => serde_json::from_str::<BlockEventJson>(data)
-                .ok()
-                .map(|b| Event::Block {
-                    height: b.height,
-                    hash: b.hash,
-                    txs: b.txs,
-                }),
-            "tx" => serde_json::from_str::<TxEventJson>(data)
-                .ok()
-                .map(|t| Event::Tx {
-                    tx_id: t.tx_id.to_ascii_lowercase(),
-                    height: t.height,
-                    index: t.index,
-                }),
-            _ => None,
-        }
     }
 }
 
@@ -564,7 +340,11 @@ impl EventStream {
                 return Ok(None);
             };
             for (name, data) in self.parser.push(&chunk) {
-                if let Some(ev) = Event::parse(&name, &data) {
+                // Unknown kinds (a newer node's) are skipped.
+                if let Some(mut ev) = Event::parse(&name, &data) {
+                    if let Event::Tx(tx) = &mut ev {
+                        tx.tx_id.make_ascii_lowercase();
+                    }
                     self.queue.push_back(ev);
                 }
             }
@@ -575,54 +355,64 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_api::{BlockEvent, TxEvent};
 
     #[test]
     fn sse_parser_handles_split_chunks_and_crlf() {
         let mut p = SseParser::default();
         assert!(p
-            .push(b": keep-alive\n\nevent: tx\r\ndata: {\"tx_id\":\"AB\",")
+            .push(b": keep-alive\n\nevent: tx\r\ndata: {\"tx_id\":\"ab\",")
             .is_empty());
         let got = p.push(b"\"height\":3,\"index\":1}\r\n\r\nevent: block\ndata: {\"height\":3,\"hash\":\"h\",\"txs\":1,\"time_ms\":5}\n\n");
         assert_eq!(got.len(), 2);
         assert_eq!(
             Event::parse(&got[0].0, &got[0].1),
-            Some(Event::Tx {
+            Some(Event::Tx(TxEvent {
                 tx_id: "ab".into(),
                 height: 3,
                 index: 1
-            })
+            }))
         );
         assert_eq!(
             Event::parse(&got[1].0, &got[1].1),
-            Some(Event::Block {
+            Some(Event::Block(BlockEvent {
                 height: 3,
                 hash: "h".into(),
-                txs: 1
-            })
+                txs: 1,
+                time_ms: 5,
+            }))
         );
         assert_eq!(Event::parse("other", "{}"), None);
     }
 
     #[test]
     fn responses_ignore_unknown_fields() {
-        let s: Status = serde_json::from_str(
+        let s: tally_api::Status = serde_json::from_str(
             r#"{"chain_id":"c","height":4,"min_fee":2,"new_field":[1,2],"mempool":{"txs":1,"bytes":2,"x":0}}"#,
         )
         .unwrap();
         assert_eq!((s.height, s.min_fee, s.mempool.txs), (4, 2, 1));
-        let a: AccountInfo = serde_json::from_str(
+        let a: tally_api::Account = serde_json::from_str(
             r#"{"address":"aa","balance":5,"nonce":2,"pending_nonce":4,"height":9,"state_root":"00","extra":true}"#,
         )
         .unwrap();
         assert_eq!(a.next_nonce(), 4);
+        // An older node without pending_nonce: the committed nonce is the best guess.
+        let a: tally_api::Account =
+            serde_json::from_str(r#"{"address":"aa","balance":5,"nonce":2,"height":9}"#).unwrap();
+        assert_eq!(a.next_nonce(), 2);
     }
 
     #[test]
     fn node_errors_map_to_exit_codes() {
-        let e = node_error(422, "insufficient_funds", "balance 5 is less than 11");
+        let e = node_error(
+            422,
+            &ErrorCode::InsufficientFunds.into(),
+            "balance 5 is less than 11",
+        );
         assert_eq!(e.kind, crate::error::Kind::Rejected);
         assert!(e.message().contains("insufficient_funds"));
-        let e = node_error(404, "not_found", "no such block");
+        let e = node_error(404, &ErrorCode::NotFound.into(), "no such block");
         assert_eq!(e.kind, crate::error::Kind::Failure);
         assert!(NodeClient::new("https://x").is_err());
         assert!(NodeClient::new("ftp://127.0.0.1:1").is_err());
@@ -631,5 +421,31 @@ mod tests {
             NodeClient::new("127.0.0.1:1/").unwrap().url(),
             "http://127.0.0.1:1"
         );
+    }
+
+    /// A code a newer node added: not a rejection this wallet could explain, so a failure
+    /// (exit 1) that still shows the node's code and message.
+    #[test]
+    fn an_unknown_code_is_a_failure_with_the_nodes_words() {
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":{"code":"quota_exceeded","message":"slow down"}}"#)
+                .unwrap();
+        let e = node_error(429, &body.error.code, &body.error.message);
+        assert_eq!(e.kind, crate::error::Kind::Failure);
+        assert_eq!(e.code, Some(Code::Unknown("quota_exceeded".into())));
+        assert!(e.message().contains("quota_exceeded"), "{}", e.message());
+        assert!(e.message().contains("slow down"), "{}", e.message());
+    }
+
+    /// Every code the node refuses a transaction with is exit code 4.
+    #[test]
+    fn every_tx_refusal_is_a_rejection() {
+        for &c in ErrorCode::ALL {
+            let e = node_error(c.status(), &c.into(), "m");
+            let rejected = e.kind == crate::error::Kind::Rejected;
+            assert_eq!(rejected, c.is_tx_rejection(), "{c}");
+        }
+        assert!(ErrorCode::MempoolFull.is_tx_rejection());
+        assert!(!ErrorCode::Internal.is_tx_rejection());
     }
 }

@@ -108,6 +108,7 @@ mod tests {
 
     use super::*;
     use crate::mempool::MempoolConfig;
+    use tally_api::ErrorCode;
 
     type Hook = Box<dyn FnOnce(&Mutex<HashMap<Address, Account>>) + Send>;
 
@@ -251,7 +252,7 @@ mod tests {
             !e.is_peer_fault(),
             "our disk error was blamed on the peer: {e:?}"
         );
-        assert_eq!(e.code(), "storage_error");
+        assert_eq!(e.code(), ErrorCode::StorageError);
         assert_eq!(metrics.storage.count(), 1, "the error is counted");
         let last = metrics.storage.last().unwrap_or_default();
         assert!(last.contains("injected"), "{last}");
@@ -281,7 +282,7 @@ mod tests {
         let metrics = MempoolMetrics::default();
         let e =
             admit_bytes(&store, &pool, &metrics, &ledger::codec::encode(&tx), 1024).unwrap_err();
-        assert_eq!(e.code(), "internal", "{e}");
+        assert_eq!(e.code(), ErrorCode::Internal, "{e}");
         assert!(!e.is_peer_fault());
     }
 }

@@ -58,21 +58,18 @@ impl MempoolMetrics {
             m.reannounced.clone(),
         );
         // Pre-create every reason so dashboards see zeros, not gaps.
-        for code in ledger::check::TxError::CODES
-            .iter()
-            .chain(super::AddError::CODES)
-        {
+        for code in super::AddError::codes() {
             let _ = m.rejections.get_or_create(&ReasonLabel {
-                reason: (*code).to_string(),
+                reason: code.as_str().to_string(),
             });
         }
         m
     }
 
-    pub fn reject(&self, code: &str) {
+    pub fn reject(&self, code: tally_api::ErrorCode) {
         self.rejections
             .get_or_create(&ReasonLabel {
-                reason: code.to_string(),
+                reason: code.as_str().to_string(),
             })
             .inc();
     }

@@ -20,6 +20,7 @@ use ledger::check::{check_static, TxError};
 use ledger::genesis::Params;
 use ledger::types::{Account, Address, SignedTx};
 use ledger::Hash;
+use tally_api::ErrorCode;
 
 #[derive(Clone, Debug)]
 pub struct MempoolConfig {
@@ -77,34 +78,49 @@ pub enum AddError {
 }
 
 impl AddError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            AddError::Invalid(e) => e.code(),
-            AddError::Duplicate => "duplicate",
-            AddError::AlreadyCommitted => "already_committed",
-            AddError::NonceGap { .. } => "nonce_gap",
-            AddError::ReplacementUnderpriced { .. } => "replacement_underpriced",
-            AddError::SenderLimit(_) => "sender_limit",
-            AddError::Full => "mempool_full",
-            AddError::Storage(_) => "storage_error",
-            AddError::Poisoned => "internal",
+            AddError::Invalid(e) => tx_error_code(e),
+            AddError::Duplicate => ErrorCode::Duplicate,
+            AddError::AlreadyCommitted => ErrorCode::AlreadyCommitted,
+            AddError::NonceGap { .. } => ErrorCode::NonceGap,
+            AddError::ReplacementUnderpriced { .. } => ErrorCode::ReplacementUnderpriced,
+            AddError::SenderLimit(_) => ErrorCode::SenderLimit,
+            AddError::Full => ErrorCode::MempoolFull,
+            AddError::Storage(_) => ErrorCode::StorageError,
+            AddError::Poisoned => ErrorCode::Internal,
         }
     }
 
-    pub const CODES: &'static [&'static str] = &[
-        "duplicate",
-        "already_committed",
-        "nonce_gap",
-        "replacement_underpriced",
-        "sender_limit",
-        "mempool_full",
-        "storage_error",
-        "internal",
-    ];
+    /// Every code [`AddError::code`] can give (the metric's reason labels).
+    pub fn codes() -> impl Iterator<Item = ErrorCode> {
+        ErrorCode::ALL.iter().copied().filter(|c| {
+            c.is_tx_rejection() || matches!(c, ErrorCode::StorageError | ErrorCode::Internal)
+        })
+    }
 
     /// Whether a peer that relayed this tx could have known it was bad.
     pub fn is_peer_fault(&self) -> bool {
         matches!(self, AddError::Invalid(e) if e.is_peer_fault())
+    }
+}
+
+/// The API's code of a ledger check's refusal. The match is exhaustive, so a new
+/// `TxError` needs its code (and so its HTTP status) before the node compiles.
+fn tx_error_code(e: &TxError) -> ErrorCode {
+    match e {
+        TxError::Malformed(_) => ErrorCode::Malformed,
+        TxError::TooLarge { .. } => ErrorCode::TooLarge,
+        TxError::WrongChain { .. } => ErrorCode::WrongChain,
+        TxError::HighS => ErrorCode::HighSSignature,
+        TxError::BadSignature => ErrorCode::BadSignature,
+        TxError::NonceTooLow { .. } => ErrorCode::NonceTooLow,
+        TxError::NonceTooHigh { .. } => ErrorCode::NonceTooHigh,
+        TxError::FeeTooLow { .. } => ErrorCode::FeeTooLow,
+        TxError::ZeroAmount => ErrorCode::ZeroAmount,
+        TxError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+        TxError::Overflow => ErrorCode::Overflow,
+        TxError::UnsupportedPayload { .. } => ErrorCode::UnsupportedPayload,
     }
 }
 

@@ -68,9 +68,9 @@ fn gap_waits_and_too_far_ahead_is_refused() {
     );
     assert_eq!(p.pending_nonce(&k.address(), 0), 0);
     let e = add(&mut p, tx(&k, 5, 1, 10), &rich(0)).unwrap_err();
-    assert_eq!(e.code(), "nonce_gap");
+    assert_eq!(e.code().as_str(), "nonce_gap");
     let e = add(&mut p, tx(&k, 0, 1, 10), &rich(1)).unwrap_err();
-    assert_eq!(e.code(), "nonce_too_low");
+    assert_eq!(e.code().as_str(), "nonce_too_low");
 }
 
 /// The gap counts from the sender's pending txs: 100 consecutive nonces in flight (one
@@ -105,9 +105,15 @@ fn duplicates_and_replace_by_fee() {
     let k = key(1);
     let t = tx(&k, 0, 5, 10);
     add(&mut p, t.clone(), &rich(0)).unwrap();
-    assert_eq!(add(&mut p, t, &rich(0)).unwrap_err().code(), "duplicate");
     assert_eq!(
-        add(&mut p, tx(&k, 0, 5, 11), &rich(0)).unwrap_err().code(),
+        add(&mut p, t, &rich(0)).unwrap_err().code().as_str(),
+        "duplicate"
+    );
+    assert_eq!(
+        add(&mut p, tx(&k, 0, 5, 11), &rich(0))
+            .unwrap_err()
+            .code()
+            .as_str(),
         "replacement_underpriced"
     );
     let better = add(&mut p, tx(&k, 0, 6, 11), &rich(0)).unwrap();
@@ -125,7 +131,10 @@ fn full_pool_evicts_lowest_fee_only_for_a_better_fee() {
     let cheap = add(&mut p, tx(&a, 0, 1, 10), &rich(0)).unwrap();
     add(&mut p, tx(&b, 0, 5, 10), &rich(0)).unwrap();
     assert_eq!(
-        add(&mut p, tx(&c, 0, 1, 10), &rich(0)).unwrap_err().code(),
+        add(&mut p, tx(&c, 0, 1, 10), &rich(0))
+            .unwrap_err()
+            .code()
+            .as_str(),
         "mempool_full"
     );
     add(&mut p, tx(&c, 0, 2, 10), &rich(0)).unwrap();
@@ -148,7 +157,10 @@ fn funds_are_checked_cumulatively_and_rechecked_after_commit() {
     add(&mut p, tx(&k, 0, 1, 40), &acct).unwrap();
     add(&mut p, tx(&k, 1, 1, 40), &acct).unwrap();
     assert_eq!(
-        add(&mut p, tx(&k, 2, 1, 40), &acct).unwrap_err().code(),
+        add(&mut p, tx(&k, 2, 1, 40), &acct)
+            .unwrap_err()
+            .code()
+            .as_str(),
         "insufficient_funds"
     );
     // A commit consumed nonce 0 elsewhere and drained the account: nonce 1 is unpayable.
@@ -268,10 +280,13 @@ fn cheap_checks_reject_before_signature_work() {
     let e = p
         .precheck(&stx, &sha256(&bytes), bytes.len(), &rich(0))
         .unwrap_err();
-    assert_eq!(e.code(), "wrong_chain");
+    assert_eq!(e.code().as_str(), "wrong_chain");
     let (stx, id, size) = tx(&k, 0, 0, 1);
     assert_eq!(
-        p.precheck(&stx, &id, size, &rich(0)).unwrap_err().code(),
+        p.precheck(&stx, &id, size, &rich(0))
+            .unwrap_err()
+            .code()
+            .as_str(),
         "fee_too_low"
     );
     // An empty (or unknown) account: refused before its signature is checked.
@@ -279,7 +294,8 @@ fn cheap_checks_reject_before_signature_work() {
     assert_eq!(
         p.precheck(&stx, &id, size, &Account::default())
             .unwrap_err()
-            .code(),
+            .code()
+            .as_str(),
         "insufficient_funds"
     );
     assert!(p.precheck(&stx, &id, size, &rich(0)).is_ok());
@@ -295,7 +311,10 @@ fn sender_limit_bounds_one_key() {
     add(&mut p, tx(&k, 0, 1, 1), &rich(0)).unwrap();
     add(&mut p, tx(&k, 1, 1, 1), &rich(0)).unwrap();
     assert_eq!(
-        add(&mut p, tx(&k, 2, 1, 1), &rich(0)).unwrap_err().code(),
+        add(&mut p, tx(&k, 2, 1, 1), &rich(0))
+            .unwrap_err()
+            .code()
+            .as_str(),
         "sender_limit"
     );
 }
@@ -330,7 +349,7 @@ fn protocol_2_payloads_are_refused_on_a_protocol_1_chain() {
         });
         let bytes = ledger::codec::encode(&stx);
         let e = add(&mut p, (stx, sha256(&bytes), bytes.len()), &rich(0)).unwrap_err();
-        assert_eq!(e.code(), "unsupported_payload");
+        assert_eq!(e.code().as_str(), "unsupported_payload");
         assert_eq!(
             e.to_string(),
             format!("payload {kind} needs protocol 2; this chain runs protocol 1")
@@ -338,4 +357,17 @@ fn protocol_2_payloads_are_refused_on_a_protocol_1_chain() {
         assert!(e.is_peer_fault());
     }
     assert!(p.reap(10, 1 << 20).is_empty());
+}
+
+/// The ledger names its refusals too (`TxError::code`, its metric and log strings): each
+/// is the wire string of the API code the node answers, and refuses the tx itself.
+#[test]
+fn the_ledgers_codes_are_the_apis_tx_rejections() {
+    for code in ledger::check::TxError::CODES {
+        let api: tally_api::ErrorCode = code.parse().unwrap();
+        assert!(api.is_tx_rejection(), "{code}");
+    }
+    let e = AddError::Invalid(TxError::HighS);
+    assert_eq!(e.code().as_str(), TxError::HighS.code());
+    assert_eq!(AddError::codes().count(), TxError::CODES.len() + 8);
 }

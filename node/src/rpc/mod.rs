@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod server;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
@@ -27,8 +27,6 @@ use ledger::state::prove_account;
 use ledger::store::rocks::RocksStore;
 use ledger::store::ChainReader;
 use ledger::types::{Block, Commit};
-use serde::Deserialize;
-use serde_json::{json, Value};
 use tally_p2p::NetworkHandle;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +37,7 @@ use crate::mempool::{AddError, Mempool};
 use crate::status::{NodeEvent, NodeView};
 use metrics::{RouteLabel, RouteStatus, RpcMetrics};
 pub use server::{serve, ConnLimits};
+use tally_api::{self as api, ErrorBody, ErrorCode, ErrorDetail};
 
 #[derive(Clone)]
 pub struct RpcState {
@@ -61,57 +60,51 @@ pub struct RpcState {
     pub storage: crate::metrics::StorageHealth,
 }
 
-/// An API error: status, stable code, human message.
+/// An API error: a stable code (which fixes the HTTP status) and a human message.
+#[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
         }
     }
 
     fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        Self::new(ErrorCode::Internal, e.to_string())
+    }
+
+    fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        (self.status(), Json(ErrorBody::new(self.code, self.message))).into_response()
     }
 }
 
 impl From<AddError> for ApiError {
     fn from(e: AddError) -> Self {
-        let status = match e.code() {
-            "malformed"
-            | "bad_signature"
-            | "high_s_signature"
-            | "wrong_chain"
-            | "zero_amount"
-            | "unsupported_payload" => StatusCode::BAD_REQUEST,
-            "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "duplicate" | "already_committed" | "nonce_too_low" | "replacement_underpriced" => {
-                StatusCode::CONFLICT
-            }
-            "mempool_full" | "storage_error" => StatusCode::SERVICE_UNAVAILABLE,
-            "sender_limit" => StatusCode::TOO_MANY_REQUESTS,
-            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
-        };
-        ApiError::new(status, e.code(), e.to_string())
+        ApiError::new(e.code(), e.to_string())
     }
+}
+
+/// The mempool, or `internal` if a panic poisoned its lock: answering from a guess
+/// (nothing pending, an empty pool) would give a wrong answer as a right one.
+fn lock_pool(s: &RpcState) -> ApiResult<MutexGuard<'_, Mempool>> {
+    s.mempool.lock().map_err(|_| {
+        ApiError::new(
+            ErrorCode::Internal,
+            "internal error: the mempool is unusable after a panic; see the node's log",
+        )
+    })
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -121,16 +114,14 @@ type ApiResult<T> = Result<T, ApiError>;
 fn refuse_if_halted(s: &RpcState) -> ApiResult<()> {
     match &s.view.status.borrow().halted {
         Some(reason) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "halted",
+            ErrorCode::Halted,
             format!("this node stopped committing and takes no txs: {reason}"),
         )),
         None => Ok(()),
     }
 }
 
-/// Most txs in one `POST /v1/txs/batch`.
-pub const MAX_SUBMIT_BATCH: usize = 1024;
+pub use tally_api::MAX_SUBMIT_BATCH;
 
 pub fn router(state: RpcState, max_body: usize, timeout: Duration) -> Router {
     // A full batch in its larger form (hex in JSON: two characters a byte, plus quoting).
@@ -186,8 +177,7 @@ pub fn metrics_router(registry: Arc<prometheus_client::registry::Registry>) -> R
         )
         .fallback(|| async {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 "no such route; metrics are at GET /metrics",
             )
         })
@@ -218,7 +208,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
         .unwrap_or_default();
     let (code, fallback) = describe_status(status, &method);
     let message = if text.is_empty() { fallback } else { text };
-    let mut out = ApiError::new(status, code, message).into_response();
+    let mut out = ApiError::new(code, message).into_response();
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             out.headers_mut().append(name, value.clone());
@@ -227,40 +217,34 @@ async fn json_errors(req: Request, next: Next) -> Response {
     out
 }
 
-/// The error code and a default message of a status that has no answer of its own.
-fn describe_status(status: StatusCode, method: &Method) -> (&'static str, String) {
-    let generic = || {
-        format!(
+/// The error code and a default message of a status that has no answer of its own. The
+/// answer gets the code's status: one axum or tower-http never gives (none does today) is
+/// answered as `bad_request` (a 4xx) or `internal` (a 5xx).
+fn describe_status(status: StatusCode, method: &Method) -> (ErrorCode, String) {
+    let code = ErrorCode::for_status(status.as_u16()).unwrap_or(if status.is_server_error() {
+        ErrorCode::Internal
+    } else {
+        ErrorCode::BadRequest
+    });
+    let message = match code {
+        ErrorCode::BadRequest => "the request is malformed".into(),
+        ErrorCode::NotFound => "no such route; see GET /v1/status".into(),
+        // axum adds the `Allow` header after every layer, so it cannot be quoted here.
+        ErrorCode::MethodNotAllowed => {
+            format!("this route does not take {method}; its Allow header lists the methods it does")
+        }
+        ErrorCode::Timeout => {
+            "the request did not complete within the server's limit (rpc.timeout_ms); retry".into()
+        }
+        ErrorCode::PayloadTooLarge => "request body is too large".into(),
+        ErrorCode::UnsupportedMediaType => "send the body as Content-Type: application/json".into(),
+        _ => format!(
             "{} {}",
             status.as_u16(),
             status.canonical_reason().unwrap_or("error")
-        )
+        ),
     };
-    match status {
-        StatusCode::BAD_REQUEST => ("bad_request", "the request is malformed".into()),
-        StatusCode::NOT_FOUND => ("not_found", "no such route; see GET /v1/status".into()),
-        // axum adds the `Allow` header after every layer, so it cannot be quoted here.
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            format!(
-                "this route does not take {method}; its Allow header lists the methods it does"
-            ),
-        ),
-        StatusCode::REQUEST_TIMEOUT => (
-            "timeout",
-            "the request did not complete within the server's limit (rpc.timeout_ms); retry".into(),
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body is too large".into()),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-            "unsupported_media_type",
-            "send the body as Content-Type: application/json".into(),
-        ),
-        StatusCode::UNPROCESSABLE_ENTITY => ("unprocessable", generic()),
-        StatusCode::TOO_MANY_REQUESTS => ("too_many_requests", generic()),
-        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", generic()),
-        s if s.is_server_error() => ("internal", generic()),
-        _ => ("http_error", generic()),
-    }
+    (code, message)
 }
 
 /// Counts every request by matched route and status, and times it.
@@ -288,34 +272,20 @@ async fn track(State(state): State<RpcState>, req: Request, next: Next) -> Respo
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route; see GET /v1/status",
-    )
-}
-
-#[derive(Deserialize)]
-struct SubmitBody {
-    tx: String,
+    ApiError::new(ErrorCode::NotFound, "no such route; see GET /v1/status")
 }
 
 async fn submit_tx(
     State(s): State<RpcState>,
-    body: Result<Json<SubmitBody>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    body: Result<Json<api::SubmitTx>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<api::Submitted>)> {
     refuse_if_halted(&s)?;
     let Json(body) = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body is too large",
-            )
+            ApiError::new(ErrorCode::PayloadTooLarge, "request body is too large")
         } else {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 format!(
                     "{}; send {{\"tx\": \"<hex of borsh(SignedTx)>\"}}",
                     e.body_text()
@@ -323,13 +293,8 @@ async fn submit_tx(
             )
         }
     })?;
-    let bytes = hex::decode(body.tx.trim()).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("tx is not hex: {e}"),
-        )
-    })?;
+    let bytes = hex::decode(body.tx.trim())
+        .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("tx is not hex: {e}")))?;
     let max = s.genesis.params.max_tx_bytes as usize;
     let st = s.clone();
     let raw = bytes.clone();
@@ -345,12 +310,10 @@ async fn submit_tx(
     .await
     .map_err(ApiError::internal)??;
     s.tx_gossip.publish(bytes).await;
-    Ok((StatusCode::ACCEPTED, Json(json!({"tx_id": to_hex(&id)}))))
-}
-
-#[derive(Deserialize)]
-struct SubmitBatchBody {
-    txs: Vec<String>,
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(api::Submitted { tx_id: to_hex(&id) }),
+    ))
 }
 
 /// `POST /v1/txs/batch`: up to [`MAX_SUBMIT_BATCH`] txs, as `{"txs": ["<hex>", ...]}` or,
@@ -363,7 +326,7 @@ async fn submit_batch(
     State(s): State<RpcState>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::BatchAnswer>> {
     refuse_if_halted(&s)?;
     let raw = headers
         .get(header::CONTENT_TYPE)
@@ -375,8 +338,7 @@ async fn submit_batch(
         crate::txgossip::split_batch(&body, max)
             .map_err(|e| {
                 ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed",
+                    ErrorCode::Malformed,
                     format!("body is not borsh Vec<SignedTx>: {e}"),
                 )
             })?
@@ -384,10 +346,9 @@ async fn submit_batch(
             .map(|b| Ok(b.to_vec()))
             .collect()
     } else {
-        let parsed: SubmitBatchBody = serde_json::from_slice(&body).map_err(|e| {
+        let parsed: api::SubmitBatch = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 format!(
                     "{e}; send {{\"txs\": [\"<hex of borsh(SignedTx)>\", ...]}} or raw borsh \
                      Vec<SignedTx> with Content-Type: application/octet-stream"
@@ -402,8 +363,7 @@ async fn submit_batch(
     };
     if entries.is_empty() || entries.len() > MAX_SUBMIT_BATCH {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_batch_size",
+            ErrorCode::BadBatchSize,
             format!(
                 "a batch holds 1 to {MAX_SUBMIT_BATCH} txs, this one {}",
                 entries.len()
@@ -415,7 +375,7 @@ async fn submit_batch(
         entries
             .into_iter()
             .map(|entry| {
-                let bytes = entry.map_err(|m| (None, "malformed", m))?;
+                let bytes = entry.map_err(|m| (None, ErrorCode::Malformed, m))?;
                 let id = ledger::hash::sha256(&bytes);
                 match admit_bytes(
                     st.store.as_ref(),
@@ -438,69 +398,75 @@ async fn submit_batch(
             Ok((id, bytes)) => {
                 accepted += 1;
                 s.tx_gossip.publish(bytes).await;
-                answers.push(json!({"tx_id": to_hex(&id)}));
+                answers.push(api::BatchResult {
+                    tx_id: Some(to_hex(&id)),
+                    error: None,
+                });
             }
-            Err((id, code, message)) => answers.push(json!({
-                "tx_id": id.map(|id| to_hex(&id)),
-                "error": {"code": code, "message": message},
-            })),
+            Err((id, code, message)) => answers.push(api::BatchResult {
+                tx_id: id.map(|id| to_hex(&id)),
+                error: Some(ErrorDetail::new(code, message)),
+            }),
         }
     }
-    Ok(Json(json!({
-        "accepted": accepted,
-        "refused": answers.len() - accepted,
-        "results": answers,
-    })))
+    Ok(Json(api::BatchAnswer {
+        accepted,
+        refused: answers.len() - accepted,
+        results: answers,
+    }))
 }
 
-fn parse_hash(text: &str, what: &'static str) -> ApiResult<[u8; 32]> {
-    from_hex_array(text).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            what,
-            format!("expected 64 hex characters: {e}"),
-        )
-    })
+fn parse_hash(text: &str, code: ErrorCode) -> ApiResult<[u8; 32]> {
+    from_hex_array(text)
+        .map_err(|e| ApiError::new(code, format!("expected 64 hex characters: {e}")))
 }
 
-async fn get_tx(State(s): State<RpcState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let id = parse_hash(&id, "bad_tx_id")?;
-    let pending = s.mempool.lock().map(|m| m.contains(&id)).unwrap_or(false);
+async fn get_tx(
+    State(s): State<RpcState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::TxStatus>> {
+    let id = parse_hash(&id, ErrorCode::BadTxId)?;
+    let pending = lock_pool(&s)?.contains(&id);
+    let tx_id = to_hex(&id);
     if let Some(loc) = s.store.tx_location(&id).map_err(ApiError::internal)? {
         let block_hash = s
             .store
             .block(loc.height)
             .map_err(ApiError::internal)?
             .map(|b| to_hex(&b.hash()));
-        return Ok(Json(json!({
-            "tx_id": to_hex(&id), "status": "committed",
-            "height": loc.height, "index": loc.index, "block_hash": block_hash,
-        })));
+        return Ok(Json(api::TxStatus {
+            tx_id,
+            status: api::TxState::Committed,
+            height: Some(loc.height),
+            index: Some(loc.index),
+            block_hash,
+        }));
     }
-    let status = if pending { "pending" } else { "unknown" };
-    Ok(Json(json!({"tx_id": to_hex(&id), "status": status})))
-}
-
-#[derive(Deserialize)]
-struct AccountQuery {
-    #[serde(default)]
-    proof: bool,
+    Ok(Json(api::TxStatus {
+        tx_id,
+        status: if pending {
+            api::TxState::Pending
+        } else {
+            api::TxState::Unknown
+        },
+        height: None,
+        index: None,
+        block_hash: None,
+    }))
 }
 
 async fn get_account(
     State(s): State<RpcState>,
     Path(address): Path<String>,
-    query: Result<Query<AccountQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+    query: Result<Query<api::AccountQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<api::Account>> {
     let address: [u8; 20] = from_hex_array(&address).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_address",
+            ErrorCode::BadAddress,
             format!("address must be 40 hex characters: {e}"),
         )
     })?;
-    let Query(q) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     // The tree and the tip are written in one batch, but read here in two steps: retry if
     // a commit landed in between so the proof, root and height always belong together.
     for _ in 0..5 {
@@ -519,77 +485,83 @@ async fn get_account(
             continue;
         }
         let acct = account.unwrap_or_default();
-        let pending_nonce = s
-            .mempool
-            .lock()
-            .map(|m| m.pending_nonce(&address, acct.nonce))
-            .unwrap_or(acct.nonce);
-        let mut out = json!({
-            "address": to_hex(&address), "balance": acct.balance, "nonce": acct.nonce,
-            "pending_nonce": pending_nonce, "height": tip.height, "state_root": to_hex(&tip.state_root),
-        });
-        if let Some(p) = proof {
-            out["proof"] = Value::String(to_hex(&p.to_bytes()));
-            out["exists"] = Value::Bool(account.is_some());
-        }
-        return Ok(Json(out));
+        let pending_nonce = lock_pool(&s)?.pending_nonce(&address, acct.nonce);
+        return Ok(Json(api::Account {
+            address: to_hex(&address),
+            balance: acct.balance,
+            nonce: acct.nonce,
+            pending_nonce,
+            height: tip.height,
+            state_root: to_hex(&tip.state_root),
+            exists: proof.is_some().then_some(account.is_some()),
+            proof: proof.map(|p| to_hex(&p.to_bytes())),
+        }));
     }
     Err(ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "busy",
+        ErrorCode::Busy,
         "the chain moved while reading; retry",
     ))
 }
 
-fn commit_json(c: &Commit) -> Value {
-    json!({
-        "height": c.height, "round": c.round, "block_hash": to_hex(&c.block_hash),
-        "signatures": c.signatures.iter().map(|s| json!({
-            "validator": to_hex(&s.validator), "signature": to_hex(&s.signature)
-        })).collect::<Vec<_>>(),
-    })
+fn commit_json(c: &Commit) -> api::Commit {
+    api::Commit {
+        height: c.height,
+        round: c.round,
+        block_hash: to_hex(&c.block_hash),
+        signatures: c
+            .signatures
+            .iter()
+            .map(|s| api::CommitSignature {
+                validator: to_hex(&s.validator),
+                signature: to_hex(&s.signature),
+            })
+            .collect(),
+    }
 }
 
-pub fn block_json(block: &Block, commit: Option<&Commit>) -> Value {
+/// The API's view of a block (the same as `GET /v1/blocks/{height}` answers).
+pub fn block_json(block: &Block, commit: Option<&Commit>) -> api::Block {
     let h = &block.header;
-    json!({
-        "height": h.height,
-        "hash": to_hex(&block.hash()),
-        "header": {
-            "version": h.version, "chain_id": h.chain_id, "height": h.height, "round": h.round,
-            "time_ms": h.time_ms, "prev_hash": to_hex(&h.prev_hash), "tx_root": to_hex(&h.tx_root),
-            "state_root": to_hex(&h.state_root), "validators_hash": to_hex(&h.validators_hash),
-            "proposer": to_hex(&h.proposer), "last_commit_hash": to_hex(&h.last_commit_hash),
+    api::Block {
+        height: h.height,
+        hash: to_hex(&block.hash()),
+        header: api::Header {
+            version: h.version,
+            chain_id: h.chain_id.clone(),
+            height: h.height,
+            round: h.round,
+            time_ms: h.time_ms,
+            prev_hash: to_hex(&h.prev_hash),
+            tx_root: to_hex(&h.tx_root),
+            state_root: to_hex(&h.state_root),
+            validators_hash: to_hex(&h.validators_hash),
+            proposer: to_hex(&h.proposer),
+            last_commit_hash: to_hex(&h.last_commit_hash),
         },
-        "tx_ids": block.txs.iter().map(|t| to_hex(&t.id())).collect::<Vec<_>>(),
-        "commit": commit.map(commit_json),
-        "last_commit": block.last_commit.as_ref().map(commit_json),
-        "block": to_hex(&ledger::codec::encode(block)),
-    })
+        tx_ids: block.txs.iter().map(|t| to_hex(&t.id())).collect(),
+        commit: commit.map(commit_json),
+        last_commit: block.last_commit.as_ref().map(commit_json),
+        block: Some(to_hex(&ledger::codec::encode(block))),
+    }
 }
 
-fn block_at(s: &RpcState, height: u64) -> ApiResult<Json<Value>> {
+fn block_at(s: &RpcState, height: u64) -> ApiResult<Json<api::Block>> {
     let block = s
         .store
         .block(height)
         .map_err(ApiError::internal)?
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no block at height {height}"),
-            )
+            ApiError::new(ErrorCode::NotFound, format!("no block at height {height}"))
         })?;
     let commit = s.store.commit(height).map_err(ApiError::internal)?;
     Ok(Json(block_json(&block, commit.as_ref())))
 }
 
-async fn latest_block(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
+async fn latest_block(State(s): State<RpcState>) -> ApiResult<Json<api::Block>> {
     let tip = s.store.tip().map_err(ApiError::internal)?;
     if tip.height == 0 {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             "no block has been committed yet",
         ));
     }
@@ -599,18 +571,17 @@ async fn latest_block(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
 async fn get_block(
     State(s): State<RpcState>,
     Path(height): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Block>> {
     let height: u64 = height.parse().map_err(|_| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_height",
+            ErrorCode::BadHeight,
             format!("\"{height}\" is not a block height (an integer >= 1)"),
         )
     })?;
     block_at(&s, height)
 }
 
-async fn status(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
+async fn status(State(s): State<RpcState>) -> ApiResult<Json<api::Status>> {
     let st = s.view.status.borrow().clone();
     let peers = s
         .net
@@ -618,84 +589,124 @@ async fn status(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
         .await
         .map(|p| p.iter().filter(|x| x.connected).count())
         .unwrap_or(0);
-    let (txs, bytes) = s
-        .mempool
-        .lock()
-        .map(|m| (m.len(), m.bytes()))
-        .unwrap_or((0, 0));
-    Ok(Json(json!({
-        "chain_id": s.genesis.chain_id,
-        "node_id": s.net.local_peer_id().to_string(),
-        "moniker": s.moniker,
-        "height": st.height,
-        "tip_hash": to_hex(&st.tip_hash),
-        "state_root": to_hex(&st.state_root),
-        "round": st.round,
-        "catching_up": st.catching_up,
-        "sync_target": st.sync_target,
-        "validator": s.validator.is_some(),
-        "validator_address": s.validator.map(|a| to_hex(&a)),
-        "peers": peers,
-        "mempool": {"txs": txs, "bytes": bytes},
-        "min_fee": s.genesis.params.min_fee,
-        "seconds_since_last_block": st.last_block_at.map(|t| t.elapsed().as_secs_f64()),
-        "storage_error": s.storage.last(),
-        "halted": st.halted,
-    })))
-}
-
-async fn peers(State(s): State<RpcState>) -> ApiResult<Json<Value>> {
-    let peers = s.net.peers().await.map_err(ApiError::internal)?;
-    let list: Vec<Value> = peers
-        .iter()
-        .map(|p| {
-            json!({
-                "peer_id": p.peer_id.to_string(),
-                "connected": p.connected,
-                "addresses": p.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "score": p.app_score,
-                "score_components": {"application": p.app_score, "gossipsub": p.gossipsub_score},
-                "reasons": p.reasons.iter().map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-                "banned": p.banned,
-                "ban_remaining_secs": p.ban_remaining.map(|d| d.as_secs_f64()),
-                "agent": p.agent,
-            })
-        })
-        .collect();
-    Ok(Json(json!({"peers": list})))
-}
-
-async fn validators(State(s): State<RpcState>) -> Json<Value> {
-    let g = &s.genesis;
-    Json(json!({
-        "total_power": g.validators.total_power(),
-        "validators_hash": to_hex(&g.validators.hash()),
-        "validators": g.validators.validators().iter().zip(&g.validator_names).map(|(v, name)| json!({
-            "name": name, "address": to_hex(&v.address), "pubkey": to_hex(&v.pubkey), "power": v.power,
-        })).collect::<Vec<_>>(),
+    let mempool = {
+        let pool = lock_pool(&s)?;
+        api::MempoolSize {
+            txs: pool.len() as u64,
+            bytes: pool.bytes() as u64,
+        }
+    };
+    Ok(Json(api::Status {
+        chain_id: s.genesis.chain_id.clone(),
+        node_id: s.net.local_peer_id().to_string(),
+        moniker: s.moniker.clone(),
+        height: st.height,
+        tip_hash: to_hex(&st.tip_hash),
+        state_root: to_hex(&st.state_root),
+        round: st.round,
+        catching_up: st.catching_up,
+        sync_target: st.sync_target,
+        validator: s.validator.is_some(),
+        validator_address: s.validator.map(|a| to_hex(&a)),
+        peers: peers as u64,
+        mempool,
+        min_fee: s.genesis.params.min_fee,
+        seconds_since_last_block: st.last_block_at.map(|t| t.elapsed().as_secs_f64()),
+        storage_error: s.storage.last(),
+        halted: st.halted,
     }))
 }
 
-async fn evidence(State(s): State<RpcState>) -> Json<Value> {
-    let list = s
-        .view
-        .evidence
-        .read()
-        .map(|l| l.clone())
-        .unwrap_or_default();
-    Json(json!({"evidence": list.iter().map(|e| {
-        let vote = |v: &ledger::types::SignedVote| json!({
-            "height": v.vote.height, "round": v.vote.round,
-            "kind": format!("{:?}", v.vote.kind).to_lowercase(),
-            "block_hash": v.vote.block_hash.map(|h| to_hex(&h)),
-            "signature": to_hex(&v.signature),
-        });
-        json!({
-            "validator": to_hex(&e.first.validator),
-            "height": e.first.vote.height, "round": e.first.vote.round,
-            "first": vote(&e.first), "second": vote(&e.second),
+async fn peers(State(s): State<RpcState>) -> ApiResult<Json<api::Peers>> {
+    let peers = s.net.peers().await.map_err(ApiError::internal)?;
+    let peers = peers
+        .iter()
+        .map(|p| api::Peer {
+            peer_id: p.peer_id.to_string(),
+            connected: p.connected,
+            addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
+            score: p.app_score,
+            score_components: api::ScoreComponents {
+                application: p.app_score,
+                gossipsub: p.gossipsub_score,
+            },
+            reasons: p.reasons.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            banned: p.banned,
+            ban_remaining_secs: p.ban_remaining.map(|d| d.as_secs_f64()),
+            agent: p.agent.clone(),
         })
-    }).collect::<Vec<_>>()}))
+        .collect();
+    Ok(Json(api::Peers { peers }))
+}
+
+async fn validators(State(s): State<RpcState>) -> Json<api::Validators> {
+    let g = &s.genesis;
+    Json(api::Validators {
+        total_power: g.validators.total_power(),
+        validators_hash: to_hex(&g.validators.hash()),
+        validators: g
+            .validators
+            .validators()
+            .iter()
+            .zip(&g.validator_names)
+            .map(|(v, name)| api::Validator {
+                name: name.clone(),
+                address: to_hex(&v.address),
+                pubkey: to_hex(&v.pubkey),
+                power: v.power,
+            })
+            .collect(),
+    })
+}
+
+async fn evidence(State(s): State<RpcState>) -> ApiResult<Json<api::EvidenceList>> {
+    let list = s.view.evidence.read().map_err(|_| {
+        ApiError::new(
+            ErrorCode::Internal,
+            "internal error: the evidence list is unusable after a panic; see the node's log",
+        )
+    })?;
+    let vote = |v: &ledger::types::SignedVote| api::EvidenceVote {
+        height: v.vote.height,
+        round: v.vote.round,
+        kind: format!("{:?}", v.vote.kind).to_lowercase(),
+        block_hash: v.vote.block_hash.map(|h| to_hex(&h)),
+        signature: to_hex(&v.signature),
+    };
+    Ok(Json(api::EvidenceList {
+        evidence: list
+            .iter()
+            .map(|e| api::Evidence {
+                validator: to_hex(&e.first.validator),
+                height: e.first.vote.height,
+                round: e.first.vote.round,
+                first: vote(&e.first),
+                second: vote(&e.second),
+            })
+            .collect(),
+    }))
+}
+
+/// The API's form of an event of the engine's.
+fn api_event(ev: &NodeEvent) -> api::Event {
+    match ev {
+        NodeEvent::Block {
+            height,
+            hash,
+            txs,
+            time_ms,
+        } => api::Event::Block(api::BlockEvent {
+            height: *height,
+            hash: to_hex(hash),
+            txs: *txs as u64,
+            time_ms: *time_ms,
+        }),
+        NodeEvent::Tx { id, height, index } => api::Event::Tx(api::TxEvent {
+            tx_id: to_hex(id),
+            height: *height,
+            index: *index,
+        }),
+    }
 }
 
 async fn events(
@@ -703,8 +714,7 @@ async fn events(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let permit = s.streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_streams",
+            ErrorCode::TooManyStreams,
             "too many open event streams; retry later",
         )
     })?;
@@ -716,24 +726,14 @@ async fn events(
             n = rx.recv() => n,
         };
         let ev = match next {
-            Ok(NodeEvent::Block {
-                height,
-                hash,
-                txs,
-                time_ms,
-            }) => Event::default().event("block").data(
-                json!({"height": height, "hash": to_hex(&hash), "txs": txs, "time_ms": time_ms})
-                    .to_string(),
-            ),
-            Ok(NodeEvent::Tx { id, height, index }) => Event::default()
-                .event("tx")
-                .data(json!({"tx_id": to_hex(&id), "height": height, "index": index}).to_string()),
-            Err(broadcast::error::RecvError::Lagged(n)) => Event::default()
-                .event("lagged")
-                .data(json!({"missed": n}).to_string()),
+            Ok(ev) => api_event(&ev),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                api::Event::Lagged(api::LaggedEvent { missed })
+            }
             Err(broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok(ev), (rx, permit, stop)))
+        let sse = Event::default().event(ev.name()).data(ev.data());
+        Some((Ok(sse), (rx, permit, stop)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
@@ -750,11 +750,114 @@ mod tests {
             needs: 2,
             runs: 1,
         }));
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert_eq!(e.code, "unsupported_payload");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.code, ErrorCode::UnsupportedPayload);
         assert_eq!(
             e.message,
             "payload Bond needs protocol 2; this chain runs protocol 1"
         );
+    }
+
+    /// Issue 19 item 3: a mempool lock poisoned by a panic is a bug of this node, answered
+    /// `internal` (500); the read routes used to answer from a guess instead (tx `unknown`,
+    /// `pending_nonce` = nonce, an empty pool), and admission used to say `mempool_full`.
+    #[tokio::test]
+    async fn a_poisoned_mempool_is_an_internal_error_on_every_route_that_reads_it() {
+        let key = crate::testing::key("poison");
+        let genesis = Arc::new(crate::testing::genesis(
+            "poison",
+            &[&crate::testing::key("v")],
+            &[(&key, 1_000)],
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::testing::rpc_state(genesis, dir.path());
+        let holder = s.mempool.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = holder.lock().unwrap();
+            panic!("a bug while holding the pool");
+        })
+        .join();
+        assert!(s.mempool.is_poisoned());
+
+        let internal = |what: &str, r: ApiResult<()>| {
+            let e = r.expect_err(what);
+            assert_eq!(
+                (e.code, e.status()),
+                (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+                "{what}: {}",
+                e.message
+            );
+        };
+        let tx = get_tx(State(s.clone()), Path("ab".repeat(32))).await;
+        internal("GET /v1/txs/{id}", tx.map(drop));
+        let query = Ok(Query(api::AccountQuery::default()));
+        let acct = get_account(State(s.clone()), Path(to_hex(&key.address())), query).await;
+        internal("GET /v1/accounts/{address}", acct.map(drop));
+        internal("GET /v1/status", status(State(s.clone())).await.map(drop));
+        let stx = key.sign_tx(ledger::types::Tx {
+            chain_id: "poison".into(),
+            from: key.public_key(),
+            nonce: 0,
+            fee: 1,
+            payload: ledger::types::Payload::Transfer {
+                to: [7; 20],
+                amount: 5,
+            },
+        });
+        let body = api::SubmitTx {
+            tx: to_hex(&ledger::codec::encode(&stx)),
+        };
+        let submitted = submit_tx(State(s.clone()), Ok(Json(body))).await;
+        internal("POST /v1/txs", submitted.map(drop));
+    }
+
+    /// Issue 19 item 4: the RPC reference (node/README.md) lists exactly the API's error
+    /// codes, each with its status, and the route table names no code with another status.
+    #[test]
+    fn the_rpc_reference_lists_every_error_code_with_its_status() {
+        let readme = include_str!("../../README.md");
+        let table: Vec<(String, u16)> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("### Error codes"))
+            .skip_while(|l| !l.starts_with("| `"))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let status = cells[2].parse().unwrap_or_else(|_| panic!("status of {l}"));
+                (cells[1].trim_matches('`').to_string(), status)
+            })
+            .collect();
+        let expected: Vec<(String, u16)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str().to_string(), c.status()))
+            .collect();
+        assert_eq!(
+            table, expected,
+            "node/README.md's error code table must list ErrorCode::ALL, in order, with their statuses"
+        );
+
+        // In the route table, "409 `duplicate`, `already_committed`; 413 ..." gives each
+        // code the status written before it: the one the code has.
+        let routes = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| route | answer |"))
+            .take_while(|l| l.starts_with('|'));
+        for line in routes {
+            let mut current: Option<u16> = None;
+            for word in line.split([' ', ',', ';', '(', ')']) {
+                if let Ok(n @ 100..=599) = word.parse::<u16>() {
+                    current = Some(n);
+                } else if let Some(code) = word
+                    .strip_prefix('`')
+                    .and_then(|w| w.strip_suffix('`'))
+                    .and_then(|w| w.parse::<ErrorCode>().ok())
+                {
+                    // A code before any status is a field's name (`storage_error`).
+                    if let Some(status) = current {
+                        assert_eq!(status, code.status(), "`{code}` in: {line}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -25,7 +25,7 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde_json::json;
+use tally_api::{ErrorBody, ErrorCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::Service;
@@ -159,16 +159,19 @@ impl Drop for Slot {
 /// The whole answer to a connection over a cap: a 503 with the JSON error body, written
 /// with one non-blocking write before the connection is closed.
 fn refusal(cap: Cap) -> Vec<u8> {
-    let body = json!({"error": {
-        "code": "too_many_connections",
-        "message": format!(
+    let code = ErrorCode::TooManyConnections;
+    let body = serde_json::to_string(&ErrorBody::new(
+        code,
+        format!(
             "this server has as many connections open as its {} allows; close idle ones or retry later",
             cap.reason()
         ),
-    }})
-    .to_string();
+    ))
+    .unwrap_or_default();
+    let status = axum::http::StatusCode::from_u16(code.status())
+        .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

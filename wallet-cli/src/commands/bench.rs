@@ -26,6 +26,7 @@ use crate::commands::transfer::{build_transfer, subscribe, wait_for_commit};
 use crate::context::{warn, Ctx};
 use crate::error::{Error, Result};
 use crate::rpc::{Event, NodeClient};
+use tally_api::{ErrorCode, TxEvent};
 
 /// Most not-committed tx ids listed in the report.
 const MAX_LISTED: usize = 20;
@@ -97,7 +98,7 @@ impl Shared {
     fn on_event(&self, ev: Event) {
         let now = Instant::now();
         match ev {
-            Event::Tx { tx_id, .. } => {
+            Event::Tx(TxEvent { tx_id, .. }) => {
                 let mut s = self.stats();
                 if let Some(at) = s.in_flight.remove(&tx_id) {
                     s.committed += 1;
@@ -110,7 +111,9 @@ impl Shared {
                     h.saturating_record(us);
                 }
             }
-            Event::Block { .. } => self.stats().blocks += 1,
+            Event::Block(_) => self.stats().blocks += 1,
+            // Commits it missed are found by polling at the end of the run.
+            Event::Lagged(_) => {}
         }
     }
 }
@@ -370,7 +373,7 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
                 let status = match ledger::hash::from_hex_array::<32>(&id) {
                     Ok(raw) => {
                         match tokio::time::timeout(Duration::from_secs(5), client.tx(&raw)).await {
-                            Ok(Ok(st)) => st.status,
+                            Ok(Ok(st)) => st.status.as_str().to_string(),
                             Ok(Err(e)) => format!("error: {e}"),
                             Err(_) => "error: timeout".to_string(),
                         }
@@ -450,7 +453,7 @@ async fn submit_one(
 
 fn reason(e: &Error) -> String {
     match &e.code {
-        Some(code) => code.clone(),
+        Some(code) => code.to_string(),
         None => format!("error:{}", e.kind.as_str()),
     }
 }
@@ -670,10 +673,11 @@ async fn fund_accounts(
             // go on (commits free the funder's mempool slots).
             Err(e)
                 if !last_id.is_empty()
-                    && matches!(
-                        e.code.as_deref(),
-                        Some("sender_limit" | "nonce_gap" | "mempool_full")
-                    ) =>
+                    && e.is_node_code(&[
+                        ErrorCode::SenderLimit,
+                        ErrorCode::NonceGap,
+                        ErrorCode::MempoolFull,
+                    ]) =>
             {
                 wait_for_commit(client, &last_id, None, args.drain_timeout)
                     .await?

@@ -1,6 +1,7 @@
 //! Read-only commands: `balance`, `tx`, `status`, `block`.
 
 use serde_json::json;
+use tally_api::TxState;
 
 use crate::cli::BalanceArgs;
 use crate::context::Ctx;
@@ -43,17 +44,17 @@ pub async fn tx(ctx: &Ctx, id: [u8; 32]) -> Result<()> {
     let st = client.tx(&id).await?;
     let value = serde_json::to_value(&st)
         .map_err(|e| Error::failure(format!("cannot encode the answer: {e}")))?;
-    ctx.emit(&value, || match st.status.as_str() {
-        "committed" => format!(
+    ctx.emit(&value, || match st.status {
+        TxState::Committed => format!(
             "tx {}\nstatus      committed (final)\nblock       {} (index {})\nblock hash  {}",
             st.tx_id,
             st.height.map_or("?".to_string(), |h| h.to_string()),
             st.index.map_or("?".to_string(), |i| i.to_string()),
             st.block_hash.as_deref().unwrap_or("?")
         ),
-        "pending" => format!("tx {}\nstatus      pending (in the mempool, not yet in a block)", st.tx_id),
-        other => format!(
-            "tx {}\nstatus      {other} (this node has not seen it; it may have been dropped or sent to another chain)",
+        TxState::Pending => format!("tx {}\nstatus      pending (in the mempool, not yet in a block)", st.tx_id),
+        TxState::Unknown => format!(
+            "tx {}\nstatus      unknown (this node has not seen it; it may have been dropped or sent to another chain)",
             st.tx_id
         ),
     });
@@ -63,7 +64,7 @@ pub async fn tx(ctx: &Ctx, id: [u8; 32]) -> Result<()> {
 pub async fn status(ctx: &Ctx) -> Result<()> {
     let client = ctx.client()?;
     let value = client.get_json("/v1/status").await?;
-    let st: crate::rpc::Status = serde_json::from_value(value.clone()).map_err(|e| {
+    let st: tally_api::Status = serde_json::from_value(value.clone()).map_err(|e| {
         Error::failure(format!(
             "node at {} sent a status this tally does not understand ({e})",
             client.url()
@@ -107,27 +108,24 @@ pub async fn block(ctx: &Ctx, at: BlockRef) -> Result<()> {
     let b = client.block(height).await?;
     let mut value = serde_json::to_value(&b)
         .map_err(|e| Error::failure(format!("cannot encode the answer: {e}")))?;
-    // The raw block is for verification; scripts that want it can ask the node.
+    // The raw block is for verification, and the previous block's commit is that block's
+    // business; scripts that want them can ask the node.
     if let Some(obj) = value.as_object_mut() {
         obj.remove("block");
+        obj.remove("last_commit");
     }
     ctx.emit(&value, || {
         let h = &b.header;
-        let field = |k: &str| match h.get(k) {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v) if !v.is_null() => v.to_string(),
-            _ => "?".to_string(),
-        };
         let mut out = format!(
             "block {}\nhash        {}\nchain       {}\nround       {}\ntime_ms     {}\nprev        {}\nstate root  {}\nproposer    {}\ntxs         {}",
             b.height,
             b.hash,
-            field("chain_id"),
-            field("round"),
-            field("time_ms"),
-            field("prev_hash"),
-            field("state_root"),
-            field("proposer"),
+            h.chain_id,
+            h.round,
+            h.time_ms,
+            h.prev_hash,
+            h.state_root,
+            h.proposer,
             b.tx_ids.len()
         );
         for id in &b.tx_ids {

@@ -18,6 +18,7 @@ use crate::cli::{SendArgs, WaitFor};
 use crate::context::{warn, Ctx};
 use crate::error::{Error, Kind, Result};
 use crate::rpc::{Event, NodeClient};
+use tally_api::{ErrorCode, TxState};
 
 /// How long a local nonce hint is trusted. Long enough for gossip between nodes, short
 /// enough that a dropped transaction does not leave the key stuck with a gap.
@@ -100,8 +101,8 @@ pub async fn wait_for_commit(
                 };
             }
             ev = next_event(&mut events) => match ev {
-                Some(Event::Tx { tx_id: got, height, index }) if got == tx_id => {
-                    return Ok(Some(Inclusion { height, index }));
+                Some(Event::Tx(ev)) if ev.tx_id == tx_id => {
+                    return Ok(Some(Inclusion { height: ev.height, index: ev.index }));
                 }
                 Some(_) => {}
                 None => {
@@ -113,7 +114,7 @@ pub async fn wait_for_commit(
                 next_poll = tokio::time::Instant::now() + every;
                 match tokio::time::timeout_at(deadline, client.tx(&id)).await {
                     Err(_) => return Ok(None),
-                    Ok(Ok(st)) if st.status == "committed" => {
+                    Ok(Ok(st)) if st.status == TxState::Committed => {
                         return Ok(Some(Inclusion {
                             height: st.height.unwrap_or(0),
                             index: st.index.unwrap_or(0),
@@ -264,10 +265,11 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
             // the very same bytes, since RFC 6979 signatures are deterministic).
             Err(e)
                 if attempt == 0
-                    && matches!(
-                        e.code.as_deref(),
-                        Some("nonce_too_low" | "duplicate" | "already_committed")
-                    ) =>
+                    && e.is_node_code(&[
+                        ErrorCode::NonceTooLow,
+                        ErrorCode::Duplicate,
+                        ErrorCode::AlreadyCommitted,
+                    ]) =>
             {
                 let fresh = client.account(&address, false).await?;
                 nonce = fresh.next_nonce().max(nonce + 1);
@@ -275,7 +277,7 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
             Err(e)
                 if attempt == 0
                     && nonce > node_nonce
-                    && matches!(e.code.as_deref(), Some("nonce_too_high" | "nonce_gap")) =>
+                    && e.is_node_code(&[ErrorCode::NonceTooHigh, ErrorCode::NonceGap]) =>
             {
                 // The local hint ran ahead of the node (a dropped tx): trust the node.
                 nonce = client.account(&address, false).await?.next_nonce();

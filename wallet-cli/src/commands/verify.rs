@@ -6,13 +6,15 @@
 use std::path::Path;
 
 use ledger::genesis::Genesis;
+use ledger::hash::from_hex_array;
 use ledger::state::AccountProof;
-use ledger::types::{Account, Address, Block};
+use ledger::types::{Account, Address, Block, Commit, CommitSig};
 use serde_json::json;
 
 use crate::context::Ctx;
 use crate::error::{Error, Result};
-use crate::rpc::{AccountInfo, BlockInfo, NodeClient};
+use crate::rpc::NodeClient;
+use tally_api::{Account as AccountInfo, Block as BlockInfo};
 
 /// What a successful verification established.
 #[derive(Debug, Clone)]
@@ -54,6 +56,29 @@ pub async fn verify_account(
         }
         return check(genesis, address, acct, &info, &block);
     }
+}
+
+/// The ledger's commit of the API's (hex strings to bytes).
+fn to_commit(c: &tally_api::Commit) -> Result<Commit, String> {
+    let signatures = c
+        .signatures
+        .iter()
+        .map(|s| {
+            Ok(CommitSig {
+                validator: from_hex_array::<20>(&s.validator)
+                    .map_err(|e| format!("commit signature validator: {e}"))?,
+                signature: from_hex_array::<64>(&s.signature)
+                    .map_err(|e| format!("commit signature: {e}"))?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Commit {
+        height: c.height,
+        round: c.round,
+        block_hash: from_hex_array::<32>(&c.block_hash)
+            .map_err(|e| format!("commit block_hash: {e}"))?,
+        signatures,
+    })
 }
 
 fn decode_block(info: &BlockInfo) -> Result<Block> {
@@ -105,9 +130,8 @@ fn check(
                 "the node has no commit for height {} yet; try again in a moment",
                 header.height
             ))
-        })?
-        .to_commit()
-        .map_err(failed)?;
+        })
+        .and_then(|c| to_commit(c).map_err(failed))?;
     vs.verify_commit(&genesis.chain_id, header.height, &hash, &commit)
         .map_err(|e| {
             failed(format!(

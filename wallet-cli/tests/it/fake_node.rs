@@ -1,7 +1,8 @@
 //! An in-memory stand-in for tallyd's RPC (DESIGN.md section 7), just faithful enough to
 //! drive the real `tally` binary: it checks signatures, chain id, fee, nonce and funds
 //! like the real mempool, commits pending transactions in a block every ~100 ms, and
-//! streams `block` / `tx` server-sent events.
+//! streams `block` / `tx` server-sent events. Its bodies are the `tally-api` types the
+//! real node serves, plus a few fields no node sends (the wallet must ignore them).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ledger::types::{Address, Payload, SignedTx};
 use serde_json::{json, Value};
+use tally_api::{self as api, ErrorBody, ErrorCode};
 use tokio::sync::broadcast;
 
 pub const CHAIN_ID: &str = "tally-fake";
@@ -141,12 +143,9 @@ impl FakeNode {
     }
 }
 
-fn err(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+fn err(code: ErrorCode, message: &str) -> Response {
+    let status = StatusCode::from_u16(code.status()).unwrap();
+    (status, Json(ErrorBody::new(code, message))).into_response()
 }
 
 impl App {
@@ -180,16 +179,22 @@ impl App {
             ids.push(id);
         }
         for (index, id) in ids.iter().enumerate() {
-            let _ = self.events.send((
-                "tx",
-                json!({"tx_id": id, "height": height, "index": index}).to_string(),
-            ));
+            let ev = api::Event::Tx(api::TxEvent {
+                tx_id: id.clone(),
+                height,
+                index: index as u32,
+            });
+            let _ = self.events.send((ev.name(), ev.data()));
         }
-        let _ = self.events.send((
-            "block",
-            json!({"height": height, "hash": hash, "txs": ids.len(), "time_ms": 0, "new": 1})
-                .to_string(),
-        ));
+        let mut block = serde_json::to_value(api::BlockEvent {
+            height,
+            hash: hash.clone(),
+            txs: ids.len() as u64,
+            time_ms: 0,
+        })
+        .unwrap();
+        block["new"] = json!(1);
+        let _ = self.events.send(("block", block.to_string()));
         g.blocks.push(FakeBlock {
             height,
             hash,
@@ -200,59 +205,63 @@ impl App {
 
 async fn status(State(app): State<App>) -> Response {
     let g = app.inner.lock().unwrap();
-    Json(json!({
-        "chain_id": CHAIN_ID, "node_id": "fake", "moniker": "fake-node",
-        "height": g.blocks.len(), "tip_hash": g.blocks.last().map(|b| b.hash.clone()).unwrap_or_default(),
-        "state_root": "00".repeat(32), "catching_up": false, "validator": true,
-        "validator_address": null, "round": 0, "peers": 0,
-        "mempool": {"txs": g.mempool.len(), "bytes": 0}, "min_fee": MIN_FEE,
-        "some_future_field": {"x": 1}
-    }))
-    .into_response()
+    let mut v = serde_json::to_value(api::Status {
+        chain_id: CHAIN_ID.into(),
+        node_id: "fake".into(),
+        moniker: "fake-node".into(),
+        height: g.blocks.len() as u64,
+        tip_hash: g.blocks.last().map(|b| b.hash.clone()).unwrap_or_default(),
+        state_root: "00".repeat(32),
+        round: 0,
+        catching_up: false,
+        sync_target: 0,
+        validator: true,
+        validator_address: None,
+        peers: 0,
+        mempool: api::MempoolSize {
+            txs: g.mempool.len() as u64,
+            bytes: 0,
+        },
+        min_fee: MIN_FEE,
+        seconds_since_last_block: None,
+        storage_error: None,
+        halted: None,
+    })
+    .unwrap();
+    v["some_future_field"] = json!({"x": 1});
+    Json(v).into_response()
 }
 
 async fn submit(State(app): State<App>, Json(body): Json<Value>) -> Response {
-    let Some(hex_tx) = body.get("tx").and_then(Value::as_str) else {
-        return err(StatusCode::BAD_REQUEST, "bad_request", "missing field tx");
+    let Ok(api::SubmitTx { tx: hex_tx }) = serde_json::from_value(body) else {
+        return err(ErrorCode::BadRequest, "missing field tx");
     };
     let Ok(bytes) = hex::decode(hex_tx) else {
-        return err(StatusCode::BAD_REQUEST, "malformed", "tx is not hex");
+        return err(ErrorCode::Malformed, "tx is not hex");
     };
     let stx: SignedTx = match ledger::codec::decode("tx", &bytes, 1024) {
         Ok(t) => t,
-        Err(e) => return err(StatusCode::BAD_REQUEST, "malformed", &e.to_string()),
+        Err(e) => return err(ErrorCode::Malformed, &e.to_string()),
     };
     if stx.verify_signature().is_err() {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "bad_signature",
-            "signature does not verify",
-        );
+        return err(ErrorCode::BadSignature, "signature does not verify");
     }
     if stx.tx.chain_id != CHAIN_ID {
-        return err(StatusCode::BAD_REQUEST, "wrong_chain", "wrong chain");
+        return err(ErrorCode::WrongChain, "wrong chain");
     }
     if stx.tx.fee < MIN_FEE {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "fee_too_low",
-            "fee too low",
-        );
+        return err(ErrorCode::FeeTooLow, "fee too low");
     }
     let Payload::Transfer { amount, .. } = stx.tx.payload else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "unsupported_payload",
-            "payload needs protocol 2",
-        );
+        return err(ErrorCode::UnsupportedPayload, "payload needs protocol 2");
     };
     if amount == 0 {
-        return err(StatusCode::BAD_REQUEST, "zero_amount", "zero amount");
+        return err(ErrorCode::ZeroAmount, "zero amount");
     }
     let id = hex::encode(stx.id());
     let mut g = app.inner.lock().unwrap();
     if g.txs.contains_key(&id) || g.mempool.iter().any(|(i, _)| *i == id) {
-        return err(StatusCode::CONFLICT, "duplicate", "already known");
+        return err(ErrorCode::Duplicate, "already known");
     }
     let sender = stx.sender();
     let acct = g.accounts.get(&sender).copied().unwrap_or_default();
@@ -265,8 +274,7 @@ async fn submit(State(app): State<App>, Json(body): Json<Value>) -> Response {
     let expected = acct.nonce + pending.len() as u64;
     if stx.tx.nonce < expected {
         return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "nonce_too_low",
+            ErrorCode::NonceTooLow,
             &format!(
                 "nonce {} was already used; next is {expected}",
                 stx.tx.nonce
@@ -274,7 +282,7 @@ async fn submit(State(app): State<App>, Json(body): Json<Value>) -> Response {
         );
     }
     if stx.tx.nonce > expected {
-        return err(StatusCode::UNPROCESSABLE_ENTITY, "nonce_gap", "nonce gap");
+        return err(ErrorCode::NonceGap, "nonce gap");
     }
     let spent: u128 = pending
         .iter()
@@ -283,8 +291,7 @@ async fn submit(State(app): State<App>, Json(body): Json<Value>) -> Response {
     let needed = u128::from(amount) + u128::from(stx.tx.fee);
     if u128::from(acct.balance) < spent + needed {
         return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "insufficient_funds",
+            ErrorCode::InsufficientFunds,
             &format!(
                 "balance {} is less than amount + fee = {needed}",
                 acct.balance
@@ -292,23 +299,37 @@ async fn submit(State(app): State<App>, Json(body): Json<Value>) -> Response {
         );
     }
     g.mempool.push((id.clone(), stx));
-    (StatusCode::ACCEPTED, Json(json!({"tx_id": id}))).into_response()
+    (StatusCode::ACCEPTED, Json(api::Submitted { tx_id: id })).into_response()
 }
 
 async fn tx_status(State(app): State<App>, Path(id): Path<String>) -> Response {
     if ledger::hash::from_hex_array::<32>(&id).is_err() {
-        return err(StatusCode::BAD_REQUEST, "bad_request", "bad tx id");
+        return err(ErrorCode::BadTxId, "bad tx id");
     }
     let g = app.inner.lock().unwrap();
     if let Some(r) = g.txs.get(&id) {
-        return Json(json!({"tx_id": id, "status": "committed", "height": r.height, "index": r.index, "block_hash": r.block_hash})).into_response();
+        return Json(api::TxStatus {
+            tx_id: id,
+            status: api::TxState::Committed,
+            height: Some(r.height),
+            index: Some(r.index),
+            block_hash: Some(r.block_hash.clone()),
+        })
+        .into_response();
     }
     let status = if g.mempool.iter().any(|(i, _)| *i == id) {
-        "pending"
+        api::TxState::Pending
     } else {
-        "unknown"
+        api::TxState::Unknown
     };
-    Json(json!({"tx_id": id, "status": status})).into_response()
+    Json(api::TxStatus {
+        tx_id: id,
+        status,
+        height: None,
+        index: None,
+        block_hash: None,
+    })
+    .into_response()
 }
 
 async fn account(
@@ -317,11 +338,7 @@ async fn account(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let Ok(address) = ledger::hash::from_hex_array::<20>(&addr) else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "bad_address",
-            "address must be 40 hex",
-        );
+        return err(ErrorCode::BadAddress, "address must be 40 hex");
     };
     let g = app.inner.lock().unwrap();
     let a = g.accounts.get(&address).copied().unwrap_or_default();
@@ -330,11 +347,17 @@ async fn account(
         .iter()
         .filter(|(_, t)| t.sender() == address)
         .count() as u64;
-    let mut v = json!({
-        "address": addr, "balance": a.balance, "nonce": a.nonce,
-        "pending_nonce": a.nonce + pending, "height": g.blocks.len(),
-        "state_root": "00".repeat(32),
-    });
+    let mut v = serde_json::to_value(api::Account {
+        address: addr,
+        balance: a.balance,
+        nonce: a.nonce,
+        pending_nonce: a.nonce + pending,
+        height: g.blocks.len() as u64,
+        state_root: "00".repeat(32),
+        proof: None,
+        exists: None,
+    })
+    .unwrap();
     if q.get("proof").map(String::as_str) == Some("true") {
         if let Some(f) = &g.extra_account_fields {
             if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), f(&address)) {
@@ -352,32 +375,43 @@ async fn block(State(app): State<App>, Path(at): Path<String>) -> Response {
     } else {
         match at.parse::<u64>() {
             Ok(h) => h,
-            Err(_) => return err(StatusCode::BAD_REQUEST, "bad_height", "bad height"),
+            Err(_) => return err(ErrorCode::BadHeight, "bad height"),
         }
     };
     if let Some(v) = g.extra_blocks.get(&height) {
         return Json(v.clone()).into_response();
     }
     let Some(b) = height.checked_sub(1).and_then(|i| g.blocks.get(i as usize)) else {
-        return err(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no block at that height",
-        );
+        return err(ErrorCode::NotFound, "no block at that height");
     };
-    Json(json!({
-        "height": b.height, "hash": b.hash,
-        "header": {"version": 1, "chain_id": CHAIN_ID, "height": b.height, "round": 0, "time_ms": 0,
-                   "prev_hash": "00".repeat(32), "tx_root": "00".repeat(32), "state_root": "00".repeat(32),
-                   "validators_hash": "00".repeat(32), "proposer": "00".repeat(20), "last_commit_hash": "00".repeat(32)},
-        "tx_ids": b.tx_ids, "commit": null,
-    }))
+    // No raw block: the fake's blocks are not real ones (the verify tests inject theirs).
+    Json(api::Block {
+        height: b.height,
+        hash: b.hash.clone(),
+        header: api::Header {
+            version: 1,
+            chain_id: CHAIN_ID.into(),
+            height: b.height,
+            round: 0,
+            time_ms: 0,
+            prev_hash: "00".repeat(32),
+            tx_root: "00".repeat(32),
+            state_root: "00".repeat(32),
+            validators_hash: "00".repeat(32),
+            proposer: "00".repeat(20),
+            last_commit_hash: "00".repeat(32),
+        },
+        tx_ids: b.tx_ids.clone(),
+        commit: None,
+        last_commit: None,
+        block: None,
+    })
     .into_response()
 }
 
 async fn events_route(State(app): State<App>) -> Response {
     if app.inner.lock().unwrap().events_disabled {
-        return err(StatusCode::NOT_FOUND, "not_found", "no such route");
+        return err(ErrorCode::NotFound, "no such route");
     }
     let rx = app.events.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {

@@ -1,0 +1,292 @@
+//! Request and response bodies of the routes, in the order of the RPC reference. Hashes,
+//! addresses, keys and signatures are lowercase hex strings. Fields a client can do
+//! without are `#[serde(default)]`, and unknown fields are ignored, so that a client
+//! reads the answers of older and newer nodes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorDetail;
+
+/// Most txs in one `POST /v1/txs/batch`.
+pub const MAX_SUBMIT_BATCH: usize = 1024;
+
+/// `POST /v1/txs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitTx {
+    /// Hex of borsh(SignedTx).
+    pub tx: String,
+}
+
+/// `202` to `POST /v1/txs`: the id the node computed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub tx_id: String,
+}
+
+/// `POST /v1/txs/batch` in its JSON form (the other is raw borsh `Vec<SignedTx>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitBatch {
+    /// Hex of borsh(SignedTx) each.
+    pub txs: Vec<String>,
+}
+
+/// `200` to `POST /v1/txs/batch`: one result per tx, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    pub accepted: usize,
+    pub refused: usize,
+    pub results: Vec<BatchResult>,
+}
+
+/// One tx of a batch: accepted (`error` absent) or refused with the codes of `POST /v1/txs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchResult {
+    /// Null for a tx that is not hex (it has no bytes to hash).
+    pub tx_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// Where a tx is, as far as the node knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxState {
+    Pending,
+    Committed,
+    /// Not seen by this node (also any state a newer node adds).
+    #[serde(other)]
+    Unknown,
+}
+
+impl TxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxState::Pending => "pending",
+            TxState::Committed => "committed",
+            TxState::Unknown => "unknown",
+        }
+    }
+}
+
+/// `GET /v1/txs/{id}`; `height`, `index` and `block_hash` only when committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxStatus {
+    pub tx_id: String,
+    pub status: TxState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_hash: Option<String>,
+}
+
+/// The query of `GET /v1/accounts/{address}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountQuery {
+    #[serde(default)]
+    pub proof: bool,
+}
+
+/// `GET /v1/accounts/{address}[?proof=true]`: the account at `height` (all zero if it
+/// does not exist).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub address: String,
+    pub balance: u64,
+    pub nonce: u64,
+    /// Next nonce to use (committed nonce + this sender's pending txs). Older nodes leave
+    /// it out: then it reads 0 and [`Account::next_nonce`] falls back to `nonce`.
+    #[serde(default)]
+    pub pending_nonce: u64,
+    pub height: u64,
+    #[serde(default)]
+    pub state_root: String,
+    /// With `?proof=true`: hex of the account's proof against `state_root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
+    /// With `?proof=true`: whether the proof is of presence (else of absence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+}
+
+impl Account {
+    pub fn next_nonce(&self) -> u64 {
+        self.pending_nonce.max(self.nonce)
+    }
+}
+
+/// `GET /v1/blocks/latest`, `GET /v1/blocks/{height}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub height: u64,
+    pub hash: String,
+    #[serde(default)]
+    pub header: Header,
+    #[serde(default)]
+    pub tx_ids: Vec<String>,
+    /// The commit that finalised this block; null until the next block is built on it.
+    #[serde(default)]
+    pub commit: Option<Commit>,
+    /// The commit of the previous block that this block carries.
+    #[serde(default)]
+    pub last_commit: Option<Commit>,
+    /// Hex of borsh(Block): the authoritative bytes (what `tally balance --verify` checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<String>,
+}
+
+/// A block header's fields (the hash is over borsh(Header), see `block`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Header {
+    pub version: u32,
+    pub chain_id: String,
+    pub height: u64,
+    pub round: u32,
+    pub time_ms: u64,
+    pub prev_hash: String,
+    pub tx_root: String,
+    pub state_root: String,
+    pub validators_hash: String,
+    pub proposer: String,
+    pub last_commit_hash: String,
+}
+
+/// > 2/3 of the power's precommits for a block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub height: u64,
+    pub round: u32,
+    pub block_hash: String,
+    pub signatures: Vec<CommitSignature>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitSignature {
+    pub validator: String,
+    pub signature: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub chain_id: String,
+    #[serde(default)]
+    pub node_id: String,
+    #[serde(default)]
+    pub moniker: String,
+    pub height: u64,
+    #[serde(default)]
+    pub tip_hash: String,
+    #[serde(default)]
+    pub state_root: String,
+    #[serde(default)]
+    pub round: u32,
+    #[serde(default)]
+    pub catching_up: bool,
+    /// The height a catching-up node syncs toward.
+    #[serde(default)]
+    pub sync_target: u64,
+    #[serde(default)]
+    pub validator: bool,
+    #[serde(default)]
+    pub validator_address: Option<String>,
+    /// Connected peers.
+    #[serde(default)]
+    pub peers: u64,
+    #[serde(default)]
+    pub mempool: MempoolSize,
+    pub min_fee: u64,
+    #[serde(default)]
+    pub seconds_since_last_block: Option<f64>,
+    /// The last failure of this node's own store, or null.
+    #[serde(default)]
+    pub storage_error: Option<String>,
+    /// Set when the node's consensus stopped (its store refused a block): why.
+    #[serde(default)]
+    pub halted: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MempoolSize {
+    #[serde(default)]
+    pub txs: u64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// `GET /v1/peers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peers {
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    pub peer_id: String,
+    pub connected: bool,
+    /// Remote addresses of the established connections (multiaddrs).
+    pub addresses: Vec<String>,
+    /// The application score bans are based on (0 = neutral, decays toward 0).
+    pub score: f64,
+    pub score_components: ScoreComponents,
+    /// Penalties received, by reason, with counts.
+    pub reasons: BTreeMap<String, u64>,
+    pub banned: bool,
+    pub ban_remaining_secs: Option<f64>,
+    /// The software the peer announces (e.g. `tally/0.1.0`).
+    pub agent: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreComponents {
+    pub application: f64,
+    /// Null if gossipsub does not track the peer.
+    pub gossipsub: Option<f64>,
+}
+
+/// `GET /v1/validators`: the genesis set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validators {
+    pub total_power: u64,
+    pub validators_hash: String,
+    pub validators: Vec<Validator>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validator {
+    pub name: String,
+    pub address: String,
+    pub pubkey: String,
+    pub power: u64,
+}
+
+/// `GET /v1/evidence`: double votes this node has seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceList {
+    pub evidence: Vec<Evidence>,
+}
+
+/// Two conflicting votes of one validator for the same (height, round, kind).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub validator: String,
+    pub height: u64,
+    pub round: u32,
+    pub first: EvidenceVote,
+    pub second: EvidenceVote,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceVote {
+    pub height: u64,
+    pub round: u32,
+    /// `prevote` or `precommit`.
+    pub kind: String,
+    /// Null for a nil vote.
+    pub block_hash: Option<String>,
+    pub signature: String,
+}
