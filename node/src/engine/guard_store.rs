@@ -11,7 +11,7 @@ use std::sync::Arc;
 use consensus::{GuardState, GuardStore};
 use ledger::codec::encode;
 use ledger::store::rocks::RocksStore;
-use ledger::store::{ChainReader, ChainWriter, StoreError};
+use ledger::store::{ConsensusStore, StoreError};
 
 const GUARD_KEY: &[u8] = b"signing_guard";
 

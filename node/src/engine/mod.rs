@@ -26,7 +26,7 @@ use ledger::crypto::Keypair;
 use ledger::exec::{build_body, execute_block, BlockOutcome, ExecContext, Signatures};
 use ledger::genesis::Genesis;
 use ledger::store::rocks::RocksStore;
-use ledger::store::{ChainReader, ChainWriter, Tip};
+use ledger::store::{ChainReader, ChainWriter, ConsensusStore, Tip};
 use ledger::types::{Block, Commit, SignedTx};
 use ledger::Hash;
 use tally_p2p::{NetworkHandle, PeerId, Topic};

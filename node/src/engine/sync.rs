@@ -1261,7 +1261,7 @@ mod tests {
 pub(crate) mod testing {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use ledger::state::StateReader;
+    use ledger::state::{AccountReader, StateReader};
     use ledger::store::memory::MemStore;
     use ledger::store::{ChainReader, StoreError, Tip, TxLocation};
     use ledger::types::{Account, Block, Commit};
@@ -1285,7 +1285,7 @@ pub(crate) mod testing {
         }
     }
 
-    impl StateReader for FailingStore {
+    impl AccountReader for FailingStore {
         fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError> {
             if self.fail_accounts.load(Ordering::SeqCst) {
                 return Err(StoreError::Db(
@@ -1294,6 +1294,9 @@ pub(crate) mod testing {
             }
             self.inner.account_by_key(key)
         }
+    }
+
+    impl StateReader for FailingStore {
         fn tree_node(
             &self,
             key: &jmt::storage::NodeKey,
@@ -1323,9 +1326,6 @@ pub(crate) mod testing {
         }
         fn genesis_hash(&self) -> Result<Hash, StoreError> {
             self.inner.genesis_hash()
-        }
-        fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.consensus_get(key)
         }
     }
 }
