@@ -23,18 +23,25 @@ use crate::types::{Account, Address};
 /// (jmt's placeholder hash, which it does not export).
 pub const EMPTY_ROOT: Hash = *b"SPARSE_MERKLE_PLACEHOLDER_HASH__";
 
-/// Reads the latest committed state. Implemented by every store.
-pub trait StateReader {
+/// Reads the latest committed accounts: all that a balance or nonce lookup (the mempool,
+/// the RPC) needs.
+pub trait AccountReader {
     /// Latest committed value of the account whose key hash is `key`.
     fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError>;
-    /// A node of the latest tree version.
-    fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError>;
-    /// The latest tree version (None before genesis state is written) and its root.
-    fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError>;
 
     fn account(&self, address: &Address) -> Result<Option<Account>, StoreError> {
         self.account_by_key(&account_key(address))
     }
+}
+
+/// Reads the latest committed state: accounts and the authenticated tree over them, all
+/// that execution and proofs need. Accounts are a supertrait because the tree's leaves
+/// hold only their values' hashes: jmt reads the values themselves through the accounts.
+pub trait StateReader: AccountReader {
+    /// A node of the latest tree version.
+    fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError>;
+    /// The latest tree version (None before genesis state is written) and its root.
+    fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError>;
 }
 
 /// The tree key of an account.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ledger::crypto::Keypair;
 use ledger::genesis::Genesis;
-use ledger::store::ChainWriter;
+use ledger::store::{ChainWriter, ConsensusStore};
 use tally_p2p::NetworkHandle;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -23,6 +23,11 @@ use crate::sync::{SyncActor, SyncMsg, SyncParts};
 
 /// Sync's inbox, at most (peer heights are dropped, not waited for, when it is full).
 const SYNC_INBOX: usize = 1024;
+
+/// What the actors need of a store: the chain (blocks, state, commits) and the consensus
+/// side table (the signing guard, evidence). RocksDB in the node, MemStore in tests.
+pub trait NodeStore: ChainWriter + ConsensusStore + 'static {}
+impl<T: ChainWriter + ConsensusStore + 'static> NodeStore for T {}
 
 /// What the actors are built from.
 pub struct ActorParts<S> {
@@ -40,7 +45,7 @@ pub struct ActorParts<S> {
 }
 
 /// The actors, built and connected but not yet running, with their inboxes.
-pub struct Actors<S: ChainWriter> {
+pub struct Actors<S: NodeStore> {
     pub driver: Driver<S>,
     pub host: ChainHost<S>,
     pub sync: SyncActor,
@@ -63,7 +68,7 @@ pub struct Handles {
     pub view: NodeView,
 }
 
-impl<S: ChainWriter + 'static> Actors<S> {
+impl<S: NodeStore> Actors<S> {
     pub fn build(parts: ActorParts<S>) -> anyhow::Result<Self> {
         let (driver_tx, driver_rx) = mpsc::channel(crate::driver::INBOX);
         let (host_tx, host_rx) = mpsc::channel(crate::chain::INBOX);

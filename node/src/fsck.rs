@@ -10,7 +10,7 @@ use std::time::Instant;
 use ledger::block::check_header;
 use ledger::exec::{execute_block, ExecContext, Signatures};
 use ledger::genesis::Genesis;
-use ledger::state::StateReader;
+use ledger::state::{AccountReader, StateReader};
 use ledger::store::memory::MemStore;
 use ledger::store::rocks::RocksStore;
 use ledger::store::{ChainReader, ChainWriter};

@@ -7,11 +7,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::actors::NodeStore;
 use ledger::crypto::Keypair;
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::store::memory::MemStore;
 use ledger::store::rocks::RocksStore;
-use ledger::store::ChainWriter;
 use ledger::types::{Block, Commit};
 use ledger::Hash;
 
@@ -115,7 +115,7 @@ pub fn chain(n: u64) -> (Genesis, MemStore, Vec<(Block, Commit)>) {
 /// The three actors over `store`, connected, not running: the test drives them by hand.
 /// The network is detached (its commands come out of the returned receiver), the
 /// mempool empty, `timeout_commit` 10 ms.
-pub fn actors<S: ChainWriter + 'static>(
+pub fn actors<S: NodeStore>(
     genesis: Arc<Genesis>,
     store: Arc<S>,
     key: Option<Keypair>,
@@ -229,10 +229,9 @@ pub use failing::FailingStore;
 mod failing {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use ledger::state::StateReader;
-    use ledger::state::StateUpdate;
+    use ledger::state::{AccountReader, StateReader, StateUpdate};
     use ledger::store::memory::MemStore;
-    use ledger::store::{ChainReader, ChainWriter, StoreError, Tip, TxLocation};
+    use ledger::store::{ChainReader, ChainWriter, ConsensusStore, StoreError, Tip, TxLocation};
     use ledger::types::{Account, Block, Commit};
     use ledger::Hash;
 
@@ -261,7 +260,7 @@ mod failing {
         }
     }
 
-    impl StateReader for FailingStore {
+    impl AccountReader for FailingStore {
         fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError> {
             if self.fail_accounts.load(Ordering::SeqCst) {
                 return Err(StoreError::Db(
@@ -270,6 +269,9 @@ mod failing {
             }
             self.inner.account_by_key(key)
         }
+    }
+
+    impl StateReader for FailingStore {
         fn tree_node(
             &self,
             key: &jmt::storage::NodeKey,
@@ -300,8 +302,14 @@ mod failing {
         fn genesis_hash(&self) -> Result<Hash, StoreError> {
             self.inner.genesis_hash()
         }
+    }
+
+    impl ConsensusStore for FailingStore {
         fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.consensus_get(key)
+        }
+        fn consensus_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+            self.inner.consensus_put(key, value)
         }
     }
 
@@ -319,9 +327,6 @@ mod failing {
                 ));
             }
             self.inner.commit_block(block, commit, update, tx_ids)
-        }
-        fn consensus_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-            self.inner.consensus_put(key, value)
         }
     }
 }

@@ -7,12 +7,12 @@ use std::sync::RwLock;
 use jmt::storage::{Node, NodeKey};
 
 use super::{
-    build_genesis_state, check_extends, genesis_tip, ChainReader, ChainWriter, StoreError, Tip,
-    TxLocation,
+    build_genesis_state, check_extends, genesis_tip, ChainReader, ChainWriter, ConsensusStore,
+    StoreError, Tip, TxLocation,
 };
 use crate::genesis::Genesis;
 use crate::hash::Hash;
-use crate::state::{StateReader, StateUpdate};
+use crate::state::{AccountReader, StateReader, StateUpdate};
 use crate::types::{Account, Block, Commit};
 
 #[derive(Default)]
@@ -86,11 +86,13 @@ impl MemStore {
     }
 }
 
-impl StateReader for MemStore {
+impl AccountReader for MemStore {
     fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError> {
         Ok(self.read().accounts.get(key).copied())
     }
+}
 
+impl StateReader for MemStore {
     fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError> {
         Ok(self.read().nodes.get(key).cloned())
     }
@@ -125,10 +127,6 @@ impl ChainReader for MemStore {
 
     fn genesis_hash(&self) -> Result<Hash, StoreError> {
         Ok(self.read().genesis_hash)
-    }
-
-    fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.read().consensus.get(key).cloned())
     }
 }
 
@@ -167,6 +165,12 @@ impl ChainWriter for MemStore {
             time_ms: block.header.time_ms,
         });
         Ok(())
+    }
+}
+
+impl ConsensusStore for MemStore {
+    fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.read().consensus.get(key).cloned())
     }
 
     fn consensus_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {

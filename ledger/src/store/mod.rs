@@ -4,7 +4,11 @@
 
 pub mod memory;
 #[cfg(feature = "rocksdb")]
+mod migrate;
+#[cfg(feature = "rocksdb")]
 pub mod rocks;
+#[cfg(feature = "rocksdb")]
+mod tables;
 
 use borsh::{BorshDeserialize, BorshSerialize};
 
@@ -13,11 +17,22 @@ use crate::hash::{sha256, Hash, ZERO_HASH};
 use crate::state::{compute_update, StateReader, StateUpdate, EMPTY_ROOT};
 use crate::types::{Account, Block, Commit};
 
-/// Version of the on-disk layout. Bump it with a migration in `rocks::migrate`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the on-disk layout. Bump it with a migration in `migrate`.
+/// 1: only blocks, commits and the tip carry a checksum.
+/// 2: every record but the schema version carries one (`tables`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// RocksDB refused an operation; `source` is its own error (an I/O error, a corruption
+    /// it detected with its block checksums, a lock held by another process).
+    #[cfg(feature = "rocksdb")]
+    #[error("database error {doing}: {source}")]
+    Rocks {
+        doing: String,
+        #[source]
+        source: rocksdb::Error,
+    },
     #[error("database error: {0}")]
     Db(String),
     #[error("corrupt {what}: {detail}")]
@@ -56,7 +71,8 @@ pub struct TxLocation {
     pub index: u32,
 }
 
-/// Read side of the chain store.
+/// Read side of the chain store: blocks, commits, their indexes, the tip, and (through
+/// [`StateReader`]) the state.
 pub trait ChainReader: StateReader + Send + Sync {
     fn tip(&self) -> Result<Tip, StoreError>;
     fn block(&self, height: u64) -> Result<Option<Block>, StoreError>;
@@ -65,8 +81,6 @@ pub trait ChainReader: StateReader + Send + Sync {
     fn height_of(&self, block_hash: &Hash) -> Result<Option<u64>, StoreError>;
     fn tx_location(&self, tx_id: &Hash) -> Result<Option<TxLocation>, StoreError>;
     fn genesis_hash(&self) -> Result<Hash, StoreError>;
-    /// Consensus safety records (signing guard, evidence), by key.
-    fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// Write side of the chain store.
@@ -80,7 +94,14 @@ pub trait ChainWriter: ChainReader {
         update: &StateUpdate,
         tx_ids: &[Hash],
     ) -> Result<(), StoreError>;
-    /// Durably (synced) stores a consensus safety record.
+}
+
+/// The consensus side table: safety records (signing guard, evidence) by key, kept apart
+/// from the chain because only the consensus engine reads or writes them, and it writes
+/// them between blocks.
+pub trait ConsensusStore: Send + Sync {
+    fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Durably (synced) stores a record.
     fn consensus_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
 }
 
@@ -197,14 +218,14 @@ pub(crate) fn check_extends(tip: &Tip, block: &Block) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// Stores and chains for the unit tests of the store's modules.
 #[cfg(test)]
-mod tests {
-    use super::memory::MemStore;
+pub(crate) mod fixture {
     use super::*;
-    use crate::genesis::{bulk_account_address, write_json, GenesisFile};
-    use crate::state::{compute_update, prove_account};
+    use crate::genesis::{write_json, GenesisFile};
 
-    fn bulk_genesis(n: u64) -> Genesis {
+    /// A genesis with `n` bulk accounts.
+    pub(crate) fn bulk_genesis(n: u64) -> Genesis {
         let file: GenesisFile = serde_json::from_value(serde_json::json!({
             "chain_id": "tally-test",
             "genesis_time_ms": 0,
@@ -217,6 +238,54 @@ mod tests {
         write_json(&mut bytes, &file, n, |_| {}).unwrap();
         Genesis::from_bytes("genesis.json", &bytes).unwrap()
     }
+
+    #[cfg(feature = "rocksdb")]
+    /// The made-up tx ids of block `height` (the store does not look inside blocks).
+    pub(crate) fn tx_ids(height: u64) -> [Hash; 2] {
+        [
+            sha256(&height.to_le_bytes()),
+            sha256(&(height + 1000).to_le_bytes()),
+        ]
+    }
+
+    #[cfg(feature = "rocksdb")]
+    /// Commits `n` empty blocks on top of `store`'s tip, each with its commit (unsigned:
+    /// the store does not verify it) and the ids of [`tx_ids`].
+    pub(crate) fn grow<S: ChainWriter>(store: &S, n: u64) {
+        for _ in 0..n {
+            let tip = store.tip().unwrap();
+            let height = tip.height + 1;
+            let template = crate::block::BlockTemplate {
+                chain_id: "tally-test".into(),
+                height,
+                round: 0,
+                time_ms: height * 1000,
+                prev_hash: tip.block_hash,
+                validators_hash: [1; 32],
+                proposer: [2; 20],
+                last_commit: store.commit(tip.height).unwrap(),
+            };
+            let block = crate::block::assemble_empty(template, tip.state_root);
+            let commit = Commit {
+                height,
+                round: 0,
+                block_hash: block.hash(),
+                signatures: Vec::new(),
+            };
+            store
+                .commit_block(&block, &commit, &StateUpdate::default(), &tx_ids(height))
+                .unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::bulk_genesis;
+    use super::memory::MemStore;
+    use super::*;
+    use crate::genesis::bulk_account_address;
+    use crate::state::{compute_update, prove_account};
 
     /// One more version on top: a change to an existing account and a new account.
     fn next_root<S: StateReader>(store: &S) -> Hash {
@@ -254,6 +323,7 @@ mod tests {
     fn rocksdb_builds_a_multi_chunk_genesis_like_one_update() {
         use super::rocks::RocksStore;
         use crate::genesis::BULK_ACCOUNT_BALANCE;
+        use crate::state::AccountReader;
         // More than one chunk, so RocksStore writes several tree versions.
         let n = GENESIS_CHUNK as u64 + 5000;
         let g = bulk_genesis(n);

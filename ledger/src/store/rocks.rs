@@ -5,60 +5,32 @@ use std::path::Path;
 
 use jmt::storage::{Node, NodeKey};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions, DB,
 };
 
-use super::{
-    build_genesis_state, check_extends, decode_record, genesis_tip, seal, ChainReader, ChainWriter,
-    StoreError, Tip, TxLocation, GENESIS_CHUNK, SCHEMA_VERSION,
+use super::tables::{
+    Accounts, BlockIndex, Blocks, ChainTip, Commits, Consensus, GenesisHash, Table, TableKey,
+    TreeNodes, TreeVersion, TxIndex, FAMILIES, SCHEMA_KEY, STATE_FAMILY,
 };
-use crate::codec::encode;
+use super::{
+    build_genesis_state, check_extends, genesis_tip, migrate, ChainReader, ChainWriter,
+    ConsensusStore, StoreError, Tip, TxLocation, GENESIS_CHUNK, SCHEMA_VERSION,
+};
 use crate::genesis::Genesis;
 use crate::hash::Hash;
-use crate::state::{StateReader, StateUpdate};
+use crate::state::{AccountReader, StateReader, StateUpdate};
 use crate::types::{Account, Block, Commit};
 
-pub(crate) const CF_BLOCKS: &str = "blocks";
-pub(crate) const CF_COMMITS: &str = "commits";
-pub(crate) const CF_BLOCK_INDEX: &str = "block_index";
-pub(crate) const CF_TX_INDEX: &str = "tx_index";
-pub(crate) const CF_STATE: &str = "state";
-pub(crate) const CF_META: &str = "meta";
-pub(crate) const CF_CONSENSUS: &str = "consensus";
-const ALL_CFS: [&str; 7] = [
-    CF_BLOCKS,
-    CF_COMMITS,
-    CF_BLOCK_INDEX,
-    CF_TX_INDEX,
-    CF_STATE,
-    CF_META,
-    CF_CONSENSUS,
-];
+/// One record of table `T` read by [`RocksStore::iter`].
+pub(crate) type Record<T> = Result<(<T as Table>::Key, <T as Table>::Value), StoreError>;
 
-pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
-pub(crate) const META_GENESIS: &[u8] = b"genesis_hash";
-const META_TIP: &[u8] = b"tip";
-const META_TREE: &[u8] = b"tree";
-
-/// State keys: accounts and tree nodes share the `state` family under distinct prefixes.
-const ACCOUNT_PREFIX: u8 = b'a';
-const NODE_PREFIX: u8 = b'n';
-
-fn account_db_key(key: &Hash) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k[0] = ACCOUNT_PREFIX;
-    k[1..].copy_from_slice(key);
-    k
-}
-
-fn node_db_key(key: &NodeKey) -> Vec<u8> {
-    let mut k = vec![NODE_PREFIX];
-    k.extend_from_slice(&encode(key));
-    k
-}
-
-fn db_err(e: rocksdb::Error) -> StoreError {
-    StoreError::Db(e.into_string())
+/// A RocksDB error with what we were doing when it happened.
+pub(crate) fn rocks_err(doing: impl Into<String>, source: rocksdb::Error) -> StoreError {
+    StoreError::Rocks {
+        doing: doing.into(),
+        source,
+    }
 }
 
 /// Tuning knobs; the defaults suit a node with up to a few million accounts. RocksDB's
@@ -87,7 +59,7 @@ impl Default for RocksConfig {
 }
 
 pub struct RocksStore {
-    db: DB,
+    pub(super) db: DB,
 }
 
 impl RocksStore {
@@ -103,22 +75,18 @@ impl RocksStore {
         config: &RocksConfig,
     ) -> Result<Self, StoreError> {
         let store = Self::open_raw(path, config)?;
-        match store.meta_get(META_SCHEMA)? {
+        match store.schema_version()? {
             None => store.initialise(genesis)?,
-            Some(bytes) => {
-                let found = u32::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
-                    StoreError::Corrupt {
-                        what: "schema version".into(),
-                        detail: format!("{} bytes, expected 4", bytes.len()),
-                    }
-                })?);
+            Some(found) => {
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::UnknownSchema {
                         found,
                         supported: SCHEMA_VERSION,
                     });
                 }
-                store.migrate(found)?;
+                if found < SCHEMA_VERSION {
+                    migrate::migrate(&store, found)?;
+                }
                 let stored = store.genesis_hash()?;
                 if stored != genesis.hash {
                     return Err(StoreError::GenesisMismatch {
@@ -131,7 +99,7 @@ impl RocksStore {
         Ok(store)
     }
 
-    fn open_raw(path: &Path, config: &RocksConfig) -> Result<Self, StoreError> {
+    pub(super) fn open_raw(path: &Path, config: &RocksConfig) -> Result<Self, StoreError> {
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
@@ -158,42 +126,175 @@ impl RocksStore {
         db_opts.set_max_open_files(512);
         db_opts.set_keep_log_file_num(4);
         db_opts.set_db_write_buffer_size(config.write_buffer_total_bytes);
-        let cfs = ALL_CFS.iter().map(|name| {
-            let opts = if *name == CF_STATE {
+        let cfs = FAMILIES.iter().map(|name| {
+            let opts = if *name == STATE_FAMILY {
                 state_opts.clone()
             } else {
                 cf_opts.clone()
             };
             ColumnFamilyDescriptor::new(*name, opts)
         });
-        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
-            StoreError::Db(format!(
-                "cannot open database at {}: {}",
-                path.display(),
-                e.into_string()
-            ))
-        })?;
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)
+            .map_err(|e| rocks_err(format!("opening the database at {}", path.display()), e))?;
         Ok(Self { db })
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+    pub(super) fn family(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
         self.db
             .cf_handle(name)
             .ok_or_else(|| StoreError::Db(format!("column family {name} is missing")))
     }
 
-    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.cf(cf)?, key).map_err(db_err)
+    /// The record of table `T` at `key`, its checksum verified.
+    pub(crate) fn get<T: Table>(&self, key: &T::Key) -> Result<Option<T::Value>, StoreError> {
+        let family = self.family(T::FAMILY)?;
+        match self.db.get_pinned_cf(family, T::key_bytes(key)) {
+            Ok(None) => Ok(None),
+            Ok(Some(bytes)) => T::decode_value(key, &bytes).map(Some),
+            Err(e) => Err(rocks_err(format!("reading {}", T::describe(key)), e)),
+        }
     }
 
-    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get(CF_META, key)
+    /// Puts a record of table `T` into `batch`.
+    pub(crate) fn put<T: Table>(
+        &self,
+        batch: &mut WriteBatch,
+        key: &T::Key,
+        value: &T::Value,
+    ) -> Result<(), StoreError> {
+        batch.put_cf(
+            self.family(T::FAMILY)?,
+            T::key_bytes(key),
+            T::value_bytes(value),
+        );
+        Ok(())
     }
 
-    fn synced() -> WriteOptions {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        wo
+    pub(crate) fn delete<T: Table>(
+        &self,
+        batch: &mut WriteBatch,
+        key: &T::Key,
+    ) -> Result<(), StoreError> {
+        batch.delete_cf(self.family(T::FAMILY)?, T::key_bytes(key));
+        Ok(())
+    }
+
+    /// Every record of table `T` in key order, each checksum verified.
+    pub(crate) fn iter<T: Table>(&self) -> Result<impl Iterator<Item = Record<T>> + '_, StoreError>
+    where
+        T::Key: Sized,
+    {
+        let family = self.family(T::FAMILY)?;
+        let records = self
+            .db
+            .iterator_cf(family, IteratorMode::From(T::PREFIX, Direction::Forward));
+        Ok(records.map_while(|record| {
+            let (key, value) = match record {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(rocks_err(format!("iterating {}", T::FAMILY), e))),
+            };
+            // Past the prefix: the next table in a shared family.
+            let rest = key.strip_prefix(T::PREFIX)?;
+            let Some(key) = T::Key::read_key(rest) else {
+                return Some(Err(StoreError::Corrupt {
+                    what: format!("{} key {}", T::WHAT, hex::encode(rest)),
+                    detail: "malformed key".into(),
+                }));
+            };
+            Some(T::decode_value(&key, &value).map(|v| (key, v)))
+        }))
+    }
+
+    /// Reads every record of every keyed table and verifies its checksum and encoding.
+    /// Returns how many records were read and the problems found (at most `max_problems`,
+    /// each naming the record). RocksDB's own errors (a damaged file) end the walk.
+    pub fn check_records(&self, max_problems: usize) -> Result<(u64, Vec<String>), StoreError> {
+        fn walk<T: Table>(
+            store: &RocksStore,
+            read: &mut u64,
+            problems: &mut Vec<String>,
+            max: usize,
+        ) -> Result<(), StoreError>
+        where
+            T::Key: Sized,
+        {
+            for record in store.iter::<T>()? {
+                match record {
+                    Ok(_) => *read += 1,
+                    Err(e @ StoreError::Rocks { .. }) => return Err(e),
+                    Err(e) if problems.len() < max => problems.push(e.to_string()),
+                    Err(_) => {}
+                }
+            }
+            Ok(())
+        }
+        let (mut read, mut problems) = (0, Vec::new());
+        let p = &mut problems;
+        walk::<Blocks>(self, &mut read, p, max_problems)?;
+        walk::<Commits>(self, &mut read, p, max_problems)?;
+        walk::<BlockIndex>(self, &mut read, p, max_problems)?;
+        walk::<TxIndex>(self, &mut read, p, max_problems)?;
+        walk::<Accounts>(self, &mut read, p, max_problems)?;
+        walk::<TreeNodes>(self, &mut read, p, max_problems)?;
+        for (what, singleton) in [
+            ("tree version", self.get::<TreeVersion>(&()).map(|_| ())),
+            ("tip", self.get::<ChainTip>(&()).map(|_| ())),
+            ("genesis hash", self.get::<GenesisHash>(&()).map(|_| ())),
+        ] {
+            read += 1;
+            if let Err(e) = singleton {
+                problems.push(format!("{what}: {e}"));
+            }
+        }
+        // Consensus keys are the engine's own bytes, read raw and unsealed one by one.
+        let family = self.family(Consensus::FAMILY)?;
+        for record in self.db.iterator_cf(family, IteratorMode::Start) {
+            let (key, value) = record.map_err(|e| rocks_err("iterating consensus", e))?;
+            read += 1;
+            if let Err(e) = Consensus::decode_value(&key, &value) {
+                if problems.len() < max_problems {
+                    problems.push(e.to_string());
+                }
+            }
+        }
+        Ok((read, problems))
+    }
+
+    /// Writes `batch`, synced or not.
+    pub(super) fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| rocks_err("writing a batch", e))
+    }
+
+    /// The layout version (None for a database that was never initialised).
+    fn schema_version(&self) -> Result<Option<u32>, StoreError> {
+        let bytes = self
+            .db
+            .get_cf(self.family(ChainTip::FAMILY)?, SCHEMA_KEY)
+            .map_err(|e| rocks_err("reading the schema version", e))?;
+        bytes
+            .map(|b| {
+                b.as_slice()
+                    .try_into()
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        what: "schema version".into(),
+                        detail: format!("{} bytes, expected 4", b.len()),
+                    })
+            })
+            .transpose()
+    }
+
+    pub(super) fn put_schema_version(&self, batch: &mut WriteBatch) -> Result<(), StoreError> {
+        batch.put_cf(
+            self.family(ChainTip::FAMILY)?,
+            SCHEMA_KEY,
+            SCHEMA_VERSION.to_le_bytes(),
+        );
+        Ok(())
     }
 
     fn initialise(&self, genesis: &Genesis) -> Result<(), StoreError> {
@@ -202,26 +303,25 @@ impl RocksStore {
         self.clear_state()?;
         let (version, root) = self.write_genesis_state(genesis)?;
         let mut batch = WriteBatch::default();
-        let meta = self.cf(CF_META)?;
-        batch.put_cf(meta, META_TREE, encode(&(version, root)));
-        batch.put_cf(meta, META_GENESIS, genesis.hash);
-        batch.put_cf(meta, META_TIP, seal(&encode(&genesis_tip(genesis, root))));
+        self.put::<TreeVersion>(&mut batch, &(), &(version, root))?;
+        self.put::<GenesisHash>(&mut batch, &(), &genesis.hash)?;
+        self.put::<ChainTip>(&mut batch, &(), &genesis_tip(genesis, root))?;
         // Schema version last: its presence means "initialised". This batch is synced, and
         // with it the unsynced state batches written before it.
-        batch.put_cf(meta, META_SCHEMA, SCHEMA_VERSION.to_le_bytes());
-        self.db.write_opt(batch, &Self::synced()).map_err(db_err)
+        self.put_schema_version(&mut batch)?;
+        self.write(batch, true)
     }
 
     /// Deletes every state record (accounts, tree nodes) and the tree version.
     fn clear_state(&self) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
-            self.cf(CF_STATE)?,
+            self.family(STATE_FAMILY)?,
             [0u8].as_slice(),
             [0xffu8; 40].as_slice(),
         );
-        batch.delete_cf(self.cf(CF_META)?, META_TREE);
-        self.db.write_opt(batch, &Self::synced()).map_err(db_err)
+        self.delete::<TreeVersion>(&mut batch, &())?;
+        self.write(batch, true)
     }
 
     /// Writes the genesis state into an empty state, one unsynced batch per chunk of
@@ -231,41 +331,24 @@ impl RocksStore {
         build_genesis_state(self, genesis, GENESIS_CHUNK, |update| {
             let mut batch = WriteBatch::default();
             self.put_state(&mut batch, &update)?;
-            self.db.write(batch).map_err(db_err)
+            self.write(batch, false)
         })
-    }
-
-    /// Brings an older layout up to [`SCHEMA_VERSION`]. Version 1 is the first layout, so
-    /// there is nothing to migrate yet; each future version adds an arm here.
-    fn migrate(&self, found: u32) -> Result<(), StoreError> {
-        match found {
-            SCHEMA_VERSION => Ok(()),
-            older => Err(StoreError::Db(format!(
-                "no migration from schema version {older} (this tallyd writes {SCHEMA_VERSION})"
-            ))),
-        }
     }
 
     fn put_state(&self, batch: &mut WriteBatch, update: &StateUpdate) -> Result<(), StoreError> {
         if update.accounts.is_empty() {
             return Ok(());
         }
-        let state = self.cf(CF_STATE)?;
-        for (key, _, acct) in &update.accounts {
-            batch.put_cf(state, account_db_key(key), encode(acct));
+        for (key, _, account) in &update.accounts {
+            self.put::<Accounts>(batch, key, account)?;
         }
         for key in &update.stale_nodes {
-            batch.delete_cf(state, node_db_key(key));
+            self.delete::<TreeNodes>(batch, key)?;
         }
         for (key, node) in &update.new_nodes {
-            batch.put_cf(state, node_db_key(key), encode(node));
+            self.put::<TreeNodes>(batch, key, node)?;
         }
-        batch.put_cf(
-            self.cf(CF_META)?,
-            META_TREE,
-            encode(&(update.version, update.root)),
-        );
-        Ok(())
+        self.put::<TreeVersion>(batch, &(), &(update.version, update.root))
     }
 
     /// The block, its commit and its indexes (everything but state and tip) into `batch`.
@@ -278,24 +361,22 @@ impl RocksStore {
         tx_ids: &[Hash],
     ) -> Result<(), StoreError> {
         let height = block.header.height;
-        let key = height.to_be_bytes();
-        batch.put_cf(self.cf(CF_BLOCKS)?, key, seal(&encode(block)));
-        batch.put_cf(self.cf(CF_COMMITS)?, key, seal(&encode(commit)));
-        batch.put_cf(self.cf(CF_BLOCK_INDEX)?, hash, key);
-        let tx_cf = self.cf(CF_TX_INDEX)?;
+        self.put::<Blocks>(batch, &height, block)?;
+        self.put::<Commits>(batch, &height, commit)?;
+        self.put::<BlockIndex>(batch, hash, &height)?;
         for (index, id) in tx_ids.iter().enumerate() {
-            let loc = TxLocation {
+            let location = TxLocation {
                 height,
                 index: index as u32,
             };
-            batch.put_cf(tx_cf, id, encode(&loc));
+            self.put::<TxIndex>(batch, id, &location)?;
         }
         Ok(())
     }
 
     /// Approximate on-disk size per column family, for metrics.
     pub fn sizes(&self) -> Vec<(&'static str, u64)> {
-        ALL_CFS
+        FAMILIES
             .iter()
             .filter_map(|name| {
                 let cf = self.db.cf_handle(name)?;
@@ -338,7 +419,7 @@ impl RocksStore {
         }
         let mut batch = WriteBatch::default();
         self.put_block_records(&mut batch, block, commit, &hash, tx_ids)?;
-        self.db.write_opt(batch, &Self::synced()).map_err(db_err)
+        self.write(batch, true)
     }
 
     /// Drops every state record (accounts and tree nodes) and writes the genesis state
@@ -349,8 +430,8 @@ impl RocksStore {
         self.clear_state()?;
         let (version, root) = self.write_genesis_state(genesis)?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META)?, META_TREE, encode(&(version, root)));
-        self.db.write_opt(batch, &Self::synced()).map_err(db_err)
+        self.put::<TreeVersion>(&mut batch, &(), &(version, root))?;
+        self.write(batch, true)
     }
 
     /// Writes the state changes of one replayed block (after [`Self::reset_state`]),
@@ -358,129 +439,61 @@ impl RocksStore {
     pub fn replay_state(&self, update: &StateUpdate, sync: bool) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         self.put_state(&mut batch, update)?;
-        let opts = if sync {
-            Self::synced()
-        } else {
-            WriteOptions::default()
-        };
-        self.db.write_opt(batch, &opts).map_err(db_err)
+        self.write(batch, sync)
     }
 
     /// Flushes memtables to disk (used before taking a copy of the directory in tests).
     pub fn flush(&self) -> Result<(), StoreError> {
-        for name in ALL_CFS {
-            self.db.flush_cf(self.cf(name)?).map_err(db_err)?;
+        for name in FAMILIES {
+            self.db
+                .flush_cf(self.family(name)?)
+                .map_err(|e| rocks_err(format!("flushing {name}"), e))?;
         }
         Ok(())
     }
 }
 
-impl StateReader for RocksStore {
+impl AccountReader for RocksStore {
     fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_STATE)?, account_db_key(key))
-            .map_err(db_err)?
-        {
-            None => Ok(None),
-            Some(bytes) => borsh::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    what: format!("account {}", hex::encode(key)),
-                    detail: e.to_string(),
-                }),
-        }
+        self.get::<Accounts>(key)
     }
+}
 
+impl StateReader for RocksStore {
     fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_STATE)?, node_db_key(key))
-            .map_err(db_err)?
-        {
-            None => Ok(None),
-            Some(bytes) => borsh::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    what: "state tree node".into(),
-                    detail: e.to_string(),
-                }),
-        }
+        self.get::<TreeNodes>(key)
     }
 
     fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
-        match self.meta_get(META_TREE)? {
-            None => Ok(None),
-            Some(bytes) => borsh::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    what: "tree version".into(),
-                    detail: e.to_string(),
-                }),
-        }
+        self.get::<TreeVersion>(&())
     }
 }
 
 impl ChainReader for RocksStore {
     fn tip(&self) -> Result<Tip, StoreError> {
-        let bytes = self
-            .meta_get(META_TIP)?
-            .ok_or_else(|| StoreError::Db("database has no tip; it was not initialised".into()))?;
-        decode_record("tip", &bytes)
+        self.get::<ChainTip>(&())?
+            .ok_or_else(|| StoreError::Db("database has no tip; it was not initialised".into()))
     }
 
     fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
-        self.get(CF_BLOCKS, &height.to_be_bytes())?
-            .map(|b| decode_record(&format!("block {height}"), &b))
-            .transpose()
+        self.get::<Blocks>(&height)
     }
 
     fn commit(&self, height: u64) -> Result<Option<Commit>, StoreError> {
-        self.get(CF_COMMITS, &height.to_be_bytes())?
-            .map(|b| decode_record(&format!("commit {height}"), &b))
-            .transpose()
+        self.get::<Commits>(&height)
     }
 
     fn height_of(&self, block_hash: &Hash) -> Result<Option<u64>, StoreError> {
-        self.get(CF_BLOCK_INDEX, block_hash)?
-            .map(|b| {
-                b.as_slice()
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt {
-                        what: "block index".into(),
-                        detail: "height is not 8 bytes".into(),
-                    })
-            })
-            .transpose()
+        self.get::<BlockIndex>(block_hash)
     }
 
     fn tx_location(&self, tx_id: &Hash) -> Result<Option<TxLocation>, StoreError> {
-        self.get(CF_TX_INDEX, tx_id)?
-            .map(|b| {
-                borsh::from_slice(&b).map_err(|e| StoreError::Corrupt {
-                    what: "tx index".into(),
-                    detail: e.to_string(),
-                })
-            })
-            .transpose()
+        self.get::<TxIndex>(tx_id)
     }
 
     fn genesis_hash(&self) -> Result<Hash, StoreError> {
-        let bytes = self
-            .meta_get(META_GENESIS)?
-            .ok_or_else(|| StoreError::Db("database has no genesis hash".into()))?;
-        bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| StoreError::Corrupt {
-                what: "genesis hash".into(),
-                detail: "not 32 bytes".into(),
-            })
-    }
-
-    fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get(CF_CONSENSUS, key)
+        self.get::<GenesisHash>(&())?
+            .ok_or_else(|| StoreError::Db("database has no genesis hash".into()))
     }
 }
 
@@ -505,13 +518,19 @@ impl ChainWriter for RocksStore {
             state_root: block.header.state_root,
             time_ms: block.header.time_ms,
         };
-        batch.put_cf(self.cf(CF_META)?, META_TIP, seal(&encode(&new_tip)));
-        self.db.write_opt(batch, &Self::synced()).map_err(db_err)
+        self.put::<ChainTip>(&mut batch, &(), &new_tip)?;
+        self.write(batch, true)
+    }
+}
+
+impl ConsensusStore for RocksStore {
+    fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get::<Consensus>(key)
     }
 
     fn consensus_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.db
-            .put_cf_opt(self.cf(CF_CONSENSUS)?, key, value, &Self::synced())
-            .map_err(db_err)
+        let mut batch = WriteBatch::default();
+        self.put::<Consensus>(&mut batch, key, &value.to_vec())?;
+        self.write(batch, true)
     }
 }

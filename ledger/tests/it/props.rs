@@ -7,7 +7,7 @@ use ledger::crypto::Keypair;
 use ledger::exec::{ExecContext, Executor, Signatures};
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::hash::sha256;
-use ledger::state::{prove_account, StateReader};
+use ledger::state::{prove_account, AccountReader, StateReader};
 use ledger::store::memory::MemStore;
 use ledger::types::*;
 use proptest::prelude::*;

@@ -8,7 +8,7 @@ use ledger::crypto::Keypair;
 use ledger::exec::{execute_block, BlockError, ExecContext, Executor, Signatures};
 use ledger::genesis::{Genesis, Params};
 use ledger::hash::sha256;
-use ledger::state::StateReader;
+use ledger::state::AccountReader;
 use ledger::store::memory::MemStore;
 use ledger::store::ChainReader;
 use ledger::types::*;

@@ -159,7 +159,7 @@ fn rocksdb_refuses_other_genesis_and_unknown_schema() {
         err,
         StoreError::UnknownSchema {
             found: 99,
-            supported: 1
+            supported: ledger::store::SCHEMA_VERSION
         }
     );
     assert!(

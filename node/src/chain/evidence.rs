@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use consensus::Equivocation;
 use ledger::codec::encode;
 use ledger::genesis::Genesis;
-use ledger::store::{ChainWriter, StoreError};
+use ledger::store::{ConsensusStore, StoreError};
 
 /// Evidence records kept per validator (its oldest dropped first); the list is bounded by
 /// this times the validator count.
@@ -22,7 +22,7 @@ pub(super) struct EvidencePool {
 
 impl EvidencePool {
     /// Fills `list` with what the store kept.
-    pub(super) fn load<S: ChainWriter + ?Sized>(
+    pub(super) fn load<S: ConsensusStore + ?Sized>(
         list: Arc<RwLock<Vec<Equivocation>>>,
         store: &S,
     ) -> Result<Self, StoreError> {
@@ -41,7 +41,7 @@ impl EvidencePool {
     /// validator (its own oldest dropped first), so one validator double-signing all day
     /// neither grows the list without end nor evicts another's evidence, and costs one
     /// synced write per height at most. True when it was new and kept.
-    pub(super) fn record<S: ChainWriter + ?Sized>(
+    pub(super) fn record<S: ConsensusStore + ?Sized>(
         &self,
         genesis: &Genesis,
         e: Equivocation,

@@ -25,13 +25,14 @@ use consensus::Equivocation;
 use ledger::block::{assemble, check_header, check_proposal_time, next_block_time, BlockTemplate};
 use ledger::exec::{build_body, execute_block, BlockError, BlockOutcome, ExecContext, Signatures};
 use ledger::genesis::Genesis;
-use ledger::store::{ChainWriter, Tip};
+use ledger::store::Tip;
 use ledger::types::{Block, Commit, SignedTx};
 use ledger::Hash;
 use tally_p2p::{PeerId, PenaltyReason};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::actors::NodeStore;
 use crate::driver::{DriverMsg, Outbox};
 use crate::mempool::metrics::MempoolMetrics;
 use crate::mempool::Mempool;
@@ -166,7 +167,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     }
 }
 
-impl<S: ChainWriter + 'static> ChainHost<S> {
+impl<S: NodeStore> ChainHost<S> {
     pub fn new(
         parts: HostParts<S>,
         driver: mpsc::Sender<DriverMsg>,

@@ -9,13 +9,13 @@ use std::time::Duration;
 use consensus::Equivocation;
 use ledger::crypto::Keypair;
 use ledger::store::memory::MemStore;
-use ledger::store::{ChainReader, ChainWriter};
+use ledger::store::{ChainReader, ConsensusStore};
 use ledger::types::{Block, Proposal, SignedVote, Vote, VoteKind};
 use tally_p2p::PeerId;
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::actors::Actors;
+use crate::actors::{Actors, NodeStore};
 use crate::driver::DriverMsg;
 use crate::sync::{verify_chunk, SyncMsg};
 use crate::testing::{chain, key, FailingStore, CHAIN};
@@ -23,7 +23,7 @@ use crate::wire::ConsensusMessage;
 
 /// Passes every message waiting between the actors until none is left; returns what was
 /// sent to sync.
-async fn pump<S: ChainWriter + 'static>(a: &mut Actors<S>) -> Vec<SyncMsg> {
+async fn pump<S: NodeStore>(a: &mut Actors<S>) -> Vec<SyncMsg> {
     let mut to_sync = Vec::new();
     loop {
         let mut idle = true;
@@ -46,7 +46,7 @@ async fn pump<S: ChainWriter + 'static>(a: &mut Actors<S>) -> Vec<SyncMsg> {
 }
 
 /// Our own messages published so far, as "proposal H", "Prevote H", "Precommit H".
-fn published<S: ChainWriter>(a: &mut Actors<S>) -> Vec<String> {
+fn published<S: NodeStore>(a: &mut Actors<S>) -> Vec<String> {
     let mut sent = Vec::new();
     while let Ok(data) = a.outbox_rx.try_recv() {
         let msg: ConsensusMessage = ledger::codec::decode("msg", &data, 1 << 20).unwrap();
@@ -94,7 +94,7 @@ fn precommit_of(v: &Keypair, block: &Block) -> ConsensusMessage {
 }
 
 /// Waits (at most 5 s) for the driver's next-height timer, then lets it start the height.
-async fn next_height<S: ChainWriter + 'static>(a: &mut Actors<S>, height: u64) {
+async fn next_height<S: NodeStore>(a: &mut Actors<S>, height: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while a.driver.height() < height {
         assert!(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use consensus::{GuardState, GuardStore};
 use ledger::codec::encode;
-use ledger::store::{ChainWriter, StoreError};
+use ledger::store::{ConsensusStore, StoreError};
 
 const GUARD_KEY: &[u8] = b"signing_guard";
 
@@ -24,7 +24,7 @@ impl<S> StoreGuard<S> {
     }
 }
 
-impl<S: ChainWriter> GuardStore for StoreGuard<S> {
+impl<S: ConsensusStore> GuardStore for StoreGuard<S> {
     type Error = StoreError;
 
     fn load(&self) -> Result<Option<GuardState>, StoreError> {

@@ -24,7 +24,6 @@ use consensus::{Consensus, Input, Output, PreVerified, SigningGuard, Timeout};
 use ledger::codec::encode;
 use ledger::crypto::Keypair;
 use ledger::genesis::Genesis;
-use ledger::store::ChainWriter;
 use ledger::types::{Block, SignedProposal, SignedVote};
 use ledger::Hash;
 use tally_p2p::{NetworkHandle, PeerId, Topic};
@@ -32,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
+use crate::actors::NodeStore;
 use crate::chain::HostMsg;
 use crate::metrics::ChainMetrics;
 use crate::status::StatusTx;
@@ -131,7 +131,7 @@ pub struct DriverParts<S> {
     pub committed: u64,
 }
 
-pub struct Driver<S: ChainWriter> {
+pub struct Driver<S: NodeStore> {
     core: Consensus<PreVerified>,
     guard: Option<SigningGuard<StoreGuard<S>>>,
     key: Option<Keypair>,
@@ -155,7 +155,7 @@ pub struct Driver<S: ChainWriter> {
     sync: mpsc::Sender<SyncMsg>,
 }
 
-impl<S: ChainWriter + 'static> Driver<S> {
+impl<S: NodeStore> Driver<S> {
     pub fn new(
         parts: DriverParts<S>,
         host: mpsc::Sender<HostMsg>,

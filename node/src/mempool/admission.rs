@@ -102,7 +102,7 @@ mod tests {
 
     use ledger::crypto::Keypair;
     use ledger::genesis::Params;
-    use ledger::state::StateReader;
+    use ledger::state::{AccountReader, StateReader};
     use ledger::store::{StoreError, Tip, TxLocation};
     use ledger::types::{Account, Address, Block, Commit, Payload, Tx};
 
@@ -120,17 +120,8 @@ mod tests {
         on_first_read: Mutex<Option<Hook>>,
     }
 
-    impl StateReader for RacingStore {
+    impl AccountReader for RacingStore {
         fn account_by_key(&self, _: &Hash) -> Result<Option<Account>, StoreError> {
-            Ok(None)
-        }
-        fn tree_node(
-            &self,
-            _: &jmt::storage::NodeKey,
-        ) -> Result<Option<jmt::storage::Node>, StoreError> {
-            Ok(None)
-        }
-        fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
             Ok(None)
         }
         fn account(&self, address: &Address) -> Result<Option<Account>, StoreError> {
@@ -139,6 +130,18 @@ mod tests {
                 commit(&self.accounts);
             }
             Ok(read)
+        }
+    }
+
+    impl StateReader for RacingStore {
+        fn tree_node(
+            &self,
+            _: &jmt::storage::NodeKey,
+        ) -> Result<Option<jmt::storage::Node>, StoreError> {
+            Ok(None)
+        }
+        fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+            Ok(None)
         }
     }
 
@@ -160,9 +163,6 @@ mod tests {
         }
         fn genesis_hash(&self) -> Result<Hash, StoreError> {
             Ok([0; 32])
-        }
-        fn consensus_get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(None)
         }
     }
 

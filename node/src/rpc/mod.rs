@@ -476,7 +476,7 @@ async fn get_account(
                 prove_account(s.store.as_ref(), &address).map_err(ApiError::internal)?;
             (a, Some(p), r)
         } else {
-            let a = ledger::state::StateReader::account(s.store.as_ref(), &address)
+            let a = ledger::state::AccountReader::account(s.store.as_ref(), &address)
                 .map_err(ApiError::internal)?;
             (a, None, tip.state_root)
         };
