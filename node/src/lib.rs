@@ -13,5 +13,6 @@ pub mod router;
 pub mod rpc;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod testnet;
 pub mod txgossip;
 pub mod wire;

@@ -5,21 +5,21 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::config::NodeConfig;
+use crate::keys;
+use crate::netns;
 use anyhow::{bail, Context};
 use ledger::crypto::Keypair;
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::hash::to_hex;
 use serde_json::Value;
-use tally_node::config::NodeConfig;
-use tally_node::keys;
-use tally_node::netns;
 
 use super::manifest::{
     home, load_manifest, AccountEntry, Hosts, Manifest, NodeEntry, MANIFEST, METRICS_PORT,
     P2P_PORT, RPC_PORT,
 };
 use super::{absolute, InitArgs};
-use crate::cli::expand;
+use crate::config::expand;
 
 /// Every account starts with this balance.
 const ACCOUNT_BALANCE: u64 = 1_000_000_000_000;

@@ -32,11 +32,11 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use crate::netns::{self, signal};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use tally_node::netns::{self, signal};
 
-use crate::cli::expand;
+use crate::config::expand;
 
 mod faults;
 mod init;

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::netns::{self, signal};
 use anyhow::{bail, Context};
-use tally_node::netns::{self, signal};
 
 use super::faults;
 use super::manifest::{check_index, home, load_manifest, Hosts, Manifest};
-use crate::cli::expand;
+use crate::config::expand;
 
 pub(super) const SUPERVISOR_PID: &str = "supervisor.pid";
 
@@ -101,7 +101,7 @@ pub(super) fn node_pid(dir: &Path, i: usize) -> Option<u32> {
 /// With netns hosts through `ip netns exec`, which execs tallyd: the pid is the node's.
 pub(super) fn spawn_node(dir: &Path, m: &Manifest, i: usize) -> anyhow::Result<Child> {
     let h = home(dir, i);
-    let _ = std::fs::remove_file(tally_node::node::addresses_file(&h));
+    let _ = std::fs::remove_file(crate::node::addresses_file(&h));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -183,7 +183,7 @@ pub fn kill(dir: &Path, i: usize) -> anyhow::Result<()> {
     stop_pids(&[(pid, home(dir, i))], &mut [], true);
     faults::forget_paused(dir, i);
     let _ = std::fs::remove_file(pid_file(dir, i));
-    let _ = std::fs::remove_file(tally_node::node::addresses_file(&home(dir, i)));
+    let _ = std::fs::remove_file(crate::node::addresses_file(&home(dir, i)));
     println!(
         "node{i} (pid {pid}) killed with SIGKILL; start it again with `tallyd testnet restart {i} --dir {}`",
         dir.display()
@@ -213,14 +213,14 @@ pub fn restart(dir: &Path, i: usize) -> anyhow::Result<()> {
     }
     let mut child = spawn_node(dir, &m, i)?;
     let pid = child.id();
-    let addresses = tally_node::node::addresses_file(&home(dir, i));
+    let addresses = crate::node::addresses_file(&home(dir, i));
     // A node with a big genesis and no database yet builds its state first.
     let wait = Duration::from_secs(30 + m.genesis_accounts / 50_000);
     let deadline = Instant::now() + wait;
     loop {
         let up = std::fs::read_to_string(&addresses)
             .ok()
-            .and_then(|t| serde_json::from_str::<tally_node::node::Addresses>(&t).ok())
+            .and_then(|t| serde_json::from_str::<crate::node::Addresses>(&t).ok())
             .is_some_and(|a| a.pid == pid);
         if up {
             break;
