@@ -15,7 +15,7 @@ use ledger::hash::to_hex;
 use serde_json::Value;
 
 use super::manifest::{
-    home, load_manifest, AccountEntry, Hosts, Manifest, NodeEntry, MANIFEST, METRICS_PORT,
+    home, load_manifest, AccountEntry, Hosts, Manifest, NodeEntry, Role, MANIFEST, METRICS_PORT,
     P2P_PORT, RPC_PORT,
 };
 use super::{absolute, InitArgs};
@@ -33,7 +33,7 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
     if requested.join(MANIFEST).exists() {
         let dir = absolute(&requested)?;
         let m = load_manifest(&dir)?;
-        let v = m.nodes.iter().filter(|n| n.role == "validator").count();
+        let v = m.nodes.iter().filter(|n| n.role == Role::Validator).count();
         println!(
             "resuming the testnet in {} ({v} validators, {} full nodes, {} bulk genesis accounts, chain {}); delete the directory for a new chain",
             dir.display(),
@@ -119,11 +119,10 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
         nodes.push(NodeEntry {
             name: format!("node{i}"),
             role: if i < a.validators {
-                "validator"
+                Role::Validator
             } else {
-                "full"
-            }
-            .into(),
+                Role::FullNode
+            },
             rpc: format!("{ip}:{RPC_PORT}"),
             metrics: format!("{ip}:{METRICS_PORT}"),
             p2p: format!("/ip4/{ip}/tcp/{P2P_PORT}/p2p/{peer_id}"),

@@ -67,8 +67,7 @@ impl Manifest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeEntry {
     pub name: String,
-    /// "validator" or "full".
-    pub role: String,
+    pub role: Role,
     pub ip: String,
     /// host:port
     pub rpc: String,
@@ -78,6 +77,34 @@ pub struct NodeEntry {
     pub p2p: String,
     pub peer_id: String,
     pub validator_address: Option<String>,
+}
+
+/// What a node of the testnet is; `testnet.json` and the Prometheus labels spell it
+/// `validator` / `full`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds a validator key of genesis: votes and proposes.
+    Validator,
+    /// No validator key: follows the chain, serves RPC.
+    #[serde(rename = "full")]
+    FullNode,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Validator => "validator",
+            Role::FullNode => "full",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, not `write_str`: the table and the banner align it with `{:<10}`.
+        f.pad(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -113,4 +140,21 @@ pub(super) fn check_index(m: &Manifest, i: usize) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn roles_keep_the_manifest_spelling() {
+        // Written by earlier versions and read by Prometheus relabelling and the fault suite.
+        assert_eq!(serde_json::to_value(Role::Validator).unwrap(), "validator");
+        assert_eq!(serde_json::to_value(Role::FullNode).unwrap(), "full");
+        let r: Role = serde_json::from_str("\"full\"").unwrap();
+        assert_eq!(r, Role::FullNode);
+        assert_eq!(format!("[{:<10}]", Role::FullNode), "[full      ]");
+    }
 }

@@ -46,7 +46,7 @@ mod table;
 
 pub use init::init;
 use manifest::{check_index, home, load_manifest, MANIFEST};
-pub use manifest::{Hosts, Manifest};
+pub use manifest::{AccountEntry, Hosts, Manifest, NodeEntry, Role};
 pub use processes::{kill, restart, stop};
 use processes::{node_pid, process_alive, read_pid, shutdown, spawn_node, SUPERVISOR_PID};
 use table::{poll_all, status_line, table};

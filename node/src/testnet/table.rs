@@ -7,12 +7,12 @@ use anyhow::bail;
 use serde_json::Value;
 
 use super::faults;
-use super::manifest::Manifest;
+use super::manifest::{Manifest, Role};
 use super::processes::node_pid;
 
 pub(super) struct Row {
     name: String,
-    role: String,
+    role: Role,
     rpc: String,
     pid: Option<u32>,
     status: Option<Value>,
@@ -30,7 +30,7 @@ pub(super) async fn poll_all(dir: &Path, m: &Manifest) -> Vec<Row> {
             .ok();
         Row {
             name: n.name.clone(),
-            role: n.role.clone(),
+            role: n.role,
             rpc: n.rpc.clone(),
             pid: node_pid(dir, i),
             status,
