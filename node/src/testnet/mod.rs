@@ -49,7 +49,7 @@ use manifest::{check_index, home, load_manifest, MANIFEST};
 pub use manifest::{AccountEntry, Hosts, Manifest, NodeEntry, Role};
 pub use processes::{kill, restart, stop};
 use processes::{node_pid, process_alive, read_pid, shutdown, spawn_node, SUPERVISOR_PID};
-use table::{poll_all, status_line, table};
+use table::{status_line, table, Poller};
 
 #[derive(Args)]
 pub struct TestnetArgs {
@@ -217,7 +217,8 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<()> {
         TestnetCommand::Status(a) => {
             let dir = absolute(&a.dir)?;
             let m = load_manifest(&dir)?;
-            let rows = runtime()?.block_on(poll_all(&dir, &m));
+            let poller = Poller::new()?;
+            let rows = runtime()?.block_on(poller.poll_all(&dir, &m));
             for line in table(&rows, std::io::stdout().is_terminal()) {
                 println!("{line}");
             }
@@ -421,6 +422,7 @@ async fn supervise(
     } else {
         Duration::from_secs(3)
     };
+    let poller = Poller::new()?;
     let started = Instant::now();
     let mut ticker = tokio::time::interval(period);
     let mut drawn = 0usize;
@@ -446,7 +448,7 @@ async fn supervise(
                 }
             }
         }
-        let rows = poll_all(dir, m).await;
+        let rows = poller.poll_all(dir, m).await;
         let mut out = std::io::stdout().lock();
         if interactive {
             let mut lines = vec![format!(

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::Context;
 use serde_json::Value;
 
 use super::faults;
@@ -21,24 +21,57 @@ pub(super) struct Row {
     paused: bool,
 }
 
-pub(super) async fn poll_all(dir: &Path, m: &Manifest) -> Vec<Row> {
-    let faults = faults::load(dir);
-    let faults = &faults;
-    let polls = m.nodes.iter().enumerate().map(|(i, n)| async move {
-        let status = http_get_json(&n.rpc, "/v1/status", Duration::from_millis(800))
-            .await
-            .ok();
-        Row {
-            name: n.name.clone(),
-            role: n.role,
-            rpc: n.rpc.clone(),
-            pid: node_pid(dir, i),
-            status,
-            fault: faults.describe(i),
-            paused: faults.paused.contains(&i),
-        }
-    });
-    futures::future::join_all(polls).await
+/// How long one node gets to answer `/v1/status`, connection included: a paused node
+/// (SIGSTOP) still has its connections accepted by the kernel but never answers, and must
+/// show as paused instead of stalling the table.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Polls the nodes' `/v1/status` for the table, all at once.
+pub(super) struct Poller {
+    http: reqwest::Client,
+}
+
+impl Poller {
+    pub(super) fn new() -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(STATUS_TIMEOUT)
+            .connect_timeout(STATUS_TIMEOUT)
+            // The nodes are on this machine: an HTTP_PROXY in the environment is not for them.
+            .no_proxy()
+            // Below the nodes' 5 s header-read timeout, which closes idle connections.
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .context("cannot build the HTTP client for the status table")?;
+        Ok(Self { http })
+    }
+
+    pub(super) async fn poll_all(&self, dir: &Path, m: &Manifest) -> Vec<Row> {
+        let faults = faults::load(dir);
+        let faults = &faults;
+        let polls = m.nodes.iter().enumerate().map(|(i, n)| async move {
+            Row {
+                name: n.name.clone(),
+                role: n.role,
+                rpc: n.rpc.clone(),
+                pid: node_pid(dir, i),
+                status: self.status(&n.rpc).await.ok(),
+                fault: faults.describe(i),
+                paused: faults.paused.contains(&i),
+            }
+        });
+        futures::future::join_all(polls).await
+    }
+
+    /// `GET http://<rpc>/v1/status` as JSON; an error for anything but a 200 in time.
+    async fn status(&self, rpc: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("http://{rpc}/v1/status"))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(response.json().await?)
+    }
 }
 
 fn state_of(r: &Row) -> &'static str {
@@ -133,59 +166,58 @@ pub(super) fn status_line(r: &Row) -> String {
     )
 }
 
-/// A minimal HTTP/1.1 GET (the node's own status endpoint on loopback): enough for a
-/// status table without pulling an HTTP client into the node binary.
-async fn http_get_json(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.take(4 << 20).read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(timeout, fetch)
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out"))??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!("HTTP {}", head.lines().next().unwrap_or_default());
-    }
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    };
-    Ok(serde_json::from_str(&body)?)
-}
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
 
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body
-            .split_once("\r\n")
-            .ok_or_else(|| anyhow::anyhow!("malformed chunk"))?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = rest
-            .get(..size)
-            .ok_or_else(|| anyhow::anyhow!("truncated chunk"))?;
-        out.push_str(chunk);
-        body = rest.get(size + 2..).unwrap_or("");
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_status_in_chunks_is_read_and_a_silent_node_times_out() {
+        let poller = Poller::new().unwrap();
+
+        // axum answers a JSON body of unknown length in chunks.
+        let chunked = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = chunked.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = chunked.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            let body = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        transfer-encoding: chunked\r\n\r\n\
+                        5\r\n{\"hei\r\n9\r\nght\": 42}\r\n0\r\n\r\n";
+            s.write_all(body.as_bytes()).await.unwrap();
+        });
+        let status = poller.status(&addr).await.unwrap();
+        assert_eq!(status["height"], 42);
+
+        // Like a paused node: the kernel accepts the connection, nobody answers.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let started = Instant::now();
+        assert!(poller.status(&addr).await.is_err());
+        let took = started.elapsed();
+        assert!(
+            took >= STATUS_TIMEOUT && took < STATUS_TIMEOUT * 3,
+            "a silent node held the poll for {took:?}"
+        );
+        drop(silent);
+
+        // Anything but a 200 is no status.
+        let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = refusing.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = refusing.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            let body = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}";
+            s.write_all(body.as_bytes()).await.unwrap();
+        });
+        assert!(poller.status(&addr).await.is_err());
     }
 }
