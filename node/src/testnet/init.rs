@@ -171,35 +171,21 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
     write_genesis(&genesis_path, &genesis, a.genesis_accounts)?;
 
     for (i, node) in nodes.iter().enumerate() {
-        let h = home(&dir, i);
-        std::fs::create_dir_all(h.join("config"))
-            .with_context(|| format!("cannot create {}", h.join("config").display()))?;
-        std::fs::copy(&genesis_path, h.join("config/genesis.json")).with_context(|| {
-            format!(
-                "cannot copy genesis.json into {}",
-                h.join("config").display()
-            )
-        })?;
-        keys::write_node_key(&h.join("config/node_key.json"), node_secrets[i])?;
-        let mut config = NodeConfig {
-            moniker: node.name.clone(),
-            ..NodeConfig::default()
-        };
-        config.rpc.listen = node.rpc.clone();
-        config.metrics.listen = node.metrics.clone();
-        config.p2p.listen = vec![format!("/ip4/{}/tcp/{P2P_PORT}", node.ip)];
+        let mut config = node_config(&node.name, &node.ip, Ports::FIXED);
         config.p2p.bootstrap = nodes
             .iter()
             .filter(|o| o.name != node.name)
             .map(|o| o.p2p.clone())
             .collect();
-        config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
-        if let Some(k) = validator_keys.get(i) {
-            keys::write_validator_key(&h.join("config/validator_key.json"), k)?;
-            config.consensus.validator_key = "config/validator_key.json".into();
-        }
-        std::fs::write(h.join("config/node.toml"), config.to_toml())
-            .with_context(|| format!("cannot write {}", h.join("config/node.toml").display()))?;
+        write_home(
+            &home(&dir, i),
+            NodeHome {
+                genesis: &genesis_path,
+                node_secret: node_secrets[i],
+                validator_key: validator_keys.get(i),
+                config,
+            },
+        )?;
     }
 
     write_wallet_keys(&dir.join("wallet/keys"), &accounts, &account_keys)?;
@@ -226,10 +212,88 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The ports a node listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub p2p: u16,
+    pub rpc: u16,
+    pub metrics: u16,
+}
+
+impl Ports {
+    /// The testnet's fixed ports, so its URLs are predictable.
+    pub const FIXED: Ports = Ports {
+        p2p: P2P_PORT,
+        rpc: RPC_PORT,
+        metrics: METRICS_PORT,
+    };
+    /// Ports the OS picks at start (the node writes them to `<home>/addresses.json`).
+    pub const ANY: Ports = Ports {
+        p2p: 0,
+        rpc: 0,
+        metrics: 0,
+    };
+}
+
+/// A node.toml for node `moniker` of a local net: p2p, RPC and metrics on `ip` with
+/// `ports`, libp2p's chatter out of the log; the rest defaults (the caller adds bootstrap
+/// peers and its own knobs).
+pub fn node_config(moniker: &str, ip: &str, ports: Ports) -> NodeConfig {
+    let mut config = NodeConfig {
+        moniker: moniker.to_string(),
+        ..NodeConfig::default()
+    };
+    config.rpc.listen = format!("{ip}:{}", ports.rpc);
+    config.metrics.listen = format!("{ip}:{}", ports.metrics);
+    config.p2p.listen = vec![format!("/ip4/{ip}/tcp/{}", ports.p2p)];
+    config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
+    config
+}
+
+/// What [`write_home`] lays out in one node's home.
+pub struct NodeHome<'a> {
+    /// The chain's genesis.json, copied in: every node of a chain has the same bytes.
+    pub genesis: &'a Path,
+    /// The node's libp2p identity; the caller chooses it, so it knows the peer id
+    /// (`tally_p2p::peer_id_from_secret`) for the others' bootstrap lists.
+    pub node_secret: [u8; 32],
+    /// A validator's key, or `None` for a full node.
+    pub validator_key: Option<&'a Keypair>,
+    /// Written as node.toml, with `consensus.validator_key` pointing at the key if any.
+    pub config: NodeConfig,
+}
+
+/// Writes a node's home: `config/genesis.json`, `config/node_key.json`,
+/// `config/validator_key.json` (validators only) and `config/node.toml`, so that
+/// `tallyd start --home <home>` runs it. The supervisor, the test harness and the fault
+/// suite's joiners all lay out their nodes with it.
+pub fn write_home(home: &Path, node: NodeHome<'_>) -> anyhow::Result<()> {
+    let config_dir = home.join("config");
+    std::fs::create_dir_all(&config_dir)
+        .with_context(|| format!("cannot create {}", config_dir.display()))?;
+    std::fs::copy(node.genesis, config_dir.join("genesis.json")).with_context(|| {
+        format!(
+            "cannot copy {} into {}",
+            node.genesis.display(),
+            config_dir.display()
+        )
+    })?;
+    keys::write_node_key(&config_dir.join("node_key.json"), node.node_secret)?;
+    let mut config = node.config;
+    if let Some(k) = node.validator_key {
+        keys::write_validator_key(&config_dir.join("validator_key.json"), k)?;
+        config.consensus.validator_key = "config/validator_key.json".into();
+    }
+    let toml = config_dir.join("node.toml");
+    std::fs::write(&toml, config.to_toml())
+        .with_context(|| format!("cannot write {}", toml.display()))?;
+    Ok(())
+}
+
 /// Writes `file` plus `bulk` bulk accounts to `path`, streamed (a million accounts take
 /// about 60 MB and a couple of seconds), then loads it back as a node will: a testnet
 /// never gets a genesis its nodes refuse.
-fn write_genesis(path: &Path, file: &GenesisFile, bulk: u64) -> anyhow::Result<()> {
+pub fn write_genesis(path: &Path, file: &GenesisFile, bulk: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let big = bulk >= 100_000;
     if big {
@@ -316,4 +380,78 @@ fn write_prometheus(dir: &Path, nodes: &[NodeEntry]) -> anyhow::Result<()> {
     );
     std::fs::write(dir.join("prometheus.yml"), yml)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::config::Home;
+
+    use super::*;
+
+    #[test]
+    fn write_home_lays_out_a_home_the_node_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = Keypair::generate();
+        let genesis = tmp.path().join("genesis.json");
+        let file = GenesisFile {
+            chain_id: "home-test".into(),
+            genesis_time_ms: 0,
+            params: Params::default(),
+            validators: vec![GenesisValidator {
+                name: "v".into(),
+                pubkey: to_hex(&key.public_key()),
+                power: 10,
+            }],
+            accounts: Vec::new(),
+        };
+        write_genesis(&genesis, &file, 0).unwrap();
+
+        let secret = keys::random_secret();
+        let validator = Home(tmp.path().join("v"));
+        let mut config = node_config("v", "127.0.0.9", Ports::ANY);
+        config.p2p.ban_duration_secs = 30;
+        write_home(
+            &validator.0,
+            NodeHome {
+                genesis: &genesis,
+                node_secret: secret,
+                validator_key: Some(&key),
+                config,
+            },
+        )
+        .unwrap();
+        let loaded = NodeConfig::load(&validator.config_file(), []).unwrap();
+        assert_eq!(loaded.moniker, "v");
+        assert_eq!(loaded.rpc.listen, "127.0.0.9:0");
+        assert_eq!(loaded.p2p.listen, vec!["/ip4/127.0.0.9/tcp/0".to_string()]);
+        assert_eq!(loaded.p2p.ban_duration_secs, 30);
+        assert_eq!(
+            std::fs::read(validator.genesis_file()).unwrap(),
+            std::fs::read(&genesis).unwrap()
+        );
+        assert_eq!(
+            keys::read_node_key(&validator.node_key_file()).unwrap(),
+            secret
+        );
+        let signing = keys::read_validator_key(&validator.resolve(&loaded.consensus.validator_key));
+        assert_eq!(signing.unwrap().address(), key.address());
+
+        let full = Home(tmp.path().join("f"));
+        write_home(
+            &full.0,
+            NodeHome {
+                genesis: &genesis,
+                node_secret: keys::random_secret(),
+                validator_key: None,
+                config: node_config("f", "127.0.0.10", Ports::FIXED),
+            },
+        )
+        .unwrap();
+        let loaded = NodeConfig::load(&full.config_file(), []).unwrap();
+        assert_eq!(loaded.rpc.listen, format!("127.0.0.10:{RPC_PORT}"));
+        assert!(loaded.consensus.validator_key.is_empty());
+        assert!(!full.0.join("config/validator_key.json").exists());
+    }
 }

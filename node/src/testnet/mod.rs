@@ -39,7 +39,7 @@ use clap::{Args, Subcommand};
 use crate::config::expand;
 
 mod faults;
-mod init;
+pub mod init;
 mod manifest;
 mod processes;
 mod table;
