@@ -21,6 +21,7 @@ use ledger::types::{Address, Payload, SignedTx, Tx};
 use serde_json::Value;
 use tally_node::config::NodeConfig;
 use tally_node::node::Addresses;
+use tally_node::testnet::init::{self, NodeHome, Ports};
 
 pub mod checker;
 pub mod netns;
@@ -228,35 +229,22 @@ impl Builder {
                 })
                 .collect(),
         };
-        let genesis_text = serde_json::to_string_pretty(&genesis)?;
+        let genesis_path = dir.path().join("genesis.json");
+        init::write_genesis(&genesis_path, &genesis, 0)?;
         let mut nodes = Vec::new();
         for i in 0..total {
             let vkey = vkeys.get(i);
             let home = dir.path().join(format!("node{i}"));
-            std::fs::create_dir_all(home.join("config"))?;
-            std::fs::write(home.join("config/genesis.json"), &genesis_text)?;
-            tally_node::keys::write_node_key(
-                &home.join("config/node_key.json"),
-                tally_node::keys::random_secret(),
-            )?;
             let ip = format!("127.0.{}.{}", 100 + block, 2 + i);
-            let mut config = NodeConfig {
-                moniker: format!("node{i}"),
-                ..NodeConfig::default()
-            };
-            config.rpc.listen = format!("{ip}:0");
-            config.metrics.listen = format!("{ip}:0");
-            config.p2p.listen = vec![format!("/ip4/{ip}/tcp/0")];
-            config.p2p.ban_duration_secs = 30;
-            config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
-            if let Some(vkey) = vkey {
-                tally_node::keys::write_validator_key(
-                    &home.join("config/validator_key.json"),
-                    vkey,
-                )?;
-                config.consensus.validator_key = "config/validator_key.json".into();
-            }
-            std::fs::write(home.join("config/node.toml"), config.to_toml())?;
+            init::write_home(
+                &home,
+                NodeHome {
+                    genesis: &genesis_path,
+                    node_secret: tally_node::keys::random_secret(),
+                    validator_key: vkey,
+                    config: node_config(i, &ip),
+                },
+            )?;
             nodes.push(NodeProc {
                 home,
                 ip,
@@ -274,6 +262,14 @@ impl Builder {
             node_env: self.node_env,
         })
     }
+}
+
+/// Node `i`'s node.toml: listening on `ip` with ports the OS picks (each node writes them
+/// to its addresses.json), and bans short enough for a test to outlast.
+fn node_config(i: usize, ip: &str) -> NodeConfig {
+    let mut config = init::node_config(&format!("node{i}"), ip, Ports::ANY);
+    config.p2p.ban_duration_secs = 30;
+    config
 }
 
 pub struct NodeProc {
@@ -582,31 +578,21 @@ impl TestNet {
     pub async fn add_full_node(&mut self) -> anyhow::Result<usize> {
         let i = self.nodes.len();
         let home = self.dir.path().join(format!("node{i}"));
-        std::fs::create_dir_all(home.join("config"))?;
-        std::fs::copy(
-            self.nodes[0].home.join("config/genesis.json"),
-            home.join("config/genesis.json"),
-        )?;
-        tally_node::keys::write_node_key(
-            &home.join("config/node_key.json"),
-            tally_node::keys::random_secret(),
-        )?;
         let prefix = self.nodes[0]
             .ip
             .rsplit_once('.')
             .map(|(p, _)| p.to_string())
             .context("node 0 has no IPv4 address")?;
         let ip = format!("{prefix}.{}", 2 + i);
-        let mut config = NodeConfig {
-            moniker: format!("node{i}"),
-            ..NodeConfig::default()
-        };
-        config.rpc.listen = format!("{ip}:0");
-        config.metrics.listen = format!("{ip}:0");
-        config.p2p.listen = vec![format!("/ip4/{ip}/tcp/0")];
-        config.p2p.ban_duration_secs = 30;
-        config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
-        std::fs::write(home.join("config/node.toml"), config.to_toml())?;
+        init::write_home(
+            &home,
+            NodeHome {
+                genesis: &self.dir.path().join("genesis.json"),
+                node_secret: tally_node::keys::random_secret(),
+                validator_key: None,
+                config: node_config(i, &ip),
+            },
+        )?;
         self.nodes.push(NodeProc {
             home,
             ip,

@@ -25,6 +25,7 @@ use rand::Rng;
 use serde_json::Value;
 
 use tally_node::netns::{add_host, remove_host, Names};
+use tally_node::testnet::init::{self, NodeHome, Ports};
 
 use crate::checker::{self, Observation, Violation};
 use crate::{bin, http_client, transfer};
@@ -750,23 +751,12 @@ impl NetnsTestnet {
         // From here on the joiner's Drop removes whatever was made, on error too.
         add_host(&joiner.names, index, addr)?;
 
-        let config_dir = joiner.home.join("config");
-        std::fs::create_dir_all(&config_dir)?;
-        std::fs::copy(
-            self.dir.join("genesis.json"),
-            config_dir.join("genesis.json"),
-        )?;
-        tally_node::keys::write_node_key(
-            &config_dir.join("node_key.json"),
-            tally_node::keys::random_secret(),
-        )?;
-        let mut config = tally_node::config::NodeConfig {
-            moniker: joiner.name.clone(),
-            ..Default::default()
+        let ports = Ports {
+            p2p: JOINER_P2P_PORT,
+            rpc: JOINER_RPC_PORT,
+            metrics: JOINER_METRICS_PORT,
         };
-        config.rpc.listen = format!("{}:{JOINER_RPC_PORT}", joiner.ip);
-        config.metrics.listen = format!("{}:{JOINER_METRICS_PORT}", joiner.ip);
-        config.p2p.listen = vec![format!("/ip4/{}/tcp/{JOINER_P2P_PORT}", joiner.ip)];
+        let mut config = init::node_config(&joiner.name, &joiner.ip, ports);
         config.p2p.bootstrap = bootstrap
             .iter()
             .map(|b| {
@@ -776,8 +766,15 @@ impl NetnsTestnet {
                     .with_context(|| format!("testnet.json: node{b} has no p2p address"))
             })
             .collect::<anyhow::Result<_>>()?;
-        config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
-        std::fs::write(config_dir.join("node.toml"), config.to_toml())?;
+        init::write_home(
+            &joiner.home,
+            NodeHome {
+                genesis: &self.dir.join("genesis.json"),
+                node_secret: tally_node::keys::random_secret(),
+                validator_key: None,
+                config,
+            },
+        )?;
         Ok(joiner)
     }
 }
