@@ -702,10 +702,10 @@ pub struct Joiner {
     child: Option<Child>,
 }
 
-/// The testnet supervisor's ports (node/src/testnet.rs); every node has its own address.
-const JOINER_P2P_PORT: u16 = 26656;
-const JOINER_RPC_PORT: u16 = 26657;
-const JOINER_METRICS_PORT: u16 = 26660;
+/// The testnet supervisor's ports (a joiner's node.toml gets `Ports::FIXED`); every node
+/// has its own address.
+const JOINER_RPC_PORT: u16 = tally_node::testnet::RPC_PORT;
+const JOINER_METRICS_PORT: u16 = tally_node::testnet::METRICS_PORT;
 
 impl NetnsTestnet {
     /// Node `i`'s `/metrics` URL, from the testnet's manifest.
@@ -751,12 +751,7 @@ impl NetnsTestnet {
         // From here on the joiner's Drop removes whatever was made, on error too.
         add_host(&joiner.names, index, addr)?;
 
-        let ports = Ports {
-            p2p: JOINER_P2P_PORT,
-            rpc: JOINER_RPC_PORT,
-            metrics: JOINER_METRICS_PORT,
-        };
-        let mut config = init::node_config(&joiner.name, &joiner.ip, ports);
+        let mut config = init::node_config(&joiner.name, &joiner.ip, Ports::FIXED);
         config.p2p.bootstrap = bootstrap
             .iter()
             .map(|b| {

@@ -25,6 +25,11 @@
 //! With `--hosts netns` each node runs in its own network namespace on an address of
 //! 198.18.0.0/15 behind a bridge (src/netns.rs, which the fault suite also uses to add
 //! joiners), so whole links can be cut.
+//!
+//! This file holds the verbs; `manifest.rs` the manifest, the ports and the layout;
+//! `init.rs` the directory writer, whose `write_home` the test harness also uses for its
+//! nodes; `processes.rs` spawning, finding and stopping nodes; `table.rs` the live status
+//! table; `faults.rs` partitions and pauses.
 
 use std::io::{IsTerminal, Write};
 use std::net::Ipv4Addr;
@@ -46,7 +51,9 @@ mod table;
 
 pub use init::init;
 use manifest::{check_index, home, load_manifest, MANIFEST};
-pub use manifest::{AccountEntry, Hosts, Manifest, NodeEntry, Role};
+pub use manifest::{
+    AccountEntry, Hosts, Manifest, NodeEntry, Role, METRICS_PORT, P2P_PORT, RPC_PORT,
+};
 pub use processes::{kill, restart, stop};
 use processes::{node_pid, process_alive, read_pid, shutdown, spawn_node, SUPERVISOR_PID};
 use table::{status_line, table, Poller};
