@@ -11,13 +11,7 @@ use tally_node::config::{Home, NodeConfig};
 use tally_node::keys;
 use tokio_util::sync::CancellationToken;
 
-/// Expands a leading `~/`.
-pub fn expand(path: &Path) -> PathBuf {
-    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => path.to_path_buf(),
-    }
-}
+pub use tally_node::config::expand;
 
 #[derive(Args)]
 pub struct InitArgs {

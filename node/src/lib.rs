@@ -17,5 +17,6 @@ pub mod status;
 pub mod sync;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod testnet;
 pub mod txgossip;
 pub mod wire;

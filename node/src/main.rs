@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod cli;
-mod testnet;
+
+use tally_node::testnet;
 
 #[derive(Parser)]
 #[command(

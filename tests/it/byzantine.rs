@@ -561,16 +561,8 @@ async fn attackers_are_banned_and_honest_pace_holds() {
         }
         hs.into_iter().min().unwrap()
     };
-    for h in 1..=top {
-        let reference = net.block_at(0, h).await.unwrap();
-        for i in 1..n {
-            assert_eq!(
-                net.block_at(i, h).await.unwrap(),
-                reference,
-                "fork at height {h} on node {i}"
-            );
-        }
-    }
+    let all: Vec<usize> = (0..n).collect();
+    net.assert_no_fork(&all, 1..=top).await;
     check_honest(&net, n, &honest, &mut worst_honest).await;
     for i in 0..n {
         let bans = metric(&net, i, "tally_peer_bans_total", None).await;
@@ -660,12 +652,7 @@ async fn equivocating_validator_is_caught() {
     net.wait_for_height(caught + 3, Duration::from_secs(60))
         .await
         .unwrap();
-    for h in 1..=caught + 3 {
-        let reference = net.block_at(0, h).await.unwrap();
-        for i in 1..4 {
-            assert_eq!(net.block_at(i, h).await.unwrap(), reference, "fork at {h}");
-        }
-    }
+    net.assert_no_fork(&[0, 1, 2, 3], 1..=caught + 3).await;
 }
 
 /// Wall-clock milliseconds, as the nodes read it.
@@ -750,10 +737,7 @@ async fn a_validator_proposing_far_future_times_cannot_halt_the_chain() {
             "block {h}: time {time} is ahead of the clock {now}"
         );
         prev_time = time;
-        let reference = net.block_at(0, h).await.unwrap();
-        for &i in &honest[1..] {
-            assert_eq!(net.block_at(i, h).await.unwrap(), reference, "fork at {h}");
-        }
+        net.assert_no_fork(&honest, [h]).await;
     }
     // The forged proposals reached the honest validators and were refused for their time.
     let refused = honest

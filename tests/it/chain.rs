@@ -47,7 +47,7 @@ async fn four_validators_and_a_full_node_commit_200_transfers() {
     net.wait_for_height(tip, Duration::from_secs(30))
         .await
         .unwrap();
-    let reference = net.block_at(0, tip).await.unwrap();
+    net.assert_no_fork(&[0, 1, 2, 3, 4], [tip]).await;
     // Every connected peer shows the software it announced.
     let version = format!("tally/{}", env!("CARGO_PKG_VERSION"));
     for i in 0..5 {
@@ -59,11 +59,6 @@ async fn four_validators_and_a_full_node_commit_200_transfers() {
         }
     }
     for i in 0..5 {
-        assert_eq!(
-            net.block_at(i, tip).await.unwrap(),
-            reference,
-            "node {i} disagrees at {tip}"
-        );
         for id in &ids {
             let v = net.get(i, &format!("/v1/txs/{id}")).await.unwrap();
             assert_eq!(v["status"], "committed", "node {i} tx {id}: {v}");

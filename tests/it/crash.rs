@@ -130,16 +130,7 @@ async fn validator_killed_at_random_moments_rejoins_without_fork_or_loss() {
     assert!(!committed.is_empty(), "the load committed nothing");
 
     // No fork: the same block at every height on every node.
-    for h in 1..=end {
-        let reference = net.block_at(0, h).await.unwrap();
-        for i in 1..4 {
-            assert_eq!(
-                net.block_at(i, h).await.unwrap(),
-                reference,
-                "fork at height {h} on node {i}"
-            );
-        }
-    }
+    net.assert_no_fork(&[0, 1, 2, 3], 1..=end).await;
     for i in 0..4 {
         assert_eq!(
             net.evidence_count(i).await.unwrap(),

@@ -1,6 +1,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tally_tests::eventually;
 
 /// `tallyd dev` in one terminal and the curl command it prints in another commits a tx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,41 +51,44 @@ async fn dev_chain_commits_the_printed_curl_transfer() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     // The node may still be starting: retry the POST until it answers.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let accepted = loop {
-        let out = sh(&post);
-        if out.contains("tx_id") {
-            break out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dev node never accepted the printed tx: {out}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let accepted = eventually(
+        Duration::from_secs(30),
+        "the dev node accepting the printed tx",
+        || {
+            let out = sh(&post);
+            async move {
+                if out.contains("tx_id") {
+                    Ok(out)
+                } else {
+                    Err(out)
+                }
+            }
+        },
+    )
+    .await;
     assert!(accepted.contains("tx_id"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), "the printed tx committed", || {
         let out = sh(&query);
-        if out.contains("\"committed\"") {
-            break;
+        async move {
+            if out.contains("\"committed\"") {
+                Ok(())
+            } else {
+                Err(out)
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "printed tx never committed: {out}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "tallyd dev did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        "tallyd dev stopping on SIGTERM",
+        || {
+            let exited = child.try_wait().unwrap();
+            async move { exited.ok_or_else(|| "still running".to_string()) }
+        },
+    )
+    .await;
 }

@@ -61,16 +61,7 @@ async fn chain_survives_one_halts_at_two_and_resumes() {
         .await
         .unwrap();
     // Same block at every height on every node (no fork).
-    for h in 1..=target {
-        let reference = net.block_at(0, h).await.unwrap();
-        for i in 1..4 {
-            assert_eq!(
-                net.block_at(i, h).await.unwrap(),
-                reference,
-                "fork at height {h} on node {i}"
-            );
-        }
-    }
+    net.assert_no_fork(&[0, 1, 2, 3], 1..=target).await;
     for i in 0..4 {
         assert_eq!(
             net.evidence_count(i).await.unwrap(),

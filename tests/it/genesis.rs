@@ -13,7 +13,7 @@ use ledger::hash::{from_hex_array, to_hex};
 use ledger::state::AccountProof;
 use ledger::types::Account;
 use serde_json::Value;
-use tally_tests::bin;
+use tally_tests::{bin, eventually};
 
 const IP: &str = "127.0.78.2";
 /// More than three chunks of the genesis state builder, small enough for a debug build.
@@ -102,18 +102,18 @@ async fn wait_for(
     timeout: Duration,
     ok: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(v) = get(http, path).await {
-            if ok(&v) {
-                return v;
+    let ok = &ok;
+    eventually(
+        timeout,
+        &format!("GET {path} meeting the condition"),
+        || async move {
+            match get(http, path).await {
+                Some(v) if ok(&v) => Ok(v),
+                last => Err(format!("answer {last:?}")),
             }
-            last = Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("GET {path}: condition not met within {timeout:?}; last answer {last:?}");
+        },
+    )
+    .await
 }
 
 /// The account's balance, checked against its proof and the state root served with it.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::Value;
-use tally_tests::{account_key, transfer, TestNet};
+use tally_tests::{account_key, eventually, transfer, TestNet};
 
 type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
 
@@ -367,24 +367,6 @@ fn promtool_check(text: &str) -> Option<Result<(), String>> {
     } else {
         Err(format!("promtool exit {}: {findings}", out.status))
     })
-}
-
-/// Polls `cond` every 100 ms until it returns `Some`, or fails with `what` after `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut cond: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match cond().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{what} not within {timeout:?}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 /// A valid, conventional exposition from a node that has done some of everything:

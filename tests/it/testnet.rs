@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tally_tests::bin;
+use tally_tests::{assert_no_fork, bin, block_id, eventually};
 
 const BASE: &str = "127.0.77";
 const NODES: usize = 5;
@@ -150,36 +150,25 @@ async fn height(http: &reqwest::Client, i: usize) -> Option<u64> {
 
 /// Waits until every node in `nodes` answers with a height of at least `h`.
 async fn wait_height(http: &reqwest::Client, nodes: &[usize], h: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let what = format!("nodes {nodes:?} at height {h}");
+    eventually(timeout, &what, || async move {
         let mut heights = Vec::new();
         for &i in nodes {
             heights.push(height(http, i).await);
         }
         if heights.iter().all(|x| x.is_some_and(|x| x >= h)) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("heights {heights:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "nodes {nodes:?} did not reach height {h} within {timeout:?}: {heights:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 async fn block(http: &reqwest::Client, i: usize, h: u64) -> (String, String) {
-    let b: Value = http
-        .get(format!("{}/v1/blocks/{h}", rpc(i)))
-        .send()
+    block_id(http, &rpc(i), h)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        b["hash"].as_str().unwrap().to_string(),
-        b["header"]["state_root"].as_str().unwrap().to_string(),
-    )
+        .unwrap_or_else(|e| panic!("node{i} block {h}: {e:#}"))
 }
 
 /// SIGTERM the supervisor; it must exit and take every node with it.
@@ -191,14 +180,11 @@ async fn stop_up(guard: &mut Guard, timeout: Duration) {
         .args(["-TERM", &up.id().to_string()])
         .status()
         .unwrap();
-    let deadline = Instant::now() + timeout;
-    loop {
-        if up.try_wait().unwrap().is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "up did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(timeout, "up to exit after SIGTERM", || {
+        let exited = up.try_wait().unwrap();
+        async move { exited.ok_or_else(|| "still running".to_string()) }
+    })
+    .await;
     let dir = guard.dir.clone();
     for pid in pids {
         assert!(
@@ -310,14 +296,8 @@ async fn testnet_up_wallet_faults_shutdown_and_resume() {
     // Every node agrees on the block (hash and state root) at a common height.
     let tip = height(&http, 0).await.unwrap();
     wait_height(&http, &all, tip, Duration::from_secs(20)).await;
-    let expected = block(&http, 0, tip).await;
-    for i in 1..NODES {
-        assert_eq!(
-            block(&http, i, tip).await,
-            expected,
-            "node{i} at height {tip}"
-        );
-    }
+    let rpcs: Vec<String> = all.iter().map(|i| rpc(*i)).collect();
+    assert_no_fork(&http, &rpcs, [tip]).await;
     for i in 0..NODES {
         let r = http.get(metrics(i)).send().await.unwrap();
         assert!(r.status().is_success(), "node{i} /metrics");

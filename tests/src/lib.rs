@@ -21,6 +21,7 @@ use ledger::types::{Address, Payload, SignedTx, Tx};
 use serde_json::Value;
 use tally_node::config::NodeConfig;
 use tally_node::node::Addresses;
+use tally_node::testnet::init::{self, NodeHome, Ports};
 
 pub mod checker;
 pub mod netns;
@@ -104,6 +105,76 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(2))
         .build()?)
+}
+
+/// Polls `cond` every 100 ms until it returns `Ok`, and returns its value; panics after
+/// `timeout` with "`what` not within `timeout`" and the last `Err` (what was seen instead).
+/// A condition that does blocking work (`Child::try_wait`, reading a file) does it in the
+/// closure and hands the result to an `async move` block.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match cond().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("{what} not within {timeout:?}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// (hash, state root) of the block at `height` as the node at `rpc` (`http://ip:port`)
+/// serves it.
+pub async fn block_id(
+    http: &reqwest::Client,
+    rpc: &str,
+    height: u64,
+) -> anyhow::Result<(String, String)> {
+    let b: Value = http
+        .get(format!("{rpc}/v1/blocks/{height}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok((
+        b["hash"].as_str().context("block hash")?.to_string(),
+        b["header"]["state_root"]
+            .as_str()
+            .context("state root")?
+            .to_string(),
+    ))
+}
+
+/// No fork: panics unless every node in `rpcs` serves the same block (hash and state root)
+/// as the first one at each of `heights`, or if one cannot answer.
+pub async fn assert_no_fork(
+    http: &reqwest::Client,
+    rpcs: &[String],
+    heights: impl IntoIterator<Item = u64>,
+) {
+    let Some((first, others)) = rpcs.split_first() else {
+        return;
+    };
+    for h in heights {
+        let reference = block_id(http, first, h)
+            .await
+            .unwrap_or_else(|e| panic!("block {h} from {first}: {e:#}"));
+        for rpc in others {
+            let got = block_id(http, rpc, h)
+                .await
+                .unwrap_or_else(|e| panic!("block {h} from {rpc}: {e:#}"));
+            assert_eq!(
+                got, reference,
+                "fork at height {h}: {rpc} differs from {first}"
+            );
+        }
+    }
 }
 
 /// A funded test account key, the same in every run.
@@ -228,35 +299,22 @@ impl Builder {
                 })
                 .collect(),
         };
-        let genesis_text = serde_json::to_string_pretty(&genesis)?;
+        let genesis_path = dir.path().join("genesis.json");
+        init::write_genesis(&genesis_path, &genesis, 0)?;
         let mut nodes = Vec::new();
         for i in 0..total {
             let vkey = vkeys.get(i);
             let home = dir.path().join(format!("node{i}"));
-            std::fs::create_dir_all(home.join("config"))?;
-            std::fs::write(home.join("config/genesis.json"), &genesis_text)?;
-            tally_node::keys::write_node_key(
-                &home.join("config/node_key.json"),
-                tally_node::keys::random_secret(),
-            )?;
             let ip = format!("127.0.{}.{}", 100 + block, 2 + i);
-            let mut config = NodeConfig {
-                moniker: format!("node{i}"),
-                ..NodeConfig::default()
-            };
-            config.rpc.listen = format!("{ip}:0");
-            config.metrics.listen = format!("{ip}:0");
-            config.p2p.listen = vec![format!("/ip4/{ip}/tcp/0")];
-            config.p2p.ban_duration_secs = 30;
-            config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
-            if let Some(vkey) = vkey {
-                tally_node::keys::write_validator_key(
-                    &home.join("config/validator_key.json"),
-                    vkey,
-                )?;
-                config.consensus.validator_key = "config/validator_key.json".into();
-            }
-            std::fs::write(home.join("config/node.toml"), config.to_toml())?;
+            init::write_home(
+                &home,
+                NodeHome {
+                    genesis: &genesis_path,
+                    node_secret: tally_node::keys::random_secret(),
+                    validator_key: vkey,
+                    config: node_config(i, &ip),
+                },
+            )?;
             nodes.push(NodeProc {
                 home,
                 ip,
@@ -274,6 +332,14 @@ impl Builder {
             node_env: self.node_env,
         })
     }
+}
+
+/// Node `i`'s node.toml: listening on `ip` with ports the OS picks (each node writes them
+/// to its addresses.json), and bans short enough for a test to outlast.
+fn node_config(i: usize, ip: &str) -> NodeConfig {
+    let mut config = init::node_config(&format!("node{i}"), ip, Ports::ANY);
+    config.p2p.ban_duration_secs = 30;
+    config
 }
 
 pub struct NodeProc {
@@ -586,14 +652,13 @@ impl TestNet {
 
     /// (hash, state_root) of the block at `height` as node `i` reports it.
     pub async fn block_at(&self, i: usize, height: u64) -> anyhow::Result<(String, String)> {
-        let b = self.get(i, &format!("/v1/blocks/{height}")).await?;
-        Ok((
-            b["hash"].as_str().context("block hash")?.to_string(),
-            b["header"]["state_root"]
-                .as_str()
-                .context("state root")?
-                .to_string(),
-        ))
+        block_id(&self.http, &self.rpc(i), height).await
+    }
+
+    /// [`assert_no_fork`] over `nodes` (node `nodes[0]` is the reference).
+    pub async fn assert_no_fork(&self, nodes: &[usize], heights: impl IntoIterator<Item = u64>) {
+        let rpcs: Vec<String> = nodes.iter().map(|&i| self.rpc(i)).collect();
+        assert_no_fork(&self.http, &rpcs, heights).await
     }
 
     /// Adds a full node (same genesis, next loopback address, bootstrapping from node 0)
@@ -601,31 +666,21 @@ impl TestNet {
     pub async fn add_full_node(&mut self) -> anyhow::Result<usize> {
         let i = self.nodes.len();
         let home = self.dir.path().join(format!("node{i}"));
-        std::fs::create_dir_all(home.join("config"))?;
-        std::fs::copy(
-            self.nodes[0].home.join("config/genesis.json"),
-            home.join("config/genesis.json"),
-        )?;
-        tally_node::keys::write_node_key(
-            &home.join("config/node_key.json"),
-            tally_node::keys::random_secret(),
-        )?;
         let prefix = self.nodes[0]
             .ip
             .rsplit_once('.')
             .map(|(p, _)| p.to_string())
             .context("node 0 has no IPv4 address")?;
         let ip = format!("{prefix}.{}", 2 + i);
-        let mut config = NodeConfig {
-            moniker: format!("node{i}"),
-            ..NodeConfig::default()
-        };
-        config.rpc.listen = format!("{ip}:0");
-        config.metrics.listen = format!("{ip}:0");
-        config.p2p.listen = vec![format!("/ip4/{ip}/tcp/0")];
-        config.p2p.ban_duration_secs = 30;
-        config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
-        std::fs::write(home.join("config/node.toml"), config.to_toml())?;
+        init::write_home(
+            &home,
+            NodeHome {
+                genesis: &self.dir.path().join("genesis.json"),
+                node_secret: tally_node::keys::random_secret(),
+                validator_key: None,
+                config: node_config(i, &ip),
+            },
+        )?;
         self.nodes.push(NodeProc {
             home,
             ip,
@@ -696,5 +751,77 @@ mod metric_tests {
         let labelled: Vec<f64> = super::metric_samples(page, "b", Some("y=\"z\"")).collect();
         assert_eq!(labelled, vec![3.5]);
         assert_eq!(super::metric_samples(page, "c", None).count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod helper_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn eventually_returns_once_the_condition_holds() {
+        let mut polls = 0;
+        let got = eventually(Duration::from_secs(5), "three polls", || {
+            polls += 1;
+            let n = polls;
+            async move {
+                if n >= 3 {
+                    Ok(n)
+                } else {
+                    Err(format!("{n} polls"))
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, 3);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "the impossible not within 300ms; last: still false")]
+    async fn eventually_panics_with_what_it_waited_for() {
+        eventually(Duration::from_millis(300), "the impossible", || async {
+            Err::<(), _>("still false".to_string())
+        })
+        .await;
+    }
+
+    /// A node that answers every request with the block whose hash is `hash`.
+    async fn fake_node(hash: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let body = format!(r#"{{"hash":"{hash}","header":{{"state_root":"aa"}}}}"#);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn assert_no_fork_passes_on_agreement_and_panics_on_a_fork() {
+        let http = http_client(Duration::from_secs(5)).unwrap();
+        let (a, b, c) = (
+            fake_node("01").await,
+            fake_node("01").await,
+            fake_node("02").await,
+        );
+        assert_no_fork(&http, &[a.clone(), b.clone()], 1..=3).await;
+        let forked = tokio::spawn(async move { assert_no_fork(&http, &[a, b, c], [1]).await });
+        let panic = forked.await.unwrap_err().into_panic();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(message.contains("fork at height 1"), "{message}");
     }
 }

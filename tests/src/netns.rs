@@ -25,6 +25,7 @@ use rand::Rng;
 use serde_json::Value;
 
 use tally_node::netns::{add_host, remove_host, Names};
+use tally_node::testnet::init::{self, NodeHome, Ports};
 
 use crate::checker::{self, Observation, Violation};
 use crate::{bin, http_client, transfer};
@@ -701,10 +702,10 @@ pub struct Joiner {
     child: Option<Child>,
 }
 
-/// The testnet supervisor's ports (node/src/testnet.rs); every node has its own address.
-const JOINER_P2P_PORT: u16 = 26656;
-const JOINER_RPC_PORT: u16 = 26657;
-const JOINER_METRICS_PORT: u16 = 26660;
+/// The testnet supervisor's ports (a joiner's node.toml gets `Ports::FIXED`); every node
+/// has its own address.
+const JOINER_RPC_PORT: u16 = tally_node::testnet::RPC_PORT;
+const JOINER_METRICS_PORT: u16 = tally_node::testnet::METRICS_PORT;
 
 impl NetnsTestnet {
     /// Node `i`'s `/metrics` URL, from the testnet's manifest.
@@ -750,23 +751,7 @@ impl NetnsTestnet {
         // From here on the joiner's Drop removes whatever was made, on error too.
         add_host(&joiner.names, index, addr)?;
 
-        let config_dir = joiner.home.join("config");
-        std::fs::create_dir_all(&config_dir)?;
-        std::fs::copy(
-            self.dir.join("genesis.json"),
-            config_dir.join("genesis.json"),
-        )?;
-        tally_node::keys::write_node_key(
-            &config_dir.join("node_key.json"),
-            tally_node::keys::random_secret(),
-        )?;
-        let mut config = tally_node::config::NodeConfig {
-            moniker: joiner.name.clone(),
-            ..Default::default()
-        };
-        config.rpc.listen = format!("{}:{JOINER_RPC_PORT}", joiner.ip);
-        config.metrics.listen = format!("{}:{JOINER_METRICS_PORT}", joiner.ip);
-        config.p2p.listen = vec![format!("/ip4/{}/tcp/{JOINER_P2P_PORT}", joiner.ip)];
+        let mut config = init::node_config(&joiner.name, &joiner.ip, Ports::FIXED);
         config.p2p.bootstrap = bootstrap
             .iter()
             .map(|b| {
@@ -776,8 +761,15 @@ impl NetnsTestnet {
                     .with_context(|| format!("testnet.json: node{b} has no p2p address"))
             })
             .collect::<anyhow::Result<_>>()?;
-        config.log.level = "info,libp2p=warn,libp2p_gossipsub=error".into();
-        std::fs::write(config_dir.join("node.toml"), config.to_toml())?;
+        init::write_home(
+            &joiner.home,
+            NodeHome {
+                genesis: &self.dir.join("genesis.json"),
+                node_secret: tally_node::keys::random_secret(),
+                validator_key: None,
+                config,
+            },
+        )?;
         Ok(joiner)
     }
 }

@@ -1,0 +1,223 @@
+//! The live status table: every node's `/v1/status`, its pid and its faults, one row each.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::faults;
+use super::manifest::{Manifest, Role};
+use super::processes::node_pid;
+
+pub(super) struct Row {
+    name: String,
+    role: Role,
+    rpc: String,
+    pid: Option<u32>,
+    status: Option<Value>,
+    /// Partitions and pauses in force ("-" for none), from `<dir>/faults.json`.
+    fault: String,
+    paused: bool,
+}
+
+/// How long one node gets to answer `/v1/status`, connection included: a paused node
+/// (SIGSTOP) still has its connections accepted by the kernel but never answers, and must
+/// show as paused instead of stalling the table.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Polls the nodes' `/v1/status` for the table, all at once.
+pub(super) struct Poller {
+    http: reqwest::Client,
+}
+
+impl Poller {
+    pub(super) fn new() -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(STATUS_TIMEOUT)
+            .connect_timeout(STATUS_TIMEOUT)
+            // The nodes are on this machine: an HTTP_PROXY in the environment is not for them.
+            .no_proxy()
+            // Below the nodes' 5 s header-read timeout, which closes idle connections.
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .context("cannot build the HTTP client for the status table")?;
+        Ok(Self { http })
+    }
+
+    pub(super) async fn poll_all(&self, dir: &Path, m: &Manifest) -> Vec<Row> {
+        let faults = faults::load(dir);
+        let faults = &faults;
+        let polls = m.nodes.iter().enumerate().map(|(i, n)| async move {
+            Row {
+                name: n.name.clone(),
+                role: n.role,
+                rpc: n.rpc.clone(),
+                pid: node_pid(dir, i),
+                status: self.status(&n.rpc).await.ok(),
+                fault: faults.describe(i),
+                paused: faults.paused.contains(&i),
+            }
+        });
+        futures::future::join_all(polls).await
+    }
+
+    /// `GET http://<rpc>/v1/status` as JSON; an error for anything but a 200 in time.
+    async fn status(&self, rpc: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("http://{rpc}/v1/status"))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(response.json().await?)
+    }
+}
+
+fn state_of(r: &Row) -> &'static str {
+    match (&r.status, r.pid) {
+        (_, Some(_)) if r.paused => "paused",
+        (Some(s), _) if !s["halted"].is_null() => "HALTED",
+        (Some(s), _) if s["catching_up"].as_bool() == Some(true) => "syncing",
+        (Some(_), _) => "up",
+        (None, Some(_)) => "starting",
+        (None, None) => "down",
+    }
+}
+
+fn field(r: &Row, key: &str) -> String {
+    r.status
+        .as_ref()
+        .map(|s| match &s[key] {
+            Value::Null => "-".to_string(),
+            v => v.to_string(),
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn since_block(r: &Row) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s["seconds_since_last_block"].as_f64())
+        .map_or("-".into(), |x| format!("{x:.1}s ago"))
+}
+
+fn mempool(r: &Row) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s["mempool"]["txs"].as_u64())
+        .map_or("-".into(), |x| x.to_string())
+}
+
+pub(super) fn table(rows: &[Row], colour: bool) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {:<8} {:>7}  {}",
+        "NODE",
+        "ROLE",
+        "RPC",
+        "HEIGHT",
+        "ROUND",
+        "PEERS",
+        "MEMPOOL",
+        "LAST BLOCK",
+        "STATE",
+        "PID",
+        "FAULT"
+    )];
+    for r in rows {
+        let state = state_of(r);
+        let (on, off) = match (colour, state) {
+            (false, _) => ("", ""),
+            (true, "up") => ("\x1b[32m", "\x1b[0m"),
+            (true, "syncing" | "starting") => ("\x1b[33m", "\x1b[0m"),
+            (true, _) => ("\x1b[31m", "\x1b[0m"),
+        };
+        out.push(format!(
+            "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {on}{:<8}{off} {:>7}  {}",
+            r.name,
+            r.role,
+            r.rpc,
+            field(r, "height"),
+            field(r, "round"),
+            field(r, "peers"),
+            mempool(r),
+            since_block(r),
+            state,
+            r.pid.map_or("-".into(), |p| p.to_string()),
+            r.fault,
+        ));
+    }
+    out
+}
+
+pub(super) fn status_line(r: &Row) -> String {
+    format!(
+        "{} {} height={} round={} peers={} mempool={} last_block={} state={} pid={} fault={}",
+        r.name,
+        r.role,
+        field(r, "height"),
+        field(r, "round"),
+        field(r, "peers"),
+        mempool(r),
+        since_block(r),
+        state_of(r),
+        r.pid.map_or("-".into(), |p| p.to_string()),
+        r.fault,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_status_in_chunks_is_read_and_a_silent_node_times_out() {
+        let poller = Poller::new().unwrap();
+
+        // axum answers a JSON body of unknown length in chunks.
+        let chunked = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = chunked.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = chunked.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            let body = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        transfer-encoding: chunked\r\n\r\n\
+                        5\r\n{\"hei\r\n9\r\nght\": 42}\r\n0\r\n\r\n";
+            s.write_all(body.as_bytes()).await.unwrap();
+        });
+        let status = poller.status(&addr).await.unwrap();
+        assert_eq!(status["height"], 42);
+
+        // Like a paused node: the kernel accepts the connection, nobody answers.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let started = Instant::now();
+        assert!(poller.status(&addr).await.is_err());
+        let took = started.elapsed();
+        assert!(
+            took >= STATUS_TIMEOUT && took < STATUS_TIMEOUT * 3,
+            "a silent node held the poll for {took:?}"
+        );
+        drop(silent);
+
+        // Anything but a 200 is no status.
+        let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = refusing.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = refusing.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            let body = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}";
+            s.write_all(body.as_bytes()).await.unwrap();
+        });
+        assert!(poller.status(&addr).await.is_err());
+    }
+}
