@@ -19,6 +19,7 @@ use crate::types::{
 };
 use crate::verify::{K256Verifier, SignatureVerifier};
 use crate::votes::{Added, RoundVotes};
+use ledger::validators::ValidatorSet;
 
 /// Votes and proposals are accepted for at most this many rounds ahead of ours: enough
 /// for line 55 to pull us forward, and a byzantine validator cannot make us store votes
@@ -59,6 +60,11 @@ enum Validity {
 pub struct Consensus<V: SignatureVerifier = K256Verifier> {
     cfg: Config,
     verifier: V,
+    /// The validator set of `height`, and of `height + 1` (for messages buffered ahead).
+    set: ValidatorSet,
+    next_set: ValidatorSet,
+    /// Sets announced for a height not started yet ([`Input::ValidatorSets`]).
+    pending_sets: Option<(u64, ValidatorSet, ValidatorSet)>,
 
     height: u64,
     round: u32,
@@ -104,6 +110,9 @@ impl Consensus<K256Verifier> {
 impl<V: SignatureVerifier> Consensus<V> {
     pub fn with_verifier(cfg: Config, verifier: V) -> Self {
         Self {
+            set: cfg.validators.clone(),
+            next_set: cfg.validators.clone(),
+            pending_sets: None,
             cfg,
             verifier,
             height: 0,
@@ -201,8 +210,7 @@ impl<V: SignatureVerifier> Consensus<V> {
     /// Validators we heard nothing from for [`ABSENT_AFTER_HEIGHTS`] heights or more: their
     /// proposer turns get a short propose timeout (for metrics and the status page).
     pub fn absent_validators(&self) -> impl Iterator<Item = &Address> + '_ {
-        self.cfg
-            .validators
+        self.set
             .validators()
             .iter()
             .map(|v| &v.address)
@@ -225,6 +233,15 @@ impl<V: SignatureVerifier> Consensus<V> {
         let mut out = Vec::new();
         match input {
             Input::StartHeight { height } => self.on_start_height(height, &mut out),
+            Input::ValidatorSets {
+                height,
+                current,
+                next,
+            } => {
+                if height > self.height {
+                    self.pending_sets = Some((height, current, next));
+                }
+            }
             Input::Proposal(p) => self.on_proposal(p, &mut out),
             Input::Vote(v) => self.on_vote(v, false, &mut out),
             Input::Commit(c) => self.on_commit(c, &mut out),
@@ -255,6 +272,19 @@ impl<V: SignatureVerifier> Consensus<V> {
         self.next_height_per.clear();
         if self.step != Step::Idle {
             self.count_silence();
+        }
+        // The sets of this height and the next: as announced for it, else the one that was
+        // announced as the next (a chain whose set never changes announces nothing).
+        let next = self.next_set.clone();
+        match self.pending_sets.take() {
+            Some((h, current, next)) if h == height => {
+                self.set = current;
+                self.next_set = next;
+            }
+            later => {
+                self.pending_sets = later.filter(|(h, _, _)| *h > height);
+                self.set = next;
+            }
         }
         self.height = height;
         self.round = 0;
@@ -298,7 +328,7 @@ impl<V: SignatureVerifier> Consensus<V> {
     /// proposer of (height, round), a valid signature, `pol_round < round`.
     fn on_proposal(&mut self, sp: SignedProposal, out: &mut Vec<Output>) {
         let p = &sp.proposal;
-        let proposer = self.cfg.validators.proposer(p.height, p.round).address;
+        let proposer = self.next_set.proposer(p.height, p.round).address;
         if self.buffer_if_next_height(p.height, p.round, proposer, || Input::Proposal(sp.clone())) {
             return;
         }
@@ -314,7 +344,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         if self.proposals.contains_key(&p.round) {
             return; // first proposal of a round wins; duplicates are gossip echoes
         }
-        let proposer = self.cfg.validators.proposer(p.height, p.round);
+        let proposer = self.set.proposer(p.height, p.round);
         if !self.verifier.verify_proposal(&sp, &proposer.pubkey) {
             return;
         }
@@ -339,7 +369,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         if !from_commit && v.round > self.round.saturating_add(FUTURE_ROUNDS) {
             return;
         }
-        let Some(validator) = self.cfg.validators.get(&sv.validator) else {
+        let Some(validator) = self.set.get(&sv.validator) else {
             return;
         };
         let (power, pubkey) = (validator.power, validator.pubkey);
@@ -390,9 +420,9 @@ impl<V: SignatureVerifier> Consensus<V> {
         let power = commit
             .signatures
             .iter()
-            .map(|s| self.cfg.validators.power_of(&s.validator))
+            .map(|s| self.set.power_of(&s.validator))
             .fold(0u64, u64::saturating_add);
-        if !sorted || !self.cfg.validators.is_quorum(power) {
+        if !sorted || !self.set.is_quorum(power) {
             return;
         }
         for sig in commit.signatures {
@@ -419,11 +449,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         match (t.step, self.step) {
             // Line 57: no acceptable proposal in time: prevote nil.
             (TimeoutStep::Propose, Step::Propose) => {
-                let proposer = self
-                    .cfg
-                    .validators
-                    .proposer(self.height, self.round)
-                    .address;
+                let proposer = self.set.proposer(self.height, self.round).address;
                 if !self.proposals.contains_key(&self.round) && self.cfg.address != Some(proposer) {
                     self.missed_turn.insert(proposer);
                 }
@@ -508,7 +534,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         for (round, rv) in &self.votes {
             for (value, power) in rv.precommits.values() {
                 let Some(hash) = value else { continue };
-                if !self.cfg.validators.is_quorum(power) {
+                if !self.set.is_quorum(power) {
                     continue;
                 }
                 match self.validity.get(hash) {
@@ -558,7 +584,7 @@ impl<V: SignatureVerifier> Consensus<V> {
     /// Line 55: f+1 of the power has sent messages for a higher round: jump to it (to
     /// the highest such round, the sooner to meet the others).
     fn rule_round_skip(&mut self, out: &mut Vec<Output>) -> bool {
-        let validators = &self.cfg.validators;
+        let validators = &self.set;
         let target = self
             .votes
             .range(self.round.saturating_add(1)..)
@@ -601,7 +627,7 @@ impl<V: SignatureVerifier> Consensus<V> {
                     .votes
                     .get(&vr)
                     .map_or(0, |rv| rv.prevotes.power_for(&Some(hash)));
-                if !self.cfg.validators.is_quorum(pol) {
+                if !self.set.is_quorum(pol) {
                     return false;
                 }
                 // Line 29: valid(v) and (lockedRound <= vr or lockedValue = v).
@@ -625,7 +651,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             .votes
             .get(&self.round)
             .map_or(0, |rv| rv.prevotes.total_power());
-        if self.cfg.validators.is_quorum(power) {
+        if self.set.is_quorum(power) {
             self.fired_prevote_timeout = Some(self.round);
             self.schedule(TimeoutStep::Prevote, out);
         }
@@ -648,9 +674,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             .votes
             .get(&self.round)
             .map_or(0, |rv| rv.prevotes.power_for(&Some(hash)));
-        if !self.cfg.validators.is_quorum(power)
-            || self.validity.get(&hash) != Some(&Validity::Valid)
-        {
+        if !self.set.is_quorum(power) || self.validity.get(&hash) != Some(&Validity::Valid) {
             return false;
         }
         self.fired_line36 = Some(self.round);
@@ -681,7 +705,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             .votes
             .get(&self.round)
             .map_or(0, |rv| rv.prevotes.power_for(&None));
-        if !self.cfg.validators.is_quorum(power) {
+        if !self.set.is_quorum(power) {
             return false;
         }
         self.precommit(None, out);
@@ -698,7 +722,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             .votes
             .get(&self.round)
             .map_or(0, |rv| rv.precommits.total_power());
-        if self.cfg.validators.is_quorum(power) {
+        if self.set.is_quorum(power) {
             self.fired_precommit_timeout = Some(self.round);
             self.schedule(TimeoutStep::Precommit, out);
         }
@@ -716,7 +740,7 @@ impl<V: SignatureVerifier> Consensus<V> {
             .votes
             .get(&self.round)
             .map_or(0, |rv| rv.precommits.power_for(&None));
-        if !self.cfg.validators.is_quorum(nil) {
+        if !self.set.is_quorum(nil) {
             return false;
         }
         self.start_round(self.round.saturating_add(1), out);
@@ -753,7 +777,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         // Line 21. The paper skips this for the proposer; we schedule it anyway so a
         // proposer whose block building fails or whose proposal the guard refuses still
         // moves on. A proposer we have not heard from for heights gets a short one.
-        let proposer = self.cfg.validators.proposer(self.height, round).address;
+        let proposer = self.set.proposer(self.height, round).address;
         let absent = self.cfg.address != Some(proposer) && self.is_absent(&proposer);
         if absent {
             let full = self.cfg.timeouts.duration_ms(TimeoutStep::Propose, round);
@@ -766,7 +790,7 @@ impl<V: SignatureVerifier> Consensus<V> {
     /// At the end of a height: who did we hear from in it? (See [`ABSENT_AFTER_HEIGHTS`].)
     fn count_silence(&mut self) {
         let heard = std::mem::take(&mut self.heard);
-        for v in self.cfg.validators.validators() {
+        for v in self.set.validators() {
             let n = self.silent.entry(v.address).or_insert(0);
             *n = if heard.contains(&v.address) {
                 0
@@ -872,12 +896,12 @@ impl<V: SignatureVerifier> Consensus<V> {
     fn our_power(&self) -> u64 {
         self.cfg
             .address
-            .map_or(0, |a: Address| self.cfg.validators.power_of(&a))
+            .map_or(0, |a: Address| self.set.power_of(&a))
     }
 
     fn we_propose(&self, round: u32) -> bool {
         self.our_power() > 0
-            && self.cfg.address == Some(self.cfg.validators.proposer(self.height, round).address)
+            && self.cfg.address == Some(self.set.proposer(self.height, round).address)
     }
 
     /// Messages of our height are processed until we decide it.
@@ -900,7 +924,7 @@ impl<V: SignatureVerifier> Consensus<V> {
         // Kept only if it could count when the height starts (round 0 .. FUTURE_ROUNDS),
         // comes from a validator, and that validator is within its share.
         if round > FUTURE_ROUNDS
-            || self.cfg.validators.get(&sender).is_none()
+            || self.next_set.get(&sender).is_none()
             || self.next_height.len() >= MAX_BUFFERED
         {
             return true;

@@ -1312,3 +1312,153 @@ fn a_proposer_that_votes_but_missed_its_turn_gets_a_short_timeout_until_it_propo
     core.handle(Input::Proposal(n.proposal(h, 0, None, B)));
     assert_eq!(core.absent_validators().count(), 0);
 }
+
+/// A set of the validators `members` of `n` (power 1 each).
+fn subset(n: &Net, members: &[usize]) -> ValidatorSet {
+    ValidatorSet::new(
+        members
+            .iter()
+            .map(|i| Validator {
+                address: n.keys[*i].address(),
+                pubkey: n.keys[*i].public_key(),
+                power: 1,
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn decided(out: &[Output]) -> Option<(u64, Hash)> {
+    out.iter().find_map(|o| match o {
+        Output::Decide {
+            height, block_hash, ..
+        } => Some((*height, *block_hash)),
+        _ => None,
+    })
+}
+
+/// Issue 20: the set changes between heights. Height 1 is decided by set A = {0,1,2,3};
+/// height 2 by set B = {1,2,3,4}, where 4 joined and 0 left. At height 1 a vote of 4 does
+/// not count and 4's proposal for height 2 (its turn in B) is kept for later; at height 2
+/// 0's votes do not count, 4's early proposal is replayed, and B's quorum decides.
+#[test]
+fn each_height_follows_its_own_validator_set() {
+    let n = net(5);
+    let (a, b) = (subset(&n, &[0, 1, 2, 3]), subset(&n, &[1, 2, 3, 4]));
+    let sign_in = |set: &ValidatorSet, h: u64, r: u32, hash: Hash| {
+        let who = set.proposer(h, r).address;
+        let i = n.keys.iter().position(|k| k.address() == who).unwrap();
+        (
+            i,
+            n.keys[i].sign_proposal(unsigned_proposal(h, r, None, hash)),
+        )
+    };
+    let mut core = Consensus::new(Config {
+        chain_id: CHAIN.into(),
+        validators: a.clone(),
+        address: None,
+        timeouts: Timeouts::from(&Params::default()),
+    });
+    core.handle(Input::ValidatorSets {
+        height: 1,
+        current: a.clone(),
+        next: b.clone(),
+    });
+    core.handle(Input::StartHeight { height: 1 });
+    // Height 2's proposal, early, from B's proposer of round 0; a next-height vote of 0
+    // (in A, not in B) is not kept.
+    let (i2, early) = sign_in(&b, 2, 0, C);
+    core.handle(Input::Vote(n.vote(0, 2, 0, VoteKind::Prevote, Some(C))));
+    assert_eq!(
+        core.buffered(),
+        0,
+        "a next-height vote from outside B was kept"
+    );
+    core.handle(Input::Proposal(early));
+    assert_eq!(
+        core.buffered(),
+        1,
+        "validator {i2}'s next-height proposal is kept"
+    );
+    let (_, p1) = sign_in(&a, 1, 0, B);
+    core.handle(Input::Proposal(p1));
+    core.handle(Input::BlockValidated {
+        height: 1,
+        block_hash: B,
+        valid: true,
+    });
+    // 4 is not in A: its precommit (with two of A's) is no quorum.
+    let mut out = Vec::new();
+    for i in [4, 1, 2] {
+        out.extend(core.handle(Input::Vote(n.vote(i, 1, 0, VoteKind::Precommit, Some(B)))));
+    }
+    assert_eq!(
+        decided(&out),
+        None,
+        "a vote from outside the height's set counted"
+    );
+    out = core.handle(Input::Vote(n.vote(3, 1, 0, VoteKind::Precommit, Some(B))));
+    assert_eq!(decided(&out), Some((1, B)));
+    // Height 2, set B (announced as the next set, so no new announcement is needed).
+    core.handle(Input::StartHeight { height: 2 });
+    core.handle(Input::BlockValidated {
+        height: 2,
+        block_hash: C,
+        valid: true,
+    });
+    out.clear();
+    for i in [0, 1, 2] {
+        out.extend(core.handle(Input::Vote(n.vote(i, 2, 0, VoteKind::Precommit, Some(C)))));
+    }
+    assert_eq!(decided(&out), None, "0 left the set: its vote counted");
+    out = core.handle(Input::Vote(n.vote(4, 2, 0, VoteKind::Precommit, Some(C))));
+    assert_eq!(
+        decided(&out),
+        Some((2, C)),
+        "the early proposal and B's quorum decide"
+    );
+    assert_eq!(core.absent_validators().count(), 0);
+}
+
+/// A chain that never announces a set keeps `Config::validators` for every height, and an
+/// announcement for a later height waits for it.
+#[test]
+fn without_announcements_the_configured_set_stays_and_a_later_one_waits() {
+    let n = net(5);
+    let (a, b) = (subset(&n, &[0, 1, 2, 3]), subset(&n, &[1, 2, 3, 4]));
+    let mut core = Consensus::new(Config {
+        chain_id: CHAIN.into(),
+        validators: a.clone(),
+        address: None,
+        timeouts: Timeouts::from(&Params::default()),
+    });
+    core.handle(Input::ValidatorSets {
+        height: 3,
+        current: b.clone(),
+        next: b.clone(),
+    });
+    for h in 1..=2 {
+        core.handle(Input::StartHeight { height: h });
+        core.handle(Input::BlockValidated {
+            height: h,
+            block_hash: B,
+            valid: true,
+        });
+        let mut out = Vec::new();
+        for i in [0, 1, 2] {
+            out.extend(core.handle(Input::Vote(n.vote(i, h, 0, VoteKind::Precommit, Some(B)))));
+        }
+        assert_eq!(decided(&out), Some((h, B)), "height {h} uses A");
+    }
+    core.handle(Input::StartHeight { height: 3 });
+    core.handle(Input::BlockValidated {
+        height: 3,
+        block_hash: B,
+        valid: true,
+    });
+    let mut out = Vec::new();
+    for i in [0, 1, 2] {
+        out.extend(core.handle(Input::Vote(n.vote(i, 3, 0, VoteKind::Precommit, Some(B)))));
+    }
+    assert_eq!(decided(&out), None, "height 3 uses B, where 0 is not");
+}

@@ -103,6 +103,8 @@ impl From<&Params> for Timeouts {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub chain_id: String,
+    /// The set of the first height this core starts (and of every height, unless
+    /// [`Input::ValidatorSets`] says otherwise).
     pub validators: ValidatorSet,
     /// Our validator address; `None` for a full node, which follows and commits but never
     /// proposes or votes.
@@ -118,6 +120,16 @@ pub enum Input {
     /// round we signed in). Sent once at start and after each `Decide`, when the engine has
     /// stored the block and waited `timeout_commit`.
     StartHeight { height: u64 },
+    /// The validator sets of `height` and of `height + 1`, sent before `StartHeight {
+    /// height }` on a chain whose set changes (protocol 2 fixes the set of H + 2 at the
+    /// end of H, so both are known when H starts). A height started without one uses the
+    /// set announced as the next one (at first [`Config::validators`]), so a chain whose
+    /// set never changes never sends it.
+    ValidatorSets {
+        height: u64,
+        current: ValidatorSet,
+        next: ValidatorSet,
+    },
     /// A proposal from the network, or our own after signing.
     Proposal(SignedProposal),
     /// A vote from the network, or our own after signing (our votes count only when fed

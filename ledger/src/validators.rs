@@ -12,6 +12,8 @@ pub const MAX_TOTAL_POWER: u64 = 1 << 60;
 /// Length of the precomputed proposer schedule; powers are scaled down to fit it.
 const SCHEDULE_MAX: u64 = 10_000;
 
+/// Two sets are equal when their hashes are (the hash commits to every address, key and
+/// power, in order).
 #[derive(Clone, Debug)]
 pub struct ValidatorSet {
     validators: Vec<Validator>,
@@ -38,6 +40,14 @@ pub enum CommitError {
     #[error("commit carries {power} of {total} voting power; more than 2/3 is required")]
     NotEnoughPower { power: u64, total: u64 },
 }
+
+impl PartialEq for ValidatorSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+    }
+}
+
+impl Eq for ValidatorSet {}
 
 impl ValidatorSet {
     /// `validators` in genesis order (the order `validators_hash` covers).

@@ -72,13 +72,27 @@ pub struct SimConfig {
     pub partition: bool,
     /// Crash one honest validator before GST and restart it from its guard store.
     pub crash: bool,
+    /// ...early, and restart it only at GST (it catches up across what it missed).
+    pub crash_until_gst: bool,
     /// After GST every honest node must commit this many more heights...
     pub heights_after_gst: u64,
     /// ...each within this many rounds.
     pub max_rounds: u32,
     /// False for the negative control: we expect the checker to find a violation.
     pub expect_safe: bool,
+    /// The validator set changes every `set_epoch` heights (issue 20): honest validators
+    /// leave (unbond, jailed) and come back with other powers (bond), from a schedule of
+    /// the seed; every node gets each height's set and the next one before it starts it,
+    /// as the node's driver does. The byzantine power stays under a third of every set.
+    pub set_changes: bool,
+    /// Heights per set when `set_changes` is on (1: a new set every height).
+    pub set_epoch: u64,
+    /// Nodes are told each height's set (false only for the negative control).
+    pub announce_sets: bool,
 }
+
+/// Heights with a scheduled set (later heights keep the last one).
+const SET_HEIGHTS: u64 = 1_000;
 
 impl SimConfig {
     pub fn base(name: &'static str, powers: Vec<u64>, byzantine: Vec<usize>) -> Self {
@@ -96,9 +110,13 @@ impl SimConfig {
             stable_max_delay_ms: 30,
             partition: true,
             crash: true,
+            crash_until_gst: false,
             heights_after_gst: 3,
             max_rounds: 8,
             expect_safe: true,
+            set_changes: false,
+            set_epoch: 2,
+            announce_sets: true,
         }
     }
 }
@@ -308,6 +326,9 @@ pub struct Report {
     pub evidence: usize,
     /// Largest encoded guard state a restarted validator loaded.
     pub restart_guard_bytes: usize,
+    /// With set changes: the most set switches between a restarted node's height and the
+    /// highest honest height when it came back (what it had to catch up across).
+    pub restart_set_switches: u64,
 }
 
 impl Report {
@@ -328,7 +349,8 @@ pub struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     nodes: Vec<Node>,
-    set: ValidatorSet,
+    /// The set of each height (index 0: height 1); one entry when the set never changes.
+    sets: Vec<ValidatorSet>,
     /// Harness truth: block hash -> passes validation. Unknown hashes are invalid.
     blocks: BTreeMap<Hash, bool>,
     block_counter: u64,
@@ -366,6 +388,11 @@ impl Sim {
                 .collect(),
         )
         .expect("valid validator set");
+        let sets = if cfg.set_changes {
+            set_schedule(&cfg, &keys[..n_val], seed)
+        } else {
+            vec![set.clone()]
+        };
         let kinds = [
             Behaviour::Silent,
             Behaviour::Equivocator { noise: true },
@@ -437,7 +464,7 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             nodes,
-            set,
+            sets,
             blocks: BTreeMap::new(),
             block_counter: 0,
             side,
@@ -465,8 +492,12 @@ impl Sim {
                 .filter(|i| sim.nodes[*i].behaviour == Behaviour::Honest)
                 .collect();
             let victim = honest[sim.rng.gen_range(0..honest.len())];
-            let down = sim.rng.gen_range(100..sim.cfg.gst_ms - 500);
-            let up = sim.rng.gen_range(down + 50..sim.cfg.gst_ms);
+            let (down, up) = if sim.cfg.crash_until_gst {
+                (sim.rng.gen_range(100..sim.cfg.gst_ms / 4), sim.cfg.gst_ms)
+            } else {
+                let down = sim.rng.gen_range(100..sim.cfg.gst_ms - 500);
+                (down, sim.rng.gen_range(down + 50..sim.cfg.gst_ms))
+            };
             sim.at(down, Event::Crash { node: victim });
             sim.at(up, Event::Restart { node: victim });
         }
@@ -690,6 +721,18 @@ impl Sim {
             Event::StartHeight { node, life, height } => {
                 if self.live(node, life) {
                     self.nodes[node].started_at = self.now;
+                    if self.cfg.set_changes && self.cfg.announce_sets {
+                        let (current, next) =
+                            (self.set(height).clone(), self.set(height + 1).clone());
+                        self.input(
+                            node,
+                            Input::ValidatorSets {
+                                height,
+                                current,
+                                next,
+                            },
+                        );
+                    }
                     self.input(node, Input::StartHeight { height });
                 }
             }
@@ -780,6 +823,13 @@ impl Sim {
         n.core.resume(&state);
         let height = n.decided.keys().next_back().copied().unwrap_or(0) + 1;
         let life = n.life;
+        if self.cfg.set_changes {
+            let top = self.max_honest_height();
+            let switches = (height..=top)
+                .filter(|h| self.set(*h) != self.set(h + 1))
+                .count() as u64;
+            self.report.restart_set_switches = self.report.restart_set_switches.max(switches);
+        }
         self.after(
             0,
             Event::StartHeight {
@@ -931,10 +981,19 @@ impl Sim {
         );
     }
 
+    /// The validator set of `height`.
+    fn set(&self, height: u64) -> &ValidatorSet {
+        let i = usize::try_from(height.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.sets
+            .get(i)
+            .or(self.sets.last())
+            .expect("at least one set")
+    }
+
     fn check_commit(&self, height: u64, hash: &Hash, commit: &Commit) -> Result<(), String> {
+        let set = self.set(height);
         if self.cfg.real_signatures {
-            return self
-                .set
+            return set
                 .verify_commit(CHAIN, height, hash, commit)
                 .map_err(|e| e.to_string());
         }
@@ -950,7 +1009,7 @@ impl Sim {
         }
         let mut power = 0;
         for s in &commit.signatures {
-            let v = self.set.get(&s.validator).ok_or("unknown validator")?;
+            let v = set.get(&s.validator).ok_or("unknown validator")?;
             let vote = Vote {
                 chain_id: CHAIN.into(),
                 height,
@@ -963,7 +1022,7 @@ impl Sim {
             }
             power += v.power;
         }
-        if !self.set.is_quorum(power) {
+        if !set.is_quorum(power) {
             return Err(format!("only {power} power"));
         }
         Ok(())
@@ -1177,6 +1236,75 @@ fn short_output(o: &Output) -> String {
         ),
         other => format!("{other:?}"),
     }
+}
+
+/// The sets of heights 1..=[`SET_HEIGHTS`] for a run with set changes: the genesis set for
+/// the first epoch, then per epoch each honest validator is out (unbonded or jailed) with
+/// probability 1/4, else in with its genesis power times 1..=3 (bonded more or less);
+/// byzantine validators stay with their genesis power. A draw that would give the
+/// byzantine validators a third of the power or more, or leave fewer than 4 validators, is
+/// replaced by every validator at three times its power. A separate generator per epoch:
+/// the run's own random stream (and so every existing trace) is untouched.
+fn set_schedule(cfg: &SimConfig, keys: &[Keypair], seed: u64) -> Vec<ValidatorSet> {
+    let build = |powers: &[u64]| {
+        ValidatorSet::new(
+            keys.iter()
+                .zip(powers)
+                .filter(|(_, p)| **p > 0)
+                .map(|(k, p)| Validator {
+                    address: k.address(),
+                    pubkey: k.public_key(),
+                    power: *p,
+                })
+                .collect(),
+        )
+        .expect("valid validator set")
+    };
+    let byz = |i: usize| cfg.byzantine.contains(&i);
+    let mut sets = Vec::new();
+    for height in 1..=SET_HEIGHTS {
+        let epoch = (height - 1) / cfg.set_epoch.max(1);
+        if epoch == 0 {
+            sets.push(build(&cfg.powers));
+            continue;
+        }
+        if (height - 1) % cfg.set_epoch.max(1) != 0 {
+            let last = sets
+                .last()
+                .expect("the epoch's first height pushed one")
+                .clone();
+            sets.push(last);
+            continue;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_7c4a_96e5 ^ epoch.rotate_left(17));
+        let mut powers: Vec<u64> = (0..keys.len())
+            .map(|i| {
+                if byz(i) {
+                    cfg.powers[i]
+                } else if rng.gen_bool(0.25) {
+                    0
+                } else {
+                    cfg.powers[i] * rng.gen_range(1..=3)
+                }
+            })
+            .collect();
+        let byz_power: u64 = (0..keys.len()).filter(|i| byz(*i)).map(|i| powers[i]).sum();
+        let total: u64 = powers.iter().sum();
+        let members = powers.iter().filter(|p| **p > 0).count();
+        if byz_power * 3 >= total || members < 4 {
+            powers = (0..keys.len())
+                .map(|i| {
+                    if byz(i) {
+                        cfg.powers[i]
+                    } else {
+                        cfg.powers[i] * 3
+                    }
+                })
+                .collect();
+        }
+        sets.push(build(&powers));
+    }
+    sets
 }
 
 /// Address of simulated node `i` (for tests that want to name one).

@@ -61,8 +61,46 @@ fn negative_control() -> SimConfig {
     c
 }
 
+/// Issue 20: seven_two with the validator set changing every two heights (honest
+/// validators leave and come back with other powers), eight heights after GST so the
+/// run crosses several changes after the crashed validator is back and catches up.
+fn seven_two_churn() -> SimConfig {
+    let mut c = seven_two();
+    c.name = "seven_two_churn";
+    c.set_changes = true;
+    c.heights_after_gst = 8;
+    c
+}
+
+/// Unequal powers, byzantine just under a third of the genesis set, with a new set every
+/// height (the fastest the H+2 rule allows), and the crashed validator down from early on
+/// until GST: it catches up across the sets of every height it missed.
+fn ten_unequal_churn() -> SimConfig {
+    let mut c = ten_unequal();
+    c.name = "ten_unequal_churn";
+    c.set_changes = true;
+    c.set_epoch = 1;
+    c.crash_until_gst = true;
+    c.heights_after_gst = 8;
+    c
+}
+
+/// The negative control of set changes: the set changes but nobody is told (every node
+/// keeps the genesis set). The checker, which verifies each commit against its height's
+/// set, must object.
+fn churn_unannounced() -> SimConfig {
+    let mut c = seven_two_churn();
+    c.name = "churn_unannounced";
+    c.announce_sets = false;
+    c.expect_safe = false;
+    c
+}
+
 fn all_configs() -> Vec<SimConfig> {
     vec![
+        seven_two_churn(),
+        ten_unequal_churn(),
+        churn_unannounced(),
         four_one(),
         seven_two(),
         ten_unequal(),
@@ -147,6 +185,38 @@ fn forty_validators_three_byzantine_and_a_restart() {
         largest > 4096,
         "no restart loaded a state past the old 4 KiB cap ({largest} bytes): the test does not test it"
     );
+}
+
+/// Issue 20, test 4: agreement and progress while the set changes every two heights (or
+/// every height), with byzantine members, a validator that crashes across set switches and
+/// catches up across several of them, and a full node.
+#[test]
+fn validator_sets_change_every_two_heights() {
+    let mut reports = run_seeds(&seven_two_churn(), 0..200);
+    reports.extend(run_seeds(&ten_unequal_churn(), 0..100));
+    let crossed: Vec<u64> = reports.iter().map(|r| r.restart_set_switches).collect();
+    let several = crossed.iter().filter(|n| **n >= 2).count();
+    eprintln!(
+        "restarted validators caught up across up to {} set switches; {several} of {} runs across 2 or more",
+        crossed.iter().max().unwrap_or(&0),
+        crossed.len()
+    );
+    assert!(
+        several >= 30,
+        "only {several} runs had a restarted validator catch up across 2+ set switches"
+    );
+}
+
+/// Nodes that are not told about the set changes decide with commits their heights' sets
+/// do not accept: the checker catches it in most seeds.
+#[test]
+fn unannounced_set_changes_are_caught() {
+    let cfg = churn_unannounced();
+    let caught = (0..20)
+        .filter(|seed| !run(&cfg, *seed, false).safety_violations.is_empty())
+        .count();
+    eprintln!("unannounced set changes: caught in {caught} of 20 seeds");
+    assert!(caught >= 15, "caught in only {caught} of 20 seeds");
 }
 
 #[test]
