@@ -1328,6 +1328,16 @@ fn subset(n: &Net, members: &[usize]) -> ValidatorSet {
     .unwrap()
 }
 
+/// A full node's core whose first set is `set`.
+fn follower(set: &ValidatorSet) -> Consensus {
+    Consensus::new(Config {
+        chain_id: CHAIN.into(),
+        validators: set.clone(),
+        address: None,
+        timeouts: Timeouts::from(&Params::default()),
+    })
+}
+
 fn decided(out: &[Output]) -> Option<(u64, Hash)> {
     out.iter().find_map(|o| match o {
         Output::Decide {
@@ -1353,12 +1363,7 @@ fn each_height_follows_its_own_validator_set() {
             n.keys[i].sign_proposal(unsigned_proposal(h, r, None, hash)),
         )
     };
-    let mut core = Consensus::new(Config {
-        chain_id: CHAIN.into(),
-        validators: a.clone(),
-        address: None,
-        timeouts: Timeouts::from(&Params::default()),
-    });
+    let mut core = follower(&a);
     core.handle(Input::ValidatorSets {
         height: 1,
         current: a.clone(),
@@ -1426,12 +1431,7 @@ fn each_height_follows_its_own_validator_set() {
 fn without_announcements_the_configured_set_stays_and_a_later_one_waits() {
     let n = net(5);
     let (a, b) = (subset(&n, &[0, 1, 2, 3]), subset(&n, &[1, 2, 3, 4]));
-    let mut core = Consensus::new(Config {
-        chain_id: CHAIN.into(),
-        validators: a.clone(),
-        address: None,
-        timeouts: Timeouts::from(&Params::default()),
-    });
+    let mut core = follower(&a);
     core.handle(Input::ValidatorSets {
         height: 3,
         current: b.clone(),

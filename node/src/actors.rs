@@ -50,6 +50,8 @@ pub struct Actors<S: NodeStore> {
     pub host: ChainHost<S>,
     pub sync: SyncActor,
     pub driver_rx: mpsc::Receiver<DriverMsg>,
+    /// The host's answers to the driver (see [`crate::driver::Driver::run`]).
+    pub answers_rx: mpsc::Receiver<DriverMsg>,
     pub host_rx: mpsc::Receiver<HostMsg>,
     pub sync_rx: mpsc::Receiver<SyncMsg>,
     /// Our own consensus messages, in signing order, for [`crate::driver::publish_in_order`].
@@ -71,6 +73,12 @@ pub struct Handles {
 impl<S: NodeStore> Actors<S> {
     pub fn build(parts: ActorParts<S>) -> anyhow::Result<Self> {
         let (driver_tx, driver_rx) = mpsc::channel(crate::driver::INBOX);
+        // The host's answers have a channel of their own, which the driver reads first, and
+        // room for four inboxes of them (one answer per request at most): the host never
+        // waits on the driver (it could deadlock with a driver waiting on the host), and a
+        // `Committed` that still found it full is made up by the driver's tick, which
+        // compares its height with the host's tip.
+        let (answers_tx, answers_rx) = mpsc::channel(4 * crate::chain::INBOX);
         let (host_tx, host_rx) = mpsc::channel(crate::chain::INBOX);
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_INBOX);
         let (outbox, outbox_rx) = Outbox::new();
@@ -91,7 +99,7 @@ impl<S: NodeStore> Actors<S> {
                 reuse_mempool_signatures: parts.reuse_mempool_signatures,
                 proposer: parts.key.as_ref().map(Keypair::address),
             },
-            driver_tx.clone(),
+            answers_tx,
             sync_tx.clone(),
         )?;
         let driver = Driver::new(
@@ -122,6 +130,7 @@ impl<S: NodeStore> Actors<S> {
             host,
             sync,
             driver_rx,
+            answers_rx,
             host_rx,
             sync_rx,
             outbox_rx,
@@ -148,12 +157,16 @@ impl<S: NodeStore> Actors<S> {
             host,
             sync,
             driver_rx,
+            answers_rx,
             host_rx,
             sync_rx,
             outbox_rx,
             handles,
         } = self;
-        tasks.spawn("consensus driver", driver.run(driver_rx, shutdown.clone()));
+        tasks.spawn(
+            "consensus driver",
+            driver.run(driver_rx, answers_rx, shutdown.clone()),
+        );
         tasks.spawn("chain host", host.run(host_rx, shutdown.clone()));
         tasks.spawn("sync", sync.run(sync_rx, shutdown.clone()));
         // Ends once the driver and the host dropped their outboxes (what they signed last

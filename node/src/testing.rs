@@ -52,6 +52,15 @@ pub fn genesis(chain_id: &str, validators: &[&Keypair], accounts: &[(&Keypair, u
     Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap()
 }
 
+/// An empty mempool of `genesis` with the default limits.
+pub fn mempool(genesis: &Genesis) -> Arc<Mutex<Mempool>> {
+    Arc::new(Mutex::new(Mempool::new(
+        MempoolConfig::default(),
+        genesis.chain_id.clone(),
+        genesis.params.clone(),
+    )))
+}
+
 /// The chain id of [`chain`] and [`actors`].
 pub const CHAIN: &str = "test-chain";
 
@@ -130,11 +139,7 @@ pub fn actors<S: NodeStore>(
     let actors = Actors::build(ActorParts {
         genesis: genesis.clone(),
         store,
-        mempool: Arc::new(Mutex::new(Mempool::new(
-            MempoolConfig::default(),
-            genesis.chain_id.clone(),
-            genesis.params.clone(),
-        ))),
+        mempool: mempool(&genesis),
         mempool_metrics: Default::default(),
         metrics: metrics.clone(),
         net,
@@ -196,11 +201,7 @@ pub fn rpc_state(genesis: Arc<Genesis>, dir: &std::path::Path) -> crate::rpc::Rp
     crate::rpc::RpcState {
         genesis: genesis.clone(),
         store,
-        mempool: Arc::new(Mutex::new(Mempool::new(
-            MempoolConfig::default(),
-            genesis.chain_id.clone(),
-            genesis.params.clone(),
-        ))),
+        mempool: mempool(&genesis),
         mempool_metrics: Default::default(),
         tx_gossip: crate::txgossip::TxGossip::start(
             net.clone(),

@@ -281,11 +281,17 @@ impl<S: NodeStore> ChainHost<S> {
         }
     }
 
-    /// Answers to the driver go through its bounded inbox; if it is full the driver is far
-    /// behind and the answer is dropped (the round's timeouts cover a lost answer).
+    /// Answers go to the driver's own answer channel, never waited for (see
+    /// `Actors::build`).
     fn tell_driver(&self, msg: DriverMsg) {
-        if let Err(e) = self.driver.try_send(msg) {
-            tracing::warn!(error = %e, "consensus driver not taking answers; one dropped");
+        match self.driver.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                tracing::error!(?msg, "consensus driver far behind; answer dropped")
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("consensus driver stopped; answer dropped")
+            }
         }
     }
 
@@ -427,10 +433,26 @@ impl<S: NodeStore> ChainHost<S> {
             &body,
         ));
         let hash = block.hash();
-        tracing::debug!(height, round, txs = block.txs.len(), "built a proposal");
+        tracing::debug!(
+            height,
+            round,
+            txs = block.txs.len(),
+            ms = start.elapsed().as_millis() as u64,
+            "built a proposal"
+        );
         self.executed.insert(hash, body.outcome);
         self.blocks.insert(hash, block.clone());
         Some(block)
+    }
+
+    /// Whether `block`'s header extends our tip (linkage, proposer, last commit).
+    fn extends_tip(&self, block: &Block) -> Result<(), ledger::block::HeaderError> {
+        check_header(
+            &self.genesis.chain_id,
+            &self.genesis.validators,
+            &self.tip,
+            block,
+        )
     }
 
     /// Checks header linkage and the proposer's time, and executes the block (signatures
@@ -443,12 +465,7 @@ impl<S: NodeStore> ChainHost<S> {
             return false;
         };
         let height = block.header.height;
-        if let Err(e) = check_header(
-            &self.genesis.chain_id,
-            &self.genesis.validators,
-            &self.tip,
-            &block,
-        ) {
+        if let Err(e) = self.extends_tip(&block) {
             tracing::warn!(height, error = %e, "proposed block has a bad header");
             return false;
         }
@@ -466,8 +483,17 @@ impl<S: NodeStore> ChainHost<S> {
             return false;
         }
         let known = self.verified_by_mempool(&block);
+        let (txs, cached) = (block.txs.len(), known.as_ref().map_or(0, HashSet::len));
+        let start = Instant::now();
         match self.execute(block, known).await {
             Some(Ok(outcome)) => {
+                tracing::debug!(
+                    height,
+                    txs,
+                    cached,
+                    ms = start.elapsed().as_millis() as u64,
+                    "validated a proposed block"
+                );
                 self.executed.insert(*hash, outcome);
                 true
             }
@@ -498,12 +524,7 @@ impl<S: NodeStore> ChainHost<S> {
             return;
         };
         if !self.executed.contains_key(&hash) {
-            if let Err(e) = check_header(
-                &self.genesis.chain_id,
-                &self.genesis.validators,
-                &self.tip,
-                &block,
-            ) {
+            if let Err(e) = self.extends_tip(&block) {
                 tracing::error!(height, error = %e, "decided block does not extend our tip");
                 return;
             }
@@ -543,12 +564,7 @@ impl<S: NodeStore> ChainHost<S> {
                 reason,
                 error,
             };
-            if let Err(e) = check_header(
-                &self.genesis.chain_id,
-                &self.genesis.validators,
-                &self.tip,
-                &verified.block,
-            ) {
+            if let Err(e) = self.extends_tip(&verified.block) {
                 applied.fault = Some(fault(
                     PenaltyReason::InvalidBlock,
                     format!("does not extend our tip: {e}"),

@@ -31,6 +31,10 @@ async fn pump<S: NodeStore>(a: &mut Actors<S>) -> Vec<SyncMsg> {
             a.host.handle(msg).await;
             idle = false;
         }
+        while let Ok(msg) = a.answers_rx.try_recv() {
+            a.driver.handle(msg).await;
+            idle = false;
+        }
         while let Ok(msg) = a.driver_rx.try_recv() {
             a.driver.handle(msg).await;
             idle = false;
@@ -60,6 +64,18 @@ fn published<S: NodeStore>(a: &mut Actors<S>) -> Vec<String> {
         });
     }
     sent
+}
+
+/// Keys v0..v3, a genesis of them, and a fresh store of it.
+fn four_validators() -> (Vec<Keypair>, Arc<ledger::genesis::Genesis>, Arc<MemStore>) {
+    let keys: Vec<Keypair> = (0..4).map(|i| key(&format!("v{i}"))).collect();
+    let g = Arc::new(crate::testing::genesis(
+        CHAIN,
+        &keys.iter().collect::<Vec<_>>(),
+        &[],
+    ));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    (keys, g, store)
 }
 
 fn consensus(msg: ConsensusMessage) -> DriverMsg {
@@ -335,13 +351,7 @@ async fn a_block_the_store_cannot_write_halts_consensus_and_says_why() {
 /// rounds the core takes proposals for, by the driver and the host alike.
 #[tokio::test]
 async fn one_proposer_signing_every_round_is_held_to_the_round_window() {
-    let keys: Vec<Keypair> = (0..4).map(|i| key(&format!("v{i}"))).collect();
-    let g = Arc::new(crate::testing::genesis(
-        CHAIN,
-        &keys.iter().collect::<Vec<_>>(),
-        &[],
-    ));
-    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (keys, g, store) = four_validators();
     let (mut a, _net, _) = crate::testing::actors(g.clone(), store, None);
     a.driver.start().await;
     let bad = &keys[3];
@@ -390,13 +400,7 @@ fn equivocation(key: &Keypair, height: u64, round: u32) -> Equivocation {
 /// same bounded list.
 #[tokio::test]
 async fn one_validators_evidence_never_evicts_anothers() {
-    let keys: Vec<Keypair> = (0..4).map(|i| key(&format!("v{i}"))).collect();
-    let g = Arc::new(crate::testing::genesis(
-        CHAIN,
-        &keys.iter().collect::<Vec<_>>(),
-        &[],
-    ));
-    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (keys, g, store) = four_validators();
     let (mut a, _net, metrics) = crate::testing::actors(g, store.clone(), None);
     let record = |e| HostMsg::Evidence {
         evidence: Box::new(e),
@@ -437,13 +441,7 @@ async fn one_validators_evidence_never_evicts_anothers() {
 /// are silent): every task ends promptly and none panics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_mid_height_stops_every_actor() {
-    let keys: Vec<Keypair> = (0..4).map(|i| key(&format!("v{i}"))).collect();
-    let g = Arc::new(crate::testing::genesis(
-        CHAIN,
-        &keys.iter().collect::<Vec<_>>(),
-        &[],
-    ));
-    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (keys, g, store) = four_validators();
     let first = g.validators.proposer(1, 0).address;
     let us = keys.iter().find(|k| k.address() == first).unwrap().clone();
     let (a, _net, _) = crate::testing::actors(g, store, Some(us));
@@ -455,12 +453,13 @@ async fn shutdown_mid_height_stops_every_actor() {
         host,
         sync,
         driver_rx,
+        answers_rx,
         host_rx,
         sync_rx,
         mut outbox_rx,
         ..
     } = a;
-    tasks.spawn(driver.run(driver_rx, shutdown.clone()));
+    tasks.spawn(driver.run(driver_rx, answers_rx, shutdown.clone()));
     tasks.spawn(host.run(host_rx, shutdown.clone()));
     tasks.spawn(sync.run(sync_rx, shutdown.clone()));
     // In the height: our proposal goes out.
@@ -479,5 +478,37 @@ async fn shutdown_mid_height_stops_every_actor() {
     assert!(
         stopped.is_ok(),
         "an actor did not stop within 2 s of shutdown"
+    );
+}
+
+/// The host's answer that a block committed is lost (its channel was full): the driver's
+/// tick sees the host's tip ahead of its own height and starts the next height anyway.
+#[tokio::test]
+async fn a_lost_commit_answer_is_made_up_by_the_drivers_tick() {
+    let (g, _, blocks) = chain(2);
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, _) = crate::testing::actors(Arc::new(g.clone()), store, None);
+    a.driver.start().await;
+    pump(&mut a).await;
+    let (reply, answer) = oneshot::channel();
+    let verified = verify_chunk(&g, 1, blocks).unwrap();
+    a.host
+        .handle(HostMsg::Synced {
+            blocks: verified
+                .into_iter()
+                .map(|v| (PeerId::random(), v))
+                .collect(),
+            reply,
+        })
+        .await;
+    assert_eq!(answer.await.unwrap().blocks, 2);
+    // The answer is lost.
+    while a.answers_rx.try_recv().is_ok() {}
+    assert_eq!(a.driver.height(), 1);
+    a.driver.on_tick().await;
+    assert_eq!(
+        a.driver.height(),
+        3,
+        "the tick did not catch up with the host's tip"
     );
 }

@@ -206,20 +206,29 @@ impl<S: NodeStore> Driver<S> {
         self.core.height()
     }
 
-    pub async fn run(mut self, mut inbox: mpsc::Receiver<DriverMsg>, shutdown: CancellationToken) {
+    /// Runs until `shutdown`. `inbox` brings the router's verified messages; `answers` the
+    /// host's answers, which go first: they finish work the core is waiting on.
+    pub async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<DriverMsg>,
+        mut answers: mpsc::Receiver<DriverMsg>,
+        shutdown: CancellationToken,
+    ) {
         tracing::info!(height = self.committed, "consensus driver starting");
         self.start().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
+                Some(msg) = answers.recv() => self.handle(msg).await,
                 msg = inbox.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
                     None => break,
                 },
                 Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
                     if !self.timers.is_empty() => self.on_timer(expired.into_inner()).await,
-                _ = tick.tick() => self.rebroadcast(),
+                _ = tick.tick() => self.on_tick().await,
             }
         }
         tracing::info!("consensus driver stopped");
@@ -520,6 +529,20 @@ impl<S: NodeStore> Driver<S> {
     #[cfg(test)]
     pub(crate) fn candidates(&self) -> usize {
         self.blocks.len().max(self.bodies.len())
+    }
+
+    /// Once a second: catch up with a commit whose answer was lost (the host's tip is
+    /// ahead of what we were told), and re-announce a stuck height's messages.
+    pub(crate) async fn on_tick(&mut self) {
+        let tip = self.status.borrow().height;
+        if tip > self.committed && !self.halted {
+            self.handle(DriverMsg::Committed {
+                height: tip,
+                synced: true,
+            })
+            .await;
+        }
+        self.rebroadcast();
     }
 
     /// Re-announces our own messages of a height that is taking long.
