@@ -15,7 +15,7 @@ use jmt::storage::{Node, NodeKey};
 use super::{decode_record, seal, StoreError, Tip, TxLocation};
 use crate::codec::encode;
 use crate::hash::Hash;
-use crate::types::{Account, Block, Commit};
+use crate::types::{Account, Block, Commit, Validator};
 
 /// One kind of record: where it lives, how its key is laid out, what its value is.
 pub(crate) trait Table {
@@ -85,6 +85,19 @@ impl TableKey for Hash {
     }
     fn read_key(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok()
+    }
+    fn describe_key(&self) -> Option<String> {
+        Some(hex::encode(self))
+    }
+}
+
+/// Protocol-2 entries: their key preimage as it is (it sorts by domain, then by its fields).
+impl TableKey for Vec<u8> {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+    fn read_key(bytes: &[u8]) -> Option<Self> {
+        Some(bytes.to_vec())
     }
     fn describe_key(&self) -> Option<String> {
         Some(hex::encode(self))
@@ -169,6 +182,11 @@ tables! {
     Accounts("state" + b"a", "account"): Hash => Account;
     /// Nodes of the latest state tree version.
     TreeNodes("state" + b"n", "state tree node"): NodeKey => Node;
+    /// Protocol 2: latest committed staking entries by key preimage (the tree key is its
+    /// SHA-256), so a domain or a release height is a prefix scan.
+    StateEntries("state" + b"s", "staking entry"): Vec<u8> => Vec<u8>;
+    /// Protocol 2: validator sets by the first height they apply to.
+    ValidatorSets("state" + b"v", "validator set"): u64 => Vec<Validator>;
     /// The latest state tree version and its root.
     TreeVersion("meta" + b"tree", "tree version"): () => (u64, Hash);
     /// The head of the committed chain.
