@@ -297,6 +297,63 @@ mod tests {
         round_trip::<GenesisHash>(&store, &(), [3; 32]);
         round_trip::<Consensus>(&store, b"signing_guard".as_slice(), vec![1, 2, 3]);
         round_trip::<MigrationCursor>(&store, &(), (2, vec![4, 5]));
+        round_trip::<StateEntries>(&store, &b"tally/burned".to_vec(), vec![9; 8]);
+        let set = vec![Validator {
+            address: [1; 20],
+            pubkey: [2; 33],
+            power: 3,
+        }];
+        round_trip::<ValidatorSets>(&store, &3, set);
+    }
+
+    #[test]
+    fn protocol_2_records_scan_by_prefix_and_sets_read_at_or_below_a_height() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut batch = WriteBatch::default();
+        for (k, v) in [(&b"tally/x1"[..], 1u8), (b"tally/x2", 2), (b"tally/y1", 3)] {
+            store
+                .put::<StateEntries>(&mut batch, &k.to_vec(), &vec![v])
+                .unwrap();
+        }
+        let set = |power| {
+            vec![Validator {
+                address: [1; 20],
+                pubkey: [2; 33],
+                power,
+            }]
+        };
+        for h in [1u64, 5, 300] {
+            store.put::<ValidatorSets>(&mut batch, &h, &set(h)).unwrap();
+        }
+        store.write(batch, false).unwrap();
+        let x: Vec<_> = store.entries_with_prefix(b"tally/x").unwrap();
+        assert_eq!(
+            x,
+            [
+                (b"tally/x1".to_vec(), vec![1]),
+                (b"tally/x2".to_vec(), vec![2])
+            ]
+        );
+        assert_eq!(store.entries_with_prefix(b"tally/z").unwrap(), []);
+        assert_eq!(store.entry(b"tally/y1").unwrap(), Some(vec![3]));
+        // Accounts and tree nodes around them are not entries.
+        assert_eq!(store.entries_with_prefix(b"").unwrap().len(), 3);
+        for (h, first) in [
+            (1, 1),
+            (4, 1),
+            (5, 5),
+            (299, 5),
+            (300, 300),
+            (u64::MAX, 300),
+        ] {
+            assert_eq!(
+                store.validator_set_record(h).unwrap(),
+                Some(set(first)),
+                "{h}"
+            );
+        }
+        assert_eq!(store.validator_set_record(0).unwrap(), None);
     }
 
     #[test]
@@ -441,6 +498,24 @@ mod tests {
         store.write(batch, false).unwrap();
         flips_are_corruption(&store, "meta", MigrationCursor::PREFIX, |s| {
             s.get::<MigrationCursor>(&())
+        });
+        let entry = b"tally/burned".to_vec();
+        let set = vec![Validator {
+            address: [1; 20],
+            pubkey: [2; 33],
+            power: 3,
+        }];
+        let mut batch = WriteBatch::default();
+        store
+            .put::<StateEntries>(&mut batch, &entry, &vec![7; 8])
+            .unwrap();
+        store.put::<ValidatorSets>(&mut batch, &4, &set).unwrap();
+        store.write(batch, false).unwrap();
+        flips_are_corruption(&store, "state", &StateEntries::key_bytes(&entry), |s| {
+            s.entry(&entry)
+        });
+        flips_are_corruption(&store, "state", &ValidatorSets::key_bytes(&4), |s| {
+            s.validator_set_record(9)
         });
     }
 
