@@ -132,7 +132,8 @@ pub struct Executor<'a, R: StateReader + ?Sized> {
 }
 
 impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
-    /// An executor for protocol-1 transactions, which do not depend on the height.
+    /// An executor for protocol-1 transactions, which do not depend on the height. A
+    /// protocol-2 block needs [`Executor::at_height`]: Unbond and Unjail read the height.
     pub fn new(base: &'a R, ctx: ExecContext<'a>, proposer: Address) -> Self {
         Self::at_height(base, ctx, proposer, 0)
     }
@@ -735,7 +736,8 @@ fn execute_block_v2<R: StateReader + ?Sized>(
     })
 }
 
-/// Executes `txs` in order; any invalid tx makes the whole list invalid.
+/// Executes `txs` in order with [`Executor::new`] (no height, no end of block: protocol
+/// 1's execution); any invalid tx makes the whole list invalid.
 pub fn execute_txs<R: StateReader + ?Sized>(
     base: &R,
     ctx: ExecContext<'_>,

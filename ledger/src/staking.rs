@@ -18,11 +18,12 @@
 //! | burned total | `"tally/burned"` (12) | 12 |
 //!
 //! Within a domain every preimage has the same length; across domains the lengths differ
-//! (20, 64, 49, 52, 56, 12), so two different entries can only share a tree key through a SHA-256
-//! collision. The tags are ASCII, differ from each other in their seventh byte, and none
-//! is a prefix of another. Big-endian integers make the preimages of unbonding entries
-//! sort by release height, then operator, then sequence, for a store index that scans
-//! the entries due at a height (the tree itself is ordered by hash).
+//! (20, 64, 49, 52, 56, 12), so two different entries can only share a tree key through a
+//! SHA-256 collision. The tags are ASCII and none is a prefix of another. Big-endian
+//! integers make the preimages of unbonding entries sort by release height, then
+//! operator, then sequence, so the store (which keeps each entry under its preimage)
+//! finds the entries due at a height with a prefix scan; the tree itself is ordered by
+//! hash.
 //!
 //! Values are borsh: a bond is a `u64` amount ([`BondRecord`]); an unbonding entry is its
 //! amount and the consensus key it was bonded to ([`UnbondingEntry`]: the key is what lets
