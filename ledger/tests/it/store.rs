@@ -316,3 +316,45 @@ impl<S: ChainWriter> Steps for crate::staking::Chain<S> {
         self.empty_blocks(2);
     }
 }
+
+/// A state rebuilt by replaying the stored blocks (the node's repair: `reset_state`, then
+/// `replay_state` per block) has the same root, entries and validator sets on protocol 2.
+#[test]
+fn protocol_2_state_rebuilt_by_replay_matches() {
+    use crate::staking::{genesis, Chain};
+    use ledger::staking::{validator_set_at, VALIDATOR_KEY_TAG};
+    use ledger::state::StateReader;
+
+    let g = genesis(4, 6, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let c = Chain::over(g.clone(), RocksStore::open(dir.path(), &g).unwrap(), 6);
+    c.script();
+    let tip = c.store.tip().unwrap();
+    let records = c.store.entries_with_prefix(VALIDATOR_KEY_TAG).unwrap();
+    let sets: Vec<ledger::Hash> = (1..=tip.height + 2)
+        .map(|h| validator_set_at(&c.store, h).unwrap().hash())
+        .collect();
+
+    c.store.reset_state(&g).unwrap();
+    assert_ne!(c.store.tree_version().unwrap().unwrap().1, tip.state_root);
+    let ctx = ExecContext {
+        chain_id: crate::staking::CHAIN,
+        params: &g.params,
+    };
+    for h in 1..=tip.height {
+        let block = c.store.block(h).unwrap().unwrap();
+        let outcome = execute_block(&c.store, ctx, &block, &Signatures::Verify).unwrap();
+        c.store
+            .replay_state(&outcome.update, h == tip.height)
+            .unwrap();
+    }
+    assert_eq!(c.store.tree_version().unwrap().unwrap().1, tip.state_root);
+    assert_eq!(
+        c.store.entries_with_prefix(VALIDATOR_KEY_TAG).unwrap(),
+        records
+    );
+    let replayed: Vec<ledger::Hash> = (1..=tip.height + 2)
+        .map(|h| validator_set_at(&c.store, h).unwrap().hash())
+        .collect();
+    assert_eq!(replayed, sets);
+}
