@@ -713,6 +713,83 @@ fn validators_join_and_leave_and_the_set_follows_two_heights_later() {
     assert!(c.set_indices(c.height() + 1).contains(&5));
 }
 
+/// The scenario on one chain: 4 genesis validators, 3 bond in, 2 unbond out; a
+/// newcomer misses `downtime_jail_after` commits, is jailed and returns after Unjail; a
+/// validator equivocates, is slashed and jailed, and a second copy is refused. The set of
+/// every height, the supply after every block.
+#[test]
+fn one_chain_with_joins_leaves_downtime_and_an_equivocation() {
+    let c = Chain::new(4, 7);
+    let supply = c.supply();
+    let stake = GENESIS_POWER * PER_POWER;
+    let check = |c: &Chain<MemStore>| assert_eq!(c.supply(), supply, "height {}", c.height());
+    c.step(
+        vec![c.tx(4, bond(&c, 4, stake)), c.tx(5, bond(&c, 5, 2 * stake))],
+        &[],
+        &[],
+    ); // 1
+    check(&c);
+    c.step(vec![c.tx(6, bond(&c, 6, stake / 2))], &[], &[]); // 2
+    c.step(
+        vec![c.tx(0, unbond(&c, 0, stake)), c.tx(1, unbond(&c, 1, stake))],
+        &[],
+        &[],
+    ); // 3
+    check(&c);
+    // Newcomer 6 signs none of the commits of blocks 4, 5, 6: block 7 jails it.
+    for _ in 4..=6 {
+        c.step(vec![], &[], &[6]);
+        check(&c);
+    }
+    c.step(vec![], &[], &[]); // 7
+    assert_eq!(c.record(6).jailed_until_height, 7 + JAIL);
+    // Validator 4 equivocates at height 7; block 8 punishes it.
+    let ev = c.equivocation(4, 7);
+    let body = c.step(vec![], std::slice::from_ref(&ev), &[]); // 8
+    assert_eq!(body.evidence.len(), 1);
+    assert_eq!(c.bond(4, 4), stake - stake / 10);
+    assert_eq!(c.burned(), stake / 10);
+    assert_eq!(c.record(4).jailed_until_height, 8 + JAIL);
+    check(&c);
+    let body = c.step(vec![], std::slice::from_ref(&ev), &[]); // 9
+    assert!(body.evidence.is_empty() && body.rejected_evidence.len() == 1);
+    let (mut forced, _) = c.propose(vec![], &[]);
+    forced.evidence = vec![ev];
+    assert!(matches!(
+        c.commit(&forced, &[]),
+        Err(BlockError::InvalidEvidence { .. })
+    ));
+    c.step(vec![c.tx(6, unjail(&c, 6))], &[], &[]); // 10
+    check(&c);
+    c.empty_blocks(2); // 11, 12
+    let expected: [&[usize]; 14] = [
+        &[0, 1, 2, 3],       // 1: genesis
+        &[0, 1, 2, 3],       // 2: genesis
+        &[0, 1, 2, 3, 4, 5], // 3: the bonds of block 1
+        &[0, 1, 2, 3, 4, 5, 6],
+        &[2, 3, 4, 5, 6], // 5: the unbonds of block 3
+        &[2, 3, 4, 5, 6],
+        &[2, 3, 4, 5, 6],
+        &[2, 3, 4, 5, 6],
+        &[2, 3, 4, 5], // 9: 6 jailed at the end of 7
+        &[2, 3, 5],    // 10: 4 jailed at the end of 8
+        &[2, 3, 5],
+        &[2, 3, 5, 6], // 12: 6 unjailed in block 10
+        &[2, 3, 5, 6],
+        &[2, 3, 5, 6],
+    ];
+    for (i, set) in expected.iter().enumerate() {
+        let h = i as u64 + 1;
+        assert_eq!(c.set_indices(h), *set, "height {h}");
+    }
+    // The two that left are paid at the end of 3 + unbonding_blocks.
+    assert_eq!(
+        c.balance(&c.ops[0].address()),
+        FUNDS - 1 + stake,
+        "unbonded stake back"
+    );
+}
+
 #[test]
 fn the_set_is_capped_at_max_validators_and_never_emptied() {
     let g = genesis(3, 5, 4);
