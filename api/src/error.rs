@@ -82,6 +82,16 @@ error_codes! {
     Overflow = "overflow", 422;
     /// A protocol-2 payload (Bond, Unbond, Unjail) on a chain that runs protocol 1.
     UnsupportedPayload = "unsupported_payload", 400;
+    /// A Bond to a validator key that is not a compressed secp256k1 point.
+    BadValidatorKey = "bad_validator_key", 400;
+    /// An Unbond from a validator the sender has no bond to.
+    NoBond = "no_bond", 422;
+    /// An Unjail by a sender that has no bond to the validator (only its operators may).
+    NotOperator = "not_operator", 422;
+    /// An Unjail of a validator that is not jailed.
+    NotJailed = "not_jailed", 422;
+    /// An Unjail before the validator's jail time is over.
+    StillJailed = "still_jailed", 422;
     // A transaction the mempool refuses.
     /// The same tx is already pending.
     Duplicate = "duplicate", 409;
@@ -155,6 +165,11 @@ impl ErrorCode {
                 | InsufficientFunds
                 | Overflow
                 | UnsupportedPayload
+                | BadValidatorKey
+                | NoBond
+                | NotOperator
+                | NotJailed
+                | StillJailed
                 | Duplicate
                 | AlreadyCommitted
                 | NonceGap

@@ -86,6 +86,7 @@ fn setup(accounts: usize) -> Setup {
             name: "v".into(),
             pubkey: hex::encode(validator.public_key()),
             power: 1,
+            operator: None,
         }],
         accounts: addresses
             .iter()

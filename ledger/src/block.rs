@@ -3,8 +3,9 @@
 
 use crate::exec::BuiltBody;
 use crate::hash::{Hash, ZERO_HASH};
-use crate::store::Tip;
-use crate::types::{Address, Block, Commit, Header, SignedTx, HEADER_VERSION};
+use crate::state::StateReader;
+use crate::store::{StoreError, Tip};
+use crate::types::{Address, Block, Commit, Header, SignedTx, HEADER_VERSION, PROTOCOL_2};
 use crate::validators::{CommitError, ValidatorSet};
 
 /// Header fields that come from the chain, not from the body.
@@ -28,6 +29,17 @@ pub fn assemble(template: BlockTemplate, body: &BuiltBody) -> Block {
         body.outcome.update.root,
         body.txs.clone(),
     )
+}
+
+/// A protocol-2 block: version 2, `next_validators_hash` (the hash of the set of
+/// `template.height + 1`), and the evidence the body carries. `body` comes from
+/// [`crate::exec::build_body_at`].
+pub fn assemble_v2(template: BlockTemplate, next_validators_hash: Hash, body: &BuiltBody) -> Block {
+    let mut block = assemble(template, body);
+    block.header.version = PROTOCOL_2;
+    block.header.next_validators_hash = Some(next_validators_hash);
+    block.evidence = body.evidence.clone();
+    block
 }
 
 /// A block without txs on a state whose root is `state_root` (an empty block leaves the
@@ -88,6 +100,8 @@ pub enum HeaderError {
     PrevHash(u64),
     #[error("validators_hash does not match the validator set")]
     ValidatorsHash,
+    #[error("next_validators_hash does not match the validator set of the next height")]
+    NextValidatorsHash,
     #[error("proposer {got} is not the proposer of height {height} round {round}")]
     Proposer {
         height: u64,
@@ -187,20 +201,83 @@ pub fn check_body(block: &Block) -> Result<(), BodyError> {
     Ok(())
 }
 
-/// Checks everything about `block`'s header that does not need execution: that it
-/// extends `tip` and carries a valid commit of the parent. `tx_root` and `state_root`
-/// are checked by execution.
+/// Checks everything about a protocol-1 `block`'s header that does not need execution:
+/// that it extends `tip` and carries a valid commit of the parent. `tx_root` and
+/// `state_root` are checked by execution. A protocol-2 header is checked by
+/// [`check_header_v2`].
 pub fn check_header(
     chain_id: &str,
     validators: &ValidatorSet,
     tip: &Tip,
     block: &Block,
 ) -> Result<(), HeaderError> {
-    let h = &block.header;
-    // The only protocol this build executes; a protocol-2 chain does not start.
-    if h.version != HEADER_VERSION {
-        return Err(HeaderError::Version(h.version));
+    if block.header.version != HEADER_VERSION {
+        return Err(HeaderError::Version(block.header.version));
     }
+    check_header_with(chain_id, validators, validators, tip, block)
+}
+
+/// The validator sets a protocol-2 block at some height H is checked against.
+#[derive(Clone, Debug)]
+pub struct BlockSets {
+    /// The set of H - 1, which signed the block's `last_commit` (None at height 1).
+    pub last: Option<ValidatorSet>,
+    /// The set of H: `validators_hash`, the proposer.
+    pub current: ValidatorSet,
+    /// The set of H + 1: `next_validators_hash`.
+    pub next: ValidatorSet,
+}
+
+/// The stored sets of `height - 1`, `height` and `height + 1` on a protocol-2 chain (known
+/// once `height - 1` is committed).
+pub fn block_sets<R: StateReader + ?Sized>(
+    store: &R,
+    height: u64,
+) -> Result<BlockSets, StoreError> {
+    use crate::staking::validator_set_at;
+    Ok(BlockSets {
+        last: if height > 1 {
+            Some(validator_set_at(store, height - 1)?)
+        } else {
+            None
+        },
+        current: validator_set_at(store, height)?,
+        next: validator_set_at(store, height + 1)?,
+    })
+}
+
+/// [`check_header`] for protocol 2: version 2, `validators_hash` and the proposer from the
+/// set of the block's height, `next_validators_hash` the hash of the next height's set,
+/// and the last commit verified with the set of the previous height.
+pub fn check_header_v2(
+    chain_id: &str,
+    sets: &BlockSets,
+    tip: &Tip,
+    block: &Block,
+) -> Result<(), HeaderError> {
+    if block.header.version != PROTOCOL_2 {
+        return Err(HeaderError::Version(block.header.version));
+    }
+    if !block.is_well_formed() {
+        return Err(HeaderError::IllFormed);
+    }
+    if block.header.next_validators_hash != Some(sets.next.hash()) {
+        return Err(HeaderError::NextValidatorsHash);
+    }
+    let last = sets.last.as_ref().unwrap_or(&sets.current);
+    check_header_with(chain_id, &sets.current, last, tip, block)
+}
+
+/// The checks both protocols share: `validators` is the set of the block's height,
+/// `last_validators` the set that signed its `last_commit`.
+fn check_header_with(
+    chain_id: &str,
+    validators: &ValidatorSet,
+    last_validators: &ValidatorSet,
+    tip: &Tip,
+    block: &Block,
+) -> Result<(), HeaderError> {
+    let h = &block.header;
     if !block.is_well_formed() {
         return Err(HeaderError::IllFormed);
     }
@@ -245,7 +322,7 @@ pub fn check_header(
             if c.hash() != h.last_commit_hash {
                 return Err(HeaderError::LastCommitHash);
             }
-            validators
+            last_validators
                 .verify_commit(chain_id, height - 1, &tip.block_hash, c)
                 .map_err(HeaderError::LastCommit)?;
         }

@@ -35,6 +35,20 @@ pub enum TxError {
         needs: u32,
         runs: u32,
     },
+    #[error("validator {0} is not a compressed secp256k1 key (33 bytes starting 02 or 03)")]
+    BadValidatorKey(String),
+    #[error("the sender has no bond to validator {0}; nothing to unbond")]
+    NoBond(String),
+    #[error("the sender has no bond to validator {0}; only its operators may unjail it")]
+    NotOperator(String),
+    #[error("validator {0} is not jailed")]
+    NotJailed(String),
+    #[error("validator {validator} is jailed until height {until}; this block is {height}")]
+    StillJailed {
+        validator: String,
+        until: u64,
+        height: u64,
+    },
 }
 
 impl TxError {
@@ -53,6 +67,11 @@ impl TxError {
             TxError::InsufficientFunds { .. } => "insufficient_funds",
             TxError::Overflow => "overflow",
             TxError::UnsupportedPayload { .. } => "unsupported_payload",
+            TxError::BadValidatorKey(_) => "bad_validator_key",
+            TxError::NoBond(_) => "no_bond",
+            TxError::NotOperator(_) => "not_operator",
+            TxError::NotJailed(_) => "not_jailed",
+            TxError::StillJailed { .. } => "still_jailed",
         }
     }
 
@@ -70,6 +89,11 @@ impl TxError {
         "insufficient_funds",
         "overflow",
         "unsupported_payload",
+        "bad_validator_key",
+        "no_bond",
+        "not_operator",
+        "not_jailed",
+        "still_jailed",
     ];
 
     /// A peer that relays a tx with this fault sent us something it could have checked
@@ -85,19 +109,13 @@ impl TxError {
                 | TxError::BadSignature
                 | TxError::ZeroAmount
                 | TxError::UnsupportedPayload { .. }
+                | TxError::BadValidatorKey(_)
         )
     }
 }
 
 fn unsupported_payload_message(payload: &str, needs: u32, runs: u32) -> String {
-    if runs < needs {
-        format!("payload {payload} needs protocol {needs}; this chain runs protocol {runs}")
-    } else {
-        format!(
-            "payload {payload} is a protocol {needs} payload, and this build has protocol \
-             {needs}'s formats but does not execute it yet"
-        )
-    }
+    format!("payload {payload} needs protocol {needs}; this chain runs protocol {runs}")
 }
 
 impl From<CryptoError> for TxError {
@@ -126,8 +144,9 @@ pub fn check_stateless(
 /// an obviously bad transaction costs no elliptic-curve work.
 ///
 /// Protocol 1 executes transfers only: a protocol-2 payload (Bond, Unbond, Unjail) is
-/// refused with [`TxError::UnsupportedPayload`]. So, for now, is it on a protocol-2 chain:
-/// this build has protocol 2's formats but not its execution.
+/// refused with [`TxError::UnsupportedPayload`]. On protocol 2, a Bond or Unbond of 0 is
+/// [`TxError::ZeroAmount`] and a Bond to a key that is not a curve point is
+/// [`TxError::BadValidatorKey`] (it could never sign, so the stake would be stuck).
 pub fn check_static(
     stx: &SignedTx,
     encoded_len: usize,
@@ -153,17 +172,27 @@ pub fn check_static(
             got: stx.tx.fee,
         });
     }
-    let Payload::Transfer { amount, .. } = stx.tx.payload else {
+    if stx.tx.payload.min_protocol() > params.protocol_version {
         return Err(TxError::UnsupportedPayload {
             payload: stx.tx.payload.kind(),
             needs: stx.tx.payload.min_protocol(),
             runs: params.protocol_version,
         });
-    };
-    if amount == 0 {
-        return Err(TxError::ZeroAmount);
     }
-    Ok(())
+    match &stx.tx.payload {
+        Payload::Transfer { amount, .. } | Payload::Unbond { amount, .. } if *amount == 0 => {
+            Err(TxError::ZeroAmount)
+        }
+        Payload::Bond { validator, amount } => {
+            if *amount == 0 {
+                return Err(TxError::ZeroAmount);
+            }
+            crate::crypto::parse_public_key(validator)
+                .map_err(|_| TxError::BadValidatorKey(hex::encode(validator)))?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks against the sender's account: exact nonce, funds for amount + fee (the amount

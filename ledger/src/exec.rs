@@ -6,14 +6,25 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use borsh::{BorshDeserialize, BorshSerialize};
+
 use crate::check::{check_against_account, check_static, TxError};
 use crate::codec::encode;
 use crate::genesis::Params;
-use crate::hash::Hash;
+use crate::hash::{sha256, Hash};
 use crate::merkle::merkle_root;
-use crate::state::{account_key, compute_update, StateReader, StateUpdate};
+use crate::staking::{
+    self, bond_key_bytes, evidence_key_bytes, split_bond_key, split_unbonding_key,
+    split_validator_key, unbonding_key_bytes, unbonding_prefix, validator_key_bytes, BondRecord,
+    EvidenceError, UnbondingEntry, ValidatorRecord, BOND_KEY_TAG, BURNED_KEY, UNBONDING_KEY_TAG,
+    VALIDATOR_KEY_TAG,
+};
+use crate::state::{account_key, compute_update_with, Entries, StateReader, StateUpdate};
 use crate::store::StoreError;
-use crate::types::{Account, Address, Block, Payload, SignedTx};
+use crate::types::{
+    validators_hash, Account, Address, Block, Commit, Equivocation, Payload, PublicKeyBytes,
+    SignedTx, Validator, PROTOCOL_2,
+};
 
 /// Chain constants execution needs.
 #[derive(Clone, Copy, Debug)]
@@ -75,6 +86,18 @@ pub enum BlockError {
     TxRoot { expected: String, got: String },
     #[error("state_root {got} does not match the executed state ({expected})")]
     StateRoot { expected: String, got: String },
+    #[error("evidence {index} is invalid: {error}")]
+    InvalidEvidence { index: usize, error: EvidenceError },
+    #[error(
+        "{which} {got} does not match the hash of the stored validator set of height \
+         {height} ({expected})"
+    )]
+    SetHash {
+        which: &'static str,
+        height: u64,
+        expected: String,
+        got: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -93,21 +116,38 @@ pub struct BlockOutcome {
     pub receipts: Vec<TxReceipt>,
 }
 
-/// Accumulates account changes over a base state.
+/// Accumulates account (and, on protocol 2, staking) changes over a base state.
 pub struct Executor<'a, R: StateReader + ?Sized> {
     base: &'a R,
     ctx: ExecContext<'a>,
     proposer: Address,
+    /// The height of the block being executed (0 when built with [`Executor::new`]).
+    height: u64,
     overlay: HashMap<Address, Account>,
+    /// Protocol 2: changed entries by preimage (None: deleted).
+    entries: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Protocol 2: the set computed by [`Executor::end_block`] when it differs from the
+    /// set of the next height, with the height it applies to.
+    new_set: Option<(u64, Vec<Validator>)>,
 }
 
 impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
+    /// An executor for protocol-1 transactions, which do not depend on the height. A
+    /// protocol-2 block needs [`Executor::at_height`]: Unbond and Unjail read the height.
     pub fn new(base: &'a R, ctx: ExecContext<'a>, proposer: Address) -> Self {
+        Self::at_height(base, ctx, proposer, 0)
+    }
+
+    /// An executor for the block at `height` (protocol 2's Unbond and Unjail need it).
+    pub fn at_height(base: &'a R, ctx: ExecContext<'a>, proposer: Address, height: u64) -> Self {
         Self {
             base,
             ctx,
             proposer,
+            height,
             overlay: HashMap::new(),
+            entries: BTreeMap::new(),
+            new_set: None,
         }
     }
 
@@ -140,13 +180,16 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         if let Err(e) = signatures.check(&id, stx) {
             return Ok(Err(e));
         }
-        // check_static refused every other payload (protocol 2 is not executed yet).
+        // check_static refused the staking payloads on protocol 1.
         let Payload::Transfer { to, amount } = stx.tx.payload else {
-            return Ok(Err(TxError::UnsupportedPayload {
-                payload: stx.tx.payload.kind(),
-                needs: stx.tx.payload.min_protocol(),
-                runs: self.ctx.params.protocol_version,
-            }));
+            return match self.apply_staking(stx, sender_addr, sender)? {
+                Ok(()) => Ok(Ok(TxReceipt {
+                    id,
+                    sender: sender_addr,
+                    fee: stx.tx.fee,
+                })),
+                Err(e) => Ok(Err(e)),
+            };
         };
         let fee = stx.tx.fee;
 
@@ -194,8 +237,398 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             .into_iter()
             .map(|(addr, acct)| (account_key(&addr), (addr, acct)))
             .collect();
-        compute_update(self.base, changes)
+        let mut entries = BTreeMap::new();
+        for (preimage, value) in self.entries {
+            // An entry written back to its committed value (or made and deleted again in
+            // this block) is no change.
+            if self.base.entry(&preimage)? != value {
+                entries.insert(sha256(&preimage), (preimage, value));
+            }
+        }
+        let mut update = compute_update_with(self.base, changes, entries)?;
+        update.validator_sets = self.new_set.into_iter().collect();
+        Ok(update)
     }
+
+    // ----- protocol 2: staking entries -----
+
+    /// The current value of a protocol-2 entry in this execution.
+    fn entry(&self, preimage: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.entries.get(preimage) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.entry(preimage),
+        }
+    }
+
+    fn record<T: BorshDeserialize>(&self, preimage: &[u8]) -> Result<Option<T>, StoreError> {
+        self.entry(preimage)?
+            .map(|bytes| {
+                borsh::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    what: format!("staking entry {}", hex::encode(preimage)),
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    fn put_record<T: BorshSerialize>(&mut self, preimage: &[u8], value: Option<&T>) {
+        self.entries
+            .insert(preimage.to_vec(), value.map(|v| encode(v)));
+    }
+
+    /// Every current entry whose preimage starts with `prefix`, in preimage order: the
+    /// committed ones with this execution's changes over them.
+    fn entries_with_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
+        let mut all: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.base.entries_with_prefix(prefix)?.into_iter().collect();
+        for (k, v) in self
+            .entries
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            match v {
+                Some(v) => all.insert(k.clone(), v.clone()),
+                None => all.remove(k),
+            };
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    fn bond(&self, operator: &Address, validator: &PublicKeyBytes) -> Result<u64, StoreError> {
+        Ok(self
+            .record::<BondRecord>(&bond_key_bytes(operator, validator))?
+            .map_or(0, |b| b.amount))
+    }
+
+    fn set_bond(&mut self, operator: &Address, validator: &PublicKeyBytes, amount: u64) {
+        let record = (amount > 0).then_some(BondRecord { amount });
+        self.put_record(&bond_key_bytes(operator, validator), record.as_ref());
+    }
+
+    fn validator(&self, key: &PublicKeyBytes) -> Result<Option<ValidatorRecord>, StoreError> {
+        self.record(&validator_key_bytes(key))
+    }
+
+    fn set_validator(&mut self, key: &PublicKeyBytes, record: &ValidatorRecord) {
+        self.put_record(&validator_key_bytes(key), Some(record));
+    }
+
+    /// The total burned by slashing so far.
+    pub fn burned(&self) -> Result<u64, StoreError> {
+        Ok(self.record::<u64>(BURNED_KEY)?.unwrap_or(0))
+    }
+
+    /// Bond, Unbond or Unjail, after the checks every tx gets (static, nonce, funds for
+    /// the bond's amount and the fee, signature). A refusal changes nothing.
+    fn apply_staking(
+        &mut self,
+        stx: &SignedTx,
+        sender_addr: Address,
+        sender: Account,
+    ) -> Result<Result<(), TxError>, StoreError> {
+        let tx = &stx.tx;
+        let mut s = sender;
+        // Cannot underflow: check_against_account proved balance >= debit + fee.
+        s.balance -= tx.payload.debit() + tx.fee;
+        s.nonce += 1;
+        let overflow = Ok(Err(TxError::Overflow));
+        match tx.payload {
+            Payload::Transfer { .. } => unreachable!("apply_tx handles transfers"),
+            Payload::Bond { validator, amount } => {
+                let bond = self.bond(&sender_addr, &validator)?;
+                let mut record = self.validator(&validator)?.unwrap_or_default();
+                let (Some(new_bond), Some(stake)) =
+                    (bond.checked_add(amount), record.stake.checked_add(amount))
+                else {
+                    return overflow;
+                };
+                record.stake = stake;
+                let proposer = match self.pay_fee(sender_addr, &mut s, tx.fee)? {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(e)),
+                };
+                self.set_bond(&sender_addr, &validator, new_bond);
+                self.set_validator(&validator, &record);
+                self.commit_accounts(sender_addr, s, proposer);
+            }
+            Payload::Unbond { validator, amount } => {
+                let bond = self.bond(&sender_addr, &validator)?;
+                if bond == 0 {
+                    return Ok(Err(TxError::NoBond(hex::encode(validator))));
+                }
+                // "Up to" the bond: asking for more unbonds all of it.
+                let amount = amount.min(bond);
+                let mut record = self.validator(&validator)?.unwrap_or_default();
+                record.stake =
+                    record
+                        .stake
+                        .checked_sub(amount)
+                        .ok_or_else(|| StoreError::Corrupt {
+                            what: format!("validator record {}", hex::encode(validator)),
+                            detail: "its stake is less than one of its bonds".into(),
+                        })?;
+                let Some(release) = self
+                    .height
+                    .checked_add(self.ctx.params.staking().unbonding_blocks)
+                else {
+                    return overflow;
+                };
+                let proposer = match self.pay_fee(sender_addr, &mut s, tx.fee)? {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(e)),
+                };
+                self.set_bond(&sender_addr, &validator, bond - amount);
+                self.set_validator(&validator, &record);
+                // The sequence is the tx's nonce: unique per operator.
+                self.put_record(
+                    &unbonding_key_bytes(release, &sender_addr, tx.nonce),
+                    Some(&UnbondingEntry { amount, validator }),
+                );
+                self.commit_accounts(sender_addr, s, proposer);
+            }
+            Payload::Unjail { validator } => {
+                if self.bond(&sender_addr, &validator)? == 0 {
+                    return Ok(Err(TxError::NotOperator(hex::encode(validator))));
+                }
+                let mut record = self.validator(&validator)?.unwrap_or_default();
+                if record.jailed_until_height == 0 {
+                    return Ok(Err(TxError::NotJailed(hex::encode(validator))));
+                }
+                if self.height < record.jailed_until_height {
+                    return Ok(Err(TxError::StillJailed {
+                        validator: hex::encode(validator),
+                        until: record.jailed_until_height,
+                        height: self.height,
+                    }));
+                }
+                let proposer = match self.pay_fee(sender_addr, &mut s, tx.fee)? {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(e)),
+                };
+                record.jailed_until_height = 0;
+                record.consecutive_missed = 0;
+                self.set_validator(&validator, &record);
+                self.commit_accounts(sender_addr, s, proposer);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// The proposer's account once paid `fee`; None when the proposer is the sender, whose
+    /// fee then goes back into `s` (the balance it was just taken from).
+    fn pay_fee(
+        &self,
+        sender: Address,
+        s: &mut Account,
+        fee: u64,
+    ) -> Result<Result<Option<Account>, TxError>, StoreError> {
+        if self.proposer == sender {
+            s.balance += fee;
+            return Ok(Ok(None));
+        }
+        let mut p = self.account(&self.proposer)?;
+        match p.balance.checked_add(fee) {
+            Some(b) => {
+                p.balance = b;
+                Ok(Ok(Some(p)))
+            }
+            None => Ok(Err(TxError::Overflow)),
+        }
+    }
+
+    fn commit_accounts(&mut self, sender: Address, s: Account, proposer: Option<Account>) {
+        self.overlay.insert(sender, s);
+        if let Some(p) = proposer {
+            self.overlay.insert(self.proposer, p);
+        }
+    }
+
+    // ----- protocol 2: the end of the block -----
+
+    /// Checks one piece of evidence against the state and, if it holds, punishes it: the
+    /// validator's bonds and the unbonding entries from it each lose
+    /// `slash_fraction_bps` (rounded down; the burned total grows by the sum) and it is
+    /// jailed for `jail_blocks`. A refused piece changes nothing.
+    pub fn apply_evidence(
+        &mut self,
+        e: &Equivocation,
+    ) -> Result<Result<(), EvidenceError>, StoreError> {
+        let params = self.ctx.params.staking();
+        let height = e.a.vote.height;
+        // The set of the votes' height: stored for every height up to this one.
+        let set = match self.base.validator_set_record(height)? {
+            Some(v) if height > 0 && height < self.height => {
+                crate::validators::ValidatorSet::new(v).map_err(|detail| StoreError::Corrupt {
+                    what: format!("validator set of height {height}"),
+                    detail,
+                })?
+            }
+            _ => {
+                return Ok(Err(EvidenceError::Age {
+                    height,
+                    block: self.height,
+                    max: params.evidence_max_age_blocks,
+                }))
+            }
+        };
+        let (key, height) = match staking::check_equivocation(
+            self.ctx.chain_id,
+            self.height,
+            params.evidence_max_age_blocks,
+            &set,
+            e,
+        ) {
+            Ok(found) => found,
+            Err(error) => return Ok(Err(error)),
+        };
+        let record_key = evidence_key_bytes(&key, height);
+        if self.entry(&record_key)?.is_some() {
+            return Ok(Err(EvidenceError::AlreadyPunished {
+                validator: hex::encode(e.a.validator),
+                height,
+            }));
+        }
+        let bps = params.slash_fraction_bps;
+        let mut burned_bonds: u64 = 0;
+        let mut burned_unbonding: u64 = 0;
+        for (preimage, bytes) in self.entries_with_prefix(BOND_KEY_TAG)? {
+            let Some((operator, validator)) = split_bond_key(&preimage) else {
+                continue;
+            };
+            if validator != key {
+                continue;
+            }
+            let bond: BondRecord = decode_entry(&preimage, &bytes)?;
+            let cut = staking::slash_amount(bond.amount, bps);
+            burned_bonds += cut;
+            self.set_bond(&operator, &validator, bond.amount - cut);
+        }
+        for (preimage, bytes) in self.entries_with_prefix(UNBONDING_KEY_TAG)? {
+            let mut entry: UnbondingEntry = decode_entry(&preimage, &bytes)?;
+            if entry.validator != key {
+                continue;
+            }
+            let cut = staking::slash_amount(entry.amount, bps);
+            burned_unbonding += cut;
+            entry.amount -= cut;
+            let value = (entry.amount > 0).then_some(entry);
+            self.put_record(&preimage, value.as_ref());
+        }
+        let mut record = self.validator(&key)?.unwrap_or_default();
+        record.stake = record.stake.saturating_sub(burned_bonds);
+        let until = self.height.saturating_add(params.jail_blocks);
+        record.jailed_until_height = record.jailed_until_height.max(until);
+        self.set_validator(&key, &record);
+        // Burned stake was part of the supply, so the total cannot overflow.
+        let burned = self.burned()? + burned_bonds + burned_unbonding;
+        self.put_record(BURNED_KEY, Some(&burned));
+        let punished_at = self.height;
+        self.put_record(&record_key, Some(&punished_at));
+        Ok(Ok(()))
+    }
+
+    /// Downtime: each validator of the set that signed `last_commit` (the commit of the
+    /// previous height) that the commit lacks has missed one more block; at
+    /// `downtime_jail_after` in a row it is jailed for `jail_blocks` (no slash). A
+    /// validator that signed starts counting again from 0.
+    fn count_missed(&mut self, last_commit: &Commit) -> Result<(), StoreError> {
+        let params = self.ctx.params.staking();
+        let Some(set) = self.base.validator_set_record(last_commit.height)? else {
+            return Err(StoreError::Db(format!(
+                "no validator set is stored for height {}",
+                last_commit.height
+            )));
+        };
+        for v in set {
+            let signed = last_commit
+                .signatures
+                .binary_search_by(|s| s.validator.cmp(&v.address))
+                .is_ok();
+            let Some(mut record) = self.validator(&v.pubkey)? else {
+                continue;
+            };
+            if record.jailed_until_height != 0 {
+                continue;
+            }
+            if signed {
+                if record.consecutive_missed != 0 {
+                    record.consecutive_missed = 0;
+                    self.set_validator(&v.pubkey, &record);
+                }
+                continue;
+            }
+            record.consecutive_missed += 1;
+            if record.consecutive_missed >= params.downtime_jail_after {
+                record.consecutive_missed = 0;
+                record.jailed_until_height = self.height.saturating_add(params.jail_blocks);
+            }
+            self.set_validator(&v.pubkey, &record);
+        }
+        Ok(())
+    }
+
+    /// Pays the unbonding entries released at the end of this height to their operators.
+    fn release_unbonding(&mut self) -> Result<(), StoreError> {
+        for (preimage, bytes) in self.entries_with_prefix(&unbonding_prefix(self.height))? {
+            let Some(operator) = split_unbonding_key(&preimage) else {
+                continue;
+            };
+            let entry: UnbondingEntry = decode_entry(&preimage, &bytes)?;
+            let mut account = self.account(&operator)?;
+            account.balance =
+                account
+                    .balance
+                    .checked_add(entry.amount)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: format!("account {}", hex::encode(operator)),
+                        detail: "balance plus its unbonding entry overflows: the supply is broken"
+                            .into(),
+                    })?;
+            self.overlay.insert(operator, account);
+            self.put_record::<UnbondingEntry>(&preimage, None);
+        }
+        Ok(())
+    }
+
+    /// The set of height + 2 from the current validator records ([`staking::compute_set`]);
+    /// stored only when it differs from the set of height + 1. An empty result keeps the
+    /// current set: a chain without validators could never commit again.
+    fn next_set(&mut self) -> Result<(), StoreError> {
+        let params = self.ctx.params.staking();
+        let mut records = Vec::new();
+        for (preimage, bytes) in self.entries_with_prefix(VALIDATOR_KEY_TAG)? {
+            if let Some(key) = split_validator_key(&preimage) {
+                records.push((key, decode_entry::<ValidatorRecord>(&preimage, &bytes)?));
+            }
+        }
+        let set = staking::compute_set(&params, records);
+        if set.is_empty() || crate::validators::ValidatorSet::new(set.clone()).is_err() {
+            return Ok(());
+        }
+        let current = self.base.validator_set_record(self.height + 1)?;
+        if current.as_deref() != Some(&set[..]) {
+            self.new_set = Some((self.height + 2, set));
+        }
+        Ok(())
+    }
+
+    /// The end of a protocol-2 block, after its transactions and evidence: downtime from
+    /// its `last_commit`, the unbonding entries due at this height, and the set of
+    /// height + 2.
+    pub fn end_block(&mut self, last_commit: Option<&Commit>) -> Result<(), StoreError> {
+        if let Some(c) = last_commit {
+            self.count_missed(c)?;
+        }
+        self.release_unbonding()?;
+        self.next_set()
+    }
+}
+
+fn decode_entry<T: BorshDeserialize>(preimage: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    borsh::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: format!("staking entry {}", hex::encode(preimage)),
+        detail: e.to_string(),
+    })
 }
 
 /// Ids and encoded sizes of a block's transactions.
@@ -210,7 +643,12 @@ pub fn tx_ids_and_sizes(txs: &[SignedTx]) -> Vec<(Hash, usize)> {
 
 /// Executes every transaction of `block` (all must be valid) and checks that its header
 /// version is the chain's protocol (`params.protocol_version`), `tx_root` and
-/// `state_root`. Header linkage and the commit are checked by the caller.
+/// `state_root`. On protocol 2 it also checks `validators_hash` and
+/// `next_validators_hash` against the stored sets of the block's height and the next,
+/// and runs the end of the block after the transactions, in the same state update: the
+/// evidence (any invalid piece makes the block invalid), downtime, the unbonding entries
+/// due, the set of height + 2 ([`Executor::end_block`]). Header linkage and the commit
+/// are checked by the caller.
 pub fn execute_block<R: StateReader + ?Sized>(
     base: &R,
     ctx: ExecContext<'_>,
@@ -226,7 +664,11 @@ pub fn execute_block<R: StateReader + ?Sized>(
     if !block.is_well_formed() {
         return Err(BlockError::IllFormed);
     }
-    let outcome = execute_txs(base, ctx, block.header.proposer, &block.txs, signatures)?;
+    let outcome = if ctx.params.protocol_version >= PROTOCOL_2 {
+        execute_block_v2(base, ctx, block, signatures)?
+    } else {
+        execute_txs(base, ctx, block.header.proposer, &block.txs, signatures)?
+    };
     let ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
     let tx_root = merkle_root(&ids);
     if tx_root != block.header.tx_root {
@@ -244,7 +686,58 @@ pub fn execute_block<R: StateReader + ?Sized>(
     Ok(outcome)
 }
 
-/// Executes `txs` in order; any invalid tx makes the whole list invalid.
+/// Checks that `got` (a header's `which` field) is the hash of the stored set of `height`.
+pub(crate) fn check_set_hash<R: StateReader + ?Sized>(
+    base: &R,
+    which: &'static str,
+    height: u64,
+    got: &Hash,
+) -> Result<(), BlockError> {
+    let expected = match base.validator_set_record(height)? {
+        Some(set) => validators_hash(&set),
+        None => {
+            return Err(BlockError::Store(StoreError::Db(format!(
+                "no validator set is stored for height {height}"
+            ))))
+        }
+    };
+    if &expected != got {
+        return Err(BlockError::SetHash {
+            which,
+            height,
+            expected: hex::encode(expected),
+            got: hex::encode(got),
+        });
+    }
+    Ok(())
+}
+
+fn execute_block_v2<R: StateReader + ?Sized>(
+    base: &R,
+    ctx: ExecContext<'_>,
+    block: &Block,
+    signatures: &Signatures<'_>,
+) -> Result<BlockOutcome, BlockError> {
+    let h = &block.header;
+    check_set_hash(base, "validators_hash", h.height, &h.validators_hash)?;
+    let next = h.next_validators_hash.unwrap_or_default(); // well formed: present
+    check_set_hash(base, "next_validators_hash", h.height + 1, &next)?;
+    let mut exec = Executor::at_height(base, ctx, h.proposer, h.height);
+    let receipts = run_txs(&mut exec, &block.txs, signatures)?;
+    for (index, e) in block.evidence.iter().enumerate() {
+        if let Err(error) = exec.apply_evidence(e)? {
+            return Err(BlockError::InvalidEvidence { index, error });
+        }
+    }
+    exec.end_block(block.last_commit.as_ref())?;
+    Ok(BlockOutcome {
+        update: exec.finish()?,
+        receipts,
+    })
+}
+
+/// Executes `txs` in order with [`Executor::new`] (no height, no end of block: protocol
+/// 1's execution); any invalid tx makes the whole list invalid.
 pub fn execute_txs<R: StateReader + ?Sized>(
     base: &R,
     ctx: ExecContext<'_>,
@@ -252,18 +745,32 @@ pub fn execute_txs<R: StateReader + ?Sized>(
     txs: &[SignedTx],
     signatures: &Signatures<'_>,
 ) -> Result<BlockOutcome, BlockError> {
-    if txs.len() > ctx.params.block_max_txs as usize {
+    let mut exec = Executor::new(base, ctx, proposer);
+    let receipts = run_txs(&mut exec, txs, signatures)?;
+    Ok(BlockOutcome {
+        update: exec.finish()?,
+        receipts,
+    })
+}
+
+fn run_txs<R: StateReader + ?Sized>(
+    exec: &mut Executor<'_, R>,
+    txs: &[SignedTx],
+    signatures: &Signatures<'_>,
+) -> Result<Vec<TxReceipt>, BlockError> {
+    let params = exec.ctx.params;
+    if txs.len() > params.block_max_txs as usize {
         return Err(BlockError::TooManyTxs {
             count: txs.len(),
-            max: ctx.params.block_max_txs,
+            max: params.block_max_txs,
         });
     }
     let ids = tx_ids_and_sizes(txs);
     let total: u64 = ids.iter().map(|(_, n)| *n as u64).sum();
-    if total > ctx.params.block_max_bytes {
+    if total > params.block_max_bytes {
         return Err(BlockError::TooLarge {
             size: total,
-            max: ctx.params.block_max_bytes,
+            max: params.block_max_bytes,
         });
     }
     // Verify the signatures not known good in parallel across cores first; the sequential
@@ -278,7 +785,6 @@ pub fn execute_txs<R: StateReader + ?Sized>(
     };
     let known = |id: &Hash| verified.contains(id);
     let signatures = Signatures::Cached(&known);
-    let mut exec = Executor::new(base, ctx, proposer);
     let mut receipts = Vec::with_capacity(txs.len());
     for (index, (stx, (id, len))) in txs.iter().zip(ids).enumerate() {
         match exec.apply_tx(stx, id, len, &signatures)? {
@@ -292,10 +798,7 @@ pub fn execute_txs<R: StateReader + ?Sized>(
             }
         }
     }
-    Ok(BlockOutcome {
-        update: exec.finish()?,
-        receipts,
-    })
+    Ok(receipts)
 }
 
 /// A proposer's block body: takes candidates in order while they fit the limits, skips the
@@ -305,8 +808,26 @@ pub struct BuiltBody {
     pub outcome: BlockOutcome,
     pub tx_root: Hash,
     pub rejected: Vec<(Hash, TxError)>,
+    /// Protocol 2: the evidence the block carries (the valid pieces offered, in order).
+    pub evidence: Vec<Equivocation>,
+    /// Protocol 2: the evidence offered and left out, with the reason.
+    pub rejected_evidence: Vec<(Equivocation, EvidenceError)>,
 }
 
+/// What a protocol-2 proposer's block is built from besides its transactions.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockEnv<'a> {
+    pub height: u64,
+    pub proposer: Address,
+    /// The commit of `height - 1` the block will carry (None at height 1).
+    pub last_commit: Option<&'a Commit>,
+    /// Evidence to include; pieces that do not hold are left out.
+    pub evidence: &'a [Equivocation],
+}
+
+/// A protocol-1 proposer's body. A protocol-2 proposer uses [`build_body_at`] (its
+/// transactions and the end of the block depend on the height); here protocol 2 is
+/// refused.
 pub fn build_body<R: StateReader + ?Sized>(
     base: &R,
     ctx: ExecContext<'_>,
@@ -314,7 +835,35 @@ pub fn build_body<R: StateReader + ?Sized>(
     candidates: impl IntoIterator<Item = SignedTx>,
     signatures: &Signatures<'_>,
 ) -> Result<BuiltBody, StoreError> {
-    let mut exec = Executor::new(base, ctx, proposer);
+    if ctx.params.protocol_version >= PROTOCOL_2 {
+        return Err(StoreError::Db(
+            "a protocol-2 block body is built with build_body_at (it needs the height)".into(),
+        ));
+    }
+    let exec = Executor::new(base, ctx, proposer);
+    fill_body(exec, ctx, candidates, signatures, None)
+}
+
+/// A protocol-2 proposer's body for the block at `env.height`: the candidates that fit and
+/// hold, then the evidence that holds, then the end of the block.
+pub fn build_body_at<R: StateReader + ?Sized>(
+    base: &R,
+    ctx: ExecContext<'_>,
+    env: BlockEnv<'_>,
+    candidates: impl IntoIterator<Item = SignedTx>,
+    signatures: &Signatures<'_>,
+) -> Result<BuiltBody, StoreError> {
+    let exec = Executor::at_height(base, ctx, env.proposer, env.height);
+    fill_body(exec, ctx, candidates, signatures, Some(env))
+}
+
+fn fill_body<R: StateReader + ?Sized>(
+    mut exec: Executor<'_, R>,
+    ctx: ExecContext<'_>,
+    candidates: impl IntoIterator<Item = SignedTx>,
+    signatures: &Signatures<'_>,
+    env: Option<BlockEnv<'_>>,
+) -> Result<BuiltBody, StoreError> {
     let mut txs = Vec::new();
     let mut receipts = Vec::new();
     let mut rejected = Vec::new();
@@ -337,6 +886,17 @@ pub fn build_body<R: StateReader + ?Sized>(
             Err(e) => rejected.push((id, e)),
         }
     }
+    let mut evidence = Vec::new();
+    let mut rejected_evidence = Vec::new();
+    if let Some(env) = env {
+        for e in env.evidence {
+            match exec.apply_evidence(e)? {
+                Ok(()) => evidence.push(e.clone()),
+                Err(why) => rejected_evidence.push((e.clone(), why)),
+            }
+        }
+        exec.end_block(env.last_commit)?;
+    }
     let ids: Vec<Hash> = receipts.iter().map(|r| r.id).collect();
     Ok(BuiltBody {
         tx_root: merkle_root(&ids),
@@ -346,5 +906,7 @@ pub fn build_body<R: StateReader + ?Sized>(
             receipts,
         },
         rejected,
+        evidence,
+        rejected_evidence,
     })
 }

@@ -212,6 +212,11 @@ pub struct GenesisValidator {
     pub pubkey: String,
     #[serde(deserialize_with = "u64_from_number_or_string")]
     pub power: u64,
+    /// Protocol 2 (required there, refused on protocol 1): hex of the 20-byte address that
+    /// owns the validator's initial bond of `power` x `stake_per_power`. Not written when
+    /// absent, so a protocol-1 genesis keeps its bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +249,8 @@ pub struct Genesis {
     pub validators: ValidatorSet,
     /// Validator names in set order, for logs and status tables.
     pub validator_names: Vec<String>,
+    /// Protocol 2: the operator of each validator, in set order (empty on protocol 1).
+    pub operators: Vec<Address>,
     /// Funded accounts in file order. Only needed to build the state at height 0: a node
     /// releases them ([`Genesis::release_accounts`]) once its store is open, so a genesis
     /// with millions of accounts does not stay in memory for the node's life.
@@ -396,6 +403,19 @@ impl Genesis {
 
     pub fn validator_set(&self) -> &ValidatorSet {
         &self.validators
+    }
+
+    /// Protocol 2: the initial bonds as (operator, validator, amount), in set order: each
+    /// genesis validator's power x `stake_per_power`, owned by its operator (empty on
+    /// protocol 1). Validation proved the products and their sum with the balances fit
+    /// a u64.
+    pub fn bonds(&self) -> Vec<(Address, Validator, u64)> {
+        let per_power = self.params.staking().stake_per_power;
+        self.operators
+            .iter()
+            .zip(self.validators.validators())
+            .map(|(op, v)| (*op, v.clone(), v.power.saturating_mul(per_power)))
+            .collect()
     }
 
     /// Frees the account list (everything else stays, the hash included). For a node whose
@@ -588,10 +608,76 @@ impl RawGenesis {
                 "is empty; list at least one validator (name, pubkey, power)".into(),
             ));
         }
+        let protocol_2 = p.protocol_version >= crate::types::PROTOCOL_2;
+        let staking = p.staking();
         let mut validators = Vec::with_capacity(self.validators.len());
         let mut names = Vec::with_capacity(self.validators.len());
+        let mut operators = Vec::with_capacity(self.validators.len());
+        let mut bonded: u64 = 0;
         let mut total: u64 = 0;
+        if protocol_2 && self.validators.len() > staking.max_validators as usize {
+            return Err(err(
+                "validators".into(),
+                format!(
+                    "lists {} validators, more than params.staking.max_validators ({}); \
+                     raise the limit or list fewer",
+                    self.validators.len(),
+                    staking.max_validators
+                ),
+            ));
+        }
         for (i, v) in self.validators.iter().enumerate() {
+            match (&v.operator, protocol_2) {
+                (Some(_), false) => {
+                    return Err(err(
+                        format!("validators[{i}].operator"),
+                        "is a protocol-2 field; remove it or set params.protocol_version to 2"
+                            .into(),
+                    ))
+                }
+                (None, true) => {
+                    return Err(err(
+                        format!("validators[{i}].operator"),
+                        "is missing; on protocol 2 each validator names the address (40 hex \
+                         chars) that owns its initial bond"
+                            .into(),
+                    ))
+                }
+                (Some(op), true) => {
+                    let op: Address = from_hex_array(op).map_err(|e| {
+                        err(
+                            format!("validators[{i}].operator"),
+                            format!("is not an address (expected 40 hex chars): {e}"),
+                        )
+                    })?;
+                    let stake = v
+                        .power
+                        .checked_mul(staking.stake_per_power)
+                        .and_then(|s| bonded.checked_add(s).map(|b| (s, b)));
+                    let Some((stake, sum)) = stake else {
+                        return Err(err(
+                            format!("validators[{i}].power"),
+                            "x params.staking.stake_per_power makes the bonded supply \
+                             overflow u64; use smaller powers"
+                                .into(),
+                        ));
+                    };
+                    if stake < staking.min_validator_stake {
+                        return Err(err(
+                            format!("validators[{i}].power"),
+                            format!(
+                                "gives a stake of {stake} (power x stake_per_power), below \
+                                 params.staking.min_validator_stake ({}); the validator would \
+                                 leave the set at height 3",
+                                staking.min_validator_stake
+                            ),
+                        ));
+                    }
+                    bonded = sum;
+                    operators.push(op);
+                }
+                (None, false) => {}
+            }
             let pubkey: [u8; 33] = from_hex_array(&v.pubkey).map_err(|e| {
                 err(
                     format!("validators[{i}].pubkey"),
@@ -675,7 +761,8 @@ impl RawGenesis {
             );
         }
         drop(order);
-        let mut supply: u64 = 0;
+        // Protocol 2: the supply counts the genesis bonds, so balances + bonds must fit.
+        let mut supply: u64 = bonded;
         for (i, (_, balance)) in accounts.iter().enumerate() {
             match supply.checked_add(*balance) {
                 Some(s) => supply = s,
@@ -693,12 +780,35 @@ impl RawGenesis {
         if let Some((_, _, field, problem)) = first {
             return Err(err(field, problem));
         }
+        if protocol_2 {
+            // Every voting power the chain can ever have is at most supply / stake_per_power:
+            // keep it under the set's limit, so a computed set never overflows it.
+            if supply / staking.stake_per_power > crate::validators::MAX_TOTAL_POWER {
+                return Err(err(
+                    "params.staking.stake_per_power".into(),
+                    format!(
+                        "({}) is too small for a supply of {supply}: supply / stake_per_power \
+                         must be at most {}",
+                        staking.stake_per_power,
+                        crate::validators::MAX_TOTAL_POWER
+                    ),
+                ));
+            }
+            // Protocol 2 sets are sorted by address (the rule for every computed set), the
+            // genesis set too; names and operators follow their validators.
+            let mut order: Vec<usize> = (0..validators.len()).collect();
+            order.sort_by_key(|&i| validators[i].address);
+            validators = order.iter().map(|&i| validators[i].clone()).collect();
+            names = order.iter().map(|&i| names[i].clone()).collect();
+            operators = order.iter().map(|&i| operators[i]).collect();
+        }
         Ok(Genesis {
             chain_id: self.chain_id,
             genesis_time_ms: self.genesis_time_ms,
             params: self.params,
             validators: ValidatorSet::new(validators).map_err(|e| err("validators".into(), e))?,
             validator_names: names,
+            operators,
             accounts,
             hash: [0u8; 32],
             accounts_released: false,
@@ -905,7 +1015,21 @@ mod tests {
         v["params"]["protocol_version"] = 2.into();
         v["params"]["staking"] =
             serde_json::json!({"max_validators": 7, "min_validator_stake": "5000"});
+        // Protocol 2: validators name their operator, and the supply counts their bonds.
+        let e = load(&v).unwrap_err().to_string();
+        assert!(e.contains("validators[0].operator is missing"), "{e}");
+        v["validators"][0]["operator"] = "22".repeat(20).into();
+        let e = load(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("accounts[0].balance makes the total supply overflow u64"),
+            "{e}"
+        );
+        v["accounts"][0]["balance"] = 1_000.into();
         let g = load(&v).unwrap();
+        assert_eq!(g.operators, [[0x22; 20]]);
+        let bonds = g.bonds();
+        assert_eq!(bonds.len(), 1);
+        assert_eq!((bonds[0].0, bonds[0].2), ([0x22; 20], 10 * 1000));
         assert_eq!(g.params.protocol_version, 2);
         let s = g.params.staking();
         assert_eq!((s.max_validators, s.min_validator_stake), (7, 5000));

@@ -1,6 +1,7 @@
-//! Protocol 2 state formats (issue 20): the key domains and value encodings of bonds,
-//! validator records and unbonding entries. **Formats only**: nothing reads or writes
-//! these yet; execution refuses the payloads that would until the staking slice lands.
+//! Protocol 2 state (issue 20): the key domains and value encodings of bonds, validator
+//! records, unbonding entries, evidence records and the burned total, the validator-set
+//! rule, evidence checks, and [`validator_set_at`], the set of any height. Execution of the
+//! payloads and the end-of-block steps that write these entries is in [`crate::exec`].
 //!
 //! They live in the same authenticated tree as accounts. The tree is keyed by 32-byte
 //! hashes: an account's tree key is SHA-256(address), a 20-byte preimage
@@ -13,21 +14,35 @@
 //! | bond | `"tally/bond/"` (11) ‖ `operator` address (20) ‖ consensus key (33) | 64 |
 //! | validator record | `"tally/validator/"` (16) ‖ consensus key (33) | 49 |
 //! | unbonding entry | `"tally/unbonding/"` (16) ‖ release height u64 BE (8) ‖ `operator` (20) ‖ sequence u64 BE (8) | 52 |
+//! | evidence record | `"tally/evidence/"` (15) ‖ consensus key (33) ‖ height u64 BE (8) | 56 |
+//! | burned total | `"tally/burned"` (12) | 12 |
 //!
 //! Within a domain every preimage has the same length; across domains the lengths differ
-//! (20, 64, 49, 52), so two different entries can only share a tree key through a SHA-256
-//! collision. The tags are ASCII, differ from each other in their seventh byte, and none
-//! is a prefix of another. Big-endian integers make the preimages of unbonding entries
-//! sort by release height, then operator, then sequence, for a store index that scans
-//! the entries due at a height (the tree itself is ordered by hash).
+//! (20, 64, 49, 52, 56, 12), so two different entries can only share a tree key through a
+//! SHA-256 collision. The tags are ASCII and none is a prefix of another. Big-endian
+//! integers make the preimages of unbonding entries sort by release height, then
+//! operator, then sequence, so the store (which keeps each entry under its preimage)
+//! finds the entries due at a height with a prefix scan; the tree itself is ordered by
+//! hash.
 //!
-//! Values are borsh: a bond and an unbonding entry are a `u64` amount
-//! ([`BondRecord`], [`UnbondingEntry`]); a validator record is [`ValidatorRecord`].
+//! Values are borsh: a bond is a `u64` amount ([`BondRecord`]); an unbonding entry is its
+//! amount and the consensus key it was bonded to ([`UnbondingEntry`]: the key is what lets
+//! evidence slash stake that is on its way out); a validator record is
+//! [`ValidatorRecord`]; an evidence record is the `u64` height of the block that punished
+//! the offence; the burned total is a `u64`.
+//!
+//! The sequence of an unbonding entry is the nonce of the `Unbond` transaction that made
+//! it: unique per operator, so no counter is needed.
 
 use borsh::{BorshDeserialize, BorshSerialize};
 
+use crate::crypto::{address_of, verify};
+use crate::genesis::StakingParams;
 use crate::hash::{sha256, Hash};
-use crate::types::{Address, PublicKeyBytes};
+use crate::state::StateReader;
+use crate::store::StoreError;
+use crate::types::{Address, Equivocation, PublicKeyBytes, Validator};
+use crate::validators::ValidatorSet;
 
 /// Domain tag of bond keys.
 pub const BOND_KEY_TAG: &[u8] = b"tally/bond/";
@@ -36,10 +51,16 @@ pub const VALIDATOR_KEY_TAG: &[u8] = b"tally/validator/";
 /// Domain tag of unbonding entry keys.
 pub const UNBONDING_KEY_TAG: &[u8] = b"tally/unbonding/";
 
+/// Domain tag of evidence record keys.
+pub const EVIDENCE_KEY_TAG: &[u8] = b"tally/evidence/";
+/// The burned total's whole preimage.
+pub const BURNED_KEY: &[u8] = b"tally/burned";
+
 /// Preimage lengths, one per domain (an account's is 20).
 pub const BOND_KEY_LEN: usize = 11 + 20 + 33;
 pub const VALIDATOR_KEY_LEN: usize = 16 + 33;
 pub const UNBONDING_KEY_LEN: usize = 16 + 8 + 20 + 8;
+pub const EVIDENCE_KEY_LEN: usize = 15 + 33 + 8;
 
 /// The stake `operator` has bonded to the consensus key `validator`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -47,22 +68,26 @@ pub struct BondRecord {
     pub amount: u64,
 }
 
-/// A consensus key's standing.
+/// A consensus key's standing. Created by the first bond to the key (or genesis) and never
+/// deleted, so a jailed validator cannot shed its jail by unbonding and bonding again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct ValidatorRecord {
     /// Sum of the bonds to this key.
     pub stake: u64,
-    /// Jailed while the chain's height is below this (0: never jailed).
+    /// 0: not jailed. Otherwise jailed, out of the set, until an operator's `Unjail` in a
+    /// block at this height or later.
     pub jailed_until_height: u64,
     /// Blocks in a row whose `last_commit` lacked this validator's signature.
     pub consecutive_missed: u64,
 }
 
 /// Stake on its way back to its operator, paid to the operator's balance at the end of
-/// the release height.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+/// the release height. Until then evidence against `validator` slashes it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct UnbondingEntry {
     pub amount: u64,
+    /// The consensus key the amount was bonded to.
+    pub validator: PublicKeyBytes,
 }
 
 /// Preimage of the bond key of (`operator`, `validator`).
@@ -112,6 +137,178 @@ pub fn unbonding_key(release_height: u64, operator: &Address, sequence: u64) -> 
     sha256(&unbonding_key_bytes(release_height, operator, sequence))
 }
 
+/// Preimage of the key of the record that `validator` was punished for equivocating at
+/// `height` (one punishment per validator and height).
+pub fn evidence_key_bytes(validator: &PublicKeyBytes, height: u64) -> [u8; EVIDENCE_KEY_LEN] {
+    let mut out = [0u8; EVIDENCE_KEY_LEN];
+    out[..15].copy_from_slice(EVIDENCE_KEY_TAG);
+    out[15..48].copy_from_slice(validator);
+    out[48..].copy_from_slice(&height.to_be_bytes());
+    out
+}
+
+/// The operator and consensus key of a bond preimage.
+pub fn split_bond_key(preimage: &[u8]) -> Option<(Address, PublicKeyBytes)> {
+    if preimage.len() != BOND_KEY_LEN || !preimage.starts_with(BOND_KEY_TAG) {
+        return None;
+    }
+    Some((
+        preimage[11..31].try_into().ok()?,
+        preimage[31..].try_into().ok()?,
+    ))
+}
+
+/// The consensus key of a validator record preimage.
+pub fn split_validator_key(preimage: &[u8]) -> Option<PublicKeyBytes> {
+    if preimage.len() != VALIDATOR_KEY_LEN || !preimage.starts_with(VALIDATOR_KEY_TAG) {
+        return None;
+    }
+    preimage[16..].try_into().ok()
+}
+
+/// The operator of an unbonding entry preimage.
+pub fn split_unbonding_key(preimage: &[u8]) -> Option<Address> {
+    if preimage.len() != UNBONDING_KEY_LEN || !preimage.starts_with(UNBONDING_KEY_TAG) {
+        return None;
+    }
+    preimage[24..44].try_into().ok()
+}
+
+/// The prefix of every unbonding entry released at the end of `height`.
+pub fn unbonding_prefix(height: u64) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[..16].copy_from_slice(UNBONDING_KEY_TAG);
+    out[16..].copy_from_slice(&height.to_be_bytes());
+    out
+}
+
+/// The set rule of issue 20: unjailed validators with stake >= `min_validator_stake`,
+/// power = stake / `stake_per_power`, the top `max_validators` by power (ties: the lower
+/// key first), sorted by address. `records` is every validator record as (key, record).
+pub fn compute_set(
+    params: &StakingParams,
+    records: impl IntoIterator<Item = (PublicKeyBytes, ValidatorRecord)>,
+) -> Vec<Validator> {
+    let mut candidates: Vec<(u64, PublicKeyBytes)> = records
+        .into_iter()
+        .filter(|(_, r)| r.jailed_until_height == 0 && r.stake >= params.min_validator_stake)
+        .map(|(key, r)| (r.stake / params.stake_per_power, key))
+        .filter(|(power, _)| *power > 0)
+        .collect();
+    candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    candidates.truncate(params.max_validators as usize);
+    let mut set: Vec<Validator> = candidates
+        .into_iter()
+        .map(|(power, pubkey)| Validator {
+            address: address_of(&pubkey),
+            pubkey,
+            power,
+        })
+        .collect();
+    set.sort_unstable_by_key(|v| v.address);
+    set
+}
+
+/// The validator set of `height` on a protocol-2 chain: the set stored by the commit that
+/// computed it (genesis stores the set of heights 1 and 2; the end of block H stores the
+/// set of H+2 when it differs from the set of H+1). Known up to the tip's height + 2.
+pub fn validator_set_at<R: StateReader + ?Sized>(
+    store: &R,
+    height: u64,
+) -> Result<ValidatorSet, StoreError> {
+    let Some(validators) = store.validator_set_record(height)? else {
+        return Err(StoreError::Db(format!(
+            "no validator set is stored for height {height}"
+        )));
+    };
+    ValidatorSet::new(validators).map_err(|e| StoreError::Corrupt {
+        what: format!("validator set of height {height}"),
+        detail: e,
+    })
+}
+
+/// Why a block's evidence is refused (the whole block is invalid).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvidenceError {
+    #[error("the two votes differ in height, round or kind")]
+    NotSameStep,
+    #[error("the two votes are signed by different validators")]
+    TwoValidators,
+    #[error("the two votes are for the same block")]
+    SameBlock,
+    #[error("a vote is for chain \"{got}\", this is \"{expected}\"")]
+    WrongChain { expected: String, got: String },
+    #[error(
+        "evidence of height {height} in block {block}: only heights before the block and at \
+         most params.staking.evidence_max_age_blocks ({max}) old are punished"
+    )]
+    Age { height: u64, block: u64, max: u64 },
+    #[error("validator {validator} is not in the set of height {height}")]
+    NotInSet { validator: String, height: u64 },
+    #[error("the signature of vote {0} does not verify")]
+    BadSignature(char),
+    #[error("validator {validator} was already punished for height {height}")]
+    AlreadyPunished { validator: String, height: u64 },
+}
+
+/// The stateless part of an equivocation's checks plus the signatures: two votes of one
+/// validator of `set` (the set of the votes' height) for the same (height, round, kind) of
+/// this chain and different blocks, both signatures valid, the height before `block` and
+/// at most `max_age` blocks older. Returns the validator's consensus key and the height.
+/// Whether it was punished before is the caller's (it needs the state).
+pub fn check_equivocation(
+    chain_id: &str,
+    block: u64,
+    max_age: u64,
+    set: &ValidatorSet,
+    e: &Equivocation,
+) -> Result<(PublicKeyBytes, u64), EvidenceError> {
+    let (a, b) = (&e.a.vote, &e.b.vote);
+    for v in [a, b] {
+        if v.chain_id != chain_id {
+            return Err(EvidenceError::WrongChain {
+                expected: chain_id.into(),
+                got: v.chain_id.clone(),
+            });
+        }
+    }
+    if (a.height, a.round, a.kind) != (b.height, b.round, b.kind) {
+        return Err(EvidenceError::NotSameStep);
+    }
+    if e.a.validator != e.b.validator {
+        return Err(EvidenceError::TwoValidators);
+    }
+    if a.block_hash == b.block_hash {
+        return Err(EvidenceError::SameBlock);
+    }
+    let height = a.height;
+    if height == 0 || height >= block || block - height > max_age {
+        return Err(EvidenceError::Age {
+            height,
+            block,
+            max: max_age,
+        });
+    }
+    let Some(validator) = set.get(&e.a.validator) else {
+        return Err(EvidenceError::NotInSet {
+            validator: hex::encode(e.a.validator),
+            height,
+        });
+    };
+    for (which, sv) in [('a', &e.a), ('b', &e.b)] {
+        verify(&validator.pubkey, &sv.vote.signing_bytes(), &sv.signature)
+            .map_err(|_| EvidenceError::BadSignature(which))?;
+    }
+    Ok((validator.pubkey, height))
+}
+
+/// `amount` x `bps` / 10,000, rounded down: the part of one bond or unbonding entry that
+/// a slash burns.
+pub fn slash_amount(amount: u64, bps: u32) -> u64 {
+    // bps <= 10,000, so the result is at most `amount`.
+    (u128::from(amount) * u128::from(bps) / 10_000) as u64
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -120,7 +317,13 @@ mod tests {
 
     #[test]
     fn tags_and_lengths_keep_the_domains_apart() {
-        let tags = [BOND_KEY_TAG, VALIDATOR_KEY_TAG, UNBONDING_KEY_TAG];
+        let tags = [
+            BOND_KEY_TAG,
+            VALIDATOR_KEY_TAG,
+            UNBONDING_KEY_TAG,
+            EVIDENCE_KEY_TAG,
+            BURNED_KEY,
+        ];
         for (i, a) in tags.iter().enumerate() {
             for (j, b) in tags.iter().enumerate() {
                 if i != j {
@@ -128,12 +331,88 @@ mod tests {
                 }
             }
         }
-        let lens = [20, BOND_KEY_LEN, VALIDATOR_KEY_LEN, UNBONDING_KEY_LEN];
+        let lens = [
+            20,
+            BOND_KEY_LEN,
+            VALIDATOR_KEY_LEN,
+            UNBONDING_KEY_LEN,
+            EVIDENCE_KEY_LEN,
+            BURNED_KEY.len(),
+        ];
         let distinct: std::collections::HashSet<_> = lens.iter().collect();
         assert_eq!(distinct.len(), lens.len(), "{lens:?}");
         assert_eq!(BOND_KEY_TAG.len(), 11);
         assert_eq!(VALIDATOR_KEY_TAG.len(), 16);
         assert_eq!(UNBONDING_KEY_TAG.len(), 16);
+        assert_eq!(EVIDENCE_KEY_TAG.len(), 15);
+    }
+
+    #[test]
+    fn split_reads_back_what_the_key_functions_wrote() {
+        let (op, key) = ([0x11; 20], [0x02; 33]);
+        assert_eq!(split_bond_key(&bond_key_bytes(&op, &key)), Some((op, key)));
+        assert_eq!(split_validator_key(&validator_key_bytes(&key)), Some(key));
+        let u = unbonding_key_bytes(5, &op, 9);
+        assert_eq!(split_unbonding_key(&u), Some(op));
+        assert!(u.starts_with(&unbonding_prefix(5)));
+        assert!(!u.starts_with(&unbonding_prefix(6)));
+        let e = evidence_key_bytes(&key, 0x0102);
+        assert_eq!(&e[..15], b"tally/evidence/");
+        assert_eq!(&e[15..48], &key);
+        assert_eq!(&e[48..], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        // Another domain's preimage is not read as this one's.
+        assert_eq!(split_bond_key(&validator_key_bytes(&key)), None);
+        assert_eq!(split_validator_key(&u), None);
+    }
+
+    #[test]
+    fn the_set_is_the_top_unjailed_validators_by_power_sorted_by_address() {
+        let params = StakingParams {
+            stake_per_power: 10,
+            min_validator_stake: 30,
+            max_validators: 3,
+            ..StakingParams::default()
+        };
+        let keys: Vec<PublicKeyBytes> = (1..=6u8)
+            .map(|i| {
+                crate::crypto::Keypair::from_secret_bytes(&sha256(&[i]))
+                    .unwrap()
+                    .public_key()
+            })
+            .collect();
+        let rec = |stake, jailed| ValidatorRecord {
+            stake,
+            jailed_until_height: jailed,
+            consecutive_missed: 0,
+        };
+        let records = vec![
+            (keys[0], rec(100, 0)),
+            (keys[1], rec(500, 9)), // jailed: out, whatever its stake
+            (keys[2], rec(29, 0)),  // below min_validator_stake: out
+            (keys[3], rec(55, 0)),  // power 5
+            (keys[4], rec(59, 0)),  // power 5, ties with keys[3]: the lower key wins
+            (keys[5], rec(300, 0)),
+        ];
+        let set = compute_set(&params, records.clone());
+        let tie_winner = keys[3].min(keys[4]);
+        let mut expected: Vec<(PublicKeyBytes, u64)> =
+            vec![(keys[0], 10), (keys[5], 30), (tie_winner, 5)];
+        expected.sort_by_key(|(k, _)| address_of(k));
+        let got: Vec<(PublicKeyBytes, u64)> = set.iter().map(|v| (v.pubkey, v.power)).collect();
+        assert_eq!(got, expected);
+        assert!(set.windows(2).all(|w| w[0].address < w[1].address));
+        // Input order does not matter.
+        let mut reversed = records;
+        reversed.reverse();
+        assert_eq!(compute_set(&params, reversed), set);
+    }
+
+    #[test]
+    fn slashing_rounds_down_and_never_exceeds_the_amount() {
+        assert_eq!(slash_amount(1_000, 500), 50);
+        assert_eq!(slash_amount(19, 500), 0);
+        assert_eq!(slash_amount(u64::MAX, 10_000), u64::MAX);
+        assert_eq!(slash_amount(u64::MAX, 0), 0);
     }
 
     #[test]
@@ -185,8 +464,12 @@ mod tests {
             5u64.to_le_bytes()
         );
         assert_eq!(
-            borsh::to_vec(&UnbondingEntry { amount: 7 }).unwrap(),
-            7u64.to_le_bytes()
+            borsh::to_vec(&UnbondingEntry {
+                amount: 7,
+                validator: [2; 33]
+            })
+            .unwrap(),
+            [&7u64.to_le_bytes()[..], &[2; 33]].concat()
         );
     }
 }

@@ -17,7 +17,7 @@ use sha2::Sha256;
 use crate::codec::{decode, encode};
 use crate::hash::{sha256, Hash};
 use crate::store::StoreError;
-use crate::types::{Account, Address};
+use crate::types::{Account, Address, Validator};
 
 /// Root of the empty tree.
 /// (jmt's placeholder hash, which it does not export).
@@ -42,6 +42,36 @@ pub trait StateReader: AccountReader {
     fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError>;
     /// The latest tree version (None before genesis state is written) and its root.
     fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError>;
+
+    /// Protocol 2: the latest committed value of the entry (bond, validator record,
+    /// unbonding entry, evidence record, burned total: [`crate::staking`]) whose key
+    /// preimage is `preimage`. The default refuses: a store that keeps protocol-2 state
+    /// must say so, and a wrapper must forward it, rather than read every entry as absent.
+    fn entry(&self, preimage: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = preimage;
+        Err(no_protocol_2_state())
+    }
+
+    /// Protocol 2: every committed entry whose preimage starts with `prefix`, in preimage
+    /// order.
+    fn entries_with_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
+        let _ = prefix;
+        Err(no_protocol_2_state())
+    }
+
+    /// Protocol 2: the validator set of `height`: the stored set with the greatest first
+    /// height at or below `height` (None below the first, or on a protocol-1 chain).
+    fn validator_set_record(&self, height: u64) -> Result<Option<Vec<Validator>>, StoreError> {
+        let _ = height;
+        Err(no_protocol_2_state())
+    }
+}
+
+/// Protocol-2 entries as (key preimage, value borsh), in preimage order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn no_protocol_2_state() -> StoreError {
+    StoreError::Db("this store does not keep protocol-2 (staking) state".into())
 }
 
 /// The tree key of an account.
@@ -60,6 +90,19 @@ pub struct StateUpdate {
     pub accounts: Vec<(Hash, Address, Account)>,
     pub new_nodes: Vec<(NodeKey, Node)>,
     pub stale_nodes: Vec<NodeKey>,
+    /// Protocol 2: changed entries by key hash, with their preimage (the store's key) and
+    /// new value (None: deleted).
+    pub entries: Vec<(Hash, Vec<u8>, Option<Vec<u8>>)>,
+    /// Protocol 2: validator sets to store, by the first height they apply to. Not part of
+    /// the tree (they follow from the validator records; headers carry their hashes).
+    pub validator_sets: Vec<(u64, Vec<Validator>)>,
+}
+
+impl StateUpdate {
+    /// Whether the update makes a new tree version.
+    pub fn changes_tree(&self) -> bool {
+        !self.accounts.is_empty() || !self.entries.is_empty()
+    }
 }
 
 /// Adapter from our reader to jmt's.
@@ -90,8 +133,18 @@ pub fn compute_update<R: StateReader + ?Sized>(
     reader: &R,
     changes: BTreeMap<Hash, (Address, Account)>,
 ) -> Result<StateUpdate, StoreError> {
+    compute_update_with(reader, changes, BTreeMap::new())
+}
+
+/// [`compute_update`] with protocol-2 entries too: `entries` maps key hash to (preimage,
+/// new value or None to delete).
+pub fn compute_update_with<R: StateReader + ?Sized>(
+    reader: &R,
+    changes: BTreeMap<Hash, (Address, Account)>,
+    entries: BTreeMap<Hash, (Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<StateUpdate, StoreError> {
     let current = reader.tree_version()?;
-    if changes.is_empty() {
+    if changes.is_empty() && entries.is_empty() {
         let (version, root) = current.unwrap_or((0, EMPTY_ROOT));
         return Ok(StateUpdate {
             version,
@@ -104,7 +157,8 @@ pub fn compute_update<R: StateReader + ?Sized>(
     let tree = JellyfishMerkleTree::<_, Sha256>::new(&jmt_reader);
     let values = changes
         .iter()
-        .map(|(k, (_, acct))| (KeyHash(*k), Some(encode(acct))));
+        .map(|(k, (_, acct))| (KeyHash(*k), Some(encode(acct))))
+        .chain(entries.iter().map(|(k, (_, v))| (KeyHash(*k), v.clone())));
     let (root, batch) = tree
         .put_value_set(values, version)
         .map_err(|e| StoreError::Tree(e.to_string()))?;
@@ -121,6 +175,11 @@ pub fn compute_update<R: StateReader + ?Sized>(
             .into_iter()
             .map(|s| s.node_key)
             .collect(),
+        entries: entries
+            .into_iter()
+            .map(|(k, (preimage, value))| (k, preimage, value))
+            .collect(),
+        validator_sets: Vec::new(),
     })
 }
 

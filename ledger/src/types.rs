@@ -17,15 +17,15 @@ pub const TX_DOMAIN: &[u8] = b"TALLY-TX-V1";
 pub const VOTE_DOMAIN: &[u8] = b"TALLY-VOTE-V1";
 pub const PROPOSAL_DOMAIN: &[u8] = b"TALLY-PROPOSAL-V1";
 
-/// The header version of protocol 1, the protocol this code executes: it produces and
-/// accepts only headers of this version (see [`PROTOCOL_2`] for the next one's formats).
+/// The header version of protocol 1 (`block::assemble`, `block::check_header`); protocol 2's
+/// is [`PROTOCOL_2`] (`block::assemble_v2`, `block::check_header_v2`).
 pub const HEADER_VERSION: u32 = 1;
 
 /// Protocol 1: transfers only, a validator set fixed in genesis.
 pub const PROTOCOL_1: u32 = 1;
 /// Protocol 2 (issue 20): bond, unbond and unjail payloads, `next_validators_hash` in the
-/// header, evidence in the block. **Formats only**: execution refuses these payloads and
-/// validation refuses version-2 blocks until the staking slice lands.
+/// header, evidence in the block, validator sets computed from on-chain stake. The
+/// ledger executes it; the node does not run it yet.
 pub const PROTOCOL_2: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]

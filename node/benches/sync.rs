@@ -51,6 +51,7 @@ fn genesis(validator: &Keypair, senders: &[Keypair], txs: usize) -> Genesis {
             name: "v".into(),
             pubkey: hex::encode(validator.public_key()),
             power: 1,
+            operator: None,
         }],
         accounts: senders
             .iter()

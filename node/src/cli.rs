@@ -110,6 +110,7 @@ pub fn init(a: InitArgs) -> anyhow::Result<()> {
                     name: a.moniker,
                     pubkey: to_hex(&v.public_key()),
                     power: 10,
+                    operator: None,
                 }],
                 accounts,
             };
@@ -236,6 +237,7 @@ pub fn dev(a: DevArgs) -> anyhow::Result<()> {
                 name: "dev-validator".into(),
                 pubkey: to_hex(&validator.public_key()),
                 power: 1,
+                operator: None,
             }],
             accounts: vec![GenesisAccount {
                 address: to_hex(&dev.address()),

@@ -39,6 +39,7 @@ pub fn genesis(chain_id: &str, validators: &[&Keypair], accounts: &[(&Keypair, u
                 name: format!("v{i}"),
                 pubkey: hex::encode(k.public_key()),
                 power: 1,
+                operator: None,
             })
             .collect(),
         accounts: accounts

@@ -12,8 +12,8 @@ use super::{
 };
 use crate::genesis::Genesis;
 use crate::hash::Hash;
-use crate::state::{AccountReader, StateReader, StateUpdate};
-use crate::types::{Account, Block, Commit};
+use crate::state::{AccountReader, Entries, StateReader, StateUpdate};
+use crate::types::{Account, Block, Commit, Validator};
 
 #[derive(Default)]
 struct Inner {
@@ -27,15 +27,28 @@ struct Inner {
     nodes: BTreeMap<NodeKey, Node>,
     tree: Option<(u64, Hash)>,
     consensus: HashMap<Vec<u8>, Vec<u8>>,
+    /// Protocol-2 entries by preimage.
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Protocol-2 validator sets by the first height they apply to.
+    sets: BTreeMap<u64, Vec<Validator>>,
 }
 
 impl Inner {
     fn apply_state(&mut self, update: &StateUpdate) {
-        if update.accounts.is_empty() {
+        for (height, set) in &update.validator_sets {
+            self.sets.insert(*height, set.clone());
+        }
+        if !update.changes_tree() {
             return;
         }
         for (key, _, acct) in &update.accounts {
             self.accounts.insert(*key, *acct);
+        }
+        for (_, preimage, value) in &update.entries {
+            match value {
+                Some(v) => self.entries.insert(preimage.clone(), v.clone()),
+                None => self.entries.remove(preimage),
+            };
         }
         for key in &update.stale_nodes {
             self.nodes.remove(key);
@@ -99,6 +112,29 @@ impl StateReader for MemStore {
 
     fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
         Ok(self.read().tree)
+    }
+
+    fn entry(&self, preimage: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.read().entries.get(preimage).cloned())
+    }
+
+    fn entries_with_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
+        Ok(self
+            .read()
+            .entries
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn validator_set_record(&self, height: u64) -> Result<Option<Vec<Validator>>, StoreError> {
+        Ok(self
+            .read()
+            .sets
+            .range(..=height)
+            .next_back()
+            .map(|(_, set)| set.clone()))
     }
 }
 

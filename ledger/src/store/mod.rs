@@ -154,6 +154,33 @@ pub fn build_genesis_state<R: StateReader + ?Sized>(
         last = (update.version, update.root);
         apply(update)?;
     }
+    if genesis.params.protocol_version >= crate::types::PROTOCOL_2 {
+        // Protocol 2: the genesis bonds and validator records, one more tree version after
+        // the accounts', and the set of heights 1 and 2.
+        let mut entries = std::collections::BTreeMap::new();
+        let mut put = |preimage: Vec<u8>, value: Vec<u8>| {
+            entries.insert(sha256(&preimage), (preimage, Some(value)));
+        };
+        for (operator, validator, stake) in genesis.bonds() {
+            put(
+                crate::staking::bond_key_bytes(&operator, &validator.pubkey).to_vec(),
+                crate::codec::encode(&crate::staking::BondRecord { amount: stake }),
+            );
+            put(
+                crate::staking::validator_key_bytes(&validator.pubkey).to_vec(),
+                crate::codec::encode(&crate::staking::ValidatorRecord {
+                    stake,
+                    jailed_until_height: 0,
+                    consecutive_missed: 0,
+                }),
+            );
+        }
+        let mut update =
+            crate::state::compute_update_with(reader, std::collections::BTreeMap::new(), entries)?;
+        update.validator_sets = vec![(1, genesis.validators.validators().to_vec())];
+        last = (update.version, update.root);
+        apply(update)?;
+    }
     Ok(last)
 }
 

@@ -10,8 +10,8 @@ use rocksdb::{
 };
 
 use super::tables::{
-    Accounts, BlockIndex, Blocks, ChainTip, Commits, Consensus, GenesisHash, Table, TableKey,
-    TreeNodes, TreeVersion, TxIndex, FAMILIES, SCHEMA_KEY, STATE_FAMILY,
+    Accounts, BlockIndex, Blocks, ChainTip, Commits, Consensus, GenesisHash, StateEntries, Table,
+    TableKey, TreeNodes, TreeVersion, TxIndex, ValidatorSets, FAMILIES, SCHEMA_KEY, STATE_FAMILY,
 };
 use super::{
     build_genesis_state, check_extends, genesis_tip, migrate, ChainReader, ChainWriter,
@@ -19,8 +19,8 @@ use super::{
 };
 use crate::genesis::Genesis;
 use crate::hash::Hash;
-use crate::state::{AccountReader, StateReader, StateUpdate};
-use crate::types::{Account, Block, Commit};
+use crate::state::{AccountReader, Entries, StateReader, StateUpdate};
+use crate::types::{Account, Block, Commit, Validator};
 
 /// One record of table `T` read by [`RocksStore::iter`].
 pub(crate) type Record<T> = Result<(<T as Table>::Key, <T as Table>::Value), StoreError>;
@@ -184,16 +184,32 @@ impl RocksStore {
     where
         T::Key: Sized,
     {
+        self.iter_prefix::<T>(&[])
+    }
+
+    /// The records of table `T` whose key bytes start with `start`, in key order.
+    pub(crate) fn iter_prefix<T: Table>(
+        &self,
+        start: &[u8],
+    ) -> Result<impl Iterator<Item = Record<T>> + '_, StoreError>
+    where
+        T::Key: Sized,
+    {
         let family = self.family(T::FAMILY)?;
+        let mut from = T::PREFIX.to_vec();
+        from.extend_from_slice(start);
         let records = self
             .db
-            .iterator_cf(family, IteratorMode::From(T::PREFIX, Direction::Forward));
-        Ok(records.map_while(|record| {
+            .iterator_cf(family, IteratorMode::From(&from, Direction::Forward));
+        Ok(records.map_while(move |record| {
             let (key, value) = match record {
                 Ok(kv) => kv,
                 Err(e) => return Some(Err(rocks_err(format!("iterating {}", T::FAMILY), e))),
             };
-            // Past the prefix: the next table in a shared family.
+            // Past the prefix: the next table in a shared family (or past `start`).
+            if !key.starts_with(&from) {
+                return None;
+            }
             let rest = key.strip_prefix(T::PREFIX)?;
             let Some(key) = T::Key::read_key(rest) else {
                 return Some(Err(StoreError::Corrupt {
@@ -236,6 +252,8 @@ impl RocksStore {
         walk::<TxIndex>(self, &mut read, p, max_problems)?;
         walk::<Accounts>(self, &mut read, p, max_problems)?;
         walk::<TreeNodes>(self, &mut read, p, max_problems)?;
+        walk::<StateEntries>(self, &mut read, p, max_problems)?;
+        walk::<ValidatorSets>(self, &mut read, p, max_problems)?;
         for (what, singleton) in [
             ("tree version", self.get::<TreeVersion>(&()).map(|_| ())),
             ("tip", self.get::<ChainTip>(&()).map(|_| ())),
@@ -312,7 +330,8 @@ impl RocksStore {
         self.write(batch, true)
     }
 
-    /// Deletes every state record (accounts, tree nodes) and the tree version.
+    /// Deletes every state record (accounts, tree nodes, staking entries, validator sets)
+    /// and the tree version.
     fn clear_state(&self) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
@@ -336,11 +355,20 @@ impl RocksStore {
     }
 
     fn put_state(&self, batch: &mut WriteBatch, update: &StateUpdate) -> Result<(), StoreError> {
-        if update.accounts.is_empty() {
+        for (height, set) in &update.validator_sets {
+            self.put::<ValidatorSets>(batch, height, set)?;
+        }
+        if !update.changes_tree() {
             return Ok(());
         }
         for (key, _, account) in &update.accounts {
             self.put::<Accounts>(batch, key, account)?;
+        }
+        for (_, preimage, value) in &update.entries {
+            match value {
+                Some(v) => self.put::<StateEntries>(batch, preimage, v)?,
+                None => self.delete::<StateEntries>(batch, preimage)?,
+            }
         }
         for key in &update.stale_nodes {
             self.delete::<TreeNodes>(batch, key)?;
@@ -466,6 +494,39 @@ impl StateReader for RocksStore {
 
     fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
         self.get::<TreeVersion>(&())
+    }
+
+    fn entry(&self, preimage: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get::<StateEntries>(&preimage.to_vec())
+    }
+
+    fn entries_with_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
+        self.iter_prefix::<StateEntries>(prefix)?.collect()
+    }
+
+    fn validator_set_record(&self, height: u64) -> Result<Option<Vec<Validator>>, StoreError> {
+        let family = self.family(ValidatorSets::FAMILY)?;
+        let key = ValidatorSets::key_bytes(&height);
+        // The last record at or before `height`: a reverse seek.
+        let mut records = self
+            .db
+            .iterator_cf(family, IteratorMode::From(&key, Direction::Reverse));
+        match records.next() {
+            None => Ok(None),
+            Some(Err(e)) => Err(rocks_err("reading the validator sets", e)),
+            Some(Ok((key, value))) => {
+                let Some(rest) = key.strip_prefix(ValidatorSets::PREFIX) else {
+                    return Ok(None);
+                };
+                let Some(first) = u64::read_key(rest) else {
+                    return Err(StoreError::Corrupt {
+                        what: format!("validator set key {}", hex::encode(rest)),
+                        detail: "malformed key".into(),
+                    });
+                };
+                ValidatorSets::decode_value(&first, &value).map(Some)
+            }
+        }
     }
 }
 

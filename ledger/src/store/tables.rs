@@ -15,7 +15,7 @@ use jmt::storage::{Node, NodeKey};
 use super::{decode_record, seal, StoreError, Tip, TxLocation};
 use crate::codec::encode;
 use crate::hash::Hash;
-use crate::types::{Account, Block, Commit};
+use crate::types::{Account, Block, Commit, Validator};
 
 /// One kind of record: where it lives, how its key is laid out, what its value is.
 pub(crate) trait Table {
@@ -93,6 +93,19 @@ impl TableKey for Hash {
     }
     fn read_key(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok()
+    }
+    fn describe_key(&self) -> Option<String> {
+        Some(hex::encode(self))
+    }
+}
+
+/// Protocol-2 entries: their key preimage as it is (it sorts by domain, then by its fields).
+impl TableKey for Vec<u8> {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+    fn read_key(bytes: &[u8]) -> Option<Self> {
+        Some(bytes.to_vec())
     }
     fn describe_key(&self) -> Option<String> {
         Some(hex::encode(self))
@@ -177,6 +190,11 @@ tables! {
     Accounts("state" + b"a", "account"): Hash => Account;
     /// Nodes of the latest state tree version.
     TreeNodes("state" + b"n", "state tree node"): NodeKey => Node;
+    /// Protocol 2: latest committed staking entries by key preimage (the tree key is its
+    /// SHA-256), so a domain or a release height is a prefix scan.
+    StateEntries("state" + b"s", "staking entry"): Vec<u8> => Vec<u8>;
+    /// Protocol 2: validator sets by the first height they apply to.
+    ValidatorSets("state" + b"v", "validator set"): u64 => Vec<Validator>;
     /// The latest state tree version and its root.
     TreeVersion("meta" + b"tree", "tree version"): () => (u64, Hash);
     /// The head of the committed chain.
@@ -287,6 +305,63 @@ mod tests {
         round_trip::<GenesisHash>(&store, &(), [3; 32]);
         round_trip::<Consensus>(&store, b"signing_guard".as_slice(), vec![1, 2, 3]);
         round_trip::<MigrationCursor>(&store, &(), (2, vec![4, 5]));
+        round_trip::<StateEntries>(&store, &b"tally/burned".to_vec(), vec![9; 8]);
+        let set = vec![Validator {
+            address: [1; 20],
+            pubkey: [2; 33],
+            power: 3,
+        }];
+        round_trip::<ValidatorSets>(&store, &3, set);
+    }
+
+    #[test]
+    fn protocol_2_records_scan_by_prefix_and_sets_read_at_or_below_a_height() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut batch = WriteBatch::default();
+        for (k, v) in [(&b"tally/x1"[..], 1u8), (b"tally/x2", 2), (b"tally/y1", 3)] {
+            store
+                .put::<StateEntries>(&mut batch, &k.to_vec(), &vec![v])
+                .unwrap();
+        }
+        let set = |power| {
+            vec![Validator {
+                address: [1; 20],
+                pubkey: [2; 33],
+                power,
+            }]
+        };
+        for h in [1u64, 5, 300] {
+            store.put::<ValidatorSets>(&mut batch, &h, &set(h)).unwrap();
+        }
+        store.write(batch, false).unwrap();
+        let x: Vec<_> = store.entries_with_prefix(b"tally/x").unwrap();
+        assert_eq!(
+            x,
+            [
+                (b"tally/x1".to_vec(), vec![1]),
+                (b"tally/x2".to_vec(), vec![2])
+            ]
+        );
+        assert_eq!(store.entries_with_prefix(b"tally/z").unwrap(), []);
+        assert_eq!(store.entry(b"tally/y1").unwrap(), Some(vec![3]));
+        // Accounts and tree nodes around them are not entries.
+        assert_eq!(store.entries_with_prefix(b"").unwrap().len(), 3);
+        for (h, first) in [
+            (1, 1),
+            (4, 1),
+            (5, 5),
+            (299, 5),
+            (300, 300),
+            (u64::MAX, 300),
+        ] {
+            assert_eq!(
+                store.validator_set_record(h).unwrap(),
+                Some(set(first)),
+                "{h}"
+            );
+        }
+        assert_eq!(store.validator_set_record(0).unwrap(), None);
     }
 
     #[test]
@@ -431,6 +506,24 @@ mod tests {
         store.write(batch, false).unwrap();
         flips_are_corruption(&store, "meta", MigrationCursor::PREFIX, |s| {
             s.get::<MigrationCursor>(&())
+        });
+        let entry = b"tally/burned".to_vec();
+        let set = vec![Validator {
+            address: [1; 20],
+            pubkey: [2; 33],
+            power: 3,
+        }];
+        let mut batch = WriteBatch::default();
+        store
+            .put::<StateEntries>(&mut batch, &entry, &vec![7; 8])
+            .unwrap();
+        store.put::<ValidatorSets>(&mut batch, &4, &set).unwrap();
+        store.write(batch, false).unwrap();
+        flips_are_corruption(&store, "state", &StateEntries::key_bytes(&entry), |s| {
+            s.entry(&entry)
+        });
+        flips_are_corruption(&store, "state", &ValidatorSets::key_bytes(&4), |s| {
+            s.validator_set_record(9)
         });
     }
 

@@ -5,6 +5,7 @@
 
 mod props;
 mod protocol2;
+mod staking;
 #[cfg(feature = "rocksdb")]
 mod store;
 mod vectors;

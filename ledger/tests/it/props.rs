@@ -36,6 +36,7 @@ pub fn genesis_with(balances: &[u64]) -> Genesis {
             name: "v0".into(),
             pubkey: hex::encode(keys[0].public_key()),
             power: 1,
+            operator: None,
         }],
         accounts: balances
             .iter()

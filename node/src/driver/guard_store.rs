@@ -70,6 +70,7 @@ mod tests {
                 name: "v".into(),
                 pubkey: hex::encode(key(0).public_key()),
                 power: 1,
+                operator: None,
             }],
             accounts: vec![],
         };

@@ -121,6 +121,11 @@ fn tx_error_code(e: &TxError) -> ErrorCode {
         TxError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
         TxError::Overflow => ErrorCode::Overflow,
         TxError::UnsupportedPayload { .. } => ErrorCode::UnsupportedPayload,
+        TxError::BadValidatorKey(_) => ErrorCode::BadValidatorKey,
+        TxError::NoBond(_) => ErrorCode::NoBond,
+        TxError::NotOperator(_) => ErrorCode::NotOperator,
+        TxError::NotJailed(_) => ErrorCode::NotJailed,
+        TxError::StillJailed { .. } => ErrorCode::StillJailed,
     }
 }
 

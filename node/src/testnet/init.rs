@@ -157,6 +157,7 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
                 name: format!("node{i}"),
                 pubkey: to_hex(&k.public_key()),
                 power: 10,
+                operator: None,
             })
             .collect(),
         accounts: accounts
@@ -403,6 +404,7 @@ mod tests {
                 name: "v".into(),
                 pubkey: to_hex(&key.public_key()),
                 power: 10,
+                operator: None,
             }],
             accounts: Vec::new(),
         };
