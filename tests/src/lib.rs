@@ -290,6 +290,7 @@ impl Builder {
                     name: format!("validator-{i}"),
                     pubkey: to_hex(&k.public_key()),
                     power: 10,
+                    operator: None,
                 })
                 .collect(),
             accounts: (0..self.accounts)
