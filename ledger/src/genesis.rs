@@ -47,7 +47,7 @@ pub struct Params {
     /// The protocol the chain runs: 1 (transfers, a fixed validator set) or 2 (issue 20's
     /// staking formats). Absent means 1, and 1 is not written, so every genesis file
     /// from before protocol 2 loads, and a protocol-1 genesis is written as before.
-    /// This build executes protocol 1 only; 2 is accepted here for its formats.
+    /// The ledger executes both; tallyd runs protocol-1 chains only so far (issue 20).
     #[serde(
         default = "defaults::protocol_version",
         skip_serializing_if = "defaults::is_protocol_1"

@@ -103,12 +103,15 @@ pub async fn run_with(
     genesis: Genesis,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Protocol 2's formats are defined (issue 20, first slice) but nothing executes them:
-    // a node on such a chain would build version-1 blocks and refuse them.
+    // Protocol 2 (issue 20): the ledger executes it and the consensus core follows a
+    // changing set, but the node does not yet build, check or sync version-2 blocks with
+    // their heights' sets; a node on such a chain would build version-1 blocks and refuse
+    // them.
     if genesis.params.protocol_version != ledger::types::PROTOCOL_1 {
         anyhow::bail!(
-            "genesis params.protocol_version is {}; this build runs protocol 1 only (protocol \
-             2 has its formats but not its execution yet): remove the field or set it to 1",
+            "genesis params.protocol_version is {}; this tallyd runs protocol 1 chains only \
+             (protocol 2's validator-set changes are executed by the ledger but not yet \
+             driven by the node): remove the field or set it to 1",
             genesis.params.protocol_version
         );
     }
