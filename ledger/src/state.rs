@@ -7,7 +7,10 @@
 //! `version - 1` and so needs versions without gaps. Only the latest version's nodes are
 //! kept: the nodes a new version makes stale are deleted in the same write batch.
 
+mod batch;
+
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use jmt::storage::{Node, NodeKey, TreeReader};
@@ -84,11 +87,44 @@ impl<R: StateReader + ?Sized> TreeReader for JmtReader<'_, R> {
     }
 }
 
+/// How a tree version is written. Both give the same nodes, stale keys and root; `Batch`
+/// is the fast one (module `batch`), `Jmt` is jmt's own `put_value_set`, kept for the
+/// empty tree (the first genesis chunk), for the equivalence tests and for `make bench`'s
+/// on/off rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeWriter {
+    Batch,
+    Jmt,
+}
+
+/// Process-wide choice of [`compute_update`]'s writer: `make bench` measures both in one
+/// run. Nodes leave it at `Batch`.
+static USE_JMT_WRITER: AtomicBool = AtomicBool::new(false);
+
+/// Sets the writer [`compute_update`] uses in this process (a benchmark switch).
+pub fn set_tree_writer(writer: TreeWriter) {
+    USE_JMT_WRITER.store(writer == TreeWriter::Jmt, Ordering::Relaxed);
+}
+
 /// Computes the new root and the node changes for `changes` on top of `reader`'s tree.
 /// `changes` maps key hash to (address, new account value).
 pub fn compute_update<R: StateReader + ?Sized>(
     reader: &R,
     changes: BTreeMap<Hash, (Address, Account)>,
+) -> Result<StateUpdate, StoreError> {
+    let writer = if USE_JMT_WRITER.load(Ordering::Relaxed) {
+        TreeWriter::Jmt
+    } else {
+        TreeWriter::Batch
+    };
+    compute_update_with(reader, changes, writer)
+}
+
+/// [`compute_update`] with the given writer.
+pub fn compute_update_with<R: StateReader + ?Sized>(
+    reader: &R,
+    changes: BTreeMap<Hash, (Address, Account)>,
+    writer: TreeWriter,
 ) -> Result<StateUpdate, StoreError> {
     let current = reader.tree_version()?;
     if changes.is_empty() {
@@ -100,6 +136,24 @@ pub fn compute_update<R: StateReader + ?Sized>(
         });
     }
     let version = current.map_or(0, |(v, _)| v + 1);
+    if writer == TreeWriter::Batch {
+        let values: Vec<(Hash, Hash)> = changes
+            .iter()
+            .map(|(k, (_, acct))| (*k, sha256(&encode(acct))))
+            .collect();
+        if let Some(tree) = batch::put_sorted(reader, version, &values)? {
+            return Ok(StateUpdate {
+                version,
+                root: tree.root,
+                accounts: changes
+                    .into_iter()
+                    .map(|(k, (addr, acct))| (k, addr, acct))
+                    .collect(),
+                new_nodes: tree.new_nodes,
+                stale_nodes: tree.stale_nodes,
+            });
+        }
+    }
     let jmt_reader = JmtReader(reader);
     let tree = JellyfishMerkleTree::<_, Sha256>::new(&jmt_reader);
     let values = changes
