@@ -4,6 +4,7 @@
 //! caller commits the returned [`StateUpdate`], so a proposer can build and a validator can
 //! check a block without touching the store.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::check::{check_against_account, check_static, TxError};
@@ -11,7 +12,7 @@ use crate::codec::encode;
 use crate::genesis::Params;
 use crate::hash::Hash;
 use crate::merkle::merkle_root;
-use crate::state::{account_key, compute_update, StateReader, StateUpdate};
+use crate::state::{account_key, compute_update_after, StateReader, StateUpdate};
 use crate::store::StoreError;
 use crate::types::{Account, Address, Block, Payload, SignedTx};
 
@@ -99,6 +100,9 @@ pub struct Executor<'a, R: StateReader + ?Sized> {
     ctx: ExecContext<'a>,
     proposer: Address,
     overlay: HashMap<Address, Account>,
+    /// Accounts read from `base` that exist there: their previous values let the tree
+    /// writer skip reading the leaves it replaces.
+    read: RefCell<HashMap<Address, Account>>,
 }
 
 impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
@@ -108,6 +112,7 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             ctx,
             proposer,
             overlay: HashMap::new(),
+            read: RefCell::new(HashMap::new()),
         }
     }
 
@@ -116,7 +121,11 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         if let Some(a) = self.overlay.get(address) {
             return Ok(*a);
         }
-        Ok(self.base.account(address)?.unwrap_or_default())
+        let account = self.base.account(address)?;
+        if let Some(a) = account {
+            self.read.borrow_mut().insert(*address, a);
+        }
+        Ok(account.unwrap_or_default())
     }
 
     /// Checks and applies one transaction whose size and signature are checked here;
@@ -189,12 +198,17 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
 
     /// The state changes so far, with the new root.
     pub fn finish(self) -> Result<StateUpdate, StoreError> {
-        let changes: BTreeMap<Hash, (Address, Account)> = self
-            .overlay
-            .into_iter()
-            .map(|(addr, acct)| (account_key(&addr), (addr, acct)))
-            .collect();
-        compute_update(self.base, changes)
+        let read = self.read.into_inner();
+        let mut previous = HashMap::with_capacity(self.overlay.len());
+        let mut changes = BTreeMap::new();
+        for (addr, acct) in self.overlay {
+            let key = account_key(&addr);
+            if let Some(old) = read.get(&addr) {
+                previous.insert(key, *old);
+            }
+            changes.insert(key, (addr, acct));
+        }
+        compute_update_after(self.base, changes, &previous)
     }
 }
 

@@ -23,6 +23,8 @@ use crate::store::StoreError;
 
 /// jmt's domain separator for the binary nodes inside an internal node.
 const INTERNAL_DOMAIN: &[u8] = b"JMT::IntrnalNode";
+/// jmt's domain separator for leaves.
+const LEAF_DOMAIN: &[u8] = b"JMT::LeafNode";
 
 /// The tree changes of one version: new root, nodes to write, node keys made stale.
 pub(super) struct TreeBatch {
@@ -31,13 +33,24 @@ pub(super) struct TreeBatch {
     pub stale_nodes: Vec<NodeKey>,
 }
 
-/// Writes `values` (key hash and value hash, sorted by key, no duplicates, at least one)
-/// as tree version `version` on top of version `version - 1`. Returns None when the
-/// current root is absent or `Null` (an empty tree): jmt's writer handles those.
+/// One changed key.
+#[derive(Clone, Copy)]
+pub(super) struct Change {
+    pub key: Hash,
+    /// SHA-256 of the new value.
+    pub value_hash: Hash,
+    /// SHA-256 of the value the key has now, if the caller knows it: a leaf whose hash
+    /// in its parent is this key's leaf with this value is replaced without reading it.
+    pub previous_hash: Option<Hash>,
+}
+
+/// Writes `values` (sorted by key, no duplicates, at least one) as tree version `version`
+/// on top of version `version - 1`. Returns None when the current root is absent or
+/// `Null` (an empty tree): jmt's writer handles those.
 pub(super) fn put_sorted<R: StateReader + ?Sized>(
     reader: &R,
     version: u64,
-    values: &[(Hash, Hash)],
+    values: &[Change],
 ) -> Result<Option<TreeBatch>, StoreError> {
     let Some(previous) = version.checked_sub(1) else {
         return Ok(None);
@@ -47,7 +60,7 @@ pub(super) fn put_sorted<R: StateReader + ?Sized>(
         Some(node @ (Node::Internal(_) | Node::Leaf(_))) => node,
         Some(Node::Null) | None => return Ok(None),
     };
-    let items: Vec<Item> = values.iter().map(|(k, v)| Item::New(*k, *v)).collect();
+    let items: Vec<Item> = values.iter().map(|c| Item::New(*c)).collect();
     let mut writer = Writer {
         reader,
         version,
@@ -66,17 +79,26 @@ pub(super) fn put_sorted<R: StateReader + ?Sized>(
 /// one level down.
 #[derive(Clone)]
 enum Item {
-    New(Hash, Hash),
+    New(Change),
     Old(LeafNode),
 }
 
 impl Item {
     fn key(&self) -> Hash {
         match self {
-            Item::New(key, _) => *key,
+            Item::New(change) => change.key,
             Item::Old(leaf) => leaf.key_hash().0,
         }
     }
+}
+
+/// jmt's leaf hash (`SparseMerkleLeafNode::hash`).
+fn leaf_hash(key: &Hash, value_hash: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update(LEAF_DOMAIN);
+    h.update(key);
+    h.update(value_hash);
+    h.finalize().into()
 }
 
 /// A nibble path from the root, at most 64 nibbles.
@@ -244,6 +266,13 @@ impl<R: StateReader + ?Sized> Writer<'_, R> {
                 for (nibble, group) in groups(items, path.len) {
                     let child_path = path.child(nibble);
                     children[nibble as usize] = Some(match children[nibble as usize] {
+                        Some(existing) if replaces_leaf(&existing, group) => {
+                            // That leaf is this key's with its known value: no need to
+                            // read it to know it is replaced.
+                            self.stale_nodes
+                                .push(node_key(existing.version, &child_path));
+                            self.build(child_path, group)
+                        }
                         Some(existing) => {
                             let child_key = node_key(existing.version, &child_path);
                             let child = self.reader.tree_node(&child_key)?.ok_or_else(|| {
@@ -287,7 +316,7 @@ impl<R: StateReader + ?Sized> Writer<'_, R> {
     fn build(&mut self, path: Path, items: &[Item]) -> ChildRef {
         if let [item] = items {
             let leaf = match item {
-                Item::New(key, value) => LeafNode::new(KeyHash(*key), ValueHash(*value)),
+                Item::New(c) => LeafNode::new(KeyHash(c.key), ValueHash(c.value_hash)),
                 Item::Old(leaf) => leaf.clone(),
             };
             let hash = leaf.hash::<Sha256>();
@@ -321,6 +350,19 @@ impl<R: StateReader + ?Sized> Writer<'_, R> {
     }
 }
 
+/// Whether `child` is the leaf of the only item of `group` with that item's previous
+/// value, checked against the leaf hash the parent holds.
+fn replaces_leaf(child: &ChildRef, group: &[Item]) -> bool {
+    match group {
+        [Item::New(Change {
+            key,
+            previous_hash: Some(previous),
+            ..
+        })] => child.leaf_count.is_none() && child.hash == leaf_hash(key, previous),
+        _ => false,
+    }
+}
+
 /// `items` (sorted by key) split into runs sharing the nibble at `depth`.
 fn groups(items: &[Item], depth: usize) -> impl Iterator<Item = (u8, &[Item])> {
     let mut rest = items;
@@ -336,7 +378,7 @@ fn groups(items: &[Item], depth: usize) -> impl Iterator<Item = (u8, &[Item])> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
 
     use super::*;
     use crate::state::{
@@ -350,6 +392,7 @@ mod tests {
         nodes: BTreeMap<NodeKey, Node>,
         accounts: BTreeMap<Hash, Account>,
         version: Option<(u64, Hash)>,
+        reads: std::cell::Cell<usize>,
     }
 
     impl AccountReader for Tree {
@@ -360,6 +403,7 @@ mod tests {
 
     impl StateReader for Tree {
         fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError> {
+            self.reads.set(self.reads.get() + 1);
             Ok(self.nodes.get(key).cloned())
         }
         fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
@@ -383,6 +427,10 @@ mod tests {
             }
             self.version = Some((update.version, update.root));
         }
+    }
+
+    fn none() -> HashMap<Hash, Account> {
+        HashMap::new()
     }
 
     struct Rng(u64);
@@ -442,13 +490,28 @@ mod tests {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed);
             let mut tree = Tree::default();
             let genesis = changes(&mut rng, &tree, first);
-            let update = compute_update_with(&tree, genesis, TreeWriter::Jmt).unwrap();
+            let update = compute_update_with(&tree, genesis, &none(), TreeWriter::Jmt).unwrap();
             tree.apply(&update);
             for version in 1..12 {
                 let c = changes(&mut rng, &tree, per_version);
-                let ours =
-                    sorted(compute_update_with(&tree, c.clone(), TreeWriter::Batch).unwrap());
-                let jmt = sorted(compute_update_with(&tree, c, TreeWriter::Jmt).unwrap());
+                // The previous values execution would pass: none, the right ones, or
+                // every other one wrong (which must only cost reads).
+                let previous: HashMap<Hash, Account> = c
+                    .keys()
+                    .filter_map(|k| tree.accounts.get(k).map(|a| (*k, *a)))
+                    .enumerate()
+                    .filter(|_| version % 3 != 0)
+                    .map(|(i, (k, mut a))| {
+                        if version % 3 == 2 && i % 2 == 0 {
+                            a.balance ^= 1;
+                        }
+                        (k, a)
+                    })
+                    .collect();
+                let ours = sorted(
+                    compute_update_with(&tree, c.clone(), &previous, TreeWriter::Batch).unwrap(),
+                );
+                let jmt = sorted(compute_update_with(&tree, c, &none(), TreeWriter::Jmt).unwrap());
                 assert_eq!(ours.version, version);
                 assert_eq!(ours.root, jmt.root, "seed {seed} version {version}");
                 assert_eq!(
@@ -465,15 +528,52 @@ mod tests {
     }
 
     #[test]
+    fn known_previous_values_spare_the_leaf_reads() {
+        let mut rng = Rng(11);
+        let mut tree = Tree::default();
+        let genesis = changes(&mut rng, &tree, 3000);
+        let update = compute_update_with(&tree, genesis, &none(), TreeWriter::Jmt).unwrap();
+        tree.apply(&update);
+        // 100 updates of existing accounts.
+        let c: BTreeMap<Hash, (Address, Account)> = tree
+            .accounts
+            .iter()
+            .step_by(30)
+            .map(|(k, a)| {
+                (
+                    *k,
+                    (
+                        [0; 20],
+                        Account {
+                            balance: a.balance + 1,
+                            ..*a
+                        },
+                    ),
+                )
+            })
+            .collect();
+        let previous: HashMap<Hash, Account> = c.keys().map(|k| (*k, tree.accounts[k])).collect();
+        let reads = |previous: &HashMap<Hash, Account>| {
+            tree.reads.set(0);
+            let u = compute_update_with(&tree, c.clone(), previous, TreeWriter::Batch).unwrap();
+            (tree.reads.get(), u.root)
+        };
+        let (without, root) = reads(&none());
+        let (with, same_root) = reads(&previous);
+        assert_eq!(root, same_root);
+        assert_eq!(without - with, c.len(), "one leaf read saved per key");
+    }
+
+    #[test]
     fn proofs_verify_against_a_batch_written_tree() {
         let mut rng = Rng(77);
         let mut tree = Tree::default();
         let genesis = changes(&mut rng, &tree, 500);
-        let update = compute_update_with(&tree, genesis, TreeWriter::Jmt).unwrap();
+        let update = compute_update_with(&tree, genesis, &none(), TreeWriter::Jmt).unwrap();
         tree.apply(&update);
         for _ in 0..3 {
             let c = changes(&mut rng, &tree, 200);
-            let update = compute_update_with(&tree, c, TreeWriter::Batch).unwrap();
+            let update = compute_update_with(&tree, c, &none(), TreeWriter::Batch).unwrap();
             tree.apply(&update);
         }
         // Accounts are keyed by address hash; put one in under its real key.
@@ -486,6 +586,7 @@ mod tests {
         let update = compute_update_with(
             &tree,
             BTreeMap::from([(key, (address, acct))]),
+            &none(),
             TreeWriter::Batch,
         )
         .unwrap();
@@ -514,7 +615,7 @@ mod tests {
         let mut rng = Rng(5);
         let mut tree = Tree::default();
         let genesis = changes(&mut rng, &tree, 100);
-        let update = compute_update_with(&tree, genesis, TreeWriter::Jmt).unwrap();
+        let update = compute_update_with(&tree, genesis, &none(), TreeWriter::Jmt).unwrap();
         tree.apply(&update);
         let leaf = tree
             .nodes
@@ -527,7 +628,7 @@ mod tests {
             unreachable!()
         };
         let c = BTreeMap::from([(l.key_hash().0, ([0; 20], Account::default()))]);
-        let err = compute_update_with(&tree, c, TreeWriter::Batch).unwrap_err();
+        let err = compute_update_with(&tree, c, &none(), TreeWriter::Batch).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
 }
