@@ -2,9 +2,12 @@
 //! measured in the same run (absolute numbers on a shared machine are noise; ratios are
 //! what the targets are stated in).
 //!
-//! Prints: raw verifications/s on one core; check + apply (signatures verified) and apply
-//! with signatures pre-verified, each with 10k and 1M accounts in RocksDB, blocks of
-//! 1,000 transfers committed with one synced write batch each.
+//! Prints: raw verifications/s on one core (measured again before each size, since the
+//! machine's load drifts); check + apply (signatures verified) and apply with signatures
+//! pre-verified, each with 10k and 1M accounts in RocksDB, blocks of 1,000 transfers
+//! committed with one synced write batch each, for each state tree configuration
+//! (`CONFIGS`), alternating block by block; and the share of the pre-verified time spent
+//! executing (the rest is the commit). `TALLY_BENCH_ACCOUNTS=N` runs one size.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -16,7 +19,7 @@ use ledger::exec::{build_body, execute_block, ExecContext, Signatures};
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::hash::sha256;
 use ledger::state::{set_tree_writer, TreeWriter};
-use ledger::store::rocks::{RocksStore, DEFAULT_TREE_CACHE_LEVELS};
+use ledger::store::rocks::RocksStore;
 use ledger::store::{ChainReader, ChainWriter};
 use ledger::types::*;
 use ledger::Hash;
@@ -151,18 +154,24 @@ fn make_txs(s: &Setup, blocks: usize, first_nonce: u64) -> Vec<Vec<SignedTx>> {
     out
 }
 
-/// Executes and commits blocks like a follower: returns committed txs per second.
-fn run(s: &Setup, blocks: Vec<Vec<SignedTx>>, preverified: bool) -> Rate {
+/// Executes and commits blocks like a follower, block `i` under `CONFIGS[i % configs]`
+/// (alternating, so every configuration sees the same machine load and store growth):
+/// returns each configuration's rate.
+fn run(s: &Setup, blocks: &[Vec<SignedTx>], preverified: bool, configs: usize) -> Vec<Rate> {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &s.genesis.params,
     };
     let set = s.genesis.validator_set();
     // Blocks are assembled (by a "proposer") outside the timed section.
-    let mut total = Duration::ZERO;
-    let mut execute = Duration::ZERO;
-    let mut count = 0usize;
-    for txs in blocks {
+    let mut total = vec![Duration::ZERO; configs];
+    let mut execute = vec![Duration::ZERO; configs];
+    let mut count = vec![0usize; configs];
+    for (i, txs) in blocks.iter().cloned().enumerate() {
+        let c = i % configs;
+        let (_, writer, cache) = CONFIGS[c];
+        set_tree_writer(writer);
+        s.store.set_tree_cache_reads(cache);
         let ids: HashSet<Hash> = txs.iter().map(|t| sha256(&encode(t))).collect();
         let tip = s.store.tip().expect("tip");
         let height = tip.height + 1;
@@ -212,14 +221,16 @@ fn run(s: &Setup, blocks: Vec<Vec<SignedTx>>, preverified: bool) -> Rate {
         s.store
             .commit_block(&block, &commit, &outcome.update, &tx_ids)
             .expect("commit");
-        total += start.elapsed();
-        execute += executed;
-        count += block.txs.len();
+        total[c] += start.elapsed();
+        execute[c] += executed;
+        count[c] += block.txs.len();
     }
-    Rate {
-        tx_per_s: count as f64 / total.as_secs_f64(),
-        execute_share: execute.as_secs_f64() / total.as_secs_f64(),
-    }
+    (0..configs)
+        .map(|c| Rate {
+            tx_per_s: count[c] as f64 / total[c].as_secs_f64(),
+            execute_share: execute[c].as_secs_f64() / total[c].as_secs_f64(),
+        })
+        .collect()
 }
 
 /// A measured rate and the share of its time spent executing (the rest is the commit).
@@ -228,16 +239,12 @@ struct Rate {
     execute_share: f64,
 }
 
-/// The state tree's levers, measured on the same store one after the other (issue 22,
-/// lever 4): jmt's own writer without the node cache is the code before the change.
-const CONFIGS: [(&str, TreeWriter, usize); 3] = [
-    ("jmt writer, no node cache", TreeWriter::Jmt, 0),
-    ("batch writer, no node cache", TreeWriter::Batch, 0),
-    (
-        "batch writer + node cache",
-        TreeWriter::Batch,
-        DEFAULT_TREE_CACHE_LEVELS,
-    ),
+/// The state tree's levers (issue 22, lever 4): jmt's own writer without the node cache
+/// is the code before the change; the last row is what nodes run.
+const CONFIGS: [(&str, TreeWriter, bool); 3] = [
+    ("jmt writer, no node cache", TreeWriter::Jmt, false),
+    ("batch writer, no node cache", TreeWriter::Batch, false),
+    ("batch writer + node cache", TreeWriter::Batch, true),
 ];
 
 fn main() {
@@ -248,26 +255,31 @@ fn main() {
     let mut results = Vec::new();
     // TALLY_BENCH_ACCOUNTS=1000000 measures one size only (for a profile).
     let sizes: Vec<usize> = match std::env::var("TALLY_BENCH_ACCOUNTS") {
-        Ok(n) => vec![n.parse().expect("TALLY_BENCH_ACCOUNTS is a number of accounts")],
+        Ok(n) => vec![n
+            .parse()
+            .expect("TALLY_BENCH_ACCOUNTS is a number of accounts")],
         Err(_) => vec![10_000, 1_000_000],
     };
-    for accounts in sizes {
+    for &accounts in &sizes {
         let s = setup(accounts);
-        let blocks = 10;
+        let raw = if accounts == sizes[0] {
+            raw
+        } else {
+            let again = raw_verify_rate();
+            println!("raw k256 verify, one core, again:          {again:>10.0} /s   (1.00x for what follows)");
+            again
+        };
+        let blocks = 12 * CONFIGS.len();
         let warm_up = 2;
-        let txs = make_txs(&s, warm_up + 2 * blocks * CONFIGS.len(), 0);
+        let txs = make_txs(&s, warm_up + 2 * blocks, 0);
         eprintln!("  signed {} blocks of transfers", txs.len());
-        let (warm, mut txs) = txs.split_at(warm_up);
-        // Warm the OS page cache and RocksDB's block cache before any measured row.
-        run(&s, warm.to_vec(), true);
-        for (name, writer, levels) in CONFIGS {
-            set_tree_writer(writer);
-            s.store.set_tree_cache_levels(levels);
-            let (a, rest) = txs.split_at(blocks);
-            let (b, rest) = rest.split_at(blocks);
-            txs = rest;
-            let checked = run(&s, a.to_vec(), false);
-            let pre = run(&s, b.to_vec(), true);
+        let (warm, txs) = txs.split_at(warm_up);
+        // Warm the OS page cache, RocksDB's block cache and the node cache first.
+        run(&s, warm, true, 1);
+        let (a, b) = txs.split_at(blocks);
+        let checked = run(&s, a, false, CONFIGS.len());
+        let pre = run(&s, b, true, CONFIGS.len());
+        for ((name, _, _), (checked, pre)) in CONFIGS.iter().zip(checked.iter().zip(&pre)) {
             println!(
                 "{accounts:>9} accounts, {name:<28} check + apply {:>6.0} tx/s ({:.2}x)   pre-verified {:>6.0} tx/s ({:.2}x, {:.0}% executing)",
                 checked.tx_per_s,
@@ -276,8 +288,7 @@ fn main() {
                 pre.tx_per_s / raw,
                 100.0 * pre.execute_share,
             );
-            let (checked, pre) = (checked.tx_per_s, pre.tx_per_s);
-            results.push((accounts, name, checked / raw, pre / raw));
+            results.push((accounts, *name, checked.tx_per_s / raw, pre.tx_per_s / raw));
         }
     }
     // Targets: the default configuration (the last row of each size).

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use jmt::storage::{NibblePath, Node, NodeKey};
@@ -82,6 +82,9 @@ pub const DEFAULT_TREE_CACHE_LEVELS: usize = 4;
 /// and fills from RocksDB), and rebuilding the state (`reset_state`) empties it.
 pub(crate) struct NodeCache {
     levels: AtomicUsize,
+    /// Off: reads go to RocksDB while the cache is still kept up to date (`make bench`
+    /// compares both on one warm store).
+    reads: AtomicBool,
     nodes: RwLock<HashMap<NibblePath, (u64, Node)>>,
 }
 
@@ -89,6 +92,7 @@ impl NodeCache {
     fn new(levels: usize) -> Self {
         Self {
             levels: AtomicUsize::new(levels),
+            reads: AtomicBool::new(true),
             nodes: RwLock::new(HashMap::new()),
         }
     }
@@ -108,7 +112,7 @@ impl NodeCache {
     }
 
     fn get(&self, key: &NodeKey) -> Option<Node> {
-        if !self.holds(key) {
+        if !self.holds(key) || !self.reads.load(Ordering::Relaxed) {
             return None;
         }
         match self.read().get(key.nibble_path()) {
@@ -575,6 +579,12 @@ impl RocksStore {
     /// cache; `make bench` measures with and without it on one store.
     pub fn set_tree_cache_levels(&self, levels: usize) {
         self.nodes.set_levels(levels);
+    }
+
+    /// Whether tree node reads are answered from the resident levels (on by default). Off,
+    /// they are still kept up to date: `make bench` alternates on one warm store.
+    pub fn set_tree_cache_reads(&self, on: bool) {
+        self.nodes.reads.store(on, Ordering::Relaxed);
     }
 
     /// Tree nodes held in memory now.
