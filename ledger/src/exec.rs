@@ -4,6 +4,7 @@
 //! caller commits the returned [`StateUpdate`], so a proposer can build and a validator can
 //! check a block without touching the store.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use borsh::{BorshDeserialize, BorshSerialize};
@@ -19,7 +20,9 @@ use crate::staking::{
     EvidenceError, UnbondingEntry, ValidatorRecord, BOND_KEY_TAG, BURNED_KEY, UNBONDING_KEY_TAG,
     VALIDATOR_KEY_TAG,
 };
-use crate::state::{account_key, compute_update_with, Entries, StateReader, StateUpdate};
+use crate::state::{
+    account_key, compute_update_with, tree_writer, Entries, StateReader, StateUpdate,
+};
 use crate::store::StoreError;
 use crate::types::{
     validators_hash, Account, Address, Block, Commit, Equivocation, Payload, PublicKeyBytes,
@@ -129,6 +132,9 @@ pub struct Executor<'a, R: StateReader + ?Sized> {
     /// Protocol 2: the set computed by [`Executor::end_block`] when it differs from the
     /// set of the next height, with the height it applies to.
     new_set: Option<(u64, Vec<Validator>)>,
+    /// Accounts read from `base` that exist there: their previous values let the tree
+    /// writer skip reading the leaves it replaces.
+    read: RefCell<HashMap<Address, Account>>,
 }
 
 impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
@@ -148,6 +154,7 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             overlay: HashMap::new(),
             entries: BTreeMap::new(),
             new_set: None,
+            read: RefCell::new(HashMap::new()),
         }
     }
 
@@ -156,7 +163,11 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         if let Some(a) = self.overlay.get(address) {
             return Ok(*a);
         }
-        Ok(self.base.account(address)?.unwrap_or_default())
+        let account = self.base.account(address)?;
+        if let Some(a) = account {
+            self.read.borrow_mut().insert(*address, a);
+        }
+        Ok(account.unwrap_or_default())
     }
 
     /// Checks and applies one transaction whose size and signature are checked here;
@@ -232,11 +243,16 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
 
     /// The state changes so far, with the new root.
     pub fn finish(self) -> Result<StateUpdate, StoreError> {
-        let changes: BTreeMap<Hash, (Address, Account)> = self
-            .overlay
-            .into_iter()
-            .map(|(addr, acct)| (account_key(&addr), (addr, acct)))
-            .collect();
+        let read = self.read.into_inner();
+        let mut previous = HashMap::with_capacity(self.overlay.len());
+        let mut changes = BTreeMap::new();
+        for (addr, acct) in self.overlay {
+            let key = account_key(&addr);
+            if let Some(old) = read.get(&addr) {
+                previous.insert(key, *old);
+            }
+            changes.insert(key, (addr, acct));
+        }
         let mut entries = BTreeMap::new();
         for (preimage, value) in self.entries {
             // An entry written back to its committed value (or made and deleted again in
@@ -245,7 +261,8 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
                 entries.insert(sha256(&preimage), (preimage, value));
             }
         }
-        let mut update = compute_update_with(self.base, changes, entries)?;
+        let mut update =
+            compute_update_with(self.base, changes, entries, &previous, tree_writer())?;
         update.validator_sets = self.new_set.into_iter().collect();
         Ok(update)
     }

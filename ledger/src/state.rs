@@ -7,7 +7,10 @@
 //! `version - 1` and so needs versions without gaps. Only the latest version's nodes are
 //! kept: the nodes a new version makes stale are deleted in the same write batch.
 
-use std::collections::BTreeMap;
+mod batch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use jmt::storage::{Node, NodeKey, TreeReader};
@@ -127,21 +130,66 @@ impl<R: StateReader + ?Sized> TreeReader for JmtReader<'_, R> {
     }
 }
 
+/// How a tree version is written. Both give the same nodes, stale keys and root; `Batch`
+/// is the fast one (module `batch`), `Jmt` is jmt's own `put_value_set`, kept for the
+/// empty tree (the first genesis chunk), for the equivalence tests and for `make bench`'s
+/// on/off rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeWriter {
+    Batch,
+    Jmt,
+}
+
+/// Process-wide choice of [`compute_update`]'s writer: `make bench` measures both in one
+/// run. Nodes leave it at `Batch`.
+static USE_JMT_WRITER: AtomicBool = AtomicBool::new(false);
+
+/// Sets the writer [`compute_update`] uses in this process (a benchmark switch).
+pub fn set_tree_writer(writer: TreeWriter) {
+    USE_JMT_WRITER.store(writer == TreeWriter::Jmt, Ordering::Relaxed);
+}
+
 /// Computes the new root and the node changes for `changes` on top of `reader`'s tree.
 /// `changes` maps key hash to (address, new account value).
 pub fn compute_update<R: StateReader + ?Sized>(
     reader: &R,
     changes: BTreeMap<Hash, (Address, Account)>,
 ) -> Result<StateUpdate, StoreError> {
-    compute_update_with(reader, changes, BTreeMap::new())
+    compute_update_after(reader, changes, &HashMap::new())
 }
 
-/// [`compute_update`] with protocol-2 entries too: `entries` maps key hash to (preimage,
-/// new value or None to delete).
+/// The writer [`compute_update_after`] uses in this process (see [`set_tree_writer`]).
+pub fn tree_writer() -> TreeWriter {
+    if USE_JMT_WRITER.load(Ordering::Relaxed) {
+        TreeWriter::Jmt
+    } else {
+        TreeWriter::Batch
+    }
+}
+
+/// [`compute_update`] given the values some of the changed keys have in `reader`'s state,
+/// as execution read them: the writer then need not read the leaves it replaces (about a
+/// third of the nodes a block of transfers would read). Each is checked against the leaf
+/// hash its parent holds; a wrong or missing one only costs the read.
+pub fn compute_update_after<R: StateReader + ?Sized>(
+    reader: &R,
+    changes: BTreeMap<Hash, (Address, Account)>,
+    previous: &HashMap<Hash, Account>,
+) -> Result<StateUpdate, StoreError> {
+    compute_update_with(reader, changes, BTreeMap::new(), previous, tree_writer())
+}
+
+/// [`compute_update_after`] with protocol-2 entries too (`entries` maps key hash to
+/// (preimage, new value or None to delete)) and the given writer. The batch writer takes
+/// account changes only: a block that changes staking entries (protocol 2's Bond, Unbond,
+/// Unjail, evidence, jailing, releases) is written by jmt's writer, which builds the same
+/// tree; jmt's writer ignores `previous`.
 pub fn compute_update_with<R: StateReader + ?Sized>(
     reader: &R,
     changes: BTreeMap<Hash, (Address, Account)>,
     entries: BTreeMap<Hash, (Vec<u8>, Option<Vec<u8>>)>,
+    previous: &HashMap<Hash, Account>,
+    writer: TreeWriter,
 ) -> Result<StateUpdate, StoreError> {
     let current = reader.tree_version()?;
     if changes.is_empty() && entries.is_empty() {
@@ -153,6 +201,30 @@ pub fn compute_update_with<R: StateReader + ?Sized>(
         });
     }
     let version = current.map_or(0, |(v, _)| v + 1);
+    if writer == TreeWriter::Batch && entries.is_empty() {
+        let values: Vec<batch::Change> = changes
+            .iter()
+            .map(|(k, (_, acct))| batch::Change {
+                key: *k,
+                value_hash: sha256(&encode(acct)),
+                previous_hash: previous.get(k).map(|old| sha256(&encode(old))),
+            })
+            .collect();
+        if let Some(tree) = batch::put_sorted(reader, version, &values)? {
+            return Ok(StateUpdate {
+                version,
+                root: tree.root,
+                accounts: changes
+                    .into_iter()
+                    .map(|(k, (addr, acct))| (k, addr, acct))
+                    .collect(),
+                new_nodes: tree.new_nodes,
+                stale_nodes: tree.stale_nodes,
+                entries: Vec::new(),
+                validator_sets: Vec::new(),
+            });
+        }
+    }
     let jmt_reader = JmtReader(reader);
     let tree = JellyfishMerkleTree::<_, Sha256>::new(&jmt_reader);
     let values = changes

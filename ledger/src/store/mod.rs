@@ -175,8 +175,13 @@ pub fn build_genesis_state<R: StateReader + ?Sized>(
                 }),
             );
         }
-        let mut update =
-            crate::state::compute_update_with(reader, std::collections::BTreeMap::new(), entries)?;
+        let mut update = crate::state::compute_update_with(
+            reader,
+            std::collections::BTreeMap::new(),
+            entries,
+            &std::collections::HashMap::new(),
+            crate::state::tree_writer(),
+        )?;
         update.validator_sets = vec![(1, genesis.validators.validators().to_vec())];
         last = (update.version, update.root);
         apply(update)?;
@@ -343,6 +348,108 @@ mod tests {
             proof.verify(&root, addr, acct.as_ref()).unwrap();
         }
         assert_eq!(next_root(&whole), next_root(&chunked));
+    }
+
+    /// Random transfers' worth of changes: `n` accounts, existing ones and new ones.
+    fn random_changes(
+        seed: u64,
+        n: u64,
+    ) -> std::collections::BTreeMap<Hash, (crate::types::Address, Account)> {
+        (0..n)
+            .map(|i| {
+                let pick = sha256(&[seed.to_le_bytes(), i.to_le_bytes()].concat());
+                let j = u64::from_le_bytes(pick[..8].try_into().unwrap());
+                // Two in three are bulk accounts (updates), one in three are new.
+                let addr = if j % 3 == 0 {
+                    let mut a = [0u8; 20];
+                    a.copy_from_slice(&pick[12..]);
+                    a
+                } else {
+                    bulk_account_address(j % 5000)
+                };
+                let acct = Account {
+                    balance: j,
+                    nonce: seed,
+                };
+                (crate::state::account_key(&addr), (addr, acct))
+            })
+            .collect()
+    }
+
+    #[cfg(feature = "rocksdb")]
+    #[test]
+    fn rocksdb_node_cache_and_batch_writer_keep_the_roots_of_jmt_without_cache() {
+        use super::rocks::{RocksStore, DEFAULT_TREE_CACHE_LEVELS};
+        use crate::state::{compute_update_with, AccountReader, TreeWriter};
+        let g = bulk_genesis(5000);
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // A: batch writer, upper levels cached. B: jmt's writer, no cache.
+        let mut a = RocksStore::open(dir_a.path(), &g).unwrap();
+        let mut b = RocksStore::open(dir_b.path(), &g).unwrap();
+        b.set_tree_cache_levels(0);
+        let max_cached: usize = (0..DEFAULT_TREE_CACHE_LEVELS)
+            .map(|l| 16usize.pow(l as u32))
+            .sum();
+        for round in 0..30u64 {
+            let changes = random_changes(round, 1 + round * 13);
+            // A is given the previous values, as execution does.
+            let previous = changes
+                .keys()
+                .filter_map(|k| Some((*k, a.account_by_key(k).unwrap()?)))
+                .collect();
+            let ua = compute_update_with(
+                &a,
+                changes.clone(),
+                Default::default(),
+                &previous,
+                TreeWriter::Batch,
+            )
+            .unwrap();
+            let ub = compute_update_with(
+                &b,
+                changes,
+                Default::default(),
+                &Default::default(),
+                TreeWriter::Jmt,
+            )
+            .unwrap();
+            assert_eq!(ua.root, ub.root, "round {round}");
+            if round == 11 {
+                // A crash between the write and the cache update: the batch is on disk,
+                // the cache still holds the previous version's upper nodes.
+                a.replay_state_uncached(&ua).unwrap();
+            } else {
+                a.replay_state(&ua, round % 5 == 0).unwrap();
+            }
+            b.replay_state(&ub, true).unwrap();
+            assert_eq!(b.tree_cache_len(), 0);
+            assert!(a.tree_cache_len() > 0 && a.tree_cache_len() <= max_cached);
+            if round % 10 == 9 {
+                // Reopen both: A starts with an empty cache and fills it from RocksDB.
+                drop((a, b));
+                a = RocksStore::open(dir_a.path(), &g).unwrap();
+                b = RocksStore::open(dir_b.path(), &g).unwrap();
+                b.set_tree_cache_levels(0);
+                assert_eq!(a.tree_cache_len(), 0);
+            }
+            assert_eq!(a.tree_version().unwrap(), b.tree_version().unwrap());
+        }
+        // Both stores hold exactly the same tree nodes, and proofs from A verify.
+        let nodes = |s: &RocksStore| -> Vec<_> {
+            s.iter::<super::tables::TreeNodes>()
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(nodes(&a), nodes(&b));
+        for i in (0..5000).step_by(331) {
+            let addr = bulk_account_address(i);
+            let (acct, proof, root) = prove_account(&a, &addr).unwrap();
+            proof.verify(&root, &addr, acct.as_ref()).unwrap();
+            assert_eq!(prove_account(&b, &addr).unwrap().0, acct);
+        }
+        let (_, a_problems) = a.check_records(10).unwrap();
+        assert!(a_problems.is_empty(), "{a_problems:?}");
     }
 
     #[cfg(feature = "rocksdb")]

@@ -1,9 +1,12 @@
 //! The RocksDB store: one column family per kind of record (DESIGN.md section 6), typed
 //! keys with big-endian heights so they sort, and one synced `WriteBatch` per block.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use jmt::storage::{Node, NodeKey};
+use jmt::storage::{NibblePath, Node, NodeKey};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
     Options, WriteBatch, WriteOptions, DB,
@@ -58,8 +61,121 @@ impl Default for RocksConfig {
     }
 }
 
+/// Levels of the state tree kept resident ([`RocksStore::set_tree_cache_levels`] changes
+/// it): the root and the next three levels, at most 1 + 16 + 256 + 4,096 nodes (about
+/// 4 MiB). The next level would add 65,536 nodes, about 60 MiB.
+pub const DEFAULT_TREE_CACHE_LEVELS: usize = 4;
+
+/// The upper levels of the state tree, resident in memory in front of the `TreeNodes`
+/// table: every block rewrites the root, all 16 of its children, and most of the 256 and
+/// 4,096 nodes below, which would otherwise be read from RocksDB, checksummed and
+/// decoded again on every block.
+///
+/// One entry per nibble path: the newest node seen there, with its version. A jmt node key
+/// is (version, path) and never names two different nodes, so an entry answers only a
+/// read of exactly its version and is never wrong, at worst outdated (then the read goes
+/// to RocksDB). Entries come from reads and from committed updates; an older node never
+/// replaces a newer one (a read racing a commit), and an update's stale keys drop their
+/// entries. One entry per path bounds the cache by the number of paths above the level,
+/// whatever happens. It is updated only after the batch is written: a failed write
+/// leaves it as it was, a crash loses it with the process (a reopened store starts empty
+/// and fills from RocksDB), and rebuilding the state (`reset_state`) empties it.
+pub(crate) struct NodeCache {
+    levels: AtomicUsize,
+    /// Off: reads go to RocksDB while the cache is still kept up to date (`make bench`
+    /// compares both on one warm store).
+    reads: AtomicBool,
+    nodes: RwLock<HashMap<NibblePath, (u64, Node)>>,
+}
+
+impl NodeCache {
+    fn new(levels: usize) -> Self {
+        Self {
+            levels: AtomicUsize::new(levels),
+            reads: AtomicBool::new(true),
+            nodes: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn holds(&self, key: &NodeKey) -> bool {
+        key.nibble_path().num_nibbles() < self.levels.load(Ordering::Relaxed)
+    }
+
+    // A poisoned lock only means a panic between two map operations; every entry is still
+    // a node stored under its key.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<NibblePath, (u64, Node)>> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<NibblePath, (u64, Node)>> {
+        self.nodes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &NodeKey) -> Option<Node> {
+        if !self.holds(key) || !self.reads.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.read().get(key.nibble_path()) {
+            Some((version, node)) if *version == key.version() => Some(node.clone()),
+            _ => None,
+        }
+    }
+
+    fn insert(&self, key: &NodeKey, node: &Node) {
+        if self.holds(key) {
+            Self::put(&mut self.write(), key, node);
+        }
+    }
+
+    fn put(nodes: &mut HashMap<NibblePath, (u64, Node)>, key: &NodeKey, node: &Node) {
+        match nodes.get_mut(key.nibble_path()) {
+            Some((version, _)) if *version > key.version() => {}
+            Some(entry) => *entry = (key.version(), node.clone()),
+            None => {
+                nodes.insert(key.nibble_path().clone(), (key.version(), node.clone()));
+            }
+        }
+    }
+
+    /// After `update` was written.
+    fn apply(&self, update: &StateUpdate) {
+        if update.new_nodes.is_empty() && update.stale_nodes.is_empty() {
+            return;
+        }
+        let levels = self.levels.load(Ordering::Relaxed);
+        let mut nodes = self.write();
+        for key in &update.stale_nodes {
+            if key.nibble_path().num_nibbles() < levels
+                && nodes.get(key.nibble_path()).map(|(v, _)| *v) == Some(key.version())
+            {
+                nodes.remove(key.nibble_path());
+            }
+        }
+        for (key, node) in &update.new_nodes {
+            if key.nibble_path().num_nibbles() < levels {
+                Self::put(&mut nodes, key, node);
+            }
+        }
+    }
+
+    fn set_levels(&self, levels: usize) {
+        let mut nodes = self.write();
+        self.levels.store(levels, Ordering::Relaxed);
+        nodes.clear();
+    }
+
+    fn clear(&self) {
+        self.write().clear();
+    }
+
+    fn len(&self) -> usize {
+        self.read().len()
+    }
+}
+
 pub struct RocksStore {
     pub(super) db: DB,
+    pub(super) nodes: NodeCache,
 }
 
 impl RocksStore {
@@ -136,7 +252,10 @@ impl RocksStore {
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
             .map_err(|e| rocks_err(format!("opening the database at {}", path.display()), e))?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            nodes: NodeCache::new(DEFAULT_TREE_CACHE_LEVELS),
+        })
     }
 
     pub(super) fn family(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
@@ -333,6 +452,7 @@ impl RocksStore {
     /// Deletes every state record (accounts, tree nodes, staking entries, validator sets)
     /// and the tree version.
     fn clear_state(&self) -> Result<(), StoreError> {
+        self.nodes.clear();
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             self.family(STATE_FAMILY)?,
@@ -350,7 +470,9 @@ impl RocksStore {
         build_genesis_state(self, genesis, GENESIS_CHUNK, |update| {
             let mut batch = WriteBatch::default();
             self.put_state(&mut batch, &update)?;
-            self.write(batch, false)
+            self.write(batch, false)?;
+            self.nodes.apply(&update);
+            Ok(())
         })
     }
 
@@ -467,7 +589,35 @@ impl RocksStore {
     pub fn replay_state(&self, update: &StateUpdate, sync: bool) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         self.put_state(&mut batch, update)?;
-        self.write(batch, sync)
+        self.write(batch, sync)?;
+        self.nodes.apply(update);
+        Ok(())
+    }
+
+    /// [`Self::replay_state`] without the cache update that follows the write: what a
+    /// crash right after the write leaves behind.
+    #[cfg(test)]
+    pub(crate) fn replay_state_uncached(&self, update: &StateUpdate) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.put_state(&mut batch, update)?;
+        self.write(batch, true)
+    }
+
+    /// Sets how many levels of the state tree stay in memory (0: none) and empties that
+    /// cache; `make bench` measures with and without it on one store.
+    pub fn set_tree_cache_levels(&self, levels: usize) {
+        self.nodes.set_levels(levels);
+    }
+
+    /// Whether tree node reads are answered from the resident levels (on by default). Off,
+    /// they are still kept up to date: `make bench` alternates on one warm store.
+    pub fn set_tree_cache_reads(&self, on: bool) {
+        self.nodes.reads.store(on, Ordering::Relaxed);
+    }
+
+    /// Tree nodes held in memory now.
+    pub fn tree_cache_len(&self) -> usize {
+        self.nodes.len()
     }
 
     /// Flushes memtables to disk (used before taking a copy of the directory in tests).
@@ -489,7 +639,14 @@ impl AccountReader for RocksStore {
 
 impl StateReader for RocksStore {
     fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError> {
-        self.get::<TreeNodes>(key)
+        if let Some(node) = self.nodes.get(key) {
+            return Ok(Some(node));
+        }
+        let node = self.get::<TreeNodes>(key)?;
+        if let Some(node) = &node {
+            self.nodes.insert(key, node);
+        }
+        Ok(node)
     }
 
     fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
@@ -580,7 +737,9 @@ impl ChainWriter for RocksStore {
             time_ms: block.header.time_ms,
         };
         self.put::<ChainTip>(&mut batch, &(), &new_tip)?;
-        self.write(batch, true)
+        self.write(batch, true)?;
+        self.nodes.apply(update);
+        Ok(())
     }
 }
 

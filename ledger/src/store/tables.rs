@@ -490,8 +490,9 @@ mod tests {
         flips_are_corruption(&store, "state", &Accounts::key_bytes(&account), |s| {
             s.account_by_key(&account)
         });
+        // The table itself: `tree_node` answers the upper levels from memory once read.
         flips_are_corruption(&store, "state", &TreeNodes::key_bytes(&node), |s| {
-            s.tree_node(&node)
+            s.get::<TreeNodes>(&node)
         });
         flips_are_corruption(&store, "meta", TreeVersion::PREFIX, |s| s.tree_version());
         flips_are_corruption(&store, "meta", ChainTip::PREFIX, |s| s.tip());
