@@ -49,6 +49,16 @@ async fn pump<S: NodeStore>(a: &mut Actors<S>) -> Vec<SyncMsg> {
     }
 }
 
+/// Hands the host a batch of synced blocks and returns its answer.
+async fn synced<S: NodeStore>(
+    a: &mut Actors<S>,
+    blocks: Vec<(PeerId, crate::sync::Verified)>,
+) -> Applied {
+    let (reply, answer) = oneshot::channel();
+    a.host.handle(HostMsg::Synced { blocks, reply }).await;
+    answer.await.unwrap()
+}
+
 /// Our own messages published so far, as "proposal H", "Prevote H", "Precommit H".
 fn published<S: NodeStore>(a: &mut Actors<S>) -> Vec<String> {
     let mut sent = Vec::new();
@@ -197,14 +207,7 @@ async fn synced_blocks_commit_through_the_host_and_the_driver_rejoins_above_them
     pump(&mut a).await;
     let peer = PeerId::random();
     let verified = verify_chunk(&g, 1, blocks.clone()).unwrap();
-    let (reply, answer) = oneshot::channel();
-    a.host
-        .handle(HostMsg::Synced {
-            blocks: verified.into_iter().map(|v| (peer, v)).collect(),
-            reply,
-        })
-        .await;
-    let applied = answer.await.unwrap();
+    let applied = synced(&mut a, verified.into_iter().map(|v| (peer, v)).collect()).await;
     assert_eq!((applied.blocks, applied.txs), (3, 6));
     assert!(applied.fault.is_none() && !applied.storage_failed);
     assert_eq!(store.tip().unwrap().block_hash, blocks[2].0.hash());
@@ -230,14 +233,7 @@ async fn a_synced_block_that_does_not_execute_is_the_serving_peers_fault() {
     let mut verified = verify_chunk(&g, 1, blocks).unwrap();
     // Block 2's txs swapped for block 1's: still signed, no longer what the header says.
     verified[1].block.txs = verified[0].block.txs.clone();
-    let (reply, answer) = oneshot::channel();
-    a.host
-        .handle(HostMsg::Synced {
-            blocks: verified.into_iter().map(|v| (peer, v)).collect(),
-            reply,
-        })
-        .await;
-    let applied = answer.await.unwrap();
+    let applied = synced(&mut a, verified.into_iter().map(|v| (peer, v)).collect()).await;
     assert_eq!(applied.blocks, 1);
     let fault = applied.fault.expect("the peer is blamed");
     assert_eq!((fault.peer, fault.height), (peer, 2));
@@ -261,14 +257,7 @@ async fn a_storage_error_while_applying_a_synced_block_blames_no_peer() {
         .map(|v| (peer, v))
         .collect();
     store.fail_account_reads(true);
-    let (reply, answer) = oneshot::channel();
-    a.host
-        .handle(HostMsg::Synced {
-            blocks: verified,
-            reply,
-        })
-        .await;
-    let applied = answer.await.unwrap();
+    let applied = synced(&mut a, verified).await;
     assert!(
         applied.fault.is_none(),
         "a local storage error was blamed on the peer"
@@ -285,14 +274,7 @@ async fn a_storage_error_while_applying_a_synced_block_blames_no_peer() {
     assert!(last.contains("injected"), "{last}");
     // The disk recovers: the same blocks apply.
     store.fail_account_reads(false);
-    let (reply, answer) = oneshot::channel();
-    a.host
-        .handle(HostMsg::Synced {
-            blocks: applied.unapplied,
-            reply,
-        })
-        .await;
-    assert_eq!(answer.await.unwrap().blocks, 2);
+    assert_eq!(synced(&mut a, applied.unapplied).await.blocks, 2);
 }
 
 /// Item 12 of issue 17 and scenario 7 of issue 18: a block the store refuses to write (a
@@ -490,18 +472,12 @@ async fn a_lost_commit_answer_is_made_up_by_the_drivers_tick() {
     let (mut a, _net, _) = crate::testing::actors(Arc::new(g.clone()), store, None);
     a.driver.start().await;
     pump(&mut a).await;
-    let (reply, answer) = oneshot::channel();
     let verified = verify_chunk(&g, 1, blocks).unwrap();
-    a.host
-        .handle(HostMsg::Synced {
-            blocks: verified
-                .into_iter()
-                .map(|v| (PeerId::random(), v))
-                .collect(),
-            reply,
-        })
-        .await;
-    assert_eq!(answer.await.unwrap().blocks, 2);
+    let blocks = verified
+        .into_iter()
+        .map(|v| (PeerId::random(), v))
+        .collect();
+    assert_eq!(synced(&mut a, blocks).await.blocks, 2);
     // The answer is lost.
     while a.answers_rx.try_recv().is_ok() {}
     assert_eq!(a.driver.height(), 1);
