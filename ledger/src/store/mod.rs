@@ -210,31 +210,32 @@ pub(crate) fn seal(payload: &[u8]) -> Vec<u8> {
 }
 
 #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // the disk format, used by `rocks`
-pub(crate) fn unseal<'a>(what: &str, sealed: &'a [u8]) -> Result<&'a [u8], StoreError> {
+/// `what` names the record, and is called only for an error: reads are on the hot path
+/// (every tree node of every block), and naming a tree node costs more than decoding it.
+pub(crate) fn unseal(what: impl FnOnce() -> String, sealed: &[u8]) -> Result<&[u8], StoreError> {
+    let corrupt = |detail: &str| StoreError::Corrupt {
+        what: what(),
+        detail: detail.into(),
+    };
     if sealed.len() < 8 {
-        return Err(StoreError::Corrupt {
-            what: what.into(),
-            detail: "record shorter than its checksum".into(),
-        });
+        return Err(corrupt("record shorter than its checksum"));
     }
     let (sum, payload) = sealed.split_at(8);
     if sum != &sha256(payload)[..8] {
-        return Err(StoreError::Corrupt {
-            what: what.into(),
-            detail: "checksum mismatch".into(),
-        });
+        return Err(corrupt("checksum mismatch"));
     }
     Ok(payload)
 }
 
 #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // the disk format, used by `rocks`
+/// A sealed borsh record; `what` as for [`unseal`].
 pub(crate) fn decode_record<T: BorshDeserialize>(
-    what: &str,
+    what: impl Fn() -> String,
     sealed: &[u8],
 ) -> Result<T, StoreError> {
-    let payload = unseal(what, sealed)?;
+    let payload = unseal(&what, sealed)?;
     borsh::from_slice(payload).map_err(|e| StoreError::Corrupt {
-        what: what.into(),
+        what: what(),
         detail: e.to_string(),
     })
 }

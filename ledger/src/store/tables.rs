@@ -46,16 +46,8 @@ pub(crate) trait Table {
         seal(&encode(value))
     }
 
-    /// The record's name is formatted only for an error: reads are on the hot path (every
-    /// tree node of every block), and naming a tree node costs more than decoding it.
     fn decode_value(key: &Self::Key, bytes: &[u8]) -> Result<Self::Value, StoreError> {
-        decode_record("", bytes).map_err(|e| match e {
-            StoreError::Corrupt { detail, .. } => StoreError::Corrupt {
-                what: Self::describe(key),
-                detail,
-            },
-            other => other,
-        })
+        decode_record(|| Self::describe(key), bytes)
     }
 }
 

@@ -146,8 +146,9 @@ pub struct ChainHost<S> {
     sync: mpsc::Sender<SyncMsg>,
 }
 
-fn now_ms() -> u64 {
-    // The host is the I/O edge for block time: wall-clock time is read here only.
+/// Wall-clock milliseconds: the node's one read of the clock (block times here, the
+/// driver's re-announcement stamps).
+pub(crate) fn now_ms() -> u64 {
     #[allow(clippy::disallowed_methods)]
     let now = std::time::SystemTime::now();
     now.duration_since(std::time::UNIX_EPOCH)

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::actors::NodeStore;
-use crate::chain::HostMsg;
+use crate::chain::{now_ms, HostMsg};
 use crate::metrics::ChainMetrics;
 use crate::status::StatusTx;
 use crate::sync::SyncMsg;
@@ -108,14 +108,6 @@ pub async fn publish_in_order(net: NetworkHandle, mut rx: mpsc::Receiver<Vec<u8>
             tracing::debug!(error = %e, "publish failed (no peers yet?)");
         }
     }
-}
-
-fn now_ms() -> u64 {
-    #[allow(clippy::disallowed_methods)]
-    let now = std::time::SystemTime::now();
-    now.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// What the driver is built from.
