@@ -673,7 +673,7 @@ pub fn assert_no_violations(v: &[Violation], height: u64, observed: usize) {
     );
 }
 
-/// The value of the counter sample `name` (e.g. `tally_sync_blocks_served_total`) on the
+/// The value of the counter or gauge sample `name` (e.g. `tally_sync_blocks_served_total`) on the
 /// `/metrics` page at `url`; an error if the page has no such sample.
 pub async fn scrape_counter(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<u64> {
     let text = http.get(url).send().await?.text().await?;
