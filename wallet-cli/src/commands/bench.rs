@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ledger::crypto::Keypair;
 use ledger::types::{Address, SignedTx};
 use serde_json::json;
+use tally_api::TxState;
 use tokio::sync::Semaphore;
 
 use crate::cli::BenchArgs;
@@ -30,6 +31,8 @@ use tally_api::{ErrorCode, TxEvent};
 
 /// Most not-committed tx ids listed in the report.
 const MAX_LISTED: usize = 20;
+/// The status reported for a straggler not checked within the check deadline.
+const NOT_CHECKED: &str = "not checked";
 /// Most txs in one `POST /v1/txs/batch` (the node's limit).
 const MAX_BATCH: usize = 1024;
 
@@ -358,11 +361,7 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
     let check_deadline = Instant::now() + Duration::from_secs(15);
     for chunk in stragglers.chunks(16) {
         if Instant::now() >= check_deadline {
-            not_committed.extend(
-                chunk
-                    .iter()
-                    .map(|id| (id.clone(), "not checked".to_string())),
-            );
+            not_committed.extend(chunk.iter().map(|id| (id.clone(), NOT_CHECKED.to_string())));
             continue;
         }
         let mut checks = Vec::new();
@@ -496,6 +495,18 @@ fn report(
         0.0
     };
     let rejected_total: u64 = s.rejected.values().sum();
+    // What "not committed" means for each: still in a node's mempool (pending: the nodes are
+    // behind the offered rate, the tx is not lost), not checked within the check deadline,
+    // or unknown to the node (lost, or refused after acceptance).
+    let still_pending = not_committed
+        .iter()
+        .filter(|(_, st)| st == TxState::Pending.as_str())
+        .count();
+    let not_checked = not_committed
+        .iter()
+        .filter(|(_, st)| st == NOT_CHECKED)
+        .count();
+    let unknown = not_committed.len() - still_pending - not_checked;
     let listed: Vec<_> = not_committed
         .iter()
         .take(MAX_LISTED)
@@ -524,6 +535,9 @@ fn report(
             "max": if h.is_empty() { None } else { Some(h.max() as f64 / 1000.0) },
         },
         "not_committed": not_committed.len(),
+        "not_committed_still_pending": still_pending,
+        "not_committed_not_checked": not_checked,
+        "not_committed_unknown": unknown,
         "not_committed_txs": listed,
         "ok": not_committed.is_empty() && s.accepted > 0,
     });
@@ -558,7 +572,7 @@ fn report(
             out.push_str("\nall accepted transactions were committed");
         } else {
             out.push_str(&format!(
-                "\nNOT COMMITTED after the drain timeout: {} accepted transaction(s)",
+                "\nNOT COMMITTED after the drain timeout: {} accepted transaction(s): {still_pending} still pending in the node's mempool, {not_checked} not checked, {unknown} unknown to the node",
                 not_committed.len()
             ));
             for (id, st) in not_committed.iter().take(MAX_LISTED) {
