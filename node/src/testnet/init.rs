@@ -129,6 +129,7 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
             ip,
             peer_id,
             validator_address: validator_keys.get(i).map(|k| to_hex(&k.address())),
+            operator: None,
         });
     }
     let accounts: Vec<AccountEntry> = account_keys
@@ -358,7 +359,7 @@ fn write_wallet_keys(
     Ok(())
 }
 
-fn write_prometheus(dir: &Path, nodes: &[NodeEntry]) -> anyhow::Result<()> {
+pub(super) fn write_prometheus(dir: &Path, nodes: &[NodeEntry]) -> anyhow::Result<()> {
     // One group per node with the labels configs/prometheus.yml and the Grafana
     // dashboard use (`node`, `role`).
     let targets: Vec<Value> = nodes

@@ -77,6 +77,10 @@ pub struct NodeEntry {
     pub p2p: String,
     pub peer_id: String,
     pub validator_address: Option<String>,
+    /// The wallet account that bonded this validator (`testnet add-validator`); genesis
+    /// validators' operators are in genesis.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
 }
 
 /// What a node of the testnet is; `testnet.json` and the Prometheus labels spell it
@@ -126,6 +130,16 @@ pub(super) fn load_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     })?;
     serde_json::from_str(&text)
         .with_context(|| format!("{}: not a testnet manifest", path.display()))
+}
+
+/// Writes `<dir>/testnet.json` whole (a temporary file renamed over it: a reader never
+/// sees half a manifest).
+pub(super) fn save_manifest(dir: &Path, m: &Manifest) -> anyhow::Result<()> {
+    let path = dir.join(MANIFEST);
+    let tmp = dir.join(format!("{MANIFEST}.tmp"));
+    std::fs::write(&tmp, serde_json::to_string_pretty(m)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
 pub(super) fn home(dir: &Path, i: usize) -> PathBuf {

@@ -47,6 +47,7 @@ mod faults;
 pub mod init;
 mod manifest;
 mod processes;
+mod staking;
 mod table;
 
 pub use init::init;
@@ -81,6 +82,12 @@ pub enum TestnetCommand {
     Kill(NodeArgs),
     /// Start one node again (stopping it first if it runs); its log is appended.
     Restart(NodeArgs),
+    /// Protocol-2 testnets: start a new node with a fresh validator key and bond stake to
+    /// it from a funded account; returns once the set of the next height holds it.
+    AddValidator(staking::AddValidatorArgs),
+    /// Protocol-2 testnets: unbond all of node N's stake, wait until the set no longer
+    /// holds it, then stop the node.
+    RemoveValidator(NodeArgs),
     /// Stop a running testnet from another terminal (SIGTERM the supervisor and nodes).
     Stop(DirArgs),
     /// Print the status table once.
@@ -220,6 +227,8 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<()> {
         TestnetCommand::Cleanup(a) => cleanup(a.dir.as_deref()),
         TestnetCommand::Kill(a) => kill(&absolute(&a.dir)?, a.node),
         TestnetCommand::Restart(a) => restart(&absolute(&a.dir)?, a.node),
+        TestnetCommand::AddValidator(a) => staking::add_validator(&absolute(&a.dir)?, &a),
+        TestnetCommand::RemoveValidator(a) => staking::remove_validator(&absolute(&a.dir)?, a.node),
         TestnetCommand::Stop(a) => stop(&absolute(&a.dir)?),
         TestnetCommand::Status(a) => {
             let dir = absolute(&a.dir)?;
@@ -378,6 +387,8 @@ pub fn start(dir: &Path, hosts: Option<Hosts>, run: &RunArgs) -> anyhow::Result<
     print_banner(dir, &m);
     let interactive = !run.non_interactive && std::io::stdout().is_terminal();
     let result = rt.block_on(supervise(dir, &m, &mut children, interactive, signals));
+    // `add-validator` may have added nodes since.
+    let m = load_manifest(dir).unwrap_or(m);
     println!("\nstopping {} nodes ...", m.nodes.len());
     shutdown(dir, &m, &mut children, false);
     if let Some(names) = net.names.take() {
@@ -455,7 +466,9 @@ async fn supervise(
                 }
             }
         }
-        let rows = poller.poll_all(dir, m).await;
+        // Re-read: `add-validator` appends nodes while we run.
+        let now = load_manifest(dir).unwrap_or_else(|_| m.clone());
+        let rows = poller.poll_all(dir, &now).await;
         let mut out = std::io::stdout().lock();
         if interactive {
             let mut lines = vec![format!(
