@@ -377,3 +377,60 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::super::InitArgs;
+    use super::*;
+
+    fn init_args(dir: &Path) -> InitArgs {
+        InitArgs {
+            dir: dir.to_path_buf(),
+            validators: 2,
+            full_nodes: 0,
+            accounts: 2,
+            genesis_accounts: 0,
+            timeout_commit_ms: 500,
+            base_ip: Ipv4Addr::new(127, 0, 0, 2),
+            hosts: None,
+            chain_id: "staking-verbs".into(),
+        }
+    }
+
+    #[test]
+    fn the_verbs_refuse_a_protocol_1_testnet_and_say_how_to_make_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = super::super::init(&init_args(tmp.path())).unwrap();
+        let args = AddValidatorArgs {
+            from: "account0".into(),
+            stake: None,
+            dir: dir.clone(),
+        };
+        for e in [
+            add_validator(&dir, &args).unwrap_err(),
+            remove_validator(&dir, 0).unwrap_err(),
+        ] {
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("protocol 1") && e.contains("--protocol 2"),
+                "{e}"
+            );
+        }
+        // Nothing was added.
+        assert_eq!(load_manifest(&dir).unwrap().nodes.len(), 2);
+        assert!(!home(&dir, 2).exists());
+    }
+
+    #[test]
+    fn testnet_wallet_keys_are_read_back_and_a_missing_one_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = super::super::init(&init_args(tmp.path())).unwrap();
+        let m = load_manifest(&dir).unwrap();
+        let key = wallet_key(&dir, "account1").unwrap();
+        assert_eq!(to_hex(&key.address()), m.accounts[1].address);
+        let e = format!("{:#}", wallet_key(&dir, "account9").unwrap_err());
+        assert!(e.contains("account9") && e.contains("--from"), "{e}");
+    }
+}
