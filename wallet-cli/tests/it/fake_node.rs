@@ -400,6 +400,7 @@ async fn block(State(app): State<App>, Path(at): Path<String>) -> Response {
             validators_hash: "00".repeat(32),
             proposer: "00".repeat(20),
             last_commit_hash: "00".repeat(32),
+            next_validators_hash: None,
         },
         tx_ids: b.tx_ids.clone(),
         commit: None,
