@@ -193,6 +193,8 @@ pub struct Status {
     /// The height a catching-up node syncs toward.
     #[serde(default)]
     pub sync_target: u64,
+    /// Whether this node's consensus key is in the set of the next height (protocol 1:
+    /// the genesis set).
     #[serde(default)]
     pub validator: bool,
     #[serde(default)]

@@ -600,6 +600,12 @@ async fn status(State(s): State<RpcState>) -> ApiResult<Json<api::Status>> {
             bytes: pool.bytes() as u64,
         }
     };
+    let validator = match s.validator {
+        Some(address) => {
+            read_store(&s, move |g, store| staking::in_next_set(g, store, &address)).await?
+        }
+        None => false,
+    };
     Ok(Json(api::Status {
         chain_id: s.genesis.chain_id.clone(),
         node_id: s.net.local_peer_id().to_string(),
@@ -610,7 +616,7 @@ async fn status(State(s): State<RpcState>) -> ApiResult<Json<api::Status>> {
         round: st.round,
         catching_up: st.catching_up,
         sync_target: st.sync_target,
-        validator: s.validator.is_some(),
+        validator,
         validator_address: s.validator.map(|a| to_hex(&a)),
         peers: peers as u64,
         mempool,

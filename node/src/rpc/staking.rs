@@ -106,6 +106,21 @@ pub fn validators<S: ChainReader + ?Sized>(
     })
 }
 
+/// Whether `address` is in the set of the next height: `/v1/status`'s `validator`. On
+/// protocol 2 a genesis validator that unbonded or was jailed is no longer one.
+pub fn in_next_set<S: ChainReader + ?Sized>(
+    genesis: &Genesis,
+    store: &S,
+    address: &Address,
+) -> ApiResult<bool> {
+    if !is_protocol_2(genesis) {
+        return Ok(genesis.validators.get(address).is_some());
+    }
+    let tip = store.tip().map_err(internal)?.height;
+    let set = validator_set_at(store, tip + 1).map_err(internal)?;
+    Ok(set.get(address).is_some())
+}
+
 /// `GET /v1/validators/{pubkey}`: the key's record at the tip and whether it is in the
 /// set of the next height. Protocol 1 knows only its genesis validators.
 pub fn validator<S: ChainReader + ?Sized>(
@@ -532,6 +547,8 @@ mod tests {
             (true, GENESIS_POWER, 0)
         );
         assert_eq!(info.name, "v2");
+        assert!(in_next_set(&g, &store, &test_chain::key("val", 2).address()).unwrap());
+        assert!(!in_next_set(&g, &store, &test_chain::key("val", 5).address()).unwrap());
         let other = test_chain::key("val", 5).public_key();
         code(
             validator(&g, &store, &other),
@@ -586,6 +603,11 @@ mod tests {
         c.empty_blocks(1);
         let info = validator(g, s, &v0).unwrap();
         assert_eq!((info.height, info.in_set, info.power), (3, false, 0));
+
+        // `/v1/status`'s `validator`: the jailed validator is one no more.
+        let a0 = c.vals[0].address();
+        assert!(!in_next_set(g, s, &a0).unwrap());
+        assert!(in_next_set(g, s, &c.vals[1].address()).unwrap());
 
         // A bond to a new key makes a record out of the set until H + 2.
         c.step(vec![c.bond(5, 5, 300)], &[]);
