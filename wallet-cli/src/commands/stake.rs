@@ -118,8 +118,15 @@ pub async fn validators(ctx: &Ctx, height: Option<u64>) -> Result<()> {
                 })
                 .unwrap_or_else(|| address.chars().take(8).collect())
         };
+        let width = v
+            .validators
+            .iter()
+            .map(|x| x.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(4);
         let mut out = format!(
-            "validator set of height {} (protocol {}): {} validators, total power {}\nset hash    {}\n{:<10} {:<40} {:>8} {:>7}  pubkey",
+            "validator set of height {} (protocol {}): {} validators, total power {}\nset hash    {}\n{:<width$} {:<40} {:>8} {:>7}  pubkey",
             v.height,
             v.protocol_version,
             v.validators.len(),
@@ -137,7 +144,7 @@ pub async fn validators(ctx: &Ctx, height: Option<u64>) -> Result<()> {
                 100.0 * x.power as f64 / v.total_power as f64
             };
             out.push_str(&format!(
-                "\n{:<10} {:<40} {:>8} {:>6.1}%  {}",
+                "\n{:<width$} {:<40} {:>8} {:>6.1}%  {}",
                 if x.name.is_empty() { "-" } else { &x.name },
                 x.address,
                 x.power,
@@ -164,18 +171,21 @@ pub async fn validator(ctx: &Ctx, key: [u8; 33]) -> Result<()> {
     let v = client.validator(&key).await?;
     let value = to_value(&v)?;
     ctx.emit(&value, || {
-        let or_na = |x: Option<u64>| x.map_or("- (protocol 1)".to_string(), |n| n.to_string());
         format!(
-            "validator {}{}\naddress     {}\nstake       {}\njailed      {}\nmissed      {} commits in a row\nin the set  {}\nat height   {}",
+            "validator {}{}\naddress     {}\nstake       {}\njailed      {}\nmissed      {}\nin the set  {}\nat height   {}",
             v.pubkey,
             if v.name.is_empty() { String::new() } else { format!(" ({})", v.name) },
             v.address,
-            or_na(v.stake),
+            v.stake
+                .map_or("- (protocol 1 has no stake)".to_string(), |n| n.to_string()),
             match v.jailed_until_height {
                 0 => "no".to_string(),
                 h => format!("yes, until height {h} (then an operator's 'tally stake unjail')"),
             },
-            or_na(v.consecutive_missed),
+            v.consecutive_missed.map_or(
+                "- (not tracked on protocol 1)".to_string(),
+                |n| format!("{n} commits in a row")
+            ),
             if v.in_set {
                 format!("yes, power {} (height {})", v.power, v.height + 1)
             } else {

@@ -310,11 +310,8 @@ fn validators_validator_and_staking_show_the_nodes_answers() {
     let text = w.ok(&["validators"]);
     for part in [
         "validator set of height 7 (protocol 2): 2 validators, total power 40",
-        &format!("v0         {}       30   75.0%", set.validators[0].address),
-        &format!(
-            "-          {}       10   25.0%  {key}",
-            set.validators[1].address
-        ),
+        &format!("v0   {}       30   75.0%", set.validators[0].address),
+        &format!("-    {}       10   25.0%  {key}", set.validators[1].address),
         &format!(
             "proposers   rounds 0..1: v0, {}",
             &set.validators[1].address[..8]
