@@ -8,6 +8,8 @@
 //! operator has no bonds. Protocol 2 reads the sets and entries the ledger stores
 //! (`ledger::staking`).
 
+use std::collections::HashMap;
+
 use ledger::crypto::address_of;
 use ledger::genesis::Genesis;
 use ledger::hash::to_hex;
@@ -30,16 +32,22 @@ fn internal(e: StoreError) -> ApiError {
     ApiError::internal(e)
 }
 
-/// The genesis name of `pubkey`, or empty for a validator that bonded in later.
-fn name_of(genesis: &Genesis, pubkey: &PublicKeyBytes) -> String {
+/// The genesis names by consensus key (a validator that bonded in later has none).
+fn genesis_names(genesis: &Genesis) -> HashMap<PublicKeyBytes, &str> {
     genesis
         .validators
         .validators()
         .iter()
         .zip(&genesis.validator_names)
-        .find(|(v, _)| &v.pubkey == pubkey)
-        .map(|(_, name)| name.clone())
-        .unwrap_or_default()
+        .map(|(v, name)| (v.pubkey, name.as_str()))
+        .collect()
+}
+
+/// The genesis name of `pubkey`, or empty.
+fn name_of(genesis: &Genesis, pubkey: &PublicKeyBytes) -> String {
+    genesis_names(genesis)
+        .get(pubkey)
+        .map_or_else(String::new, |n| (*n).to_string())
 }
 
 /// The set that runs `height`, for `1 <= height <= tip + 2` (the set of tip + 2 is
@@ -84,6 +92,7 @@ pub fn validators<S: ChainReader + ?Sized>(
         None => store.tip().map_err(internal)?.height + 1,
     };
     let set = set_at(genesis, store, height)?;
+    let names = genesis_names(genesis);
     let proposers = (0..set.len())
         .map(|round| to_hex(&set.proposer(height, round as u32).address))
         .collect();
@@ -96,7 +105,9 @@ pub fn validators<S: ChainReader + ?Sized>(
             .validators()
             .iter()
             .map(|v| api::Validator {
-                name: name_of(genesis, &v.pubkey),
+                name: names
+                    .get(&v.pubkey)
+                    .map_or_else(String::new, |n| (*n).to_string()),
                 address: to_hex(&v.address),
                 pubkey: to_hex(&v.pubkey),
                 power: v.power,
