@@ -733,6 +733,102 @@ mod tests {
         assert!(nobody.bonds.is_empty() && nobody.unbonding.is_empty());
     }
 
+    /// A store whose tip moves on every read, as under a node committing fast.
+    struct MovingTip {
+        inner: MemStore,
+        reads: std::sync::atomic::AtomicU64,
+    }
+
+    mod moving_tip {
+        use std::sync::atomic::Ordering;
+
+        use ledger::hash::Hash;
+        use ledger::state::{AccountReader, Entries, StateReader};
+        use ledger::store::{ChainReader, StoreError, Tip, TxLocation};
+        use ledger::types::{Account, Block, Commit, Validator};
+
+        use super::MovingTip;
+
+        impl AccountReader for MovingTip {
+            fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError> {
+                self.inner.account_by_key(key)
+            }
+        }
+
+        impl StateReader for MovingTip {
+            fn tree_node(
+                &self,
+                key: &jmt::storage::NodeKey,
+            ) -> Result<Option<jmt::storage::Node>, StoreError> {
+                self.inner.tree_node(key)
+            }
+            fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+                self.inner.tree_version()
+            }
+            fn entry(&self, preimage: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+                self.inner.entry(preimage)
+            }
+            fn entries_with_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
+                self.inner.entries_with_prefix(prefix)
+            }
+            fn validator_set_record(
+                &self,
+                height: u64,
+            ) -> Result<Option<Vec<Validator>>, StoreError> {
+                self.inner.validator_set_record(height)
+            }
+        }
+
+        impl ChainReader for MovingTip {
+            fn tip(&self) -> Result<Tip, StoreError> {
+                let mut tip = self.inner.tip()?;
+                tip.height += self.reads.fetch_add(1, Ordering::SeqCst);
+                Ok(tip)
+            }
+            fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+                self.inner.block(height)
+            }
+            fn commit(&self, height: u64) -> Result<Option<Commit>, StoreError> {
+                self.inner.commit(height)
+            }
+            fn height_of(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+                self.inner.height_of(hash)
+            }
+            fn tx_location(&self, id: &Hash) -> Result<Option<TxLocation>, StoreError> {
+                self.inner.tx_location(id)
+            }
+            fn genesis_hash(&self) -> Result<Hash, StoreError> {
+                self.inner.genesis_hash()
+            }
+        }
+    }
+
+    /// A record and a set, or bonds and unbonding entries, read across a commit would mix
+    /// two heights: such a read is retried, and answered `busy` if the chain never stands
+    /// still long enough.
+    #[test]
+    fn reads_that_straddle_a_commit_are_retried_then_busy() {
+        let g = test_chain::genesis(2, 4, 4);
+        let store = MovingTip {
+            inner: MemStore::new(&g).unwrap(),
+            reads: Default::default(),
+        };
+        let key = test_chain::key("val", 0);
+        code(
+            validator(&g, &store, &key.public_key()),
+            ErrorCode::Busy,
+            "retry",
+        );
+        code(
+            staking(&g, &store, &test_chain::key("op", 0).address()),
+            ErrorCode::Busy,
+            "retry",
+        );
+        // 2 tip reads per try, 5 tries each.
+        assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 20);
+        assert_eq!(ErrorCode::Busy.status(), 503);
+    }
+
     /// The handlers over the node's RocksDB store: parameters parsed with their error
     /// codes, answers as the functions above give them.
     #[tokio::test]
