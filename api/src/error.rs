@@ -124,9 +124,11 @@ error_codes! {
     BadTxId = "bad_tx_id", 400;
     /// An address that is not 40 hex characters.
     BadAddress = "bad_address", 400;
-    /// A block height that is not an integer.
+    /// A validator key that is not 66 hex characters (a 33-byte compressed secp256k1 key).
+    BadKey = "bad_key", 400;
+    /// A block height that is not an integer, or one a route does not take (0).
     BadHeight = "bad_height", 400;
-    /// No such route, or no such block.
+    /// No such route, block or validator, or a validator set not known yet.
     NotFound = "not_found", 404;
     /// The route does not take this method (its `Allow` header lists those it does).
     MethodNotAllowed = "method_not_allowed", 405;

@@ -153,6 +153,9 @@ pub struct Header {
     pub validators_hash: String,
     pub proposer: String,
     pub last_commit_hash: String,
+    /// Protocol 2 (header version 2): the hash of the next height's set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_validators_hash: Option<String>,
 }
 
 /// > 2/3 of the power's precommits for a block.
@@ -190,6 +193,8 @@ pub struct Status {
     /// The height a catching-up node syncs toward.
     #[serde(default)]
     pub sync_target: u64,
+    /// Whether this node's consensus key is in the set of the next height (protocol 1:
+    /// the genesis set).
     #[serde(default)]
     pub validator: bool,
     #[serde(default)]
@@ -248,20 +253,97 @@ pub struct ScoreComponents {
     pub gossipsub: Option<f64>,
 }
 
-/// `GET /v1/validators`: the genesis set.
+/// The query of `GET /v1/validators`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidatorsQuery {
+    /// The height whose set is asked for; absent: the next height (the tip's + 1).
+    #[serde(default)]
+    pub height: Option<u64>,
+}
+
+/// `GET /v1/validators[?height=H]`: the validator set of `height` (protocol 1: always the
+/// genesis set; protocol 2: the set the chain computed for that height).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validators {
+    /// The height this set runs (older nodes leave it out: 0).
+    #[serde(default)]
+    pub height: u64,
+    /// The chain's `params.protocol_version` (older nodes leave it out: 0).
+    #[serde(default)]
+    pub protocol_version: u32,
     pub total_power: u64,
     pub validators_hash: String,
+    /// Sorted as the set is hashed (protocol 2: by address).
     pub validators: Vec<Validator>,
+    /// The proposer's address of rounds 0, 1, ... at `height`, one round per validator.
+    #[serde(default)]
+    pub proposers: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validator {
+    /// The genesis name, or empty for a validator that bonded in later.
+    #[serde(default)]
     pub name: String,
     pub address: String,
     pub pubkey: String,
     pub power: u64,
+}
+
+/// `GET /v1/validators/{pubkey}`: one consensus key's standing, read at `height` (the
+/// tip). Protocol 1 has no stake: `stake` and `consecutive_missed` are null there and
+/// only genesis validators are known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidatorInfo {
+    pub pubkey: String,
+    pub address: String,
+    #[serde(default)]
+    pub name: String,
+    /// The tip the record was read at.
+    pub height: u64,
+    /// Sum of the bonds to this key (null on protocol 1).
+    #[serde(default)]
+    pub stake: Option<u64>,
+    /// 0: not jailed; otherwise out of the set until an operator's Unjail in a block at
+    /// this height or later.
+    pub jailed_until_height: u64,
+    /// Blocks in a row whose commit lacked this validator (null on protocol 1).
+    #[serde(default)]
+    pub consecutive_missed: Option<u64>,
+    /// Whether the key is in the set of the next height (`height` + 1).
+    pub in_set: bool,
+    /// Its power in that set (0 when out).
+    pub power: u64,
+}
+
+/// `GET /v1/staking/{address}`: an operator's bonds and the stake on its way back, read
+/// at `height` (the tip). Empty on protocol 1, which has no bonds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staking {
+    pub address: String,
+    pub height: u64,
+    /// Sorted by validator key.
+    pub bonds: Vec<Bond>,
+    /// Sorted by release height.
+    pub unbonding: Vec<Unbonding>,
+    pub total_bonded: u64,
+    pub total_unbonding: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bond {
+    /// The consensus key bonded to (hex, 33 bytes).
+    pub validator: String,
+    pub amount: u64,
+}
+
+/// Stake paid back to the operator's balance at the end of `release_height`; evidence
+/// against `validator` still slashes it until then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unbonding {
+    pub release_height: u64,
+    pub amount: u64,
+    pub validator: String,
 }
 
 /// `GET /v1/evidence`: double votes this node has seen.

@@ -227,6 +227,94 @@ pub fn validator_set_at<R: StateReader + ?Sized>(
     })
 }
 
+/// Reads for the node's RPC and metrics: the committed entries, decoded. Execution reads
+/// through its overlay instead ([`crate::exec`]).
+fn decode_entry<T: BorshDeserialize>(preimage: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    borsh::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: format!("staking entry {}", hex::encode(preimage)),
+        detail: e.to_string(),
+    })
+}
+
+/// The validator record of `validator`, if anything was ever bonded to it.
+pub fn validator_record<R: StateReader + ?Sized>(
+    store: &R,
+    validator: &PublicKeyBytes,
+) -> Result<Option<ValidatorRecord>, StoreError> {
+    let preimage = validator_key_bytes(validator);
+    store
+        .entry(&preimage)?
+        .map(|bytes| decode_entry(&preimage, &bytes))
+        .transpose()
+}
+
+/// Every validator record as (consensus key, record), in key order: one prefix scan.
+pub fn validator_records<R: StateReader + ?Sized>(
+    store: &R,
+) -> Result<Vec<(PublicKeyBytes, ValidatorRecord)>, StoreError> {
+    let mut out = Vec::new();
+    for (preimage, bytes) in store.entries_with_prefix(VALIDATOR_KEY_TAG)? {
+        if let Some(key) = split_validator_key(&preimage) {
+            out.push((key, decode_entry(&preimage, &bytes)?));
+        }
+    }
+    Ok(out)
+}
+
+/// `operator`'s bonds as (consensus key, amount), in key order: one prefix scan (the
+/// operator follows the tag in a bond's preimage).
+pub fn bonds_of<R: StateReader + ?Sized>(
+    store: &R,
+    operator: &Address,
+) -> Result<Vec<(PublicKeyBytes, u64)>, StoreError> {
+    let mut prefix = Vec::with_capacity(11 + 20);
+    prefix.extend_from_slice(BOND_KEY_TAG);
+    prefix.extend_from_slice(operator);
+    let mut out = Vec::new();
+    for (preimage, bytes) in store.entries_with_prefix(&prefix)? {
+        if let Some((_, key)) = split_bond_key(&preimage) {
+            let bond: BondRecord = decode_entry(&preimage, &bytes)?;
+            out.push((key, bond.amount));
+        }
+    }
+    Ok(out)
+}
+
+/// `operator`'s unbonding entries as (release height, entry), by release height. An
+/// entry's preimage leads with its release height (so the end of a block finds the entries
+/// due with a prefix scan), not its operator: this scans every entry in flight, at most
+/// `unbonding_blocks` blocks' worth of Unbond transactions, each of which paid a fee.
+pub fn unbonding_of<R: StateReader + ?Sized>(
+    store: &R,
+    operator: &Address,
+) -> Result<Vec<(u64, UnbondingEntry)>, StoreError> {
+    let mut out = Vec::new();
+    for (preimage, bytes) in store.entries_with_prefix(UNBONDING_KEY_TAG)? {
+        if split_unbonding_key(&preimage).as_ref() != Some(operator) {
+            continue;
+        }
+        let mut height = [0u8; 8];
+        height.copy_from_slice(&preimage[16..24]);
+        out.push((u64::from_be_bytes(height), decode_entry(&preimage, &bytes)?));
+    }
+    Ok(out)
+}
+
+/// The burned total (slashed stake).
+pub fn burned<R: StateReader + ?Sized>(store: &R) -> Result<u64, StoreError> {
+    store
+        .entry(BURNED_KEY)?
+        .map(|bytes| decode_entry(BURNED_KEY, &bytes))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+/// How many punishments for equivocation the state records (one per validator and
+/// height; the records are never deleted).
+pub fn punishments<R: StateReader + ?Sized>(store: &R) -> Result<u64, StoreError> {
+    Ok(store.entries_with_prefix(EVIDENCE_KEY_TAG)?.len() as u64)
+}
+
 /// Why a block's evidence is refused (the whole block is invalid).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvidenceError {

@@ -219,7 +219,59 @@ async fn rpc_bad_inputs_get_clear_errors() {
         .await
         .unwrap();
     assert_ne!(tx.status, tally_api::TxState::Pending, "{tx:?}");
-    let _: tally_api::Validators = net.get_as(0, "/v1/validators").await.unwrap();
+    // The staking routes on a protocol-1 chain: the genesis set, no stake, no bonds.
+    assert!(status.validator, "node 0 is in the genesis set: {status:?}");
+    let set: tally_api::Validators = net.get_as(0, "/v1/validators").await.unwrap();
+    assert_eq!(set.height, status.height + 1, "{set:?}");
+    assert_eq!((set.protocol_version, set.validators.len()), (1, 1));
+    assert_eq!(set.proposers, vec![set.validators[0].address.clone()]);
+    let at_1: tally_api::Validators = net.get_as(0, "/v1/validators?height=1").await.unwrap();
+    assert_eq!(at_1.validators, set.validators);
+    let key = &set.validators[0].pubkey;
+    let info: tally_api::ValidatorInfo = net
+        .get_as(0, &format!("/v1/validators/{key}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.stake, info.in_set, info.power),
+        (None, true, set.validators[0].power)
+    );
+    let staking: tally_api::Staking = net
+        .get_as(0, &format!("/v1/staking/{}", to_hex(&k.address())))
+        .await
+        .unwrap();
+    assert!(staking.bonds.is_empty() && staking.unbonding.is_empty());
+    for (path, status, code) in [
+        ("/v1/validators/zz".to_string(), 400, "bad_key"),
+        (format!("/v1/validators/{}", &key[..64]), 400, "bad_key"),
+        (
+            format!("/v1/validators/{}", to_hex(&k.public_key())),
+            404,
+            "not_found",
+        ),
+        ("/v1/validators?height=0".to_string(), 400, "bad_height"),
+        ("/v1/validators?height=x".to_string(), 400, "bad_height"),
+        (
+            "/v1/validators?height=1000000000".to_string(),
+            404,
+            "not_found",
+        ),
+        ("/v1/staking/12".to_string(), 400, "bad_address"),
+    ] {
+        let r = net
+            .http
+            .get(format!("{}{path}", net.rpc(0)))
+            .send()
+            .await
+            .unwrap();
+        let got = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            (got, body["error"]["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{path}: {body}"
+        );
+    }
     let _: tally_api::Peers = net.get_as(0, "/v1/peers").await.unwrap();
     let _: tally_api::EvidenceList = net.get_as(0, "/v1/evidence").await.unwrap();
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::input::{
-    parse_amount, parse_block_ref, parse_duration, parse_positive_amount, parse_tx_id, BlockRef,
+    parse_amount, parse_block_ref, parse_duration, parse_height, parse_positive_amount,
+    parse_tx_id, parse_validator_key, BlockRef,
 };
 use crate::rpc::DEFAULT_NODE;
 
@@ -70,6 +71,77 @@ pub enum Command {
     },
     /// Load generator: many accounts, a target rate, a duration; reports TPS and latency.
     Bench(BenchArgs),
+    /// Bond stake to a validator's consensus key, unbond it, or unjail a validator
+    /// (protocol-2 chains).
+    #[command(subcommand)]
+    Stake(StakeCommand),
+    /// Show the validator set of a height: addresses, keys, powers, proposer order.
+    Validators {
+        /// The height whose set to show [default: the next height].
+        #[arg(long, value_parser = parse_height)]
+        height: Option<u64>,
+    },
+    /// Show one validator: stake, jail, missed commits, place in the set.
+    Validator {
+        /// The validator's consensus key (66 hex characters).
+        #[arg(value_parser = parse_validator_key)]
+        key: [u8; 33],
+    },
+    /// Show an operator's bonds and the stake on its way back (unbonding).
+    Staking {
+        /// Key name or 40-hex address.
+        account: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StakeCommand {
+    /// Move --amount from the key's balance into its bond to a validator's consensus key
+    /// (a new key joins the set two heights after the block, if its stake qualifies).
+    Bond(StakeAmountArgs),
+    /// Start returning up to --amount of the key's bond to a validator; it is paid back
+    /// to the balance after the chain's unbonding period.
+    Unbond(StakeAmountArgs),
+    /// Let a jailed validator back into the set once its jail time is over (by one of
+    /// its operators: a key with a bond to it).
+    Unjail(UnjailArgs),
+}
+
+/// How a staking transaction is signed, paid and followed (as `send`).
+#[derive(Debug, Args)]
+pub struct TxOptions {
+    /// Key that signs and pays (the operator).
+    #[arg(long)]
+    pub from: String,
+    /// Fee in base units [default: the node's min_fee].
+    #[arg(long, value_parser = parse_amount, allow_hyphen_values = true)]
+    pub fee: Option<u64>,
+    #[arg(long, value_enum, default_value_t = WaitFor::Committed)]
+    pub wait: WaitFor,
+    /// How long to wait for the commit (e.g. 30s, 2m).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StakeAmountArgs {
+    /// The validator's consensus key (66 hex characters; see 'tally validators').
+    #[arg(long, value_parser = parse_validator_key)]
+    pub validator: [u8; 33],
+    /// Amount in base units.
+    #[arg(long, value_parser = parse_positive_amount, allow_hyphen_values = true)]
+    pub amount: u64,
+    #[command(flatten)]
+    pub tx: TxOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct UnjailArgs {
+    /// The jailed validator's consensus key (66 hex characters).
+    #[arg(long, value_parser = parse_validator_key)]
+    pub validator: [u8; 33],
+    #[command(flatten)]
+    pub tx: TxOptions,
 }
 
 #[derive(Debug, Subcommand)]

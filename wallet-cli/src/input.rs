@@ -72,6 +72,36 @@ pub fn parse_block_ref(text: &str) -> Result<BlockRef, String> {
     }
 }
 
+/// A block height >= 1 (no "latest").
+pub fn parse_height(text: &str) -> Result<u64, String> {
+    match parse_block_ref(text)? {
+        BlockRef::Height(h) => Ok(h),
+        BlockRef::Latest => Err(format!(
+            "\"{text}\" is not a block height; give a number >= 1"
+        )),
+    }
+}
+
+/// A validator's consensus key: 66 hex characters (optional 0x) of a compressed
+/// secp256k1 point. Checked here, so a typo is a usage error rather than a tx the node
+/// refuses after the wallet unlocked the key.
+pub fn parse_validator_key(text: &str) -> Result<[u8; 33], String> {
+    let key =
+        ledger::hash::from_hex_array::<33>(&text.trim().to_ascii_lowercase()).map_err(|e| {
+            format!(
+                "\"{text}\" is not a validator key ({e}); a consensus key is 66 hex characters \
+             (33 bytes, compressed secp256k1); see 'tally validators'"
+            )
+        })?;
+    ledger::crypto::parse_public_key(&key).map_err(|_| {
+        format!(
+            "\"{text}\" is not a compressed secp256k1 key (33 bytes starting 02 or 03, on the \
+             curve); see 'tally validators'"
+        )
+    })?;
+    Ok(key)
+}
+
 /// A duration: `30`, `30s`, `500ms`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -159,6 +189,28 @@ mod tests {
         assert_eq!(parse_block_ref("7"), Ok(BlockRef::Height(7)));
         assert!(parse_block_ref("0").is_err());
         assert!(parse_block_ref("-1").is_err());
+        assert_eq!(parse_height("12"), Ok(12));
+        assert!(parse_height("latest").is_err());
+        assert!(parse_height("0").is_err());
+    }
+
+    #[test]
+    fn validator_keys() {
+        let key = ledger::crypto::Keypair::from_secret_bytes(&[7; 32])
+            .unwrap()
+            .public_key();
+        let text = hex::encode(key);
+        assert_eq!(parse_validator_key(&text), Ok(key));
+        assert_eq!(
+            parse_validator_key(&format!("0x{}", text.to_uppercase())),
+            Ok(key)
+        );
+        let short = parse_validator_key(&text[..64]).unwrap_err();
+        assert!(short.contains("66 hex characters"), "{short}");
+        // The right length, not a compressed point: the prefix must be 02 or 03.
+        let off = parse_validator_key(&format!("04{}", &text[2..])).unwrap_err();
+        assert!(off.contains("not a compressed secp256k1 key"), "{off}");
+        assert!(parse_validator_key("zz").is_err());
     }
 
     #[test]

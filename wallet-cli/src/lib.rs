@@ -62,6 +62,10 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Status => commands::query::status(ctx).await,
         Command::Block { at } => commands::query::block(ctx, at).await,
         Command::Bench(args) => commands::bench::run(ctx, args).await,
+        Command::Stake(cmd) => commands::stake::run(ctx, cmd).await,
+        Command::Validators { height } => commands::stake::validators(ctx, height).await,
+        Command::Validator { key } => commands::stake::validator(ctx, key).await,
+        Command::Staking { account } => commands::stake::staking(ctx, &account).await,
     }
 }
 

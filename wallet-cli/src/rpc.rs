@@ -77,6 +77,24 @@ impl NodeClient {
         }
     }
 
+    /// `None`: the next height's set.
+    pub async fn validators(&self, height: Option<u64>) -> Result<tally_api::Validators> {
+        match height {
+            Some(h) => self.get(&format!("/v1/validators?height={h}")).await,
+            None => self.get("/v1/validators").await,
+        }
+    }
+
+    pub async fn validator(&self, key: &[u8; 33]) -> Result<tally_api::ValidatorInfo> {
+        self.get(&format!("/v1/validators/{}", hex::encode(key)))
+            .await
+    }
+
+    pub async fn staking(&self, address: &[u8; 20]) -> Result<tally_api::Staking> {
+        self.get(&format!("/v1/staking/{}", hex::encode(address)))
+            .await
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
         self.get(path).await
     }
@@ -222,6 +240,22 @@ pub fn node_error(status: u16, code: &Code, message: &str) -> Error {
             "; a pending transaction has this nonce: raise --fee to replace it"
         }
         Some(ErrorCode::Duplicate) => "; this exact transaction was already submitted",
+        Some(ErrorCode::UnsupportedPayload) => {
+            "; staking needs a protocol-2 chain (params.protocol_version 2 in its genesis): this chain's validator set is fixed in its genesis"
+        }
+        Some(ErrorCode::BadValidatorKey) => {
+            "; --validator must be a validator's 33-byte compressed consensus key (see 'tally validators')"
+        }
+        Some(ErrorCode::NoBond) => {
+            "; this key has no bond to that validator: see 'tally staking <key>' for its bonds"
+        }
+        Some(ErrorCode::NotOperator) => {
+            "; only an operator (a key with a bond to the validator) may unjail it: use --from with that key"
+        }
+        Some(ErrorCode::NotJailed) => "; the validator is not jailed: nothing to do",
+        Some(ErrorCode::StillJailed) => {
+            "; wait until its jail time is over (jailed until in 'tally validator <key>') and retry"
+        }
         _ => "",
     };
     let text = if message.is_empty() {
@@ -435,6 +469,52 @@ mod tests {
         assert_eq!(e.code, Some(Code::Unknown("quota_exceeded".into())));
         assert!(e.message().contains("quota_exceeded"), "{}", e.message());
         assert!(e.message().contains("slow down"), "{}", e.message());
+    }
+
+    /// The staking refusals are rejections (exit 4) that keep the node's words and add
+    /// what to do.
+    #[test]
+    fn staking_refusals_say_what_to_do() {
+        let cases = [
+            (
+                ErrorCode::UnsupportedPayload,
+                "payload Bond needs protocol 2; this chain runs protocol 1",
+                "staking needs a protocol-2 chain",
+            ),
+            (
+                ErrorCode::BadValidatorKey,
+                "validator 04ab is not a compressed secp256k1 key",
+                "33-byte compressed consensus key",
+            ),
+            (
+                ErrorCode::NoBond,
+                "the sender has no bond to validator 02ab; nothing to unbond",
+                "'tally staking <key>'",
+            ),
+            (
+                ErrorCode::NotOperator,
+                "the sender has no bond to validator 02ab; only its operators may unjail it",
+                "use --from with that key",
+            ),
+            (
+                ErrorCode::NotJailed,
+                "validator 02ab is not jailed",
+                "nothing to do",
+            ),
+            (
+                ErrorCode::StillJailed,
+                "validator 02ab is jailed until height 9; this block is 7",
+                "wait until its jail time is over",
+            ),
+        ];
+        for (code, message, hint) in cases {
+            let e = node_error(code.status(), &code.into(), message);
+            assert_eq!(e.kind, crate::error::Kind::Rejected, "{code}");
+            assert_eq!(e.code, Some(code.into()));
+            for part in [message, hint, code.as_str()] {
+                assert!(e.message().contains(part), "{part:?} in: {}", e.message());
+            }
+        }
     }
 
     /// Every code the node refuses a transaction with is exit code 4.

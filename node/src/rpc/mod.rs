@@ -7,6 +7,7 @@
 
 pub mod metrics;
 pub mod server;
+pub mod staking;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -142,6 +143,8 @@ pub fn router(state: RpcState, max_body: usize, timeout: Duration) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/validators", get(validators))
+        .route("/v1/validators/{pubkey}", get(get_validator))
+        .route("/v1/staking/{address}", get(get_staking))
         .route("/v1/evidence", get(evidence))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -537,6 +540,7 @@ pub fn block_json(block: &Block, commit: Option<&Commit>) -> api::Block {
             validators_hash: to_hex(&h.validators_hash),
             proposer: to_hex(&h.proposer),
             last_commit_hash: to_hex(&h.last_commit_hash),
+            next_validators_hash: h.next_validators_hash.as_ref().map(|x| to_hex(x)),
         },
         tx_ids: block.txs.iter().map(|t| to_hex(&t.id())).collect(),
         commit: commit.map(commit_json),
@@ -596,6 +600,12 @@ async fn status(State(s): State<RpcState>) -> ApiResult<Json<api::Status>> {
             bytes: pool.bytes() as u64,
         }
     };
+    let validator = match s.validator {
+        Some(address) => {
+            read_store(&s, move |g, store| staking::in_next_set(g, store, &address)).await?
+        }
+        None => false,
+    };
     Ok(Json(api::Status {
         chain_id: s.genesis.chain_id.clone(),
         node_id: s.net.local_peer_id().to_string(),
@@ -606,7 +616,7 @@ async fn status(State(s): State<RpcState>) -> ApiResult<Json<api::Status>> {
         round: st.round,
         catching_up: st.catching_up,
         sync_target: st.sync_target,
-        validator: s.validator.is_some(),
+        validator,
         validator_address: s.validator.map(|a| to_hex(&a)),
         peers: peers as u64,
         mempool,
@@ -639,24 +649,65 @@ async fn peers(State(s): State<RpcState>) -> ApiResult<Json<api::Peers>> {
     Ok(Json(api::Peers { peers }))
 }
 
-async fn validators(State(s): State<RpcState>) -> Json<api::Validators> {
-    let g = &s.genesis;
-    Json(api::Validators {
-        total_power: g.validators.total_power(),
-        validators_hash: to_hex(&g.validators.hash()),
-        validators: g
-            .validators
-            .validators()
-            .iter()
-            .zip(&g.validator_names)
-            .map(|(v, name)| api::Validator {
-                name: name.clone(),
-                address: to_hex(&v.address),
-                pubkey: to_hex(&v.pubkey),
-                power: v.power,
-            })
-            .collect(),
-    })
+/// Runs a read of the store on a blocking thread (prefix scans can be long).
+async fn read_store<T: Send + 'static>(
+    s: &RpcState,
+    read: impl FnOnce(&Genesis, &RocksStore) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let (genesis, store) = (s.genesis.clone(), s.store.clone());
+    tokio::task::spawn_blocking(move || read(&genesis, &store))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+async fn validators(
+    State(s): State<RpcState>,
+    query: Result<Query<api::ValidatorsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<api::Validators>> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadHeight,
+            format!(
+                "{}; give ?height=H with H a block height (an integer >= 1)",
+                e.body_text()
+            ),
+        )
+    })?;
+    read_store(&s, move |g, store| staking::validators(g, store, q.height))
+        .await
+        .map(Json)
+}
+
+async fn get_validator(
+    State(s): State<RpcState>,
+    Path(pubkey): Path<String>,
+) -> ApiResult<Json<api::ValidatorInfo>> {
+    let pubkey: ledger::types::PublicKeyBytes = from_hex_array(&pubkey).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadKey,
+            format!(
+                "a validator key is 66 hex characters (a 33-byte compressed secp256k1 key): {e}"
+            ),
+        )
+    })?;
+    read_store(&s, move |g, store| staking::validator(g, store, &pubkey))
+        .await
+        .map(Json)
+}
+
+async fn get_staking(
+    State(s): State<RpcState>,
+    Path(address): Path<String>,
+) -> ApiResult<Json<api::Staking>> {
+    let address: [u8; 20] = from_hex_array(&address).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadAddress,
+            format!("address must be 40 hex characters: {e}"),
+        )
+    })?;
+    read_store(&s, move |g, store| staking::staking(g, store, &address))
+        .await
+        .map(Json)
 }
 
 async fn evidence(State(s): State<RpcState>) -> ApiResult<Json<api::EvidenceList>> {

@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod keys;
 pub mod query;
+pub mod stake;
 pub mod transfer;
 pub mod verify;

@@ -1,4 +1,5 @@
-//! `tally send`: sign a transfer, submit it, and follow it to a committed block.
+//! `tally send`: sign a transfer, submit it, and follow it to a committed block; the same
+//! path ([`submit`]) signs and follows `tally stake`'s transactions.
 //!
 //! Nonces: the node's `pending_nonce` counts this sender's transactions already in its
 //! mempool, so back-to-back sends through one node never collide. A short-lived local
@@ -34,12 +35,17 @@ pub fn build_transfer(
     to: Address,
     amount: u64,
 ) -> SignedTx {
+    build_tx(key, chain_id, nonce, fee, Payload::Transfer { to, amount })
+}
+
+/// Builds and signs a transaction with any payload (the ledger's `Tx`).
+pub fn build_tx(key: &Keypair, chain_id: &str, nonce: u64, fee: u64, payload: Payload) -> SignedTx {
     key.sign_tx(Tx {
         chain_id: chain_id.to_string(),
         from: key.public_key(),
         nonce,
         fee,
-        payload: Payload::Transfer { to, amount },
+        payload,
     })
 }
 
@@ -206,16 +212,60 @@ impl Stages {
 }
 
 pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
-    let ks = ctx.keystore()?;
     let (to, to_name) = ctx.resolve_account(&args.to)?;
+    let fields = json!({
+        "to": hex::encode(to),
+        "to_name": to_name,
+        "amount": args.amount,
+    });
+    let submission = Submission {
+        from: &args.from,
+        payload: Payload::Transfer {
+            to,
+            amount: args.amount,
+        },
+        fee: args.fee,
+        wait: args.wait,
+        timeout: args.timeout,
+        fields,
+    };
+    let result = submit(ctx, submission).await?;
+    let tx_id = result["tx_id"].as_str().unwrap_or_default();
+    if ctx.json() {
+        println!("{result}");
+    } else {
+        ctx.say(format!("tx {tx_id}"));
+    }
+    Ok(())
+}
+
+/// A transaction to sign, submit and follow: `send` and `stake` differ only in the
+/// payload and the fields they report.
+pub struct Submission<'a> {
+    /// Key that signs and pays.
+    pub from: &'a str,
+    pub payload: Payload,
+    /// `None`: the node's min_fee.
+    pub fee: Option<u64>,
+    pub wait: WaitFor,
+    pub timeout: Duration,
+    /// Added to the result object (a JSON object).
+    pub fields: serde_json::Value,
+}
+
+/// Signs `sub.payload` with the next nonce, submits it (retrying once if another tx of
+/// the key took the nonce) and, with `--wait committed`, waits for its block. Prints the
+/// stages in text mode; returns the result object (`tx_id`, `status`, `stages`, ...).
+pub async fn submit(ctx: &Ctx, sub: Submission<'_>) -> Result<serde_json::Value> {
+    let ks = ctx.keystore()?;
     let client = ctx.client()?;
-    let (key, info) = ctx.unlock(&ks, &args.from)?;
+    let (key, info) = ctx.unlock(&ks, sub.from)?;
     let mut stages = Stages {
         start: Instant::now(),
         list: Vec::new(),
     };
     let status = client.status().await?;
-    let fee = args.fee.unwrap_or(status.min_fee);
+    let fee = sub.fee.unwrap_or(status.min_fee);
     if fee < status.min_fee {
         warn(&format!(
             "fee {fee} is below the node's min_fee {}; the node will likely refuse it",
@@ -232,7 +282,7 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     };
 
     // Subscribe before submitting so the commit event cannot slip by.
-    let events = if args.wait == WaitFor::Committed {
+    let events = if sub.wait == WaitFor::Committed {
         match subscribe(&client, 1024).await {
             Ok(rx) => Some(rx),
             Err(e) if e.kind == Kind::Unreachable => return Err(e),
@@ -244,7 +294,7 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
 
     let mut attempt = 0;
     let (stx, tx_id) = loop {
-        let stx = build_transfer(&key, &status.chain_id, nonce, fee, to, args.amount);
+        let stx = build_tx(&key, &status.chain_id, nonce, fee, sub.payload.clone());
         let local_id = hex::encode(stx.id());
         stages.mark(
             ctx,
@@ -293,21 +343,21 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
         "tx_id": tx_id,
         "from": hex::encode(address),
         "from_name": info.name,
-        "to": hex::encode(to),
-        "to_name": to_name,
-        "amount": args.amount,
         "fee": fee,
         "nonce": stx.tx.nonce,
         "chain_id": status.chain_id,
         "node": client.url(),
         "status": "accepted",
     });
+    if let (Some(out), Some(fields)) = (result.as_object_mut(), sub.fields.as_object()) {
+        out.extend(fields.clone());
+    }
 
-    if args.wait == WaitFor::Committed {
-        let Some(inc) = wait_for_commit(&client, &tx_id, events, args.timeout).await? else {
+    if sub.wait == WaitFor::Committed {
+        let Some(inc) = wait_for_commit(&client, &tx_id, events, sub.timeout).await? else {
             return Err(Error::failure(format!(
                 "transaction {tx_id} was accepted but not seen committed within {}s; check later with 'tally tx {tx_id}' or raise --timeout",
-                args.timeout.as_secs_f64()
+                sub.timeout.as_secs_f64()
             )));
         };
         stages.mark(
@@ -335,10 +385,5 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
         result["block_hash"] = json!(block_hash);
     }
     result["stages"] = json!(stages.list);
-    if ctx.json() {
-        println!("{result}");
-    } else {
-        ctx.say(format!("tx {tx_id}"));
-    }
-    Ok(())
+    Ok(result)
 }

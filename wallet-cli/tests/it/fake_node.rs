@@ -56,6 +56,15 @@ pub struct Inner {
     pub events_disabled: bool,
     /// Stop committing blocks (a stalled chain).
     pub paused: bool,
+    /// The chain's protocol: 1 refuses Bond, Unbond and Unjail as a protocol-1 node does.
+    pub protocol: u32,
+    /// Refuse every staking tx with this code and message (the node's staking checks).
+    pub stake_refusal: Option<(ErrorCode, String)>,
+    /// Every tx admitted, in order.
+    pub accepted: Vec<SignedTx>,
+    /// Answers of other GET routes, by path and query (`/v1/validators?height=3`); any
+    /// other path is a 404 `not_found`.
+    pub canned: HashMap<String, Value>,
 }
 
 #[derive(Clone)]
@@ -80,6 +89,10 @@ impl FakeNode {
             extra_blocks: HashMap::new(),
             events_disabled: false,
             paused: false,
+            protocol: 1,
+            stake_refusal: None,
+            accepted: Vec::new(),
+            canned: HashMap::new(),
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -110,6 +123,7 @@ impl FakeNode {
                     .route("/v1/accounts/{addr}", get(account))
                     .route("/v1/blocks/{at}", get(block))
                     .route("/v1/events", get(events_route))
+                    .fallback(canned)
                     .with_state(app);
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 axum::serve(listener, router).await.unwrap();
@@ -159,15 +173,14 @@ impl App {
         let txs = std::mem::take(&mut g.mempool);
         let mut ids = Vec::new();
         for (index, (id, stx)) in txs.into_iter().enumerate() {
-            // Submission admits transfers only.
-            let Payload::Transfer { to, amount } = stx.tx.payload else {
-                continue;
-            };
+            // A staking tx only debits its sender here (the fake keeps no bonds).
             let from = stx.sender();
             let a = g.accounts.entry(from).or_default();
-            a.balance -= amount + stx.tx.fee;
+            a.balance -= stx.tx.payload.debit() + stx.tx.fee;
             a.nonce += 1;
-            g.accounts.entry(to).or_default().balance += amount;
+            if let Payload::Transfer { to, amount } = stx.tx.payload {
+                g.accounts.entry(to).or_default().balance += amount;
+            }
             g.txs.insert(
                 id.clone(),
                 TxRec {
@@ -252,14 +265,28 @@ async fn submit(State(app): State<App>, Json(body): Json<Value>) -> Response {
     if stx.tx.fee < MIN_FEE {
         return err(ErrorCode::FeeTooLow, "fee too low");
     }
-    let Payload::Transfer { amount, .. } = stx.tx.payload else {
-        return err(ErrorCode::UnsupportedPayload, "payload needs protocol 2");
-    };
-    if amount == 0 {
-        return err(ErrorCode::ZeroAmount, "zero amount");
+    let mut g = app.inner.lock().unwrap();
+    let amount = stx.tx.payload.debit();
+    match stx.tx.payload {
+        Payload::Transfer { .. } if amount == 0 => {
+            return err(ErrorCode::ZeroAmount, "zero amount");
+        }
+        Payload::Transfer { .. } => {}
+        _ if g.protocol < 2 => {
+            // The real node's words (ledger::check).
+            let message = format!(
+                "payload {} needs protocol 2; this chain runs protocol 1",
+                stx.tx.payload.kind()
+            );
+            return err(ErrorCode::UnsupportedPayload, &message);
+        }
+        _ => {
+            if let Some((code, message)) = &g.stake_refusal {
+                return err(*code, message);
+            }
+        }
     }
     let id = hex::encode(stx.id());
-    let mut g = app.inner.lock().unwrap();
     if g.txs.contains_key(&id) || g.mempool.iter().any(|(i, _)| *i == id) {
         return err(ErrorCode::Duplicate, "already known");
     }
@@ -298,6 +325,7 @@ async fn submit(State(app): State<App>, Json(body): Json<Value>) -> Response {
             ),
         );
     }
+    g.accepted.push(stx.clone());
     g.mempool.push((id.clone(), stx));
     (StatusCode::ACCEPTED, Json(api::Submitted { tx_id: id })).into_response()
 }
@@ -400,6 +428,7 @@ async fn block(State(app): State<App>, Path(at): Path<String>) -> Response {
             validators_hash: "00".repeat(32),
             proposer: "00".repeat(20),
             last_commit_hash: "00".repeat(32),
+            next_validators_hash: None,
         },
         tx_ids: b.tx_ids.clone(),
         commit: None,
@@ -429,4 +458,12 @@ async fn events_route(State(app): State<App>) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+async fn canned(State(app): State<App>, uri: axum::http::Uri) -> Response {
+    let key = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    match app.inner.lock().unwrap().canned.get(key) {
+        Some(v) => Json(v.clone()).into_response(),
+        None => err(ErrorCode::NotFound, &format!("no such route {key}")),
+    }
 }

@@ -10,5 +10,6 @@ mod cli_support;
 mod fake_node;
 mod keystore;
 mod real_node;
+mod stake;
 mod vectors;
 mod verify;
