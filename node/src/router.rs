@@ -967,4 +967,70 @@ mod tests {
         assert_eq!(kind(&f.check(&fixed(&g), far, ev(100, 1, 3))), "unwanted");
         assert!(f.evidence.is_empty(), "{:?}", f.evidence);
     }
+
+    /// Protocol 2: each vote is checked against the set of its height. Set A = {0..3} at
+    /// the tip + 1, B = {1..4} at the tip + 2: 4 is a fault at 11 and welcome at 12, 0 the
+    /// other way round; further ahead, where no set is known, a vote of a member of the
+    /// latest set is a sign of its sender's height, and any other is dropped unverified and
+    /// unpenalised (its signer may have joined since).
+    #[test]
+    fn on_protocol_2_each_vote_is_checked_against_its_heights_set() {
+        let mut k = keys();
+        k.push(crate::testing::key("v4"));
+        let set = |idx: &[usize]| {
+            let mut v: Vec<ledger::types::Validator> = idx
+                .iter()
+                .map(|&i| ledger::types::Validator {
+                    address: k[i].address(),
+                    pubkey: k[i].public_key(),
+                    power: 1,
+                })
+                .collect();
+            v.sort_by_key(|v| v.address);
+            ValidatorSet::new(v).unwrap()
+        };
+        let against = Against {
+            chain_id: CHAIN,
+            sets: Arc::new(KnownSets::Changing {
+                from: 11,
+                current: set(&[0, 1, 2, 3]),
+                next: set(&[1, 2, 3, 4]),
+            }),
+            older: None,
+        };
+        let mut f = ConsensusFilter::default();
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[4], 11, 0, 1))),
+            "fault"
+        );
+        assert_eq!(kind(&f.check(&against, LIVE, vote(&k[4], 12, 0, 1))), "new");
+        assert_eq!(kind(&f.check(&against, LIVE, vote(&k[0], 11, 0, 1))), "new");
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[0], 12, 0, 1))),
+            "fault"
+        );
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[4], 13, 0, 1))),
+            "local"
+        );
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[0], 13, 0, 1))),
+            "unwanted"
+        );
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[0], 9, 0, 1))),
+            "nothing"
+        );
+        // The genesis set at every height (protocol 1) takes 0 at 12 and refuses 4 anywhere.
+        let g = genesis(&keys());
+        let mut f = ConsensusFilter::default();
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 12, 0, 1))),
+            "new"
+        );
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[4], 12, 0, 1))),
+            "fault"
+        );
+    }
 }
