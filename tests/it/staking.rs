@@ -1,7 +1,8 @@
 //! Issue 20 on real nodes: a protocol-2 chain whose validator set changes on chain. A
 //! node holding a key outside genesis is bonded in and signs; two genesis validators
-//! unbond and stop, and the chain goes on (test 1 of the issue, with one newcomer); the
-//! same stop without the newcomer halts.
+//! unbond and stop, and the chain goes on (test 1 of the issue, with one newcomer); a late
+//! joiner syncs across the changes and fsck replays them; the same stop without the
+//! newcomer halts.
 
 use std::time::Duration;
 
@@ -126,6 +127,16 @@ async fn a_bonded_newcomer_keeps_the_chain_alive_after_two_genesis_validators_le
         "commit {} after the change: {who:?}",
         from + 4
     );
+
+    // fsck replays a stopped validator's chain across the first change; a late joiner
+    // syncs across both changes (each commit checked with its height's set) and follows.
+    let (code, out) = net.tallyd(0, &["fsck"]).unwrap();
+    assert_eq!(code, 0, "fsck of node 0's protocol-2 chain:\n{out}");
+    net.bootstrap_from(2);
+    let late = net.add_full_node().await.unwrap();
+    let tip = net.height(2).await.unwrap();
+    net.wait_nodes_height(&[late], tip + 2, WAIT).await.unwrap();
+    net.assert_no_fork(&[2, late], 1..=tip + 2).await;
 }
 
 /// The negative control: the same chain without the bond halts when two of its four

@@ -465,6 +465,14 @@ impl TestNet {
         Ok(())
     }
 
+    /// Nodes started from now on bootstrap from running node `i` (node 0 by default):
+    /// for adding nodes after node 0 stopped.
+    pub fn bootstrap_from(&mut self, i: usize) {
+        if let Some(a) = &self.nodes[i].addresses {
+            self.bootstrap = a.p2p.clone();
+        }
+    }
+
     /// An environment variable for node `i`'s next start.
     pub fn set_node_env(&mut self, i: usize, key: &str, value: &str) {
         self.node_env.push((i, key.into(), value.into()));
