@@ -710,3 +710,50 @@ async fn a_bond_makes_the_host_announce_the_grown_set_and_the_next_heights_follo
         (1, b3.hash())
     );
 }
+
+/// Issue 20: a protocol-2 proposer puts the evidence its host holds into its block; the
+/// block's execution jails the equivocator, whose absence the host announces for two
+/// heights later, and the evidence is not offered again.
+#[tokio::test]
+async fn a_protocol_2_proposer_includes_the_evidence_it_holds() {
+    let (solo, other, op) = (key("solo"), key("other"), key("op"));
+    let g = Arc::new(crate::testing::genesis_v2(
+        CHAIN,
+        &[(&solo, 10), (&other, 1)],
+        &op,
+        1_000,
+    ));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, _) = crate::testing::actors(g.clone(), store.clone(), Some(solo.clone()));
+    a.driver.start().await;
+    pump(&mut a).await;
+    assert_eq!(store.tip().unwrap().height, 1);
+    a.host
+        .handle(HostMsg::Evidence {
+            evidence: Box::new(equivocation(&other, 1, 0)),
+            ours: false,
+        })
+        .await;
+    next_height(&mut a, 2).await;
+    pump(&mut a).await;
+    let b2 = store.block(2).unwrap().unwrap();
+    assert_eq!(b2.evidence.len(), 1, "the held evidence is in block 2");
+    assert_eq!(b2.evidence[0].a.validator, other.address());
+    let (from, current, next) = announced(&a);
+    assert_eq!((from, current), (3, g.validators.hash()));
+    let alone = ledger::validators::ValidatorSet::new(vec![ledger::types::Validator {
+        address: solo.address(),
+        pubkey: solo.public_key(),
+        power: 10,
+    }])
+    .unwrap();
+    assert_eq!(
+        next,
+        alone.hash(),
+        "the jailed validator leaves the set of height 4"
+    );
+    next_height(&mut a, 3).await;
+    pump(&mut a).await;
+    let b3 = store.block(3).unwrap().unwrap();
+    assert!(b3.evidence.is_empty(), "punished evidence offered again");
+}
