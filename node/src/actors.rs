@@ -127,6 +127,7 @@ impl<S: NodeStore> Actors<S> {
         let sync = SyncActor::new(
             SyncParts {
                 genesis: parts.genesis,
+                sets: sets_rx.clone(),
                 net: parts.net,
                 metrics: parts.metrics,
                 status,

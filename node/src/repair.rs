@@ -377,7 +377,7 @@ async fn fetch_range(
         let peers = net.peers().await.unwrap_or_default();
         let mut progressed = false;
         for p in peers.iter().filter(|p| p.connected && !p.banned) {
-            match fetch(net, genesis, p.peer_id, from, count).await {
+            match fetch(net, genesis, None, p.peer_id, from, count).await {
                 Ok(blocks) => {
                     // Keep only the linked continuation of what we already have.
                     for v in blocks {

@@ -687,7 +687,7 @@ impl<S: NodeStore> ChainHost<S> {
                 }
             }
             let block = Arc::new(verified.block);
-            let hash = verified.hash;
+            let (hash, proven) = (verified.hash, verified.proven);
             let outcome = match self.execute(block.clone(), None).await {
                 Some(Ok(o)) => o,
                 Some(Err(e)) if !e.is_peer_fault() => {
@@ -701,6 +701,7 @@ impl<S: NodeStore> ChainHost<S> {
                             block: Arc::unwrap_or_clone(block),
                             commit: verified.commit,
                             hash,
+                            proven,
                         },
                     ));
                     break;

@@ -705,6 +705,15 @@ async fn a_bond_makes_the_host_announce_the_grown_set_and_the_next_heights_follo
     assert_eq!(joiner.tip().unwrap().height, 2);
     let chunk = verify_chunk(&g, 3, served[2..].to_vec()).unwrap();
     let applied = synced(&mut late, chunk.into_iter().map(|v| (peer, v)).collect()).await;
+    // Before applying, sync believes a fetched height exists when more than 1/3 of the
+    // latest set it knows (here solo's) signed its commit; the newcomer alone does not.
+    let trusted = g.validators.clone();
+    let chunk = crate::sync::verify_chunk_trusting(&g, Some(&trusted), 1, served.clone());
+    assert!(chunk.unwrap().iter().all(|v| v.proven));
+    let mut stranger = served.clone();
+    stranger[2].1 = ledger::block::sign_commit(CHAIN, 3, 0, b3.hash(), &[&newcomer]);
+    let chunk = crate::sync::verify_chunk_trusting(&g, Some(&trusted), 1, stranger).unwrap();
+    assert!(!chunk[2].proven, "a commit of strangers proved its height");
     assert_eq!(
         (applied.blocks, joiner.tip().unwrap().block_hash),
         (1, b3.hash())
