@@ -199,7 +199,9 @@ impl<S: NodeStore> ChainHost<S> {
         let sets = if parts.genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
             let sets = block_sets(parts.store.as_ref(), tip.height + 1).map_err(|e| {
                 anyhow::anyhow!(
-                    "cannot read the validator sets of heights {}..={} from the store: {e}",
+                    "cannot read the validator sets of heights {}..={} from the store: {e}; \
+                     a protocol-2 store holds them from genesis on, so the database is \
+                     damaged: run `tallyd fsck --home <home>` for a report",
                     tip.height,
                     tip.height + 2
                 )
