@@ -1,8 +1,8 @@
 //! Issue 20 on real nodes: a protocol-2 chain whose validator set changes on chain. A
 //! node holding a key outside genesis is bonded in and signs; two genesis validators
 //! unbond and stop, and the chain goes on (test 1 of the issue, with one newcomer); a late
-//! joiner syncs across the changes and fsck replays them; the same stop without the
-//! newcomer halts.
+//! joiner syncs across the changes, fsck replays them and a validator restarted after them
+//! signs again; the same stop without the newcomer halts.
 
 use std::time::Duration;
 
@@ -137,6 +137,35 @@ async fn a_bonded_newcomer_keeps_the_chain_alive_after_two_genesis_validators_le
     let tip = net.height(2).await.unwrap();
     net.wait_nodes_height(&[late], tip + 2, WAIT).await.unwrap();
     net.assert_no_fork(&[2, late], 1..=tip + 2).await;
+
+    // Validator 2 restarts after both changes: it reads the sets of its tip from its
+    // store, rejoins, and signs again (3 and the newcomer, 30 of 40, went on meanwhile).
+    net.stop(2).await.unwrap();
+    let at = net.height(3).await.unwrap();
+    net.wait_nodes_height(&[3, 4], at + 3, WAIT).await.unwrap();
+    net.bootstrap_from(3);
+    net.start_node(2).unwrap();
+    net.wait_addresses(2, WAIT).await.unwrap();
+    let back = net.height(3).await.unwrap();
+    net.wait_nodes_height(&[2, 3, 4], back + 3, WAIT)
+        .await
+        .unwrap();
+    let two = to_hex(&net.nodes[2].validator.unwrap());
+    let signed_again = eventually(
+        WAIT,
+        "validator 2 in a commit after its restart",
+        || async {
+            let tip = net.height(3).await.map_err(|e| e.to_string())?;
+            for h in back + 1..=tip.saturating_sub(1) {
+                if signers(&net, 3, h).await?.contains(&two) {
+                    return Ok(h);
+                }
+            }
+            Err(format!("not in commits {}..{tip}", back + 1))
+        },
+    )
+    .await;
+    assert!(signed_again > back);
 }
 
 /// The negative control: the same chain without the bond halts when two of its four
