@@ -213,7 +213,7 @@ fn main() {
                 let bytes = tally_node::sync::serve(peer, &request, RESPONSE_CAP)
                     .expect("served")
                     .bytes;
-                let chunk = verify_response(g, from, count, &bytes)
+                let chunk = verify_response(g, None, from, count, &bytes)
                     .unwrap_or_else(|e| panic!("bad chunk: {e:?}"));
                 from += chunk.len() as u64;
                 if tx.send(chunk).is_err() {

@@ -68,6 +68,8 @@ pub struct Handles {
     pub sync: mpsc::Sender<SyncMsg>,
     /// Status and evidence (the RPC, the router).
     pub view: NodeView,
+    /// The validator sets of the next heights, as the host publishes them (the router).
+    pub sets: crate::sets::SetsRx,
 }
 
 impl<S: NodeStore> Actors<S> {
@@ -85,6 +87,10 @@ impl<S: NodeStore> Actors<S> {
         let (status, status_rx) = watch::channel(NodeStatus::default());
         let status = Arc::new(status);
         let evidence = Arc::new(RwLock::new(Vec::new()));
+        // Protocol 1's one set; a protocol-2 host replaces it before anyone reads it.
+        let (sets, sets_rx) = watch::channel(Arc::new(crate::sets::KnownSets::Fixed(
+            parts.genesis.validators.clone(),
+        )));
         let host = ChainHost::new(
             HostParts {
                 genesis: parts.genesis.clone(),
@@ -98,6 +104,7 @@ impl<S: NodeStore> Actors<S> {
                 outbox: outbox.clone(),
                 reuse_mempool_signatures: parts.reuse_mempool_signatures,
                 proposer: parts.key.as_ref().map(Keypair::address),
+                sets,
             },
             answers_tx,
             sync_tx.clone(),
@@ -112,6 +119,7 @@ impl<S: NodeStore> Actors<S> {
                 outbox,
                 timeout_commit: parts.timeout_commit,
                 committed: host.tip().height,
+                sets: sets_rx.clone(),
             },
             host_tx.clone(),
             sync_tx.clone(),
@@ -119,6 +127,7 @@ impl<S: NodeStore> Actors<S> {
         let sync = SyncActor::new(
             SyncParts {
                 genesis: parts.genesis,
+                sets: sets_rx.clone(),
                 net: parts.net,
                 metrics: parts.metrics,
                 status,
@@ -141,6 +150,7 @@ impl<S: NodeStore> Actors<S> {
                     status: status_rx,
                     evidence,
                 },
+                sets: sets_rx,
             },
         })
     }

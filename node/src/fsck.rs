@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Instant;
 
-use ledger::block::check_header;
+use ledger::block::{block_sets, check_header, check_header_v2};
 use ledger::exec::{execute_block, ExecContext, Signatures};
 use ledger::genesis::Genesis;
 use ledger::state::{AccountReader, StateReader};
@@ -133,14 +133,33 @@ pub fn check_store(store: &RocksStore, genesis: &Genesis) -> Report {
                 break;
             }
         };
-        if let Err(e) = check_header(&genesis.chain_id, &genesis.validators, &parent, &block) {
+        // Protocol 2: the sets of h - 1, h and h + 1, as the replay (at h - 1) stored them.
+        let sets = if genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
+            match block_sets(&replay, h) {
+                Ok(sets) => Some(sets),
+                Err(e) => {
+                    r.problems.push(format!("validator sets of block {h}: {e}"));
+                    break;
+                }
+            }
+        } else {
+            None
+        };
+        let (header, validators) = match &sets {
+            Some(sets) => (
+                check_header_v2(&genesis.chain_id, sets, &parent, &block),
+                &sets.current,
+            ),
+            None => (
+                check_header(&genesis.chain_id, &genesis.validators, &parent, &block),
+                &genesis.validators,
+            ),
+        };
+        if let Err(e) = header {
             r.problems.push(format!("block {h}: {e}"));
             break;
         }
-        if let Err(e) = genesis
-            .validators
-            .verify_commit(&genesis.chain_id, h, &hash, &commit)
-        {
+        if let Err(e) = validators.verify_commit(&genesis.chain_id, h, &hash, &commit) {
             r.problems.push(format!("commit {h}: {e}"));
             break;
         }

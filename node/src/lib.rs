@@ -13,6 +13,7 @@ pub mod node;
 pub mod repair;
 pub mod router;
 pub mod rpc;
+pub mod sets;
 pub mod status;
 pub mod sync;
 #[cfg(test)]

@@ -103,32 +103,33 @@ pub async fn run_with(
     genesis: Genesis,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Protocol 2 (issue 20): the ledger executes it and the consensus core follows a
-    // changing set, but the node does not yet build, check or sync version-2 blocks with
-    // their heights' sets; a node on such a chain would build version-1 blocks and refuse
-    // them.
-    if genesis.params.protocol_version != ledger::types::PROTOCOL_1 {
-        anyhow::bail!(
-            "genesis params.protocol_version is {}; this tallyd runs protocol 1 chains only \
-             (protocol 2's validator-set changes are executed by the ledger but not yet \
-             driven by the node): remove the field or set it to 1",
-            genesis.params.protocol_version
-        );
-    }
     raise_open_files_limit(fds_needed(&config));
+    let changing_sets = genesis.params.protocol_version >= ledger::types::PROTOCOL_2;
     let mut genesis = Arc::new(genesis);
     let key = if config.consensus.validator_key.is_empty() {
         None
     } else {
         let path = home.resolve(&config.consensus.validator_key);
         let key = crate::keys::read_validator_key(&path)?;
-        if genesis.validators.get(&key.address()).is_none() {
+        let in_genesis = genesis.validators.get(&key.address()).is_some();
+        if in_genesis {
+            Some(key)
+        } else if changing_sets {
+            // Protocol 2: the key may be bonded in later; the core signs only at heights
+            // whose set holds it.
+            tracing::info!(
+                address = %ledger::to_hex(&key.address()),
+                "the validator key is not in the genesis validator set; the node signs at \
+                 the heights whose set holds it (once bonded)"
+            );
+            Some(key)
+        } else {
             tracing::warn!(
                 address = %ledger::to_hex(&key.address()),
                 "the validator key is not in the genesis validator set; running as a full node"
             );
+            None
         }
-        Some(key).filter(|k| genesis.validators.get(&k.address()).is_some())
     };
     let node_secret = crate::keys::read_node_key(&home.node_key_file())?;
 
@@ -282,6 +283,7 @@ pub async fn run_with(
         sync_max_response_bytes,
         sync_blocks_served,
         status: handles.view.status.clone(),
+        sets: handles.sets.clone(),
     };
 
     // RPC and metrics listeners are bound before anything is announced.

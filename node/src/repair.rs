@@ -77,6 +77,24 @@ impl Damage {
     }
 }
 
+/// The set whose precommits make the commit of height `h`: the genesis set on protocol 1,
+/// on protocol 2 the set the store holds for `h` (a store whose tip is `tip`).
+pub(crate) fn commit_set<'g>(
+    store: &RocksStore,
+    genesis: &'g Genesis,
+    tip: u64,
+    h: u64,
+) -> Result<std::borrow::Cow<'g, ledger::validators::ValidatorSet>, String> {
+    if genesis.params.protocol_version < ledger::types::PROTOCOL_2 {
+        return Ok(std::borrow::Cow::Borrowed(&genesis.validators));
+    }
+    match crate::sets::stored_set_at(store, tip, h) {
+        Ok(Some(set)) => Ok(std::borrow::Cow::Owned(set)),
+        Ok(None) => Err(format!("no validator set is known for height {h}")),
+        Err(e) => Err(format!("cannot read the validator set of height {h} ({e})")),
+    }
+}
+
 fn advice(db: &Path) -> String {
     format!(
         "Run `tallyd fsck --home <home>` for a full report. To recover, start the node while \
@@ -116,7 +134,6 @@ pub fn check_tip(
     if tip.height == 0 {
         return Ok(damage);
     }
-    let v = &genesis.validators;
     let chain_id = &genesis.chain_id;
     // The hash the chain above expects at the current height (`None` below damage: the
     // block must then prove itself with its commit's signatures).
@@ -160,8 +177,10 @@ pub fn check_tip(
                     // Full signature checks where the chain does not vouch for the block.
                     let full = h == tip.height || expected.is_none();
                     let ok = if full {
-                        v.verify_commit(chain_id, h, &hash, c)
-                            .map_err(|e| e.to_string())
+                        commit_set(store, genesis, tip.height, h).and_then(|v| {
+                            v.verify_commit(chain_id, h, &hash, c)
+                                .map_err(|e| e.to_string())
+                        })
                     } else if c.height == h && c.block_hash == hash {
                         Ok(())
                     } else {
@@ -255,6 +274,21 @@ pub async fn repair_from_peers(
                     advice(db)
                 ));
             }
+            // Protocol 2: sync left the commits to the chain host; here the block is vouched
+            // for by the chain above it, and its commit is checked with its height's set.
+            if genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
+                commit_set(store, genesis, tip.height, h)
+                    .and_then(|set| {
+                        set.verify_commit(&genesis.chain_id, h, &v.hash, &v.commit)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| {
+                        format!(
+                            "peers served block {h} with a commit that does not verify: {e}. {}",
+                            advice(db)
+                        )
+                    })?;
+            }
             let ids: Vec<Hash> = tx_ids_and_sizes(&v.block.txs)
                 .into_iter()
                 .map(|(id, _)| id)
@@ -343,7 +377,7 @@ async fn fetch_range(
         let peers = net.peers().await.unwrap_or_default();
         let mut progressed = false;
         for p in peers.iter().filter(|p| p.connected && !p.banned) {
-            match fetch(net, genesis, p.peer_id, from, count).await {
+            match fetch(net, genesis, None, p.peer_id, from, count).await {
                 Ok(blocks) => {
                     // Keep only the linked continuation of what we already have.
                     for v in blocks {

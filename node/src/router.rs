@@ -14,6 +14,7 @@ use ledger::genesis::Genesis;
 use ledger::hash::sha256;
 use ledger::store::rocks::RocksStore;
 use ledger::types::{SignedProposal, SignedVote};
+use ledger::validators::ValidatorSet;
 use ledger::Hash;
 use tally_p2p::{Event, NetworkHandle, PeerId, PenaltyReason, TokenBucket, Topic, Verdict};
 use tokio::sync::mpsc;
@@ -24,6 +25,7 @@ use crate::driver::DriverMsg;
 use crate::mempool::admission::admit_bytes;
 use crate::mempool::metrics::MempoolMetrics;
 use crate::mempool::{AddError, Mempool};
+use crate::sets::KnownSets;
 use crate::sync::SyncMsg;
 use crate::wire::ConsensusMessage;
 
@@ -45,6 +47,9 @@ pub struct Router {
     pub listening: tokio::sync::watch::Sender<Vec<tally_p2p::Multiaddr>>,
     /// Where the node is (tip, round): bounds the consensus messages worth forwarding.
     pub status: tokio::sync::watch::Receiver<crate::status::NodeStatus>,
+    /// The validator sets of the next heights, as the chain host publishes them: a vote or
+    /// proposal is checked against the set of its own height.
+    pub sets: crate::sets::SetsRx,
 }
 
 /// The penalty for a gossiped tx that no honest node would have forwarded; None for txs
@@ -239,7 +244,19 @@ impl Router {
             let status = self.status.borrow();
             (status.height, status.round)
         };
-        let (msg, verdict) = match filter.check(&self.genesis, Live { tip, round }, msg) {
+        // Evidence of a committed height on protocol 2 is checked against that height's
+        // stored set (rare: after the filter's dedup, once per validator and height).
+        let older = |height: u64| {
+            crate::sets::stored_set_at(self.store.as_ref(), tip, height)
+                .ok()
+                .flatten()
+        };
+        let against = Against {
+            chain_id: &self.genesis.chain_id,
+            sets: self.sets.borrow().clone(),
+            older: Some(&older),
+        };
+        let (msg, verdict) = match filter.check(&against, Live { tip, round }, msg) {
             Checked::Fault(reason) => return Verdict::Reject(reason),
             Checked::Nothing => return filter.charge_useless(source, Instant::now()),
             Checked::Unwanted => return Verdict::Ignore,
@@ -321,6 +338,28 @@ type Slot = (u64, u32, u8, [u8; 20]);
 const SLOT_PREVOTE: u8 = 0;
 const SLOT_PRECOMMIT: u8 = 1;
 const SLOT_PROPOSAL: u8 = 2;
+
+/// What the filter checks messages against: the chain and the validator sets.
+pub(crate) struct Against<'a> {
+    pub chain_id: &'a str,
+    /// The sets of the live heights (protocol 1: the genesis set at every height).
+    pub sets: Arc<KnownSets>,
+    /// The set of a height the live sets do not hold (protocol 2's evidence of a committed
+    /// height), if known.
+    pub older: Option<&'a (dyn Fn(u64) -> Option<ValidatorSet> + Sync)>,
+}
+
+impl Against<'_> {
+    /// The set of `height`, if known.
+    fn set_at(&self, height: u64) -> Option<std::borrow::Cow<'_, ValidatorSet>> {
+        if let Some(set) = self.sets.at(height) {
+            return Some(std::borrow::Cow::Borrowed(set));
+        }
+        self.older
+            .and_then(|f| f(height))
+            .map(std::borrow::Cow::Owned)
+    }
+}
 
 /// What the filter knows of the live consensus.
 #[derive(Clone, Copy, Debug)]
@@ -441,16 +480,26 @@ impl ConsensusFilter {
     }
 
     /// A vote: new and valid, stale or seen, of no use, or a sign of the sender's height.
+    ///
+    /// The vote is checked against the set of its height. On protocol 2 that set is known
+    /// for the next two heights only: a vote of a committed height is stale whatever its
+    /// signer, and one further ahead, a sign of the sender's height, is checked against the
+    /// latest set we know and dropped unverified (never penalised) when its signer is not
+    /// in it: an honest validator that joined since may have sent it.
     fn vote(
         &mut self,
-        g: &Genesis,
+        a: &Against<'_>,
         live: Live,
         v: SignedVote,
     ) -> Result<Part<SignedVote>, PenaltyReason> {
-        let Some(validator) = g.validators.get(&v.validator) else {
-            return Err(PenaltyReason::InvalidMessage);
+        let pubkey = match a.sets.at(v.vote.height) {
+            Some(set) => match set.get(&v.validator) {
+                Some(validator) => Some(validator.pubkey),
+                None => return Err(PenaltyReason::InvalidMessage),
+            },
+            None => None,
         };
-        if v.vote.chain_id != g.chain_id {
+        if v.vote.chain_id != a.chain_id {
             return Err(PenaltyReason::InvalidMessage);
         }
         // A vote for a committed height is useless to everyone: no signature check.
@@ -461,8 +510,18 @@ impl ConsensusFilter {
         if self.seen(&id) {
             return Ok(Part::Stale);
         }
+        let pubkey = match pubkey {
+            Some(pubkey) => pubkey,
+            None => {
+                let (latest, set) = a.sets.latest();
+                match set.get(&v.validator) {
+                    Some(validator) if v.vote.height > latest => validator.pubkey,
+                    _ => return Ok(Part::Unwanted),
+                }
+            }
+        };
         if !live.near(v.vote.height) {
-            v.verify_signature(&validator.pubkey)
+            v.verify_signature(&pubkey)
                 .map_err(|_| PenaltyReason::InvalidSignature)?;
             return Ok(Part::Local(v));
         }
@@ -474,7 +533,7 @@ impl ConsensusFilter {
         if !live.in_window(v.vote.height, v.vote.round) || !self.slot_open(&slot, 2) {
             return Ok(Part::Unwanted);
         }
-        v.verify_signature(&validator.pubkey)
+        v.verify_signature(&pubkey)
             .map_err(|_| PenaltyReason::InvalidSignature)?;
         self.remember(id);
         self.fill(slot);
@@ -485,13 +544,13 @@ impl ConsensusFilter {
     /// else is trusted.
     fn proposal(
         &mut self,
-        g: &Genesis,
+        a: &Against<'_>,
         live: Live,
         proposal: SignedProposal,
         block: ledger::types::Block,
     ) -> Result<Part<(SignedProposal, ledger::types::Block)>, PenaltyReason> {
         let p = &proposal.proposal;
-        if p.chain_id != g.chain_id
+        if p.chain_id != a.chain_id
             || block.hash() != p.block_hash
             || block.header.height != p.height
             || check_body(&block).is_err()
@@ -505,7 +564,11 @@ impl ConsensusFilter {
         if self.seen(&id) {
             return Ok(Part::Stale);
         }
-        let proposer = g.validators.proposer(p.height, p.round);
+        // Protocol 2: a height whose set is not known yet (not near) is of no use yet.
+        let Some(set) = a.sets.at(p.height) else {
+            return Ok(Part::Unwanted);
+        };
+        let proposer = set.proposer(p.height, p.round);
         let slot = (p.height, p.round, SLOT_PROPOSAL, proposer.address);
         if !live.near(p.height) || !live.in_window(p.height, p.round) || !self.slot_open(&slot, 1) {
             return Ok(Part::Unwanted);
@@ -522,7 +585,7 @@ impl ConsensusFilter {
     /// keeps evidence for.
     fn evidence(
         &mut self,
-        g: &Genesis,
+        a: &Against<'_>,
         live: Live,
         e: consensus::types::Equivocation,
     ) -> Result<Part<consensus::types::Equivocation>, PenaltyReason> {
@@ -539,7 +602,12 @@ impl ConsensusFilter {
         {
             return Ok(Part::Unwanted);
         }
-        if !valid_evidence(g, &e) {
+        // The set of the evidence's height; unknown here (our store failed): not checked,
+        // not forwarded, nobody blamed.
+        let Some(set) = a.set_at(height) else {
+            return Ok(Part::Unwanted);
+        };
+        if !valid_evidence(a.chain_id, &set, &e) {
             return Err(PenaltyReason::InvalidMessage);
         }
         self.remember(id);
@@ -547,9 +615,9 @@ impl ConsensusFilter {
         Ok(Part::New(e))
     }
 
-    /// Checks `msg` against the genesis and the live consensus, remembering what it
+    /// Checks `msg` against the chain's sets and the live consensus, remembering what it
     /// verified.
-    pub(crate) fn check(&mut self, g: &Genesis, live: Live, msg: ConsensusMessage) -> Checked {
+    pub(crate) fn check(&mut self, g: &Against<'_>, live: Live, msg: ConsensusMessage) -> Checked {
         self.prune(live.tip);
         let part = match msg {
             ConsensusMessage::Vote(v) => {
@@ -581,7 +649,7 @@ impl ConsensusFilter {
     /// count as seen: a validator re-announces its own messages of the live round.
     fn rebroadcast(
         &mut self,
-        g: &Genesis,
+        g: &Against<'_>,
         live: Live,
         sent_at_ms: u64,
         votes: Vec<SignedVote>,
@@ -709,6 +777,15 @@ mod tests {
         crate::testing::empty_proposal(g, key, height, round, t)
     }
 
+    /// What a protocol-1 chain's messages are checked against.
+    fn fixed(g: &Genesis) -> Against<'_> {
+        Against {
+            chain_id: &g.chain_id,
+            sets: Arc::new(KnownSets::Fixed(g.validators.clone())),
+            older: None,
+        }
+    }
+
     fn kind(c: &Checked) -> &'static str {
         match c {
             Checked::Fault(_) => "fault",
@@ -736,52 +813,83 @@ mod tests {
         let (k, g) = (keys(), genesis(&keys()));
         let mut f = ConsensusFilter::default();
         let top = consensus::machine::FUTURE_ROUNDS;
-        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, top, 1))), "new");
         assert_eq!(
-            kind(&f.check(&g, LIVE, vote(&k[0], 11, top + 1, 1))),
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 11, top, 1))),
+            "new"
+        );
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 11, top + 1, 1))),
             "unwanted"
         );
         assert_eq!(
-            kind(&f.check(&g, LIVE, vote(&k[0], 11, u32::MAX, 1))),
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 11, u32::MAX, 1))),
             "unwanted"
         );
         // The window moves with the driver's round; the next height's starts at round 0.
         let later = Live { tip: 10, round: 5 };
         assert_eq!(
-            kind(&f.check(&g, later, vote(&k[1], 11, top + 5, 1))),
+            kind(&f.check(&fixed(&g), later, vote(&k[1], 11, top + 5, 1))),
             "new"
         );
         assert_eq!(
-            kind(&f.check(&g, later, vote(&k[1], 12, top + 1, 1))),
+            kind(&f.check(&fixed(&g), later, vote(&k[1], 12, top + 1, 1))),
             "unwanted"
         );
-        assert_eq!(kind(&f.check(&g, later, vote(&k[1], 12, top, 1))), "new");
+        assert_eq!(
+            kind(&f.check(&fixed(&g), later, vote(&k[1], 12, top, 1))),
+            "new"
+        );
         // Heights ahead: verified for the driver (the sender's height), not forwarded.
-        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[2], 13, 0, 1))), "local");
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[2], 13, 0, 1))),
+            "local"
+        );
         // A forged signature is still a fault where it is checked.
         let mut forged = vote(&k[2], 11, 0, 1);
         if let ConsensusMessage::Vote(v) = &mut forged {
             v.signature[10] ^= 1;
         }
-        assert_eq!(kind(&f.check(&g, LIVE, forged)), "fault");
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, forged)), "fault");
     }
 
     #[test]
     fn two_votes_per_validator_round_and_kind_are_forwarded_then_no_more() {
         let (k, g) = (keys(), genesis(&keys()));
         let mut f = ConsensusFilter::default();
-        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 0, 1))), "new");
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 11, 0, 1))),
+            "new"
+        );
         // The second proves a double sign and must travel; the third adds nothing.
-        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 0, 2))), "new");
-        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 0, 3))), "unwanted");
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 11, 0, 2))),
+            "new"
+        );
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 11, 0, 3))),
+            "unwanted"
+        );
         // Another validator's slot, and the same validator's next round, are their own.
-        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[1], 11, 0, 3))), "new");
-        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 1, 3))), "new");
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[1], 11, 0, 3))),
+            "new"
+        );
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 11, 1, 3))),
+            "new"
+        );
         // A copy of a forwarded vote is no news (charged), not unwanted.
-        assert_eq!(kind(&f.check(&g, LIVE, vote(&k[0], 11, 0, 1))), "nothing");
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 11, 0, 1))),
+            "nothing"
+        );
         // Slots of committed heights are forgotten.
         assert!(!f.slots.is_empty());
-        f.check(&g, Live { tip: 11, round: 0 }, vote(&k[0], 12, 0, 1));
+        f.check(
+            &fixed(&g),
+            Live { tip: 11, round: 0 },
+            vote(&k[0], 12, 0, 1),
+        );
         assert!(
             f.slots.keys().all(|(h, ..)| *h > 11),
             "{:?}",
@@ -793,19 +901,25 @@ mod tests {
     fn only_the_first_proposal_of_a_round_is_forwarded() {
         let (k, g) = (keys(), genesis(&keys()));
         let mut f = ConsensusFilter::default();
-        assert_eq!(kind(&f.check(&g, LIVE, proposal(&g, &k, 11, 0, 1))), "new");
         assert_eq!(
-            kind(&f.check(&g, LIVE, proposal(&g, &k, 11, 0, 2))),
+            kind(&f.check(&fixed(&g), LIVE, proposal(&g, &k, 11, 0, 1))),
+            "new"
+        );
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, proposal(&g, &k, 11, 0, 2))),
             "unwanted"
         );
-        assert_eq!(kind(&f.check(&g, LIVE, proposal(&g, &k, 11, 1, 2))), "new");
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, proposal(&g, &k, 11, 1, 2))),
+            "new"
+        );
         let past = consensus::machine::FUTURE_ROUNDS + 1;
         assert_eq!(
-            kind(&f.check(&g, LIVE, proposal(&g, &k, 11, past, 1))),
+            kind(&f.check(&fixed(&g), LIVE, proposal(&g, &k, 11, past, 1))),
             "unwanted"
         );
         assert_eq!(
-            kind(&f.check(&g, LIVE, proposal(&g, &k, 13, 0, 1))),
+            kind(&f.check(&fixed(&g), LIVE, proposal(&g, &k, 13, 0, 1))),
             "unwanted"
         );
         // A body that is not its header's is still the relay's fault, slot or not.
@@ -822,7 +936,7 @@ mod tests {
                 },
             }));
         }
-        assert_eq!(kind(&f.check(&g, LIVE, swapped)), "fault");
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, swapped)), "fault");
     }
 
     #[test]
@@ -837,20 +951,86 @@ mod tests {
             };
             ConsensusMessage::Evidence(Equivocation { first, second })
         };
-        assert_eq!(kind(&f.check(&g, LIVE, ev(11, 1, 2))), "new");
-        assert_eq!(kind(&f.check(&g, LIVE, ev(11, 1, 2))), "nothing");
-        assert_eq!(kind(&f.check(&g, LIVE, ev(11, 1, 3))), "unwanted");
-        assert_eq!(kind(&f.check(&g, LIVE, ev(9, 1, 3))), "new");
-        assert_eq!(kind(&f.check(&g, LIVE, ev(13, 1, 3))), "unwanted");
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, ev(11, 1, 2))), "new");
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, ev(11, 1, 2))), "nothing");
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, ev(11, 1, 3))), "unwanted");
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, ev(9, 1, 3))), "new");
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, ev(13, 1, 3))), "unwanted");
         // Not a double sign (same hash twice): a fault where it is checked.
-        assert_eq!(kind(&f.check(&g, LIVE, ev(11, 4, 4))), "unwanted");
-        assert_eq!(kind(&f.check(&g, LIVE, ev(12, 4, 4))), "fault");
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, ev(11, 4, 4))), "unwanted");
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, ev(12, 4, 4))), "fault");
         // Older than the chain host keeps evidence for.
         let far = Live {
             tip: 5_000,
             round: 0,
         };
-        assert_eq!(kind(&f.check(&g, far, ev(100, 1, 3))), "unwanted");
+        assert_eq!(kind(&f.check(&fixed(&g), far, ev(100, 1, 3))), "unwanted");
         assert!(f.evidence.is_empty(), "{:?}", f.evidence);
+    }
+
+    /// Protocol 2: each vote is checked against the set of its height. Set A = {0..3} at
+    /// the tip + 1, B = {1..4} at the tip + 2: 4 is a fault at 11 and welcome at 12, 0 the
+    /// other way round; further ahead, where no set is known, a vote of a member of the
+    /// latest set is a sign of its sender's height, and any other is dropped unverified and
+    /// unpenalised (its signer may have joined since).
+    #[test]
+    fn on_protocol_2_each_vote_is_checked_against_its_heights_set() {
+        let mut k = keys();
+        k.push(crate::testing::key("v4"));
+        let set = |idx: &[usize]| {
+            let mut v: Vec<ledger::types::Validator> = idx
+                .iter()
+                .map(|&i| ledger::types::Validator {
+                    address: k[i].address(),
+                    pubkey: k[i].public_key(),
+                    power: 1,
+                })
+                .collect();
+            v.sort_by_key(|v| v.address);
+            ValidatorSet::new(v).unwrap()
+        };
+        let against = Against {
+            chain_id: CHAIN,
+            sets: Arc::new(KnownSets::Changing {
+                from: 11,
+                current: set(&[0, 1, 2, 3]),
+                next: set(&[1, 2, 3, 4]),
+            }),
+            older: None,
+        };
+        let mut f = ConsensusFilter::default();
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[4], 11, 0, 1))),
+            "fault"
+        );
+        assert_eq!(kind(&f.check(&against, LIVE, vote(&k[4], 12, 0, 1))), "new");
+        assert_eq!(kind(&f.check(&against, LIVE, vote(&k[0], 11, 0, 1))), "new");
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[0], 12, 0, 1))),
+            "fault"
+        );
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[4], 13, 0, 1))),
+            "local"
+        );
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[0], 13, 0, 1))),
+            "unwanted"
+        );
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[0], 9, 0, 1))),
+            "nothing"
+        );
+        // The genesis set at every height (protocol 1) takes 0 at 12 and refuses 4 anywhere.
+        let g = genesis(&keys());
+        let mut f = ConsensusFilter::default();
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[0], 12, 0, 1))),
+            "new"
+        );
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, vote(&k[4], 12, 0, 1))),
+            "fault"
+        );
     }
 }

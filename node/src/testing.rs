@@ -53,6 +53,49 @@ pub fn genesis(chain_id: &str, validators: &[&Keypair], accounts: &[(&Keypair, u
     Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap()
 }
 
+/// A protocol-2 genesis of `chain_id`: `validators` as (key, power), each bonded by the
+/// operator `operator` (funded with `balance`); one unit of stake per unit of power, so a
+/// bond of n gives power n; no downtime jailing within a test's heights.
+pub fn genesis_v2(
+    chain_id: &str,
+    validators: &[(&Keypair, u64)],
+    operator: &Keypair,
+    balance: u64,
+) -> Genesis {
+    use ledger::genesis::StakingParams;
+    let file = GenesisFile {
+        chain_id: chain_id.into(),
+        genesis_time_ms: 0,
+        params: Params {
+            protocol_version: ledger::types::PROTOCOL_2,
+            staking: Some(StakingParams {
+                stake_per_power: 1,
+                min_validator_stake: 1,
+                unbonding_blocks: 10,
+                evidence_max_age_blocks: 10,
+                downtime_jail_after: 1_000,
+                ..StakingParams::default()
+            }),
+            ..Params::default()
+        },
+        validators: validators
+            .iter()
+            .enumerate()
+            .map(|(i, (k, power))| GenesisValidator {
+                name: format!("v{i}"),
+                pubkey: hex::encode(k.public_key()),
+                power: *power,
+                operator: Some(hex::encode(operator.address())),
+            })
+            .collect(),
+        accounts: vec![GenesisAccount {
+            address: hex::encode(operator.address()),
+            balance,
+        }],
+    };
+    Genesis::from_bytes("g.json", &serde_json::to_vec(&file).unwrap()).unwrap()
+}
+
 /// An empty mempool of `genesis` with the default limits.
 pub fn mempool(genesis: &Genesis) -> Arc<Mutex<Mempool>> {
     Arc::new(Mutex::new(Mempool::new(
@@ -134,13 +177,28 @@ pub fn actors<S: NodeStore>(
     tokio::sync::mpsc::Receiver<tally_p2p::Command>,
     ChainMetrics,
 ) {
+    let pool = mempool(&genesis);
+    actors_with(genesis, store, key, pool)
+}
+
+/// [`actors`] over the given mempool.
+pub fn actors_with<S: NodeStore>(
+    genesis: Arc<Genesis>,
+    store: Arc<S>,
+    key: Option<Keypair>,
+    mempool: Arc<Mutex<Mempool>>,
+) -> (
+    Actors<S>,
+    tokio::sync::mpsc::Receiver<tally_p2p::Command>,
+    ChainMetrics,
+) {
     let (net, commands) = tally_p2p::NetworkHandle::detached(1024);
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ChainMetrics::register(&mut registry);
     let actors = Actors::build(ActorParts {
         genesis: genesis.clone(),
         store,
-        mempool: mempool(&genesis),
+        mempool,
         mempool_metrics: Default::default(),
         metrics: metrics.clone(),
         net,

@@ -14,5 +14,6 @@ mod metrics;
 mod netcrowd;
 mod netfaults;
 mod rpc;
+mod staking;
 mod sync;
 mod testnet;

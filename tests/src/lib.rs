@@ -201,9 +201,23 @@ pub struct Builder {
     timeout_propose_ms: u64,
     extra_env: Vec<(String, String)>,
     node_env: Vec<(usize, String, String)>,
+    protocol: u32,
+    joiners: usize,
 }
 
 impl Builder {
+    /// The chain's protocol (genesis `params.protocol_version`, 1 by default). On protocol
+    /// 2 genesis validator i is bonded by the funded account i (modulo the accounts).
+    pub fn protocol(mut self, version: u32) -> Self {
+        self.protocol = version;
+        self
+    }
+    /// Nodes after the validators and full nodes that hold a validator key not in genesis
+    /// (on protocol 2 they sign once bonded; [`TestNet::validator_key`] gives the key).
+    pub fn joiners(mut self, n: usize) -> Self {
+        self.joiners = n;
+        self
+    }
     pub fn validators(mut self, n: usize) -> Self {
         self.validators = n;
         self
@@ -232,7 +246,7 @@ impl Builder {
 
     /// Writes homes for every node and starts them all; returns once every RPC answers.
     pub async fn start(self) -> anyhow::Result<TestNet> {
-        let total = self.validators + self.full_nodes;
+        let total = self.validators + self.full_nodes + self.joiners;
         let all: Vec<usize> = (0..total).collect();
         self.start_only(&all).await
     }
@@ -268,8 +282,11 @@ impl Builder {
             .prefix("tally-testnet-")
             .tempdir()?;
         let block = NEXT_NET.fetch_add(1, Ordering::SeqCst) % 20;
-        let total = self.validators + self.full_nodes;
+        let total = self.validators + self.full_nodes + self.joiners;
         let vkeys: Vec<Keypair> = (0..self.validators).map(|_| Keypair::generate()).collect();
+        let joiner_keys: Vec<Keypair> = (0..self.joiners).map(|_| Keypair::generate()).collect();
+        let v2 = self.protocol >= ledger::types::PROTOCOL_2;
+        let accounts = self.accounts;
         let genesis = GenesisFile {
             chain_id: CHAIN_ID.into(),
             genesis_time_ms: 0,
@@ -281,6 +298,7 @@ impl Builder {
                 timeout_propose_delta_ms: 250,
                 timeout_prevote_delta_ms: 250,
                 timeout_precommit_delta_ms: 250,
+                protocol_version: self.protocol,
                 ..Params::default()
             },
             validators: vkeys
@@ -290,7 +308,7 @@ impl Builder {
                     name: format!("validator-{i}"),
                     pubkey: to_hex(&k.public_key()),
                     power: 10,
-                    operator: None,
+                    operator: v2.then(|| to_hex(&account_key(i % accounts.max(1)).address())),
                 })
                 .collect(),
             accounts: (0..self.accounts)
@@ -303,8 +321,13 @@ impl Builder {
         let genesis_path = dir.path().join("genesis.json");
         init::write_genesis(&genesis_path, &genesis, 0)?;
         let mut nodes = Vec::new();
+        let joiners_from = self.validators + self.full_nodes;
         for i in 0..total {
-            let vkey = vkeys.get(i);
+            let vkey = if i >= joiners_from {
+                joiner_keys.get(i - joiners_from)
+            } else {
+                vkeys.get(i)
+            };
             let home = dir.path().join(format!("node{i}"));
             let ip = format!("127.0.{}.{}", 100 + block, 2 + i);
             init::write_home(
@@ -386,7 +409,15 @@ impl TestNet {
             timeout_propose_ms: 1500,
             extra_env: Vec::new(),
             node_env: Vec::new(),
+            protocol: ledger::types::PROTOCOL_1,
+            joiners: 0,
         }
+    }
+
+    /// Node `i`'s validator key, read from its home (None for a full node).
+    pub fn validator_key(&self, i: usize) -> Option<Keypair> {
+        let path = self.nodes[i].home.join("config/validator_key.json");
+        tally_node::keys::read_validator_key(&path).ok()
     }
 
     pub fn dir(&self) -> &Path {
@@ -432,6 +463,14 @@ impl TestNet {
         self.nodes[i].child = Some(child);
         self.nodes[i].addresses = None;
         Ok(())
+    }
+
+    /// Nodes started from now on bootstrap from running node `i` (node 0 by default):
+    /// for adding nodes after node 0 stopped.
+    pub fn bootstrap_from(&mut self, i: usize) {
+        if let Some(a) = &self.nodes[i].addresses {
+            self.bootstrap = a.p2p.clone();
+        }
     }
 
     /// An environment variable for node `i`'s next start.

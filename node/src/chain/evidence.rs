@@ -1,12 +1,13 @@
 //! Equivocation evidence: checked, bounded, and kept in the store's consensus table so it
 //! survives a restart.
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use consensus::Equivocation;
 use ledger::codec::encode;
-use ledger::genesis::Genesis;
 use ledger::store::{ConsensusStore, StoreError};
+use ledger::validators::ValidatorSet;
 
 /// Evidence records kept per validator (its oldest dropped first); the list is bounded by
 /// this times the validator count.
@@ -40,10 +41,13 @@ impl EvidencePool {
     /// `next` (the height being decided), and at most [`MAX_EVIDENCE_PER_VALIDATOR`] per
     /// validator (its own oldest dropped first), so one validator double-signing all day
     /// neither grows the list without end nor evicts another's evidence, and costs one
-    /// synced write per height at most. True when it was new and kept.
+    /// synced write per height at most. `set_of` gives the validator set of a height (the
+    /// genesis set on protocol 1, the stored set of that height on protocol 2; None if
+    /// unknown: the evidence is not kept). True when it was new and kept.
     pub(super) fn record<S: ConsensusStore + ?Sized>(
         &self,
-        genesis: &Genesis,
+        chain_id: &str,
+        set_of: impl FnOnce(u64) -> Option<ValidatorSet>,
         e: Equivocation,
         next: u64,
         store: &S,
@@ -62,7 +66,10 @@ impl EvidencePool {
             _ => return false,
         }
         // Signatures are checked only for evidence we would keep.
-        if !valid_evidence(genesis, &e) {
+        let Some(set) = set_of(height) else {
+            return false;
+        };
+        if !valid_evidence(chain_id, &set, &e) {
             return false;
         }
         let Ok(mut list) = self.list.write() else {
@@ -89,18 +96,50 @@ impl EvidencePool {
         }
         true
     }
+
+    /// What a protocol-2 proposer of `height` offers its block: the evidence held of
+    /// heights before it and at most `max_age` blocks old, newest first, at most `max`
+    /// pieces, leaving out `included` ((validator, height) of pieces committed blocks
+    /// carried; the block's execution leaves out whatever else does not hold).
+    pub(super) fn for_block(
+        &self,
+        height: u64,
+        max_age: u64,
+        max: usize,
+        included: &HashSet<([u8; 20], u64)>,
+    ) -> Vec<ledger::types::Equivocation> {
+        let Ok(list) = self.list.read() else {
+            return Vec::new();
+        };
+        let mut pieces: Vec<&Equivocation> = list
+            .iter()
+            .filter(|e| {
+                let h = e.first.vote.height;
+                h < height && height - h <= max_age && !included.contains(&(e.first.validator, h))
+            })
+            .collect();
+        pieces.sort_by_key(|e| std::cmp::Reverse(e.first.vote.height));
+        pieces
+            .into_iter()
+            .take(max)
+            .map(|e| ledger::types::Equivocation {
+                a: e.first.clone(),
+                b: e.second.clone(),
+            })
+            .collect()
+    }
 }
 
-/// Two valid signatures of one validator for the same (height, round, kind) with different
-/// block hashes.
-pub fn valid_evidence(genesis: &Genesis, e: &Equivocation) -> bool {
+/// Two valid signatures of one validator of `set` (the set of the votes' height) for the
+/// same (height, round, kind) with different block hashes.
+pub fn valid_evidence(chain_id: &str, set: &ValidatorSet, e: &Equivocation) -> bool {
     let (a, b) = (&e.first, &e.second);
-    let Some(v) = genesis.validators.get(&a.validator) else {
+    let Some(v) = set.get(&a.validator) else {
         return false;
     };
     a.validator == b.validator
-        && a.vote.chain_id == genesis.chain_id
-        && b.vote.chain_id == genesis.chain_id
+        && a.vote.chain_id == chain_id
+        && b.vote.chain_id == chain_id
         && a.vote.height == b.vote.height
         && a.vote.round == b.vote.round
         && a.vote.kind == b.vote.kind

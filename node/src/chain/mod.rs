@@ -22,8 +22,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use consensus::Equivocation;
-use ledger::block::{assemble, check_header, check_proposal_time, next_block_time, BlockTemplate};
-use ledger::exec::{build_body, execute_block, BlockError, BlockOutcome, ExecContext, Signatures};
+use ledger::block::{
+    assemble, assemble_v2, block_sets, check_header, check_header_v2, check_proposal_time,
+    next_block_time, BlockSets, BlockTemplate,
+};
+use ledger::exec::{
+    build_body, build_body_at, execute_block, BlockEnv, BlockError, BlockOutcome, ExecContext,
+    Signatures,
+};
 use ledger::genesis::Genesis;
 use ledger::store::Tip;
 use ledger::types::{Block, Commit, SignedTx};
@@ -37,12 +43,15 @@ use crate::driver::{DriverMsg, Outbox};
 use crate::mempool::metrics::MempoolMetrics;
 use crate::mempool::Mempool;
 use crate::metrics::ChainMetrics;
+use crate::sets::{stored_set_at, KnownSets, SetsTx};
 use crate::status::{NodeEvent, StatusTx};
 use crate::sync::{SyncMsg, Verified};
 pub use evidence::{valid_evidence, EVIDENCE_MAX_AGE};
 
 /// Requests waiting for the host, at most.
 pub const INBOX: usize = 1024;
+/// Evidence pieces a protocol-2 proposer offers one block, at most.
+pub const MAX_BLOCK_EVIDENCE: usize = 16;
 
 /// Requests to the chain host.
 #[derive(Debug)]
@@ -119,6 +128,9 @@ pub struct HostParts<S> {
     pub reuse_mempool_signatures: bool,
     /// Our address, when we propose (validators only).
     pub proposer: Option<[u8; 20]>,
+    /// Where the host publishes the validator sets of the next heights (read by the driver
+    /// and the router; see [`crate::sets`]).
+    pub sets: SetsTx,
 }
 
 pub struct ChainHost<S> {
@@ -133,6 +145,14 @@ pub struct ChainHost<S> {
     outbox: Outbox,
     reuse_mempool_signatures: bool,
     proposer: Option<[u8; 20]>,
+    sets_tx: SetsTx,
+    /// Protocol 2: the sets a block at the tip + 1 is checked against (of the tip, the
+    /// tip + 1 and the tip + 2), read from the store after each commit. None on protocol 1,
+    /// whose every height has the genesis set.
+    sets: Option<BlockSets>,
+    /// Protocol 2: (validator, height) of the evidence committed blocks carried since the
+    /// start, not offered again.
+    included_evidence: HashSet<([u8; 20], u64)>,
     /// The committed tip: read from the store once at start, then moved by our commits
     /// (the host is the store's only block writer while the node runs).
     tip: Tip,
@@ -176,6 +196,24 @@ impl<S: NodeStore> ChainHost<S> {
     ) -> anyhow::Result<Self> {
         let tip = parts.store.tip()?;
         let evidence = evidence::EvidencePool::load(parts.evidence, parts.store.as_ref())?;
+        let sets = if parts.genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
+            let sets = block_sets(parts.store.as_ref(), tip.height + 1).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the validator sets of heights {}..={} from the store: {e}; \
+                     a protocol-2 store holds them from genesis on, so the database is \
+                     damaged: run `tallyd fsck --home <home>` for a report",
+                    tip.height,
+                    tip.height + 2
+                )
+            })?;
+            parts.sets.send_replace(Arc::new(KnownSets::from_block_sets(
+                tip.height + 1,
+                sets.clone(),
+            )));
+            Some(sets)
+        } else {
+            None
+        };
         parts.metrics.height.set(tip.height as i64);
         parts.status.send_modify(|s| {
             s.height = tip.height;
@@ -194,6 +232,9 @@ impl<S: NodeStore> ChainHost<S> {
             outbox: parts.outbox,
             reuse_mempool_signatures: parts.reuse_mempool_signatures,
             proposer: parts.proposer,
+            sets_tx: parts.sets,
+            sets,
+            included_evidence: HashSet::new(),
             tip,
             blocks: HashMap::new(),
             executed: HashMap::new(),
@@ -268,16 +309,37 @@ impl<S: NodeStore> ChainHost<S> {
             }
             HostMsg::Evidence { evidence, ours } => {
                 let next = self.tip.height.saturating_add(1);
-                if self
-                    .evidence
-                    .record(&self.genesis, *evidence.clone(), next, self.store.as_ref())
-                {
+                let set_of = |height: u64| self.set_at(height);
+                if self.evidence.record(
+                    &self.genesis.chain_id,
+                    set_of,
+                    *evidence.clone(),
+                    next,
+                    self.store.as_ref(),
+                ) {
                     self.metrics.evidence.inc();
                     if ours {
                         self.outbox
                             .publish(&crate::wire::ConsensusMessage::Evidence(*evidence));
                     }
                 }
+            }
+        }
+    }
+
+    /// The validator set of `height`: the genesis set on protocol 1; on protocol 2 the set
+    /// stored for it, known up to the tip + 2 (None above, or if the store fails).
+    fn set_at(&self, height: u64) -> Option<ledger::validators::ValidatorSet> {
+        if self.sets.is_none() {
+            return Some(self.genesis.validators.clone());
+        }
+        match stored_set_at(self.store.as_ref(), self.tip.height, height) {
+            Ok(set) => set,
+            Err(e) => {
+                self.metrics
+                    .storage
+                    .report(&format!("reading the validator set of height {height}"), &e);
+                None
             }
         }
     }
@@ -384,6 +446,17 @@ impl<S: NodeStore> ChainHost<S> {
             self.genesis.clone(),
             self.reuse_mempool_signatures,
         );
+        let evidence = match &self.sets {
+            Some(_) => self.evidence.for_block(
+                height,
+                self.genesis.params.staking().evidence_max_age_blocks,
+                MAX_BLOCK_EVIDENCE,
+                &self.included_evidence,
+            ),
+            None => Vec::new(),
+        };
+        let v2 = self.sets.is_some();
+        let commit_for_body = last_commit.clone();
         let built = blocking(move || {
             // Every candidate came out of the mempool, which holds only verified txs.
             let all = |_: &Hash| true;
@@ -392,13 +465,24 @@ impl<S: NodeStore> ChainHost<S> {
             } else {
                 Signatures::Verify
             };
-            build_body(
-                store.as_ref(),
-                Self::ctx(&genesis),
-                proposer,
-                candidates.iter().map(|t| (**t).clone()),
-                &sigs,
-            )
+            let candidates = candidates.iter().map(|t| (**t).clone());
+            if v2 {
+                let env = BlockEnv {
+                    height,
+                    proposer,
+                    last_commit: commit_for_body.as_ref(),
+                    evidence: &evidence,
+                };
+                build_body_at(store.as_ref(), Self::ctx(&genesis), env, candidates, &sigs)
+            } else {
+                build_body(
+                    store.as_ref(),
+                    Self::ctx(&genesis),
+                    proposer,
+                    candidates,
+                    &sigs,
+                )
+            }
         })
         .await?;
         let body = match built {
@@ -420,19 +504,31 @@ impl<S: NodeStore> ChainHost<S> {
                 "dropped invalid txs while building"
             );
         }
-        let block = Arc::new(assemble(
-            BlockTemplate {
-                chain_id: self.genesis.chain_id.clone(),
-                height,
-                round,
-                time_ms: next_block_time(self.tip.time_ms, now_ms()),
-                prev_hash: self.tip.block_hash,
-                validators_hash: self.genesis.validators.hash(),
-                proposer,
-                last_commit,
+        for (e, why) in &body.rejected_evidence {
+            tracing::debug!(
+                validator = %ledger::to_hex(&e.a.validator),
+                height = e.a.vote.height,
+                reason = %why,
+                "evidence left out of the proposal"
+            );
+        }
+        let template = BlockTemplate {
+            chain_id: self.genesis.chain_id.clone(),
+            height,
+            round,
+            time_ms: next_block_time(self.tip.time_ms, now_ms()),
+            prev_hash: self.tip.block_hash,
+            validators_hash: match &self.sets {
+                Some(sets) => sets.current.hash(),
+                None => self.genesis.validators.hash(),
             },
-            &body,
-        ));
+            proposer,
+            last_commit,
+        };
+        let block = Arc::new(match &self.sets {
+            Some(sets) => assemble_v2(template, sets.next.hash(), &body),
+            None => assemble(template, &body),
+        });
         let hash = block.hash();
         tracing::debug!(
             height,
@@ -446,14 +542,18 @@ impl<S: NodeStore> ChainHost<S> {
         Some(block)
     }
 
-    /// Whether `block`'s header extends our tip (linkage, proposer, last commit).
+    /// Whether `block`'s header extends our tip (linkage, proposer, last commit; on
+    /// protocol 2 with the sets of its height, the next and the previous).
     fn extends_tip(&self, block: &Block) -> Result<(), ledger::block::HeaderError> {
-        check_header(
-            &self.genesis.chain_id,
-            &self.genesis.validators,
-            &self.tip,
-            block,
-        )
+        match &self.sets {
+            Some(sets) => check_header_v2(&self.genesis.chain_id, sets, &self.tip, block),
+            None => check_header(
+                &self.genesis.chain_id,
+                &self.genesis.validators,
+                &self.tip,
+                block,
+            ),
+        }
     }
 
     /// Checks header linkage and the proposer's time, and executes the block (signatures
@@ -572,8 +672,24 @@ impl<S: NodeStore> ChainHost<S> {
                 ));
                 break;
             }
+            // Protocol 2: the set of this height is known only now (its block's parent
+            // is our tip), so its commit is verified here, not when it was fetched.
+            if let Some(sets) = &self.sets {
+                if let Err(e) = sets.current.verify_commit(
+                    &self.genesis.chain_id,
+                    height,
+                    &verified.hash,
+                    &verified.commit,
+                ) {
+                    applied.fault = Some(fault(
+                        PenaltyReason::InvalidBlock,
+                        format!("its commit does not verify with the set of height {height}: {e}"),
+                    ));
+                    break;
+                }
+            }
             let block = Arc::new(verified.block);
-            let hash = verified.hash;
+            let (hash, proven) = (verified.hash, verified.proven);
             let outcome = match self.execute(block.clone(), None).await {
                 Some(Ok(o)) => o,
                 Some(Err(e)) if !e.is_peer_fault() => {
@@ -587,6 +703,7 @@ impl<S: NodeStore> ChainHost<S> {
                             block: Arc::unwrap_or_clone(block),
                             commit: verified.commit,
                             hash,
+                            proven,
                         },
                     ));
                     break;
@@ -674,6 +791,40 @@ impl<S: NodeStore> ChainHost<S> {
             self.mempool_metrics.evicted.inc_by(dropped as u64);
             self.mempool_metrics.txs.set(m.len() as i64);
             self.mempool_metrics.bytes.set(m.bytes() as i64);
+        }
+        if self.sets.is_some() {
+            self.included_evidence.extend(
+                block
+                    .evidence
+                    .iter()
+                    .map(|e| (e.a.validator, e.a.vote.height)),
+            );
+            // The commit stored the set of height + 2: publish the next heights' sets
+            // before the driver hears of the commit.
+            match block_sets(self.store.as_ref(), height + 1) {
+                Ok(sets) => {
+                    self.sets_tx
+                        .send_replace(Arc::new(KnownSets::from_block_sets(
+                            height + 1,
+                            sets.clone(),
+                        )));
+                    self.sets = Some(sets);
+                }
+                Err(e) => {
+                    self.metrics.storage.report(
+                        &format!("reading the validator sets after block {height}"),
+                        &e,
+                    );
+                    self.halt(format!(
+                        "cannot read the validator sets of heights {}..={} after committing \
+                         block {height}: {e}: this node's own store failed; consensus stopped \
+                         here; fix the disk, then restart tallyd",
+                        height + 1,
+                        height + 2
+                    ));
+                    return Err(());
+                }
+            }
         }
         self.metrics.height.set(height as i64);
         self.metrics.blocks_committed.inc();

@@ -488,3 +488,281 @@ async fn a_lost_commit_answer_is_made_up_by_the_drivers_tick() {
         "the tick did not catch up with the host's tip"
     );
 }
+
+/// The host's view of the sets after its last commit: (first height, its set, the next).
+fn announced<S: NodeStore>(a: &Actors<S>) -> (u64, Hash, Hash) {
+    match &**a.handles.sets.borrow() {
+        crate::sets::KnownSets::Changing {
+            from,
+            current,
+            next,
+        } => (*from, current.hash(), next.hash()),
+        crate::sets::KnownSets::Fixed(_) => panic!("a protocol-2 host announced a fixed set"),
+    }
+}
+
+/// Issue 20 on a node: a protocol-2 chain of one validator ("solo", power 10). Its
+/// operator bonds 5 to a new key in block 1, so the end of block 1 fixes the set of height
+/// 3 as {solo 10, new 5}: after committing 1 the host announces it as the set of 3; block
+/// 2 (still solo's set) names it in `next_validators_hash`; at height 3 solo's own votes
+/// (10 of 15) no longer decide, the newcomer's do with them, and block 3 is headed by
+/// the new set. A body of height 3 with a wrong `next_validators_hash` is refused.
+#[tokio::test]
+async fn a_bond_makes_the_host_announce_the_grown_set_and_the_next_heights_follow_it() {
+    use ledger::block::{assemble_v2, BlockTemplate};
+    use ledger::exec::{build_body_at, BlockEnv};
+    use ledger::types::{Payload, Tx};
+    use ledger::validators::ValidatorSet;
+
+    let (solo, op, newcomer) = (key("solo"), key("op"), key("newcomer"));
+    let g = Arc::new(crate::testing::genesis_v2(
+        CHAIN,
+        &[(&solo, 10)],
+        &op,
+        1_000_000,
+    ));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let pool = crate::testing::mempool(&g);
+    let (mut a, _net, _) =
+        crate::testing::actors_with(g.clone(), store.clone(), Some(solo.clone()), pool.clone());
+    let solo_set = g.validators.hash();
+    assert_eq!(announced(&a), (1, solo_set, solo_set));
+    let bond = op.sign_tx(Tx {
+        chain_id: CHAIN.into(),
+        from: op.public_key(),
+        nonce: 0,
+        fee: g.params.min_fee.max(1),
+        payload: Payload::Bond {
+            validator: newcomer.public_key(),
+            amount: 5,
+        },
+    });
+    crate::mempool::admission::admit_bytes(
+        store.as_ref(),
+        &pool,
+        &Default::default(),
+        &ledger::codec::encode(&bond),
+        1 << 20,
+    )
+    .unwrap();
+    a.driver.start().await;
+    pump(&mut a).await;
+    let b1 = store.block(1).unwrap().unwrap();
+    assert_eq!(
+        (b1.header.version, b1.txs.len()),
+        (2, 1),
+        "block 1 carries the bond"
+    );
+    let grown = ValidatorSet::new({
+        let mut v = vec![
+            ledger::types::Validator {
+                address: solo.address(),
+                pubkey: solo.public_key(),
+                power: 10,
+            },
+            ledger::types::Validator {
+                address: newcomer.address(),
+                pubkey: newcomer.public_key(),
+                power: 5,
+            },
+        ];
+        v.sort_by_key(|v| v.address);
+        v
+    })
+    .unwrap();
+    assert_eq!(
+        announced(&a),
+        (2, solo_set, grown.hash()),
+        "after block 1 the host announces the grown set for height 3"
+    );
+    next_height(&mut a, 2).await;
+    pump(&mut a).await;
+    let b2 = store.block(2).unwrap().unwrap();
+    assert_eq!(b2.header.validators_hash, solo_set);
+    assert_eq!(b2.header.next_validators_hash, Some(grown.hash()));
+    assert_eq!(announced(&a), (3, grown.hash(), grown.hash()));
+    published(&mut a);
+
+    // Height 3 follows the grown set: its proposer, and solo's 10 of 15 is no quorum.
+    next_height(&mut a, 3).await;
+    pump(&mut a).await;
+    assert_eq!(
+        grown.proposer(3, 0).address,
+        solo.address(),
+        "the test expects solo to propose height 3 round 0"
+    );
+    let mut sent = Vec::new();
+    let mut b3 = None;
+    while let Ok(data) = a.outbox_rx.try_recv() {
+        match ledger::codec::decode("msg", &data, 1 << 20).unwrap() {
+            ConsensusMessage::Proposal { block, .. } => {
+                sent.push("proposal".to_string());
+                b3 = Some(block);
+            }
+            ConsensusMessage::Vote(v) => sent.push(format!("{:?}", v.vote.kind)),
+            _ => sent.push("other".into()),
+        }
+    }
+    assert_eq!(
+        sent,
+        ["proposal", "Prevote"],
+        "solo proposes and prevotes only"
+    );
+    assert_eq!(
+        store.tip().unwrap().height,
+        2,
+        "solo alone decided height 3: the core kept the genesis set"
+    );
+    let b3 = b3.expect("solo's proposal of height 3");
+    assert_eq!(b3.header.validators_hash, grown.hash());
+    assert_eq!(b3.header.proposer, solo.address());
+
+    // A body of height 3 whose next_validators_hash is not the set of height 4: refused.
+    let tip = store.tip().unwrap();
+    let commit2 = store.commit(2).unwrap().unwrap();
+    let body = build_body_at(
+        store.as_ref(),
+        ExecContext {
+            chain_id: CHAIN,
+            params: &g.params,
+        },
+        BlockEnv {
+            height: 3,
+            proposer: solo.address(),
+            last_commit: Some(&commit2),
+            evidence: &[],
+        },
+        Vec::new(),
+        &Signatures::Verify,
+    )
+    .unwrap();
+    let bad = Arc::new(assemble_v2(
+        BlockTemplate {
+            chain_id: CHAIN.into(),
+            height: 3,
+            round: 0,
+            time_ms: tip.time_ms + 1,
+            prev_hash: tip.block_hash,
+            validators_hash: grown.hash(),
+            proposer: solo.address(),
+            last_commit: Some(commit2),
+        },
+        solo_set,
+        &body,
+    ));
+    a.host.handle(HostMsg::Body(bad.clone())).await;
+    a.host
+        .handle(HostMsg::Validate {
+            height: 3,
+            hash: bad.hash(),
+        })
+        .await;
+    match a.answers_rx.try_recv() {
+        Ok(DriverMsg::Validated { hash, valid, .. }) if hash == bad.hash() => {
+            assert!(!valid, "a wrong next_validators_hash was accepted")
+        }
+        other => panic!("expected the host's verdict, got {other:?}"),
+    }
+
+    // The newcomer's votes make the quorum with solo's.
+    for kind in [VoteKind::Prevote, VoteKind::Precommit] {
+        let vote = newcomer.sign_vote(Vote {
+            chain_id: CHAIN.into(),
+            height: 3,
+            round: 0,
+            kind,
+            block_hash: Some(b3.hash()),
+        });
+        a.driver
+            .handle(consensus(ConsensusMessage::Vote(vote)))
+            .await;
+        pump(&mut a).await;
+    }
+    assert_eq!(store.tip().unwrap().block_hash, b3.hash());
+    assert_eq!(announced(&a).0, 4);
+
+    // A late joiner syncs the three blocks: each commit is verified with its height's set.
+    // Block 3's commit signed by solo alone (a quorum of the genesis set, not of height
+    // 3's) is the serving peer's fault; blocks 1 and 2 apply.
+    let served: Vec<_> = (1..=3)
+        .map(|h| {
+            (
+                store.block(h).unwrap().unwrap(),
+                store.commit(h).unwrap().unwrap(),
+            )
+        })
+        .collect();
+    let mut forged = served.clone();
+    forged[2].1 = ledger::block::sign_commit(CHAIN, 3, 0, b3.hash(), &[&solo]);
+    let joiner = Arc::new(MemStore::new(&g).unwrap());
+    let (mut late, _net2, _) = crate::testing::actors(g.clone(), joiner.clone(), None);
+    let peer = PeerId::random();
+    let chunk = verify_chunk(&g, 1, forged).unwrap();
+    let applied = synced(&mut late, chunk.into_iter().map(|v| (peer, v)).collect()).await;
+    assert_eq!(applied.blocks, 2);
+    let fault = applied.fault.expect("the forged commit is blamed");
+    assert_eq!((fault.peer, fault.height), (peer, 3), "{}", fault.error);
+    assert_eq!(joiner.tip().unwrap().height, 2);
+    let chunk = verify_chunk(&g, 3, served[2..].to_vec()).unwrap();
+    let applied = synced(&mut late, chunk.into_iter().map(|v| (peer, v)).collect()).await;
+    // Before applying, sync believes a fetched height exists when more than 1/3 of the
+    // latest set it knows (here solo's) signed its commit; the newcomer alone does not.
+    let trusted = g.validators.clone();
+    let chunk = crate::sync::verify_chunk_trusting(&g, Some(&trusted), 1, served.clone());
+    assert!(chunk.unwrap().iter().all(|v| v.proven));
+    let mut stranger = served.clone();
+    stranger[2].1 = ledger::block::sign_commit(CHAIN, 3, 0, b3.hash(), &[&newcomer]);
+    let chunk = crate::sync::verify_chunk_trusting(&g, Some(&trusted), 1, stranger).unwrap();
+    assert!(!chunk[2].proven, "a commit of strangers proved its height");
+    assert_eq!(
+        (applied.blocks, joiner.tip().unwrap().block_hash),
+        (1, b3.hash())
+    );
+}
+
+/// Issue 20: a protocol-2 proposer puts the evidence its host holds into its block; the
+/// block's execution jails the equivocator, whose absence the host announces for two
+/// heights later, and the evidence is not offered again.
+#[tokio::test]
+async fn a_protocol_2_proposer_includes_the_evidence_it_holds() {
+    let (solo, other, op) = (key("solo"), key("other"), key("op"));
+    let g = Arc::new(crate::testing::genesis_v2(
+        CHAIN,
+        &[(&solo, 10), (&other, 1)],
+        &op,
+        1_000,
+    ));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, _) = crate::testing::actors(g.clone(), store.clone(), Some(solo.clone()));
+    a.driver.start().await;
+    pump(&mut a).await;
+    assert_eq!(store.tip().unwrap().height, 1);
+    a.host
+        .handle(HostMsg::Evidence {
+            evidence: Box::new(equivocation(&other, 1, 0)),
+            ours: false,
+        })
+        .await;
+    next_height(&mut a, 2).await;
+    pump(&mut a).await;
+    let b2 = store.block(2).unwrap().unwrap();
+    assert_eq!(b2.evidence.len(), 1, "the held evidence is in block 2");
+    assert_eq!(b2.evidence[0].a.validator, other.address());
+    let (from, current, next) = announced(&a);
+    assert_eq!((from, current), (3, g.validators.hash()));
+    let alone = ledger::validators::ValidatorSet::new(vec![ledger::types::Validator {
+        address: solo.address(),
+        pubkey: solo.public_key(),
+        power: 10,
+    }])
+    .unwrap();
+    assert_eq!(
+        next,
+        alone.hash(),
+        "the jailed validator leaves the set of height 4"
+    );
+    next_height(&mut a, 3).await;
+    pump(&mut a).await;
+    let b3 = store.block(3).unwrap().unwrap();
+    assert!(b3.evidence.is_empty(), "punished evidence offered again");
+}

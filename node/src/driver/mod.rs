@@ -121,6 +121,8 @@ pub struct DriverParts<S> {
     pub timeout_commit: Duration,
     /// The committed tip's height when the node starts.
     pub committed: u64,
+    /// The validator sets of the next heights, as the host publishes them.
+    pub sets: crate::sets::SetsRx,
 }
 
 pub struct Driver<S: NodeStore> {
@@ -143,6 +145,8 @@ pub struct Driver<S: NodeStore> {
     own_proposal: Option<(SignedProposal, Block)>,
     height_started: Instant,
     halted: bool,
+    /// The sets the host published; announced to the core before each height starts.
+    sets: crate::sets::SetsRx,
     host: mpsc::Sender<HostMsg>,
     sync: mpsc::Sender<SyncMsg>,
 }
@@ -154,10 +158,17 @@ impl<S: NodeStore> Driver<S> {
         sync: mpsc::Sender<SyncMsg>,
     ) -> anyhow::Result<Self> {
         let address = parts.key.as_ref().map(Keypair::address);
+        // The set of the first height (protocol 1: the genesis set, at every height).
+        let validators = parts
+            .sets
+            .borrow()
+            .at(parts.committed + 1)
+            .cloned()
+            .unwrap_or_else(|| parts.genesis.validators.clone());
         let mut core = Consensus::with_verifier(
             consensus::Config {
                 chain_id: parts.genesis.chain_id.clone(),
-                validators: parts.genesis.validators.clone(),
+                validators,
                 address,
                 timeouts: (&parts.genesis.params).into(),
             },
@@ -188,6 +199,7 @@ impl<S: NodeStore> Driver<S> {
             own_proposal: None,
             height_started: Instant::now(),
             halted: false,
+            sets: parts.sets,
             host,
             sync,
         })
@@ -229,6 +241,17 @@ impl<S: NodeStore> Driver<S> {
     /// Starts the height after the committed tip.
     pub async fn start(&mut self) {
         let height = self.committed + 1;
+        self.start_height(height).await;
+    }
+
+    /// Starts `height`, first announcing its sets and the next height's to the core when
+    /// they change on chain (protocol 2; the host published them when it committed the
+    /// height before).
+    async fn start_height(&mut self, height: u64) {
+        let announcement = self.sets.borrow().announcement(height);
+        if let Some(sets) = announcement {
+            self.drive(sets).await;
+        }
         self.drive(Input::StartHeight { height }).await;
     }
 
@@ -275,7 +298,7 @@ impl<S: NodeStore> Driver<S> {
                     self.timers
                         .insert(Timer::StartHeight(next), self.timeout_commit);
                 } else if next > self.core.height() {
-                    self.drive(Input::StartHeight { height: next }).await;
+                    self.start_height(next).await;
                 }
             }
             DriverMsg::Halted => {
@@ -293,7 +316,7 @@ impl<S: NodeStore> Driver<S> {
             Timer::Round(t) => self.drive(Input::Timeout(t)).await,
             Timer::StartHeight(h) => {
                 if self.committed + 1 == h && self.core.height() < h {
-                    self.drive(Input::StartHeight { height: h }).await;
+                    self.start_height(h).await;
                 }
             }
         }

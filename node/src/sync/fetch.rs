@@ -10,6 +10,7 @@ use ledger::codec::{decode, encode};
 use ledger::genesis::Genesis;
 use ledger::store::ChainReader;
 use ledger::types::{Block, Commit};
+use ledger::validators::ValidatorSet;
 use ledger::Hash;
 use rayon::prelude::*;
 use tally_p2p::{NetworkHandle, PeerId, PenaltyReason};
@@ -26,6 +27,10 @@ pub struct Verified {
     pub block: Block,
     pub commit: Commit,
     pub hash: Hash,
+    /// The height is proven to exist: its commit verified (protocol 1), or (protocol 2,
+    /// whose commits the host checks when it applies them) more than 1/3 of the latest set
+    /// we know signed it ([`crate::sets::vouches`]).
+    pub proven: bool,
 }
 
 /// Why a fetch failed.
@@ -55,9 +60,11 @@ pub enum Fetched {
 
 /// Requests `count` blocks from `from` and checks them (see [`verify_chunk`]) on the
 /// blocking pool.
+/// `trusted` (protocol 2): the latest validator set we know, for [`Verified::proven`].
 pub async fn fetch(
     net: &NetworkHandle,
     genesis: &Arc<Genesis>,
+    trusted: Option<ValidatorSet>,
     peer: PeerId,
     from: u64,
     count: u32,
@@ -68,14 +75,17 @@ pub async fn fetch(
         .await
         .map_err(|e| Fault::Unavailable(e.to_string()))?;
     let genesis = genesis.clone();
-    tokio::task::spawn_blocking(move || verify_response(&genesis, from, count, &bytes))
-        .await
-        .map_err(|e| Fault::Unavailable(e.to_string()))?
+    tokio::task::spawn_blocking(move || {
+        verify_response(&genesis, trusted.as_ref(), from, count, &bytes)
+    })
+    .await
+    .map_err(|e| Fault::Unavailable(e.to_string()))?
 }
 
 /// Decodes a sync response and checks it with [`verify_chunk`].
 pub fn verify_response(
     genesis: &Genesis,
+    trusted: Option<&ValidatorSet>,
     from: u64,
     count: u32,
     bytes: &[u8],
@@ -99,7 +109,7 @@ pub fn verify_response(
             format!("asked for {count} blocks, got {}", blocks.len()),
         ));
     }
-    verify_chunk(genesis, from, blocks)
+    verify_chunk_trusting(genesis, trusted, from, blocks)
 }
 
 /// Decodes a status answer: one `SyncResponse::Status` of [`STATUS_BYTES`]. A larger or
@@ -125,9 +135,22 @@ pub fn read_status(bytes: &[u8]) -> Result<SyncStatus, Fault> {
 /// Checks what can be checked without our state, in parallel over every core: heights
 /// `from, from+1, ..`, each block's `prev_hash` is the previous block's hash, each
 /// commit has > 2/3 of the power with valid signatures for its block, every tx
-/// signature is valid.
+/// signature is valid. On protocol 2 the commits are not checked here: the set of a
+/// height is known only once the block two below it is applied, so the chain host
+/// verifies each commit with its height's set when it applies the block, in order.
 pub fn verify_chunk(
     genesis: &Genesis,
+    from: u64,
+    blocks: Vec<(Block, Commit)>,
+) -> Result<Vec<Verified>, Fault> {
+    verify_chunk_trusting(genesis, None, from, blocks)
+}
+
+/// [`verify_chunk`], and on protocol 2 each block is [`Verified::proven`] when more than
+/// 1/3 of `trusted` signed its commit.
+pub fn verify_chunk_trusting(
+    genesis: &Genesis,
+    trusted: Option<&ValidatorSet>,
     from: u64,
     blocks: Vec<(Block, Commit)>,
 ) -> Result<Vec<Verified>, Fault> {
@@ -151,14 +174,21 @@ pub fn verify_chunk(
             block,
             commit,
             hash,
+            proven: false,
         });
     }
-    out.par_iter().try_for_each(|v| {
+    let fixed_set = genesis.params.protocol_version < ledger::types::PROTOCOL_2;
+    out.par_iter_mut().try_for_each(|v| {
         let h = v.block.header.height;
-        genesis
-            .validators
-            .verify_commit(&genesis.chain_id, h, &v.hash, &v.commit)
-            .map_err(|e| bad(format!("commit {h}: {e}")))?;
+        if fixed_set {
+            genesis
+                .validators
+                .verify_commit(&genesis.chain_id, h, &v.hash, &v.commit)
+                .map_err(|e| bad(format!("commit {h}: {e}")))?;
+            v.proven = true;
+        } else if let Some(trusted) = trusted {
+            v.proven = crate::sets::vouches(trusted, &genesis.chain_id, h, &v.hash, &v.commit);
+        }
         v.block.txs.par_iter().enumerate().try_for_each(|(i, tx)| {
             tx.verify_signature()
                 .map_err(|e| bad(format!("block {h} tx {i}: {e}")))
@@ -260,14 +290,17 @@ mod tests {
         let served = serve(&store, &request, 1 << 20).unwrap();
         assert_eq!(served.blocks, 5);
         let all = served.bytes;
-        assert_eq!(verify_response(&g, 2, 64, &all).unwrap().len(), 5);
+        assert_eq!(verify_response(&g, None, 2, 64, &all).unwrap().len(), 5);
         // A tiny cap still returns one block, never zero.
         let one = serve(&store, &request, 10).unwrap();
         assert_eq!(one.blocks, 1);
-        assert_eq!(verify_response(&g, 2, 64, &one.bytes).unwrap().len(), 1);
+        assert_eq!(
+            verify_response(&g, None, 2, 64, &one.bytes).unwrap().len(),
+            1
+        );
         // More than asked for is a bad response; nothing is "unavailable".
         assert!(matches!(
-            verify_response(&g, 2, 3, &all),
+            verify_response(&g, None, 2, 3, &all),
             Err(Fault::Bad(PenaltyReason::BadResponse, _))
         ));
         let none = serve(
@@ -280,11 +313,11 @@ mod tests {
         let status = serve(&store, &encode(&SyncRequest::Status), 1 << 20).unwrap();
         assert_eq!(status.blocks, 0);
         assert!(matches!(
-            verify_response(&g, 9, 4, &none.bytes),
+            verify_response(&g, None, 9, 4, &none.bytes),
             Err(Fault::Missing(_))
         ));
         assert!(matches!(
-            verify_response(&g, 2, 4, b"garbage"),
+            verify_response(&g, None, 2, 4, b"garbage"),
             Err(Fault::Bad(PenaltyReason::Undecodable, _))
         ));
     }

@@ -49,8 +49,8 @@ use crate::wire::{SyncRequest, MAX_SYNC_BLOCKS};
 
 mod fetch;
 pub use fetch::{
-    fetch, read_status, serve, verify_chunk, verify_response, Fault, Fetched, Served, Verified,
-    STATUS_BYTES,
+    fetch, read_status, serve, verify_chunk, verify_chunk_trusting, verify_response, Fault,
+    Fetched, Served, Verified, STATUS_BYTES,
 };
 
 /// A request unanswered for this long is given up (the p2p layer also times out).
@@ -321,6 +321,9 @@ enum Done {
 /// What the sync actor is built from.
 pub struct SyncParts {
     pub genesis: Arc<Genesis>,
+    /// The validator sets the host publishes (protocol 2: the latest one vouches for
+    /// fetched heights, see [`Verified::proven`]).
+    pub sets: crate::sets::SetsRx,
     pub net: NetworkHandle,
     pub metrics: ChainMetrics,
     pub status: StatusTx,
@@ -328,6 +331,7 @@ pub struct SyncParts {
 
 pub struct SyncActor {
     genesis: Arc<Genesis>,
+    sets: crate::sets::SetsRx,
     net: NetworkHandle,
     metrics: ChainMetrics,
     status: StatusTx,
@@ -354,6 +358,7 @@ impl SyncActor {
     pub fn new(parts: SyncParts, host: mpsc::Sender<HostMsg>) -> Self {
         SyncActor {
             genesis: parts.genesis,
+            sets: parts.sets,
             net: parts.net,
             metrics: parts.metrics,
             status: parts.status,
@@ -561,8 +566,13 @@ impl SyncActor {
         let net = self.net.clone();
         let genesis = self.genesis.clone();
         let count = u32::try_from(count).unwrap_or(MAX_SYNC_BLOCKS);
+        // Protocol 2: the latest set we know vouches for fetched heights.
+        let trusted = match &**self.sets.borrow() {
+            crate::sets::KnownSets::Fixed(_) => None,
+            changing => Some(changing.latest().1.clone()),
+        };
         self.tasks.spawn(async move {
-            let result = fetch(&net, &genesis, peer, start, count).await;
+            let result = fetch(&net, &genesis, trusted, peer, start, count).await;
             if let Err(Fault::Bad(reason, _)) = &result {
                 let _ = net.penalize(peer, *reason, reason.default_points()).await;
             }
@@ -616,8 +626,11 @@ impl SyncActor {
                 let tip = self.tip();
                 for v in blocks {
                     let h = v.block.header.height;
-                    // Its commit was verified: the height is proven.
-                    self.state.raise_target(h);
+                    // Its commit was verified (protocol 2: vouched for): the height is
+                    // proven.
+                    if v.proven {
+                        self.state.raise_target(h);
+                    }
                     if h > tip && !self.state.is_bad(&peer, Instant::now()) {
                         self.state.buffer.entry(h).or_insert((peer, v));
                     }
@@ -734,6 +747,7 @@ mod tests {
                     block,
                     commit,
                     hash,
+                    proven: true,
                 },
             ),
         );

@@ -149,6 +149,7 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
             timeout_commit_ms: a.timeout_commit_ms,
             // A crashed validator's turn to propose costs this long: keep fault demos brisk.
             timeout_propose_ms: 2000,
+            protocol_version: a.protocol,
             ..Params::default()
         },
         validators: validator_keys
@@ -158,7 +159,8 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
                 name: format!("node{i}"),
                 pubkey: to_hex(&k.public_key()),
                 power: 10,
-                operator: None,
+                operator: (a.protocol >= ledger::types::PROTOCOL_2)
+                    .then(|| genesis_operator(&accounts, i, k)),
             })
             .collect(),
         accounts: accounts
@@ -212,6 +214,16 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
         a.chain_id
     );
     Ok(dir)
+}
+
+/// Protocol 2: the operator that owns genesis validator `i`'s bond: funded account i
+/// (round robin when there are fewer accounts than validators), whose wallet key can
+/// unbond it; the validator's own address when the testnet has no accounts.
+fn genesis_operator(accounts: &[AccountEntry], i: usize, validator: &Keypair) -> String {
+    match accounts.len() {
+        0 => to_hex(&validator.address()),
+        n => accounts[i % n].address.clone(),
+    }
 }
 
 /// The ports a node listens on.
@@ -391,6 +403,46 @@ mod tests {
     use crate::config::Home;
 
     use super::*;
+
+    fn args(dir: &Path, protocol: u32) -> InitArgs {
+        InitArgs {
+            dir: dir.to_path_buf(),
+            validators: 3,
+            full_nodes: 0,
+            accounts: 2,
+            genesis_accounts: 0,
+            timeout_commit_ms: 500,
+            base_ip: Ipv4Addr::new(127, 0, 0, 2),
+            hosts: None,
+            chain_id: "init-test".into(),
+            protocol,
+        }
+    }
+
+    /// `--protocol 2` writes a protocol-2 genesis whose validators are bonded by the funded
+    /// accounts (round robin), so the wallet keys can unbond them; the default stays a
+    /// protocol-1 genesis without operators.
+    #[test]
+    fn protocol_2_testnets_bond_each_validator_from_a_funded_account() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = init(&args(&tmp.path().join("v2"), 2)).unwrap();
+        let g = Genesis::load(&dir.join("genesis.json")).unwrap();
+        assert_eq!(g.params.protocol_version, ledger::types::PROTOCOL_2);
+        let m = load_manifest(&dir).unwrap();
+        let funded: Vec<String> = m.accounts.iter().map(|a| a.address.clone()).collect();
+        assert_eq!(g.operators.len(), 3);
+        for op in &g.operators {
+            assert!(
+                funded.contains(&to_hex(op)),
+                "operator {} is not funded",
+                to_hex(op)
+            );
+        }
+        let dir = init(&args(&tmp.path().join("v1"), 1)).unwrap();
+        let g = Genesis::load(&dir.join("genesis.json")).unwrap();
+        assert_eq!(g.params.protocol_version, ledger::types::PROTOCOL_1);
+        assert!(g.operators.is_empty());
+    }
 
     #[test]
     fn write_home_lays_out_a_home_the_node_loads() {
