@@ -166,6 +166,20 @@ pub struct ChainHost<S> {
     sync: mpsc::Sender<SyncMsg>,
 }
 
+/// Refreshes the staking gauges (set size and power, jailed, slashes, burned) from the
+/// state at `height`; a read error only leaves them stale (the commit path reports store
+/// errors that matter on its own).
+fn observe_staking_or_warn<S: NodeStore + ?Sized>(
+    metrics: &ChainMetrics,
+    genesis: &Genesis,
+    store: &S,
+    height: u64,
+) {
+    if let Err(e) = crate::metrics::observe_staking(&metrics.staking, genesis, store, height) {
+        tracing::warn!(height, error = %e, "cannot refresh the staking metrics");
+    }
+}
+
 /// Wall-clock milliseconds: the node's one read of the clock (block times here, the
 /// driver's re-announcement stamps).
 pub(crate) fn now_ms() -> u64 {
@@ -215,6 +229,12 @@ impl<S: NodeStore> ChainHost<S> {
             None
         };
         parts.metrics.height.set(tip.height as i64);
+        observe_staking_or_warn(
+            &parts.metrics,
+            &parts.genesis,
+            parts.store.as_ref(),
+            tip.height,
+        );
         parts.status.send_modify(|s| {
             s.height = tip.height;
             s.tip_hash = tip.block_hash;
@@ -809,6 +829,12 @@ impl<S: NodeStore> ChainHost<S> {
                             sets.clone(),
                         )));
                     self.sets = Some(sets);
+                    observe_staking_or_warn(
+                        &self.metrics,
+                        &self.genesis,
+                        self.store.as_ref(),
+                        height,
+                    );
                 }
                 Err(e) => {
                     self.metrics.storage.report(

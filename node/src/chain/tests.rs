@@ -523,10 +523,16 @@ async fn a_bond_makes_the_host_announce_the_grown_set_and_the_next_heights_follo
     ));
     let store = Arc::new(MemStore::new(&g).unwrap());
     let pool = crate::testing::mempool(&g);
-    let (mut a, _net, _) =
+    let (mut a, _net, metrics) =
         crate::testing::actors_with(g.clone(), store.clone(), Some(solo.clone()), pool.clone());
     let solo_set = g.validators.hash();
     assert_eq!(announced(&a), (1, solo_set, solo_set));
+    let gauges = |m: &ChainMetrics| (m.staking.set_size.get(), m.staking.set_power.get());
+    assert_eq!(
+        gauges(&metrics),
+        (1, 10),
+        "the gauges show the genesis set at start"
+    );
     let bond = op.sign_tx(Tx {
         chain_id: CHAIN.into(),
         from: op.public_key(),
@@ -581,6 +587,11 @@ async fn a_bond_makes_the_host_announce_the_grown_set_and_the_next_heights_follo
     assert_eq!(b2.header.validators_hash, solo_set);
     assert_eq!(b2.header.next_validators_hash, Some(grown.hash()));
     assert_eq!(announced(&a), (3, grown.hash(), grown.hash()));
+    assert_eq!(
+        gauges(&metrics),
+        (2, 15),
+        "after block 2 the gauges show the set of height 3"
+    );
     published(&mut a);
 
     // Height 3 follows the grown set: its proposer, and solo's 10 of 15 is no quorum.

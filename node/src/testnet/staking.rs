@@ -396,6 +396,7 @@ mod tests {
             base_ip: Ipv4Addr::new(127, 0, 0, 2),
             hosts: None,
             chain_id: "staking-verbs".into(),
+            protocol: 1,
         }
     }
 
