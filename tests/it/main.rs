@@ -17,3 +17,4 @@ mod rpc;
 mod staking;
 mod sync;
 mod testnet;
+mod validators;

@@ -211,7 +211,20 @@ pub fn restart(dir: &Path, i: usize) -> anyhow::Result<()> {
             );
         }
     }
-    let mut child = spawn_node(dir, &m, i)?;
+    let pid = start_and_wait(dir, &m, i)?;
+    println!(
+        "node{i} restarted (pid {pid}), RPC http://{}, log {}",
+        m.nodes[i].rpc,
+        home(dir, i).join("node.log").display()
+    );
+    Ok(())
+}
+
+/// Starts node `i` in the background and waits until it is up (its addresses file names
+/// its pid); the node keeps running after we exit, and the supervisor finds it by its pid
+/// file. Its pid.
+pub(super) fn start_and_wait(dir: &Path, m: &Manifest, i: usize) -> anyhow::Result<u32> {
+    let mut child = spawn_node(dir, m, i)?;
     let pid = child.id();
     let addresses = crate::node::addresses_file(&home(dir, i));
     // A node with a big genesis and no database yet builds its state first.
@@ -240,13 +253,7 @@ pub fn restart(dir: &Path, i: usize) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The node keeps running after we exit; the supervisor finds it by its pid file.
-    println!(
-        "node{i} restarted (pid {pid}), RPC http://{}, log {}",
-        m.nodes[i].rpc,
-        home(dir, i).join("node.log").display()
-    );
-    Ok(())
+    Ok(pid)
 }
 
 pub fn stop(dir: &Path) -> anyhow::Result<()> {

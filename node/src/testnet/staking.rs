@@ -110,7 +110,8 @@ pub fn add_validator(dir: &Path, a: &AddValidatorArgs) -> anyhow::Result<()> {
     });
     save_manifest(dir, &m)?;
     write_prometheus(dir, &m.nodes)?;
-    processes::restart(dir, i)?;
+    let pid = processes::start_and_wait(dir, &m, i)?;
+    println!("{name} started (pid {pid}), bootstrapped from the testnet's nodes");
 
     let client = Client::new(&rpc)?;
     runtime()?.block_on(async {

@@ -1,5 +1,6 @@
 //! The live status table: every node's `/v1/status`, its pid and its faults, one row each.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub(super) struct Row {
     /// Partitions and pauses in force ("-" for none), from `<dir>/faults.json`.
     fault: String,
     paused: bool,
+    /// A validator's voting power at the next height, "jailed", or "-" (a full node, or
+    /// no node answered `/v1/validators`).
+    power: String,
 }
 
 /// How long one node gets to answer `/v1/status`, connection included: a paused node
@@ -57,20 +61,72 @@ impl Poller {
                 status: self.status(&n.rpc).await.ok(),
                 fault: faults.describe(i),
                 paused: faults.paused.contains(&i),
+                power: "-".into(),
             }
         });
-        futures::future::join_all(polls).await
+        let mut rows = futures::future::join_all(polls).await;
+        self.fill_power(dir, m, &mut rows).await;
+        rows
     }
 
-    /// `GET http://<rpc>/v1/status` as JSON; an error for anything but a 200 in time.
-    async fn status(&self, rpc: &str) -> anyhow::Result<Value> {
+    /// Each validator row's power in the next height's set, asked of one node that
+    /// answered; a validator outside the set is looked up on its own (protocol 2: jailed,
+    /// or unbonded to 0).
+    async fn fill_power(&self, dir: &Path, m: &Manifest, rows: &mut [Row]) {
+        let Some(rpc) = rows
+            .iter()
+            .find(|r| r.status.is_some())
+            .map(|r| r.rpc.clone())
+        else {
+            return;
+        };
+        let Ok(set) = self.get(&rpc, "/v1/validators").await else {
+            return;
+        };
+        let powers: HashMap<&str, u64> = set["validators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| Some((v["address"].as_str()?, v["power"].as_u64()?)))
+            .collect();
+        for (i, (row, node)) in rows.iter_mut().zip(&m.nodes).enumerate() {
+            let Some(address) = node.validator_address.as_deref() else {
+                continue;
+            };
+            row.power = match powers.get(address) {
+                Some(p) => p.to_string(),
+                None => match self.jailed_until(&rpc, dir, i).await {
+                    Some(h) if h > 0 => format!("jailed<{h}"),
+                    _ => "0".into(),
+                },
+            };
+        }
+    }
+
+    /// `jailed_until_height` of node `i`'s validator key (its key file in its home).
+    async fn jailed_until(&self, rpc: &str, dir: &Path, i: usize) -> Option<u64> {
+        let key = crate::keys::read_validator_key(
+            &super::manifest::home(dir, i).join("config/validator_key.json"),
+        )
+        .ok()?;
+        let path = format!("/v1/validators/{}", ledger::hash::to_hex(&key.public_key()));
+        self.get(rpc, &path).await.ok()?["jailed_until_height"].as_u64()
+    }
+
+    /// `GET http://<rpc><path>` as JSON; an error for anything but a 200 in time.
+    async fn get(&self, rpc: &str, path: &str) -> anyhow::Result<Value> {
         let response = self
             .http
-            .get(format!("http://{rpc}/v1/status"))
+            .get(format!("http://{rpc}{path}"))
             .send()
             .await?
             .error_for_status()?;
         Ok(response.json().await?)
+    }
+
+    /// `GET http://<rpc>/v1/status` as JSON; an error for anything but a 200 in time.
+    async fn status(&self, rpc: &str) -> anyhow::Result<Value> {
+        self.get(rpc, "/v1/status").await
     }
 }
 
@@ -111,9 +167,10 @@ fn mempool(r: &Row) -> String {
 
 pub(super) fn table(rows: &[Row], colour: bool) -> Vec<String> {
     let mut out = vec![format!(
-        "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {:<8} {:>7}  {}",
+        "{:<7} {:<10} {:>9} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {:<8} {:>7}  {}",
         "NODE",
         "ROLE",
+        "POWER",
         "RPC",
         "HEIGHT",
         "ROUND",
@@ -133,9 +190,10 @@ pub(super) fn table(rows: &[Row], colour: bool) -> Vec<String> {
             (true, _) => ("\x1b[31m", "\x1b[0m"),
         };
         out.push(format!(
-            "{:<7} {:<10} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {on}{:<8}{off} {:>7}  {}",
+            "{:<7} {:<10} {:>9} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {on}{:<8}{off} {:>7}  {}",
             r.name,
             r.role,
+            r.power,
             r.rpc,
             field(r, "height"),
             field(r, "round"),
@@ -152,9 +210,10 @@ pub(super) fn table(rows: &[Row], colour: bool) -> Vec<String> {
 
 pub(super) fn status_line(r: &Row) -> String {
     format!(
-        "{} {} height={} round={} peers={} mempool={} last_block={} state={} pid={} fault={}",
+        "{} {} power={} height={} round={} peers={} mempool={} last_block={} state={} pid={} fault={}",
         r.name,
         r.role,
+        r.power,
         field(r, "height"),
         field(r, "round"),
         field(r, "peers"),
