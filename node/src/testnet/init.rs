@@ -205,13 +205,19 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
     // Written last: its presence means the directory is complete.
     std::fs::write(dir.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)?;
     println!(
-        "created a testnet in {} ({hosts} hosts from {base_ip}): {} validators, {} full nodes, {} funded accounts, {} bulk genesis accounts, chain {}",
+        "created a testnet in {} ({hosts} hosts from {base_ip}): {} validators, {} full nodes, {} funded accounts, {} bulk genesis accounts, chain {}, protocol {}{}",
         dir.display(),
         a.validators,
         a.full_nodes,
         a.accounts,
         a.genesis_accounts,
-        a.chain_id
+        a.chain_id,
+        a.protocol,
+        if a.protocol >= 2 {
+            " (validators join and leave: `tallyd testnet add-validator`, `remove-validator N`)"
+        } else {
+            ""
+        }
     );
     Ok(dir)
 }
