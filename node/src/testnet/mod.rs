@@ -241,8 +241,12 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<()> {
             let m = load_manifest(&dir)?;
             let poller = Poller::new()?;
             let rows = runtime()?.block_on(poller.poll_all(&dir, &m));
-            for line in table(&rows, std::io::stdout().is_terminal()) {
-                println!("{line}");
+            let mut out = std::io::stdout().lock();
+            for line in table(&rows, out.is_terminal()) {
+                // `| head` closing the pipe ends the listing, not in a panic.
+                if writeln!(out, "{line}").is_err() {
+                    break;
+                }
             }
             Ok(())
         }
