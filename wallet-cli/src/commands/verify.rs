@@ -279,16 +279,24 @@ pub async fn run(
         } else {
             "genesis validators".to_string()
         };
-        let how = if l.skips > 0 {
+        let light = if v.protocol >= ledger::types::PROTOCOL_2 {
+            let how = if l.skips > 0 {
+                format!(
+                    "skipped ahead {} time(s) after {} bisection(s)",
+                    l.skips, l.bisections
+                )
+            } else {
+                "header by header, no skip".to_string()
+            };
             format!(
-                "skipped ahead {} time(s), {} bisection(s)",
-                l.skips, l.bisections
+                "{} header(s) verified from genesis, {how}; {} validator set(s) fetched, each checked against a verified header",
+                l.headers, l.sets_fetched
             )
         } else {
-            "no skip, each header checked against the one before".to_string()
+            "protocol 1, the genesis set signs every height: 1 header verified".to_string()
         };
         format!(
-            "verified: {}{} has balance {} and nonce {} at height {}\nblock {} committed by {} of {} {whose}; account proven against state root {}\nlight client: {} header(s) verified from genesis ({how}), {} validator set(s) fetched and checked",
+            "verified: {}{} has balance {} and nonce {} at height {}\nblock {} committed by {} of {} {whose}; account proven against state root {}\nlight client: {light}",
             hex::encode(address),
             name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
             v.account.balance,
@@ -298,8 +306,6 @@ pub async fn run(
             v.signers,
             v.validators,
             v.state_root,
-            l.headers,
-            l.sets_fetched,
         )
     });
     Ok(())
