@@ -587,6 +587,20 @@ mod tests {
     }
 
     #[test]
+    fn an_adjacent_header_must_name_the_set_its_predecessor_announced() {
+        // Header 1, signed by the genesis validators, names another set than genesis.
+        let mut chain = gradual();
+        let sh = chain.headers.get_mut(&1).unwrap();
+        sh.header.validators_hash = set(&[(9, 10)]).hash();
+        let keys: Vec<Keypair> = (0..4).map(key).collect();
+        let refs: Vec<&Keypair> = keys.iter().collect();
+        sh.commit = sign_commit(CHAIN, 1, 0, sh.header.hash(), &refs);
+        let e = run(client(&chain).verify_to(&mut chain, 1)).unwrap_err();
+        assert_eq!(e.height, 1, "{e}");
+        assert!(e.reason.contains("but the verified header 0 says"), "{e}");
+    }
+
+    #[test]
     fn a_commit_with_too_little_power_is_refused() {
         let mut chain = gradual();
         // Header 5 signed by 2 of the 4 genesis validators: 20 of 40 is no quorum.
