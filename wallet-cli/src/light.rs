@@ -304,9 +304,12 @@ impl LightClient {
                 return Ok(Step::NotEnoughTrust);
             }
         }
-        let next_hash = header
-            .next_validators_hash
-            .expect("a well-formed version-2 header has next_validators_hash");
+        let next_hash = header.next_validators_hash.ok_or_else(|| {
+            fail(
+                height,
+                "the version-2 header has no next_validators_hash, so the next set cannot be checked",
+            )
+        })?;
         let next = self
             .fetch_set(
                 source,
