@@ -7,6 +7,7 @@ pub mod context;
 pub mod error;
 pub mod input;
 pub mod keystore;
+pub mod light;
 pub mod rpc;
 
 use std::process::ExitCode;

@@ -1,18 +1,20 @@
-//! `tally balance --verify --genesis genesis.json`: trust the genesis validator set, not
-//! the node. The chain of checks: the commit for height H carries > 2/3 of the genesis
-//! validators' power for block hash B; B is the hash of the header the node sent; the
-//! account proof verifies against that header's state root.
+//! `tally balance --verify --genesis genesis.json`: trust the genesis file, not the node.
+//! The light client ([`crate::light`]) follows the validator set from genesis to the
+//! height of the answer (protocol 1: the genesis set, checked once); the header it
+//! verifies commits to a state root; the account proof verifies against that root.
 
 use std::path::Path;
 
 use ledger::genesis::Genesis;
 use ledger::hash::from_hex_array;
 use ledger::state::AccountProof;
-use ledger::types::{Account, Address, Block, Commit, CommitSig};
+use ledger::types::{Account, Address, Block, Commit, CommitSig, Header, Validator};
+use ledger::validators::ValidatorSet;
 use serde_json::json;
 
 use crate::context::Ctx;
 use crate::error::{Error, Result};
+use crate::light::{LightClient, SignedHeader, Source, Stats};
 use crate::rpc::NodeClient;
 use tally_api::{Account as AccountInfo, Block as BlockInfo};
 
@@ -24,21 +26,95 @@ pub struct Verified {
     pub block_hash: String,
     pub state_root: String,
     pub signers: usize,
+    /// The size of the set that signed `height`.
     pub validators: usize,
+    pub protocol: u32,
+    pub light: Stats,
 }
 
 fn failed(what: impl std::fmt::Display) -> Error {
     Error::failure(format!("verification FAILED: {what}"))
 }
 
-/// Fetches the account with its proof and the block at the same height, and checks both
-/// against `genesis`. The tip may move between the two requests: if the state roots
-/// differ the pair is fetched once more.
+/// The node's RPC as the light client's [`Source`]: every answer is decoded here and
+/// checked there.
+struct RpcSource<'a> {
+    client: &'a NodeClient,
+}
+
+impl Source for RpcSource<'_> {
+    async fn signed_header(&mut self, height: u64) -> Result<SignedHeader, String> {
+        let info = self
+            .client
+            .block(Some(height))
+            .await
+            .map_err(|e| e.to_string())?;
+        let block = decode_block(&info)?;
+        let hash = hex::encode(block.header.hash());
+        if !info.hash.eq_ignore_ascii_case(&hash) {
+            return Err(format!(
+                "the node says block {} has hash {}, but its header hashes to {hash}",
+                info.height, info.hash
+            ));
+        }
+        let commit = info.commit.as_ref().ok_or_else(|| {
+            format!("the node has no commit for height {height} yet; try again in a moment")
+        })?;
+        Ok(SignedHeader {
+            header: block.header,
+            commit: to_commit(commit)?,
+        })
+    }
+
+    async fn validator_set(&mut self, height: u64) -> Result<ValidatorSet, String> {
+        let answer = self
+            .client
+            .validators(Some(height))
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer.height != 0 && answer.height != height {
+            return Err(format!(
+                "asked for the set of height {height}, the node sent the set of height {}",
+                answer.height
+            ));
+        }
+        to_set(&answer)
+    }
+}
+
+/// The ledger's set of the API's `/v1/validators` answer, in the order it was sent.
+fn to_set(answer: &tally_api::Validators) -> Result<ValidatorSet, String> {
+    let validators = answer
+        .validators
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            Ok(Validator {
+                address: from_hex_array::<20>(&v.address)
+                    .map_err(|e| format!("validators[{i}].address: {e}"))?,
+                pubkey: from_hex_array::<33>(&v.pubkey)
+                    .map_err(|e| format!("validators[{i}].pubkey: {e}"))?,
+                power: v.power,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    ValidatorSet::new(validators)
+        .map_err(|e| format!("validator set of height {}: {e}", answer.height))
+}
+
+/// Fetches the account with its proof, verifies the header of its height with the light
+/// client from `genesis`, and checks the proof against that header's state root. The tip
+/// may move between the account and the header: if the state roots differ the account is
+/// fetched once more.
 pub async fn verify_account(
     client: &NodeClient,
     genesis: &Genesis,
     address: Address,
 ) -> Result<Verified> {
+    let protocol = genesis.params.protocol_version;
+    let mut light =
+        LightClient::from_genesis(&genesis.chain_id, protocol, genesis.validator_set().clone());
+    let mut source = RpcSource { client };
     let mut attempt = 0;
     loop {
         let acct = client.account(&address, true).await?;
@@ -47,14 +123,34 @@ pub async fn verify_account(
                 "the chain has no committed block yet, so there is no commit to check; try again after the first block",
             ));
         }
-        let info = client.block(Some(acct.height)).await?;
-        let block = decode_block(&info)?;
-        let header_root = hex::encode(block.header.state_root);
-        if header_root != acct.state_root.to_ascii_lowercase() && attempt == 0 {
+        let header = match light.trusted() {
+            (h, Some(header)) if h == acct.height => header.clone(),
+            (h, _) if h < acct.height => light
+                .verify_to(&mut source, acct.height)
+                .await
+                .map_err(failed)?,
+            _ => {
+                // The node answered at a lower height than before: start over from genesis.
+                light = LightClient::from_genesis(
+                    &genesis.chain_id,
+                    protocol,
+                    genesis.validator_set().clone(),
+                );
+                light
+                    .verify_to(&mut source, acct.height)
+                    .await
+                    .map_err(failed)?
+            }
+        };
+        if !acct
+            .state_root
+            .eq_ignore_ascii_case(&hex::encode(header.state_root))
+            && attempt == 0
+        {
             attempt += 1;
             continue;
         }
-        return check(genesis, address, acct, &info, &block);
+        return check(acct, address, &header, protocol, &light);
     }
 }
 
@@ -81,72 +177,24 @@ fn to_commit(c: &tally_api::Commit) -> Result<Commit, String> {
     })
 }
 
-fn decode_block(info: &BlockInfo) -> Result<Block> {
+fn decode_block(info: &BlockInfo) -> Result<Block, String> {
     let hex_block = info.block.as_deref().ok_or_else(|| {
-        failed(format!(
+        format!(
             "the node did not include the raw block for height {} (field \"block\"); it is needed to recompute the hash",
             info.height
-        ))
+        )
     })?;
-    let bytes = hex::decode(hex_block).map_err(|e| failed(format!("block hex: {e}")))?;
-    ledger::codec::decode::<Block>("block", &bytes, 64 << 20).map_err(failed)
+    let bytes = hex::decode(hex_block).map_err(|e| format!("block hex: {e}"))?;
+    ledger::codec::decode::<Block>("block", &bytes, 64 << 20).map_err(|e| e.to_string())
 }
 
 fn check(
-    genesis: &Genesis,
-    address: Address,
     acct: AccountInfo,
-    info: &BlockInfo,
-    block: &Block,
+    address: Address,
+    header: &Header,
+    protocol: u32,
+    light: &LightClient,
 ) -> Result<Verified> {
-    let header = &block.header;
-    let vs = genesis.validator_set();
-    if header.chain_id != genesis.chain_id {
-        return Err(failed(format!(
-            "the node serves chain \"{}\" but the genesis file is for \"{}\"; pass the right --genesis or --node",
-            header.chain_id, genesis.chain_id
-        )));
-    }
-    if header.height != acct.height {
-        return Err(failed(format!(
-            "asked for the block at height {}, the node sent height {}",
-            acct.height, header.height
-        )));
-    }
-    let hash = header.hash();
-    if !info.hash.eq_ignore_ascii_case(&hex::encode(hash)) {
-        return Err(failed(format!(
-            "the node says block {} has hash {}, but its header hashes to {}",
-            header.height,
-            info.hash,
-            hex::encode(hash)
-        )));
-    }
-    let commit = info
-        .commit
-        .as_ref()
-        .ok_or_else(|| {
-            failed(format!(
-                "the node has no commit for height {} yet; try again in a moment",
-                header.height
-            ))
-        })
-        .and_then(|c| to_commit(c).map_err(failed))?;
-    vs.verify_commit(&genesis.chain_id, header.height, &hash, &commit)
-        .map_err(|e| {
-            failed(format!(
-                "the commit for height {} is not valid for the genesis validators: {e}",
-                header.height
-            ))
-        })?;
-    if header.validators_hash != vs.hash() {
-        return Err(failed(format!(
-            "block {} names validator set {}, the genesis set hashes to {}",
-            header.height,
-            hex::encode(header.validators_hash),
-            hex::encode(vs.hash())
-        )));
-    }
     if !acct
         .state_root
         .eq_ignore_ascii_case(&hex::encode(header.state_root))
@@ -186,10 +234,12 @@ fn check(
         })?;
     Ok(Verified {
         height: header.height,
-        block_hash: hex::encode(hash),
+        block_hash: hex::encode(header.hash()),
         state_root: hex::encode(header.state_root),
-        signers: commit.signatures.len(),
-        validators: vs.len(),
+        signers: light.trusted_signers(),
+        validators: light.trusted_set().len(),
+        protocol,
+        light: light.stats(),
         account: acct,
     })
 }
@@ -203,6 +253,7 @@ pub async fn run(
 ) -> Result<()> {
     let genesis = Genesis::load(genesis_path).map_err(|e| Error::failure(e.to_string()))?;
     let v = verify_account(client, &genesis, address).await?;
+    let l = v.light;
     let value = json!({
         "verified": true,
         "address": hex::encode(address),
@@ -215,10 +266,37 @@ pub async fn run(
         "state_root": v.state_root,
         "commit_signers": v.signers,
         "validators": v.validators,
+        "protocol_version": v.protocol,
+        "headers_verified": l.headers,
+        "skipped": l.skips > 0,
+        "skips": l.skips,
+        "bisections": l.bisections,
+        "sets_fetched": l.sets_fetched,
     });
     ctx.emit(&value, || {
+        let whose = if v.protocol >= ledger::types::PROTOCOL_2 {
+            format!("validators of height {}", v.height)
+        } else {
+            "genesis validators".to_string()
+        };
+        let light = if v.protocol >= ledger::types::PROTOCOL_2 {
+            let how = if l.skips > 0 {
+                format!(
+                    "skipped ahead {} time(s) after {} bisection(s)",
+                    l.skips, l.bisections
+                )
+            } else {
+                "header by header, no skip".to_string()
+            };
+            format!(
+                "{} header(s) verified from genesis, {how}; {} validator set(s) fetched, each checked against a verified header",
+                l.headers, l.sets_fetched
+            )
+        } else {
+            "protocol 1, the genesis set signs every height: 1 header verified".to_string()
+        };
         format!(
-            "verified: {}{} has balance {} and nonce {} at height {}\nblock {} committed by {} of {} genesis validators; account proven against state root {}",
+            "verified: {}{} has balance {} and nonce {} at height {}\nblock {} committed by {} of {} {whose}; account proven against state root {}\nlight client: {light}",
             hex::encode(address),
             name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
             v.account.balance,
@@ -227,7 +305,7 @@ pub async fn run(
             v.block_hash,
             v.signers,
             v.validators,
-            v.state_root
+            v.state_root,
         )
     });
     Ok(())
