@@ -9,6 +9,7 @@ mod crash;
 mod dev;
 mod faults;
 mod genesis;
+mod jail;
 mod lightclient;
 mod mempool;
 mod metrics;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use ledger::crypto::Keypair;
-use ledger::genesis::{GenesisAccount, GenesisFile, GenesisValidator, Params};
+use ledger::genesis::{GenesisAccount, GenesisFile, GenesisValidator, Params, StakingParams};
 use ledger::hash::{sha256, to_hex};
 use ledger::types::{Address, Payload, SignedTx, Tx};
 use serde_json::Value;
@@ -203,6 +203,7 @@ pub struct Builder {
     node_env: Vec<(usize, String, String)>,
     protocol: u32,
     joiners: usize,
+    staking: Option<StakingParams>,
 }
 
 impl Builder {
@@ -210,6 +211,12 @@ impl Builder {
     /// 2 genesis validator i is bonded by the funded account i (modulo the accounts).
     pub fn protocol(mut self, version: u32) -> Self {
         self.protocol = version;
+        self
+    }
+    /// Genesis `params.staking` (protocol 2; absent by default: the ledger's defaults),
+    /// e.g. a short `downtime_jail_after` and `jail_blocks` for a jailing test.
+    pub fn staking(mut self, params: StakingParams) -> Self {
+        self.staking = Some(params);
         self
     }
     /// Nodes after the validators and full nodes that hold a validator key not in genesis
@@ -299,6 +306,7 @@ impl Builder {
                 timeout_prevote_delta_ms: 250,
                 timeout_precommit_delta_ms: 250,
                 protocol_version: self.protocol,
+                staking: self.staking,
                 ..Params::default()
             },
             validators: vkeys
@@ -411,6 +419,7 @@ impl TestNet {
             node_env: Vec::new(),
             protocol: ledger::types::PROTOCOL_1,
             joiners: 0,
+            staking: None,
         }
     }
 

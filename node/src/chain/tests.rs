@@ -777,3 +777,156 @@ async fn a_protocol_2_proposer_includes_the_evidence_it_holds() {
     let b3 = store.block(3).unwrap().unwrap();
     assert!(b3.evidence.is_empty(), "punished evidence offered again");
 }
+
+/// A store that has forgotten every punishment: its evidence records read as absent. A
+/// block built on it with already-punished evidence carries the state root that punishing
+/// the same evidence again would give.
+struct ForgetPunishments<'a>(&'a MemStore);
+
+impl ledger::state::AccountReader for ForgetPunishments<'_> {
+    fn account_by_key(
+        &self,
+        key: &Hash,
+    ) -> Result<Option<ledger::types::Account>, ledger::store::StoreError> {
+        self.0.account_by_key(key)
+    }
+}
+
+impl ledger::state::StateReader for ForgetPunishments<'_> {
+    fn tree_node(
+        &self,
+        key: &jmt::storage::NodeKey,
+    ) -> Result<Option<jmt::storage::Node>, ledger::store::StoreError> {
+        self.0.tree_node(key)
+    }
+
+    fn tree_version(&self) -> Result<Option<(u64, Hash)>, ledger::store::StoreError> {
+        self.0.tree_version()
+    }
+
+    fn entry(&self, preimage: &[u8]) -> Result<Option<Vec<u8>>, ledger::store::StoreError> {
+        if preimage.starts_with(ledger::staking::EVIDENCE_KEY_TAG) {
+            return Ok(None);
+        }
+        self.0.entry(preimage)
+    }
+
+    fn entries_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Result<ledger::state::Entries, ledger::store::StoreError> {
+        let mut entries = self.0.entries_with_prefix(prefix)?;
+        entries.retain(|(k, _)| !k.starts_with(ledger::staking::EVIDENCE_KEY_TAG));
+        Ok(entries)
+    }
+
+    fn validator_set_record(
+        &self,
+        height: u64,
+    ) -> Result<Option<Vec<ledger::types::Validator>>, ledger::store::StoreError> {
+        self.0.validator_set_record(height)
+    }
+}
+
+/// Issue 20, test 2's last part: evidence is punished once. After block 2 punished an
+/// equivocation, a proposal of height 3 carrying the same evidence again, with the state
+/// root of a second punishment (a second slash, a longer jail), gets the host's nil
+/// verdict; the same block without the evidence is valid (so the header and the rest of
+/// the body are right, and only the repeated evidence is refused).
+#[tokio::test]
+async fn a_block_carrying_punished_evidence_again_is_invalid() {
+    use ledger::block::{assemble_v2, BlockTemplate};
+    use ledger::exec::{build_body_at, BlockEnv};
+
+    let (solo, other, op) = (key("solo"), key("other"), key("op"));
+    // Other's stake of 20 loses 1 (5 %) per punishment; solo (1,000 of 1,020) decides
+    // alone and proposes the first heights.
+    let g = Arc::new(crate::testing::genesis_v2(
+        CHAIN,
+        &[(&solo, 1_000), (&other, 20)],
+        &op,
+        1_000,
+    ));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, _) = crate::testing::actors(g.clone(), store.clone(), Some(solo.clone()));
+    a.driver.start().await;
+    pump(&mut a).await;
+    a.host
+        .handle(HostMsg::Evidence {
+            evidence: Box::new(equivocation(&other, 1, 0)),
+            ours: false,
+        })
+        .await;
+    next_height(&mut a, 2).await;
+    pump(&mut a).await;
+    let b2 = store.block(2).unwrap().unwrap();
+    assert_eq!(b2.evidence.len(), 1, "block 2 punishes the equivocation");
+    let punished = ledger::staking::validator_record(store.as_ref(), &other.public_key())
+        .unwrap()
+        .unwrap();
+    assert_eq!(punished.stake, 19);
+
+    let (_, current, next) = announced(&a);
+    let tip = store.tip().unwrap();
+    let commit2 = store.commit(2).unwrap().unwrap();
+    let proposal = |evidence: &[ledger::types::Equivocation]| {
+        let body = build_body_at(
+            &ForgetPunishments(store.as_ref()),
+            ExecContext {
+                chain_id: CHAIN,
+                params: &g.params,
+            },
+            BlockEnv {
+                height: 3,
+                proposer: solo.address(),
+                last_commit: Some(&commit2),
+                evidence,
+            },
+            Vec::new(),
+            &Signatures::Verify,
+        )
+        .unwrap();
+        assert_eq!(
+            body.evidence.len(),
+            evidence.len(),
+            "{:?}",
+            body.rejected_evidence
+        );
+        Arc::new(assemble_v2(
+            BlockTemplate {
+                chain_id: CHAIN.into(),
+                height: 3,
+                round: 0,
+                time_ms: tip.time_ms + 1,
+                prev_hash: tip.block_hash,
+                validators_hash: current,
+                proposer: solo.address(),
+                last_commit: Some(commit2.clone()),
+            },
+            next,
+            &body,
+        ))
+    };
+    let mut verdict = async |block: Arc<Block>| {
+        a.host.handle(HostMsg::Body(block.clone())).await;
+        a.host
+            .handle(HostMsg::Validate {
+                height: 3,
+                hash: block.hash(),
+            })
+            .await;
+        match a.answers_rx.try_recv() {
+            Ok(DriverMsg::Validated { hash, valid, .. }) if hash == block.hash() => valid,
+            other => panic!("expected the host's verdict, got {other:?}"),
+        }
+    };
+    let again = proposal(&b2.evidence);
+    assert!(
+        !verdict(again).await,
+        "a block punishing block 2's evidence a second time was accepted"
+    );
+    assert!(
+        verdict(proposal(&[])).await,
+        "the same block without the evidence is refused: the test's block is wrong"
+    );
+}
