@@ -502,8 +502,17 @@ impl ConsensusFilter {
         if v.vote.chain_id != a.chain_id {
             return Err(PenaltyReason::InvalidMessage);
         }
-        // A vote for a committed height is useless to everyone: no signature check.
+        // A vote for a committed height is useless to everyone: no signature check. Except,
+        // on protocol 2, a precommit of the tip's height: the next proposer adds it to the
+        // commit its block carries, so a validator that precommitted after the first
+        // quorum is not counted absent by the downtime rule.
         if v.vote.height <= live.tip {
+            if v.vote.height == live.tip
+                && v.vote.kind == ledger::types::VoteKind::Precommit
+                && matches!(*a.sets, KnownSets::Changing { .. })
+            {
+                return self.late_precommit(a, v);
+            }
             return Ok(Part::Stale);
         }
         let id = vote_id(&v);
@@ -533,6 +542,32 @@ impl ConsensusFilter {
         if !live.in_window(v.vote.height, v.vote.round) || !self.slot_open(&slot, 2) {
             return Ok(Part::Unwanted);
         }
+        v.verify_signature(&pubkey)
+            .map_err(|_| PenaltyReason::InvalidSignature)?;
+        self.remember(id);
+        self.fill(slot);
+        Ok(Part::New(v))
+    }
+
+    /// A precommit of the committed tip's height (protocol 2): checked against that
+    /// height's stored set, one per validator and height (whatever its round), so a
+    /// validator can cost us one signature check per height at most.
+    fn late_precommit(
+        &mut self,
+        a: &Against<'_>,
+        v: SignedVote,
+    ) -> Result<Part<SignedVote>, PenaltyReason> {
+        let id = vote_id(&v);
+        let slot = (v.vote.height, u32::MAX, SLOT_PRECOMMIT, v.validator);
+        if self.seen(&id) || !self.slot_open(&slot, 1) {
+            return Ok(Part::Stale);
+        }
+        let Some(set) = a.set_at(v.vote.height) else {
+            return Ok(Part::Unwanted);
+        };
+        let Some(pubkey) = set.get(&v.validator).map(|x| x.pubkey) else {
+            return Err(PenaltyReason::InvalidMessage);
+        };
         v.verify_signature(&pubkey)
             .map_err(|_| PenaltyReason::InvalidSignature)?;
         self.remember(id);
@@ -1031,6 +1066,66 @@ mod tests {
         assert_eq!(
             kind(&f.check(&fixed(&g), LIVE, vote(&k[4], 12, 0, 1))),
             "fault"
+        );
+    }
+
+    /// Protocol 2: a precommit of the tip's height (10 here) is checked against that
+    /// height's stored set and passed on once per validator, so the next proposer can add
+    /// it to the commit it carries; a prevote of it, a second precommit of the same
+    /// validator, and any on protocol 1 bring nothing; a non-member or a bad signature is a
+    /// fault.
+    #[test]
+    fn a_late_precommit_of_the_tip_is_checked_against_its_set_once_per_validator() {
+        let mut k = keys();
+        k.push(crate::testing::key("v4"));
+        let tip_set = genesis(&k[..4]).validators;
+        let older = |h: u64| (h == 10).then(|| tip_set.clone());
+        let against = Against {
+            chain_id: CHAIN,
+            sets: Arc::new(KnownSets::Changing {
+                from: 11,
+                current: tip_set.clone(),
+                next: tip_set.clone(),
+            }),
+            older: Some(&older),
+        };
+        let precommit = |key: &Keypair, round: u32| {
+            key.sign_vote(Vote {
+                chain_id: CHAIN.into(),
+                height: 10,
+                round,
+                kind: VoteKind::Precommit,
+                block_hash: Some([7; 32]),
+            })
+        };
+        let mut f = ConsensusFilter::default();
+        let msg = |v: SignedVote| ConsensusMessage::Vote(v);
+        assert_eq!(
+            kind(&f.check(&against, LIVE, msg(precommit(&k[0], 0)))),
+            "new"
+        );
+        assert_eq!(
+            kind(&f.check(&against, LIVE, msg(precommit(&k[0], 1)))),
+            "nothing",
+            "one late precommit per validator and height"
+        );
+        assert_eq!(
+            kind(&f.check(&against, LIVE, vote(&k[1], 10, 0, 7))),
+            "nothing"
+        );
+        assert_eq!(
+            kind(&f.check(&against, LIVE, msg(precommit(&k[4], 0)))),
+            "fault"
+        );
+        let mut forged = precommit(&k[2], 0);
+        forged.validator = k[3].address();
+        assert_eq!(kind(&f.check(&against, LIVE, msg(forged))), "fault");
+        let g = genesis(&keys());
+        let mut f = ConsensusFilter::default();
+        assert_eq!(
+            kind(&f.check(&fixed(&g), LIVE, msg(precommit(&k[0], 0)))),
+            "nothing",
+            "protocol 1 keeps only the first quorum"
         );
     }
 }

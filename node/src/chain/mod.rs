@@ -32,7 +32,7 @@ use ledger::exec::{
 };
 use ledger::genesis::Genesis;
 use ledger::store::Tip;
-use ledger::types::{Block, Commit, SignedTx};
+use ledger::types::{Block, Commit, CommitSig, SignedTx, SignedVote};
 use ledger::Hash;
 use tally_p2p::{PeerId, PenaltyReason};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -56,6 +56,10 @@ pub const MAX_BLOCK_EVIDENCE: usize = 16;
 /// Requests to the chain host.
 #[derive(Debug)]
 pub enum HostMsg {
+    /// Protocol 2: a precommit of the committed tip that arrived after the decision (the
+    /// router checked its signature against the tip's set); added to the commit the next
+    /// block carries.
+    LatePrecommit(SignedVote),
     /// A gossiped block body whose hash is its proposal's: kept as a candidate (the driver
     /// passes on one per (height, round), in the rounds its core takes).
     Body(Arc<Block>),
@@ -153,6 +157,11 @@ pub struct ChainHost<S> {
     /// Protocol 2: (validator, height) of the evidence committed blocks carried since the
     /// start, not offered again.
     included_evidence: HashSet<([u8; 20], u64)>,
+    /// Protocol 2: the commit of the tip with the precommits that came after the decision
+    /// added ([`HostMsg::LatePrecommit`]); the next block we build carries it, so the
+    /// downtime rule does not count a validator that was merely last to precommit. Lost on
+    /// a restart (then the stored commit is used).
+    tip_commit: Option<Commit>,
     /// The committed tip: read from the store once at start, then moved by our commits
     /// (the host is the store's only block writer while the node runs).
     tip: Tip,
@@ -255,6 +264,7 @@ impl<S: NodeStore> ChainHost<S> {
             sets_tx: parts.sets,
             sets,
             included_evidence: HashSet::new(),
+            tip_commit: None,
             tip,
             blocks: HashMap::new(),
             executed: HashMap::new(),
@@ -317,6 +327,7 @@ impl<S: NodeStore> ChainHost<S> {
                 hash,
                 commit,
             } => self.on_decided(height, hash, *commit).await,
+            HostMsg::LatePrecommit(vote) => self.add_late_precommit(vote),
             HostMsg::Synced { blocks, reply } => {
                 let applied = self.apply_synced(blocks).await;
                 if applied.blocks > 0 {
@@ -344,6 +355,33 @@ impl<S: NodeStore> ChainHost<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// Adds a precommit of the tip for the committed block and round, from a validator the
+    /// commit lacks, to [`ChainHost::tip_commit`] (its signature was checked by the router
+    /// against the tip's set; signatures stay sorted by address, as a commit must be).
+    fn add_late_precommit(&mut self, v: SignedVote) {
+        let Some(c) = self.tip_commit.as_mut() else {
+            return;
+        };
+        if v.vote.height != c.height
+            || v.vote.round != c.round
+            || v.vote.block_hash != Some(c.block_hash)
+        {
+            return;
+        }
+        if let Err(at) = c
+            .signatures
+            .binary_search_by_key(&v.validator, |s| s.validator)
+        {
+            c.signatures.insert(
+                at,
+                CommitSig {
+                    validator: v.validator,
+                    signature: v.signature,
+                },
+            );
         }
     }
 
@@ -457,6 +495,12 @@ impl<S: NodeStore> ChainHost<S> {
         );
         let last_commit = if self.tip.height == 0 {
             None
+        } else if let Some(c) = self
+            .tip_commit
+            .as_ref()
+            .filter(|c| c.height == self.tip.height)
+        {
+            Some(c.clone())
         } else {
             self.store.commit(self.tip.height).ok().flatten()
         };
@@ -813,6 +857,7 @@ impl<S: NodeStore> ChainHost<S> {
             self.mempool_metrics.bytes.set(m.bytes() as i64);
         }
         if self.sets.is_some() {
+            self.tip_commit = Some(commit.clone());
             self.included_evidence.extend(
                 block
                     .evidence

@@ -930,3 +930,65 @@ async fn a_block_carrying_punished_evidence_again_is_invalid() {
         "the same block without the evidence is refused: the test's block is wrong"
     );
 }
+
+/// Protocol 2: a precommit of the tip that arrives after the decision (here: `other`'s, of
+/// 20 power beside solo's 1,000, which decides alone) is added to the commit the next block
+/// carries, so the downtime rule does not count `other` absent; one for another block or
+/// round is not.
+#[tokio::test]
+async fn a_late_precommit_joins_the_commit_the_next_block_carries() {
+    let (solo, other, op) = (key("solo"), key("other"), key("op"));
+    let g = Arc::new(crate::testing::genesis_v2(
+        CHAIN,
+        &[(&solo, 1_000), (&other, 20)],
+        &op,
+        1_000,
+    ));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, _) = crate::testing::actors(g.clone(), store.clone(), Some(solo.clone()));
+    a.driver.start().await;
+    pump(&mut a).await;
+    let b1 = store.block(1).unwrap().unwrap();
+    assert_eq!(
+        store.commit(1).unwrap().unwrap().signatures.len(),
+        1,
+        "solo decides block 1 alone"
+    );
+    let late = |block_hash: Hash, round: u32| {
+        ConsensusMessage::Vote(other.sign_vote(Vote {
+            chain_id: CHAIN.into(),
+            height: 1,
+            round,
+            kind: VoteKind::Precommit,
+            block_hash: Some(block_hash),
+        }))
+    };
+    // Not for the committed block, or not of its round: left out.
+    a.driver.handle(consensus(late([9; 32], 0))).await;
+    a.driver.handle(consensus(late(b1.hash(), 1))).await;
+    pump(&mut a).await;
+    assert_eq!(a.host.tip_commit.as_ref().unwrap().signatures.len(), 1);
+    // Other's precommit of block 1, round 0, after the decision: it joins.
+    a.driver.handle(consensus(late(b1.hash(), 0))).await;
+    next_height(&mut a, 2).await;
+    pump(&mut a).await;
+    let b2 = store.block(2).unwrap().unwrap();
+    let signers: Vec<[u8; 20]> = b2
+        .last_commit
+        .as_ref()
+        .unwrap()
+        .signatures
+        .iter()
+        .map(|s| s.validator)
+        .collect();
+    let mut both = vec![solo.address(), other.address()];
+    both.sort();
+    assert_eq!(signers, both, "block 2 carries both precommits of block 1");
+    let record = ledger::staking::validator_record(store.as_ref(), &other.public_key())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.consecutive_missed, 0,
+        "other precommitted block 1 and is not counted absent"
+    );
+}

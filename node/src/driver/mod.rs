@@ -24,7 +24,7 @@ use consensus::{Consensus, Input, Output, PreVerified, SigningGuard, Timeout};
 use ledger::codec::encode;
 use ledger::crypto::Keypair;
 use ledger::genesis::Genesis;
-use ledger::types::{Block, SignedProposal, SignedVote};
+use ledger::types::{Block, SignedProposal, SignedVote, VoteKind};
 use ledger::Hash;
 use tally_p2p::{NetworkHandle, PeerId, Topic};
 use tokio::sync::mpsc;
@@ -345,6 +345,11 @@ impl<S: NodeStore> Driver<S> {
                     let h = vote.vote.height;
                     // A vote for h means its sender has committed h - 1.
                     self.note_peer_height(from, h.saturating_sub(1));
+                    if h == self.committed && vote.vote.kind == VoteKind::Precommit {
+                        // A precommit of our tip that came after the decision: on protocol
+                        // 2 it joins the commit we propose with (the host ignores it on 1).
+                        self.to_host(HostMsg::LatePrecommit(vote.clone())).await;
+                    }
                     if h == self.core.height() || h == self.core.height() + 1 {
                         self.drive(Input::Vote(vote)).await;
                     }
