@@ -136,6 +136,8 @@ pub struct Driver<S: NodeStore> {
     timers: DelayQueue<Timer>,
     /// The highest height the host committed.
     committed: u64,
+    /// The highest height our core decided (the host may not have committed it yet).
+    decided: u64,
     /// Candidate blocks of the current and next height (shared with the host): the ones
     /// we built, and one gossiped body per (height, round) in the rounds the core takes.
     blocks: HashMap<Hash, Arc<Block>>,
@@ -193,6 +195,7 @@ impl<S: NodeStore> Driver<S> {
             timeout_commit: parts.timeout_commit,
             timers: DelayQueue::new(),
             committed: parts.committed,
+            decided: parts.committed,
             blocks: HashMap::new(),
             bodies: HashMap::new(),
             own_votes: Vec::new(),
@@ -345,9 +348,13 @@ impl<S: NodeStore> Driver<S> {
                     let h = vote.vote.height;
                     // A vote for h means its sender has committed h - 1.
                     self.note_peer_height(from, h.saturating_sub(1));
-                    if h == self.committed && vote.vote.kind == VoteKind::Precommit {
-                        // A precommit of our tip that came after the decision: on protocol
-                        // 2 it joins the commit we propose with (the host ignores it on 1).
+                    if (h == self.committed || h == self.decided)
+                        && vote.vote.kind == VoteKind::Precommit
+                    {
+                        // A precommit of our tip (or of the height we just decided, whose
+                        // commit the host receives first) that came after the decision: on
+                        // protocol 2 it joins the commit we propose with (the host ignores
+                        // it on 1, and one that is not the tip's or not for its block).
                         self.to_host(HostMsg::LatePrecommit(vote.clone())).await;
                     }
                     if h == self.core.height() || h == self.core.height() + 1 {
@@ -502,6 +509,7 @@ impl<S: NodeStore> Driver<S> {
                 block_hash,
                 commit,
             } => {
+                self.decided = self.decided.max(height);
                 self.metrics
                     .rounds_per_height
                     .observe(f64::from(round) + 1.0);
