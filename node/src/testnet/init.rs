@@ -15,8 +15,8 @@ use ledger::hash::to_hex;
 use serde_json::Value;
 
 use super::manifest::{
-    home, load_manifest, AccountEntry, Hosts, Manifest, NodeEntry, Role, MANIFEST, METRICS_PORT,
-    P2P_PORT, RPC_PORT,
+    home, load_manifest, save_manifest, AccountEntry, Hosts, Manifest, NodeEntry, Role, MANIFEST,
+    METRICS_PORT, P2P_PORT, RPC_PORT,
 };
 use super::{absolute, InitArgs};
 use crate::config::expand;
@@ -203,7 +203,7 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PathBuf> {
         hosts,
     };
     // Written last: its presence means the directory is complete.
-    std::fs::write(dir.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)?;
+    save_manifest(&dir, &manifest)?;
     println!(
         "created a testnet in {} ({hosts} hosts from {base_ip}): {} validators, {} full nodes, {} funded accounts, {} bulk genesis accounts, chain {}, protocol {}{}",
         dir.display(),
@@ -375,6 +375,29 @@ fn write_wallet_keys(
         )?;
     }
     Ok(())
+}
+
+/// The secret key of testnet wallet account `name` (plaintext: testnet keys only).
+pub(super) fn wallet_key(dir: &Path, name: &str) -> anyhow::Result<Keypair> {
+    let path = dir.join("wallet/keys").join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no wallet key {name} in {}: pass --from with one of the testnet's accounts",
+            path.display()
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a wallet key file", path.display()))?;
+    let Some(secret) = v["secret_key"].as_str() else {
+        bail!(
+            "{}: no plaintext secret_key (an encrypted key: use `tally stake` with its password instead)",
+            path.display()
+        );
+    };
+    let secret: [u8; 32] = ledger::hash::from_hex_array(secret)
+        .map_err(|e| anyhow::anyhow!("{}: secret_key: {e}", path.display()))?;
+    Keypair::from_secret_bytes(&secret)
+        .map_err(|e| anyhow::anyhow!("{}: secret_key: {e}", path.display()))
 }
 
 pub(super) fn write_prometheus(dir: &Path, nodes: &[NodeEntry]) -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ use ledger::hash::to_hex;
 use ledger::types::{Address, Payload, SignedTx, Tx, PROTOCOL_2};
 use serde::de::DeserializeOwned;
 
-use super::init::{node_config, write_home, write_prometheus, NodeHome, Ports};
+use super::init::{node_config, wallet_key, write_home, write_prometheus, NodeHome, Ports};
 use super::manifest::{check_index, home, load_manifest, save_manifest, Manifest, NodeEntry};
 use super::manifest::{Hosts, Role, P2P_PORT};
 use super::processes::{node_pid, stop_pids, SUPERVISOR_PID};
@@ -232,29 +232,6 @@ fn operator_of(
         .with_context(|| {
             format!("node{i}'s operator {hex} is not one of this testnet's wallet accounts")
         })
-}
-
-/// The secret key of testnet wallet account `name` (plaintext: testnet keys only).
-fn wallet_key(dir: &Path, name: &str) -> anyhow::Result<Keypair> {
-    let path = dir.join("wallet/keys").join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no wallet key {name} in {}: pass --from with one of the testnet's accounts",
-            path.display()
-        )
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a wallet key file", path.display()))?;
-    let Some(secret) = v["secret_key"].as_str() else {
-        bail!(
-            "{}: no plaintext secret_key (an encrypted key: use `tally stake` with its password instead)",
-            path.display()
-        );
-    };
-    let secret: [u8; 32] = ledger::hash::from_hex_array(secret)
-        .map_err(|e| anyhow::anyhow!("{}: secret_key: {e}", path.display()))?;
-    Keypair::from_secret_bytes(&secret)
-        .map_err(|e| anyhow::anyhow!("{}: secret_key: {e}", path.display()))
 }
 
 /// The RPC address of a running node of the testnet.
