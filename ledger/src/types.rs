@@ -25,8 +25,13 @@ pub const HEADER_VERSION: u32 = 1;
 pub const PROTOCOL_1: u32 = 1;
 /// Protocol 2 (issue 20): bond, unbond and unjail payloads, `next_validators_hash` in the
 /// header, evidence in the block, validator sets computed from on-chain stake. The
-/// ledger executes it; the node does not run it yet.
+/// node runs it when genesis chooses it.
 pub const PROTOCOL_2: u32 = 2;
+
+/// The highest protocol this tallyd can run. A chain that activates a higher one (see the
+/// upgrade machinery) stops this node at the activation height with a message to upgrade it;
+/// peers announce theirs in identify.
+pub const MAX_PROTOCOL: u32 = PROTOCOL_2;
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Tx {
