@@ -207,7 +207,8 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// The chain's protocol (genesis `params.protocol_version`, 1 by default). On protocol
+    /// The chain's protocol (genesis `params.protocol_version`, 2 by default, as `tallyd init` and
+    /// `tallyd testnet init` create). On protocol
     /// 2 genesis validator i is bonded by the funded account i (modulo the accounts).
     pub fn protocol(mut self, version: u32) -> Self {
         self.protocol = version;
@@ -417,7 +418,7 @@ impl TestNet {
             timeout_propose_ms: 1500,
             extra_env: Vec::new(),
             node_env: Vec::new(),
-            protocol: ledger::types::PROTOCOL_1,
+            protocol: ledger::types::PROTOCOL_2,
             joiners: 0,
             staking: None,
         }
