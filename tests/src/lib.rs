@@ -580,6 +580,61 @@ impl TestNet {
         )
     }
 
+    /// Node `i` as the checker reads it (RPC and metrics).
+    pub fn endpoint(&self, i: usize) -> checker::Endpoint {
+        checker::Endpoint {
+            name: format!("node{i}"),
+            rpc: self.rpc(i),
+            metrics: Some(self.metrics_url(i)),
+        }
+    }
+
+    /// The checker ([`checker::check`]) over `nodes`' blocks up to the lowest of their
+    /// heights and their state (accounts; on protocol 2 staking, validator records and
+    /// the burned total), with each node's `earlier` reads added. A read that spans a
+    /// height at which value moved is made again, for up to 60 s. The violations (empty
+    /// when the run was correct) and the history checked.
+    pub async fn check(
+        &self,
+        nodes: &[usize],
+        observed: Vec<checker::Observation>,
+        earlier: &std::collections::BTreeMap<usize, checker::StateReads>,
+    ) -> anyhow::Result<(Vec<checker::Violation>, checker::History)> {
+        let genesis = ledger::genesis::Genesis::load(&self.dir().join("genesis.json"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let balances = genesis.accounts.iter().copied().collect();
+        let staking = checker::StakingGenesis::of(&genesis);
+        let endpoints: Vec<checker::Endpoint> = nodes.iter().map(|&i| self.endpoint(i)).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut upto = u64::MAX;
+            for &i in nodes {
+                upto = upto.min(self.height(i).await?);
+            }
+            let mut history = checker::fetch_history(
+                &self.http,
+                &endpoints,
+                &balances,
+                staking.as_ref(),
+                upto,
+                observed.clone(),
+            )
+            .await?;
+            for (n, i) in history.nodes.iter_mut().zip(nodes) {
+                if let Some(e) = earlier.get(i) {
+                    n.state.extend(e.clone());
+                }
+            }
+            let v = checker::check(&history);
+            let unsettled = v
+                .iter()
+                .any(|x| matches!(x, checker::Violation::UnsettledSnapshot { .. }));
+            if !unsettled || Instant::now() > deadline {
+                return Ok((v, history));
+            }
+        }
+    }
+
     pub async fn get(&self, i: usize, path: &str) -> anyhow::Result<Value> {
         let r = self
             .http
