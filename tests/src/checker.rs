@@ -515,6 +515,19 @@ impl fmt::Display for Violation {
     }
 }
 
+/// The first 20 violations, one a line, and how many there are: for a test's failure.
+pub fn summary(violations: &[Violation]) -> String {
+    let mut lines: Vec<String> = violations
+        .iter()
+        .take(20)
+        .map(ToString::to_string)
+        .collect();
+    if violations.len() > 20 {
+        lines.push(format!("... {} in all", violations.len()));
+    }
+    lines.join("\n")
+}
+
 #[derive(Clone, Copy, Default)]
 struct Acct {
     balance: u64,
@@ -1329,6 +1342,49 @@ pub async fn fetch_history(
         nodes: out,
         observed,
     })
+}
+
+/// Fetches the history of `nodes` up to the lowest of their heights (from `genesis`:
+/// its balances and, on protocol 2, its staking), adds each node's `earlier` reads (by
+/// name), and checks it. A read that spans a height at which value moved is made again,
+/// for up to 60 s. The violations (empty when the run was correct) and the history.
+pub async fn check_nodes(
+    http: &reqwest::Client,
+    nodes: &[Endpoint],
+    genesis: &Genesis,
+    observed: Vec<Observation>,
+    earlier: &BTreeMap<String, StateReads>,
+) -> anyhow::Result<(Vec<Violation>, History)> {
+    let balances: BTreeMap<Address, u64> = genesis.accounts.iter().copied().collect();
+    let staking = StakingGenesis::of(genesis);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut upto = u64::MAX;
+        for node in nodes {
+            upto = upto.min(tip(http, node).await?);
+        }
+        let mut history = fetch_history(
+            http,
+            nodes,
+            &balances,
+            staking.as_ref(),
+            upto,
+            observed.clone(),
+        )
+        .await?;
+        for n in &mut history.nodes {
+            if let Some(e) = earlier.get(&n.name) {
+                n.state.extend(e.clone());
+            }
+        }
+        let v = check(&history);
+        let unsettled = v
+            .iter()
+            .any(|x| matches!(x, Violation::UnsettledSnapshot { .. }));
+        if !unsettled || std::time::Instant::now() > deadline {
+            return Ok((v, history));
+        }
+    }
 }
 
 /// Reads `addresses`' accounts from `node`, and with `keys` (protocol 2) their staking,

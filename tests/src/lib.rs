@@ -589,11 +589,8 @@ impl TestNet {
         }
     }
 
-    /// The checker ([`checker::check`]) over `nodes`' blocks up to the lowest of their
-    /// heights and their state (accounts; on protocol 2 staking, validator records and
-    /// the burned total), with each node's `earlier` reads added. A read that spans a
-    /// height at which value moved is made again, for up to 60 s. The violations (empty
-    /// when the run was correct) and the history checked.
+    /// [`checker::check_nodes`] over `nodes` (by index), with this net's genesis; `earlier`
+    /// reads by node index.
     pub async fn check(
         &self,
         nodes: &[usize],
@@ -602,37 +599,12 @@ impl TestNet {
     ) -> anyhow::Result<(Vec<checker::Violation>, checker::History)> {
         let genesis = ledger::genesis::Genesis::load(&self.dir().join("genesis.json"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let balances = genesis.accounts.iter().copied().collect();
-        let staking = checker::StakingGenesis::of(&genesis);
         let endpoints: Vec<checker::Endpoint> = nodes.iter().map(|&i| self.endpoint(i)).collect();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut upto = u64::MAX;
-            for &i in nodes {
-                upto = upto.min(self.height(i).await?);
-            }
-            let mut history = checker::fetch_history(
-                &self.http,
-                &endpoints,
-                &balances,
-                staking.as_ref(),
-                upto,
-                observed.clone(),
-            )
-            .await?;
-            for (n, i) in history.nodes.iter_mut().zip(nodes) {
-                if let Some(e) = earlier.get(i) {
-                    n.state.extend(e.clone());
-                }
-            }
-            let v = checker::check(&history);
-            let unsettled = v
-                .iter()
-                .any(|x| matches!(x, checker::Violation::UnsettledSnapshot { .. }));
-            if !unsettled || Instant::now() > deadline {
-                return Ok((v, history));
-            }
-        }
+        let earlier = earlier
+            .iter()
+            .map(|(i, r)| (format!("node{i}"), r.clone()))
+            .collect();
+        checker::check_nodes(&self.http, &endpoints, &genesis, observed, &earlier).await
     }
 
     pub async fn get(&self, i: usize, path: &str) -> anyhow::Result<Value> {
