@@ -24,11 +24,11 @@
 //!   pays its fee to the proposer and raises the nonce, and an Unbond without a bond or
 //!   an Unjail that may not unjail is an invalid tx;
 //! - evidence in a block (two votes of one validator of that height's replayed set, same
-//!   height, round and kind, different blocks, at most `evidence_max_age_blocks` old, not
+//!   chain, height, round and kind, different blocks, at most `evidence_max_age_blocks` old, not
 //!   punished before) burns `slash_fraction_bps` (rounded down) of each bond to the key and
 //!   each unbonding entry from it, cuts the stake by the bonds' part, and jails the key
-//!   until the block's height + `jail_blocks`; the vote signatures are not checked here
-//!   (the nodes did, and the replay has no set of its own to be fooled by);
+//!   until the block's height + `jail_blocks`; both signatures must verify with the key
+//!   the replayed set holds;
 //! - downtime: a validator of the set of `last_commit`'s height, not jailed, absent from
 //!   it, has missed one more; at `downtime_jail_after` in a row it is jailed for
 //!   `jail_blocks`; present, its count is 0;
@@ -51,11 +51,11 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ledger::crypto::address_of;
+use ledger::crypto::{address_of, verify};
 use ledger::genesis::{Genesis, StakingParams};
 use ledger::hash::to_hex;
 use ledger::types::{
-    validators_hash, Address, Block, Payload, PublicKeyBytes, Validator, VoteKind,
+    validators_hash, Address, Block, Equivocation, Payload, PublicKeyBytes, Validator,
 };
 use serde_json::Value;
 
@@ -66,23 +66,6 @@ pub struct TxRecord {
     pub nonce: u64,
     pub fee: u64,
     pub payload: Payload,
-}
-
-/// One of the two votes of a piece of evidence.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VoteRecord {
-    pub validator: Address,
-    pub height: u64,
-    pub round: u32,
-    pub kind: VoteKind,
-    /// The block voted for (hex), None for nil.
-    pub block: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EvidenceRecord {
-    pub a: VoteRecord,
-    pub b: VoteRecord,
 }
 
 /// Who signed the commit a block carries.
@@ -107,18 +90,11 @@ pub struct BlockRecord {
     pub validators_hash: String,
     pub next_validators_hash: Option<String>,
     pub last_commit: Option<CommitRecord>,
-    pub evidence: Vec<EvidenceRecord>,
+    pub evidence: Vec<Equivocation>,
 }
 
 impl BlockRecord {
     pub fn from_block(b: &Block) -> Self {
-        let vote = |v: &ledger::types::SignedVote| VoteRecord {
-            validator: v.validator,
-            height: v.vote.height,
-            round: v.vote.round,
-            kind: v.vote.kind,
-            block: v.vote.block_hash.as_ref().map(|h| to_hex(h)),
-        };
         Self {
             height: b.header.height,
             round: b.header.round,
@@ -143,14 +119,7 @@ impl BlockRecord {
                 height: c.height,
                 signers: c.signatures.iter().map(|s| s.validator).collect(),
             }),
-            evidence: b
-                .evidence
-                .iter()
-                .map(|e| EvidenceRecord {
-                    a: vote(&e.a),
-                    b: vote(&e.b),
-                })
-                .collect(),
+            evidence: b.evidence.clone(),
         }
     }
 }
@@ -948,16 +917,20 @@ impl<'a> Replay<'a> {
         &mut self,
         s: &StakingGenesis,
         height: u64,
-        e: &EvidenceRecord,
+        e: &Equivocation,
     ) -> Result<(), String> {
-        let (a, b) = (&e.a, &e.b);
-        if a.validator != b.validator {
+        let (a, b) = (&e.a.vote, &e.b.vote);
+        let who = e.a.validator;
+        if who != e.b.validator {
             return Err("the two votes are by different validators".into());
+        }
+        if a.chain_id != b.chain_id {
+            return Err("the two votes are for different chains".into());
         }
         if (a.height, a.round, a.kind) != (b.height, b.round, b.kind) {
             return Err("the two votes are for different steps".into());
         }
-        if a.block == b.block {
+        if a.block_hash == b.block_hash {
             return Err("the two votes are for the same block".into());
         }
         let max_age = s.params.evidence_max_age_blocks;
@@ -970,19 +943,17 @@ impl<'a> Replay<'a> {
         let key = self
             .sets
             .get(&a.height)
-            .and_then(|set| set.iter().find(|v| v.address == a.validator))
+            .and_then(|set| set.iter().find(|v| v.address == who))
             .map(|v| v.pubkey)
-            .ok_or_else(|| {
-                format!(
-                    "{} is not in the set of height {}",
-                    to_hex(&a.validator),
-                    a.height
-                )
-            })?;
+            .ok_or_else(|| format!("{} is not in the set of height {}", to_hex(&who), a.height))?;
+        for (which, v) in [("a", &e.a), ("b", &e.b)] {
+            verify(&key, &v.vote.signing_bytes(), &v.signature)
+                .map_err(|_| format!("the signature of vote {which} does not verify"))?;
+        }
         if !self.punished.insert((key, a.height)) {
             return Err(format!(
                 "{} was punished for height {} before",
-                to_hex(&a.validator),
+                to_hex(&who),
                 a.height
             ));
         }
@@ -1579,6 +1550,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use ledger::crypto::Keypair;
+    use ledger::types::{Vote, VoteKind};
 
     const A: Address = [1; 20];
     const B: Address = [2; 20];
@@ -1785,9 +1758,15 @@ mod tests {
     // ----- protocol 2 -----
 
     const C: Address = [3; 20];
-    const K1: PublicKeyBytes = [2; 33];
-    const K2: PublicKeyBytes = [3; 33];
-    const K3: PublicKeyBytes = [4; 33];
+
+    fn keypair(i: u8) -> Keypair {
+        Keypair::from_secret_bytes(&ledger::hash::sha256(&[i])).unwrap()
+    }
+
+    /// Consensus key `i`.
+    fn k(i: u8) -> PublicKeyBytes {
+        keypair(i).public_key()
+    }
 
     fn params() -> StakingParams {
         StakingParams {
@@ -1836,7 +1815,7 @@ mod tests {
     fn p2_blocks(
         sets: &[Vec<Validator>],
         mut txs: BTreeMap<u64, Vec<TxRecord>>,
-        mut evidence: BTreeMap<u64, Vec<EvidenceRecord>>,
+        mut evidence: BTreeMap<u64, Vec<Equivocation>>,
         signers: impl Fn(u64) -> Vec<Address>,
     ) -> Vec<BlockRecord> {
         (1..sets.len() as u64 - 1)
@@ -1886,17 +1865,20 @@ mod tests {
         }
     }
 
-    fn equivocation(key: &PublicKeyBytes, height: u64) -> EvidenceRecord {
-        let vote = |b: &str| VoteRecord {
-            validator: address_of(key),
-            height,
-            round: 0,
-            kind: VoteKind::Precommit,
-            block: Some(b.into()),
+    /// Two precommits of key `i` at `height` for different blocks.
+    fn equivocation(i: u8, height: u64) -> Equivocation {
+        let vote = |b: u8| {
+            keypair(i).sign_vote(Vote {
+                chain_id: "c".into(),
+                height,
+                round: 0,
+                kind: VoteKind::Precommit,
+                block_hash: Some([b; 32]),
+            })
         };
-        EvidenceRecord {
-            a: vote("x"),
-            b: vote("y"),
+        Equivocation {
+            a: vote(1),
+            b: vote(2),
         }
     }
 
@@ -1908,15 +1890,15 @@ mod tests {
     /// is signed by its whole set. Node 0 also read A at height 3 (its entry pending) and
     /// K2 at height 5 (jailed).
     fn good_p2() -> History {
-        let g = set(&[(K1, 10), (K2, 10)]);
-        let s5 = set(&[(K1, 6), (K3, 10)]);
-        let s8 = set(&[(K1, 6), (K2, 9), (K3, 10)]);
+        let g = set(&[(k(1), 10), (k(2), 10)]);
+        let s5 = set(&[(k(1), 6), (k(3), 10)]);
+        let s8 = set(&[(k(1), 6), (k(2), 9), (k(3), 10)]);
         let sets = vec![
             vec![],
             g.clone(),
             g.clone(),
-            set(&[(K1, 10), (K2, 10), (K3, 10)]),
-            set(&[(K1, 6), (K2, 10), (K3, 10)]),
+            set(&[(k(1), 10), (k(2), 10), (k(3), 10)]),
+            set(&[(k(1), 6), (k(2), 10), (k(3), 10)]),
             s5.clone(),
             s5.clone(),
             s5,
@@ -1931,7 +1913,7 @@ mod tests {
                     C,
                     0,
                     Payload::Bond {
-                        validator: K3,
+                        validator: k(3),
                         amount: 100,
                     },
                 )],
@@ -1943,17 +1925,17 @@ mod tests {
                     A,
                     0,
                     Payload::Unbond {
-                        validator: K1,
+                        validator: k(1),
                         amount: 40,
                     },
                 )],
             ),
             (
                 6,
-                vec![staking_tx("b1", B, 0, Payload::Unjail { validator: K2 })],
+                vec![staking_tx("b1", B, 0, Payload::Unjail { validator: k(2) })],
             ),
         ]);
-        let evidence = BTreeMap::from([(3, vec![equivocation(&K2, 2)])]);
+        let evidence = BTreeMap::from([(3, vec![equivocation(2, 2)])]);
         let signers = |h: u64| sets[h as usize].iter().map(|v| v.address).collect();
         let blocks = p2_blocks(&sets, txs, evidence, signers);
         let state = StateReads {
@@ -1964,15 +1946,15 @@ mod tests {
                 acct(P, 3, 0, 7),
             ],
             staking: vec![
-                staking(A, vec![(K1, 60)], vec![], 7),
-                staking(B, vec![(K2, 90)], vec![], 7),
-                staking(C, vec![(K3, 100)], vec![], 7),
+                staking(A, vec![(k(1), 60)], vec![], 7),
+                staking(B, vec![(k(2), 90)], vec![], 7),
+                staking(C, vec![(k(3), 100)], vec![], 7),
                 staking(P, vec![], vec![], 7),
             ],
             validators: vec![
-                validator(K1, 60, 0, 7),
-                validator(K2, 90, 0, 7),
-                validator(K3, 100, 0, 7),
+                validator(k(1), 60, 0, 7),
+                validator(k(2), 90, 0, 7),
+                validator(k(3), 100, 0, 7),
             ],
             burned: vec![BurnedRecord {
                 height: 7,
@@ -1986,8 +1968,8 @@ mod tests {
         };
         node0.state.extend(StateReads {
             accounts: vec![acct(A, 999, 1, 3)],
-            staking: vec![staking(A, vec![(K1, 60)], vec![(4, 40, K1)], 3)],
-            validators: vec![validator(K2, 90, 6, 5)],
+            staking: vec![staking(A, vec![(k(1), 60)], vec![(4, 40, k(1))], 3)],
+            validators: vec![validator(k(2), 90, 6, 5)],
             burned: vec![],
         });
         History {
@@ -1995,8 +1977,8 @@ mod tests {
             staking: Some(StakingGenesis {
                 params: params(),
                 validators: vec![
-                    (A, set(&[(K1, 10)])[0].clone()),
-                    (B, set(&[(K2, 10)])[0].clone()),
+                    (A, set(&[(k(1), 10)])[0].clone()),
+                    (B, set(&[(k(2), 10)])[0].clone()),
                 ],
             }),
             nodes: vec![
@@ -2060,7 +2042,7 @@ mod tests {
         // The entry is still there and A's balance lacks it: the supply adds up.
         let mut h = good_p2();
         account_at(&mut h, A, 7).balance = 999;
-        staking_at(&mut h, A, 7).unbonding = staking(A, vec![], vec![(4, 40, K1)], 7).unbonding;
+        staking_at(&mut h, A, 7).unbonding = staking(A, vec![], vec![(4, 40, k(1))], 7).unbonding;
         assert_eq!(kinds(&h), BTreeSet::from(["balance", "staking"]));
     }
 
@@ -2070,7 +2052,7 @@ mod tests {
         let mut h = good_p2();
         h.nodes[0].state.extend(StateReads {
             accounts: vec![acct(A, 999, 1, 4)],
-            staking: vec![staking(A, vec![(K1, 60)], vec![(4, 40, K1)], 4)],
+            staking: vec![staking(A, vec![(k(1), 60)], vec![(4, 40, k(1))], 4)],
             ..StateReads::default()
         });
         let v = check(&h);
@@ -2094,8 +2076,8 @@ mod tests {
         // Evidence left the stake whole: bonds, stake and burned total all differ from the
         // replay, while the supply alone would not notice.
         let mut h = good_p2();
-        staking_at(&mut h, B, 7).bonds = vec![(K2, 100)];
-        validator_at(&mut h, K2, 7).stake = 100;
+        staking_at(&mut h, B, 7).bonds = vec![(k(2), 100)];
+        validator_at(&mut h, k(2), 7).stake = 100;
         h.nodes[0].state.burned[0].burned = 0;
         assert_eq!(
             kinds(&h),
@@ -2106,7 +2088,7 @@ mod tests {
     #[test]
     fn negative_control_burned_but_not_cut() {
         let mut h = good_p2();
-        staking_at(&mut h, B, 7).bonds = vec![(K2, 100)];
+        staking_at(&mut h, B, 7).bonds = vec![(k(2), 100)];
         let k = kinds(&h);
         assert!(k.contains("staking") && k.contains("supply"), "{k:?}");
     }
@@ -2115,8 +2097,8 @@ mod tests {
     fn negative_control_jail_not_applied() {
         // Block 5 names a set still holding the jailed K2; node 0 reports it unjailed.
         let mut h = good_p2();
-        h.nodes[1].blocks[4].validators_hash = hash_of(&set(&[(K1, 6), (K2, 9), (K3, 10)]));
-        validator_at(&mut h, K2, 5).jailed_until_height = 0;
+        h.nodes[1].blocks[4].validators_hash = hash_of(&set(&[(k(1), 6), (k(2), 9), (k(3), 10)]));
+        validator_at(&mut h, k(2), 5).jailed_until_height = 0;
         let v = check(&h);
         assert!(
             v.iter().any(|x| matches!(
@@ -2131,15 +2113,27 @@ mod tests {
     #[test]
     fn negative_control_evidence_twice_or_malformed() {
         let mut h = good_p2();
-        h.nodes[0].blocks[3].evidence.push(equivocation(&K2, 2));
+        h.nodes[0].blocks[3].evidence.push(equivocation(2, 2));
         assert_eq!(kinds(&h), BTreeSet::from(["invalid evidence"]));
         let mut h = good_p2();
-        h.nodes[0].blocks[2].evidence[0].b.block = Some("x".into());
+        h.nodes[0].blocks[2].evidence[0].b.vote.block_hash = Some([1; 32]);
         // Not applied: the node's slash has no cause.
         let k = kinds(&h);
         assert!(
             k.contains("invalid evidence") && k.contains("burned"),
             "{k:?}"
+        );
+        // A forged vote: its signature is another vote's.
+        let mut h = good_p2();
+        let e = &mut h.nodes[0].blocks[2].evidence[0];
+        e.b.signature = e.a.signature;
+        let v = check(&h);
+        assert!(
+            v.iter().any(|x| matches!(
+                x,
+                Violation::InvalidEvidence { why, .. } if why.contains("signature of vote b")
+            )),
+            "{v:?}"
         );
     }
 
@@ -2154,7 +2148,7 @@ mod tests {
             C,
             1,
             Payload::Unbond {
-                validator: K1,
+                validator: k(1),
                 amount: 1,
             },
         ));
@@ -2175,15 +2169,15 @@ mod tests {
         // K3 is missing from the commits of heights 1 and 2 (blocks 2 and 3's
         // last_commit): with downtime_jail_after 2 block 3 jails it until 6, out of the
         // set of 5. No slash.
-        let g = set(&[(K1, 10), (K2, 10), (K3, 10)]);
-        let s5 = set(&[(K1, 10), (K2, 10)]);
+        let g = set(&[(k(1), 10), (k(2), 10), (k(3), 10)]);
+        let s5 = set(&[(k(1), 10), (k(2), 10)]);
         let sets = vec![vec![], g.clone(), g.clone(), g.clone(), g, s5.clone(), s5];
         let signers = |h: u64| {
             let all = sets[h as usize].iter().map(|v| v.address);
-            all.filter(|a| h > 2 || *a != address_of(&K3)).collect()
+            all.filter(|a| h > 2 || *a != address_of(&k(3))).collect()
         };
         let blocks = p2_blocks(&sets, BTreeMap::new(), BTreeMap::new(), signers);
-        let ops = [(A, K1), (B, K2), (C, K3)];
+        let ops = [(A, k(1)), (B, k(2)), (C, k(3))];
         let state = StateReads {
             accounts: ops.iter().map(|(op, _)| acct(*op, 0, 0, 5)).collect(),
             staking: ops
@@ -2191,9 +2185,9 @@ mod tests {
                 .map(|(op, k)| staking(*op, vec![(*k, 100)], vec![], 5))
                 .collect(),
             validators: vec![
-                validator(K1, 100, 0, 5),
-                validator(K2, 100, 0, 5),
-                validator(K3, 100, 6, 5),
+                validator(k(1), 100, 0, 5),
+                validator(k(2), 100, 0, 5),
+                validator(k(3), 100, 6, 5),
             ],
             burned: vec![BurnedRecord {
                 height: 5,
@@ -2221,9 +2215,9 @@ mod tests {
         };
         assert_eq!(check(&h), vec![]);
         // A node that did not jail it: its record and the set of 5 give it away.
-        validator_at(&mut h, K3, 5).jailed_until_height = 0;
+        validator_at(&mut h, k(3), 5).jailed_until_height = 0;
         assert_eq!(kinds(&h), BTreeSet::from(["validator record"]));
-        let g = set(&[(K1, 10), (K2, 10), (K3, 10)]);
+        let g = set(&[(k(1), 10), (k(2), 10), (k(3), 10)]);
         h.nodes[0].blocks[3].next_validators_hash = Some(hash_of(&g));
         assert!(kinds(&h).contains("set hash"));
     }
