@@ -436,7 +436,7 @@ impl fmt::Display for Violation {
             } => write!(f, "{node}: total supply {reported}, genesis had {genesis}"),
             Violation::UnsettledSnapshot { node, from, to } => write!(
                 f,
-                "{node}: accounts read between heights {from} and {to} while txs committed"
+                "{node}: state read between heights {from} and {to} while value moved (txs, slashes, unbonding payouts)"
             ),
             Violation::InvalidEvidence { node, height, why } => {
                 write!(f, "{node}: evidence in block {height} is invalid: {why}")
