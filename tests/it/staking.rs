@@ -12,7 +12,7 @@ use ledger::crypto::Keypair;
 use ledger::genesis::{Genesis, StakingParams};
 use ledger::hash::to_hex;
 use ledger::types::{Address, Payload, SignedTx, Tx};
-use tally_tests::checker::{read_state, summary, Observation, StateReads};
+use tally_tests::checker::{longest_gap_ms, read_state, summary, Observation, StateReads};
 use tally_tests::{account_key, eventually, TestNet, CHAIN_ID};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -259,6 +259,15 @@ async fn bonded_newcomers_keep_the_chain_alive_after_two_genesis_validators_leav
         history.nodes[0].blocks.len(),
         summary(&violations)
     );
+    // The chain never halted: no two consecutive blocks of the whole run are further
+    // apart than a few rounds' timeouts.
+    let blocks = &history.nodes[0].blocks;
+    let longest = longest_gap_ms(blocks);
+    eprintln!(
+        "{} blocks, longest gap between two {longest} ms",
+        blocks.len()
+    );
+    assert!(longest < 10_000, "the chain stalled for {longest} ms");
     let paid = history.nodes[0]
         .state
         .accounts

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ledger::genesis::Genesis;
 use serde_json::Value;
-use tally_tests::checker::{check_nodes, summary, Endpoint};
+use tally_tests::checker::{check_nodes, longest_gap_ms, summary, Endpoint};
 use tally_tests::{assert_no_fork, bin, eventually};
 
 const BASE: &str = "127.0.79";
@@ -253,6 +253,8 @@ async fn validators_join_and_leave_through_the_testnet_verbs_and_the_chain_goes_
         history.nodes[0].blocks.len(),
         summary(&violations)
     );
+    let longest = longest_gap_ms(&history.nodes[0].blocks);
+    assert!(longest < 10_000, "the chain stalled for {longest} ms");
 
     // SIGTERM the supervisor: it stops the added nodes too.
     let mut up = guard.up.take().unwrap();

@@ -484,6 +484,16 @@ impl fmt::Display for Violation {
     }
 }
 
+/// The longest time between two consecutive blocks' header times, in ms: how long the
+/// chain stood still at worst.
+pub fn longest_gap_ms(blocks: &[BlockRecord]) -> u64 {
+    blocks
+        .windows(2)
+        .map(|w| w[1].time_ms.saturating_sub(w[0].time_ms))
+        .max()
+        .unwrap_or(0)
+}
+
 /// The first 20 violations, one a line, and how many there are: for a test's failure.
 pub fn summary(violations: &[Violation]) -> String {
     let mut lines: Vec<String> = violations
