@@ -581,6 +581,33 @@ impl TestNet {
         )
     }
 
+    /// Node `i` as the checker reads it (RPC and metrics).
+    pub fn endpoint(&self, i: usize) -> checker::Endpoint {
+        checker::Endpoint {
+            name: format!("node{i}"),
+            rpc: self.rpc(i),
+            metrics: Some(self.metrics_url(i)),
+        }
+    }
+
+    /// [`checker::check_nodes`] over `nodes` (by index), with this net's genesis; `earlier`
+    /// reads by node index.
+    pub async fn check(
+        &self,
+        nodes: &[usize],
+        observed: Vec<checker::Observation>,
+        earlier: &std::collections::BTreeMap<usize, checker::StateReads>,
+    ) -> anyhow::Result<(Vec<checker::Violation>, checker::History)> {
+        let genesis = ledger::genesis::Genesis::load(&self.dir().join("genesis.json"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let endpoints: Vec<checker::Endpoint> = nodes.iter().map(|&i| self.endpoint(i)).collect();
+        let earlier = earlier
+            .iter()
+            .map(|(i, r)| (format!("node{i}"), r.clone()))
+            .collect();
+        checker::check_nodes(&self.http, &endpoints, &genesis, observed, &earlier).await
+    }
+
     pub async fn get(&self, i: usize, path: &str) -> anyhow::Result<Value> {
         let r = self
             .http
