@@ -121,9 +121,13 @@ pub struct NetnsTestnet {
     up: Option<Child>,
     pub ips: Vec<String>,
     pub rpcs: Vec<String>,
+    /// Each node's metrics URL (the checker reads the burned total there on protocol 2).
+    metrics: Vec<String>,
     pub validators: usize,
     pub keys: Vec<Keypair>,
     pub genesis: BTreeMap<Address, u64>,
+    /// Genesis staking (protocol 2, `tallyd testnet init`'s default), for the checker.
+    pub staking: Option<checker::StakingGenesis>,
     pub http: reqwest::Client,
     /// The genesis validator set (for the proposer schedule) and each validator's node.
     validator_set: Option<ValidatorSet>,
@@ -160,9 +164,11 @@ impl NetnsTestnet {
             up: Some(up),
             ips: Vec::new(),
             rpcs: Vec::new(),
+            metrics: Vec::new(),
             validators,
             keys: Vec::new(),
             genesis: BTreeMap::new(),
+            staking: None,
             http: http_client(Duration::from_secs(2))?,
             validator_set: None,
             validator_nodes: BTreeMap::new(),
@@ -183,6 +189,7 @@ impl NetnsTestnet {
         };
         let genesis =
             Genesis::load(&net.dir.join("genesis.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        net.staking = checker::StakingGenesis::of(&genesis);
         net.validator_set = Some(genesis.validators);
         for (i, n) in manifest["nodes"]
             .as_array()
@@ -200,6 +207,10 @@ impl NetnsTestnet {
                 .push(n["ip"].as_str().context("node ip")?.to_string());
             net.rpcs
                 .push(format!("http://{}", n["rpc"].as_str().context("node rpc")?));
+            net.metrics.push(format!(
+                "http://{}/metrics",
+                n["metrics"].as_str().context("node metrics")?
+            ));
         }
         for a in manifest["accounts"]
             .as_array()
@@ -493,13 +504,23 @@ impl NetnsTestnet {
             let min = hs.iter().min().copied().unwrap_or(0);
             let max = hs.iter().max().copied().unwrap_or(0);
             if settled && max - min <= 1 {
-                let nodes: Vec<(String, String)> = all
+                let nodes: Vec<checker::Endpoint> = all
                     .iter()
-                    .map(|i| (format!("node{i}"), self.rpcs[*i].clone()))
+                    .map(|&i| checker::Endpoint {
+                        name: format!("node{i}"),
+                        rpc: self.rpcs[i].clone(),
+                        metrics: Some(self.metrics[i].clone()),
+                    })
                     .collect();
-                let history =
-                    checker::fetch(&self.http, &nodes, &self.genesis, min, observed.clone())
-                        .await?;
+                let history = checker::fetch_history(
+                    &self.http,
+                    &nodes,
+                    &self.genesis,
+                    self.staking.as_ref(),
+                    min,
+                    observed.clone(),
+                )
+                .await?;
                 let v = checker::check(&history);
                 // Txs committed while the accounts were read (a late gossip): read again.
                 if v.iter()
@@ -689,6 +710,17 @@ pub async fn scrape_counter(http: &reqwest::Client, url: &str, name: &str) -> an
 /// bridge, named like the supervisor's (`<tag>-n<index>`, veth `<tag>-v<index>` /
 /// `<tag>-p<index>`), so `tallyd testnet cleanup --dir` also finds it. Its `Drop` kills the
 /// node and removes the namespace and veth, also when the test panics.
+impl Joiner {
+    /// What the checker reads of this node.
+    pub fn endpoint(&self) -> checker::Endpoint {
+        checker::Endpoint {
+            name: self.name.clone(),
+            rpc: self.rpc.clone(),
+            metrics: Some(self.metrics.clone()),
+        }
+    }
+}
+
 pub struct Joiner {
     pub index: usize,
     pub name: String,
