@@ -328,3 +328,45 @@ pub fn fsck(home: PathBuf) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(home: &Path, protocol: u32) -> InitArgs {
+        InitArgs {
+            home: home.to_path_buf(),
+            moniker: "solo".into(),
+            chain_id: "tally-local".into(),
+            genesis: None,
+            full_node: false,
+            accounts: Vec::new(),
+            rpc: None,
+            p2p: Vec::new(),
+            bootstrap: Vec::new(),
+            force: false,
+            protocol,
+            operator: None,
+        }
+    }
+
+    /// A new chain runs protocol 2 unless told otherwise: its one validator is bonded by
+    /// its own key's address (the genesis validates, so the bond meets the minimum stake);
+    /// `--protocol 1` writes the old format, with no operator.
+    #[test]
+    fn init_makes_protocol_2_chains_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p2");
+        init(args(&home, ledger::types::PROTOCOL_2)).unwrap();
+        let g = Genesis::load(&Home(home.clone()).genesis_file()).unwrap();
+        assert_eq!(g.params.protocol_version, ledger::types::PROTOCOL_2);
+        let key = keys::read_validator_key(&home.join("config/validator_key.json")).unwrap();
+        assert_eq!(g.operators, vec![key.address()]);
+
+        let home = dir.path().join("p1");
+        init(args(&home, ledger::types::PROTOCOL_1)).unwrap();
+        let g = Genesis::load(&Home(home).genesis_file()).unwrap();
+        assert_eq!(g.params.protocol_version, ledger::types::PROTOCOL_1);
+        assert!(g.operators.is_empty());
+    }
+}
