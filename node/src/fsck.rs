@@ -89,6 +89,7 @@ pub fn check_store(store: &RocksStore, genesis: &Genesis) -> Report {
     let ctx = ExecContext {
         chain_id: &genesis.chain_id,
         params: &genesis.params,
+        validators: &genesis.validators,
     };
     let mut touched: HashSet<Address> = genesis.accounts.iter().map(|(a, _)| *a).collect();
     for h in 1..=tip.height {

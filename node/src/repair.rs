@@ -326,6 +326,7 @@ pub fn rebuild_state(store: &RocksStore, genesis: &Genesis) -> Result<(), String
     let ctx = ExecContext {
         chain_id: &genesis.chain_id,
         params: &genesis.params,
+        validators: &genesis.validators,
     };
     for h in 1..=tip.height {
         let block = match store.block(h) {

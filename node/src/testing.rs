@@ -122,6 +122,7 @@ pub fn chain(n: u64) -> (Genesis, MemStore, Vec<(Block, Commit)>) {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &g.params,
+        validators: &g.validators,
     };
     let mut out: Vec<(Block, Commit)> = Vec::new();
     for height in 1..=n {

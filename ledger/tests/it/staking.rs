@@ -109,6 +109,7 @@ impl<S: ChainWriter> Chain<S> {
         ExecContext {
             chain_id: CHAIN,
             params: &self.g.params,
+            validators: &self.g.validators,
         }
     }
 
@@ -253,6 +254,7 @@ impl<S: ChainWriter> Chain<S> {
             proposer,
             last_commit: last_commit.as_ref(),
             evidence,
+            signal: None,
         };
         let body = build_body_at(&self.store, self.ctx(), env, txs, &Signatures::Verify).unwrap();
         let template = BlockTemplate {
@@ -639,6 +641,7 @@ fn headers_carry_the_stored_sets_and_a_wrong_hash_is_refused() {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &c.g.params,
+        validators: &c.g.validators,
     };
     let mut wrong_next = block.clone();
     wrong_next.header.next_validators_hash = Some(sets.current.hash());
@@ -661,7 +664,10 @@ fn headers_carry_the_stored_sets_and_a_wrong_hash_is_refused() {
     v1.header.next_validators_hash = None;
     assert_eq!(
         check_header_v2(CHAIN, &sets, &tip, &v1),
-        Err(HeaderError::Version(1))
+        Err(HeaderError::Version {
+            expected: 2,
+            got: 1
+        })
     );
     c.commit(&block, &[]).unwrap();
 }

@@ -437,6 +437,7 @@ impl<S: NodeStore> ChainHost<S> {
         ExecContext {
             chain_id: &genesis.chain_id,
             params: &genesis.params,
+            validators: &genesis.validators,
         }
     }
 
@@ -536,6 +537,7 @@ impl<S: NodeStore> ChainHost<S> {
                     proposer,
                     last_commit: commit_for_body.as_ref(),
                     evidence: &evidence,
+                    signal: None,
                 };
                 build_body_at(store.as_ref(), Self::ctx(&genesis), env, candidates, &sigs)
             } else {

@@ -636,12 +636,14 @@ async fn a_bond_makes_the_host_announce_the_grown_set_and_the_next_heights_follo
         ExecContext {
             chain_id: CHAIN,
             params: &g.params,
+            validators: &g.validators,
         },
         BlockEnv {
             height: 3,
             proposer: solo.address(),
             last_commit: Some(&commit2),
             evidence: &[],
+            signal: None,
         },
         Vec::new(),
         &Signatures::Verify,
@@ -875,12 +877,14 @@ async fn a_block_carrying_punished_evidence_again_is_invalid() {
             ExecContext {
                 chain_id: CHAIN,
                 params: &g.params,
+                validators: &g.validators,
             },
             BlockEnv {
                 height: 3,
                 proposer: solo.address(),
                 last_commit: Some(&commit2),
                 evidence,
+                signal: None,
             },
             Vec::new(),
             &Signatures::Verify,

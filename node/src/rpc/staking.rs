@@ -388,6 +388,7 @@ pub(crate) mod test_chain {
             let ctx = ExecContext {
                 chain_id: CHAIN,
                 params: &self.g.params,
+                validators: &self.g.validators,
             };
             let tip = self.store.tip().unwrap();
             let height = tip.height + 1;
@@ -399,6 +400,7 @@ pub(crate) mod test_chain {
                 proposer,
                 last_commit: last_commit.as_ref(),
                 evidence,
+                signal: None,
             };
             let n = txs.len();
             let body =
