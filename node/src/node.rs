@@ -165,6 +165,19 @@ pub async fn run_with(
         );
     }
     let tip = store.tip()?;
+    // Issue 21: a chain that moved to a protocol this binary does not run is refused at
+    // once, before anything is written (crate::upgrade).
+    let max_protocol = ledger::upgrade::max_runnable(genesis.params.protocol_version);
+    let params = genesis.params.clone();
+    let upgrade_check = |tip: u64| -> anyhow::Result<()> {
+        crate::upgrade::check_next_height(store.as_ref(), &params, tip, max_protocol)?.map_err(
+            |required| {
+                tracing::error!("{required}");
+                anyhow::Error::new(required)
+            },
+        )
+    };
+    upgrade_check(tip.height)?;
     tracing::info!(
         chain_id = %genesis.chain_id,
         height = tip.height,
@@ -399,6 +412,11 @@ pub async fn run_with(
 
     let result = tasks.run(&shutdown, Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(addresses_file(&home.0));
+    // The chain host ends its task when the next height runs a protocol this binary does
+    // not: say so, with its own exit code, instead of "a task stopped".
+    if result.is_err() {
+        upgrade_check(store.tip()?.height)?;
+    }
     result
 }
 

@@ -27,12 +27,12 @@ use ledger::block::{
     next_block_time, BlockSets, BlockTemplate,
 };
 use ledger::exec::{
-    build_body, build_body_at, execute_block, BlockEnv, BlockError, BlockOutcome, ExecContext,
-    Signatures,
+    build_body_at, execute_block, BlockEnv, BlockError, BlockOutcome, ExecContext, Signatures,
 };
 use ledger::genesis::Genesis;
 use ledger::store::Tip;
 use ledger::types::{Block, Commit, CommitSig, SignedTx, SignedVote};
+use ledger::upgrade::ProtocolSchedule;
 use ledger::Hash;
 use tally_p2p::{PeerId, PenaltyReason};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -171,6 +171,12 @@ pub struct ChainHost<S> {
     /// Validation requests waiting for their block's body.
     awaiting: HashSet<Hash>,
     halted: bool,
+    /// The highest protocol this binary runs on this chain
+    /// ([`ledger::upgrade::max_runnable`]).
+    max_protocol: u32,
+    /// Set when the chain activated a protocol above `max_protocol` from the next height:
+    /// the host has halted and its task ends, which stops the node (crate::upgrade).
+    upgrade_required: Option<crate::upgrade::UpgradeRequired>,
     driver: mpsc::Sender<DriverMsg>,
     sync: mpsc::Sender<SyncMsg>,
 }
@@ -218,6 +224,13 @@ impl<S: NodeStore> ChainHost<S> {
         sync: mpsc::Sender<SyncMsg>,
     ) -> anyhow::Result<Self> {
         let tip = parts.store.tip()?;
+        let max_protocol = ledger::upgrade::max_runnable(parts.genesis.params.protocol_version);
+        crate::upgrade::check_next_height(
+            parts.store.as_ref(),
+            &parts.genesis.params,
+            tip.height,
+            max_protocol,
+        )??;
         let evidence = evidence::EvidencePool::load(parts.evidence, parts.store.as_ref())?;
         let sets = if parts.genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
             let sets = block_sets(parts.store.as_ref(), tip.height + 1).map_err(|e| {
@@ -270,6 +283,8 @@ impl<S: NodeStore> ChainHost<S> {
             executed: HashMap::new(),
             awaiting: HashSet::new(),
             halted: false,
+            max_protocol,
+            upgrade_required: None,
             driver,
             sync,
         })
@@ -290,6 +305,10 @@ impl<S: NodeStore> ChainHost<S> {
                     None => break,
                 },
                 _ = tick.tick() => self.expire_mempool(),
+            }
+            if self.upgrade_required.is_some() {
+                // Ending the task stops the node; node::run_with reports why.
+                break;
             }
         }
         tracing::debug!("chain host stopped");
@@ -520,7 +539,6 @@ impl<S: NodeStore> ChainHost<S> {
             ),
             None => Vec::new(),
         };
-        let v2 = self.sets.is_some();
         let commit_for_body = last_commit.clone();
         let built = blocking(move || {
             // Every candidate came out of the mempool, which holds only verified txs.
@@ -531,24 +549,16 @@ impl<S: NodeStore> ChainHost<S> {
                 Signatures::Verify
             };
             let candidates = candidates.iter().map(|t| (**t).clone());
-            if v2 {
-                let env = BlockEnv {
-                    height,
-                    proposer,
-                    last_commit: commit_for_body.as_ref(),
-                    evidence: &evidence,
-                    signal: None,
-                };
-                build_body_at(store.as_ref(), Self::ctx(&genesis), env, candidates, &sigs)
-            } else {
-                build_body(
-                    store.as_ref(),
-                    Self::ctx(&genesis),
-                    proposer,
-                    candidates,
-                    &sigs,
-                )
-            }
+            // Issue 21: signal the next protocol if this binary runs it.
+            let protocol = ProtocolSchedule::read(store.as_ref(), &genesis.params)?.at(height);
+            let env = BlockEnv {
+                height,
+                proposer,
+                last_commit: commit_for_body.as_ref(),
+                evidence: &evidence,
+                signal: ledger::upgrade::signal_for(genesis.params.protocol_version, protocol),
+            };
+            build_body_at(store.as_ref(), Self::ctx(&genesis), env, candidates, &sigs)
         })
         .await?;
         let body = match built {
@@ -797,6 +807,9 @@ impl<S: NodeStore> ChainHost<S> {
             if !applied.sources.contains(&peer) {
                 applied.sources.push(peer);
             }
+            if self.halted {
+                break; // e.g. the next height runs a protocol this binary does not
+            }
         }
         applied.unapplied.extend(rest);
         applied
@@ -941,7 +954,48 @@ impl<S: NodeStore> ChainHost<S> {
             s.state_root = tip.state_root;
             s.last_block_at = Some(Instant::now());
         });
+        self.check_protocol();
         Ok(())
+    }
+
+    /// Halts (and ends the host's task, which stops the node) if the next height runs a
+    /// protocol this binary cannot: before the driver hears of the commit, so it never
+    /// starts, proposes or votes on that height.
+    fn check_protocol(&mut self) {
+        let next = crate::upgrade::check_next_height(
+            self.store.as_ref(),
+            &self.genesis.params,
+            self.tip.height,
+            self.max_protocol,
+        );
+        match next {
+            Ok(Ok(())) => {}
+            Ok(Err(required)) => {
+                self.halt(required.to_string());
+                self.upgrade_required = Some(required);
+            }
+            Err(e) => {
+                self.metrics
+                    .storage
+                    .report("reading the protocol schedule", &e);
+                self.halt(format!(
+                    "cannot read the protocol schedule after block {}: {e}",
+                    self.tip.height
+                ));
+            }
+        }
+    }
+
+    /// Why the host stopped the node, if the chain moved to a protocol this binary does
+    /// not run.
+    pub fn upgrade_required(&self) -> Option<&crate::upgrade::UpgradeRequired> {
+        self.upgrade_required.as_ref()
+    }
+
+    /// Tests: pretend this binary runs protocols up to `max` only.
+    #[cfg(test)]
+    pub(crate) fn set_max_protocol(&mut self, max: u32) {
+        self.max_protocol = max;
     }
 
     /// Candidate blocks held.

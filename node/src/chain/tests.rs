@@ -828,6 +828,13 @@ impl ledger::state::StateReader for ForgetPunishments<'_> {
     ) -> Result<Option<Vec<ledger::types::Validator>>, ledger::store::StoreError> {
         self.0.validator_set_record(height)
     }
+
+    fn committed_header(
+        &self,
+        height: u64,
+    ) -> Result<Option<ledger::types::Header>, ledger::store::StoreError> {
+        self.0.committed_header(height)
+    }
 }
 
 /// Issue 20, test 2's last part: evidence is punished once. After block 2 punished an
@@ -995,4 +1002,74 @@ async fn a_late_precommit_joins_the_commit_the_next_block_carries() {
         record.consecutive_missed, 0,
         "other precommitted block 1 and is not counted absent"
     );
+}
+
+/// Issue 21, item 4: a chain that records protocol 2 from height A = 4 (window 2, lead 2,
+/// every block signalling). A host that runs protocol 1 only applies the synced blocks up
+/// to A - 1, halts with the upgrade message before the driver hears of the commit (so it
+/// never starts height A), and blames no peer; a restart with the same binary is refused
+/// at once with the same message, and nothing past A - 1 is ever written.
+#[tokio::test]
+async fn a_host_that_does_not_run_the_activated_protocol_stops_before_its_height() {
+    let (g, source, blocks) = crate::testing::signalling_chain(3, 2, 2);
+    let activation = ledger::upgrade::ProtocolSchedule::read(&source, &g.params)
+        .unwrap()
+        .activation_of(ledger::types::PROTOCOL_2);
+    assert_eq!(activation, Some(4));
+    let message = "this network runs protocol 2 from height 4; this tallyd supports up to 1: \
+                   upgrade it";
+    let g = Arc::new(g);
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, metrics) = crate::testing::actors(g.clone(), store.clone(), None);
+    a.host.set_max_protocol(1);
+    a.driver.start().await;
+    pump(&mut a).await;
+    let peer = PeerId::random();
+    let verified = verify_chunk(&g, 1, blocks).unwrap();
+    let applied = synced(&mut a, verified.into_iter().map(|v| (peer, v)).collect()).await;
+    assert_eq!(applied.blocks, 3);
+    assert!(applied.fault.is_none());
+    assert_eq!(store.tip().unwrap().height, 3);
+    let required = a
+        .host
+        .upgrade_required()
+        .cloned()
+        .expect("the host stopped");
+    assert_eq!(required.to_string(), message);
+    assert_eq!(required.height, 4);
+    assert_eq!(
+        a.handles.view.status.borrow().halted.as_deref(),
+        Some(message)
+    );
+    assert_eq!(metrics.halted.get(), 1);
+    pump(&mut a).await;
+    a.driver.fire_timers().await;
+    pump(&mut a).await;
+    assert!(a.driver.height() < 4, "the driver never starts height A");
+    assert!(published(&mut a).is_empty(), "nothing signed");
+
+    // Restart with the same binary: refused at once, with the same message.
+    let (g1, store1) = (g.clone(), store.clone());
+    let restart = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        crate::testing::actors(g1, store1, None)
+    }));
+    let err = match restart {
+        Err(panic) => panic.downcast_ref::<String>().cloned().unwrap_or_default(),
+        Ok(_) => String::new(),
+    };
+    assert!(err.contains(message), "{err}");
+    assert_eq!(store.tip().unwrap().height, 3, "nothing written past A - 1");
+}
+
+/// The exit code of a run that stopped for an upgrade is its own.
+#[test]
+fn an_upgrade_stop_has_its_own_exit_code() {
+    let required = crate::upgrade::UpgradeRequired {
+        protocol: 2,
+        height: 40,
+        max: 1,
+    };
+    let e = anyhow::Error::new(required).context("the node stopped");
+    assert_eq!(crate::upgrade::exit_code(&e), 3);
+    assert_eq!(crate::upgrade::exit_code(&anyhow::anyhow!("disk full")), 1);
 }

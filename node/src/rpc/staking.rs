@@ -779,6 +779,12 @@ mod tests {
             ) -> Result<Option<Vec<Validator>>, StoreError> {
                 self.inner.validator_set_record(height)
             }
+            fn committed_header(
+                &self,
+                height: u64,
+            ) -> Result<Option<ledger::types::Header>, StoreError> {
+                self.inner.committed_header(height)
+            }
         }
 
         impl ChainReader for MovingTip {
