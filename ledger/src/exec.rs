@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 
-use crate::check::{check_against_account, check_static, TxError};
+use crate::check::{check_against_account, check_static_at, TxError};
 use crate::codec::encode;
 use crate::genesis::Params;
 use crate::hash::{sha256, Hash};
@@ -146,6 +146,8 @@ pub struct Executor<'a, R: StateReader + ?Sized> {
     proposer: Address,
     /// The height of the block being executed (0 when built with [`Executor::new`]).
     height: u64,
+    /// The protocol of that block: the genesis's unless set by [`Executor::at_protocol`].
+    protocol: u32,
     overlay: HashMap<Address, Account>,
     /// Protocol 2: changed entries by preimage (None: deleted).
     entries: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -171,11 +173,18 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             ctx,
             proposer,
             height,
+            protocol: ctx.params.protocol_version,
             overlay: HashMap::new(),
             entries: BTreeMap::new(),
             new_set: None,
             read: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// This executor for a block of `protocol` (after an upgrade, not the genesis's).
+    pub fn at_protocol(mut self, protocol: u32) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Current value of an account in this execution (absent = zero account).
@@ -199,7 +208,13 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         encoded_len: usize,
         signatures: &Signatures<'_>,
     ) -> Result<Result<TxReceipt, TxError>, StoreError> {
-        if let Err(e) = check_static(stx, encoded_len, self.ctx.chain_id, self.ctx.params) {
+        if let Err(e) = check_static_at(
+            stx,
+            encoded_len,
+            self.ctx.chain_id,
+            self.ctx.params,
+            self.protocol,
+        ) {
             return Ok(Err(e));
         }
         let sender_addr = stx.sender();
@@ -650,6 +665,66 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         Ok(())
     }
 
+    /// The end of every block: [`Executor::count_signals`], then, if the next height is
+    /// the first of protocol 2 on a chain that ran protocol 1, the switch
+    /// ([`Executor::switch_to_protocol_2`]).
+    fn end_upgrade(
+        &mut self,
+        schedule: &ProtocolSchedule,
+        signal: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.count_signals(schedule, signal)?;
+        if schedule.at(self.height) == crate::types::PROTOCOL_1
+            && self.record::<u64>(&upgrade::protocol_key_bytes(PROTOCOL_2))?
+                == Some(self.height + 1)
+        {
+            self.switch_to_protocol_2()?;
+        }
+        Ok(())
+    }
+
+    /// Issue 21: the end of the last protocol-1 block before protocol 2 creates protocol
+    /// 2's state from the protocol-1 set (which has none): each validator is bonded by
+    /// the address of its own consensus key with stake = power x `stake_per_power`, raised
+    /// to `min_validator_stake` if below (so every protocol-1 validator stays in the sets
+    /// computed from stake); the validator records follow; the stake is new money, added
+    /// to the minted total ([`crate::staking::MINTED_KEY`]); and the protocol-1 set, in its
+    /// order, is stored as the set of this height on (so of A and A + 1, whose headers
+    /// announce it: consensus sees no change; A + 2 is the first set computed from
+    /// stake).
+    fn switch_to_protocol_2(&mut self) -> Result<(), StoreError> {
+        let params = self.ctx.params.staking();
+        let mut minted = self.record::<u64>(staking::MINTED_KEY)?.unwrap_or(0);
+        let activation = self.height + 1;
+        let overflow = |what: &str| StoreError::Corrupt {
+            what: format!("the switch to protocol 2 at height {activation}"),
+            detail: format!("{what} overflows a u64"),
+        };
+        let validators = self.ctx.validators.validators().to_vec();
+        for v in &validators {
+            let stake = v
+                .power
+                .checked_mul(params.stake_per_power)
+                .ok_or_else(|| overflow("power x stake_per_power"))?
+                .max(params.min_validator_stake);
+            minted = minted
+                .checked_add(stake)
+                .ok_or_else(|| overflow("the minted total"))?;
+            self.set_bond(&v.address, &v.pubkey, stake);
+            self.set_validator(
+                &v.pubkey,
+                &ValidatorRecord {
+                    stake,
+                    jailed_until_height: 0,
+                    consecutive_missed: 0,
+                },
+            );
+        }
+        self.put_record(staking::MINTED_KEY, Some(&minted));
+        self.new_set = Some((self.height, validators));
+        Ok(())
+    }
+
     /// Pays the unbonding entries released at the end of this height to their operators.
     fn release_unbonding(&mut self) -> Result<(), StoreError> {
         for (preimage, bytes) in self.entries_with_prefix(&unbonding_prefix(self.height))? {
@@ -762,6 +837,7 @@ pub fn execute_block<R: StateReader + ?Sized>(
     signatures: &Signatures<'_>,
 ) -> Result<BlockOutcome, BlockError> {
     let (schedule, protocol) = protocol_at(base, ctx.params, block.header.height)?;
+    let h = &block.header;
     if block.header.protocol() != protocol {
         return Err(BlockError::Version {
             protocol,
@@ -774,14 +850,13 @@ pub fn execute_block<R: StateReader + ?Sized>(
     if !block.is_well_formed() {
         return Err(BlockError::IllFormed);
     }
-    let h = &block.header;
-    let mut exec = Executor::at_height(base, ctx, h.proposer, h.height);
+    let mut exec = Executor::at_height(base, ctx, h.proposer, h.height).at_protocol(protocol);
     let receipts = if protocol >= PROTOCOL_2 {
         execute_v2(&mut exec, block, signatures)?
     } else {
         run_txs(&mut exec, &block.txs, signatures)?
     };
-    exec.count_signals(&schedule, h.signal())?;
+    exec.end_upgrade(&schedule, h.signal())?;
     let outcome = BlockOutcome {
         update: exec.finish()?,
         receipts,
@@ -979,7 +1054,7 @@ pub fn build_body_at<R: StateReader + ?Sized>(
         BlockError::Store(e) => e,
         other => StoreError::Db(other.to_string()),
     })?;
-    let exec = Executor::at_height(base, ctx, env.proposer, env.height);
+    let exec = Executor::at_height(base, ctx, env.proposer, env.height).at_protocol(protocol);
     let env = BuildEnv {
         block: env,
         schedule,
@@ -1039,7 +1114,7 @@ fn fill_body<R: StateReader + ?Sized>(
             exec.end_block(env.block.last_commit)?;
         }
         signal = env.block.signal.filter(|s| *s == protocol + 1);
-        exec.count_signals(&env.schedule, signal)?;
+        exec.end_upgrade(&env.schedule, signal)?;
     }
     let ids: Vec<Hash> = receipts.iter().map(|r| r.id).collect();
     Ok(BuiltBody {

@@ -36,7 +36,7 @@
 use crate::genesis::Params;
 use crate::state::StateReader;
 use crate::store::StoreError;
-use crate::types::{Address, Header, PROTOCOL_1, PROTOCOL_2};
+use crate::types::{Address, Header};
 use crate::validators::ValidatorSet;
 
 /// Domain tag of activation records.
@@ -52,18 +52,19 @@ pub fn protocol_key_bytes(protocol: u32) -> [u8; PROTOCOL_KEY_LEN] {
     key
 }
 
-/// The highest protocol this binary runs on a chain whose genesis runs
-/// `genesis_protocol`. This release runs protocol-2 chains, but cannot switch a live
-/// protocol-1 chain to protocol 2: on such a chain it stops at an activation instead, and
-/// does not signal.
+/// The highest protocol this ledger executes on a chain whose genesis runs
+/// `genesis_protocol`: [`crate::types::MAX_PROTOCOL`]. A protocol-1 chain switches to
+/// protocol 2 at the end of the block before the activation height
+/// (`exec::Executor`'s switch).
 pub fn max_runnable(genesis_protocol: u32) -> u32 {
-    genesis_protocol.clamp(PROTOCOL_1, PROTOCOL_2)
+    let _ = genesis_protocol;
+    crate::types::MAX_PROTOCOL
 }
 
-/// What a proposer of this binary signals in a block at `protocol` on a chain whose
-/// genesis runs `genesis_protocol`: the next protocol, if this binary can run it.
-pub fn signal_for(genesis_protocol: u32, protocol: u32) -> Option<u32> {
-    (protocol < max_runnable(genesis_protocol)).then_some(protocol + 1)
+/// What a proposer whose binary runs protocols up to `max` signals in a block at
+/// `protocol`: the next protocol, if it runs it.
+pub fn signal_for(max: u32, protocol: u32) -> Option<u32> {
+    (protocol < max).then_some(protocol + 1)
 }
 
 /// "The protocol at height h": the genesis protocol, then each recorded activation from
@@ -358,10 +359,10 @@ mod tests {
     }
 
     #[test]
-    fn this_release_does_not_signal_on_a_protocol_1_chain() {
-        assert_eq!(max_runnable(1), 1);
+    fn a_binary_signals_the_next_protocol_if_it_runs_it() {
+        assert_eq!((max_runnable(1), max_runnable(2)), (2, 2));
+        assert_eq!(signal_for(2, 1), Some(2));
         assert_eq!(signal_for(1, 1), None);
-        assert_eq!(max_runnable(2), 2);
         assert_eq!(signal_for(2, 2), None);
     }
 }

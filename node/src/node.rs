@@ -167,7 +167,7 @@ pub async fn run_with(
     let tip = store.tip()?;
     // Issue 21: a chain that moved to a protocol this binary does not run is refused at
     // once, before anything is written (crate::upgrade).
-    let max_protocol = ledger::upgrade::max_runnable(genesis.params.protocol_version);
+    let max_protocol = crate::upgrade::max_protocol(genesis.params.protocol_version);
     let params = genesis.params.clone();
     let upgrade_check = |tip: u64| -> anyhow::Result<()> {
         crate::upgrade::check_next_height(store.as_ref(), &params, tip, max_protocol)?.map_err(

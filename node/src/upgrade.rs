@@ -1,6 +1,6 @@
 //! Old binaries stop cleanly (issue 21). The ledger records "protocol N+1 from height A"
 //! in the state once enough voting power signals it ([`ledger::upgrade`]); a tallyd whose
-//! highest runnable protocol ([`ledger::upgrade::max_runnable`]) is below the protocol of
+//! highest runnable protocol ([`max_protocol`]) is below the protocol of
 //! the next height stops before committing or voting on it, with [`UpgradeRequired`]'s
 //! message and the exit code [`EXIT_UPGRADE_REQUIRED`]. Started again with the same
 //! binary it refuses at once (the check reads the committed state, so it never writes
@@ -27,6 +27,15 @@ pub struct UpgradeRequired {
     pub height: u64,
     /// The highest protocol this binary runs on this chain.
     pub max: u32,
+}
+
+/// The highest protocol this tallyd runs on a chain whose genesis runs
+/// `genesis_protocol`. The ledger executes the switch of a protocol-1 chain to protocol 2
+/// ([`ledger::upgrade::max_runnable`]), but the node does not follow it yet (its chain
+/// host, sync and RPC take the validator set of a protocol-1 chain from genesis): on such
+/// a chain it stops at the activation, and does not signal.
+pub fn max_protocol(genesis_protocol: u32) -> u32 {
+    ledger::upgrade::max_runnable(genesis_protocol).min(genesis_protocol.max(1))
 }
 
 /// Whether a binary that runs protocols up to `max` may commit the height after `tip`.

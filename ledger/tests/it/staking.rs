@@ -199,7 +199,9 @@ impl<S: ChainWriter> Chain<S> {
     }
 
     /// Balances of every account the chain can touch (operators and validators, which
-    /// collect the fees) + bonds + unbonding entries + burned.
+    /// collect the fees) + bonds + unbonding entries + burned - minted (issue 21: stake
+    /// created by a protocol-1 chain's switch to protocol 2; 0 on these chains): the
+    /// genesis supply.
     pub fn supply(&self) -> u128 {
         let mut addresses: BTreeSet<Address> = self.ops.iter().map(Keypair::address).collect();
         addresses.extend(self.vals.iter().map(Keypair::address));
@@ -218,7 +220,8 @@ impl<S: ChainWriter> Chain<S> {
             .iter()
             .map(|(_, v)| u128::from(borsh::from_slice::<UnbondingEntry>(v).unwrap().amount))
             .sum();
-        balances + bonds + unbonding + u128::from(self.burned())
+        let minted = u128::from(ledger::staking::minted(&self.store).unwrap());
+        balances + bonds + unbonding + u128::from(self.burned()) - minted
     }
 
     /// Two precommits of validator `val` at `height` for different blocks.

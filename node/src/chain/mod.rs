@@ -172,7 +172,7 @@ pub struct ChainHost<S> {
     awaiting: HashSet<Hash>,
     halted: bool,
     /// The highest protocol this binary runs on this chain
-    /// ([`ledger::upgrade::max_runnable`]).
+    /// ([`crate::upgrade::max_protocol`]).
     max_protocol: u32,
     /// Set when the chain activated a protocol above `max_protocol` from the next height:
     /// the host has halted and its task ends, which stops the node (crate::upgrade).
@@ -224,7 +224,7 @@ impl<S: NodeStore> ChainHost<S> {
         sync: mpsc::Sender<SyncMsg>,
     ) -> anyhow::Result<Self> {
         let tip = parts.store.tip()?;
-        let max_protocol = ledger::upgrade::max_runnable(parts.genesis.params.protocol_version);
+        let max_protocol = crate::upgrade::max_protocol(parts.genesis.params.protocol_version);
         crate::upgrade::check_next_height(
             parts.store.as_ref(),
             &parts.genesis.params,
@@ -556,7 +556,10 @@ impl<S: NodeStore> ChainHost<S> {
                 proposer,
                 last_commit: commit_for_body.as_ref(),
                 evidence: &evidence,
-                signal: ledger::upgrade::signal_for(genesis.params.protocol_version, protocol),
+                signal: ledger::upgrade::signal_for(
+                    crate::upgrade::max_protocol(genesis.params.protocol_version),
+                    protocol,
+                ),
             };
             build_body_at(store.as_ref(), Self::ctx(&genesis), env, candidates, &sigs)
         })
