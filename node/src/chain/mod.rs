@@ -17,7 +17,7 @@
 
 mod evidence;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use ledger::exec::{
 };
 use ledger::genesis::Genesis;
 use ledger::store::Tip;
-use ledger::types::{Block, Commit, CommitSig, SignedTx, SignedVote};
+use ledger::types::{Address, Block, Commit, CommitSig, SignedTx, SignedVote};
 use ledger::upgrade::ProtocolSchedule;
 use ledger::Hash;
 use tally_p2p::{PeerId, PenaltyReason};
@@ -177,6 +177,10 @@ pub struct ChainHost<S> {
     /// Set when the chain activated a protocol above `max_protocol` from the next height:
     /// the host has halted and its task ends, which stops the node (crate::upgrade).
     upgrade_required: Option<crate::upgrade::UpgradeRequired>,
+    /// The proposer and upgrade signal of the last `params.upgrade_window` committed
+    /// blocks, oldest first: the readiness `/v1/status` and the metrics show, counted
+    /// without reading the window's blocks again at each commit.
+    signals: VecDeque<(Address, Option<u32>)>,
     driver: mpsc::Sender<DriverMsg>,
     sync: mpsc::Sender<SyncMsg>,
 }
@@ -232,6 +236,13 @@ impl<S: NodeStore> ChainHost<S> {
             max_protocol,
         )??;
         let evidence = evidence::EvidencePool::load(parts.evidence, parts.store.as_ref())?;
+        let window = parts.genesis.params.upgrade_window;
+        let mut signals = VecDeque::new();
+        for h in tip.height.saturating_sub(window).saturating_add(1).max(1)..=tip.height {
+            if let Some(header) = parts.store.committed_header(h)? {
+                signals.push_back((header.proposer, header.signal()));
+            }
+        }
         let sets = if parts.genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
             let sets = block_sets(parts.store.as_ref(), tip.height + 1).map_err(|e| {
                 anyhow::anyhow!(
@@ -262,7 +273,7 @@ impl<S: NodeStore> ChainHost<S> {
             s.tip_hash = tip.block_hash;
             s.state_root = tip.state_root;
         });
-        Ok(ChainHost {
+        let mut host = ChainHost {
             genesis: parts.genesis,
             store: parts.store,
             mempool: parts.mempool,
@@ -285,9 +296,12 @@ impl<S: NodeStore> ChainHost<S> {
             halted: false,
             max_protocol,
             upgrade_required: None,
+            signals,
             driver,
             sync,
-        })
+        };
+        host.check_protocol();
+        Ok(host)
     }
 
     /// The committed tip.
@@ -957,14 +971,21 @@ impl<S: NodeStore> ChainHost<S> {
             s.state_root = tip.state_root;
             s.last_block_at = Some(Instant::now());
         });
+        self.signals
+            .push_back((block.header.proposer, block.header.signal()));
+        while self.signals.len() as u64 > self.genesis.params.upgrade_window {
+            self.signals.pop_front();
+        }
         self.check_protocol();
         Ok(())
     }
 
     /// Halts (and ends the host's task, which stops the node) if the next height runs a
     /// protocol this binary cannot: before the driver hears of the commit, so it never
-    /// starts, proposes or votes on that height.
+    /// starts, proposes or votes on that height. Publishes the protocol and the upgrade
+    /// under way to `/v1/status` and the metrics.
     fn check_protocol(&mut self) {
+        self.observe_upgrade();
         let next = crate::upgrade::check_next_height(
             self.store.as_ref(),
             &self.genesis.params,
@@ -987,6 +1008,58 @@ impl<S: NodeStore> ChainHost<S> {
                 ));
             }
         }
+    }
+
+    /// `/v1/status`'s `protocol` and `upgrade`, and the gauges `tally_protocol` and
+    /// `tally_upgrade_readiness`: the recorded activation, or the readiness over the
+    /// signal window.
+    fn observe_upgrade(&mut self) {
+        let params = &self.genesis.params;
+        let schedule = match ProtocolSchedule::read(self.store.as_ref(), params) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics
+                    .storage
+                    .report("reading the protocol schedule", &e);
+                return;
+            }
+        };
+        let tip = self.tip.height;
+        let protocol = schedule.at(tip);
+        let (upgrade, readiness) = match schedule.pending(tip) {
+            Some((next, from)) => (
+                Some(tally_api::Upgrade {
+                    next,
+                    activation_height: Some(from),
+                    readiness: None,
+                    window: None,
+                }),
+                1.0,
+            ),
+            None if protocol < ledger::types::MAX_PROTOCOL => {
+                let window: Vec<_> = self.signals.iter().copied().collect();
+                let readiness = self.set_at(tip.max(1)).map_or(0.0, |set| {
+                    ledger::upgrade::count(&set, protocol + 1, &window, params.upgrade_window)
+                        .fraction()
+                });
+                (
+                    Some(tally_api::Upgrade {
+                        next: protocol + 1,
+                        activation_height: None,
+                        readiness: Some(readiness),
+                        window: Some(params.upgrade_window),
+                    }),
+                    readiness,
+                )
+            }
+            None => (None, 0.0),
+        };
+        self.metrics.protocol.set(i64::from(protocol));
+        self.metrics.upgrade_readiness.set(readiness);
+        self.status.send_modify(|s| {
+            s.protocol = protocol;
+            s.upgrade = upgrade;
+        });
     }
 
     /// Why the host stopped the node, if the chain moved to a protocol this binary does

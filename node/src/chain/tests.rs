@@ -1025,10 +1025,42 @@ async fn a_host_that_does_not_run_the_activated_protocol_stops_before_its_height
     a.driver.start().await;
     pump(&mut a).await;
     let peer = PeerId::random();
-    let verified = verify_chunk(&g, 1, blocks).unwrap();
-    let applied = synced(&mut a, verified.into_iter().map(|v| (peer, v)).collect()).await;
-    assert_eq!(applied.blocks, 3);
+    let mut verified: Vec<_> = verify_chunk(&g, 1, blocks)
+        .unwrap()
+        .into_iter()
+        .map(|v| (peer, v))
+        .collect();
+    // Status while the signals are counted: block 1 signals, the window (2) is not full.
+    let upgrade = |a: &Actors<MemStore>| {
+        let st = a.handles.view.status.borrow();
+        (st.protocol, st.upgrade.clone())
+    };
+    let counting = tally_api::Upgrade {
+        next: 2,
+        activation_height: None,
+        readiness: Some(0.0),
+        window: Some(2),
+    };
+    assert_eq!(upgrade(&a), (1, Some(counting.clone())));
+    let rest = verified.split_off(1);
+    assert_eq!(synced(&mut a, verified).await.blocks, 1);
+    let ready = tally_api::Upgrade {
+        readiness: Some(1.0),
+        ..counting
+    };
+    assert_eq!(upgrade(&a), (1, Some(ready)));
+    assert_eq!(metrics.upgrade_readiness.get(), 1.0);
+    let applied = synced(&mut a, rest).await;
+    assert_eq!(applied.blocks, 2);
     assert!(applied.fault.is_none());
+    let recorded = tally_api::Upgrade {
+        next: 2,
+        activation_height: Some(4),
+        readiness: None,
+        window: None,
+    };
+    assert_eq!(upgrade(&a), (1, Some(recorded)));
+    assert_eq!(metrics.protocol.get(), 1);
     assert_eq!(store.tip().unwrap().height, 3);
     let required = a
         .host
