@@ -376,7 +376,8 @@ pub fn observe_staking<R: ledger::state::StateReader + ?Sized>(
 ) -> Result<(), ledger::store::StoreError> {
     use ledger::staking;
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    if genesis.params.protocol_version < ledger::types::PROTOCOL_2 {
+    if crate::upgrade::protocol_at(store, &genesis.params, height + 1)? < ledger::types::PROTOCOL_2
+    {
         m.set_size.set(gauge(genesis.validators.len() as u64));
         m.set_power.set(gauge(genesis.validators.total_power()));
         m.jailed.set(0);

@@ -104,7 +104,9 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     raise_open_files_limit(fds_needed(&config));
-    let changing_sets = genesis.params.protocol_version >= ledger::types::PROTOCOL_2;
+    // Protocol 2, or a protocol-1 chain this binary can follow into it (issue 21).
+    let changing_sets =
+        crate::upgrade::max_protocol(genesis.params.protocol_version) >= ledger::types::PROTOCOL_2;
     let mut genesis = Arc::new(genesis);
     let key = if config.consensus.validator_key.is_empty() {
         None

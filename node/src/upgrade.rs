@@ -30,12 +30,20 @@ pub struct UpgradeRequired {
 }
 
 /// The highest protocol this tallyd runs on a chain whose genesis runs
-/// `genesis_protocol`. The ledger executes the switch of a protocol-1 chain to protocol 2
-/// ([`ledger::upgrade::max_runnable`]), but the node does not follow it yet (its chain
-/// host, sync and RPC take the validator set of a protocol-1 chain from genesis): on such
-/// a chain it stops at the activation, and does not signal.
+/// `genesis_protocol`: the ledger's ([`ledger::upgrade::max_runnable`]); the node follows
+/// a protocol-1 chain through its switch to protocol 2 (the host takes the sets from the
+/// store from the activation height on).
 pub fn max_protocol(genesis_protocol: u32) -> u32 {
-    ledger::upgrade::max_runnable(genesis_protocol).min(genesis_protocol.max(1))
+    ledger::upgrade::max_runnable(genesis_protocol)
+}
+
+/// The protocol of `height` as the committed state of `store` schedules it.
+pub fn protocol_at<R: StateReader + ?Sized>(
+    store: &R,
+    params: &Params,
+    height: u64,
+) -> Result<u32, StoreError> {
+    Ok(ProtocolSchedule::read(store, params)?.at(height))
 }
 
 /// Whether a binary that runs protocols up to `max` may commit the height after `tip`.

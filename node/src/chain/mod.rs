@@ -243,7 +243,12 @@ impl<S: NodeStore> ChainHost<S> {
                 signals.push_back((header.proposer, header.signal()));
             }
         }
-        let sets = if parts.genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
+        let next_protocol = crate::upgrade::protocol_at(
+            parts.store.as_ref(),
+            &parts.genesis.params,
+            tip.height + 1,
+        )?;
+        let sets = if next_protocol >= ledger::types::PROTOCOL_2 {
             let sets = block_sets(parts.store.as_ref(), tip.height + 1).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot read the validator sets of heights {}..={} from the store: {e}; \
@@ -888,7 +893,12 @@ impl<S: NodeStore> ChainHost<S> {
             self.mempool_metrics.txs.set(m.len() as i64);
             self.mempool_metrics.bytes.set(m.bytes() as i64);
         }
-        if self.sets.is_some() {
+        // Protocol 2, or its first height next (issue 21: the end of A - 1 stored the
+        // sets of A and A + 1).
+        let v2_next = self.sets.is_some()
+            || crate::upgrade::protocol_at(self.store.as_ref(), &self.genesis.params, height + 1)
+                .is_ok_and(|p| p >= ledger::types::PROTOCOL_2);
+        if v2_next {
             self.tip_commit = Some(commit.clone());
             self.included_evidence.extend(
                 block
@@ -1026,6 +1036,9 @@ impl<S: NodeStore> ChainHost<S> {
         };
         let tip = self.tip.height;
         let protocol = schedule.at(tip);
+        if let Ok(mut m) = self.mempool.lock() {
+            m.set_protocol(schedule.at(tip + 1));
+        }
         let (upgrade, readiness) = match schedule.pending(tip) {
             Some((next, from)) => (
                 Some(tally_api::Upgrade {
