@@ -204,9 +204,17 @@ pub struct Builder {
     protocol: u32,
     joiners: usize,
     staking: Option<StakingParams>,
+    /// Genesis `params.upgrade_window` and `params.upgrade_lead` (issue 21).
+    upgrade: Option<(u64, u64)>,
 }
 
 impl Builder {
+    /// Genesis `params.upgrade_window` and `params.upgrade_lead` (issue 21; absent: the
+    /// defaults, 100 and 20).
+    pub fn upgrade(mut self, window: u64, lead: u64) -> Self {
+        self.upgrade = Some((window, lead));
+        self
+    }
     /// The chain's protocol (genesis `params.protocol_version`, 1 by default). On protocol
     /// 2 genesis validator i is bonded by the funded account i (modulo the accounts).
     pub fn protocol(mut self, version: u32) -> Self {
@@ -307,6 +315,10 @@ impl Builder {
                 timeout_precommit_delta_ms: 250,
                 protocol_version: self.protocol,
                 staking: self.staking,
+                upgrade_window: self
+                    .upgrade
+                    .map_or(Params::default().upgrade_window, |u| u.0),
+                upgrade_lead: self.upgrade.map_or(Params::default().upgrade_lead, |u| u.1),
                 ..Params::default()
             },
             validators: vkeys
@@ -420,6 +432,7 @@ impl TestNet {
             protocol: ledger::types::PROTOCOL_1,
             joiners: 0,
             staking: None,
+            upgrade: None,
         }
     }
 
