@@ -213,6 +213,31 @@ pub struct Status {
     /// Set when the node's consensus stopped (its store refused a block): why.
     #[serde(default)]
     pub halted: Option<String>,
+    /// The protocol of the committed tip (issue 21; 1 or 2).
+    #[serde(default = "protocol_1")]
+    pub protocol: u32,
+    /// The next protocol: its activation height once the chain recorded it, else the
+    /// readiness counted over the signal window; null when no later protocol exists.
+    #[serde(default)]
+    pub upgrade: Option<Upgrade>,
+}
+
+fn protocol_1() -> u32 {
+    1
+}
+
+/// `/v1/status`'s `upgrade`: `{"next": 2, "activation_height": A}` once recorded, or
+/// `{"next": 2, "readiness": 0.75, "window": W}` while signals are counted (`readiness`
+/// is the share of the voting power whose last block in the last W signals `next`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Upgrade {
+    pub next: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_height: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -162,6 +162,7 @@ fn run(s: &Setup, blocks: &[Vec<SignedTx>], preverified: bool, configs: usize) -
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &s.genesis.params,
+        validators: &s.genesis.validators,
     };
     let set = s.genesis.validator_set();
     // Blocks are assembled (by a "proposer") outside the timed section.

@@ -5,7 +5,9 @@ use crate::exec::BuiltBody;
 use crate::hash::{Hash, ZERO_HASH};
 use crate::state::StateReader;
 use crate::store::{StoreError, Tip};
-use crate::types::{Address, Block, Commit, Header, SignedTx, HEADER_VERSION, PROTOCOL_2};
+use crate::types::{
+    header_version, Address, Block, Commit, Header, SignedTx, HEADER_VERSION, PROTOCOL_2,
+};
 use crate::validators::{CommitError, ValidatorSet};
 
 /// Header fields that come from the chain, not from the body.
@@ -22,13 +24,17 @@ pub struct BlockTemplate {
     pub last_commit: Option<Commit>,
 }
 
+/// A protocol-1 block (or the protocol-1 part of [`assemble_v2`]'s) whose header carries
+/// the signal `body` was built with ([`crate::upgrade`]).
 pub fn assemble(template: BlockTemplate, body: &BuiltBody) -> Block {
-    assemble_parts(
+    let mut block = assemble_parts(
         template,
         body.tx_root,
         body.outcome.update.root,
         body.txs.clone(),
-    )
+    );
+    block.header.version = header_version(HEADER_VERSION, body.signal);
+    block
 }
 
 /// A protocol-2 block: version 2, `next_validators_hash` (the hash of the set of
@@ -36,7 +42,7 @@ pub fn assemble(template: BlockTemplate, body: &BuiltBody) -> Block {
 /// [`crate::exec::build_body_at`].
 pub fn assemble_v2(template: BlockTemplate, next_validators_hash: Hash, body: &BuiltBody) -> Block {
     let mut block = assemble(template, body);
-    block.header.version = PROTOCOL_2;
+    block.header.version = header_version(PROTOCOL_2, body.signal);
     block.header.next_validators_hash = Some(next_validators_hash);
     block.evidence = body.evidence.clone();
     block
@@ -85,8 +91,14 @@ fn assemble_parts(
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
-    #[error("header version {0} is not supported (expected {HEADER_VERSION})")]
-    Version(u32),
+    #[error("header runs protocol {got}; this chain runs protocol {expected} at its height")]
+    Version { expected: u32, got: u32 },
+    #[error(
+        "header signals protocol {got}; a header of protocol {protocol} may signal only \
+         protocol {next} or nothing",
+        next = protocol + 1
+    )]
+    Signal { protocol: u32, got: u32 },
     #[error(
         "block is ill-formed: next_validators_hash or evidence present where its header \
          version does not have them"
@@ -211,9 +223,7 @@ pub fn check_header(
     tip: &Tip,
     block: &Block,
 ) -> Result<(), HeaderError> {
-    if block.header.version != HEADER_VERSION {
-        return Err(HeaderError::Version(block.header.version));
-    }
+    check_version(&block.header, HEADER_VERSION)?;
     check_header_with(chain_id, validators, validators, tip, block)
 }
 
@@ -255,9 +265,7 @@ pub fn check_header_v2(
     tip: &Tip,
     block: &Block,
 ) -> Result<(), HeaderError> {
-    if block.header.version != PROTOCOL_2 {
-        return Err(HeaderError::Version(block.header.version));
-    }
+    check_version(&block.header, PROTOCOL_2)?;
     if !block.is_well_formed() {
         return Err(HeaderError::IllFormed);
     }
@@ -266,6 +274,20 @@ pub fn check_header_v2(
     }
     let last = sets.last.as_ref().unwrap_or(&sets.current);
     check_header_with(chain_id, &sets.current, last, tip, block)
+}
+
+/// The header runs `protocol` and signals nothing or the protocol after it.
+pub fn check_version(header: &Header, protocol: u32) -> Result<(), HeaderError> {
+    if header.protocol() != protocol {
+        return Err(HeaderError::Version {
+            expected: protocol,
+            got: header.protocol(),
+        });
+    }
+    match header.signal() {
+        Some(got) if got != protocol + 1 => Err(HeaderError::Signal { protocol, got }),
+        _ => Ok(()),
+    }
 }
 
 /// The checks both protocols share: `validators` is the set of the block's height,

@@ -153,6 +153,18 @@ pub fn check_static(
     chain_id: &str,
     params: &Params,
 ) -> Result<(), TxError> {
+    check_static_at(stx, encoded_len, chain_id, params, params.protocol_version)
+}
+
+/// [`check_static`] at `protocol`, the protocol of the block the tx goes into (a chain's
+/// protocol changes when an upgrade activates, [`crate::upgrade`]).
+pub fn check_static_at(
+    stx: &SignedTx,
+    encoded_len: usize,
+    chain_id: &str,
+    params: &Params,
+    protocol: u32,
+) -> Result<(), TxError> {
     let max = params.max_tx_bytes as usize;
     if encoded_len > max {
         return Err(TxError::TooLarge {
@@ -172,11 +184,11 @@ pub fn check_static(
             got: stx.tx.fee,
         });
     }
-    if stx.tx.payload.min_protocol() > params.protocol_version {
+    if stx.tx.payload.min_protocol() > protocol {
         return Err(TxError::UnsupportedPayload {
             payload: stx.tx.payload.kind(),
             needs: stx.tx.payload.min_protocol(),
-            runs: params.protocol_version,
+            runs: protocol,
         });
     }
     match &stx.tx.payload {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 
-use crate::check::{check_against_account, check_static, TxError};
+use crate::check::{check_against_account, check_static_at, TxError};
 use crate::codec::encode;
 use crate::genesis::Params;
 use crate::hash::{sha256, Hash};
@@ -28,12 +28,17 @@ use crate::types::{
     validators_hash, Account, Address, Block, Commit, Equivocation, Payload, PublicKeyBytes,
     SignedTx, Validator, PROTOCOL_2,
 };
+use crate::upgrade::{self, ProtocolSchedule};
+use crate::validators::ValidatorSet;
 
 /// Chain constants execution needs.
 #[derive(Clone, Copy, Debug)]
 pub struct ExecContext<'a> {
     pub chain_id: &'a str,
     pub params: &'a Params,
+    /// The genesis validator set: the set of every protocol-1 height, whose powers weigh
+    /// the upgrade signals ([`crate::upgrade`]) on a protocol-1 chain.
+    pub validators: &'a ValidatorSet,
 }
 
 /// How signatures are checked during execution.
@@ -78,8 +83,23 @@ pub enum BlockError {
         id: String,
         error: TxError,
     },
-    #[error("block header version {got} is not this chain's protocol {protocol}")]
+    #[error("block header runs protocol {got}; this chain runs protocol {protocol} at its height")]
     Version { protocol: u32, got: u32 },
+    #[error(
+        "block header signals protocol {got}; a block of protocol {protocol} may signal only \
+         protocol {next} or nothing",
+        next = protocol + 1
+    )]
+    Signal { protocol: u32, got: u32 },
+    #[error(
+        "this network runs protocol {protocol} from height {height}; this tallyd supports up \
+         to {max}: upgrade it"
+    )]
+    Unsupported {
+        protocol: u32,
+        height: u64,
+        max: u32,
+    },
     #[error(
         "block is ill-formed: next_validators_hash or evidence present where its header \
          version does not have them"
@@ -108,7 +128,7 @@ pub enum BlockError {
 impl BlockError {
     /// Whether the block's author (or the peer relaying it) is at fault.
     pub fn is_peer_fault(&self) -> bool {
-        !matches!(self, BlockError::Store(_))
+        !matches!(self, BlockError::Store(_) | BlockError::Unsupported { .. })
     }
 }
 
@@ -126,6 +146,8 @@ pub struct Executor<'a, R: StateReader + ?Sized> {
     proposer: Address,
     /// The height of the block being executed (0 when built with [`Executor::new`]).
     height: u64,
+    /// The protocol of that block: the genesis's unless set by [`Executor::at_protocol`].
+    protocol: u32,
     overlay: HashMap<Address, Account>,
     /// Protocol 2: changed entries by preimage (None: deleted).
     entries: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -151,11 +173,18 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             ctx,
             proposer,
             height,
+            protocol: ctx.params.protocol_version,
             overlay: HashMap::new(),
             entries: BTreeMap::new(),
             new_set: None,
             read: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// This executor for a block of `protocol` (after an upgrade, not the genesis's).
+    pub fn at_protocol(mut self, protocol: u32) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Current value of an account in this execution (absent = zero account).
@@ -179,7 +208,13 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         encoded_len: usize,
         signatures: &Signatures<'_>,
     ) -> Result<Result<TxReceipt, TxError>, StoreError> {
-        if let Err(e) = check_static(stx, encoded_len, self.ctx.chain_id, self.ctx.params) {
+        if let Err(e) = check_static_at(
+            stx,
+            encoded_len,
+            self.ctx.chain_id,
+            self.ctx.params,
+            self.protocol,
+        ) {
             return Ok(Err(e));
         }
         let sender_addr = stx.sender();
@@ -584,6 +619,112 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         Ok(())
     }
 
+    // ----- issue 21: the upgrade machinery -----
+
+    /// The validator set of this block's height at `protocol`: the genesis set on
+    /// protocol 1, the stored set on protocol 2.
+    fn set_of_height(&self, protocol: u32) -> Result<ValidatorSet, StoreError> {
+        if protocol < PROTOCOL_2 {
+            return Ok(self.ctx.validators.clone());
+        }
+        let height = self.height;
+        match self.base.validator_set_record(height)? {
+            Some(v) => ValidatorSet::new(v).map_err(|detail| StoreError::Corrupt {
+                what: format!("validator set of height {height}"),
+                detail,
+            }),
+            None => Err(StoreError::Db(format!(
+                "no validator set is stored for height {height}"
+            ))),
+        }
+    }
+
+    /// The last step of every block: counts the upgrade signals if this block (its
+    /// proposer's `signal`) signals the next protocol, and records its activation when
+    /// they reach two thirds of the power ([`upgrade::activation_after`]).
+    fn count_signals(
+        &mut self,
+        schedule: &ProtocolSchedule,
+        signal: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let protocol = schedule.at(self.height);
+        if signal != Some(protocol + 1) {
+            return Ok(());
+        }
+        let set = self.set_of_height(protocol)?;
+        let block = upgrade::Signalled {
+            height: self.height,
+            proposer: self.proposer,
+            signal,
+        };
+        if let Some((key, from)) =
+            upgrade::activation_after(self.base, self.ctx.params, schedule, &set, block)?
+        {
+            self.put_record(&key, Some(&from));
+        }
+        Ok(())
+    }
+
+    /// The end of every block: [`Executor::count_signals`], then, if the next height is
+    /// the first of protocol 2 on a chain that ran protocol 1, the switch
+    /// ([`Executor::switch_to_protocol_2`]).
+    fn end_upgrade(
+        &mut self,
+        schedule: &ProtocolSchedule,
+        signal: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.count_signals(schedule, signal)?;
+        if schedule.at(self.height) == crate::types::PROTOCOL_1
+            && self.record::<u64>(&upgrade::protocol_key_bytes(PROTOCOL_2))?
+                == Some(self.height + 1)
+        {
+            self.switch_to_protocol_2()?;
+        }
+        Ok(())
+    }
+
+    /// Issue 21: the end of the last protocol-1 block before protocol 2 creates protocol
+    /// 2's state from the protocol-1 set (which has none): each validator is bonded by
+    /// the address of its own consensus key with stake = power x `stake_per_power`, raised
+    /// to `min_validator_stake` if below (so every protocol-1 validator stays in the sets
+    /// computed from stake); the validator records follow; the stake is new money, added
+    /// to the minted total ([`crate::staking::MINTED_KEY`]); and the protocol-1 set, in its
+    /// order, is stored as the set of this height on (so of A and A + 1, whose headers
+    /// announce it: consensus sees no change; A + 2 is the first set computed from
+    /// stake).
+    fn switch_to_protocol_2(&mut self) -> Result<(), StoreError> {
+        let params = self.ctx.params.staking();
+        let mut minted = self.record::<u64>(staking::MINTED_KEY)?.unwrap_or(0);
+        let activation = self.height + 1;
+        let overflow = |what: &str| StoreError::Corrupt {
+            what: format!("the switch to protocol 2 at height {activation}"),
+            detail: format!("{what} overflows a u64"),
+        };
+        let validators = self.ctx.validators.validators().to_vec();
+        for v in &validators {
+            let stake = v
+                .power
+                .checked_mul(params.stake_per_power)
+                .ok_or_else(|| overflow("power x stake_per_power"))?
+                .max(params.min_validator_stake);
+            minted = minted
+                .checked_add(stake)
+                .ok_or_else(|| overflow("the minted total"))?;
+            self.set_bond(&v.address, &v.pubkey, stake);
+            self.set_validator(
+                &v.pubkey,
+                &ValidatorRecord {
+                    stake,
+                    jailed_until_height: 0,
+                    consecutive_missed: 0,
+                },
+            );
+        }
+        self.put_record(staking::MINTED_KEY, Some(&minted));
+        self.new_set = Some((self.height, validators));
+        Ok(())
+    }
+
     /// Pays the unbonding entries released at the end of this height to their operators.
     fn release_unbonding(&mut self) -> Result<(), StoreError> {
         for (preimage, bytes) in self.entries_with_prefix(&unbonding_prefix(self.height))? {
@@ -658,9 +799,32 @@ pub fn tx_ids_and_sizes(txs: &[SignedTx]) -> Vec<(Hash, usize)> {
         .collect()
 }
 
+/// The protocol of the block at `height` for execution: the schedule's
+/// ([`ProtocolSchedule`], read from `base`), or [`BlockError::Unsupported`] when this
+/// binary cannot run it (the node stops before it gets here).
+pub fn protocol_at<R: StateReader + ?Sized>(
+    base: &R,
+    params: &Params,
+    height: u64,
+) -> Result<(ProtocolSchedule, u32), BlockError> {
+    let schedule = ProtocolSchedule::read(base, params)?;
+    let protocol = schedule.at(height);
+    let max = upgrade::max_runnable(schedule.genesis());
+    if protocol > max {
+        let from = schedule.activation_of(protocol).unwrap_or(height);
+        return Err(BlockError::Unsupported {
+            protocol,
+            height: from,
+            max,
+        });
+    }
+    Ok((schedule, protocol))
+}
+
 /// Executes every transaction of `block` (all must be valid) and checks that its header
-/// version is the chain's protocol (`params.protocol_version`), `tx_root` and
-/// `state_root`. On protocol 2 it also checks `validators_hash` and
+/// runs the chain's protocol at its height ([`protocol_at`]; a header may signal only the
+/// protocol after it), `tx_root` and `state_root`. Every block ends by counting the
+/// upgrade signals ([`crate::upgrade`]). On protocol 2 it also checks `validators_hash` and
 /// `next_validators_hash` against the stored sets of the block's height and the next,
 /// and runs the end of the block after the transactions, in the same state update: the
 /// evidence (any invalid piece makes the block invalid), downtime, the unbonding entries
@@ -672,19 +836,30 @@ pub fn execute_block<R: StateReader + ?Sized>(
     block: &Block,
     signatures: &Signatures<'_>,
 ) -> Result<BlockOutcome, BlockError> {
-    if block.header.version != ctx.params.protocol_version {
+    let (schedule, protocol) = protocol_at(base, ctx.params, block.header.height)?;
+    let h = &block.header;
+    if block.header.protocol() != protocol {
         return Err(BlockError::Version {
-            protocol: ctx.params.protocol_version,
-            got: block.header.version,
+            protocol,
+            got: block.header.protocol(),
         });
+    }
+    if let Some(got) = block.header.signal().filter(|s| *s != protocol + 1) {
+        return Err(BlockError::Signal { protocol, got });
     }
     if !block.is_well_formed() {
         return Err(BlockError::IllFormed);
     }
-    let outcome = if ctx.params.protocol_version >= PROTOCOL_2 {
-        execute_block_v2(base, ctx, block, signatures)?
+    let mut exec = Executor::at_height(base, ctx, h.proposer, h.height).at_protocol(protocol);
+    let receipts = if protocol >= PROTOCOL_2 {
+        execute_v2(&mut exec, block, signatures)?
     } else {
-        execute_txs(base, ctx, block.header.proposer, &block.txs, signatures)?
+        run_txs(&mut exec, &block.txs, signatures)?
+    };
+    exec.end_upgrade(&schedule, h.signal())?;
+    let outcome = BlockOutcome {
+        update: exec.finish()?,
+        receipts,
     };
     let ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
     let tx_root = merkle_root(&ids);
@@ -729,32 +904,29 @@ pub(crate) fn check_set_hash<R: StateReader + ?Sized>(
     Ok(())
 }
 
-fn execute_block_v2<R: StateReader + ?Sized>(
-    base: &R,
-    ctx: ExecContext<'_>,
+/// A protocol-2 block's checks of its set hashes, its txs, evidence and end of block.
+fn execute_v2<R: StateReader + ?Sized>(
+    exec: &mut Executor<'_, R>,
     block: &Block,
     signatures: &Signatures<'_>,
-) -> Result<BlockOutcome, BlockError> {
+) -> Result<Vec<TxReceipt>, BlockError> {
     let h = &block.header;
-    check_set_hash(base, "validators_hash", h.height, &h.validators_hash)?;
+    check_set_hash(exec.base, "validators_hash", h.height, &h.validators_hash)?;
     let next = h.next_validators_hash.unwrap_or_default(); // well formed: present
-    check_set_hash(base, "next_validators_hash", h.height + 1, &next)?;
-    let mut exec = Executor::at_height(base, ctx, h.proposer, h.height);
-    let receipts = run_txs(&mut exec, &block.txs, signatures)?;
+    check_set_hash(exec.base, "next_validators_hash", h.height + 1, &next)?;
+    let receipts = run_txs(exec, &block.txs, signatures)?;
     for (index, e) in block.evidence.iter().enumerate() {
         if let Err(error) = exec.apply_evidence(e)? {
             return Err(BlockError::InvalidEvidence { index, error });
         }
     }
     exec.end_block(block.last_commit.as_ref())?;
-    Ok(BlockOutcome {
-        update: exec.finish()?,
-        receipts,
-    })
+    Ok(receipts)
 }
 
-/// Executes `txs` in order with [`Executor::new`] (no height, no end of block: protocol
-/// 1's execution); any invalid tx makes the whole list invalid.
+/// Executes `txs` in order with [`Executor::new`] (no height, no end of block, no count of
+/// upgrade signals): a protocol-1 block's transactions; any invalid tx makes the whole
+/// list invalid.
 pub fn execute_txs<R: StateReader + ?Sized>(
     base: &R,
     ctx: ExecContext<'_>,
@@ -829,6 +1001,10 @@ pub struct BuiltBody {
     pub evidence: Vec<Equivocation>,
     /// Protocol 2: the evidence offered and left out, with the reason.
     pub rejected_evidence: Vec<(Equivocation, EvidenceError)>,
+    /// The protocol the body was built for, and the signal its header carries: the
+    /// header's `version` ([`crate::block::assemble`]).
+    pub protocol: u32,
+    pub signal: Option<u32>,
 }
 
 /// What a protocol-2 proposer's block is built from besides its transactions.
@@ -838,13 +1014,16 @@ pub struct BlockEnv<'a> {
     pub proposer: Address,
     /// The commit of `height - 1` the block will carry (None at height 1).
     pub last_commit: Option<&'a Commit>,
-    /// Evidence to include; pieces that do not hold are left out.
+    /// Evidence to include (protocol 2); pieces that do not hold are left out.
     pub evidence: &'a [Equivocation],
+    /// The protocol the proposer signals readiness for ([`upgrade::signal_for`]); a
+    /// signal that is not the next protocol is dropped.
+    pub signal: Option<u32>,
 }
 
-/// A protocol-1 proposer's body. A protocol-2 proposer uses [`build_body_at`] (its
-/// transactions and the end of the block depend on the height); here protocol 2 is
-/// refused.
+/// A protocol-1 proposer's body that signals nothing and counts no signals (tests and
+/// benches). The node builds every body with [`build_body_at`] (a protocol-2 body, and
+/// the end of every block, depend on the height); here protocol 2 is refused.
 pub fn build_body<R: StateReader + ?Sized>(
     base: &R,
     ctx: ExecContext<'_>,
@@ -861,8 +1040,9 @@ pub fn build_body<R: StateReader + ?Sized>(
     fill_body(exec, ctx, candidates, signatures, None)
 }
 
-/// A protocol-2 proposer's body for the block at `env.height`: the candidates that fit and
-/// hold, then the evidence that holds, then the end of the block.
+/// A proposer's body for the block at `env.height`, at the protocol of that height
+/// ([`protocol_at`]): the candidates that fit and hold, then on protocol 2 the evidence
+/// that holds and the end of the block, then the count of the upgrade signals.
 pub fn build_body_at<R: StateReader + ?Sized>(
     base: &R,
     ctx: ExecContext<'_>,
@@ -870,8 +1050,24 @@ pub fn build_body_at<R: StateReader + ?Sized>(
     candidates: impl IntoIterator<Item = SignedTx>,
     signatures: &Signatures<'_>,
 ) -> Result<BuiltBody, StoreError> {
-    let exec = Executor::at_height(base, ctx, env.proposer, env.height);
+    let (schedule, protocol) = protocol_at(base, ctx.params, env.height).map_err(|e| match e {
+        BlockError::Store(e) => e,
+        other => StoreError::Db(other.to_string()),
+    })?;
+    let exec = Executor::at_height(base, ctx, env.proposer, env.height).at_protocol(protocol);
+    let env = BuildEnv {
+        block: env,
+        schedule,
+        protocol,
+    };
     fill_body(exec, ctx, candidates, signatures, Some(env))
+}
+
+/// [`build_body_at`]'s environment with the protocol of the height.
+struct BuildEnv<'a> {
+    block: BlockEnv<'a>,
+    schedule: ProtocolSchedule,
+    protocol: u32,
 }
 
 fn fill_body<R: StateReader + ?Sized>(
@@ -879,7 +1075,7 @@ fn fill_body<R: StateReader + ?Sized>(
     ctx: ExecContext<'_>,
     candidates: impl IntoIterator<Item = SignedTx>,
     signatures: &Signatures<'_>,
-    env: Option<BlockEnv<'_>>,
+    env: Option<BuildEnv<'_>>,
 ) -> Result<BuiltBody, StoreError> {
     let mut txs = Vec::new();
     let mut receipts = Vec::new();
@@ -905,14 +1101,20 @@ fn fill_body<R: StateReader + ?Sized>(
     }
     let mut evidence = Vec::new();
     let mut rejected_evidence = Vec::new();
+    let (mut protocol, mut signal) = (crate::types::PROTOCOL_1, None);
     if let Some(env) = env {
-        for e in env.evidence {
-            match exec.apply_evidence(e)? {
-                Ok(()) => evidence.push(e.clone()),
-                Err(why) => rejected_evidence.push((e.clone(), why)),
+        protocol = env.protocol;
+        if protocol >= PROTOCOL_2 {
+            for e in env.block.evidence {
+                match exec.apply_evidence(e)? {
+                    Ok(()) => evidence.push(e.clone()),
+                    Err(why) => rejected_evidence.push((e.clone(), why)),
+                }
             }
+            exec.end_block(env.block.last_commit)?;
         }
-        exec.end_block(env.last_commit)?;
+        signal = env.block.signal.filter(|s| *s == protocol + 1);
+        exec.end_upgrade(&env.schedule, signal)?;
     }
     let ids: Vec<Hash> = receipts.iter().map(|r| r.id).collect();
     Ok(BuiltBody {
@@ -925,5 +1127,7 @@ fn fill_body<R: StateReader + ?Sized>(
         rejected,
         evidence,
         rejected_evidence,
+        protocol,
+        signal,
     })
 }

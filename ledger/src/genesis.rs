@@ -57,6 +57,21 @@ pub struct Params {
     /// [`Params::staking`]). Not written when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staking: Option<StakingParams>,
+    /// Issue 21: the blocks over which proposers' signals for the next protocol are
+    /// counted ([`crate::upgrade`]). Absent means 100, and 100 is not written, so existing
+    /// genesis files keep their bytes and hash.
+    #[serde(
+        default = "defaults::upgrade_window",
+        skip_serializing_if = "defaults::is_upgrade_window"
+    )]
+    pub upgrade_window: u64,
+    /// Issue 21: blocks between the block that records an activation and the first block
+    /// of the new protocol. Absent means 20, and 20 is not written.
+    #[serde(
+        default = "defaults::upgrade_lead",
+        skip_serializing_if = "defaults::is_upgrade_lead"
+    )]
+    pub upgrade_lead: u64,
 }
 
 /// Protocol 2's staking and slashing parameters (issue 20), `params.staking` in genesis.
@@ -98,6 +113,11 @@ impl Default for StakingParams {
         }
     }
 }
+
+/// Longest `params.upgrade_window`: a block that signals reads that many headers.
+pub const MAX_UPGRADE_WINDOW: u64 = 10_000;
+/// Longest `params.upgrade_lead`.
+pub const MAX_UPGRADE_LEAD: u64 = 1_000_000;
 
 /// Most validators `params.staking.max_validators` may allow.
 pub const MAX_VALIDATORS_LIMIT: u32 = 10_000;
@@ -180,6 +200,18 @@ mod defaults {
     pub fn is_protocol_1(v: &u32) -> bool {
         *v == crate::types::PROTOCOL_1
     }
+    pub fn upgrade_window() -> u64 {
+        100
+    }
+    pub fn is_upgrade_window(v: &u64) -> bool {
+        *v == upgrade_window()
+    }
+    pub fn upgrade_lead() -> u64 {
+        20
+    }
+    pub fn is_upgrade_lead(v: &u64) -> bool {
+        *v == upgrade_lead()
+    }
 }
 
 impl Default for Params {
@@ -200,6 +232,8 @@ impl Default for Params {
             // New chains stay on protocol 1 until protocol 2 executes (issue 20).
             protocol_version: defaults::protocol_version(),
             staking: None,
+            upgrade_window: defaults::upgrade_window(),
+            upgrade_lead: defaults::upgrade_lead(),
         }
     }
 }
@@ -595,6 +629,18 @@ impl RawGenesis {
             return Err(err(
                 "params.protocol_version".into(),
                 format!("is {}; must be 1 or 2 (absent means 1)", p.protocol_version),
+            ));
+        }
+        if p.upgrade_window == 0 || p.upgrade_window > MAX_UPGRADE_WINDOW {
+            return Err(err(
+                "params.upgrade_window".into(),
+                format!("must be between 1 and {MAX_UPGRADE_WINDOW} blocks (default 100)"),
+            ));
+        }
+        if p.upgrade_lead == 0 || p.upgrade_lead > MAX_UPGRADE_LEAD {
+            return Err(err(
+                "params.upgrade_lead".into(),
+                format!("must be between 1 and {MAX_UPGRADE_LEAD} blocks (default 20)"),
             ));
         }
         if let Some(staking) = &p.staking {

@@ -13,6 +13,7 @@ pub mod staking;
 pub mod state;
 pub mod store;
 pub mod types;
+pub mod upgrade;
 pub mod validators;
 
 pub use hash::{sha256, to_hex, Hash, ZERO_HASH};

@@ -16,9 +16,10 @@
 //! | unbonding entry | `"tally/unbonding/"` (16) ‖ release height u64 BE (8) ‖ `operator` (20) ‖ sequence u64 BE (8) | 52 |
 //! | evidence record | `"tally/evidence/"` (15) ‖ consensus key (33) ‖ height u64 BE (8) | 56 |
 //! | burned total | `"tally/burned"` (12) | 12 |
+//! | minted total (issue 21) | `"tally/mint"` (10) | 10 |
 //!
 //! Within a domain every preimage has the same length; across domains the lengths differ
-//! (20, 64, 49, 52, 56, 12), so two different entries can only share a tree key through a
+//! (20, 64, 49, 52, 56, 12, 10, and 19 for [`crate::upgrade`]'s activation records), so two different entries can only share a tree key through a
 //! SHA-256 collision. The tags are ASCII and none is a prefix of another. Big-endian
 //! integers make the preimages of unbonding entries sort by release height, then
 //! operator, then sequence, so the store (which keeps each entry under its preimage)
@@ -55,6 +56,9 @@ pub const UNBONDING_KEY_TAG: &[u8] = b"tally/unbonding/";
 pub const EVIDENCE_KEY_TAG: &[u8] = b"tally/evidence/";
 /// The burned total's whole preimage.
 pub const BURNED_KEY: &[u8] = b"tally/burned";
+/// The minted total's whole preimage (issue 21: the stake created when a protocol-1 chain
+/// switches to protocol 2).
+pub const MINTED_KEY: &[u8] = b"tally/mint";
 
 /// Preimage lengths, one per domain (an account's is 20).
 pub const BOND_KEY_LEN: usize = 11 + 20 + 33;
@@ -302,9 +306,19 @@ pub fn unbonding_of<R: StateReader + ?Sized>(
 
 /// The burned total (slashed stake).
 pub fn burned<R: StateReader + ?Sized>(store: &R) -> Result<u64, StoreError> {
+    total(store, BURNED_KEY)
+}
+
+/// The minted total: the stake created when a protocol-1 chain switched to protocol 2
+/// (issue 21), so balances + bonds + unbonding + burned = genesis supply + minted.
+pub fn minted<R: StateReader + ?Sized>(store: &R) -> Result<u64, StoreError> {
+    total(store, MINTED_KEY)
+}
+
+fn total<R: StateReader + ?Sized>(store: &R, key: &[u8]) -> Result<u64, StoreError> {
     store
-        .entry(BURNED_KEY)?
-        .map(|bytes| decode_entry(BURNED_KEY, &bytes))
+        .entry(key)?
+        .map(|bytes| decode_entry(key, &bytes))
         .transpose()
         .map(Option::unwrap_or_default)
 }

@@ -20,7 +20,7 @@ use sha2::Sha256;
 use crate::codec::{decode, encode};
 use crate::hash::{sha256, Hash};
 use crate::store::StoreError;
-use crate::types::{Account, Address, Validator};
+use crate::types::{Account, Address, Header, Validator};
 
 /// Root of the empty tree.
 /// (jmt's placeholder hash, which it does not export).
@@ -67,6 +67,17 @@ pub trait StateReader: AccountReader {
     fn validator_set_record(&self, height: u64) -> Result<Option<Vec<Validator>>, StoreError> {
         let _ = height;
         Err(no_protocol_2_state())
+    }
+
+    /// The header of the committed block at `height`: the upgrade machinery
+    /// ([`crate::upgrade`]) counts the signals of the last blocks when a block signals.
+    /// The default refuses, like the protocol-2 methods: a store that keeps blocks must
+    /// say so, and a wrapper must forward it.
+    fn committed_header(&self, height: u64) -> Result<Option<Header>, StoreError> {
+        let _ = height;
+        Err(StoreError::Db(
+            "this store does not serve block headers to execution".into(),
+        ))
     }
 }
 

@@ -33,6 +33,20 @@ pub const PROTOCOL_2: u32 = 2;
 /// peers announce theirs in identify.
 pub const MAX_PROTOCOL: u32 = PROTOCOL_2;
 
+/// Where a header's `version` keeps the protocol its proposer signals readiness for (issue
+/// 21, BIP9-like): `version = protocol | (signalled << 16)`. The low 16 bits are the
+/// protocol the block runs ([`Header::protocol`]), the high 16 bits the next protocol its
+/// proposer's binary can run, or 0 (no signal). A header that signals nothing has the
+/// same `version`, bytes and hash as before signalling existed.
+pub const SIGNAL_SHIFT: u32 = 16;
+const PROTOCOL_MASK: u32 = (1 << SIGNAL_SHIFT) - 1;
+
+/// The `version` of a header running `protocol` whose proposer signals `signal` (or
+/// nothing).
+pub fn header_version(protocol: u32, signal: Option<u32>) -> u32 {
+    (protocol & PROTOCOL_MASK) | (signal.unwrap_or(0) << SIGNAL_SHIFT)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Tx {
     pub chain_id: String,
@@ -98,15 +112,18 @@ pub struct SignedTx {
     pub signature: SignatureBytes,
 }
 
-/// A block header. Encoding (hand-written, keyed on `version`): the protocol-1 fields in
-/// declaration order, then, iff `version >= 2`, the 32 bytes of `next_validators_hash`.
+/// A block header. Encoding (hand-written, keyed on the protocol, [`Header::protocol`]):
+/// the protocol-1 fields in declaration order, then, iff the protocol is 2 or later, the
+/// 32 bytes of `next_validators_hash`.
 /// A version-1 header therefore encodes exactly as before protocol 2 existed.
 ///
-/// `next_validators_hash` must be `Some` iff `version >= 2`; [`Header::is_well_formed`]
+/// `next_validators_hash` must be `Some` iff the protocol is 2 or later; [`Header::is_well_formed`]
 /// checks it. Encoding writes what is there, so an ill-formed header's bytes never decode
 /// (a v1 header with the hash has trailing bytes, a v2 header without it is truncated).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// The protocol, and in the high 16 bits the protocol the proposer signals readiness
+    /// for ([`SIGNAL_SHIFT`]); read it with [`Header::protocol`] and [`Header::signal`].
     pub version: u32,
     pub chain_id: String,
     pub height: u64,
@@ -122,8 +139,8 @@ pub struct Header {
     pub next_validators_hash: Option<Hash>,
 }
 
-/// A block. Encoding (hand-written, keyed on `header.version`): header, txs, last_commit,
-/// then, iff `header.version >= 2`, `evidence` (u32 count then entries). A version-1 block
+/// A block. Encoding (hand-written, keyed on `header.protocol()`): header, txs,
+/// last_commit, then, iff the protocol is 2 or later, `evidence` (u32 count then entries). A version-1 block
 /// encodes exactly as before protocol 2 existed. A version-1 block must carry no evidence
 /// ([`Block::is_well_formed`]); if it does, its evidence is still written, so its bytes do
 /// not decode rather than silently losing the evidence.
@@ -146,9 +163,21 @@ pub struct Equivocation {
 }
 
 impl Header {
-    /// `next_validators_hash` is present iff the version is 2 or later.
+    /// The protocol this block runs: the low 16 bits of `version`. Every rule that depends
+    /// on the protocol reads it here, never `version` itself.
+    pub fn protocol(&self) -> u32 {
+        self.version & PROTOCOL_MASK
+    }
+
+    /// The protocol the proposer signals readiness for (the high 16 bits of `version`),
+    /// None when it signals nothing.
+    pub fn signal(&self) -> Option<u32> {
+        Some(self.version >> SIGNAL_SHIFT).filter(|s| *s != 0)
+    }
+
+    /// `next_validators_hash` is present iff the protocol is 2 or later.
     pub fn is_well_formed(&self) -> bool {
-        self.next_validators_hash.is_some() == (self.version >= PROTOCOL_2)
+        self.next_validators_hash.is_some() == (self.protocol() >= PROTOCOL_2)
     }
 }
 
@@ -156,7 +185,7 @@ impl Block {
     /// The header is well formed and a version-1 block carries no evidence.
     pub fn is_well_formed(&self) -> bool {
         self.header.is_well_formed()
-            && (self.header.version >= PROTOCOL_2 || self.evidence.is_empty())
+            && (self.header.protocol() >= PROTOCOL_2 || self.evidence.is_empty())
     }
 }
 
@@ -196,7 +225,7 @@ impl BorshDeserialize for Header {
             validators_hash: Hash::deserialize_reader(r)?,
             proposer: Address::deserialize_reader(r)?,
             last_commit_hash: Hash::deserialize_reader(r)?,
-            next_validators_hash: if version >= PROTOCOL_2 {
+            next_validators_hash: if version & PROTOCOL_MASK >= PROTOCOL_2 {
                 Some(Hash::deserialize_reader(r)?)
             } else {
                 None
@@ -210,7 +239,7 @@ impl BorshSerialize for Block {
         self.header.serialize(w)?;
         self.txs.serialize(w)?;
         self.last_commit.serialize(w)?;
-        if self.header.version >= PROTOCOL_2 || !self.evidence.is_empty() {
+        if self.header.protocol() >= PROTOCOL_2 || !self.evidence.is_empty() {
             self.evidence.serialize(w)?;
         }
         Ok(())
@@ -222,7 +251,7 @@ impl BorshDeserialize for Block {
         let header = Header::deserialize_reader(r)?;
         let txs = Vec::<SignedTx>::deserialize_reader(r)?;
         let last_commit = Option::<Commit>::deserialize_reader(r)?;
-        let evidence = if header.version >= PROTOCOL_2 {
+        let evidence = if header.protocol() >= PROTOCOL_2 {
             Vec::<Equivocation>::deserialize_reader(r)?
         } else {
             Vec::new()

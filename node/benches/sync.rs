@@ -81,6 +81,7 @@ fn build_chain(
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &g.params,
+        validators: &g.validators,
     };
     let all: Vec<Vec<SignedTx>> = (0..blocks)
         .into_par_iter()
@@ -143,6 +144,7 @@ fn apply(store: &RocksStore, g: &Genesis, block: &Block, commit: &Commit, sigs: 
         ExecContext {
             chain_id: CHAIN,
             params: &g.params,
+            validators: &g.validators,
         },
         block,
         sigs,

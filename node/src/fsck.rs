@@ -89,6 +89,7 @@ pub fn check_store(store: &RocksStore, genesis: &Genesis) -> Report {
     let ctx = ExecContext {
         chain_id: &genesis.chain_id,
         params: &genesis.params,
+        validators: &genesis.validators,
     };
     let mut touched: HashSet<Address> = genesis.accounts.iter().map(|(a, _)| *a).collect();
     for h in 1..=tip.height {
@@ -134,7 +135,8 @@ pub fn check_store(store: &RocksStore, genesis: &Genesis) -> Report {
             }
         };
         // Protocol 2: the sets of h - 1, h and h + 1, as the replay (at h - 1) stored them.
-        let sets = if genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
+        let protocol = crate::upgrade::protocol_at(&replay, &genesis.params, h).unwrap_or(0);
+        let sets = if protocol >= ledger::types::PROTOCOL_2 {
             match block_sets(&replay, h) {
                 Ok(sets) => Some(sets),
                 Err(e) => {

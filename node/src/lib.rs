@@ -20,4 +20,5 @@ pub mod sync;
 pub(crate) mod testing;
 pub mod testnet;
 pub mod txgossip;
+pub mod upgrade;
 pub mod wire;

@@ -58,6 +58,6 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(tally_node::upgrade::exit_code(&e));
     }
 }

@@ -37,6 +37,9 @@ pub struct ChainMetrics {
     pub round: Gauge,
     pub absent_validators: Gauge,
     pub halted: Gauge,
+    /// Issue 21: the protocol of the next height, and the readiness for the next one.
+    pub protocol: Gauge,
+    pub upgrade_readiness: Gauge<f64, AtomicU64>,
     pub rounds_per_height: Histogram,
     pub execution: Histogram,
     pub commit_write: Histogram,
@@ -126,6 +129,8 @@ impl ChainMetrics {
             round: Gauge::default(),
             absent_validators: Gauge::default(),
             halted: Gauge::default(),
+            protocol: Gauge::default(),
+            upgrade_readiness: Gauge::default(),
             rounds_per_height: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 10.0]),
             execution: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             commit_write: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -185,6 +190,16 @@ impl ChainMetrics {
             "tally_engine_halted",
             "1 once consensus stopped because this node's store refused a block (disk full?); see storage_error / halted in /v1/status",
             m.halted.clone(),
+        );
+        r.register(
+            "tally_protocol",
+            "The protocol of the committed tip (1 or 2; issue 21)",
+            m.protocol.clone(),
+        );
+        r.register(
+            "tally_upgrade_readiness",
+            "Share of the voting power (0 to 1) whose last block in the upgrade window signals the next protocol; 1 once its activation is recorded, 0 when there is none",
+            m.upgrade_readiness.clone(),
         );
         r.register(
             "tally_consensus_absent_validators",
@@ -361,7 +376,8 @@ pub fn observe_staking<R: ledger::state::StateReader + ?Sized>(
 ) -> Result<(), ledger::store::StoreError> {
     use ledger::staking;
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    if genesis.params.protocol_version < ledger::types::PROTOCOL_2 {
+    if crate::upgrade::protocol_at(store, &genesis.params, height + 1)? < ledger::types::PROTOCOL_2
+    {
         m.set_size.set(gauge(genesis.validators.len() as u64));
         m.set_power.set(gauge(genesis.validators.total_power()));
         m.jailed.set(0);

@@ -104,7 +104,9 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     raise_open_files_limit(fds_needed(&config));
-    let changing_sets = genesis.params.protocol_version >= ledger::types::PROTOCOL_2;
+    // Protocol 2, or a protocol-1 chain this binary can follow into it (issue 21).
+    let changing_sets =
+        crate::upgrade::max_protocol(genesis.params.protocol_version) >= ledger::types::PROTOCOL_2;
     let mut genesis = Arc::new(genesis);
     let key = if config.consensus.validator_key.is_empty() {
         None
@@ -165,6 +167,19 @@ pub async fn run_with(
         );
     }
     let tip = store.tip()?;
+    // Issue 21: a chain that moved to a protocol this binary does not run is refused at
+    // once, before anything is written (crate::upgrade).
+    let max_protocol = crate::upgrade::max_protocol(genesis.params.protocol_version);
+    let params = genesis.params.clone();
+    let upgrade_check = |tip: u64| -> anyhow::Result<()> {
+        crate::upgrade::check_next_height(store.as_ref(), &params, tip, max_protocol)?.map_err(
+            |required| {
+                tracing::error!("{required}");
+                anyhow::Error::new(required)
+            },
+        )
+    };
+    upgrade_check(tip.height)?;
     tracing::info!(
         chain_id = %genesis.chain_id,
         height = tip.height,
@@ -399,6 +414,11 @@ pub async fn run_with(
 
     let result = tasks.run(&shutdown, Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(addresses_file(&home.0));
+    // The chain host ends its task when the next height runs a protocol this binary does
+    // not: say so, with its own exit code, instead of "a task stopped".
+    if result.is_err() {
+        upgrade_check(store.tip()?.height)?;
+    }
     result
 }
 

@@ -85,7 +85,9 @@ pub(crate) fn commit_set<'g>(
     tip: u64,
     h: u64,
 ) -> Result<std::borrow::Cow<'g, ledger::validators::ValidatorSet>, String> {
-    if genesis.params.protocol_version < ledger::types::PROTOCOL_2 {
+    let protocol = crate::upgrade::protocol_at(store, &genesis.params, h)
+        .map_err(|e| format!("cannot read the protocol schedule ({e})"))?;
+    if protocol < ledger::types::PROTOCOL_2 {
         return Ok(std::borrow::Cow::Borrowed(&genesis.validators));
     }
     match crate::sets::stored_set_at(store, tip, h) {
@@ -276,7 +278,7 @@ pub async fn repair_from_peers(
             }
             // Protocol 2: sync left the commits to the chain host; here the block is vouched
             // for by the chain above it, and its commit is checked with its height's set.
-            if genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
+            if v.block.header.protocol() >= ledger::types::PROTOCOL_2 {
                 commit_set(store, genesis, tip.height, h)
                     .and_then(|set| {
                         set.verify_commit(&genesis.chain_id, h, &v.hash, &v.commit)
@@ -326,6 +328,7 @@ pub fn rebuild_state(store: &RocksStore, genesis: &Genesis) -> Result<(), String
     let ctx = ExecContext {
         chain_id: &genesis.chain_id,
         params: &genesis.params,
+        validators: &genesis.validators,
     };
     for h in 1..=tip.height {
         let block = match store.block(h) {

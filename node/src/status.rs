@@ -41,6 +41,9 @@ pub struct NodeStatus {
     /// full or failing disk): why, and what to do. The node goes on answering RPC, metrics
     /// and peers' sync requests from what it has; a restart once fixed resumes.
     pub halted: Option<String>,
+    /// The protocol of the tip and the upgrade under way (chain host, issue 21).
+    pub protocol: u32,
+    pub upgrade: Option<tally_api::Upgrade>,
 }
 
 /// The write side of the status, shared by the three actors: each updates only its own

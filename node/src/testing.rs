@@ -111,17 +111,37 @@ pub const CHAIN: &str = "test-chain";
 /// A valid chain of `n` blocks with two transfers each, signed by validator key "v" and
 /// sent by key "sender", committed into a MemStore of its genesis.
 pub fn chain(n: u64) -> (Genesis, MemStore, Vec<(Block, Commit)>) {
+    let (v, sender) = (key("v"), key("sender"));
+    chain_of(genesis(CHAIN, &[&v], &[(&sender, 1_000_000)]), n, None)
+}
+
+/// [`chain`] with an upgrade window of `window` blocks and a lead of `lead`, whose
+/// proposer signals protocol 2 in every block: the end of block `window` records
+/// protocol 2 from `window + lead` (issue 21).
+pub fn signalling_chain(
+    n: u64,
+    window: u64,
+    lead: u64,
+) -> (Genesis, MemStore, Vec<(Block, Commit)>) {
+    let (v, sender) = (key("v"), key("sender"));
+    let mut g = genesis(CHAIN, &[&v], &[(&sender, 1_000_000)]);
+    g.params.upgrade_window = window;
+    g.params.upgrade_lead = lead;
+    chain_of(g, n, Some(ledger::types::PROTOCOL_2))
+}
+
+fn chain_of(g: Genesis, n: u64, signal: Option<u32>) -> (Genesis, MemStore, Vec<(Block, Commit)>) {
     use ledger::block::{assemble, BlockTemplate};
-    use ledger::exec::{build_body, ExecContext, Signatures};
+    use ledger::exec::{build_body_at, BlockEnv, ExecContext, Signatures};
     use ledger::store::{ChainReader, ChainWriter};
     use ledger::types::{Payload, Tx};
 
     let (v, sender) = (key("v"), key("sender"));
-    let g = genesis(CHAIN, &[&v], &[(&sender, 1_000_000)]);
     let store = MemStore::new(&g).unwrap();
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &g.params,
+        validators: &g.validators,
     };
     let mut out: Vec<(Block, Commit)> = Vec::new();
     for height in 1..=n {
@@ -140,7 +160,15 @@ pub fn chain(n: u64) -> (Genesis, MemStore, Vec<(Block, Commit)>) {
                 })
             })
             .collect();
-        let body = build_body(&store, ctx, v.address(), txs, &Signatures::Verify).unwrap();
+        let last_commit = out.last().map(|(_, c)| c.clone());
+        let env = BlockEnv {
+            height,
+            proposer: v.address(),
+            last_commit: last_commit.as_ref(),
+            evidence: &[],
+            signal,
+        };
+        let body = build_body_at(&store, ctx, env, txs, &Signatures::Verify).unwrap();
         assert!(body.rejected.is_empty());
         let block = assemble(
             BlockTemplate {
@@ -151,7 +179,7 @@ pub fn chain(n: u64) -> (Genesis, MemStore, Vec<(Block, Commit)>) {
                 prev_hash: tip.block_hash,
                 validators_hash: g.validators.hash(),
                 proposer: v.address(),
-                last_commit: out.last().map(|(_, c)| c.clone()),
+                last_commit,
             },
             &body,
         );
@@ -340,6 +368,24 @@ mod failing {
         }
         fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
             self.inner.tree_version()
+        }
+        fn entry(&self, preimage: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.entry(preimage)
+        }
+        fn entries_with_prefix(&self, prefix: &[u8]) -> Result<ledger::state::Entries, StoreError> {
+            self.inner.entries_with_prefix(prefix)
+        }
+        fn validator_set_record(
+            &self,
+            height: u64,
+        ) -> Result<Option<Vec<ledger::types::Validator>>, StoreError> {
+            self.inner.validator_set_record(height)
+        }
+        fn committed_header(
+            &self,
+            height: u64,
+        ) -> Result<Option<ledger::types::Header>, StoreError> {
+            self.inner.committed_header(height)
         }
     }
 

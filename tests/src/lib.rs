@@ -204,11 +204,19 @@ pub struct Builder {
     protocol: u32,
     joiners: usize,
     staking: Option<StakingParams>,
+    /// Genesis `params.upgrade_window` and `params.upgrade_lead` (issue 21).
+    upgrade: Option<(u64, u64)>,
 }
 
 impl Builder {
-    /// The chain's protocol (genesis `params.protocol_version`, 2 by default, as `tallyd init` and
-    /// `tallyd testnet init` create). On protocol
+    /// Genesis `params.upgrade_window` and `params.upgrade_lead` (issue 21; absent: the
+    /// defaults, 100 and 20).
+    pub fn upgrade(mut self, window: u64, lead: u64) -> Self {
+        self.upgrade = Some((window, lead));
+        self
+    }
+    /// The chain's protocol (genesis `params.protocol_version`, 2 by default, as `tallyd
+    /// init` and `tallyd testnet init` create). On protocol
     /// 2 genesis validator i is bonded by the funded account i (modulo the accounts).
     pub fn protocol(mut self, version: u32) -> Self {
         self.protocol = version;
@@ -308,6 +316,10 @@ impl Builder {
                 timeout_precommit_delta_ms: 250,
                 protocol_version: self.protocol,
                 staking: self.staking,
+                upgrade_window: self
+                    .upgrade
+                    .map_or(Params::default().upgrade_window, |u| u.0),
+                upgrade_lead: self.upgrade.map_or(Params::default().upgrade_lead, |u| u.1),
                 ..Params::default()
             },
             validators: vkeys
@@ -421,6 +433,7 @@ impl TestNet {
             protocol: ledger::types::PROTOCOL_2,
             joiners: 0,
             staking: None,
+            upgrade: None,
         }
     }
 

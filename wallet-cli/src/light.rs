@@ -218,12 +218,14 @@ impl LightClient {
         } else {
             ledger::types::HEADER_VERSION
         };
-        if header.version != expected || !header.is_well_formed() {
+        // The protocol is the version's low 16 bits; the high ones may carry an upgrade
+        // signal (ledger::upgrade).
+        if header.protocol() != expected || !header.is_well_formed() {
             return Err(fail(
                 height,
                 format!(
-                    "the header has version {}, a protocol-{} chain's headers have version {expected}",
-                    header.version, self.protocol
+                    "the header runs protocol {}, a protocol-{} chain's headers run protocol {expected}",
+                    header.protocol(), self.protocol
                 ),
             ));
         }

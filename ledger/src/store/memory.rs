@@ -13,7 +13,7 @@ use super::{
 use crate::genesis::Genesis;
 use crate::hash::Hash;
 use crate::state::{AccountReader, Entries, StateReader, StateUpdate};
-use crate::types::{Account, Block, Commit, Validator};
+use crate::types::{Account, Block, Commit, Header, Validator};
 
 #[derive(Default)]
 struct Inner {
@@ -135,6 +135,10 @@ impl StateReader for MemStore {
             .range(..=height)
             .next_back()
             .map(|(_, set)| set.clone()))
+    }
+
+    fn committed_header(&self, height: u64) -> Result<Option<Header>, StoreError> {
+        Ok(self.read().blocks.get(&height).map(|b| b.header.clone()))
     }
 }
 

@@ -23,7 +23,7 @@ use super::{
 use crate::genesis::Genesis;
 use crate::hash::Hash;
 use crate::state::{AccountReader, Entries, StateReader, StateUpdate};
-use crate::types::{Account, Block, Commit, Validator};
+use crate::types::{Account, Block, Commit, Header, Validator};
 
 /// One record of table `T` read by [`RocksStore::iter`].
 pub(crate) type Record<T> = Result<(<T as Table>::Key, <T as Table>::Value), StoreError>;
@@ -684,6 +684,10 @@ impl StateReader for RocksStore {
                 ValidatorSets::decode_value(&first, &value).map(Some)
             }
         }
+    }
+
+    fn committed_header(&self, height: u64) -> Result<Option<Header>, StoreError> {
+        Ok(self.get::<Blocks>(&height)?.map(|b| b.header))
     }
 }
 

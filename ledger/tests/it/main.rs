@@ -8,5 +8,6 @@ mod protocol2;
 mod staking;
 #[cfg(feature = "rocksdb")]
 mod store;
+mod upgrade;
 mod vectors;
 mod vectors_v2;

@@ -196,9 +196,10 @@ proptest! {
     #[test]
     fn supply_conserved_and_nonces_disciplined(steps in prop::collection::vec(arb_step(), 1..25), near_max in any::<bool>()) {
         let top = if near_max { u64::MAX / 4 } else { 5_000 };
-        let store = MemStore::new(&genesis_with(&[top, top, 1_000, 0, top])).unwrap();
+        let g = genesis_with(&[top, top, 1_000, 0, top]);
+        let store = MemStore::new(&g).unwrap();
         let params = Params::default();
-        let ctx = ExecContext { chain_id: CHAIN, params: &params };
+        let ctx = ExecContext { chain_id: CHAIN, params: &params, validators: &g.validators };
         let keys = test_keys();
         let proposer = keys[1].address();
         let outsider = [0xee; 20];

@@ -218,6 +218,7 @@ fn a_protocol_1_chain_refuses_the_new_payloads_and_changes_nothing() {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &g.params,
+        validators: &g.validators,
     };
     let sender = key(2);
     let before = store.account(&sender.address()).unwrap().unwrap();
@@ -287,10 +288,14 @@ fn a_protocol_1_chain_refuses_a_version_2_block() {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &g.params,
+        validators: &g.validators,
     };
     assert_eq!(
         check_header(CHAIN, &g.validators, &tip, &b),
-        Err(HeaderError::Version(2))
+        Err(HeaderError::Version {
+            expected: 1,
+            got: 2
+        })
     );
     let e = execute_block(&store, ctx, &b, &Signatures::Verify).unwrap_err();
     assert!(
@@ -333,6 +338,7 @@ fn a_protocol_1_chain_refuses_a_version_2_block() {
     let ctx2 = ExecContext {
         chain_id: CHAIN,
         params: &p2,
+        validators: &g.validators,
     };
     assert!(matches!(
         execute_block(&store, ctx2, &b, &Signatures::Verify),

@@ -109,6 +109,7 @@ impl<S: ChainWriter> Chain<S> {
         ExecContext {
             chain_id: CHAIN,
             params: &self.g.params,
+            validators: &self.g.validators,
         }
     }
 
@@ -198,7 +199,9 @@ impl<S: ChainWriter> Chain<S> {
     }
 
     /// Balances of every account the chain can touch (operators and validators, which
-    /// collect the fees) + bonds + unbonding entries + burned.
+    /// collect the fees) + bonds + unbonding entries + burned - minted (issue 21: stake
+    /// created by a protocol-1 chain's switch to protocol 2; 0 on these chains): the
+    /// genesis supply.
     pub fn supply(&self) -> u128 {
         let mut addresses: BTreeSet<Address> = self.ops.iter().map(Keypair::address).collect();
         addresses.extend(self.vals.iter().map(Keypair::address));
@@ -217,7 +220,8 @@ impl<S: ChainWriter> Chain<S> {
             .iter()
             .map(|(_, v)| u128::from(borsh::from_slice::<UnbondingEntry>(v).unwrap().amount))
             .sum();
-        balances + bonds + unbonding + u128::from(self.burned())
+        let minted = u128::from(ledger::staking::minted(&self.store).unwrap());
+        balances + bonds + unbonding + u128::from(self.burned()) - minted
     }
 
     /// Two precommits of validator `val` at `height` for different blocks.
@@ -253,6 +257,7 @@ impl<S: ChainWriter> Chain<S> {
             proposer,
             last_commit: last_commit.as_ref(),
             evidence,
+            signal: None,
         };
         let body = build_body_at(&self.store, self.ctx(), env, txs, &Signatures::Verify).unwrap();
         let template = BlockTemplate {
@@ -639,6 +644,7 @@ fn headers_carry_the_stored_sets_and_a_wrong_hash_is_refused() {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &c.g.params,
+        validators: &c.g.validators,
     };
     let mut wrong_next = block.clone();
     wrong_next.header.next_validators_hash = Some(sets.current.hash());
@@ -661,7 +667,10 @@ fn headers_carry_the_stored_sets_and_a_wrong_hash_is_refused() {
     v1.header.next_validators_hash = None;
     assert_eq!(
         check_header_v2(CHAIN, &sets, &tip, &v1),
-        Err(HeaderError::Version(1))
+        Err(HeaderError::Version {
+            expected: 2,
+            got: 1
+        })
     );
     c.commit(&block, &[]).unwrap();
 }

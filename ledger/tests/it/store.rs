@@ -16,6 +16,7 @@ fn grow_chain<S: ChainWriter>(store: &S, genesis: &ledger::genesis::Genesis, n: 
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &genesis.params,
+        validators: &genesis.validators,
     };
     let validator = &keys[0];
     let set = genesis.validator_set();
@@ -195,6 +196,7 @@ fn execute_block_rejects_a_forged_signature_at_its_index() {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &genesis.params,
+        validators: &genesis.validators,
     };
     let txs: Vec<SignedTx> = (0..3)
         .map(|i| {
@@ -340,6 +342,7 @@ fn protocol_2_state_rebuilt_by_replay_matches() {
     let ctx = ExecContext {
         chain_id: crate::staking::CHAIN,
         params: &g.params,
+        validators: &g.validators,
     };
     for h in 1..=tip.height {
         let block = c.store.block(h).unwrap().unwrap();

@@ -29,6 +29,7 @@ use ledger::state::{account_key, StateReader};
 use ledger::store::memory::MemStore;
 use ledger::store::{ChainReader, ChainWriter};
 use ledger::types::*;
+use ledger::upgrade::protocol_key_bytes;
 use serde_json::{json, Value};
 
 use super::vectors::{bytes, h, manifest_dir, u};
@@ -294,6 +295,14 @@ pub fn generate() -> Value {
         next_validators_hash: Some(validators_hash(&next_set)),
     };
 
+    // Issue 21: a protocol-1 header whose proposer signals protocol 2 (version 0x00020001):
+    // the protocol-1 fields and nothing else.
+    let signalling = Header {
+        version: header_version(PROTOCOL_1, Some(PROTOCOL_2)),
+        next_validators_hash: None,
+        ..header1.clone()
+    };
+
     // A version-2 block at height 5 with the three txs, the commit of height 4 and one
     // equivocation (two prevotes of the validator at height 4 round 0).
     let prev_hash = sha256(b"tally-v2-vectors block 4");
@@ -377,6 +386,10 @@ pub fn generate() -> Value {
                        "next_set_hash": hx(&validators_hash(&next_set))},
         "header_v2": {"header": header_json(&header1), "header_borsh": hx(&enc(&header1)),
                       "block_hash": hx(&header1.hash())},
+        "header_v1_signalling": {"header": header_json(&signalling), "protocol": PROTOCOL_1,
+                                 "signal": PROTOCOL_2,
+                                 "header_borsh": hx(&enc(&signalling)),
+                                 "block_hash": hx(&signalling.hash())},
         "block_v2": {
             "block": {
                 "header": header_json(&block.header),
@@ -406,6 +419,9 @@ pub fn generate() -> Value {
                          "preimage": hx(&evidence_key_bytes(&val.public_key(), evidence_height)),
                          "key": hx(&sha256(&evidence_key_bytes(&val.public_key(), evidence_height)))},
             "burned": {"preimage": hx(BURNED_KEY), "key": hx(&sha256(BURNED_KEY))},
+            "activation": {"protocol": PROTOCOL_2,
+                           "preimage": hx(&protocol_key_bytes(PROTOCOL_2)),
+                           "key": hx(&sha256(&protocol_key_bytes(PROTOCOL_2)))},
         },
         "state_values": {
             "bond": {"amount": 4_000_000, "borsh": hx(&enc(&BondRecord { amount: 4_000_000 }))},
@@ -418,6 +434,7 @@ pub fn generate() -> Value {
                                     amount: 1_000_000, validator: val.public_key() }))},
             "evidence_record": {"punished_at": punished_at, "borsh": hx(&enc(&punished_at))},
             "burned": {"amount": burned_total, "borsh": hx(&enc(&burned_total))},
+            "activation": {"height": 120u64, "borsh": hx(&enc(&120u64))},
         },
         "stored_set": {
             "table": "ValidatorSets", "family": "state", "key_prefix": hx(b"v"),
@@ -448,6 +465,7 @@ fn executed_chain(genesis_json: &[u8]) -> Value {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &g.params,
+        validators: &g.validators,
     };
     let tx = |nonce: u64, payload: Payload| {
         op.sign_tx(Tx {
@@ -509,6 +527,7 @@ fn executed_chain(genesis_json: &[u8]) -> Value {
             proposer,
             last_commit: last_commit.as_ref(),
             evidence: &evidence,
+            signal: None,
         };
         let body = build_body_at(&store, ctx, env, txs, &Signatures::Verify).unwrap();
         assert!(body.rejected.is_empty() && body.rejected_evidence.is_empty());
@@ -654,6 +673,30 @@ fn v2_vectors_reencode_byte_for_byte_from_their_fields() {
     assert_eq!(header.hash(), h::<32>(&c["block_hash"]));
     assert_eq!(header.hash(), sha256(&header_borsh));
     assert_eq!(borsh::from_slice::<Header>(&header_borsh).unwrap(), header);
+
+    // The signalling protocol-1 header: the protocol in the low 16 bits, the signal in the
+    // high ones, no next_validators_hash; its bytes are the unsignalled header's but for
+    // the version.
+    let c = &v["header_v1_signalling"];
+    let header = header_from(&c["header"]);
+    assert_eq!(header.version, 0x0002_0001);
+    assert_eq!(u64::from(header.protocol()), u(&c["protocol"]));
+    assert_eq!(header.signal().map(u64::from), Some(u(&c["signal"])));
+    let header_borsh = bytes(&c["header_borsh"]);
+    assert_eq!(enc(&header), header_borsh);
+    let mut silent = header.clone();
+    silent.version = PROTOCOL_1;
+    let mut expected = enc(&silent);
+    expected[..4].copy_from_slice(&0x0002_0001u32.to_le_bytes());
+    assert_eq!(header_borsh, expected, "only the version differs");
+    assert_eq!(header.hash(), h::<32>(&c["block_hash"]));
+    assert_eq!(borsh::from_slice::<Header>(&header_borsh).unwrap(), header);
+    let k = &v["state_keys"]["activation"];
+    let preimage = protocol_key_bytes(u(&k["protocol"]) as u32);
+    assert_eq!(preimage.to_vec(), bytes(&k["preimage"]));
+    assert_eq!(sha256(&preimage), h::<32>(&k["key"]));
+    let a = &v["state_values"]["activation"];
+    assert_eq!(enc(&u(&a["height"])), bytes(&a["borsh"]));
 
     // The version-2 block with one piece of evidence.
     let c = &v["block_v2"];
@@ -826,6 +869,7 @@ fn v2_vectors_reencode_byte_for_byte_from_their_fields() {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &genesis.params,
+        validators: &genesis.validators,
     };
     let mut saw_evidence = false;
     for b in v["executed_chain"].as_array().unwrap() {

@@ -17,7 +17,7 @@
 
 mod evidence;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,12 +27,12 @@ use ledger::block::{
     next_block_time, BlockSets, BlockTemplate,
 };
 use ledger::exec::{
-    build_body, build_body_at, execute_block, BlockEnv, BlockError, BlockOutcome, ExecContext,
-    Signatures,
+    build_body_at, execute_block, BlockEnv, BlockError, BlockOutcome, ExecContext, Signatures,
 };
 use ledger::genesis::Genesis;
 use ledger::store::Tip;
-use ledger::types::{Block, Commit, CommitSig, SignedTx, SignedVote};
+use ledger::types::{Address, Block, Commit, CommitSig, SignedTx, SignedVote};
+use ledger::upgrade::ProtocolSchedule;
 use ledger::Hash;
 use tally_p2p::{PeerId, PenaltyReason};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -171,6 +171,16 @@ pub struct ChainHost<S> {
     /// Validation requests waiting for their block's body.
     awaiting: HashSet<Hash>,
     halted: bool,
+    /// The highest protocol this binary runs on this chain
+    /// ([`crate::upgrade::max_protocol`]).
+    max_protocol: u32,
+    /// Set when the chain activated a protocol above `max_protocol` from the next height:
+    /// the host has halted and its task ends, which stops the node (crate::upgrade).
+    upgrade_required: Option<crate::upgrade::UpgradeRequired>,
+    /// The proposer and upgrade signal of the last `params.upgrade_window` committed
+    /// blocks, oldest first: the readiness `/v1/status` and the metrics show, counted
+    /// without reading the window's blocks again at each commit.
+    signals: VecDeque<(Address, Option<u32>)>,
     driver: mpsc::Sender<DriverMsg>,
     sync: mpsc::Sender<SyncMsg>,
 }
@@ -218,8 +228,27 @@ impl<S: NodeStore> ChainHost<S> {
         sync: mpsc::Sender<SyncMsg>,
     ) -> anyhow::Result<Self> {
         let tip = parts.store.tip()?;
+        let max_protocol = crate::upgrade::max_protocol(parts.genesis.params.protocol_version);
+        crate::upgrade::check_next_height(
+            parts.store.as_ref(),
+            &parts.genesis.params,
+            tip.height,
+            max_protocol,
+        )??;
         let evidence = evidence::EvidencePool::load(parts.evidence, parts.store.as_ref())?;
-        let sets = if parts.genesis.params.protocol_version >= ledger::types::PROTOCOL_2 {
+        let window = parts.genesis.params.upgrade_window;
+        let mut signals = VecDeque::new();
+        for h in tip.height.saturating_sub(window).saturating_add(1).max(1)..=tip.height {
+            if let Some(header) = parts.store.committed_header(h)? {
+                signals.push_back((header.proposer, header.signal()));
+            }
+        }
+        let next_protocol = crate::upgrade::protocol_at(
+            parts.store.as_ref(),
+            &parts.genesis.params,
+            tip.height + 1,
+        )?;
+        let sets = if next_protocol >= ledger::types::PROTOCOL_2 {
             let sets = block_sets(parts.store.as_ref(), tip.height + 1).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot read the validator sets of heights {}..={} from the store: {e}; \
@@ -249,7 +278,7 @@ impl<S: NodeStore> ChainHost<S> {
             s.tip_hash = tip.block_hash;
             s.state_root = tip.state_root;
         });
-        Ok(ChainHost {
+        let mut host = ChainHost {
             genesis: parts.genesis,
             store: parts.store,
             mempool: parts.mempool,
@@ -270,9 +299,14 @@ impl<S: NodeStore> ChainHost<S> {
             executed: HashMap::new(),
             awaiting: HashSet::new(),
             halted: false,
+            max_protocol,
+            upgrade_required: None,
+            signals,
             driver,
             sync,
-        })
+        };
+        host.check_protocol();
+        Ok(host)
     }
 
     /// The committed tip.
@@ -290,6 +324,10 @@ impl<S: NodeStore> ChainHost<S> {
                     None => break,
                 },
                 _ = tick.tick() => self.expire_mempool(),
+            }
+            if self.upgrade_required.is_some() {
+                // Ending the task stops the node; node::run_with reports why.
+                break;
             }
         }
         tracing::debug!("chain host stopped");
@@ -437,6 +475,7 @@ impl<S: NodeStore> ChainHost<S> {
         ExecContext {
             chain_id: &genesis.chain_id,
             params: &genesis.params,
+            validators: &genesis.validators,
         }
     }
 
@@ -519,7 +558,6 @@ impl<S: NodeStore> ChainHost<S> {
             ),
             None => Vec::new(),
         };
-        let v2 = self.sets.is_some();
         let commit_for_body = last_commit.clone();
         let built = blocking(move || {
             // Every candidate came out of the mempool, which holds only verified txs.
@@ -530,23 +568,19 @@ impl<S: NodeStore> ChainHost<S> {
                 Signatures::Verify
             };
             let candidates = candidates.iter().map(|t| (**t).clone());
-            if v2 {
-                let env = BlockEnv {
-                    height,
-                    proposer,
-                    last_commit: commit_for_body.as_ref(),
-                    evidence: &evidence,
-                };
-                build_body_at(store.as_ref(), Self::ctx(&genesis), env, candidates, &sigs)
-            } else {
-                build_body(
-                    store.as_ref(),
-                    Self::ctx(&genesis),
-                    proposer,
-                    candidates,
-                    &sigs,
-                )
-            }
+            // Issue 21: signal the next protocol if this binary runs it.
+            let protocol = ProtocolSchedule::read(store.as_ref(), &genesis.params)?.at(height);
+            let env = BlockEnv {
+                height,
+                proposer,
+                last_commit: commit_for_body.as_ref(),
+                evidence: &evidence,
+                signal: ledger::upgrade::signal_for(
+                    crate::upgrade::max_protocol(genesis.params.protocol_version),
+                    protocol,
+                ),
+            };
+            build_body_at(store.as_ref(), Self::ctx(&genesis), env, candidates, &sigs)
         })
         .await?;
         let body = match built {
@@ -795,6 +829,9 @@ impl<S: NodeStore> ChainHost<S> {
             if !applied.sources.contains(&peer) {
                 applied.sources.push(peer);
             }
+            if self.halted {
+                break; // e.g. the next height runs a protocol this binary does not
+            }
         }
         applied.unapplied.extend(rest);
         applied
@@ -856,7 +893,12 @@ impl<S: NodeStore> ChainHost<S> {
             self.mempool_metrics.txs.set(m.len() as i64);
             self.mempool_metrics.bytes.set(m.bytes() as i64);
         }
-        if self.sets.is_some() {
+        // Protocol 2, or its first height next (issue 21: the end of A - 1 stored the
+        // sets of A and A + 1).
+        let v2_next = self.sets.is_some()
+            || crate::upgrade::protocol_at(self.store.as_ref(), &self.genesis.params, height + 1)
+                .is_ok_and(|p| p >= ledger::types::PROTOCOL_2);
+        if v2_next {
             self.tip_commit = Some(commit.clone());
             self.included_evidence.extend(
                 block
@@ -939,7 +981,110 @@ impl<S: NodeStore> ChainHost<S> {
             s.state_root = tip.state_root;
             s.last_block_at = Some(Instant::now());
         });
+        self.signals
+            .push_back((block.header.proposer, block.header.signal()));
+        while self.signals.len() as u64 > self.genesis.params.upgrade_window {
+            self.signals.pop_front();
+        }
+        self.check_protocol();
         Ok(())
+    }
+
+    /// Halts (and ends the host's task, which stops the node) if the next height runs a
+    /// protocol this binary cannot: before the driver hears of the commit, so it never
+    /// starts, proposes or votes on that height. Publishes the protocol and the upgrade
+    /// under way to `/v1/status` and the metrics.
+    fn check_protocol(&mut self) {
+        self.observe_upgrade();
+        let next = crate::upgrade::check_next_height(
+            self.store.as_ref(),
+            &self.genesis.params,
+            self.tip.height,
+            self.max_protocol,
+        );
+        match next {
+            Ok(Ok(())) => {}
+            Ok(Err(required)) => {
+                self.halt(required.to_string());
+                self.upgrade_required = Some(required);
+            }
+            Err(e) => {
+                self.metrics
+                    .storage
+                    .report("reading the protocol schedule", &e);
+                self.halt(format!(
+                    "cannot read the protocol schedule after block {}: {e}",
+                    self.tip.height
+                ));
+            }
+        }
+    }
+
+    /// `/v1/status`'s `protocol` and `upgrade`, and the gauges `tally_protocol` and
+    /// `tally_upgrade_readiness`: the recorded activation, or the readiness over the
+    /// signal window.
+    fn observe_upgrade(&mut self) {
+        let params = &self.genesis.params;
+        let schedule = match ProtocolSchedule::read(self.store.as_ref(), params) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics
+                    .storage
+                    .report("reading the protocol schedule", &e);
+                return;
+            }
+        };
+        let tip = self.tip.height;
+        let protocol = schedule.at(tip);
+        if let Ok(mut m) = self.mempool.lock() {
+            m.set_protocol(schedule.at(tip + 1));
+        }
+        let (upgrade, readiness) = match schedule.pending(tip) {
+            Some((next, from)) => (
+                Some(tally_api::Upgrade {
+                    next,
+                    activation_height: Some(from),
+                    readiness: None,
+                    window: None,
+                }),
+                1.0,
+            ),
+            None if protocol < ledger::types::MAX_PROTOCOL => {
+                let window: Vec<_> = self.signals.iter().copied().collect();
+                let readiness = self.set_at(tip.max(1)).map_or(0.0, |set| {
+                    ledger::upgrade::count(&set, protocol + 1, &window, params.upgrade_window)
+                        .fraction()
+                });
+                (
+                    Some(tally_api::Upgrade {
+                        next: protocol + 1,
+                        activation_height: None,
+                        readiness: Some(readiness),
+                        window: Some(params.upgrade_window),
+                    }),
+                    readiness,
+                )
+            }
+            None => (None, 0.0),
+        };
+        self.metrics.protocol.set(i64::from(protocol));
+        self.metrics.upgrade_readiness.set(readiness);
+        self.status.send_modify(|s| {
+            s.protocol = protocol;
+            s.upgrade = upgrade;
+        });
+    }
+
+    /// Why the host stopped the node, if the chain moved to a protocol this binary does
+    /// not run.
+    pub fn upgrade_required(&self) -> Option<&crate::upgrade::UpgradeRequired> {
+        self.upgrade_required.as_ref()
+    }
+
+    /// Tests: pretend this binary runs protocols up to `max` only.
+    #[cfg(test)]
+    pub(crate) fn set_max_protocol(&mut self, max: u32) {
+        self.max_protocol = max;
     }
 
     /// Candidate blocks held.

@@ -636,12 +636,14 @@ async fn a_bond_makes_the_host_announce_the_grown_set_and_the_next_heights_follo
         ExecContext {
             chain_id: CHAIN,
             params: &g.params,
+            validators: &g.validators,
         },
         BlockEnv {
             height: 3,
             proposer: solo.address(),
             last_commit: Some(&commit2),
             evidence: &[],
+            signal: None,
         },
         Vec::new(),
         &Signatures::Verify,
@@ -826,6 +828,13 @@ impl ledger::state::StateReader for ForgetPunishments<'_> {
     ) -> Result<Option<Vec<ledger::types::Validator>>, ledger::store::StoreError> {
         self.0.validator_set_record(height)
     }
+
+    fn committed_header(
+        &self,
+        height: u64,
+    ) -> Result<Option<ledger::types::Header>, ledger::store::StoreError> {
+        self.0.committed_header(height)
+    }
 }
 
 /// Issue 20, test 2's last part: evidence is punished once. After block 2 punished an
@@ -875,12 +884,14 @@ async fn a_block_carrying_punished_evidence_again_is_invalid() {
             ExecContext {
                 chain_id: CHAIN,
                 params: &g.params,
+                validators: &g.validators,
             },
             BlockEnv {
                 height: 3,
                 proposer: solo.address(),
                 last_commit: Some(&commit2),
                 evidence,
+                signal: None,
             },
             Vec::new(),
             &Signatures::Verify,
@@ -991,4 +1002,132 @@ async fn a_late_precommit_joins_the_commit_the_next_block_carries() {
         record.consecutive_missed, 0,
         "other precommitted block 1 and is not counted absent"
     );
+}
+
+/// Issue 21, item 4: a chain that records protocol 2 from height A = 4 (window 2, lead 2,
+/// every block signalling). A host that runs protocol 1 only applies the synced blocks up
+/// to A - 1, halts with the upgrade message before the driver hears of the commit (so it
+/// never starts height A), and blames no peer; a restart with the same binary is refused
+/// at once with the same message, and nothing past A - 1 is ever written; a binary that
+/// runs protocol 2 starts on that store.
+#[tokio::test]
+async fn a_host_that_does_not_run_the_activated_protocol_stops_before_its_height() {
+    let (g, source, blocks) = crate::testing::signalling_chain(3, 2, 2);
+    let activation = ledger::upgrade::ProtocolSchedule::read(&source, &g.params)
+        .unwrap()
+        .activation_of(ledger::types::PROTOCOL_2);
+    assert_eq!(activation, Some(4));
+    let message = "this network runs protocol 2 from height 4; this tallyd supports up to 1: \
+                   upgrade it";
+    let g = Arc::new(g);
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, metrics) = crate::testing::actors(g.clone(), store.clone(), None);
+    a.host.set_max_protocol(1);
+    a.driver.start().await;
+    pump(&mut a).await;
+    let peer = PeerId::random();
+    let mut verified: Vec<_> = verify_chunk(&g, 1, blocks)
+        .unwrap()
+        .into_iter()
+        .map(|v| (peer, v))
+        .collect();
+    // Status while the signals are counted: block 1 signals, the window (2) is not full.
+    let upgrade = |a: &Actors<MemStore>| {
+        let st = a.handles.view.status.borrow();
+        (st.protocol, st.upgrade.clone())
+    };
+    let counting = tally_api::Upgrade {
+        next: 2,
+        activation_height: None,
+        readiness: Some(0.0),
+        window: Some(2),
+    };
+    assert_eq!(upgrade(&a), (1, Some(counting.clone())));
+    let rest = verified.split_off(1);
+    assert_eq!(synced(&mut a, verified).await.blocks, 1);
+    let ready = tally_api::Upgrade {
+        readiness: Some(1.0),
+        ..counting
+    };
+    assert_eq!(upgrade(&a), (1, Some(ready)));
+    assert_eq!(metrics.upgrade_readiness.get(), 1.0);
+    let applied = synced(&mut a, rest).await;
+    assert_eq!(applied.blocks, 2);
+    assert!(applied.fault.is_none());
+    let recorded = tally_api::Upgrade {
+        next: 2,
+        activation_height: Some(4),
+        readiness: None,
+        window: None,
+    };
+    assert_eq!(upgrade(&a), (1, Some(recorded)));
+    assert_eq!(metrics.protocol.get(), 1);
+    assert_eq!(store.tip().unwrap().height, 3);
+    let required = a
+        .host
+        .upgrade_required()
+        .cloned()
+        .expect("the host stopped");
+    assert_eq!(required.to_string(), message);
+    assert_eq!(required.height, 4);
+    assert_eq!(
+        a.handles.view.status.borrow().halted.as_deref(),
+        Some(message)
+    );
+    assert_eq!(metrics.halted.get(), 1);
+    pump(&mut a).await;
+    a.driver.fire_timers().await;
+    pump(&mut a).await;
+    assert!(a.driver.height() < 4, "the driver never starts height A");
+    assert!(published(&mut a).is_empty(), "nothing signed");
+
+    // Restart with the same binary: refused at once, with the same message (the check
+    // ChainHost::new and node::run_with make before anything else)...
+    let refused = crate::upgrade::check_next_height(store.as_ref(), &g.params, 3, 1).unwrap();
+    assert_eq!(refused.unwrap_err().to_string(), message);
+    // ...and a binary that runs protocol 2 starts on the same store, to continue at A.
+    let (b, _net, _) = crate::testing::actors(g.clone(), store.clone(), None);
+    assert!(b.host.upgrade_required().is_none());
+    assert_eq!(store.tip().unwrap().height, 3, "nothing written past A - 1");
+}
+
+/// The exit code of a run that stopped for an upgrade is its own.
+#[test]
+fn an_upgrade_stop_has_its_own_exit_code() {
+    let required = crate::upgrade::UpgradeRequired {
+        protocol: 2,
+        height: 40,
+        max: 1,
+    };
+    let e = anyhow::Error::new(required).context("the node stopped");
+    assert_eq!(crate::upgrade::exit_code(&e), 3);
+    assert_eq!(crate::upgrade::exit_code(&anyhow::anyhow!("disk full")), 1);
+}
+
+/// Issue 21, item 3: a lone validator on the new binary follows a protocol-1 chain through
+/// its switch: after the synced blocks up to A - 1 = 3 it builds, signs and commits block
+/// A = 4 as a protocol-2 block (version 2, `next_validators_hash` of the protocol-1 set)
+/// and goes on; `/v1/status` and the gauge say protocol 2 and no upgrade under way.
+#[tokio::test]
+async fn a_validator_on_the_new_binary_builds_protocol_2_from_the_activation_height() {
+    let (g, _, blocks) = crate::testing::signalling_chain(3, 2, 2);
+    let g = Arc::new(g);
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, metrics) = crate::testing::actors(g.clone(), store.clone(), Some(key("v")));
+    let peer = PeerId::random();
+    let verified = verify_chunk(&g, 1, blocks).unwrap();
+    let applied = synced(&mut a, verified.into_iter().map(|v| (peer, v)).collect()).await;
+    assert_eq!(applied.blocks, 3);
+    a.driver.start().await;
+    pump(&mut a).await;
+    next_height(&mut a, 6).await;
+    let header = |h: u64| store.block(h).unwrap().unwrap().header;
+    assert_eq!(header(3).protocol(), 1);
+    assert_eq!(header(4).version, ledger::types::PROTOCOL_2);
+    assert_eq!(header(4).next_validators_hash, Some(g.validators.hash()));
+    assert_eq!(header(5).version, ledger::types::PROTOCOL_2);
+    let st = a.handles.view.status.borrow().clone();
+    assert_eq!((st.protocol, st.upgrade), (2, None));
+    assert_eq!(metrics.protocol.get(), 2);
+    assert!(a.host.upgrade_required().is_none());
 }

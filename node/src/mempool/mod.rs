@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ledger::check::{check_static, TxError};
+use ledger::check::{check_static_at, TxError};
 use ledger::genesis::Params;
 use ledger::types::{Account, Address, SignedTx};
 use ledger::Hash;
@@ -153,6 +153,8 @@ pub struct Mempool {
     config: MempoolConfig,
     chain_id: String,
     params: Params,
+    /// The protocol of the next block (genesis's until an upgrade; the chain host sets it).
+    protocol: u32,
     senders: HashMap<Address, SenderQueue>,
     by_id: HashMap<Hash, (Address, u64)>,
     /// (fee, sender) of every sender's highest-nonce tx: the eviction candidates, cheapest
@@ -169,6 +171,7 @@ impl Mempool {
         Self {
             config,
             chain_id,
+            protocol: params.protocol_version,
             params,
             senders: HashMap::new(),
             by_id: HashMap::new(),
@@ -202,7 +205,7 @@ impl Mempool {
         size: usize,
         account: &Account,
     ) -> Result<(), AddError> {
-        check_static(tx, size, &self.chain_id, &self.params)?;
+        check_static_at(tx, size, &self.chain_id, &self.params, self.protocol)?;
         if self.by_id.contains_key(id) {
             return Err(AddError::Duplicate);
         }
@@ -411,6 +414,12 @@ impl Mempool {
     /// After a commit: drops included and now-stale txs of the touched senders and
     /// re-checks their funds against the new state. `account_of` reads committed state.
     /// Returns how many txs were dropped (other than the committed ones).
+    /// The protocol of the next block, whose payloads the pool admits (issue 21: the chain
+    /// host moves it at an upgrade).
+    pub fn set_protocol(&mut self, protocol: u32) {
+        self.protocol = protocol;
+    }
+
     pub fn update_after_commit(
         &mut self,
         committed: &[Hash],

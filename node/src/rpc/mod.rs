@@ -624,6 +624,8 @@ async fn status(State(s): State<RpcState>) -> ApiResult<Json<api::Status>> {
         seconds_since_last_block: st.last_block_at.map(|t| t.elapsed().as_secs_f64()),
         storage_error: s.storage.last(),
         halted: st.halted,
+        protocol: st.protocol,
+        upgrade: st.upgrade,
     }))
 }
 

@@ -24,8 +24,14 @@ use super::{ApiError, ApiResult};
 /// How often a read that must see one tip is retried when a commit lands in the middle.
 const TRIES: usize = 5;
 
-fn is_protocol_2(genesis: &Genesis) -> bool {
-    genesis.params.protocol_version >= PROTOCOL_2
+/// Whether the chain runs protocol 2 at the next height: chosen in genesis, or activated
+/// by an upgrade (issue 21). A failed read of the schedule answers the genesis's.
+fn is_protocol_2<S: ChainReader + ?Sized>(genesis: &Genesis, store: &S) -> bool {
+    if genesis.params.protocol_version >= PROTOCOL_2 {
+        return true;
+    }
+    let next = store.tip().map_or(1, |t| t.height + 1);
+    crate::upgrade::protocol_at(store, &genesis.params, next).is_ok_and(|p| p >= PROTOCOL_2)
 }
 
 fn internal(e: StoreError) -> ApiError {
@@ -75,7 +81,9 @@ fn set_at<S: ChainReader + ?Sized>(
             ),
         ));
     }
-    if !is_protocol_2(genesis) {
+    // Protocol 1 at that height (before an upgrade's activation, too): the genesis set.
+    let protocol = crate::upgrade::protocol_at(store, &genesis.params, height).map_err(internal)?;
+    if protocol < PROTOCOL_2 {
         return Ok(genesis.validators.clone());
     }
     validator_set_at(store, height).map_err(internal)
@@ -98,7 +106,8 @@ pub fn validators<S: ChainReader + ?Sized>(
         .collect();
     Ok(api::Validators {
         height,
-        protocol_version: genesis.params.protocol_version,
+        protocol_version: crate::upgrade::protocol_at(store, &genesis.params, height)
+            .map_err(internal)?,
         total_power: set.total_power(),
         validators_hash: to_hex(&set.hash()),
         validators: set
@@ -124,7 +133,7 @@ pub fn in_next_set<S: ChainReader + ?Sized>(
     store: &S,
     address: &Address,
 ) -> ApiResult<bool> {
-    if !is_protocol_2(genesis) {
+    if !is_protocol_2(genesis, store) {
         return Ok(genesis.validators.get(address).is_some());
     }
     let tip = store.tip().map_err(internal)?.height;
@@ -145,7 +154,7 @@ pub fn validator<S: ChainReader + ?Sized>(
             .filter(|v| &v.pubkey == pubkey)
             .map(|v| v.power)
     };
-    if !is_protocol_2(genesis) {
+    if !is_protocol_2(genesis, store) {
         let Some(power) = in_set_power(&genesis.validators) else {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -220,7 +229,7 @@ pub fn staking<S: ChainReader + ?Sized>(
         bonds,
         unbonding,
     };
-    if !is_protocol_2(genesis) {
+    if !is_protocol_2(genesis, store) {
         let height = store.tip().map_err(internal)?.height;
         return Ok(answer(height, Vec::new(), Vec::new()));
     }
@@ -388,6 +397,7 @@ pub(crate) mod test_chain {
             let ctx = ExecContext {
                 chain_id: CHAIN,
                 params: &self.g.params,
+                validators: &self.g.validators,
             };
             let tip = self.store.tip().unwrap();
             let height = tip.height + 1;
@@ -399,6 +409,7 @@ pub(crate) mod test_chain {
                 proposer,
                 last_commit: last_commit.as_ref(),
                 evidence,
+                signal: None,
             };
             let n = txs.len();
             let body =
@@ -776,6 +787,12 @@ mod tests {
                 height: u64,
             ) -> Result<Option<Vec<Validator>>, StoreError> {
                 self.inner.validator_set_record(height)
+            }
+            fn committed_header(
+                &self,
+                height: u64,
+            ) -> Result<Option<ledger::types::Header>, StoreError> {
+                self.inner.committed_header(height)
             }
         }
 

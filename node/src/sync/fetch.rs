@@ -180,7 +180,9 @@ pub fn verify_chunk_trusting(
     let fixed_set = genesis.params.protocol_version < ledger::types::PROTOCOL_2;
     out.par_iter_mut().try_for_each(|v| {
         let h = v.block.header.height;
-        if fixed_set {
+        // A protocol-1 block's commit is the genesis set's; a protocol-2 block of a chain
+        // that switched (issue 21) is checked like any protocol-2 block, by the host.
+        if fixed_set && v.block.header.protocol() < ledger::types::PROTOCOL_2 {
             genesis
                 .validators
                 .verify_commit(&genesis.chain_id, h, &v.hash, &v.commit)
