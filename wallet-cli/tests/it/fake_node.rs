@@ -239,6 +239,8 @@ async fn status(State(app): State<App>) -> Response {
         seconds_since_last_block: None,
         storage_error: None,
         halted: None,
+        version: None,
+        max_protocol: None,
     })
     .unwrap();
     v["some_future_field"] = json!({"x": 1});
