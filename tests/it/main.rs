@@ -19,4 +19,5 @@ mod rpc;
 mod staking;
 mod sync;
 mod testnet;
+mod upgrade;
 mod validators;
