@@ -44,6 +44,14 @@ pub struct InitArgs {
     /// Overwrite an existing home.
     #[arg(long)]
     pub force: bool,
+    /// The new genesis's protocol (params.protocol_version): 2, validators that bond,
+    /// unbond and are jailed on chain, or 1, a validator set fixed in genesis.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub protocol: u32,
+    /// On protocol 2, the address (40 hex chars) that owns the validator's initial bond
+    /// and may unbond it; by default the validator key's own address.
+    #[arg(long, value_name = "ADDRESS")]
+    pub operator: Option<String>,
 }
 
 pub fn init(a: InitArgs) -> anyhow::Result<()> {
@@ -102,15 +110,20 @@ pub fn init(a: InitArgs) -> anyhow::Result<()> {
                     })?,
                 });
             }
+            let protocol_2 = a.protocol >= ledger::types::PROTOCOL_2;
             let file = GenesisFile {
                 chain_id: a.chain_id,
                 genesis_time_ms: 0,
-                params: Params::default(),
+                params: Params {
+                    protocol_version: a.protocol,
+                    ..Params::default()
+                },
                 validators: vec![GenesisValidator {
                     name: a.moniker,
                     pubkey: to_hex(&v.public_key()),
                     power: 10,
-                    operator: None,
+                    operator: protocol_2
+                        .then(|| a.operator.clone().unwrap_or_else(|| to_hex(&v.address()))),
                 }],
                 accounts,
             };

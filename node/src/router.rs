@@ -484,8 +484,8 @@ impl ConsensusFilter {
     /// The vote is checked against the set of its height. On protocol 2 that set is known
     /// for the next two heights only: a vote of a committed height is stale whatever its
     /// signer, and one further ahead, a sign of the sender's height, is checked against the
-    /// latest set we know and dropped unverified (never penalised) when its signer is not
-    /// in it: an honest validator that joined since may have sent it.
+    /// latest set we know and dropped unverified when its signer is not in it: not a fault
+    /// (an honest validator that joined since may have sent it), but charged as useless.
     fn vote(
         &mut self,
         a: &Against<'_>,
@@ -525,7 +525,12 @@ impl ConsensusFilter {
                 let (latest, set) = a.sets.latest();
                 match set.get(&v.validator) {
                     Some(validator) if v.vote.height > latest => validator.pubkey,
-                    _ => return Ok(Part::Unwanted),
+                    // A signer outside the latest set we know, at a height whose set we
+                    // don't: not verifiable, so not a fault (it may have joined since), but
+                    // charged as useless. An honest peer sends such votes only while we lag
+                    // and only from validators that joined since, a few a second; a keyless
+                    // stranger signing votes for far heights is scored down for its flood.
+                    _ => return Ok(Part::Stale),
                 }
             }
         };
@@ -1006,8 +1011,9 @@ mod tests {
     /// Protocol 2: each vote is checked against the set of its height. Set A = {0..3} at
     /// the tip + 1, B = {1..4} at the tip + 2: 4 is a fault at 11 and welcome at 12, 0 the
     /// other way round; further ahead, where no set is known, a vote of a member of the
-    /// latest set is a sign of its sender's height, and any other is dropped unverified and
-    /// unpenalised (its signer may have joined since).
+    /// latest set is a sign of its sender's height, and any other is dropped unverified,
+    /// not a fault (its signer may have joined since) but charged as useless (a stranger's
+    /// flood of far votes is scored down).
     #[test]
     fn on_protocol_2_each_vote_is_checked_against_its_heights_set() {
         let mut k = keys();
@@ -1050,7 +1056,7 @@ mod tests {
         );
         assert_eq!(
             kind(&f.check(&against, LIVE, vote(&k[0], 13, 0, 1))),
-            "unwanted"
+            "nothing"
         );
         assert_eq!(
             kind(&f.check(&against, LIVE, vote(&k[0], 9, 0, 1))),

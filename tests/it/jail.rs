@@ -235,6 +235,27 @@ async fn an_equivocating_validator_is_slashed_jailed_and_leaves_the_set() {
 
     // Node 3 (the culprit's own node, still running) follows the same chain.
     net.assert_no_fork(&[0, 1, 2, 3], 1..=punished_at + 6).await;
+    // The checker replays the slash and the jail independently on every node.
+    check_every_node(&net).await;
+}
+
+/// The bank-style checker over all four nodes: the replay of every block (transfers,
+/// evidence, slashes, jails) must explain each node's balances, bonds, records and burned
+/// total, and the supply.
+async fn check_every_node(net: &TestNet) {
+    let all = [0, 1, 2, 3];
+    let tip = net.height(0).await.unwrap();
+    net.wait_nodes_height(&all, tip, WAIT).await.unwrap();
+    let (violations, history) = net
+        .check(&all, Vec::new(), &Default::default())
+        .await
+        .unwrap();
+    assert!(
+        violations.is_empty(),
+        "the checker over {} blocks:\n{}",
+        history.nodes[0].blocks.len(),
+        tally_tests::checker::summary(&violations)
+    );
 }
 
 /// Test 3: validator 3 is killed; after `downtime_jail_after` (5) blocks in a row whose
@@ -392,4 +413,6 @@ async fn a_validator_down_too_long_is_jailed_and_rejoins_after_unjail() {
     let info = standing(&net, 0, &v3).await;
     assert_eq!(info.jailed_until_height, 0, "jailed again: {info:?}");
     net.assert_no_fork(&[0, 1, 2, 3], 1..=signed).await;
+    // The checker replays the downtime jail and the unjail on every node.
+    check_every_node(&net).await;
 }

@@ -359,17 +359,21 @@ async fn crowd_of_joiners(blocks: u64, crowd: usize) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let nodes: Vec<(String, String)> = joiners
-        .iter()
-        .map(|j| (j.name.clone(), j.rpc.clone()))
-        .collect();
     // One fetch per joiner at a time: they answer in parallel.
-    let fetches: Vec<_> = nodes
-        .into_iter()
-        .map(|node| {
-            let (http, genesis, observed) =
-                (net.http.clone(), net.genesis.clone(), observed.clone());
-            tokio::spawn(async move { checker::fetch(&http, &[node], &genesis, h, observed).await })
+    let fetches: Vec<_> = joiners
+        .iter()
+        .map(|j| {
+            let (http, node, genesis, staking, observed) = (
+                net.http.clone(),
+                j.endpoint(),
+                net.genesis.clone(),
+                net.staking.clone(),
+                observed.clone(),
+            );
+            tokio::spawn(async move {
+                checker::fetch_history(&http, &[node], &genesis, staking.as_ref(), h, observed)
+                    .await
+            })
         })
         .collect();
     for f in fetches {

@@ -1,20 +1,25 @@
-//! Issue 20 on real nodes: a protocol-2 chain whose validator set changes on chain. A
-//! node holding a key outside genesis is bonded in and signs; two genesis validators
-//! unbond and stop, and the chain goes on (test 1 of the issue, with one newcomer); a late
-//! joiner syncs across the changes, fsck replays them and a validator restarted after them
-//! signs again; the same stop without the newcomer halts.
+//! Issue 20 on real nodes: a protocol-2 chain whose validator set changes on chain. Three
+//! nodes holding keys outside genesis are bonded in and sign; two genesis validators
+//! unbond and stop, and the chain goes on (test 1 of the issue); a late joiner syncs
+//! across the changes, fsck replays them and a validator restarted after them signs
+//! again; the checker (src/checker.rs) then passes on every node, the stopped ones
+//! restarted to read their stores; the same stop without the newcomers halts.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ledger::crypto::Keypair;
-use ledger::genesis::Genesis;
+use ledger::genesis::{Genesis, StakingParams};
 use ledger::hash::to_hex;
-use ledger::types::{Payload, SignedTx, Tx};
+use ledger::types::{Address, Payload, SignedTx, Tx};
+use tally_tests::checker::{longest_gap_ms, read_state, summary, Observation, StateReads};
 use tally_tests::{account_key, eventually, TestNet, CHAIN_ID};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The genesis stake of each validator: power 10 x the default stake_per_power (1,000).
 const GENESIS_BOND: u64 = 10_000;
+/// Short enough that the unbonded stake comes back during the run.
+const UNBONDING_BLOCKS: u64 = 8;
 
 fn staking_tx(from: &Keypair, nonce: u64, payload: Payload) -> SignedTx {
     from.sign_tx(Tx {
@@ -45,52 +50,84 @@ async fn signers(net: &TestNet, i: usize, height: u64) -> Result<Vec<String>, St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bonded_newcomer_keeps_the_chain_alive_after_two_genesis_validators_leave() {
+async fn bonded_newcomers_keep_the_chain_alive_after_two_genesis_validators_leave() {
     let mut net = TestNet::builder()
         .protocol(2)
         .validators(4)
-        .joiners(1)
+        .joiners(3)
+        .staking(StakingParams {
+            unbonding_blocks: UNBONDING_BLOCKS,
+            evidence_max_age_blocks: UNBONDING_BLOCKS,
+            ..StakingParams::default()
+        })
         .start()
         .await
         .unwrap();
     let genesis = Genesis::load(&net.dir().join("genesis.json")).unwrap();
-    let newcomer = net.validator_key(4).expect("node 4 holds a validator key");
-    assert!(genesis.validators.get(&newcomer.address()).is_none());
+    let newcomers = [4, 5, 6];
+    let keys: Vec<Keypair> = newcomers
+        .iter()
+        .map(|&i| {
+            net.validator_key(i)
+                .expect("a joiner holds a validator key")
+        })
+        .collect();
+    for k in &keys {
+        assert!(genesis.validators.get(&k.address()).is_none());
+    }
     net.wait_for_height(2, WAIT).await.unwrap();
+    let mut observed = Vec::new();
 
-    // Account 9 (no genesis bond) bonds 20,000 to the newcomer: power 20 of 60, so from
-    // the height its bond takes effect no commit reaches > 2/3 without it.
-    let bond = staking_tx(
-        &account_key(9),
-        0,
-        Payload::Bond {
-            validator: newcomer.public_key(),
-            amount: 2 * GENESIS_BOND,
-        },
-    );
-    let id = net.submit_accepted(0, &bond).await.unwrap();
-    let bonded_at = committed_at(&net, 0, &id).await;
-    let joined = bonded_at + 2;
-    let me = to_hex(&newcomer.address());
-    net.wait_for_height(joined + 3, WAIT).await.unwrap();
+    // Accounts 9, 8 and 7 (no genesis bond) each bond 10,000 to a newcomer: 30 of 70, so
+    // from the height the bonds take effect no commit reaches > 2/3 without a newcomer.
+    let mut bonded_at = Vec::new();
+    for (k, from) in keys.iter().zip([9, 8, 7]) {
+        let bond = staking_tx(
+            &account_key(from),
+            0,
+            Payload::Bond {
+                validator: k.public_key(),
+                amount: GENESIS_BOND,
+            },
+        );
+        let id = net.submit_accepted(0, &bond).await.unwrap();
+        let at = committed_at(&net, 0, &id).await;
+        observed.push(Observation {
+            tx_id: id,
+            height: at,
+        });
+        bonded_at.push(at);
+    }
+    let joined = bonded_at.iter().max().unwrap() + 2;
+    let new: Vec<String> = keys.iter().map(|k| to_hex(&k.address())).collect();
+    net.wait_for_height(joined + 5, WAIT).await.unwrap();
     for h in joined..=joined + 2 {
         let who = signers(&net, 0, h).await.unwrap();
         assert!(
-            who.contains(&me),
-            "commit {h} (the bond took effect at {joined}) lacks the newcomer: {who:?}"
+            who.iter().any(|w| new.contains(w)),
+            "commit {h} (the bonds took effect at {joined}) lacks every newcomer: {who:?}"
         );
     }
-    for h in [bonded_at, joined - 1] {
-        let who = signers(&net, 0, h).await.unwrap();
-        assert!(
-            !who.contains(&me),
-            "commit {h}, before the newcomer's set, is signed by it: {who:?}"
-        );
+    for (me, at) in new.iter().zip(&bonded_at) {
+        for h in [*at, at + 1] {
+            let who = signers(&net, 0, h).await.unwrap();
+            assert!(
+                !who.contains(me),
+                "commit {h}, before {me}'s bond took effect, is signed by it: {who:?}"
+            );
+        }
+        let mut seen = false;
+        for h in at + 2..=joined + 4 {
+            seen |= signers(&net, 0, h).await.unwrap().contains(me);
+        }
+        assert!(seen, "{me} signed no commit of {}..={}", at + 2, joined + 4);
     }
 
-    // Validators 0 and 1 unbond (their operators are accounts 0 and 1), and stop once the
-    // set without them is in effect.
+    // Validators 0 and 1 unbond (their operators are accounts 0 and 1). Their stake comes
+    // back UNBONDING_BLOCKS later: node 2's state is read at every height until then, so
+    // the checker sees each entry pending and paid at its release height.
     let mut unbonded_at = 0;
+    let mut releases = Vec::new();
     for i in 0..2 {
         let v = genesis
             .validators
@@ -106,24 +143,61 @@ async fn a_bonded_newcomer_keeps_the_chain_alive_after_two_genesis_validators_le
             },
         );
         let id = net.submit_accepted(2, &unbond).await.unwrap();
-        unbonded_at = unbonded_at.max(committed_at(&net, 2, &id).await);
+        let at = committed_at(&net, 2, &id).await;
+        observed.push(Observation {
+            tx_id: id,
+            height: at,
+        });
+        unbonded_at = unbonded_at.max(at);
+        releases.push(at + UNBONDING_BLOCKS);
     }
-    net.wait_nodes_height(&[2, 3, 4], unbonded_at + 2, WAIT)
+    let operators: BTreeSet<Address> = (0..2).map(|i| account_key(i).address()).collect();
+    let watch = net.endpoint(2);
+    let mut reads = StateReads::default();
+    let last = *releases.iter().max().unwrap();
+    let mut read_at = 0;
+    loop {
+        let h = net.height(2).await.unwrap();
+        if h > last {
+            break;
+        }
+        if h == read_at {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let r = read_state(&net.http, &watch, &operators, Some(&BTreeSet::new()))
+            .await
+            .unwrap();
+        read_at = h;
+        reads.extend(r);
+    }
+    for r in &releases {
+        for h in [r - 1, *r] {
+            assert!(
+                reads.staking.iter().any(|s| s.height == h),
+                "node 2's staking was not read at height {h} (release {r})"
+            );
+        }
+    }
+    let earlier = BTreeMap::from([(2, reads)]);
+
+    // Both leave the set at unbonded_at + 2 and stop: 20 of the remaining 50 are the
+    // genesis validators 2 and 3, so the newcomers carry the chain.
+    let live = [2, 3, 4, 5, 6];
+    net.wait_nodes_height(&live, unbonded_at + 2, WAIT)
         .await
         .unwrap();
     net.stop(0).await.unwrap();
     net.stop(1).await.unwrap();
     let from = net.height(2).await.unwrap();
-    net.wait_nodes_height(&[2, 3, 4], from + 5, WAIT)
-        .await
-        .unwrap();
-    net.assert_no_fork(&[2, 3, 4], 1..=from + 5).await;
+    net.wait_nodes_height(&live, from + 5, WAIT).await.unwrap();
+    net.assert_no_fork(&live, 1..=from + 5).await;
     let left: Vec<String> = (0..2)
         .map(|i| to_hex(&net.nodes[i].validator.unwrap()))
         .collect();
     let who = signers(&net, 2, from + 4).await.unwrap();
     assert!(
-        who.contains(&me) && !who.iter().any(|w| left.contains(w)),
+        who.iter().any(|w| new.contains(w)) && !who.iter().any(|w| left.contains(w)),
         "commit {} after the change: {who:?}",
         from + 4
     );
@@ -139,17 +213,17 @@ async fn a_bonded_newcomer_keeps_the_chain_alive_after_two_genesis_validators_le
     net.assert_no_fork(&[2, late], 1..=tip + 2).await;
 
     // Validator 2 restarts after both changes: it reads the sets of its tip from its
-    // store, rejoins, and signs again (3 and the newcomer, 30 of 40, went on meanwhile).
+    // store, rejoins, and signs again (3 and the newcomers, 40 of 50, went on meanwhile).
     net.stop(2).await.unwrap();
     let at = net.height(3).await.unwrap();
-    net.wait_nodes_height(&[3, 4], at + 3, WAIT).await.unwrap();
+    net.wait_nodes_height(&[3, 4, 5, 6], at + 3, WAIT)
+        .await
+        .unwrap();
     net.bootstrap_from(3);
     net.start_node(2).unwrap();
     net.wait_addresses(2, WAIT).await.unwrap();
     let back = net.height(3).await.unwrap();
-    net.wait_nodes_height(&[2, 3, 4], back + 3, WAIT)
-        .await
-        .unwrap();
+    net.wait_nodes_height(&live, back + 3, WAIT).await.unwrap();
     let two = to_hex(&net.nodes[2].validator.unwrap());
     let signed_again = eventually(
         WAIT,
@@ -166,16 +240,51 @@ async fn a_bonded_newcomer_keeps_the_chain_alive_after_two_genesis_validators_le
     )
     .await;
     assert!(signed_again > back);
+
+    // The stopped validators' stores are read too: restarted (out of the set, they
+    // follow as full nodes), they catch up. Then the checker over every node: one chain,
+    // and every balance, nonce, bond, unbonding entry, validator record and the burned
+    // total a replay of it from genesis (the unbondings paid, supply whole).
+    for i in 0..2 {
+        net.start_node(i).unwrap();
+        net.wait_addresses(i, WAIT).await.unwrap();
+    }
+    let tip = net.height(3).await.unwrap();
+    let all = [0, 1, 2, 3, 4, 5, 6, late];
+    net.wait_nodes_height(&all, tip, WAIT).await.unwrap();
+    let (violations, history) = net.check(&all, observed, &earlier).await.unwrap();
+    assert!(
+        violations.is_empty(),
+        "the checker over {} blocks:\n{}",
+        history.nodes[0].blocks.len(),
+        summary(&violations)
+    );
+    // The chain never halted: no two consecutive blocks of the whole run are further
+    // apart than a few rounds' timeouts.
+    let blocks = &history.nodes[0].blocks;
+    let longest = longest_gap_ms(blocks);
+    eprintln!(
+        "{} blocks, longest gap between two {longest} ms",
+        blocks.len()
+    );
+    assert!(longest < 10_000, "the chain stalled for {longest} ms");
+    let paid = history.nodes[0]
+        .state
+        .accounts
+        .iter()
+        .filter(|a| operators.contains(&a.address))
+        .count();
+    assert_eq!(paid, 2, "the operators' accounts were read");
 }
 
-/// The negative control: the same chain without the bond halts when two of its four
-/// genesis validators stop (20 of 40 is no quorum).
+/// The negative control: the same chain without the bonds (the three newcomers run,
+/// unbonded) halts when two of its four genesis validators stop (20 of 40 is no quorum).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_newcomer_two_genesis_validators_leaving_halts_the_chain() {
     let mut net = TestNet::builder()
         .protocol(2)
         .validators(4)
-        .joiners(1)
+        .joiners(3)
         .start()
         .await
         .unwrap();
@@ -193,7 +302,7 @@ async fn without_the_newcomer_two_genesis_validators_leaving_halts_the_chain() {
     // A halt is the absence of progress: watched for 15 block times plus the longest
     // round timeouts a height may take at round 0 (the chain commits every ~0.5 s).
     tokio::time::sleep(Duration::from_secs(8)).await;
-    for i in [2, 3, 4] {
+    for i in [2, 3, 4, 5, 6] {
         let h = net.height(i).await.unwrap();
         assert!(
             h <= stuck + 1,

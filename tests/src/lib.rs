@@ -210,7 +210,8 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// The chain's protocol (genesis `params.protocol_version`, 1 by default). On protocol
+    /// The chain's protocol (genesis `params.protocol_version`, 2 by default, as `tallyd init` and
+    /// `tallyd testnet init` create). On protocol
     /// 2 genesis validator i is bonded by the funded account i (modulo the accounts).
     pub fn protocol(mut self, version: u32) -> Self {
         self.protocol = version;
@@ -445,7 +446,7 @@ impl TestNet {
             timeout_propose_ms: 1500,
             extra_env: Vec::new(),
             node_env: Vec::new(),
-            protocol: ledger::types::PROTOCOL_1,
+            protocol: ledger::types::PROTOCOL_2,
             joiners: 0,
             staking: None,
             ports: Ports::ANY,
@@ -622,6 +623,33 @@ impl TestNet {
                 .and_then(|a| a.metrics.clone())
                 .expect("metrics on")
         )
+    }
+
+    /// Node `i` as the checker reads it (RPC and metrics).
+    pub fn endpoint(&self, i: usize) -> checker::Endpoint {
+        checker::Endpoint {
+            name: format!("node{i}"),
+            rpc: self.rpc(i),
+            metrics: Some(self.metrics_url(i)),
+        }
+    }
+
+    /// [`checker::check_nodes`] over `nodes` (by index), with this net's genesis; `earlier`
+    /// reads by node index.
+    pub async fn check(
+        &self,
+        nodes: &[usize],
+        observed: Vec<checker::Observation>,
+        earlier: &std::collections::BTreeMap<usize, checker::StateReads>,
+    ) -> anyhow::Result<(Vec<checker::Violation>, checker::History)> {
+        let genesis = ledger::genesis::Genesis::load(&self.dir().join("genesis.json"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let endpoints: Vec<checker::Endpoint> = nodes.iter().map(|&i| self.endpoint(i)).collect();
+        let earlier = earlier
+            .iter()
+            .map(|(i, r)| (format!("node{i}"), r.clone()))
+            .collect();
+        checker::check_nodes(&self.http, &endpoints, &genesis, observed, &earlier).await
     }
 
     pub async fn get(&self, i: usize, path: &str) -> anyhow::Result<Value> {

@@ -24,7 +24,7 @@ use tally_node::netns::{add_host, remove_host, Names};
 use tally_node::testnet::init::{self, NodeHome, Ports};
 
 use crate::checker::{self, Observation, Violation};
-pub use crate::workload::{assert_no_violations, check_settled, Workload};
+pub use crate::workload::{assert_no_violations, Workload};
 use crate::{bin, http_client};
 
 /// Why this machine cannot run the netns tests (not root, `ip` or `nft` missing).
@@ -118,9 +118,13 @@ pub struct NetnsTestnet {
     up: Option<Child>,
     pub ips: Vec<String>,
     pub rpcs: Vec<String>,
+    /// Each node's metrics URL (the checker reads the burned total there on protocol 2).
+    metrics: Vec<String>,
     pub validators: usize,
     pub keys: Vec<Keypair>,
     pub genesis: BTreeMap<Address, u64>,
+    /// Genesis staking (protocol 2, `tallyd testnet init`'s default), for the checker.
+    pub staking: Option<checker::StakingGenesis>,
     pub http: reqwest::Client,
     /// The genesis validator set (for the proposer schedule) and each validator's node.
     validator_set: Option<ValidatorSet>,
@@ -157,9 +161,11 @@ impl NetnsTestnet {
             up: Some(up),
             ips: Vec::new(),
             rpcs: Vec::new(),
+            metrics: Vec::new(),
             validators,
             keys: Vec::new(),
             genesis: BTreeMap::new(),
+            staking: None,
             http: http_client(Duration::from_secs(2))?,
             validator_set: None,
             validator_nodes: BTreeMap::new(),
@@ -180,6 +186,7 @@ impl NetnsTestnet {
         };
         let genesis =
             Genesis::load(&net.dir.join("genesis.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        net.staking = checker::StakingGenesis::of(&genesis);
         net.validator_set = Some(genesis.validators);
         for (i, n) in manifest["nodes"]
             .as_array()
@@ -197,6 +204,10 @@ impl NetnsTestnet {
                 .push(n["ip"].as_str().context("node ip")?.to_string());
             net.rpcs
                 .push(format!("http://{}", n["rpc"].as_str().context("node rpc")?));
+            net.metrics.push(format!(
+                "http://{}/metrics",
+                n["metrics"].as_str().context("node metrics")?
+            ));
         }
         for a in manifest["accounts"]
             .as_array()
@@ -460,11 +471,68 @@ impl NetnsTestnet {
         all: &[usize],
         observed: Vec<Observation>,
     ) -> anyhow::Result<(Vec<Violation>, checker::History)> {
-        let nodes: Vec<(String, String)> = all
-            .iter()
-            .map(|i| (format!("node{i}"), self.rpcs[*i].clone()))
-            .collect();
-        check_settled(&self.http, &nodes, &self.genesis, observed).await
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
+        // Empty mempools mean no tx can commit while the accounts are read. A tx that
+        // stays in a pool for good does not stop the check: after 20 s it goes on (a tx
+        // committing during the reads shows as an unsettled snapshot and is read again).
+        let drain = Duration::from_secs(20);
+        let mut noted = false;
+        loop {
+            let mut settled = true;
+            let mut heights = Vec::new();
+            let mut pools = Vec::new();
+            for &i in all {
+                let s = self.status(i).await;
+                let h = s.as_ref().and_then(|s| s["height"].as_u64());
+                let pool = s.as_ref().and_then(|s| s["mempool"]["txs"].as_u64());
+                settled &= h.is_some() && (pool == Some(0) || started.elapsed() > drain);
+                heights.push(h);
+                pools.push(pool);
+            }
+            if !noted && started.elapsed() > drain && pools.iter().any(|p| *p != Some(0)) {
+                noted = true;
+                eprintln!(
+                    "note: mempools not drained {} s after the workload stopped (txs per node): {pools:?}",
+                    drain.as_secs()
+                );
+            }
+            let hs: Vec<u64> = heights.iter().flatten().copied().collect();
+            let min = hs.iter().min().copied().unwrap_or(0);
+            let max = hs.iter().max().copied().unwrap_or(0);
+            if settled && max - min <= 1 {
+                let nodes: Vec<checker::Endpoint> = all
+                    .iter()
+                    .map(|&i| checker::Endpoint {
+                        name: format!("node{i}"),
+                        rpc: self.rpcs[i].clone(),
+                        metrics: Some(self.metrics[i].clone()),
+                    })
+                    .collect();
+                let history = checker::fetch_history(
+                    &self.http,
+                    &nodes,
+                    &self.genesis,
+                    self.staking.as_ref(),
+                    min,
+                    observed.clone(),
+                )
+                .await?;
+                let v = checker::check(&history);
+                // Txs committed while the accounts were read (a late gossip): read again.
+                if v.iter()
+                    .any(|x| matches!(x, Violation::UnsettledSnapshot { .. }))
+                    && Instant::now() < deadline
+                {
+                    continue;
+                }
+                return Ok((v, history));
+            }
+            if Instant::now() > deadline {
+                bail!("the nodes did not settle (same height, empty mempools) within 60 s: {heights:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -522,6 +590,17 @@ pub async fn scrape_counter(http: &reqwest::Client, url: &str, name: &str) -> an
 /// bridge, named like the supervisor's (`<tag>-n<index>`, veth `<tag>-v<index>` /
 /// `<tag>-p<index>`), so `tallyd testnet cleanup --dir` also finds it. Its `Drop` kills the
 /// node and removes the namespace and veth, also when the test panics.
+impl Joiner {
+    /// What the checker reads of this node.
+    pub fn endpoint(&self) -> checker::Endpoint {
+        checker::Endpoint {
+            name: self.name.clone(),
+            rpc: self.rpc.clone(),
+            metrics: Some(self.metrics.clone()),
+        }
+    }
+}
+
 pub struct Joiner {
     pub index: usize,
     pub name: String,

@@ -107,10 +107,10 @@ pub enum StakeCommand {
     Unjail(UnjailArgs),
 }
 
-/// How a staking transaction is signed, paid and followed (as `send`).
+/// How a transaction is signed, paid and followed (`send` and `stake` alike).
 #[derive(Debug, Args)]
 pub struct TxOptions {
-    /// Key that signs and pays (the operator).
+    /// Key that signs and pays (for a staking transaction, the operator).
     #[arg(long)]
     pub from: String,
     /// Fee in base units [default: the node's min_fee].
@@ -199,23 +199,14 @@ pub enum WaitFor {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Key that signs and pays.
-    #[arg(long)]
-    pub from: String,
     /// Recipient: key name or 40-hex address.
     #[arg(long)]
     pub to: String,
     /// Amount in base units.
     #[arg(long, value_parser = parse_positive_amount, allow_hyphen_values = true)]
     pub amount: u64,
-    /// Fee in base units [default: the node's min_fee].
-    #[arg(long, value_parser = parse_amount, allow_hyphen_values = true)]
-    pub fee: Option<u64>,
-    #[arg(long, value_enum, default_value_t = WaitFor::Committed)]
-    pub wait: WaitFor,
-    /// How long to wait for the commit (e.g. 30s, 2m).
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
-    pub timeout: Duration,
+    #[command(flatten)]
+    pub tx: TxOptions,
 }
 
 #[derive(Debug, Args)]

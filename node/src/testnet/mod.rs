@@ -181,11 +181,11 @@ pub struct InitArgs {
     pub hosts: Option<Hosts>,
     #[arg(long, default_value = "tally-testnet")]
     pub chain_id: String,
-    /// The chain's protocol (genesis params.protocol_version): 1, a fixed validator set,
-    /// or 2, validators that bond, unbond and are jailed on chain (issue 20; each genesis
+    /// The chain's protocol (genesis params.protocol_version): 2 (the default), validators
+    /// that bond, unbond and are jailed on chain (issue 20; each genesis
     /// validator is bonded by a funded account, account i for node i, so the wallet keys
-    /// can unbond it).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    /// can unbond it), or 1, a validator set fixed in genesis.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
     pub protocol: u32,
 }
 

@@ -837,7 +837,10 @@ impl Validator {
                 last_commit: Some(commit.clone()),
             };
             // An empty block leaves the state as it is.
-            let forged = ledger::block::assemble_empty(template, block.header.state_root);
+            let forged = in_chain_protocol(
+                g,
+                ledger::block::assemble_empty(template, block.header.state_root),
+            );
             let hash = forged.hash();
             eprintln!("attacker: proposing height {height} round {round} with time_ms {time_ms}");
             let proposal = self.key.sign_proposal(Proposal {
@@ -970,6 +973,7 @@ impl Validator {
                         last_commit: None,
                         evidence: Vec::new(),
                     };
+                    let block = in_chain_protocol(g, block);
                     let proposal = self.key.sign_proposal(Proposal {
                         chain_id: chain_id.clone(),
                         height,
@@ -1078,4 +1082,15 @@ async fn replay_committed_txs(
         }
         tokio::time::sleep(period).await;
     }
+}
+
+/// Gives a forged block the header of the chain's protocol: on protocol 2 the header
+/// carries `next_validators_hash` (the genesis set's: these attacks change no stake), so
+/// honest nodes refuse the block for what the attack is about, not for its version.
+fn in_chain_protocol(g: &ledger::genesis::Genesis, mut block: Block) -> Block {
+    if g.params.protocol_version >= ledger::types::PROTOCOL_2 {
+        block.header.version = ledger::types::PROTOCOL_2;
+        block.header.next_validators_hash = Some(block.header.validators_hash);
+    }
+    block
 }

@@ -8,7 +8,7 @@
 use ledger::types::Payload;
 use serde_json::json;
 
-use crate::cli::{StakeCommand, TxOptions};
+use crate::cli::StakeCommand;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 
@@ -51,20 +51,11 @@ pub async fn run(ctx: &Ctx, cmd: StakeCommand) -> Result<()> {
     if let Some(amount) = amount {
         fields["amount"] = json!(amount);
     }
-    let TxOptions {
-        from,
-        fee,
-        wait,
-        timeout,
-    } = tx;
     let result = super::transfer::submit(
         ctx,
         super::transfer::Submission {
-            from: &from,
+            tx: &tx,
             payload,
-            fee,
-            wait,
-            timeout,
             fields,
         },
     )
@@ -87,8 +78,9 @@ pub async fn run(ctx: &Ctx, cmd: StakeCommand) -> Result<()> {
                 h + 2
             ),
             "unbond" => format!(
-                "unbonding {} from {short}…; it is paid back after the chain's unbonding period: 'tally staking {from}'",
-                amount.unwrap_or(0)
+                "unbonding {} from {short}…; it is paid back after the chain's unbonding period: 'tally staking {}'",
+                amount.unwrap_or(0),
+                tx.from
             ),
             _ => format!(
                 "{short}… unjailed; it is back in the set of height {} if its stake qualifies",

@@ -15,7 +15,7 @@ use ledger::types::{Address, Payload, SignedTx, Tx};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::cli::{SendArgs, WaitFor};
+use crate::cli::{SendArgs, TxOptions, WaitFor};
 use crate::context::{warn, Ctx};
 use crate::error::{Error, Kind, Result};
 use crate::rpc::{Event, NodeClient};
@@ -219,14 +219,11 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
         "amount": args.amount,
     });
     let submission = Submission {
-        from: &args.from,
+        tx: &args.tx,
         payload: Payload::Transfer {
             to,
             amount: args.amount,
         },
-        fee: args.fee,
-        wait: args.wait,
-        timeout: args.timeout,
         fields,
     };
     let result = submit(ctx, submission).await?;
@@ -242,13 +239,9 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
 /// A transaction to sign, submit and follow: `send` and `stake` differ only in the
 /// payload and the fields they report.
 pub struct Submission<'a> {
-    /// Key that signs and pays.
-    pub from: &'a str,
+    /// The signing key, fee (`None`: the node's min_fee), wait and timeout.
+    pub tx: &'a TxOptions,
     pub payload: Payload,
-    /// `None`: the node's min_fee.
-    pub fee: Option<u64>,
-    pub wait: WaitFor,
-    pub timeout: Duration,
     /// Added to the result object (a JSON object).
     pub fields: serde_json::Value,
 }
@@ -259,13 +252,13 @@ pub struct Submission<'a> {
 pub async fn submit(ctx: &Ctx, sub: Submission<'_>) -> Result<serde_json::Value> {
     let ks = ctx.keystore()?;
     let client = ctx.client()?;
-    let (key, info) = ctx.unlock(&ks, sub.from)?;
+    let (key, info) = ctx.unlock(&ks, &sub.tx.from)?;
     let mut stages = Stages {
         start: Instant::now(),
         list: Vec::new(),
     };
     let status = client.status().await?;
-    let fee = sub.fee.unwrap_or(status.min_fee);
+    let fee = sub.tx.fee.unwrap_or(status.min_fee);
     if fee < status.min_fee {
         warn(&format!(
             "fee {fee} is below the node's min_fee {}; the node will likely refuse it",
@@ -282,7 +275,7 @@ pub async fn submit(ctx: &Ctx, sub: Submission<'_>) -> Result<serde_json::Value>
     };
 
     // Subscribe before submitting so the commit event cannot slip by.
-    let events = if sub.wait == WaitFor::Committed {
+    let events = if sub.tx.wait == WaitFor::Committed {
         match subscribe(&client, 1024).await {
             Ok(rx) => Some(rx),
             Err(e) if e.kind == Kind::Unreachable => return Err(e),
@@ -353,11 +346,11 @@ pub async fn submit(ctx: &Ctx, sub: Submission<'_>) -> Result<serde_json::Value>
         out.extend(fields.clone());
     }
 
-    if sub.wait == WaitFor::Committed {
-        let Some(inc) = wait_for_commit(&client, &tx_id, events, sub.timeout).await? else {
+    if sub.tx.wait == WaitFor::Committed {
+        let Some(inc) = wait_for_commit(&client, &tx_id, events, sub.tx.timeout).await? else {
             return Err(Error::failure(format!(
                 "transaction {tx_id} was accepted but not seen committed within {}s; check later with 'tally tx {tx_id}' or raise --timeout",
-                sub.timeout.as_secs_f64()
+                sub.tx.timeout.as_secs_f64()
             )));
         };
         stages.mark(
