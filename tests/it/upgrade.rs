@@ -16,11 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ledger::types::Address;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::Value;
-use tally_tests::workload::{assert_no_violations, check_settled, Workload};
+use tally_tests::workload::{assert_no_violations, Workload};
 use tally_tests::{account_key, eventually, metric_samples, TestNet};
 
 const BASE_ENV: &str = "TALLY_BASE_BIN";
@@ -87,7 +86,9 @@ fn shuffled(mut items: Vec<usize>) -> Vec<usize> {
 /// if the old binary accepts it; otherwise the chain keeps the defaults.
 async fn old_net(base: &Path) -> TestNet {
     for params in [true, false] {
+        // A protocol-1 chain (today's formats) moving to protocol 2.
         let mut builder = TestNet::builder()
+            .protocol(ledger::types::PROTOCOL_1)
             .validators(VALIDATORS)
             .full_nodes(1)
             .joiners(1)
@@ -124,28 +125,6 @@ async fn old_net(base: &Path) -> TestNet {
         return net;
     }
     unreachable!("the second attempt returns or panics")
-}
-
-/// The genesis balances, for the checker.
-fn genesis_balances(net: &TestNet) -> BTreeMap<Address, u64> {
-    let file: Value =
-        serde_json::from_slice(&std::fs::read(net.dir().join("genesis.json")).unwrap()).unwrap();
-    let accounts = file["accounts"].as_array().expect("genesis accounts");
-    accounts
-        .iter()
-        .map(|a| {
-            let address: Address = hex::decode(a["address"].as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap();
-            let balance = &a["balance"];
-            let balance = balance
-                .as_u64()
-                .or_else(|| balance.as_str()?.parse().ok())
-                .unwrap();
-            (address, balance)
-        })
-        .collect()
 }
 
 /// When each height was first reported by any node, polled every 50 ms in the
@@ -342,11 +321,8 @@ async fn rolling_upgrade_from_the_previous_release() {
     let checked: Vec<usize> = (0..net.nodes.len())
         .filter(|&i| net.is_running(i))
         .collect();
-    let nodes: Vec<(String, String)> = checked
-        .iter()
-        .map(|&i| (format!("node{i}"), net.rpc(i)))
-        .collect();
-    let (v, history) = check_settled(&net.http, &nodes, &genesis_balances(&net), observed.clone())
+    let (v, history) = net
+        .check(&checked, observed.clone(), &BTreeMap::new())
         .await
         .unwrap();
     assert_no_violations(&v, history.nodes[0].blocks.len() as u64, observed.len());

@@ -1,19 +1,17 @@
-//! A transfer workload through random nodes, and the end-of-run check over what it saw
-//! (shared by the loopback tests and the netns fault tests).
+//! A transfer workload through random nodes (shared by the loopback upgrade test and the
+//! netns fault tests).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use ledger::crypto::Keypair;
 use ledger::hash::to_hex;
 use ledger::types::Address;
 use rand::Rng;
 use serde_json::Value;
 
-use crate::checker::{self, Observation, Violation};
+use crate::checker::{Observation, Violation};
 use crate::transfer;
 
 /// Transfers between the testnet's accounts through random nodes, one outstanding tx per
@@ -139,67 +137,4 @@ pub fn assert_no_violations(v: &[Violation], height: u64, observed: usize) {
         v.len(),
         v.iter().map(|x| format!("  {x}")).collect::<Vec<_>>().join("\n")
     );
-}
-
-/// After a workload stopped: waits until the nodes (`(name, RPC base URL)`) are at one
-/// height with empty mempools, then runs the checker over every node's history. The
-/// violations (empty when the run was correct) and the history checked.
-pub async fn check_settled(
-    http: &reqwest::Client,
-    nodes: &[(String, String)],
-    genesis: &BTreeMap<Address, u64>,
-    observed: Vec<Observation>,
-) -> anyhow::Result<(Vec<Violation>, checker::History)> {
-    let status = |rpc: &str| {
-        let get = http.get(format!("{rpc}/v1/status")).send();
-        async move { get.await.ok()?.json::<Value>().await.ok() }
-    };
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(60);
-    // Empty mempools mean no tx can commit while the accounts are read. A tx that
-    // stays in a pool for good does not stop the check: after 20 s it goes on (a tx
-    // committing during the reads shows as an unsettled snapshot and is read again).
-    let drain = Duration::from_secs(20);
-    let mut noted = false;
-    loop {
-        let mut settled = true;
-        let mut heights = Vec::new();
-        let mut pools = Vec::new();
-        for (_, rpc) in nodes {
-            let s = status(rpc).await;
-            let h = s.as_ref().and_then(|s| s["height"].as_u64());
-            let pool = s.as_ref().and_then(|s| s["mempool"]["txs"].as_u64());
-            settled &= h.is_some() && (pool == Some(0) || started.elapsed() > drain);
-            heights.push(h);
-            pools.push(pool);
-        }
-        if !noted && started.elapsed() > drain && pools.iter().any(|p| *p != Some(0)) {
-            noted = true;
-            eprintln!(
-                "note: mempools not drained {} s after the workload stopped (txs per node): {pools:?}",
-                drain.as_secs()
-            );
-        }
-        let hs: Vec<u64> = heights.iter().flatten().copied().collect();
-        let min = hs.iter().min().copied().unwrap_or(0);
-        let max = hs.iter().max().copied().unwrap_or(0);
-        if settled && max - min <= 1 {
-            let history = checker::fetch(http, nodes, genesis, min, observed.clone()).await?;
-            let v = checker::check(&history);
-            // Txs committed while the accounts were read (a late gossip): read again.
-            if v.iter()
-                .any(|x| matches!(x, Violation::UnsettledSnapshot { .. }))
-                && Instant::now() < deadline
-            {
-                continue;
-            }
-            return Ok((v, history));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the nodes did not settle (same height, empty mempools) within 60 s: {heights:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
