@@ -336,4 +336,49 @@ mod tests {
         });
         assert!(poller.status(&addr).await.is_err());
     }
+
+    /// A node that reports its software in `/v1/status` shows it; one of a release before
+    /// that field shows what another node sees it announce in `/v1/peers`.
+    #[tokio::test]
+    async fn software_comes_from_the_status_or_else_from_a_peers_view() {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let body = r#"{"peers":[{"peer_id":"old","version":"0.1.0","max_protocol":null}]}"#;
+            loop {
+                let (mut s, _) = server.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await.unwrap();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        let row = |name: &str, status: Value| Row {
+            name: name.into(),
+            role: Role::Validator,
+            rpc: addr.clone(),
+            pid: None,
+            status: Some(status),
+            fault: "-".into(),
+            paused: false,
+            power: "-".into(),
+            software: "-".into(),
+        };
+        let mut rows = vec![
+            row(
+                "node0",
+                serde_json::json!({"node_id": "new", "version": "0.2.0", "max_protocol": 2}),
+            ),
+            row("node1", serde_json::json!({"node_id": "old", "height": 5})),
+        ];
+        Poller::new().unwrap().fill_software(&mut rows).await;
+        assert_eq!(rows[0].software, "0.2.0/p2");
+        assert_eq!(rows[1].software, "0.1.0/p?");
+        assert!(table(&rows, false)[2].contains("0.1.0/p?"));
+        assert!(status_line(&rows[0]).contains("software=0.2.0/p2"));
+    }
 }
