@@ -19,7 +19,8 @@ SEEDS ?= 5000
 
 help:
 	@echo "make testnet   - release build, then a local testnet: 4 validators + 1 full node (Ctrl-C stops it)"
-	@echo "make test      - install system deps if missing, then run the whole test suite"
+	@echo "make test      - install system deps if missing, then run the whole test suite (upgrade-test last)"
+	@echo "make upgrade-test - build the release in upgrade/BASE, roll a network of it onto this tree"
 	@echo "make lint      - rustfmt check + clippy (-D warnings)"
 	@echo "make build     - debug build of every crate"
 	@echo "make release   - optimised build of tallyd and tally"
@@ -50,12 +51,25 @@ release: bootstrap
 # tests in the same build, dev-dependency features are unified as in the test run's build,
 # which then has nothing left to compile (with --bins alone ~40 crates compiled twice).
 test: bootstrap
+	@bash scripts/upgrade-test.sh base
 	$(CARGO) build --workspace --bins --tests
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
+	@bash scripts/upgrade-test.sh
+
+# The rolling-upgrade harness (issue 21; scripts/upgrade-test.sh, tests/it/upgrade.rs):
+# builds the previous release -- the commit in upgrade/BASE -- in a temporary git worktree
+# on the same target directory (kept in $(CARGO_TARGET_DIR)/upgrade-base/<commit>, so once
+# per commit; the workspace crates it leaves are cleaned, as they share our artifact names),
+# then starts 4 validators + 1 full node on it and restarts them onto this tree's tallyd
+# one at a time under load. TALLY_BASE_BIN=<dir> uses binaries built elsewhere. make test
+# builds BASE first (upgrade-test.sh base), so that clean never costs a second build.
+.PHONY: upgrade-test
+upgrade-test: bootstrap
+	@bash scripts/upgrade-test.sh
 
 lint: bootstrap
 	$(CARGO) fmt --all -- --check

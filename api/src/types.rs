@@ -220,6 +220,12 @@ pub struct Status {
     /// readiness counted over the signal window; null when no later protocol exists.
     #[serde(default)]
     pub upgrade: Option<Upgrade>,
+    /// This node's software version (`0.1.0`); null from releases before it was shown.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The highest chain protocol this node's binary runs (what it announces to peers).
+    #[serde(default)]
+    pub max_protocol: Option<u32>,
 }
 
 fn protocol_1() -> u32 {
@@ -267,8 +273,16 @@ pub struct Peer {
     pub reasons: BTreeMap<String, u64>,
     pub banned: bool,
     pub ban_remaining_secs: Option<f64>,
-    /// The software the peer announces (e.g. `tally/0.1.0`).
+    /// The software the peer announces (identify's agent, e.g. `tally/0.1.0 protocols
+    /// 1-2`), printable ASCII, at most 64 characters; null until identify has run.
     pub agent: Option<String>,
+    /// The software version read from `agent` (`0.1.0`); null for an agent of another form.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The highest chain protocol the peer's binary runs, from `agent`; null when not
+    /// announced (releases before protocol announcements say `tally/<version>` only).
+    #[serde(default)]
+    pub max_protocol: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -199,6 +199,9 @@ pub async fn run_with(
     // The largest gossip message is a proposal carrying the largest block.
     let max_block_bytes = genesis.params.block_max_bytes as usize + 64 * 1024;
     let mut net_config = NetworkConfig::new(genesis.chain_id.clone(), node_secret);
+    // Announced to peers (identify's agent): what `/v1/peers`, the testnet table and
+    // `tally_p2p_peer_versions` show of each peer during a rolling upgrade.
+    net_config.protocols = ledger::types::PROTOCOL_1..=ledger::types::MAX_PROTOCOL;
     let parse = |list: &[String]| -> anyhow::Result<Vec<Multiaddr>> {
         list.iter()
             .map(|a| {

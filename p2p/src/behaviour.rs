@@ -67,7 +67,10 @@ impl Behaviour {
 
         let identify = identify::Behaviour::new(
             identify::Config::new(identify_version(&cfg.chain_id), key.public())
-                .with_agent_version(format!("tally/{}", env!("CARGO_PKG_VERSION")))
+                .with_agent_version(crate::software::announce(
+                    env!("CARGO_PKG_VERSION"),
+                    &cfg.protocols,
+                ))
                 .with_push_listen_addr_updates(true),
         );
 

@@ -1,5 +1,6 @@
 //! Network configuration: every knob, its default and why (see also README.md).
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::Multiaddr;
@@ -131,6 +132,10 @@ pub struct NetworkConfig {
     /// copies; lowering D cuts them. Measured on the 5-node loopback testnet with batched tx
     /// gossip, D = 2 gained nothing over 6 (bench/network.md), so the default stays 6.
     pub tx_mesh_n: usize,
+    /// The chain protocols this binary runs, announced to peers in identify's agent
+    /// (`tally/<version> protocols 1-2`; see `src/software.rs`). The node passes 1 to
+    /// `ledger::types::MAX_PROTOCOL`; this crate does not know `ledger`.
+    pub protocols: RangeInclusive<u32>,
 }
 
 impl NetworkConfig {
@@ -264,6 +269,7 @@ impl Default for NetworkConfig {
             idle_connection_timeout: Duration::from_secs(60),
             gossip_author_signatures: false,
             tx_mesh_n: 6,
+            protocols: 1..=1,
         }
     }
 }

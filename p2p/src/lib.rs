@@ -13,6 +13,7 @@ mod lanes;
 mod metrics;
 mod protocol;
 mod score;
+mod software;
 mod sync_codec;
 mod task;
 mod transport;
@@ -29,6 +30,7 @@ pub use protocol::{
     ResponseChannelId, Topic, Verdict,
 };
 pub use score::TokenBucket;
+pub use software::Software;
 pub use tokio_util::sync::CancellationToken;
 
 use libp2p::{core::upgrade, identity::Keypair, noise, tcp, yamux, Transport};
@@ -131,7 +133,7 @@ pub fn spawn(
         pending_outbound: HashMap::new(),
         connections: HashMap::new(),
         agents: HashMap::new(),
-        agent_labels: Default::default(),
+        version_labels: Default::default(),
         last_kad_bootstrap: None,
         last_bootstrap_dial: Some(std::time::Instant::now()),
     };

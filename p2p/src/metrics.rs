@@ -24,15 +24,38 @@ pub struct SyncLabels {
     pub outcome: &'static str,
 }
 
-/// A peer's software as identify announces it (`tally/<version>`), or `other`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Agent {
-    pub agent: String,
+/// A peer's software as identify announces it (`tally/<version> protocols 1-<max>`):
+/// `version` is `<version>` or `other`, `max_protocol` the highest protocol its binary
+/// runs or `unknown` (not announced, as by releases before protocol announcements).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PeerVersion {
+    pub version: String,
+    pub max_protocol: String,
 }
 
-/// Distinct agent labels ever exported; past this, new ones count as `other` (a peer
-/// chooses its agent string, and each label is a series kept for the process's life).
-pub const MAX_AGENT_LABELS: usize = 16;
+impl PeerVersion {
+    pub fn of(software: Option<&crate::software::Software>) -> Self {
+        let software = software.filter(|s| s.version.is_some());
+        PeerVersion {
+            version: software
+                .and_then(|s| s.version.clone())
+                .unwrap_or_else(|| "other".into()),
+            max_protocol: software
+                .and_then(|s| s.max_protocol)
+                .map_or_else(|| "unknown".into(), |p| p.to_string()),
+        }
+    }
+
+    /// The labels of whatever is past [`MAX_VERSION_LABELS`].
+    pub fn other() -> Self {
+        Self::of(None)
+    }
+}
+
+/// Distinct (version, max protocol) label pairs ever exported; past this, new ones count
+/// as `other` (a peer chooses what it announces, and each pair is a series kept for the
+/// process's life).
+pub const MAX_VERSION_LABELS: usize = 16;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
@@ -58,7 +81,7 @@ pub struct Metrics {
     /// IPs banned now.
     pub banned_ips: Gauge,
     /// Connected peers by the software they announce.
-    pub peer_agents: Family<Agent, Gauge>,
+    pub peer_versions: Family<PeerVersion, Gauge>,
     pub libp2p: libp2p::metrics::Metrics,
 }
 
@@ -78,7 +101,7 @@ impl Metrics {
             connections_denied: Family::default(),
             ip_bans: Family::default(),
             banned_ips: Gauge::default(),
-            peer_agents: Family::default(),
+            peer_versions: Family::default(),
             // libp2p-metrics prefixes its families with `libp2p_` itself.
             libp2p: libp2p::metrics::Metrics::new(registry),
         };
@@ -145,9 +168,9 @@ impl Metrics {
             m.banned_ips.clone(),
         );
         r.register(
-            "p2p_peer_agents",
-            "Connected peers by the software they announce (identify's agent: tally/<version>, or other), sampled every 10 s",
-            m.peer_agents.clone(),
+            "p2p_peer_versions",
+            "Connected peers by the software version and highest protocol they announce (identify's agent: tally/<version> protocols 1-<max>; other/unknown when not announced), sampled every 10 s",
+            m.peer_versions.clone(),
         );
         m
     }

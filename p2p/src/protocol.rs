@@ -230,9 +230,10 @@ pub struct PeerInfo {
     pub topics: Vec<Topic>,
     /// Topics for which the peer is in our gossipsub mesh.
     pub mesh_topics: Vec<Topic>,
-    /// The software the peer announces (identify's agent version, e.g. `tally/0.1.0`),
-    /// printable ASCII, at most [`crate::task::MAX_AGENT_LEN`] characters.
-    pub agent: Option<String>,
+    /// The software the peer announces (identify's agent version, e.g. `tally/0.1.0
+    /// protocols 1-2`) and what it says: its version and the highest chain protocol its
+    /// binary runs. `None` until identify has run.
+    pub software: Option<crate::software::Software>,
 }
 
 /// Commands into the network task. `NetworkHandle` wraps each in an async fn.

@@ -24,8 +24,9 @@ use crate::{
     behaviour::{content_id, identify_version, kad_protocol, Behaviour, BehaviourEvent},
     gate::Denied,
     lanes::Lanes,
-    metrics::{Metrics, Reason},
+    metrics::{Metrics, PeerVersion, Reason},
     score::{IpScores, Outcome, Scores, TokenBucket},
+    software::Software,
     sync_codec::{frame_too_large, SyncRequest, SyncResponse},
     Command, Event, MessageId, NetworkConfig, NetworkError, PeerInfo, PenaltyReason, RemoteError,
     RequestError, ResponseChannelId, Topic, Verdict,
@@ -76,9 +77,9 @@ pub struct Task {
         HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RequestError>>>,
     pub connections: HashMap<PeerId, HashMap<ConnectionId, Conn>>,
     /// What connected peers announce as their software (identify's agent version).
-    pub agents: HashMap<PeerId, String>,
-    /// Agent labels exported so far (each stays a series).
-    pub agent_labels: std::collections::BTreeSet<String>,
+    pub agents: HashMap<PeerId, Software>,
+    /// (version, max protocol) labels exported so far (each stays a series).
+    pub version_labels: std::collections::BTreeSet<PeerVersion>,
     pub last_kad_bootstrap: Option<Instant>,
     pub last_bootstrap_dial: Option<Instant>,
 }
@@ -394,7 +395,7 @@ impl Task {
                     ban_remaining: ban_until.map(|u| u.saturating_duration_since(now)),
                     topics: subscribed.remove(&peer_id).unwrap_or_default(),
                     mesh_topics,
-                    agent: self.agents.get(&peer_id).cloned(),
+                    software: self.agents.get(&peer_id).cloned(),
                 }
             })
             .collect()
@@ -509,40 +510,32 @@ impl Task {
         }
     }
 
-    /// `tally_p2p_peer_agents`: connected peers per announced agent, at most
-    /// [`crate::metrics::MAX_AGENT_LABELS`] distinct labels over the process's life.
-    fn sample_agents(&mut self) {
+    /// `tally_p2p_peer_versions`: connected peers per announced (version, max protocol),
+    /// at most [`crate::metrics::MAX_VERSION_LABELS`] distinct label pairs over the
+    /// process's life (the peer chooses what it announces).
+    fn sample_versions(&mut self) {
         use std::collections::BTreeMap;
-        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        let mut counts: BTreeMap<PeerVersion, i64> = BTreeMap::new();
         for peer in self.connections.keys() {
-            let agent = self
-                .agents
-                .get(peer)
-                .filter(|a| a.starts_with("tally/"))
-                .cloned()
-                .unwrap_or_else(|| "other".into());
-            *counts.entry(agent).or_default() += 1;
+            *counts
+                .entry(PeerVersion::of(self.agents.get(peer)))
+                .or_default() += 1;
         }
-        let mut labeled: BTreeMap<String, i64> = BTreeMap::new();
-        for (agent, n) in counts {
-            let label = if self.agent_labels.contains(&agent)
-                || self.agent_labels.len() < crate::metrics::MAX_AGENT_LABELS
+        let mut labeled: BTreeMap<PeerVersion, i64> = BTreeMap::new();
+        for (labels, n) in counts {
+            let labels = if self.version_labels.contains(&labels)
+                || self.version_labels.len() < crate::metrics::MAX_VERSION_LABELS
             {
-                agent
+                labels
             } else {
-                "other".into()
+                PeerVersion::other()
             };
-            self.agent_labels.insert(label.clone());
-            *labeled.entry(label).or_default() += n;
+            self.version_labels.insert(labels.clone());
+            *labeled.entry(labels).or_default() += n;
         }
-        for label in &self.agent_labels {
-            let n = labeled.get(label).copied().unwrap_or(0);
-            self.metrics
-                .peer_agents
-                .get_or_create(&crate::metrics::Agent {
-                    agent: label.clone(),
-                })
-                .set(n);
+        for labels in &self.version_labels {
+            let n = labeled.get(labels).copied().unwrap_or(0);
+            self.metrics.peer_versions.get_or_create(labels).set(n);
         }
     }
 
@@ -562,7 +555,7 @@ impl Task {
             }
             self.metrics.peer_score_min.set(min);
             self.metrics.peers_penalized.set(penalized);
-            self.sample_agents();
+            self.sample_versions();
             let connections = &self.connections;
             self.scores.prune(now, |p| connections.contains_key(p));
             self.ip_scores.prune(now);
@@ -724,7 +717,8 @@ impl Task {
             return;
         }
         if self.connections.contains_key(&peer) {
-            self.agents.insert(peer, agent_of(&info.agent_version));
+            self.agents
+                .insert(peer, Software::parse(&info.agent_version));
         }
         let Ok(kad_proto) = kad_protocol(&self.cfg.chain_id) else {
             return;
@@ -1088,30 +1082,5 @@ mod tests {
         lie.extend_from_slice(&[0; 999]);
         assert_eq!(batch_len(&lie), None);
         assert_eq!(batch_len(&u32::MAX.to_le_bytes()), None);
-    }
-}
-
-/// Longest agent string kept for a peer.
-pub const MAX_AGENT_LEN: usize = 64;
-
-/// A peer's announced agent, as we keep and show it: printable ASCII only, at most
-/// [`MAX_AGENT_LEN`] characters (the peer chooses it).
-pub fn agent_of(announced: &str) -> String {
-    announced
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(MAX_AGENT_LEN)
-        .collect()
-}
-
-#[cfg(test)]
-mod agent_tests {
-    use super::*;
-
-    #[test]
-    fn an_announced_agent_is_kept_printable_and_short() {
-        assert_eq!(agent_of("tally/0.1.0"), "tally/0.1.0");
-        assert_eq!(agent_of("evil\n\u{1b}[31mred\u{0}"), "evil[31mred");
-        assert_eq!(agent_of(&"x".repeat(1000)).len(), MAX_AGENT_LEN);
     }
 }

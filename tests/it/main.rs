@@ -20,4 +20,5 @@ mod staking;
 mod sync;
 mod testnet;
 mod activation;
+mod upgrade;
 mod validators;

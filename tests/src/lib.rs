@@ -25,6 +25,7 @@ use tally_node::testnet::init::{self, NodeHome, Ports};
 
 pub mod checker;
 pub mod netns;
+pub mod workload;
 
 /// `tally-attacker --mode <mode> --ip <ip> --chain-id <CHAIN_ID> --duration-secs <secs>`
 /// with a `--target` for each of `targets`, run inside network namespace `ns` (through
@@ -206,6 +207,8 @@ pub struct Builder {
     staking: Option<StakingParams>,
     /// Genesis `params.upgrade_window` and `params.upgrade_lead` (issue 21).
     upgrade: Option<(u64, u64)>,
+    ports: Ports,
+    genesis_params: serde_json::Map<String, Value>,
 }
 
 impl Builder {
@@ -232,6 +235,20 @@ impl Builder {
     /// (on protocol 2 they sign once bonded; [`TestNet::validator_key`] gives the key).
     pub fn joiners(mut self, n: usize) -> Self {
         self.joiners = n;
+        self
+    }
+    /// Every node on the testnet's fixed ports (26656 p2p, 26657 RPC, 26660 metrics) of
+    /// its own loopback address, instead of ports the OS picks: its URLs stay the same
+    /// across restarts (for a workload that runs through them).
+    pub fn fixed_ports(mut self) -> Self {
+        self.ports = Ports::FIXED;
+        self
+    }
+    /// A key of genesis `params` written into genesis.json as given, past the typed
+    /// [`Params`] (for a parameter this tree's ledger may not know yet; the nodes judge it
+    /// when they start).
+    pub fn genesis_param(mut self, key: &str, value: Value) -> Self {
+        self.genesis_params.insert(key.into(), value);
         self
     }
     pub fn validators(mut self, n: usize) -> Self {
@@ -341,6 +358,14 @@ impl Builder {
         };
         let genesis_path = dir.path().join("genesis.json");
         init::write_genesis(&genesis_path, &genesis, 0)?;
+        if !self.genesis_params.is_empty() {
+            let mut file: Value = serde_json::from_slice(&std::fs::read(&genesis_path)?)?;
+            let params = file["params"]
+                .as_object_mut()
+                .context("genesis.json has no params object")?;
+            params.extend(self.genesis_params);
+            std::fs::write(&genesis_path, serde_json::to_vec_pretty(&file)?)?;
+        }
         let mut nodes = Vec::new();
         let joiners_from = self.validators + self.full_nodes;
         for i in 0..total {
@@ -357,7 +382,7 @@ impl Builder {
                     genesis: &genesis_path,
                     node_secret: tally_node::keys::random_secret(),
                     validator_key: vkey,
-                    config: node_config(i, &ip),
+                    config: node_config(i, &ip, self.ports),
                 },
             )?;
             nodes.push(NodeProc {
@@ -366,6 +391,7 @@ impl Builder {
                 child: None,
                 addresses: None,
                 validator: vkey.map(Keypair::address),
+                binary: None,
             });
         }
         Ok(TestNet {
@@ -379,10 +405,10 @@ impl Builder {
     }
 }
 
-/// Node `i`'s node.toml: listening on `ip` with ports the OS picks (each node writes them
-/// to its addresses.json), and bans short enough for a test to outlast.
-fn node_config(i: usize, ip: &str) -> NodeConfig {
-    let mut config = init::node_config(&format!("node{i}"), ip, Ports::ANY);
+/// Node `i`'s node.toml: listening on `ip` with `ports` (0: the OS picks them, and each
+/// node writes them to its addresses.json), and bans short enough for a test to outlast.
+fn node_config(i: usize, ip: &str, ports: Ports) -> NodeConfig {
+    let mut config = init::node_config(&format!("node{i}"), ip, ports);
     config.p2p.ban_duration_secs = 30;
     config
 }
@@ -393,6 +419,8 @@ pub struct NodeProc {
     child: Option<Child>,
     pub addresses: Option<Addresses>,
     pub validator: Option<Address>,
+    /// The `tallyd` this node runs; `None`: this tree's ([`bin`]).
+    pub binary: Option<PathBuf>,
 }
 
 pub struct TestNet {
@@ -434,6 +462,8 @@ impl TestNet {
             joiners: 0,
             staking: None,
             upgrade: None,
+            ports: Ports::ANY,
+            genesis_params: serde_json::Map::new(),
         }
     }
 
@@ -451,6 +481,20 @@ impl TestNet {
         self.nodes[i].home.join("node.log")
     }
 
+    /// The `tallyd` node `i` runs from its next start on (e.g. another release's, for an
+    /// upgrade test); `None`: this tree's.
+    pub fn set_node_binary(&mut self, i: usize, tallyd: Option<PathBuf>) {
+        self.nodes[i].binary = tallyd;
+    }
+
+    /// The `tallyd` node `i` runs.
+    pub fn node_binary(&self, i: usize) -> PathBuf {
+        self.nodes[i]
+            .binary
+            .clone()
+            .unwrap_or_else(|| bin("tallyd"))
+    }
+
     /// Starts (or restarts) node `i` with its existing home.
     pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(tally_node::node::addresses_file(&self.nodes[i].home));
@@ -458,7 +502,7 @@ impl TestNet {
             .create(true)
             .append(true)
             .open(self.log_path(i))?;
-        let mut cmd = Command::new(bin("tallyd"));
+        let mut cmd = Command::new(self.node_binary(i));
         cmd.arg("start")
             .arg("--home")
             .arg(&self.nodes[i].home)
@@ -768,7 +812,7 @@ impl TestNet {
                 genesis: &self.dir.path().join("genesis.json"),
                 node_secret: tally_node::keys::random_secret(),
                 validator_key: None,
-                config: node_config(i, &ip),
+                config: node_config(i, &ip, Ports::ANY),
             },
         )?;
         self.nodes.push(NodeProc {
@@ -777,15 +821,17 @@ impl TestNet {
             child: None,
             addresses: None,
             validator: None,
+            binary: None,
         });
         self.start_node(i)?;
         self.wait_addresses(i, Duration::from_secs(30)).await?;
         Ok(i)
     }
 
-    /// Runs `tallyd <args> --home <node i's home>` to completion; (exit code, output).
+    /// Runs `tallyd <args> --home <node i's home>` (node `i`'s binary) to completion;
+    /// (exit code, output).
     pub fn tallyd(&self, i: usize, args: &[&str]) -> anyhow::Result<(i32, String)> {
-        let out = Command::new(bin("tallyd"))
+        let out = Command::new(self.node_binary(i))
             .args(args)
             .arg("--home")
             .arg(&self.nodes[i].home)

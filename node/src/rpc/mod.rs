@@ -626,6 +626,8 @@ async fn status(State(s): State<RpcState>) -> ApiResult<Json<api::Status>> {
         halted: st.halted,
         protocol: st.protocol,
         upgrade: st.upgrade,
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        max_protocol: Some(ledger::types::MAX_PROTOCOL),
     }))
 }
 
@@ -645,7 +647,9 @@ async fn peers(State(s): State<RpcState>) -> ApiResult<Json<api::Peers>> {
             reasons: p.reasons.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
             banned: p.banned,
             ban_remaining_secs: p.ban_remaining.map(|d| d.as_secs_f64()),
-            agent: p.agent.clone(),
+            agent: p.software.as_ref().map(|s| s.agent.clone()),
+            version: p.software.as_ref().and_then(|s| s.version.clone()),
+            max_protocol: p.software.as_ref().and_then(|s| s.max_protocol),
         })
         .collect();
     Ok(Json(api::Peers { peers }))

@@ -23,6 +23,8 @@ pub(super) struct Row {
     /// A validator's voting power at the next height, "jailed", or "-" (a full node, or
     /// no node answered `/v1/validators`).
     power: String,
+    /// `<version>/p<highest protocol>` of the node's binary ([`software`]).
+    software: String,
 }
 
 /// How long one node gets to answer `/v1/status`, connection included: a paused node
@@ -62,11 +64,56 @@ impl Poller {
                 fault: faults.describe(i),
                 paused: faults.paused.contains(&i),
                 power: "-".into(),
+                software: "-".into(),
             }
         });
         let mut rows = futures::future::join_all(polls).await;
         self.fill_power(dir, m, &mut rows).await;
+        self.fill_software(&mut rows).await;
         rows
+    }
+
+    /// Each row's software: what the node's own `/v1/status` says, or for a node of a
+    /// release before that field (in the middle of a rolling upgrade), what another node
+    /// sees it announce (`/v1/peers`; `p?` when it announces no protocols).
+    async fn fill_software(&self, rows: &mut [Row]) {
+        let mut missing = false;
+        for row in rows.iter_mut() {
+            let own = row.status.as_ref().and_then(|s| {
+                let version = s["version"].as_str()?;
+                Some(software(Some(version), s["max_protocol"].as_u64()))
+            });
+            missing |= own.is_none() && row.status.is_some();
+            row.software = own.unwrap_or_else(|| "-".into());
+        }
+        if !missing {
+            return;
+        }
+        // A node does not list itself: two answering nodes see every other one.
+        let askers: Vec<String> = rows
+            .iter()
+            .filter(|r| r.status.is_some())
+            .map(|r| r.rpc.clone())
+            .take(2)
+            .collect();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for rpc in askers {
+            let Ok(peers) = self.get(&rpc, "/v1/peers").await else {
+                continue;
+            };
+            for p in peers["peers"].as_array().into_iter().flatten() {
+                if let (Some(id), Some(version)) = (p["peer_id"].as_str(), p["version"].as_str()) {
+                    seen.entry(id.to_string())
+                        .or_insert_with(|| software(Some(version), p["max_protocol"].as_u64()));
+                }
+            }
+        }
+        for row in rows.iter_mut().filter(|r| r.software == "-") {
+            let id = row.status.as_ref().and_then(|s| s["node_id"].as_str());
+            if let Some(sw) = id.and_then(|id| seen.get(id)) {
+                row.software = sw.clone();
+            }
+        }
     }
 
     /// Each validator row's power in the next height's set, asked of one node that
@@ -141,6 +188,13 @@ fn state_of(r: &Row) -> &'static str {
     }
 }
 
+/// `0.1.0/p2`: a software version and the highest protocol its binary runs (`p?`: not
+/// announced).
+fn software(version: Option<&str>, max_protocol: Option<u64>) -> String {
+    let max = max_protocol.map_or("?".to_string(), |p| p.to_string());
+    format!("{}/p{max}", version.unwrap_or("?"))
+}
+
 fn field(r: &Row, key: &str) -> String {
     r.status
         .as_ref()
@@ -167,10 +221,11 @@ fn mempool(r: &Row) -> String {
 
 pub(super) fn table(rows: &[Row], colour: bool) -> Vec<String> {
     let mut out = vec![format!(
-        "{:<7} {:<10} {:>9} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {:<8} {:>7}  {}",
+        "{:<7} {:<10} {:>9} {:<12} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {:<8} {:>7}  {}",
         "NODE",
         "ROLE",
         "POWER",
+        "SOFTWARE",
         "RPC",
         "HEIGHT",
         "ROUND",
@@ -190,10 +245,11 @@ pub(super) fn table(rows: &[Row], colour: bool) -> Vec<String> {
             (true, _) => ("\x1b[31m", "\x1b[0m"),
         };
         out.push(format!(
-            "{:<7} {:<10} {:>9} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {on}{:<8}{off} {:>7}  {}",
+            "{:<7} {:<10} {:>9} {:<12} {:<22} {:>7} {:>5} {:>5} {:>7} {:>11}  {on}{:<8}{off} {:>7}  {}",
             r.name,
             r.role,
             r.power,
+            r.software,
             r.rpc,
             field(r, "height"),
             field(r, "round"),
@@ -210,10 +266,11 @@ pub(super) fn table(rows: &[Row], colour: bool) -> Vec<String> {
 
 pub(super) fn status_line(r: &Row) -> String {
     format!(
-        "{} {} power={} height={} round={} peers={} mempool={} last_block={} state={} pid={} fault={}",
+        "{} {} power={} software={} height={} round={} peers={} mempool={} last_block={} state={} pid={} fault={}",
         r.name,
         r.role,
         r.power,
+        r.software,
         field(r, "height"),
         field(r, "round"),
         field(r, "peers"),
@@ -278,5 +335,50 @@ mod tests {
             s.write_all(body.as_bytes()).await.unwrap();
         });
         assert!(poller.status(&addr).await.is_err());
+    }
+
+    /// A node that reports its software in `/v1/status` shows it; one of a release before
+    /// that field shows what another node sees it announce in `/v1/peers`.
+    #[tokio::test]
+    async fn software_comes_from_the_status_or_else_from_a_peers_view() {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let body = r#"{"peers":[{"peer_id":"old","version":"0.1.0","max_protocol":null}]}"#;
+            loop {
+                let (mut s, _) = server.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await.unwrap();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        let row = |name: &str, status: Value| Row {
+            name: name.into(),
+            role: Role::Validator,
+            rpc: addr.clone(),
+            pid: None,
+            status: Some(status),
+            fault: "-".into(),
+            paused: false,
+            power: "-".into(),
+            software: "-".into(),
+        };
+        let mut rows = vec![
+            row(
+                "node0",
+                serde_json::json!({"node_id": "new", "version": "0.2.0", "max_protocol": 2}),
+            ),
+            row("node1", serde_json::json!({"node_id": "old", "height": 5})),
+        ];
+        Poller::new().unwrap().fill_software(&mut rows).await;
+        assert_eq!(rows[0].software, "0.2.0/p2");
+        assert_eq!(rows[1].software, "0.1.0/p?");
+        assert!(table(&rows, false)[2].contains("0.1.0/p?"));
+        assert!(status_line(&rows[0]).contains("software=0.2.0/p2"));
     }
 }

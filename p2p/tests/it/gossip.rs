@@ -37,6 +37,8 @@ async fn three_nodes_discover_and_gossip() {
     let mut a = start(config([127, 0, 0, 1], 1)).await;
     let mut cb = config([127, 0, 0, 2], 2);
     cb.bootstrap = vec![a.tcp.clone().unwrap()];
+    // B's binary runs protocols 1 and 2, A's and C's only 1 (the default).
+    cb.protocols = 1..=2;
     let mut b = start(cb).await;
     let mut cc = config([127, 0, 0, 3], 3);
     cc.bootstrap = vec![a.tcp.clone().unwrap()];
@@ -54,6 +56,25 @@ async fn three_nodes_discover_and_gossip() {
         })
         .await;
     }
+    // Identify tells C what software each peer runs.
+    for (peer, max) in [(&a, 1), (&b, 2)] {
+        wait_until("C reads the peer's software", || async {
+            c.peer(peer.id)
+                .await
+                .and_then(|p| p.software)
+                .is_some_and(|s| s.max_protocol == Some(max))
+        })
+        .await;
+    }
+    let b_software = c.peer(b.id).await.and_then(|p| p.software).unwrap();
+    assert_eq!(
+        b_software.agent,
+        format!("tally/{} protocols 1-2", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        b_software.version.as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
 
     let data = b"tx from C".to_vec();
     let id = c.handle.publish(Topic::Tx, data.clone()).await.unwrap();

@@ -241,6 +241,8 @@ async fn status(State(app): State<App>) -> Response {
         halted: None,
         protocol: 1,
         upgrade: None,
+        version: None,
+        max_protocol: None,
     })
     .unwrap();
     v["some_future_field"] = json!({"x": 1});
