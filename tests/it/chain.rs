@@ -49,7 +49,11 @@ async fn four_validators_and_a_full_node_commit_200_transfers() {
         .unwrap();
     net.assert_no_fork(&[0, 1, 2, 3, 4], [tip]).await;
     // Every connected peer shows the software it announced.
-    let version = format!("tally/{}", env!("CARGO_PKG_VERSION"));
+    let version = format!(
+        "tally/{} protocols 1-{}",
+        env!("CARGO_PKG_VERSION"),
+        ledger::types::MAX_PROTOCOL
+    );
     for i in 0..5 {
         let peers = net.get(i, "/v1/peers").await.unwrap();
         for p in peers["peers"].as_array().unwrap() {
