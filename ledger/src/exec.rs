@@ -666,8 +666,12 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
     }
 
     /// The end of every block: [`Executor::count_signals`], then, if the next height is
-    /// the first of protocol 2 on a chain that ran protocol 1, the switch
-    /// ([`Executor::switch_to_protocol_2`]).
+    /// the first of protocol 2 on a chain that ran protocol 1, the protocol-1 set, in its
+    /// order, is stored as the set of this height on (so of A and A + 1, whose headers
+    /// announce it: consensus sees no change; A + 2 is the first set computed from
+    /// stake). The stored sets are not in the state tree: block A - 1's state root is the
+    /// one a binary without the switch computes too, so such a node commits A - 1 and
+    /// stops cleanly before A instead of refusing A - 1.
     fn end_upgrade(
         &mut self,
         schedule: &ProtocolSchedule,
@@ -678,24 +682,32 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             && self.record::<u64>(&upgrade::protocol_key_bytes(PROTOCOL_2))?
                 == Some(self.height + 1)
         {
+            self.new_set = Some((self.height, self.ctx.validators.validators().to_vec()));
+        }
+        Ok(())
+    }
+
+    /// The start of every block: at the activation height of protocol 2 on a chain that
+    /// ran protocol 1, the switch ([`Executor::switch_to_protocol_2`]) before any tx.
+    fn begin_upgrade(&mut self, schedule: &ProtocolSchedule) -> Result<(), StoreError> {
+        if schedule.genesis() == crate::types::PROTOCOL_1
+            && schedule.activation_of(PROTOCOL_2) == Some(self.height)
+        {
             self.switch_to_protocol_2()?;
         }
         Ok(())
     }
 
-    /// Issue 21: the end of the last protocol-1 block before protocol 2 creates protocol
-    /// 2's state from the protocol-1 set (which has none): each validator is bonded by
-    /// the address of its own consensus key with stake = power x `stake_per_power`, raised
-    /// to `min_validator_stake` if below (so every protocol-1 validator stays in the sets
+    /// Issue 21: the start of the first protocol-2 block A creates protocol 2's state
+    /// from the protocol-1 set (which has none): each validator is bonded by the address
+    /// of its own consensus key with stake = power x `stake_per_power`, raised to
+    /// `min_validator_stake` if below (so every protocol-1 validator stays in the sets
     /// computed from stake); the validator records follow; the stake is new money, added
-    /// to the minted total ([`crate::staking::MINTED_KEY`]); and the protocol-1 set, in its
-    /// order, is stored as the set of this height on (so of A and A + 1, whose headers
-    /// announce it: consensus sees no change; A + 2 is the first set computed from
-    /// stake).
+    /// to the minted total ([`crate::staking::MINTED_KEY`]).
     fn switch_to_protocol_2(&mut self) -> Result<(), StoreError> {
         let params = self.ctx.params.staking();
         let mut minted = self.record::<u64>(staking::MINTED_KEY)?.unwrap_or(0);
-        let activation = self.height + 1;
+        let activation = self.height;
         let overflow = |what: &str| StoreError::Corrupt {
             what: format!("the switch to protocol 2 at height {activation}"),
             detail: format!("{what} overflows a u64"),
@@ -721,7 +733,6 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             );
         }
         self.put_record(staking::MINTED_KEY, Some(&minted));
-        self.new_set = Some((self.height, validators));
         Ok(())
     }
 
@@ -851,6 +862,7 @@ pub fn execute_block<R: StateReader + ?Sized>(
         return Err(BlockError::IllFormed);
     }
     let mut exec = Executor::at_height(base, ctx, h.proposer, h.height).at_protocol(protocol);
+    exec.begin_upgrade(&schedule)?;
     let receipts = if protocol >= PROTOCOL_2 {
         execute_v2(&mut exec, block, signatures)?
     } else {
@@ -1054,7 +1066,8 @@ pub fn build_body_at<R: StateReader + ?Sized>(
         BlockError::Store(e) => e,
         other => StoreError::Db(other.to_string()),
     })?;
-    let exec = Executor::at_height(base, ctx, env.proposer, env.height).at_protocol(protocol);
+    let mut exec = Executor::at_height(base, ctx, env.proposer, env.height).at_protocol(protocol);
+    exec.begin_upgrade(&schedule)?;
     let env = BuildEnv {
         block: env,
         schedule,

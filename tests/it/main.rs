@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod activation;
 mod byzantine;
 mod chain;
 mod crash;
@@ -19,6 +20,5 @@ mod rpc;
 mod staking;
 mod sync;
 mod testnet;
-mod activation;
 mod upgrade;
 mod validators;

@@ -176,16 +176,14 @@ fn three_of_four_signalling_activate_once_and_the_root_is_unchanged_until_then()
     assert!(at.activates() && at.ready_power == 3, "{at:?}");
 
     // Same roots as a chain that never signals up to the block before the record; the
-    // record changes the root at its block, and nothing changes it again until the end of
-    // A - 1 (the switch creates the staking state).
+    // record changes the root at its block, and nothing changes it again through A - 1
+    // (so a binary without the switch agrees on every block before A and stops at A); the
+    // switch at the start of A creates the staking state.
     let (r, a) = (recorded_at as usize, activation as usize);
     assert_eq!(roots[..r], silent_roots[..r]);
     assert_ne!(roots[r], silent_roots[r]);
-    assert!(
-        roots[r..a - 1].iter().all(|x| *x == roots[r]),
-        "recorded once"
-    );
-    assert_ne!(roots[a - 1], roots[a - 2], "the switch");
+    assert!(roots[r..a].iter().all(|x| *x == roots[r]), "recorded once");
+    assert_ne!(roots[a], roots[a - 1], "the switch");
     assert_eq!(
         signalling.entry(&protocol_key_bytes(PROTOCOL_2)).unwrap(),
         Some(borsh::to_vec(&activation).unwrap())
@@ -205,12 +203,12 @@ fn three_of_four_signalling_activate_once_and_the_root_is_unchanged_until_then()
     assert_eq!(header(30).version, PROTOCOL_2);
 }
 
-/// Issue 21, item 3: the end of A - 1 bonds every protocol-1 validator from its own
-/// address (power x stake_per_power, raised to min_validator_stake), stores the
-/// protocol-1 set as the set of A - 1, A and A + 1 (so the headers of A and A + 1 carry
-/// its hash), and mints the stake; from A the chain runs protocol 2: a Bond adds a
-/// validator two heights later, and balances + bonds + unbonding + burned = genesis
-/// supply + minted.
+/// Issue 21, item 3: the end of A - 1 stores the protocol-1 set as the set of A - 1, A
+/// and A + 1 (so the headers of A and A + 1 carry its hash) and changes no state; the
+/// start of A bonds every protocol-1 validator from its own address (power x
+/// stake_per_power, raised to min_validator_stake) and mints the stake; from A the chain
+/// runs protocol 2: a Bond adds a validator two heights later, and balances + bonds +
+/// unbonding + burned = genesis supply + minted.
 #[test]
 fn the_switch_bonds_the_protocol_1_set_keeps_it_two_heights_and_runs_protocol_2() {
     let g = genesis();
@@ -220,20 +218,8 @@ fn the_switch_bonds_the_protocol_1_set_keeps_it_two_heights_and_runs_protocol_2(
     assert!(staking::validator_records(&store).unwrap().is_empty());
     assert_eq!(staking::minted(&store).unwrap(), 0);
     grow(&store, &g, &[0, 1, 2, 3], activation - 1);
-    let per_validator = Params::default().staking().min_validator_stake; // 1 x 1000, raised
-    for v in g.validators.validators() {
-        let record = staking::validator_record(&store, &v.pubkey)
-            .unwrap()
-            .unwrap();
-        assert_eq!(record.stake, per_validator);
-        let bonds = staking::bonds_of(&store, &v.address).unwrap();
-        assert_eq!(
-            bonds,
-            vec![(v.pubkey, per_validator)],
-            "operator = own address"
-        );
-    }
-    assert_eq!(staking::minted(&store).unwrap(), 4 * per_validator);
+    assert!(staking::validator_records(&store).unwrap().is_empty());
+    assert_eq!(staking::minted(&store).unwrap(), 0);
     for h in [activation - 1, activation, activation + 1] {
         assert_eq!(
             staking::validator_set_at(&store, h).unwrap(),
@@ -258,6 +244,20 @@ fn the_switch_bonds_the_protocol_1_set_keeps_it_two_heights_and_runs_protocol_2(
     assert_eq!(block.header.version, PROTOCOL_2);
     assert_eq!(block.header.next_validators_hash, Some(g.validators.hash()));
     apply(&store, &g, &block).unwrap();
+    let per_validator = Params::default().staking().min_validator_stake; // 1 x 1000, raised
+    for v in g.validators.validators() {
+        let record = staking::validator_record(&store, &v.pubkey)
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.stake, per_validator);
+        let bonds = staking::bonds_of(&store, &v.address).unwrap();
+        assert_eq!(
+            bonds,
+            vec![(v.pubkey, per_validator)],
+            "operator = own address"
+        );
+    }
+    assert_eq!(staking::minted(&store).unwrap(), 4 * per_validator);
     grow(&store, &g, &[], activation + 4);
     let set = staking::validator_set_at(&store, activation + 2).unwrap();
     assert_eq!(set.len(), 5, "the bonded key joined at A + 2");
