@@ -84,6 +84,11 @@ impl MemStore {
             inner.tree = Some((version, root));
             inner.genesis_hash = genesis.hash;
             inner.tip = Some(genesis_tip(genesis, root));
+            // As `RocksStore::open` does: every chain stores the genesis set at height 1.
+            inner
+                .sets
+                .entry(1)
+                .or_insert_with(|| genesis.validators.validators().to_vec());
         }
         Ok(store)
     }

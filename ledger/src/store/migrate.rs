@@ -172,6 +172,7 @@ mod tests {
     use crate::state::{AccountReader, StateReader};
     use crate::store::fixture::{bulk_genesis, grow, tx_ids};
     use crate::store::rocks::RocksConfig;
+    use crate::store::tables::ValidatorSets;
     use crate::store::tables::{Blocks, SCHEMA_KEY};
     use crate::store::{ChainReader, ConsensusStore};
     use crate::types::Account;
@@ -226,6 +227,14 @@ mod tests {
         store.consensus_put(b"signing_guard", &[9; 50]).unwrap();
         let before = seen(&store);
         let db = &store.db;
+        // Schema 1 predates stored validator sets (the genesis set every open stores).
+        let state = store.family("state").unwrap();
+        for record in db.prefix_iterator_cf(state, ValidatorSets::PREFIX) {
+            let (key, _) = record.unwrap();
+            if key.starts_with(ValidatorSets::PREFIX) {
+                db.delete_cf(state, &key).unwrap();
+            }
+        }
         let bare = |v: &[u8]| v[8..].to_vec();
         for (family, to_v1) in [
             ("state", &bare as &dyn Fn(&[u8]) -> Vec<u8>),

@@ -212,7 +212,22 @@ impl RocksStore {
                 }
             }
         }
+        store.ensure_genesis_set(genesis)?;
         Ok(store)
+    }
+
+    /// The set of height 1 on a chain whose genesis runs protocol 1 (issue 21): protocol 2
+    /// stores it when the chain is initialised; a protocol-1 store gets it here, outside the
+    /// state tree (no root changes), so that once such a chain switches to protocol 2 every
+    /// height before the first set computed from stake reads the genesis set, whichever
+    /// binary committed those heights (the previous release stores no set at A - 1).
+    fn ensure_genesis_set(&self, genesis: &Genesis) -> Result<(), StoreError> {
+        if self.validator_set_record(1)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        self.put::<ValidatorSets>(&mut batch, &1, &genesis.validators.validators().to_vec())?;
+        self.write(batch, true)
     }
 
     pub(super) fn open_raw(path: &Path, config: &RocksConfig) -> Result<Self, StoreError> {
