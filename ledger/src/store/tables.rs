@@ -3,11 +3,11 @@
 //! name or decodes bytes by hand.
 //!
 //! Keys sort as RocksDB compares bytes: heights big-endian, hashes as they are. Tables that
-//! share a family (accounts and tree nodes in `state`, the singletons in `meta`) are told
-//! apart by a key prefix, which for a singleton is its whole key. Every value is
-//! `checksum ‖ borsh(value)` ([`super::seal`]), so a flipped byte in any record is reported
-//! as [`StoreError::Corrupt`] instead of decoding into garbage. The one exception is
-//! `meta/schema_version` (raw u32 little-endian, see [`SCHEMA_KEY`]).
+//! share a family (accounts and tree nodes in `state`, the singletons and the headers in
+//! `meta`) are told apart by a key prefix, which for a singleton is its whole key. Every
+//! value is `checksum ‖ borsh(value)` ([`super::seal`]), so a flipped byte in any record is
+//! reported as [`StoreError::Corrupt`] instead of decoding into garbage. The one exception
+//! is `meta/schema_version` (raw u32 little-endian, see [`SCHEMA_KEY`]).
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use jmt::storage::{Node, NodeKey};
