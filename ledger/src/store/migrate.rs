@@ -1,22 +1,27 @@
-//! Brings a database of an older layout up to [`SCHEMA_VERSION`] when it is opened.
+//! Brings a database of an older layout up to [`SCHEMA_VERSION`] when it is opened, one
+//! schema at a time (1 -> 2 -> 3), each step written as code.
 //!
 //! Schema 1 checksummed only blocks, commits and the tip. Schema 2 seals every other
 //! record too (accounts, tree nodes, both indexes, consensus records, tree version and
 //! genesis hash; see `tables`), and stores the block index's height and consensus values
-//! as borsh like every other value. The migration rewrites those families in chunks of
-//! [`CHUNK`] records, each chunk one batch together with a [`MigrationCursor`] naming the
-//! last key it converted, so a node stopped midway resumes where it was and never converts
-//! a record twice; the meta records and the new schema version are written last, in one
-//! synced batch. Every schema-1 record is decoded as its type on the way, so a damaged one
-//! stops the migration with its name instead of being sealed as if it were good.
+//! as borsh like every other value. Schema 3 adds `Headers` (each block's header by
+//! height), filled from the stored blocks.
+//!
+//! Every step works through its families in chunks of [`CHUNK`] records, each chunk one
+//! batch together with a [`MigrationCursor`] naming the last key it converted, so a node
+//! stopped midway resumes where it was and never converts a record twice; the meta records
+//! and the step's new schema version are written last, in one synced batch (which drops
+//! the cursor, so the next step starts afresh). Every old record is decoded as its type
+//! on the way, so a damaged one stops the migration with its name instead of being sealed
+//! (or copied from) as if it were good.
 
 use borsh::BorshDeserialize;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::rocks::{rocks_err, RocksStore};
 use super::tables::{
-    Accounts, BlockIndex, Consensus, GenesisHash, MigrationCursor, Table, TreeNodes, TreeVersion,
-    TxIndex,
+    Accounts, BlockIndex, Blocks, Consensus, GenesisHash, Headers, MigrationCursor, Table,
+    TableKey, TreeNodes, TreeVersion, TxIndex,
 };
 use super::{StoreError, SCHEMA_VERSION};
 use crate::hash::Hash;
@@ -27,7 +32,11 @@ const CHUNK: usize = 16_384;
 /// Migrates `store`, whose layout is schema `found` (older than [`SCHEMA_VERSION`]).
 pub(super) fn migrate(store: &RocksStore, found: u32) -> Result<(), StoreError> {
     match found {
-        1 => from_v1(store, CHUNK, usize::MAX),
+        1 => {
+            from_v1(store, CHUNK, usize::MAX)?;
+            from_v2(store, CHUNK, usize::MAX)
+        }
+        2 => from_v2(store, CHUNK, usize::MAX),
         older => Err(StoreError::Db(format!(
             "database schema version {older} predates every layout this tallyd can migrate \
              (1 to {SCHEMA_VERSION}); move the data directory away and start again: the node \
@@ -36,11 +45,21 @@ pub(super) fn migrate(store: &RocksStore, found: u32) -> Result<(), StoreError> 
     }
 }
 
-/// A schema-1 record's key and value to its schema-2 value.
-type Convert = fn(&[u8], &[u8]) -> Result<Vec<u8>, StoreError>;
+/// An old record's new value, from its key and value.
+type Reseal = fn(&[u8], &[u8]) -> Result<Vec<u8>, StoreError>;
 
-/// One schema-1 family whose records are resealed: its name, and how to turn a record's
-/// key and schema-1 value into its schema-2 value.
+/// Puts the records derived from one old record (its key and value) into the batch.
+type Derive = fn(&RocksStore, &mut WriteBatch, &[u8], &[u8]) -> Result<(), StoreError>;
+
+/// What a step makes of one old record, given its key and value.
+enum Convert {
+    /// A new value for the record, under its key.
+    Value(Reseal),
+    /// Records of another table derived from it, put into the batch; the record stays.
+    Derive(Derive),
+}
+
+/// One family a migration step walks: its name, and what it makes of each record.
 struct Step {
     family: &'static str,
     convert: Convert,
@@ -49,26 +68,31 @@ struct Step {
 const V1_STEPS: [Step; 4] = [
     Step {
         family: "state",
-        convert: v1_state,
+        convert: Convert::Value(v1_state),
     },
     Step {
         family: "tx_index",
-        convert: |key, value| reseal::<TxIndex>(key, value),
+        convert: Convert::Value(reseal::<TxIndex>),
     },
     Step {
         family: "block_index",
         // Schema 1 stored the height big-endian and bare.
-        convert: |key, value| {
+        convert: Convert::Value(|key, value| {
             let height = <[u8; 8]>::try_from(value).map_err(|_| v1_corrupt(key, "block index"))?;
             Ok(BlockIndex::value_bytes(&u64::from_be_bytes(height)))
-        },
+        }),
     },
     Step {
         family: "consensus",
         // Schema 1 stored the engine's bytes bare.
-        convert: |_, value| Ok(Consensus::value_bytes(&value.to_vec())),
+        convert: Convert::Value(|_, value| Ok(Consensus::value_bytes(&value.to_vec()))),
     },
 ];
+
+const V2_STEPS: [Step; 1] = [Step {
+    family: Blocks::FAMILY,
+    convert: Convert::Derive(v2_header),
+}];
 
 fn v1_state(key: &[u8], value: &[u8]) -> Result<Vec<u8>, StoreError> {
     match key.split_first() {
@@ -89,6 +113,35 @@ fn v1_corrupt(key: &[u8], what: &str) -> StoreError {
         what: format!("schema-1 {what} record {}", hex::encode(key)),
         detail: "does not decode; the migration to schema 2 stopped before it".into(),
     }
+}
+
+/// A schema-2 block's header into `Headers`: the block is decoded (checksum and borsh)
+/// first, so a damaged one stops the migration named instead of giving a header.
+fn v2_header(
+    store: &RocksStore,
+    batch: &mut WriteBatch,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), StoreError> {
+    let stopped = |what: String, detail: String| StoreError::Corrupt {
+        what,
+        detail: format!(
+            "{detail}; the migration to schema 3 stopped before it. Start the previous \
+             tallyd with TALLY_STARTUP_CHECK_DEPTH=0 to fetch it again from peers, or move \
+             the data directory away and resync"
+        ),
+    };
+    let height = u64::read_key(key).ok_or_else(|| {
+        stopped(
+            format!("block key {}", hex::encode(key)),
+            "malformed".into(),
+        )
+    })?;
+    let block = Blocks::decode_value(&height, value).map_err(|e| match e {
+        StoreError::Corrupt { what, detail } => stopped(what, detail),
+        other => other,
+    })?;
+    store.put::<Headers>(batch, &height, &block.header)
 }
 
 /// A schema-1 meta record, read bare.
@@ -115,15 +168,41 @@ pub(super) fn from_v1(
     chunk: usize,
     max_batches: usize,
 ) -> Result<(), StoreError> {
-    // Read (and so check) the meta records before anything is rewritten: a schema-2
+    // Read (and so check) the meta records before anything is rewritten: a newer
     // database whose version record was damaged into a 1 fails here, untouched.
     let tree: (u64, Hash) = v1_meta(store, TreeVersion::PREFIX)?;
     let genesis: Hash = v1_meta(store, GenesisHash::PREFIX)?;
+    run_steps(store, &V1_STEPS, chunk, max_batches)?;
+    let mut batch = WriteBatch::default();
+    store.put::<TreeVersion>(&mut batch, &(), &tree)?;
+    store.put::<GenesisHash>(&mut batch, &(), &genesis)?;
+    finish(store, batch, 2)
+}
+
+/// Schema 2 to 3: every stored block's header into `Headers`; as [`from_v1`].
+pub(super) fn from_v2(
+    store: &RocksStore,
+    chunk: usize,
+    max_batches: usize,
+) -> Result<(), StoreError> {
+    run_steps(store, &V2_STEPS, chunk, max_batches)?;
+    finish(store, WriteBatch::default(), 3)
+}
+
+/// Walks `steps`' families from where the cursor says (the start without one), `chunk`
+/// records per batch, each batch written with the cursor past its last record; stops (as
+/// a crash would) after `max_batches` batches.
+fn run_steps(
+    store: &RocksStore,
+    steps: &[Step],
+    chunk: usize,
+    max_batches: usize,
+) -> Result<(), StoreError> {
     let (mut step, mut after) = store
         .get::<MigrationCursor>(&())?
         .unwrap_or((0, Vec::new()));
     let mut batches = 0;
-    while let Some(Step { family, convert }) = V1_STEPS.get(step as usize) {
+    while let Some(Step { family, convert }) = steps.get(step as usize) {
         let cf = store.family(family)?;
         let records = store
             .db
@@ -136,7 +215,10 @@ pub(super) fn from_v1(
             if !after.is_empty() && *key == *after {
                 continue;
             }
-            batch.put_cf(cf, &key, convert(&key, &value)?);
+            match convert {
+                Convert::Value(convert) => batch.put_cf(cf, &key, convert(&key, &value)?),
+                Convert::Derive(derive) => derive(store, &mut batch, &key, &value)?,
+            }
             last = Some(key);
             n += 1;
             if n == chunk {
@@ -155,11 +237,14 @@ pub(super) fn from_v1(
         store.write(batch, false)?;
         batches += 1;
     }
-    let mut batch = WriteBatch::default();
-    store.put::<TreeVersion>(&mut batch, &(), &tree)?;
-    store.put::<GenesisHash>(&mut batch, &(), &genesis)?;
+    Ok(())
+}
+
+/// Ends a step: `batch` (its meta records), the cursor dropped and schema `version`, in
+/// one synced batch.
+fn finish(store: &RocksStore, mut batch: WriteBatch, version: u32) -> Result<(), StoreError> {
     store.delete::<MigrationCursor>(&mut batch, &())?;
-    store.put_schema_version(&mut batch)?;
+    store.put_schema_version(&mut batch, version)?;
     store.write(batch, true)
 }
 
@@ -172,10 +257,9 @@ mod tests {
     use crate::state::{AccountReader, StateReader};
     use crate::store::fixture::{bulk_genesis, grow, tx_ids};
     use crate::store::rocks::RocksConfig;
-    use crate::store::tables::ValidatorSets;
-    use crate::store::tables::{Blocks, SCHEMA_KEY};
+    use crate::store::tables::{ValidatorSets, SCHEMA_KEY};
     use crate::store::{ChainReader, ConsensusStore};
-    use crate::types::Account;
+    use crate::types::{Account, Header};
 
     /// Everything a reader can see, to compare before and after a migration.
     #[derive(Debug, PartialEq)]
@@ -187,6 +271,7 @@ mod tests {
         heights: Vec<Option<u64>>,
         locations: Vec<Option<crate::store::TxLocation>>,
         guard: Option<Vec<u8>>,
+        headers: Vec<Option<Header>>,
     }
 
     fn seen(store: &RocksStore) -> Seen {
@@ -216,16 +301,46 @@ mod tests {
                 .map(|id| store.tx_location(&id).unwrap())
                 .collect(),
             guard: store.consensus_get(b"signing_guard").unwrap(),
+            headers: (1..=tip.height)
+                .map(|h| store.committed_header(h).unwrap())
+                .collect(),
         }
     }
 
-    /// A schema-2 database with a short chain, rewritten into schema 1's layout.
-    fn v1_database(path: &Path) -> (Genesis, Seen) {
+    fn set_version(store: &RocksStore, version: u32) {
+        let meta = store.family("meta").unwrap();
+        store
+            .db
+            .put_cf(meta, SCHEMA_KEY, version.to_le_bytes())
+            .unwrap();
+    }
+
+    /// A schema-3 database with a short chain, rewritten into schema 2's layout (no
+    /// headers), and what a reader saw before (every header).
+    fn v2_store(path: &Path) -> (RocksStore, Genesis, Seen) {
         let genesis = bulk_genesis(40);
         let store = RocksStore::open(path, &genesis).unwrap();
         grow(&store, 4);
         store.consensus_put(b"signing_guard", &[9; 50]).unwrap();
         let before = seen(&store);
+        assert!(before.headers.iter().all(Option::is_some));
+        let meta = store.family("meta").unwrap();
+        for h in 1..=4 {
+            store.db.delete_cf(meta, Headers::key_bytes(&h)).unwrap();
+        }
+        assert_eq!(store.committed_header(1).unwrap(), None);
+        set_version(&store, 2);
+        (store, genesis, before)
+    }
+
+    fn v2_database(path: &Path) -> (Genesis, Seen) {
+        let (_, genesis, before) = v2_store(path);
+        (genesis, before)
+    }
+
+    /// The schema-2 database of [`v2_store`], rewritten into schema 1's layout.
+    fn v1_database(path: &Path) -> (Genesis, Seen) {
+        let (store, genesis, before) = v2_store(path);
         let db = &store.db;
         // Schema 1 predates stored validator sets (the genesis set every open stores).
         let state = store.family("state").unwrap();
@@ -256,18 +371,32 @@ mod tests {
             let value = db.get_cf(meta, key).unwrap().unwrap();
             db.put_cf(meta, key, bare(&value)).unwrap();
         }
-        db.put_cf(meta, SCHEMA_KEY, 1u32.to_le_bytes()).unwrap();
+        set_version(&store, 1);
         (genesis, before)
     }
 
-    fn assert_schema_2(store: &RocksStore) {
+    fn version(store: &RocksStore) -> u32 {
+        let meta = store.family("meta").unwrap();
+        let version = store.db.get_cf(meta, SCHEMA_KEY).unwrap().unwrap();
+        u32::from_le_bytes(version.as_slice().try_into().unwrap())
+    }
+
+    /// Every record sealed and decoding, no cursor, the current version, and a header for
+    /// every block.
+    fn assert_current(store: &RocksStore) {
         let (read, problems) = store.check_records(10).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         assert!(read > 40);
         assert_eq!(store.get::<MigrationCursor>(&()).unwrap(), None);
-        let meta = store.family("meta").unwrap();
-        let version = store.db.get_cf(meta, SCHEMA_KEY).unwrap().unwrap();
-        assert_eq!(version, SCHEMA_VERSION.to_le_bytes());
+        assert_eq!(version(store), SCHEMA_VERSION);
+        for h in 1..=store.tip().unwrap().height {
+            let block = store.block(h).unwrap().unwrap();
+            assert_eq!(
+                store.committed_header(h).unwrap(),
+                Some(block.header),
+                "{h}"
+            );
+        }
     }
 
     #[test]
@@ -276,7 +405,7 @@ mod tests {
         let (genesis, before) = v1_database(dir.path());
         let store = RocksStore::open(dir.path(), &genesis).unwrap();
         assert_eq!(seen(&store), before);
-        assert_schema_2(&store);
+        assert_current(&store);
         // And keeps working: the chain grows on the migrated records.
         grow(&store, 1);
         assert_eq!(store.tip().unwrap().height, 5);
@@ -298,7 +427,7 @@ mod tests {
         // A record converted twice would fail schema 1's decoding and stop the migration.
         let store = RocksStore::open(dir.path(), &genesis).unwrap();
         assert_eq!(seen(&store), before);
-        assert_schema_2(&store);
+        assert_current(&store);
     }
 
     #[test]
@@ -308,11 +437,7 @@ mod tests {
         let before = {
             let store = RocksStore::open(dir.path(), &genesis).unwrap();
             grow(&store, 2);
-            let meta = store.family("meta").unwrap();
-            store
-                .db
-                .put_cf(meta, SCHEMA_KEY, 1u32.to_le_bytes())
-                .unwrap();
+            set_version(&store, 1);
             seen(&store)
         };
         let err = RocksStore::open(dir.path(), &genesis).err().unwrap();
@@ -332,16 +457,104 @@ mod tests {
         let genesis = bulk_genesis(10);
         {
             let store = RocksStore::open(dir.path(), &genesis).unwrap();
-            let meta = store.family("meta").unwrap();
-            store
-                .db
-                .put_cf(meta, SCHEMA_KEY, 0u32.to_le_bytes())
-                .unwrap();
+            set_version(&store, 0);
         }
         let err = RocksStore::open(dir.path(), &genesis)
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("move the data directory away"), "{err}");
+    }
+
+    #[test]
+    fn a_schema_2_database_opens_migrated_with_every_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, before) = v2_database(dir.path());
+        let store = RocksStore::open(dir.path(), &genesis).unwrap();
+        assert_eq!(seen(&store), before);
+        assert_current(&store);
+        // New blocks get their header in their own batch.
+        grow(&store, 1);
+        let block = store.block(5).unwrap().unwrap();
+        assert_eq!(store.committed_header(5).unwrap(), Some(block.header));
+    }
+
+    #[test]
+    fn an_interrupted_schema_2_migration_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, before) = v2_database(dir.path());
+        // One block per batch, stopped after one batch, twice: blocks 1 and 2 have
+        // their headers, the cursor says block 2, and 3 was not touched.
+        for _ in 0..2 {
+            let store = RocksStore::open_raw(dir.path(), &RocksConfig::default()).unwrap();
+            assert!(from_v2(&store, 1, 1).is_err());
+        }
+        let store = RocksStore::open_raw(dir.path(), &RocksConfig::default()).unwrap();
+        let cursor = store.get::<MigrationCursor>(&()).unwrap();
+        assert_eq!(cursor, Some((0, Blocks::key_bytes(&2))));
+        let stored: Vec<bool> = (1..=4)
+            .map(|h| store.committed_header(h).unwrap().is_some())
+            .collect();
+        assert_eq!(stored, [true, true, false, false]);
+        assert_eq!(version(&store), 2);
+        drop(store);
+        let store = RocksStore::open(dir.path(), &genesis).unwrap();
+        assert_eq!(seen(&store), before);
+        assert_current(&store);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_naming_both_versions_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let genesis = bulk_genesis(10);
+        let before = {
+            let store = RocksStore::open(dir.path(), &genesis).unwrap();
+            grow(&store, 2);
+            set_version(&store, SCHEMA_VERSION + 1);
+            seen(&store)
+        };
+        let err = RocksStore::open(dir.path(), &genesis).err().unwrap();
+        assert_eq!(
+            err,
+            StoreError::UnknownSchema {
+                found: 4,
+                supported: 3
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "database schema version 4 is newer than this tallyd understands (3); upgrade tallyd"
+        );
+        let store = RocksStore::open_raw(dir.path(), &RocksConfig::default()).unwrap();
+        assert_eq!(seen(&store), before);
+        assert_eq!(version(&store), 4);
+    }
+
+    #[test]
+    fn a_damaged_block_stops_the_schema_2_migration_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, _) = {
+            let (store, genesis, before) = v2_store(dir.path());
+            let blocks = store.family("blocks").unwrap();
+            let key = Blocks::key_bytes(&3);
+            let mut bad = store.db.get_cf(blocks, &key).unwrap().unwrap();
+            bad[40] ^= 1;
+            store.db.put_cf(blocks, &key, bad).unwrap();
+            (genesis, before)
+        };
+        let err = RocksStore::open(dir.path(), &genesis).err().unwrap();
+        let StoreError::Corrupt { what, detail } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(what, "block 3");
+        assert!(
+            detail.starts_with("checksum mismatch; the migration to schema 3 stopped"),
+            "{detail}"
+        );
+        // Nothing of the chunk holding it was written, and the version stays 2.
+        let store = RocksStore::open_raw(dir.path(), &RocksConfig::default()).unwrap();
+        assert_eq!(version(&store), 2);
+        assert_eq!(store.committed_header(1).unwrap(), None);
+        assert_eq!(store.get::<MigrationCursor>(&()).unwrap(), None);
     }
 }

@@ -20,7 +20,8 @@ use crate::types::{Account, Block, Commit};
 /// Version of the on-disk layout. Bump it with a migration in `migrate`.
 /// 1: only blocks, commits and the tip carry a checksum.
 /// 2: every record but the schema version carries one (`tables`).
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: each block's header is stored apart too (`tables::Headers`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {

@@ -13,8 +13,9 @@ use rocksdb::{
 };
 
 use super::tables::{
-    Accounts, BlockIndex, Blocks, ChainTip, Commits, Consensus, GenesisHash, StateEntries, Table,
-    TableKey, TreeNodes, TreeVersion, TxIndex, ValidatorSets, FAMILIES, SCHEMA_KEY, STATE_FAMILY,
+    Accounts, BlockIndex, Blocks, ChainTip, Commits, Consensus, GenesisHash, Headers, StateEntries,
+    Table, TableKey, TreeNodes, TreeVersion, TxIndex, ValidatorSets, FAMILIES, SCHEMA_KEY,
+    STATE_FAMILY,
 };
 use super::{
     build_genesis_state, check_extends, genesis_tip, migrate, ChainReader, ChainWriter,
@@ -381,6 +382,7 @@ impl RocksStore {
         let (mut read, mut problems) = (0, Vec::new());
         let p = &mut problems;
         walk::<Blocks>(self, &mut read, p, max_problems)?;
+        walk::<Headers>(self, &mut read, p, max_problems)?;
         walk::<Commits>(self, &mut read, p, max_problems)?;
         walk::<BlockIndex>(self, &mut read, p, max_problems)?;
         walk::<TxIndex>(self, &mut read, p, max_problems)?;
@@ -440,11 +442,17 @@ impl RocksStore {
             .transpose()
     }
 
-    pub(super) fn put_schema_version(&self, batch: &mut WriteBatch) -> Result<(), StoreError> {
+    /// Puts schema `version` into `batch`: [`SCHEMA_VERSION`] but at the end of a
+    /// migration step that leaves an older one.
+    pub(super) fn put_schema_version(
+        &self,
+        batch: &mut WriteBatch,
+        version: u32,
+    ) -> Result<(), StoreError> {
         batch.put_cf(
             self.family(ChainTip::FAMILY)?,
             SCHEMA_KEY,
-            SCHEMA_VERSION.to_le_bytes(),
+            version.to_le_bytes(),
         );
         Ok(())
     }
@@ -460,7 +468,7 @@ impl RocksStore {
         self.put::<ChainTip>(&mut batch, &(), &genesis_tip(genesis, root))?;
         // Schema version last: its presence means "initialised". This batch is synced, and
         // with it the unsynced state batches written before it.
-        self.put_schema_version(&mut batch)?;
+        self.put_schema_version(&mut batch, SCHEMA_VERSION)?;
         self.write(batch, true)
     }
 
@@ -516,7 +524,8 @@ impl RocksStore {
         self.put::<TreeVersion>(batch, &(), &(update.version, update.root))
     }
 
-    /// The block, its commit and its indexes (everything but state and tip) into `batch`.
+    /// The block, its header, its commit and its indexes (everything but state and tip)
+    /// into `batch`.
     fn put_block_records(
         &self,
         batch: &mut WriteBatch,
@@ -527,6 +536,7 @@ impl RocksStore {
     ) -> Result<(), StoreError> {
         let height = block.header.height;
         self.put::<Blocks>(batch, &height, block)?;
+        self.put::<Headers>(batch, &height, &block.header)?;
         self.put::<Commits>(batch, &height, commit)?;
         self.put::<BlockIndex>(batch, hash, &height)?;
         for (index, id) in tx_ids.iter().enumerate() {
@@ -555,9 +565,9 @@ impl RocksStore {
             .collect()
     }
 
-    /// Rewrites the block and commit records of an already committed height (and the
-    /// block's hash and tx index entries), to repair a record that is missing or fails its
-    /// checksum with a copy fetched from peers. The caller has verified `commit` for
+    /// Rewrites the block, header and commit records of an already committed height (and
+    /// the block's hash and tx index entries), to repair a record that is missing or fails
+    /// its checksum with a copy fetched from peers. The caller has verified `commit` for
     /// `block` and that `block` is the one this chain committed (its hash is the tip's or
     /// the next block's `prev_hash`); here it only must be at or below the tip, match the
     /// tip's hash at the tip, and match `commit`. State and tip are untouched. Synced.
@@ -701,8 +711,9 @@ impl StateReader for RocksStore {
         }
     }
 
+    /// From [`Headers`]: a few hundred bytes where the block is up to `block_max_bytes`.
     fn committed_header(&self, height: u64) -> Result<Option<Header>, StoreError> {
-        Ok(self.get::<Blocks>(&height)?.map(|b| b.header))
+        self.get::<Headers>(&height)
     }
 }
 

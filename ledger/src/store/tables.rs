@@ -3,11 +3,11 @@
 //! name or decodes bytes by hand.
 //!
 //! Keys sort as RocksDB compares bytes: heights big-endian, hashes as they are. Tables that
-//! share a family (accounts and tree nodes in `state`, the singletons in `meta`) are told
-//! apart by a key prefix, which for a singleton is its whole key. Every value is
-//! `checksum ‖ borsh(value)` ([`super::seal`]), so a flipped byte in any record is reported
-//! as [`StoreError::Corrupt`] instead of decoding into garbage. The one exception is
-//! `meta/schema_version` (raw u32 little-endian, see [`SCHEMA_KEY`]).
+//! share a family (accounts and tree nodes in `state`, the singletons and the headers in
+//! `meta`) are told apart by a key prefix, which for a singleton is its whole key. Every
+//! value is `checksum ‖ borsh(value)` ([`super::seal`]), so a flipped byte in any record is
+//! reported as [`StoreError::Corrupt`] instead of decoding into garbage. The one exception
+//! is `meta/schema_version` (raw u32 little-endian, see [`SCHEMA_KEY`]).
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use jmt::storage::{Node, NodeKey};
@@ -15,7 +15,7 @@ use jmt::storage::{Node, NodeKey};
 use super::{decode_record, seal, StoreError, Tip, TxLocation};
 use crate::codec::encode;
 use crate::hash::Hash;
-use crate::types::{Account, Block, Commit, Validator};
+use crate::types::{Account, Block, Commit, Header, Validator};
 
 /// One kind of record: where it lives, how its key is laid out, what its value is.
 pub(crate) trait Table {
@@ -172,6 +172,12 @@ macro_rules! tables {
 tables! {
     /// Committed blocks by height.
     Blocks("blocks", "block"): u64 => Block;
+    /// Schema 3: each committed block's header by height, written in the batch of its
+    /// block, so the upgrade-signal count reads headers instead of whole blocks. In `meta`
+    /// under a prefix rather than in a family of its own: a tallyd of schema 2 opening a
+    /// schema-3 database must get as far as the schema version to refuse it by name, and
+    /// RocksDB refuses to open a database with a family the opener does not list.
+    Headers("meta" + b"header", "header"): u64 => Header;
     /// The commit that finalized each block, by height.
     Commits("commits", "commit"): u64 => Commit;
     /// Block hash -> height.
@@ -277,6 +283,7 @@ mod tests {
         assert!(nodes.len() > 1);
         let tip = store.tip().unwrap();
 
+        round_trip::<Headers>(&store, &7, block.header.clone());
         round_trip::<Blocks>(&store, &7, block);
         round_trip::<Commits>(&store, &7, commit);
         round_trip::<BlockIndex>(&store, &[9; 32], 42);
@@ -472,6 +479,10 @@ mod tests {
 
         let h = 2u64;
         flips_are_corruption(&store, "blocks", &Blocks::key_bytes(&h), |s| s.block(2));
+        // The signal count's reads come from the header record, not the block.
+        flips_are_corruption(&store, "meta", &Headers::key_bytes(&h), |s| {
+            s.committed_header(2)
+        });
         flips_are_corruption(&store, "commits", &Commits::key_bytes(&h), |s| s.commit(2));
         flips_are_corruption(&store, "block_index", &BlockIndex::key_bytes(&hash), |s| {
             s.height_of(&hash)
