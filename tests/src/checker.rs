@@ -247,6 +247,25 @@ impl StakingGenesis {
     fn bond(&self, v: &Validator) -> u64 {
         v.power.saturating_mul(self.params.stake_per_power)
     }
+
+    /// What a protocol-1 chain (`g`) switches to if it activates protocol 2 (issue 21):
+    /// each genesis validator bonded by its own address (stake = power x
+    /// `stake_per_power`, raised to `min_validator_stake`, minted at the switch); None on a
+    /// protocol-2 genesis.
+    pub fn switch_of(g: &Genesis) -> Option<Self> {
+        if !g.operators.is_empty() {
+            return None;
+        }
+        Some(Self {
+            params: g.params.staking(),
+            validators: g
+                .validators
+                .validators()
+                .iter()
+                .map(|v| (v.address, v.clone()))
+                .collect(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -255,6 +274,9 @@ pub struct History {
     pub genesis: BTreeMap<Address, u64>,
     /// Protocol 2: the staking genesis (None: protocol 1, transfers only).
     pub staking: Option<StakingGenesis>,
+    /// A protocol-1 chain: the staking it switches to at the first version-2 header, if
+    /// protocol 2 activates ([`StakingGenesis::switch_of`]).
+    pub upgrade: Option<StakingGenesis>,
     pub nodes: Vec<NodeHistory>,
     pub observed: Vec<Observation>,
 }
@@ -680,7 +702,7 @@ fn check_supply(h: &History, n: &NodeHistory, replay: &Replay<'_>, out: &mut Vec
             .map(u128::from)
             .sum::<u128>()
         + burned.iter().map(|b| u128::from(b.burned)).sum::<u128>();
-    let genesis = h.genesis_supply();
+    let genesis = h.genesis_supply() + replay.minted;
     if reported != genesis {
         out.push(Violation::Supply {
             node: n.name.clone(),
@@ -721,7 +743,11 @@ impl<'a> Read<'a> {
 
 /// The replayed state of one node's chain.
 struct Replay<'a> {
-    staking: Option<&'a StakingGenesis>,
+    staking: Option<std::rc::Rc<StakingGenesis>>,
+    /// A protocol-1 chain's switch to protocol 2 ([`History::upgrade`]).
+    upgrade: Option<&'a StakingGenesis>,
+    /// Stake created by that switch.
+    minted: u128,
     accounts: BTreeMap<Address, Acct>,
     /// (operator, key) -> amount; no zero amounts.
     bonds: BTreeMap<(Address, PublicKeyBytes), u64>,
@@ -753,7 +779,9 @@ impl<'a> Replay<'a> {
             })
             .collect();
         let mut r = Self {
-            staking: h.staking.as_ref(),
+            staking: h.staking.clone().map(std::rc::Rc::new),
+            upgrade: h.upgrade.as_ref(),
+            minted: 0,
             accounts,
             bonds: BTreeMap::new(),
             records: BTreeMap::new(),
@@ -784,7 +812,11 @@ impl<'a> Replay<'a> {
     /// Block `b`: its txs, then (protocol 2) its evidence, downtime, the entries due and
     /// the set of its height + 2; the header's set hashes are checked first.
     fn block(&mut self, node: &str, b: &BlockRecord, out: &mut Vec<Violation>) {
-        if let Some(s) = self.staking {
+        if self.staking.is_none() && b.next_validators_hash.is_some() {
+            self.switch(b.height);
+        }
+        if let Some(s) = self.staking.clone() {
+            let s = &*s;
             self.check_set_hashes(node, b, out);
             for t in &b.txs {
                 let why = self.tx(s, b, t);
@@ -826,6 +858,29 @@ impl<'a> Replay<'a> {
         if !b.txs.is_empty() {
             self.moved.insert(b.height);
         }
+    }
+
+    /// The first version-2 block of a protocol-1 chain, before its txs: each genesis
+    /// validator is bonded by its own address with power x `stake_per_power` raised to
+    /// `min_validator_stake` (minted), and the genesis set, in its order, runs this height
+    /// and the next.
+    /// A version-2 block on a chain that cannot switch is left to the set-hash check.
+    fn switch(&mut self, height: u64) {
+        let Some(u) = self.upgrade else {
+            return;
+        };
+        for (operator, v) in &u.validators {
+            let amount = u.bond(v).max(u.params.min_validator_stake);
+            *self.bonds.entry((*operator, v.pubkey)).or_default() += amount;
+            self.records.entry(v.pubkey).or_default().stake += amount;
+            self.minted += u128::from(amount);
+        }
+        // The protocol-1 set in its genesis order, as the node stores it for A and A + 1.
+        let set: Vec<Validator> = u.validators.iter().map(|(_, v)| v.clone()).collect();
+        self.sets.insert(height, set.clone());
+        self.sets.insert(height + 1, set);
+        self.moved.insert(height);
+        self.staking = Some(std::rc::Rc::new(u.clone()));
     }
 
     fn credit(&mut self, to: Address, amount: u64) {
@@ -1320,6 +1375,7 @@ pub async fn fetch_history(
     Ok(History {
         genesis: genesis.clone(),
         staking: staking.cloned(),
+        upgrade: None,
         nodes: out,
         observed,
     })
@@ -1338,21 +1394,20 @@ pub async fn check_nodes(
 ) -> anyhow::Result<(Vec<Violation>, History)> {
     let balances: BTreeMap<Address, u64> = genesis.accounts.iter().copied().collect();
     let staking = StakingGenesis::of(genesis);
+    // A protocol-1 chain may switch to protocol 2: its operators' staking, the validators'
+    // records and the burned total are read too (empty before a switch).
+    let upgrade = StakingGenesis::switch_of(genesis);
+    let read = staking.as_ref().or(upgrade.as_ref());
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let mut upto = u64::MAX;
         for node in nodes {
             upto = upto.min(tip(http, node).await?);
         }
-        let mut history = fetch_history(
-            http,
-            nodes,
-            &balances,
-            staking.as_ref(),
-            upto,
-            observed.clone(),
-        )
-        .await?;
+        let mut history =
+            fetch_history(http, nodes, &balances, read, upto, observed.clone()).await?;
+        history.staking = staking.clone();
+        history.upgrade = upgrade.clone();
         for n in &mut history.nodes {
             if let Some(e) = earlier.get(&n.name) {
                 n.state.extend(e.clone());
@@ -1626,6 +1681,7 @@ mod tests {
         History {
             genesis: BTreeMap::from([(A, 100), (B, 0)]),
             staking: None,
+            upgrade: None,
             nodes: vec![node("node0"), node("node1")],
             observed: vec![
                 Observation {
@@ -1984,6 +2040,7 @@ mod tests {
         });
         History {
             genesis: BTreeMap::from([(A, 1_000), (B, 1_000), (C, 1_000)]),
+            upgrade: None,
             staking: Some(StakingGenesis {
                 params: params(),
                 validators: vec![
@@ -2206,6 +2263,7 @@ mod tests {
         };
         let mut h = History {
             genesis: BTreeMap::new(),
+            upgrade: None,
             staking: Some(StakingGenesis {
                 params: StakingParams {
                     downtime_jail_after: 2,
