@@ -733,20 +733,28 @@ async fn a_bond_makes_the_host_announce_the_grown_set_and_the_next_heights_follo
     );
 }
 
-/// Issue 20: a protocol-2 proposer puts the evidence its host holds into its block; the
-/// block's execution jails the equivocator, whose absence the host announces for two
-/// heights later, and the evidence is not offered again.
-#[tokio::test]
-async fn a_protocol_2_proposer_includes_the_evidence_it_holds() {
+/// A protocol-2 chain of `solo` (proposing, deciding alone) and `other`, whose
+/// equivocation at height 1 the host holds before height 2: block 2 carries it.
+struct EvidenceInBlock2 {
+    solo: Keypair,
+    other: Keypair,
+    g: Arc<ledger::genesis::Genesis>,
+    store: Arc<MemStore>,
+    a: Actors<MemStore>,
+    /// The network task's end, kept open.
+    _net: tokio::sync::mpsc::Receiver<tally_p2p::Command>,
+}
+
+async fn evidence_in_block_2(solo_power: u64, other_power: u64) -> EvidenceInBlock2 {
     let (solo, other, op) = (key("solo"), key("other"), key("op"));
     let g = Arc::new(crate::testing::genesis_v2(
         CHAIN,
-        &[(&solo, 10), (&other, 1)],
+        &[(&solo, solo_power), (&other, other_power)],
         &op,
         1_000,
     ));
     let store = Arc::new(MemStore::new(&g).unwrap());
-    let (mut a, _net, _) = crate::testing::actors(g.clone(), store.clone(), Some(solo.clone()));
+    let (mut a, net, _) = crate::testing::actors(g.clone(), store.clone(), Some(solo.clone()));
     a.driver.start().await;
     pump(&mut a).await;
     assert_eq!(store.tip().unwrap().height, 1);
@@ -760,6 +768,30 @@ async fn a_protocol_2_proposer_includes_the_evidence_it_holds() {
     pump(&mut a).await;
     let b2 = store.block(2).unwrap().unwrap();
     assert_eq!(b2.evidence.len(), 1, "the held evidence is in block 2");
+    EvidenceInBlock2 {
+        solo,
+        other,
+        g,
+        store,
+        a,
+        _net: net,
+    }
+}
+
+/// Issue 20: a protocol-2 proposer puts the evidence its host holds into its block; the
+/// block's execution jails the equivocator, whose absence the host announces for two
+/// heights later, and the evidence is not offered again.
+#[tokio::test]
+async fn a_protocol_2_proposer_includes_the_evidence_it_holds() {
+    let EvidenceInBlock2 {
+        solo,
+        other,
+        g,
+        store,
+        mut a,
+        _net,
+    } = evidence_in_block_2(10, 1).await;
+    let b2 = store.block(2).unwrap().unwrap();
     assert_eq!(b2.evidence[0].a.validator, other.address());
     let (from, current, next) = announced(&a);
     assert_eq!((from, current), (3, g.validators.hash()));
@@ -847,29 +879,17 @@ async fn a_block_carrying_punished_evidence_again_is_invalid() {
     use ledger::block::{assemble_v2, BlockTemplate};
     use ledger::exec::{build_body_at, BlockEnv};
 
-    let (solo, other, op) = (key("solo"), key("other"), key("op"));
     // Other's stake of 20 loses 1 (5 %) per punishment; solo (1,000 of 1,020) decides
     // alone and proposes the first heights.
-    let g = Arc::new(crate::testing::genesis_v2(
-        CHAIN,
-        &[(&solo, 1_000), (&other, 20)],
-        &op,
-        1_000,
-    ));
-    let store = Arc::new(MemStore::new(&g).unwrap());
-    let (mut a, _net, _) = crate::testing::actors(g.clone(), store.clone(), Some(solo.clone()));
-    a.driver.start().await;
-    pump(&mut a).await;
-    a.host
-        .handle(HostMsg::Evidence {
-            evidence: Box::new(equivocation(&other, 1, 0)),
-            ours: false,
-        })
-        .await;
-    next_height(&mut a, 2).await;
-    pump(&mut a).await;
+    let EvidenceInBlock2 {
+        solo,
+        other,
+        g,
+        store,
+        mut a,
+        _net,
+    } = evidence_in_block_2(1_000, 20).await;
     let b2 = store.block(2).unwrap().unwrap();
-    assert_eq!(b2.evidence.len(), 1, "block 2 punishes the equivocation");
     let punished = ledger::staking::validator_record(store.as_ref(), &other.public_key())
         .unwrap()
         .unwrap();
