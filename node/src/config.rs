@@ -133,7 +133,7 @@ pub struct StorageSection {
     pub write_buffer_mb: usize,
     /// All memtables together: past this the largest is flushed.
     pub write_buffer_total_mb: usize,
-    /// Levels of the state tree kept decoded in memory (0 to 5; 5: ~68 MiB with a
+    /// Levels of the state tree kept decoded in memory (0 to 5; 5: ~66 MiB with a
     /// million accounts, 4: ~4 MiB).
     pub tree_cache_levels: usize,
 }

@@ -67,7 +67,7 @@ impl Default for RocksConfig {
 
 /// Levels of the state tree kept resident by default ([`RocksConfig::tree_cache_levels`]):
 /// the root and the next four levels, at most 1 + 16 + 256 + 4,096 + 65,536 = 69,905
-/// nodes, about 68 MiB once the tree has a million accounts (a decoded internal node is
+/// nodes, about 66 MiB once the tree has a million accounts (a decoded internal node is
 /// ~1 KiB: jmt boxes its 16 child slots); four levels are at most 4,369 nodes, ~4 MiB.
 /// At a million accounts the fifth level spares a block of 1,000 transfers (~2,000 changed
 /// paths) ~1,970 node reads, one per fifth-level node on a changed path.
