@@ -6,8 +6,10 @@
 //! machine's load drifts); check + apply (signatures verified) and apply with signatures
 //! pre-verified, each with 10k and 1M accounts in RocksDB, blocks of 1,000 transfers
 //! committed with one synced write batch each, for each state tree configuration
-//! (`CONFIGS`), alternating block by block; and the share of the pre-verified time spent
-//! executing (the rest is the commit). `TALLY_BENCH_ACCOUNTS=N` runs one size.
+//! (`ROWS`): the rows of one store alternate block by block, and every store (`stores`,
+//! each with its own RocksDB options) executes every block; and the share of the
+//! pre-verified time spent executing (the rest is the commit). `TALLY_BENCH_ACCOUNTS=N`
+//! runs one size.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use ledger::exec::{build_body, execute_block, ExecContext, Signatures};
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::hash::sha256;
 use ledger::state::{set_tree_writer, TreeWriter};
-use ledger::store::rocks::RocksStore;
+use ledger::store::rocks::{RocksConfig, RocksStore};
 use ledger::store::{ChainReader, ChainWriter};
 use ledger::types::*;
 use ledger::Hash;
@@ -54,8 +56,8 @@ fn raw_verify_rate() -> f64 {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
-    store: RocksStore,
+    _dirs: Vec<tempfile::TempDir>,
+    stores: Vec<RocksStore>,
     genesis: Genesis,
     senders: Vec<Keypair>,
     addresses: Vec<Address>,
@@ -102,15 +104,24 @@ fn setup(accounts: usize) -> Setup {
     };
     let bytes = serde_json::to_vec(&file).expect("json");
     let genesis = Genesis::from_bytes("bench-genesis.json", &bytes).expect("genesis");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = RocksStore::open(dir.path(), &genesis).expect("open");
+    let configs = stores();
+    let dirs: Vec<tempfile::TempDir> = configs
+        .iter()
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let stores = dirs
+        .iter()
+        .zip(&configs)
+        .map(|(dir, config)| RocksStore::open_with(dir.path(), &genesis, config).expect("open"))
+        .collect();
     eprintln!(
-        "  set up {accounts} accounts in RocksDB in {:.1}s",
+        "  set up {accounts} accounts in {} RocksDB store(s) in {:.1}s",
+        configs.len(),
         t.elapsed().as_secs_f64()
     );
     Setup {
-        _dir: dir,
-        store,
+        _dirs: dirs,
+        stores,
         genesis,
         senders,
         addresses,
@@ -155,10 +166,10 @@ fn make_txs(s: &Setup, blocks: usize, first_nonce: u64) -> Vec<Vec<SignedTx>> {
     out
 }
 
-/// Executes and commits blocks like a follower, block `i` under `CONFIGS[i % configs]`
-/// (alternating, so every configuration sees the same machine load and store growth):
-/// returns each configuration's rate.
-fn run(s: &Setup, blocks: &[Vec<SignedTx>], preverified: bool, configs: usize) -> Vec<Rate> {
+/// Executes and commits blocks like a follower, each block on every store; on store `s`
+/// block `i` runs under the `i % n`-th of the `n` rows of `s` (alternating, so every row
+/// sees the same machine load and store growth): returns each row's rate.
+fn run(s: &Setup, blocks: &[Vec<SignedTx>], preverified: bool, rows: &[Row]) -> Vec<Rate> {
     let ctx = ExecContext {
         chain_id: CHAIN,
         params: &s.genesis.params,
@@ -166,20 +177,16 @@ fn run(s: &Setup, blocks: &[Vec<SignedTx>], preverified: bool, configs: usize) -
     };
     let set = s.genesis.validator_set();
     // Blocks are assembled (by a "proposer") outside the timed section.
-    let mut total = vec![Duration::ZERO; configs];
-    let mut execute = vec![Duration::ZERO; configs];
-    let mut count = vec![0usize; configs];
+    let mut total = vec![Duration::ZERO; rows.len()];
+    let mut execute = vec![Duration::ZERO; rows.len()];
+    let mut count = vec![0usize; rows.len()];
     for (i, txs) in blocks.iter().cloned().enumerate() {
-        let c = i % configs;
-        let (_, writer, cache) = CONFIGS[c];
-        set_tree_writer(writer);
-        s.store.set_tree_cache_reads(cache);
         let ids: HashSet<Hash> = txs.iter().map(|t| sha256(&encode(t))).collect();
-        let tip = s.store.tip().expect("tip");
+        let tip = s.stores[0].tip().expect("tip");
         let height = tip.height + 1;
         let known = |id: &Hash| ids.contains(id);
         let body = build_body(
-            &s.store,
+            &s.stores[0],
             ctx,
             s.validator.address(),
             txs,
@@ -210,29 +217,46 @@ fn run(s: &Setup, blocks: &[Vec<SignedTx>], preverified: bool, configs: usize) -
             block_hash: block.hash(),
             signatures: vec![],
         };
-
-        let start = Instant::now();
-        let sigs = if preverified {
-            Signatures::Cached(&known)
-        } else {
-            Signatures::Verify
-        };
-        let outcome = execute_block(&s.store, ctx, &block, &sigs).expect("valid block");
-        let executed = start.elapsed();
-        let tx_ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
-        s.store
-            .commit_block(&block, &commit, &outcome.update, &tx_ids)
-            .expect("commit");
-        total[c] += start.elapsed();
-        execute[c] += executed;
-        count[c] += block.txs.len();
+        // The stores take turns going first.
+        let mut order: Vec<usize> = (0..s.stores.len()).collect();
+        order.rotate_left(i % s.stores.len());
+        for store in order {
+            let mine: Vec<usize> = (0..rows.len())
+                .filter(|&r| rows[r].store == store)
+                .collect();
+            let r = mine[i % mine.len()];
+            set_tree_writer(rows[r].writer);
+            let db = &s.stores[store];
+            db.set_tree_cache_read_levels(rows[r].cache_levels);
+            let start = Instant::now();
+            let sigs = if preverified {
+                Signatures::Cached(&known)
+            } else {
+                Signatures::Verify
+            };
+            let outcome = execute_block(db, ctx, &block, &sigs).expect("valid block");
+            let executed = start.elapsed();
+            let tx_ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
+            db.commit_block(&block, &commit, &outcome.update, &tx_ids)
+                .expect("commit");
+            total[r] += start.elapsed();
+            execute[r] += executed;
+            count[r] += block.txs.len();
+        }
     }
-    (0..configs)
-        .map(|c| Rate {
-            tx_per_s: count[c] as f64 / total[c].as_secs_f64(),
-            execute_share: execute[c].as_secs_f64() / total[c].as_secs_f64(),
+    (0..rows.len())
+        .map(|r| Rate {
+            tx_per_s: count[r] as f64 / total[r].as_secs_f64(),
+            execute_share: execute[r].as_secs_f64() / total[r].as_secs_f64(),
         })
         .collect()
+}
+
+/// This process's resident set size, from /proc (Linux).
+fn rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.trim_start_matches("VmRSS:").trim().to_string())
 }
 
 /// A measured rate and the share of its time spent executing (the rest is the commit).
@@ -241,13 +265,57 @@ struct Rate {
     execute_share: f64,
 }
 
+/// One configuration measured: a store (`stores`), a tree writer and how many resident
+/// tree levels answer reads.
+struct Row {
+    name: &'static str,
+    store: usize,
+    writer: TreeWriter,
+    cache_levels: usize,
+}
+
+/// The stores, each with its own RocksDB options, all fed the same blocks: the defaults,
+/// and a block cache twice as large (`storage.block_cache_mb`).
+fn stores() -> Vec<RocksConfig> {
+    let large_cache = RocksConfig {
+        block_cache_bytes: 128 << 20,
+        ..RocksConfig::default()
+    };
+    vec![RocksConfig::default(), large_cache]
+}
+
 /// The state tree's levers (issue 22, lever 4): jmt's own writer without the node cache
-/// is the code before the change; the last row is what nodes run.
-const CONFIGS: [(&str, TreeWriter, bool); 3] = [
-    ("jmt writer, no node cache", TreeWriter::Jmt, false),
-    ("batch writer, no node cache", TreeWriter::Batch, false),
-    ("batch writer + node cache", TreeWriter::Batch, true),
+/// is the code before the change, four resident levels the default before the fifth;
+/// the row named by `DEFAULT_ROW` is what nodes run.
+const ROWS: [Row; 4] = [
+    Row {
+        name: "jmt writer, no node cache",
+        store: 0,
+        writer: TreeWriter::Jmt,
+        cache_levels: 0,
+    },
+    Row {
+        name: "batch writer + 4 levels",
+        store: 0,
+        writer: TreeWriter::Batch,
+        cache_levels: 4,
+    },
+    Row {
+        name: "batch writer + 5 levels",
+        store: 0,
+        writer: TreeWriter::Batch,
+        cache_levels: 5,
+    },
+    Row {
+        name: "5 levels + 128 MiB block cache",
+        store: 1,
+        writer: TreeWriter::Batch,
+        cache_levels: 5,
+    },
 ];
+
+/// The configuration nodes run by default.
+const DEFAULT_ROW: usize = 2;
 
 fn main() {
     // `cargo bench` passes --bench; ignore arguments.
@@ -271,19 +339,19 @@ fn main() {
             println!("raw k256 verify, one core, again:          {again:>10.0} /s   (1.00x for what follows)");
             again
         };
-        let blocks = 12 * CONFIGS.len();
+        let blocks = 12 * ROWS.iter().filter(|r| r.store == 0).count();
         let warm_up = 2;
         let txs = make_txs(&s, warm_up + 2 * blocks, 0);
         eprintln!("  signed {} blocks of transfers", txs.len());
         let (warm, txs) = txs.split_at(warm_up);
         // Warm the OS page cache, RocksDB's block cache and the node cache first.
-        run(&s, warm, true, 1);
+        run(&s, warm, true, &ROWS);
         let (a, b) = txs.split_at(blocks);
-        let checked = run(&s, a, false, CONFIGS.len());
-        let pre = run(&s, b, true, CONFIGS.len());
-        for ((name, _, _), (checked, pre)) in CONFIGS.iter().zip(checked.iter().zip(&pre)) {
+        let checked = run(&s, a, false, &ROWS);
+        let pre = run(&s, b, true, &ROWS);
+        for (Row { name, .. }, (checked, pre)) in ROWS.iter().zip(checked.iter().zip(&pre)) {
             println!(
-                "{accounts:>9} accounts, {name:<28} check + apply {:>6.0} tx/s ({:.2}x)   pre-verified {:>6.0} tx/s ({:.2}x, {:.0}% executing)",
+                "{accounts:>9} accounts, {name:<34} check + apply {:>6.0} tx/s ({:.2}x)   pre-verified {:>6.0} tx/s ({:.2}x, {:.0}% executing)",
                 checked.tx_per_s,
                 checked.tx_per_s / raw,
                 pre.tx_per_s,
@@ -292,9 +360,14 @@ fn main() {
             );
             results.push((accounts, *name, checked.tx_per_s / raw, pre.tx_per_s / raw));
         }
+        eprintln!(
+            "  resident tree nodes: {} (5 levels); process RSS {} (both stores)",
+            s.stores[0].tree_cache_len(),
+            rss().unwrap_or_else(|| "unknown".into())
+        );
     }
     // Targets: the default configuration (the last row of each size).
-    let default = CONFIGS[CONFIGS.len() - 1].0;
+    let default = ROWS[DEFAULT_ROW].name;
     let at = |n: usize| {
         results
             .iter()

@@ -133,6 +133,9 @@ pub struct StorageSection {
     pub write_buffer_mb: usize,
     /// All memtables together: past this the largest is flushed.
     pub write_buffer_total_mb: usize,
+    /// Levels of the state tree kept decoded in memory (0 to 5; 5: ~66 MiB with a
+    /// million accounts, 4: ~4 MiB).
+    pub tree_cache_levels: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -295,6 +298,7 @@ impl Default for StorageSection {
             block_cache_mb: 64,
             write_buffer_mb: 16,
             write_buffer_total_mb: 64,
+            tree_cache_levels: ledger::store::rocks::DEFAULT_TREE_CACHE_LEVELS,
         }
     }
 }
@@ -431,6 +435,13 @@ impl NodeConfig {
             return Err(format!(
                 "storage.write_buffer_mb ({}) must be at least 1 and at most storage.write_buffer_total_mb ({})",
                 self.storage.write_buffer_mb, self.storage.write_buffer_total_mb
+            ));
+        }
+        if self.storage.tree_cache_levels > ledger::store::rocks::MAX_TREE_CACHE_LEVELS {
+            return Err(format!(
+                "storage.tree_cache_levels ({}) must be at most {} (a sixth level would hold a million tree nodes)",
+                self.storage.tree_cache_levels,
+                ledger::store::rocks::MAX_TREE_CACHE_LEVELS
             ));
         }
         if self.mempool.max_txs == 0 || self.mempool.max_bytes == 0 {
@@ -644,6 +655,15 @@ mod tests {
             e.contains("p2p.bootstrap[0]") && e.contains("multiaddr"),
             "{e}"
         );
+        let e = parse("", &[("TALLY_STORAGE_TREE_CACHE_LEVELS", "6")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("storage.tree_cache_levels (6) must be at most 5"),
+            "{e}"
+        );
+        let c = parse("", &[("TALLY_STORAGE_TREE_CACHE_LEVELS", "4")]).unwrap();
+        assert_eq!(c.storage.tree_cache_levels, 4);
     }
     #[test]
     fn p2p_limits_name_the_key_and_reach_the_network_config() {

@@ -381,17 +381,26 @@ mod tests {
     #[cfg(feature = "rocksdb")]
     #[test]
     fn rocksdb_node_cache_and_batch_writer_keep_the_roots_of_jmt_without_cache() {
-        use super::rocks::{RocksStore, DEFAULT_TREE_CACHE_LEVELS};
+        use super::rocks::{DEFAULT_TREE_CACHE_LEVELS, MAX_TREE_CACHE_LEVELS};
+        node_cache_and_batch_writer_keep_the_roots_of_jmt(DEFAULT_TREE_CACHE_LEVELS);
+        node_cache_and_batch_writer_keep_the_roots_of_jmt(MAX_TREE_CACHE_LEVELS);
+    }
+
+    #[cfg(feature = "rocksdb")]
+    fn node_cache_and_batch_writer_keep_the_roots_of_jmt(levels: usize) {
+        use super::rocks::{tree_cache_bound, RocksConfig, RocksStore};
         use crate::state::{compute_update_with, AccountReader, TreeWriter};
         let g = bulk_genesis(5000);
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        // A: batch writer, upper levels cached. B: jmt's writer, no cache.
-        let mut a = RocksStore::open(dir_a.path(), &g).unwrap();
+        // A: batch writer, upper `levels` levels cached. B: jmt's writer, no cache.
+        let config = RocksConfig {
+            tree_cache_levels: levels,
+            ..RocksConfig::default()
+        };
+        let mut a = RocksStore::open_with(dir_a.path(), &g, &config).unwrap();
         let mut b = RocksStore::open(dir_b.path(), &g).unwrap();
         b.set_tree_cache_levels(0);
-        let max_cached: usize = (0..DEFAULT_TREE_CACHE_LEVELS)
-            .map(|l| 16usize.pow(l as u32))
-            .sum();
+        let max_cached = tree_cache_bound(levels);
         for round in 0..30u64 {
             let changes = random_changes(round, 1 + round * 13);
             // A is given the previous values, as execution does.
@@ -429,7 +438,7 @@ mod tests {
             if round % 10 == 9 {
                 // Reopen both: A starts with an empty cache and fills it from RocksDB.
                 drop((a, b));
-                a = RocksStore::open(dir_a.path(), &g).unwrap();
+                a = RocksStore::open_with(dir_a.path(), &g, &config).unwrap();
                 b = RocksStore::open(dir_b.path(), &g).unwrap();
                 b.set_tree_cache_levels(0);
                 assert_eq!(a.tree_cache_len(), 0);

@@ -1,9 +1,8 @@
 //! The RocksDB store: one column family per kind of record (DESIGN.md section 6), typed
 //! keys with big-endian heights so they sort, and one synced `WriteBatch` per block.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use jmt::storage::{NibblePath, Node, NodeKey};
@@ -50,6 +49,9 @@ pub struct RocksConfig {
     /// flushed. Without it the bound would be 7 families x 2 memtables x
     /// `write_buffer_bytes`.
     pub write_buffer_total_bytes: usize,
+    /// Levels of the state tree kept resident ([`NodeCache`]): at most
+    /// [`MAX_TREE_CACHE_LEVELS`].
+    pub tree_cache_levels: usize,
 }
 
 impl Default for RocksConfig {
@@ -58,83 +60,109 @@ impl Default for RocksConfig {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 16 << 20,
             write_buffer_total_bytes: 64 << 20,
+            tree_cache_levels: DEFAULT_TREE_CACHE_LEVELS,
         }
     }
 }
 
-/// Levels of the state tree kept resident ([`RocksStore::set_tree_cache_levels`] changes
-/// it): the root and the next three levels, at most 1 + 16 + 256 + 4,096 nodes (about
-/// 4 MiB). The next level would add 65,536 nodes, about 60 MiB.
-pub const DEFAULT_TREE_CACHE_LEVELS: usize = 4;
+/// Levels of the state tree kept resident by default ([`RocksConfig::tree_cache_levels`]):
+/// the root and the next four levels, at most 1 + 16 + 256 + 4,096 + 65,536 = 69,905
+/// nodes, about 66 MiB once the tree has a million accounts (a decoded internal node is
+/// ~1 KiB: jmt boxes its 16 child slots); four levels are at most 4,369 nodes, ~4 MiB.
+/// At a million accounts the fifth level spares a block of 1,000 transfers (~2,000 changed
+/// paths) ~1,970 node reads, one per fifth-level node on a changed path.
+pub const DEFAULT_TREE_CACHE_LEVELS: usize = 5;
+
+/// The most levels [`RocksConfig::tree_cache_levels`] accepts: a sixth level would add a
+/// million nodes (~1 GiB).
+pub const MAX_TREE_CACHE_LEVELS: usize = 5;
+
+/// The most nodes `levels` resident levels can hold: one per nibble path above the level.
+pub fn tree_cache_bound(levels: usize) -> usize {
+    (0..levels).map(|l| 1usize << (4 * l)).sum()
+}
 
 /// The upper levels of the state tree, resident in memory in front of the `TreeNodes`
 /// table: every block rewrites the root, all 16 of its children, and most of the 256 and
-/// 4,096 nodes below, which would otherwise be read from RocksDB, checksummed and
-/// decoded again on every block.
+/// 4,096 nodes below (and, at a million accounts, ~2,000 of the 65,536 of the fifth
+/// level), which would otherwise be read from RocksDB, checksummed and decoded again on
+/// every block.
 ///
-/// One entry per nibble path: the newest node seen there, with its version. A jmt node key
-/// is (version, path) and never names two different nodes, so an entry answers only a
-/// read of exactly its version and is never wrong, at worst outdated (then the read goes
-/// to RocksDB). Entries come from reads and from committed updates; an older node never
-/// replaces a newer one (a read racing a commit), and an update's stale keys drop their
-/// entries. One entry per path bounds the cache by the number of paths above the level,
-/// whatever happens. It is updated only after the batch is written: a failed write
-/// leaves it as it was, a crash loses it with the process (a reopened store starts empty
-/// and fills from RocksDB), and rebuilding the state (`reset_state`) empties it.
+/// One slot per nibble path above the level, at a fixed index (the paths of each length
+/// in order, shorter first): no hashing and no key allocation. A slot holds the newest
+/// node seen at its path, with its version. A jmt node key is (version, path) and never
+/// names two different nodes, so an entry answers only a read of exactly its version and
+/// is never wrong, at worst outdated (then the read goes to RocksDB). Entries come from
+/// reads and from committed updates; an older node never replaces a newer one (a read
+/// racing a commit), and an update's stale keys empty their slots. The slots bound the
+/// cache by the number of paths above the level, whatever happens. It is updated only
+/// after the batch is written: a failed write leaves it as it was, a crash loses it with
+/// the process (a reopened store starts empty and fills from RocksDB), and rebuilding the
+/// state (`reset_state`) empties it.
 pub(crate) struct NodeCache {
-    levels: AtomicUsize,
-    /// Off: reads go to RocksDB while the cache is still kept up to date (`make bench`
-    /// compares both on one warm store).
-    reads: AtomicBool,
-    nodes: RwLock<HashMap<NibblePath, (u64, Node)>>,
+    /// Reads are answered for nodes above this level only; the deeper ones go to RocksDB
+    /// while the cache is still kept up to date (`make bench` compares 0, 4 and 5 levels
+    /// on one warm store).
+    read_levels: AtomicUsize,
+    /// `tree_cache_bound(levels)` slots.
+    slots: RwLock<Vec<Option<(u64, Node)>>>,
 }
+
+/// The slot of `path` among `slots` slots (None: below the resident levels).
+fn slot(slots: usize, path: &NibblePath) -> Option<usize> {
+    let len = path.num_nibbles();
+    if len >= MAX_TREE_CACHE_LEVELS {
+        return None;
+    }
+    // Paths shorter than `len` come first; then this one's nibbles as a base-16 number.
+    let index = (0..len).fold(tree_cache_bound(len), |at, i| {
+        at + (usize::from(u8::from(path.get_nibble(i))) << (4 * (len - 1 - i)))
+    });
+    (index < slots).then_some(index)
+}
+
+type Slots = Vec<Option<(u64, Node)>>;
 
 impl NodeCache {
     fn new(levels: usize) -> Self {
         Self {
-            levels: AtomicUsize::new(levels),
-            reads: AtomicBool::new(true),
-            nodes: RwLock::new(HashMap::new()),
+            read_levels: AtomicUsize::new(usize::MAX),
+            slots: RwLock::new(vec![None; tree_cache_bound(levels)]),
         }
     }
 
-    fn holds(&self, key: &NodeKey) -> bool {
-        key.nibble_path().num_nibbles() < self.levels.load(Ordering::Relaxed)
+    // A poisoned lock only means a panic between two slot writes; every entry is still a
+    // node stored under its key.
+    fn read(&self) -> RwLockReadGuard<'_, Slots> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    // A poisoned lock only means a panic between two map operations; every entry is still
-    // a node stored under its key.
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<NibblePath, (u64, Node)>> {
-        self.nodes.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<NibblePath, (u64, Node)>> {
-        self.nodes.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> RwLockWriteGuard<'_, Slots> {
+        self.slots.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get(&self, key: &NodeKey) -> Option<Node> {
-        if !self.holds(key) || !self.reads.load(Ordering::Relaxed) {
+        if key.nibble_path().num_nibbles() >= self.read_levels.load(Ordering::Relaxed) {
             return None;
         }
-        match self.read().get(key.nibble_path()) {
+        let slots = self.read();
+        match &slots[slot(slots.len(), key.nibble_path())?] {
             Some((version, node)) if *version == key.version() => Some(node.clone()),
             _ => None,
         }
     }
 
     fn insert(&self, key: &NodeKey, node: &Node) {
-        if self.holds(key) {
-            Self::put(&mut self.write(), key, node);
-        }
+        Self::put(&mut self.write(), key, node);
     }
 
-    fn put(nodes: &mut HashMap<NibblePath, (u64, Node)>, key: &NodeKey, node: &Node) {
-        match nodes.get_mut(key.nibble_path()) {
+    fn put(slots: &mut Slots, key: &NodeKey, node: &Node) {
+        let Some(i) = slot(slots.len(), key.nibble_path()) else {
+            return;
+        };
+        match &mut slots[i] {
             Some((version, _)) if *version > key.version() => {}
-            Some(entry) => *entry = (key.version(), node.clone()),
-            None => {
-                nodes.insert(key.nibble_path().clone(), (key.version(), node.clone()));
-            }
+            entry => *entry = Some((key.version(), node.clone())),
         }
     }
 
@@ -143,35 +171,45 @@ impl NodeCache {
         if update.new_nodes.is_empty() && update.stale_nodes.is_empty() {
             return;
         }
-        let levels = self.levels.load(Ordering::Relaxed);
-        let mut nodes = self.write();
+        let mut slots = self.write();
         for key in &update.stale_nodes {
-            if key.nibble_path().num_nibbles() < levels
-                && nodes.get(key.nibble_path()).map(|(v, _)| *v) == Some(key.version())
-            {
-                nodes.remove(key.nibble_path());
+            if let Some(i) = slot(slots.len(), key.nibble_path()) {
+                if slots[i].as_ref().map(|(v, _)| *v) == Some(key.version()) {
+                    slots[i] = None;
+                }
             }
         }
         for (key, node) in &update.new_nodes {
-            if key.nibble_path().num_nibbles() < levels {
-                Self::put(&mut nodes, key, node);
-            }
+            Self::put(&mut slots, key, node);
         }
     }
 
     fn set_levels(&self, levels: usize) {
-        let mut nodes = self.write();
-        self.levels.store(levels, Ordering::Relaxed);
-        nodes.clear();
+        *self.write() = vec![None; tree_cache_bound(levels)];
     }
 
     fn clear(&self) {
-        self.write().clear();
+        self.write().fill(None);
     }
 
     fn len(&self) -> usize {
-        self.read().len()
+        self.read().iter().filter(|s| s.is_some()).count()
     }
+}
+
+/// The table options every family shares, reading through `cache`.
+fn table_options(cache: &Cache) -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Point lookups dominate (accounts, tree nodes, indexes): a bloom filter lets a miss
+    // skip the data block read.
+    table.set_bloom_filter(10.0, false);
+    // Index and filter blocks stay in the table readers (a few MB for millions of
+    // accounts) instead of the block cache: cached, they were evicted by data blocks
+    // under random account access and re-read and re-checksummed on every lookup,
+    // which made a 1M-account state 25x slower than a 10k one.
+    table.set_cache_index_and_filter_blocks(false);
+    table
 }
 
 pub struct RocksStore {
@@ -233,18 +271,8 @@ impl RocksStore {
 
     pub(super) fn open_raw(path: &Path, config: &RocksConfig) -> Result<Self, StoreError> {
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        // Point lookups dominate (accounts, tree nodes, indexes): a bloom filter lets a miss
-        // skip the data block read.
-        table.set_bloom_filter(10.0, false);
-        // Index and filter blocks stay in the table readers (a few MB for millions of
-        // accounts) instead of the block cache: cached, they were evicted by data blocks
-        // under random account access and re-read and re-checksummed on every lookup,
-        // which made a 1M-account state 25x slower than a 10k one.
-        table.set_cache_index_and_filter_blocks(false);
         let mut cf_opts = Options::default();
-        cf_opts.set_block_based_table_factory(&table);
+        cf_opts.set_block_based_table_factory(&table_options(&cache));
         cf_opts.set_write_buffer_size(config.write_buffer_bytes);
         cf_opts.set_max_write_buffer_number(2);
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -270,7 +298,7 @@ impl RocksStore {
             .map_err(|e| rocks_err(format!("opening the database at {}", path.display()), e))?;
         Ok(Self {
             db,
-            nodes: NodeCache::new(DEFAULT_TREE_CACHE_LEVELS),
+            nodes: NodeCache::new(config.tree_cache_levels.min(MAX_TREE_CACHE_LEVELS)),
         })
     }
 
@@ -628,16 +656,18 @@ impl RocksStore {
         self.write(batch, true)
     }
 
-    /// Sets how many levels of the state tree stay in memory (0: none) and empties that
-    /// cache; `make bench` measures with and without it on one store.
+    /// Sets how many levels of the state tree stay in memory (0: none, at most
+    /// [`MAX_TREE_CACHE_LEVELS`]) and empties that cache.
     pub fn set_tree_cache_levels(&self, levels: usize) {
-        self.nodes.set_levels(levels);
+        self.nodes.set_levels(levels.min(MAX_TREE_CACHE_LEVELS));
     }
 
-    /// Whether tree node reads are answered from the resident levels (on by default). Off,
-    /// they are still kept up to date: `make bench` alternates on one warm store.
-    pub fn set_tree_cache_reads(&self, on: bool) {
-        self.nodes.reads.store(on, Ordering::Relaxed);
+    /// How many of the resident levels answer tree node reads (all of them by default);
+    /// the others are still kept up to date, so `make bench` alternates 0, 4 and 5 levels
+    /// block by block on one warm store.
+    #[doc(hidden)]
+    pub fn set_tree_cache_read_levels(&self, levels: usize) {
+        self.nodes.read_levels.store(levels, Ordering::Relaxed);
     }
 
     /// Tree nodes held in memory now.
@@ -782,5 +812,68 @@ impl ConsensusStore for RocksStore {
         let mut batch = WriteBatch::default();
         self.put::<Consensus>(&mut batch, key, &value.to_vec())?;
         self.write(batch, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jmt::storage::LeafNode;
+    use jmt::{KeyHash, ValueHash};
+
+    /// The node key of `nibbles` (each 0..16) at version 7, through its borsh encoding.
+    fn key(nibbles: &[u8]) -> NodeKey {
+        let mut buf = 7u64.to_le_bytes().to_vec();
+        buf.extend_from_slice(&(nibbles.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&(nibbles.len().div_ceil(2) as u32).to_le_bytes());
+        for pair in nibbles.chunks(2) {
+            buf.push((pair[0] << 4) | pair.get(1).copied().unwrap_or(0));
+        }
+        borsh::from_slice(&buf).unwrap()
+    }
+
+    #[test]
+    fn every_path_above_the_resident_levels_has_a_slot_of_its_own() {
+        let bound = tree_cache_bound(MAX_TREE_CACHE_LEVELS);
+        assert_eq!(bound, 1 + 16 + 256 + 4096 + 65_536);
+        let mut taken = vec![false; bound];
+        for len in 0..MAX_TREE_CACHE_LEVELS {
+            for n in 0..1usize << (4 * len) {
+                let nibbles: Vec<u8> = (0..len)
+                    .map(|i| ((n >> (4 * (len - 1 - i))) & 0xf) as u8)
+                    .collect();
+                let i = slot(bound, key(&nibbles).nibble_path()).unwrap();
+                assert!(!taken[i], "{nibbles:?} shares slot {i}");
+                taken[i] = true;
+            }
+        }
+        assert!(taken.iter().all(|t| *t));
+        // Deeper paths have none, nor paths below fewer configured levels.
+        assert_eq!(slot(bound, key(&[1; 5]).nibble_path()), None);
+        assert_eq!(slot(bound, key(&[15; 64]).nibble_path()), None);
+        assert_eq!(slot(tree_cache_bound(4), key(&[3; 4]).nibble_path()), None);
+        assert_eq!(
+            slot(tree_cache_bound(4), key(&[15; 3]).nibble_path()),
+            Some(4368)
+        );
+    }
+
+    #[test]
+    fn the_cache_answers_only_the_version_it_holds_and_newer_nodes_win() {
+        let cache = NodeCache::new(2);
+        let node = |v: u8| Node::Leaf(LeafNode::new(KeyHash([v; 32]), ValueHash([v; 32])));
+        let at = |version: u64, nibbles: &[u8]| {
+            let k = key(nibbles);
+            NodeKey::new(version, k.nibble_path().clone())
+        };
+        cache.insert(&at(5, &[3]), &node(5));
+        cache.insert(&at(4, &[3]), &node(4)); // older: ignored
+        cache.insert(&at(5, &[3, 1]), &node(9)); // below the levels: ignored
+        assert_eq!(cache.get(&at(5, &[3])), Some(node(5)));
+        assert_eq!(cache.get(&at(4, &[3])), None);
+        assert_eq!(cache.get(&at(5, &[3, 1])), None);
+        assert_eq!(cache.len(), 1);
+        cache.read_levels.store(1, Ordering::Relaxed);
+        assert_eq!(cache.get(&at(5, &[3])), None, "reads limited to the root");
     }
 }
