@@ -145,7 +145,7 @@ TG=$(date +%s)
 "$TALLYD" testnet init "${INIT_ARGS[@]}"
 echo "   genesis written in $(( $(date +%s) - TG )) s ($(du -h "$DIR/genesis.json" | cut -f1))"
 
-DEFAULT="default: batch submit, compact proposals, tx gossip batches, anonymous gossip, verify-once cache"
+DEFAULT="default: batch submit, compact proposals, tx gossip batches, anonymous gossip, verify-once cache, 5 resident tree levels"
 phase "$DEFAULT" "$RATES" "$TALLYD" -- --stop-when-flat --profile
 BEST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_rate"])' "$DIR/phases/00.json")
 if [ "$ABLATIONS" = 1 ]; then
@@ -154,6 +154,7 @@ if [ "$ABLATIONS" = 1 ]; then
   NOCACHE=TALLY_MEMPOOL_REUSE_VERIFIED_SIGNATURES=false
   NOBATCH=TALLY_P2P_TX_BATCH_MS=0
   FULLPROP=TALLY_CONSENSUS_COMPACT_PROPOSALS=false
+  TREE4=TALLY_STORAGE_TREE_CACHE_LEVELS=4
   ONEBYONE=(-- --batch 0)
   phase "default (re-measured)" "$BEST" "$TALLYD"
   phase "no batch submit (one POST /v1/txs per tx, signed during the step)" "$BEST" "$TALLYD" "${ONEBYONE[@]}"
@@ -161,7 +162,8 @@ if [ "$ABLATIONS" = 1 ]; then
   phase "no tx gossip batching (one gossip message per tx)" "$BEST" "$TALLYD" "$NOBATCH"
   phase "libp2p author signatures on gossip" "$BEST" "$TALLYD" "$SIGS"
   phase "no verify-once cache (blocks re-verify every signature)" "$BEST" "$TALLYD" "$NOCACHE"
-  phase "all of the above off" "$BEST" "$TALLYD" "$FULLPROP" "$NOBATCH" "$SIGS" "$NOCACHE" "${ONEBYONE[@]}"
+  phase "state tree: 4 resident levels instead of 5" "$BEST" "$TALLYD" "$TREE4"
+  phase "all of the above off" "$BEST" "$TALLYD" "$FULLPROP" "$NOBATCH" "$SIGS" "$NOCACHE" "$TREE4" "${ONEBYONE[@]}"
   phase "default again (control)" "$BEST" "$TALLYD"
 fi
 
