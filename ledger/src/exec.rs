@@ -55,11 +55,14 @@ impl Signatures<'_> {
         matches!(self, Signatures::Cached(known) if known(id))
     }
 
-    fn check(&self, id: &Hash, stx: &SignedTx) -> Result<(), TxError> {
-        match self {
-            Signatures::Cached(known) if known(id) => Ok(()),
-            _ => stx.verify_signature().map_err(TxError::from),
+    /// Verifies `stx`'s signature unless it is known good; counts a verification in
+    /// `count`.
+    fn check_counted(&self, id: &Hash, stx: &SignedTx, count: &mut u32) -> Result<(), TxError> {
+        if self.known(id) {
+            return Ok(());
         }
+        *count += 1;
+        stx.verify_signature().map_err(TxError::from)
     }
 }
 
@@ -137,6 +140,10 @@ impl BlockError {
 pub struct BlockOutcome {
     pub update: StateUpdate,
     pub receipts: Vec<TxReceipt>,
+    /// Transaction signatures this execution verified (those not known good through
+    /// [`Signatures::Cached`]): the node counts them in
+    /// `tally_tx_signature_verifications_total`.
+    pub signatures_verified: u32,
 }
 
 /// Accumulates account (and, on protocol 2, staking) changes over a base state.
@@ -157,6 +164,8 @@ pub struct Executor<'a, R: StateReader + ?Sized> {
     /// Accounts read from `base` that exist there: their previous values let the tree
     /// writer skip reading the leaves it replaces.
     read: RefCell<HashMap<Address, Account>>,
+    /// Transaction signatures verified so far ([`BlockOutcome::signatures_verified`]).
+    signatures_verified: u32,
 }
 
 impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
@@ -178,6 +187,7 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             entries: BTreeMap::new(),
             new_set: None,
             read: RefCell::new(HashMap::new()),
+            signatures_verified: 0,
         }
     }
 
@@ -223,7 +233,7 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             return Ok(Err(e));
         }
         // Signature last: it is the expensive check, and most cheap failures come first.
-        if let Err(e) = signatures.check(&id, stx) {
+        if let Err(e) = signatures.check_counted(&id, stx, &mut self.signatures_verified) {
             return Ok(Err(e));
         }
         // check_static refused the staking payloads on protocol 1.
@@ -274,6 +284,17 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             sender: sender_addr,
             fee,
         }))
+    }
+
+    /// The state changes so far with the new root, the receipts, and how many signatures
+    /// were verified.
+    pub fn into_outcome(self, receipts: Vec<TxReceipt>) -> Result<BlockOutcome, StoreError> {
+        let signatures_verified = self.signatures_verified;
+        Ok(BlockOutcome {
+            update: self.finish()?,
+            receipts,
+            signatures_verified,
+        })
     }
 
     /// The state changes so far, with the new root.
@@ -869,10 +890,7 @@ pub fn execute_block<R: StateReader + ?Sized>(
         run_txs(&mut exec, &block.txs, signatures)?
     };
     exec.end_upgrade(&schedule, h.signal())?;
-    let outcome = BlockOutcome {
-        update: exec.finish()?,
-        receipts,
-    };
+    let outcome = exec.into_outcome(receipts)?;
     let ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
     let tx_root = merkle_root(&ids);
     if tx_root != block.header.tx_root {
@@ -948,10 +966,7 @@ pub fn execute_txs<R: StateReader + ?Sized>(
 ) -> Result<BlockOutcome, BlockError> {
     let mut exec = Executor::new(base, ctx, proposer);
     let receipts = run_txs(&mut exec, txs, signatures)?;
-    Ok(BlockOutcome {
-        update: exec.finish()?,
-        receipts,
-    })
+    Ok(exec.into_outcome(receipts)?)
 }
 
 fn run_txs<R: StateReader + ?Sized>(
@@ -976,15 +991,17 @@ fn run_txs<R: StateReader + ?Sized>(
     }
     // Verify the signatures not known good in parallel across cores first; the sequential
     // pass then only re-checks (and reports, at its position) a signature that failed.
-    let verified: HashSet<Hash> = {
+    let checked: Vec<(Hash, bool)> = {
         use rayon::prelude::*;
         txs.par_iter()
             .zip(ids.par_iter())
-            .filter(|(stx, (id, _))| signatures.known(id) || stx.verify_signature().is_ok())
-            .map(|(_, (id, _))| *id)
+            .filter(|(_, (id, _))| !signatures.known(id))
+            .map(|(stx, (id, _))| (*id, stx.verify_signature().is_ok()))
             .collect()
     };
-    let known = |id: &Hash| verified.contains(id);
+    exec.signatures_verified += checked.len() as u32;
+    let verified: HashSet<Hash> = checked.into_iter().filter(|c| c.1).map(|c| c.0).collect();
+    let known = |id: &Hash| signatures.known(id) || verified.contains(id);
     let signatures = Signatures::Cached(&known);
     let mut receipts = Vec::with_capacity(txs.len());
     for (index, (stx, (id, len))) in txs.iter().zip(ids).enumerate() {
@@ -1133,10 +1150,7 @@ fn fill_body<R: StateReader + ?Sized>(
     Ok(BuiltBody {
         tx_root: merkle_root(&ids),
         txs,
-        outcome: BlockOutcome {
-            update: exec.finish()?,
-            receipts,
-        },
+        outcome: exec.into_outcome(receipts)?,
         rejected,
         evidence,
         rejected_evidence,

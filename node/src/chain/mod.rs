@@ -494,6 +494,14 @@ impl<S: NodeStore> ChainHost<S> {
         })
     }
 
+    /// Counts the tx signatures an execution verified (those the mempool had not).
+    fn count_verified(&self, outcome: &BlockOutcome) {
+        self.metrics.tx_signatures.count(
+            crate::metrics::VerifyPath::Block,
+            u64::from(outcome.signatures_verified),
+        );
+    }
+
     /// Executes `block` against our state on the blocking pool, skipping the signatures in
     /// `known` (all of them when None: a synced block's were checked when fetched).
     async fn execute(
@@ -513,10 +521,11 @@ impl<S: NodeStore> ChainHost<S> {
             )
         })
         .await;
-        if matches!(result, Some(Ok(_))) {
+        if let Some(Ok(outcome)) = &result {
             self.metrics
                 .execution
                 .observe(start.elapsed().as_secs_f64());
+            self.count_verified(outcome);
         }
         result
     }
@@ -596,6 +605,7 @@ impl<S: NodeStore> ChainHost<S> {
         self.metrics
             .execution
             .observe(start.elapsed().as_secs_f64());
+        self.count_verified(&body.outcome);
         if !body.rejected.is_empty() {
             tracing::debug!(
                 count = body.rejected.len(),

@@ -76,6 +76,9 @@ fn admit(
     }
     checked?;
     // The expensive check runs without the lock so admissions verify in parallel.
+    metrics
+        .tx_signatures
+        .count(crate::metrics::VerifyPath::Admission, 1);
     tx.verify_signature().map_err(TxError::from)?;
     let mut pool = mempool.lock().map_err(|_| AddError::Poisoned)?;
     // The account again, under the lock: a block may have committed since the read above,
