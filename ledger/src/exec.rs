@@ -821,9 +821,10 @@ fn decode_entry<T: BorshDeserialize>(preimage: &[u8], bytes: &[u8]) -> Result<T,
     })
 }
 
-/// Ids and encoded sizes of a block's transactions.
+/// Ids and encoded sizes of a block's transactions (in parallel across cores).
 pub fn tx_ids_and_sizes(txs: &[SignedTx]) -> Vec<(Hash, usize)> {
-    txs.iter()
+    use rayon::prelude::*;
+    txs.par_iter()
         .map(|t| {
             let bytes = encode(t);
             (crate::hash::sha256(&bytes), bytes.len())
@@ -868,6 +869,27 @@ pub fn execute_block<R: StateReader + ?Sized>(
     block: &Block,
     signatures: &Signatures<'_>,
 ) -> Result<BlockOutcome, BlockError> {
+    let ids = tx_ids_and_sizes(&block.txs);
+    execute_block_with_ids(base, ctx, block, &ids, signatures)
+}
+
+/// [`execute_block`] with the block's tx ids and sizes already computed: `ids` must be
+/// [`tx_ids_and_sizes`]`(&block.txs)` (a caller that needed the ids first, to look them up
+/// in its mempool, hashes each tx once).
+pub fn execute_block_with_ids<R: StateReader + ?Sized>(
+    base: &R,
+    ctx: ExecContext<'_>,
+    block: &Block,
+    ids: &[(Hash, usize)],
+    signatures: &Signatures<'_>,
+) -> Result<BlockOutcome, BlockError> {
+    if ids.len() != block.txs.len() {
+        return Err(BlockError::Store(StoreError::Db(format!(
+            "execute_block_with_ids: {} ids for {} txs (a caller's bug)",
+            ids.len(),
+            block.txs.len()
+        ))));
+    }
     let (schedule, protocol) = protocol_at(base, ctx.params, block.header.height)?;
     let h = &block.header;
     if block.header.protocol() != protocol {
@@ -885,9 +907,9 @@ pub fn execute_block<R: StateReader + ?Sized>(
     let mut exec = Executor::at_height(base, ctx, h.proposer, h.height).at_protocol(protocol);
     exec.begin_upgrade(&schedule)?;
     let receipts = if protocol >= PROTOCOL_2 {
-        execute_v2(&mut exec, block, signatures)?
+        execute_v2(&mut exec, block, ids, signatures)?
     } else {
-        run_txs(&mut exec, &block.txs, signatures)?
+        run_txs(&mut exec, &block.txs, ids, signatures)?
     };
     exec.end_upgrade(&schedule, h.signal())?;
     let outcome = exec.into_outcome(receipts)?;
@@ -938,13 +960,14 @@ pub(crate) fn check_set_hash<R: StateReader + ?Sized>(
 fn execute_v2<R: StateReader + ?Sized>(
     exec: &mut Executor<'_, R>,
     block: &Block,
+    ids: &[(Hash, usize)],
     signatures: &Signatures<'_>,
 ) -> Result<Vec<TxReceipt>, BlockError> {
     let h = &block.header;
     check_set_hash(exec.base, "validators_hash", h.height, &h.validators_hash)?;
     let next = h.next_validators_hash.unwrap_or_default(); // well formed: present
     check_set_hash(exec.base, "next_validators_hash", h.height + 1, &next)?;
-    let receipts = run_txs(exec, &block.txs, signatures)?;
+    let receipts = run_txs(exec, &block.txs, ids, signatures)?;
     for (index, e) in block.evidence.iter().enumerate() {
         if let Err(error) = exec.apply_evidence(e)? {
             return Err(BlockError::InvalidEvidence { index, error });
@@ -965,13 +988,15 @@ pub fn execute_txs<R: StateReader + ?Sized>(
     signatures: &Signatures<'_>,
 ) -> Result<BlockOutcome, BlockError> {
     let mut exec = Executor::new(base, ctx, proposer);
-    let receipts = run_txs(&mut exec, txs, signatures)?;
+    let receipts = run_txs(&mut exec, txs, &tx_ids_and_sizes(txs), signatures)?;
     Ok(exec.into_outcome(receipts)?)
 }
 
+/// `ids`: [`tx_ids_and_sizes`]`(txs)`.
 fn run_txs<R: StateReader + ?Sized>(
     exec: &mut Executor<'_, R>,
     txs: &[SignedTx],
+    ids: &[(Hash, usize)],
     signatures: &Signatures<'_>,
 ) -> Result<Vec<TxReceipt>, BlockError> {
     let params = exec.ctx.params;
@@ -981,7 +1006,6 @@ fn run_txs<R: StateReader + ?Sized>(
             max: params.block_max_txs,
         });
     }
-    let ids = tx_ids_and_sizes(txs);
     let total: u64 = ids.iter().map(|(_, n)| *n as u64).sum();
     if total > params.block_max_bytes {
         return Err(BlockError::TooLarge {
@@ -1004,7 +1028,7 @@ fn run_txs<R: StateReader + ?Sized>(
     let known = |id: &Hash| signatures.known(id) || verified.contains(id);
     let signatures = Signatures::Cached(&known);
     let mut receipts = Vec::with_capacity(txs.len());
-    for (index, (stx, (id, len))) in txs.iter().zip(ids).enumerate() {
+    for (index, (stx, &(id, len))) in txs.iter().zip(ids).enumerate() {
         match exec.apply_tx(stx, id, len, &signatures)? {
             Ok(r) => receipts.push(r),
             Err(error) => {
