@@ -626,6 +626,29 @@ mod tests {
         )
     }
 
+    /// `[runtime]`: 0 is one thread per core, a number is that many, the env names map,
+    /// and an absurd count is refused naming the key.
+    #[test]
+    fn runtime_threads_default_to_the_cores_and_follow_the_env() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let d = parse("", &[]).unwrap().runtime;
+        assert_eq!((d.workers(), d.verifiers()), (cores, cores));
+        let c = parse(
+            "",
+            &[
+                ("TALLY_RUNTIME_WORKER_THREADS", "1"),
+                ("TALLY_RUNTIME_VERIFY_THREADS", "3"),
+            ],
+        )
+        .unwrap()
+        .runtime;
+        assert_eq!((c.workers(), c.verifiers()), (1, 3));
+        let e = parse("[runtime]\nverify_threads = 100000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime.verify_threads"), "{e}");
+    }
+
     #[test]
     fn defaults_round_trip_and_env_overrides() {
         let text = NodeConfig::default().to_toml();

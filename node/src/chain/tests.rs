@@ -261,6 +261,30 @@ async fn every_tx_signature_verification_is_counted_once_where_it_happens() {
     }
 }
 
+/// Execution with precomputed ids (the host hashes each tx once) verifies what it does not
+/// know, and refuses an id list that is not the block's (a caller's bug must not skip a
+/// tx).
+#[test]
+fn execution_with_precomputed_ids_counts_verifications_and_refuses_a_wrong_list() {
+    let (g, _, blocks) = chain(1);
+    let b1 = &blocks[0].0;
+    let store = MemStore::new(&g).unwrap();
+    let ctx = ExecContext {
+        chain_id: CHAIN,
+        params: &g.params,
+        validators: &g.validators,
+    };
+    let ids = ledger::exec::tx_ids_and_sizes(&b1.txs);
+    let verify = execute_block_with_ids(&store, ctx, b1, &ids, &Signatures::Verify).unwrap();
+    assert_eq!(verify.signatures_verified as usize, b1.txs.len());
+    let all = |_: &Hash| true;
+    let cached = execute_block_with_ids(&store, ctx, b1, &ids, &Signatures::Cached(&all)).unwrap();
+    assert_eq!(cached.signatures_verified, 0);
+    assert_eq!(cached.update.root, verify.update.root);
+    let e = execute_block_with_ids(&store, ctx, b1, &ids[1..], &Signatures::Verify).unwrap_err();
+    assert!(e.to_string().contains("1 ids for 2 txs"), "{e}");
+}
+
 /// Blocks from sync commit in order through the host; the driver rejoins at the next
 /// height at once (no timeout_commit wait), and the status moves with the tip.
 #[tokio::test]
