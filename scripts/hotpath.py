@@ -10,7 +10,7 @@ verifications per committed tx, context switches per second and threads. The tes
 stopped at the end; the directory is kept for the next run (same chain) unless --clean.
 
   python3 scripts/hotpath.py --bin DIR --dir /tmp/hp-net --label base [--env K=V ...] \\
-      [--raw 5600] [--rate 800] [--duration 20] [--perf perf.data] [--clean]
+      [--raw 5600] [--rate 800] [--duration 20] [--perf perf.data] [--clean] [--idle]
 """
 import argparse
 import json
@@ -80,6 +80,8 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--perf", help="record node0 with perf -g for 8 s into this file")
     p.add_argument("--clean", action="store_true", help="delete --dir at the end")
+    p.add_argument("--idle", action="store_true",
+                   help="no load: print each node's CPU (ms per s) over --duration s")
     a = p.parse_args()
     tallyd, tally = os.path.join(a.bin, "tallyd"), os.path.join(a.bin, "tally")
     if not os.path.exists(os.path.join(a.dir, "testnet.json")):
@@ -108,6 +110,15 @@ def main():
             if sup.poll() is not None or time.time() > deadline:
                 sys.exit(f"no blocks; see {log.name}")
             time.sleep(0.5)
+        if a.idle:
+            before, t0 = snap(nodes), time.time()
+            time.sleep(a.duration)
+            after, wall = snap(nodes), time.time() - t0
+            for n, b, e in zip(nodes, before, after):
+                cs = e["cs"]["vol"] + e["cs"]["invol"] - b["cs"]["vol"] - b["cs"]["invol"]
+                print(f"{n['name']}: idle CPU {(e['cpu'] - b['cpu']) / wall * 1e3:.1f} ms/s, "
+                      f"{cs / wall:.0f} context switches/s, {e['cs']['threads']} threads")
+            return
         cmd = [tally, "--node", ",".join(n["rpc"] for n in nodes),
                "--keys-dir", os.path.join(a.dir, "wallet", "keys"), "--output", "json",
                "bench", "--fund-from", "account0", "--accounts", "128", "--rate", str(a.rate),
