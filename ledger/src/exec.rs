@@ -55,11 +55,14 @@ impl Signatures<'_> {
         matches!(self, Signatures::Cached(known) if known(id))
     }
 
-    fn check(&self, id: &Hash, stx: &SignedTx) -> Result<(), TxError> {
-        match self {
-            Signatures::Cached(known) if known(id) => Ok(()),
-            _ => stx.verify_signature().map_err(TxError::from),
+    /// Verifies `stx`'s signature unless it is known good; counts a verification in
+    /// `count`.
+    fn check_counted(&self, id: &Hash, stx: &SignedTx, count: &mut u32) -> Result<(), TxError> {
+        if self.known(id) {
+            return Ok(());
         }
+        *count += 1;
+        stx.verify_signature().map_err(TxError::from)
     }
 }
 
@@ -137,6 +140,10 @@ impl BlockError {
 pub struct BlockOutcome {
     pub update: StateUpdate,
     pub receipts: Vec<TxReceipt>,
+    /// Transaction signatures this execution verified (those not known good through
+    /// [`Signatures::Cached`]): the node counts them in
+    /// `tally_tx_signature_verifications_total`.
+    pub signatures_verified: u32,
 }
 
 /// Accumulates account (and, on protocol 2, staking) changes over a base state.
@@ -157,6 +164,8 @@ pub struct Executor<'a, R: StateReader + ?Sized> {
     /// Accounts read from `base` that exist there: their previous values let the tree
     /// writer skip reading the leaves it replaces.
     read: RefCell<HashMap<Address, Account>>,
+    /// Transaction signatures verified so far ([`BlockOutcome::signatures_verified`]).
+    signatures_verified: u32,
 }
 
 impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
@@ -178,6 +187,7 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             entries: BTreeMap::new(),
             new_set: None,
             read: RefCell::new(HashMap::new()),
+            signatures_verified: 0,
         }
     }
 
@@ -223,7 +233,7 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             return Ok(Err(e));
         }
         // Signature last: it is the expensive check, and most cheap failures come first.
-        if let Err(e) = signatures.check(&id, stx) {
+        if let Err(e) = signatures.check_counted(&id, stx, &mut self.signatures_verified) {
             return Ok(Err(e));
         }
         // check_static refused the staking payloads on protocol 1.
@@ -274,6 +284,17 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
             sender: sender_addr,
             fee,
         }))
+    }
+
+    /// The state changes so far with the new root, the receipts, and how many signatures
+    /// were verified.
+    pub fn into_outcome(self, receipts: Vec<TxReceipt>) -> Result<BlockOutcome, StoreError> {
+        let signatures_verified = self.signatures_verified;
+        Ok(BlockOutcome {
+            update: self.finish()?,
+            receipts,
+            signatures_verified,
+        })
     }
 
     /// The state changes so far, with the new root.
@@ -800,9 +821,10 @@ fn decode_entry<T: BorshDeserialize>(preimage: &[u8], bytes: &[u8]) -> Result<T,
     })
 }
 
-/// Ids and encoded sizes of a block's transactions.
+/// Ids and encoded sizes of a block's transactions (in parallel across cores).
 pub fn tx_ids_and_sizes(txs: &[SignedTx]) -> Vec<(Hash, usize)> {
-    txs.iter()
+    use rayon::prelude::*;
+    txs.par_iter()
         .map(|t| {
             let bytes = encode(t);
             (crate::hash::sha256(&bytes), bytes.len())
@@ -847,6 +869,27 @@ pub fn execute_block<R: StateReader + ?Sized>(
     block: &Block,
     signatures: &Signatures<'_>,
 ) -> Result<BlockOutcome, BlockError> {
+    let ids = tx_ids_and_sizes(&block.txs);
+    execute_block_with_ids(base, ctx, block, &ids, signatures)
+}
+
+/// [`execute_block`] with the block's tx ids and sizes already computed: `ids` must be
+/// [`tx_ids_and_sizes`]`(&block.txs)` (a caller that needed the ids first, to look them up
+/// in its mempool, hashes each tx once).
+pub fn execute_block_with_ids<R: StateReader + ?Sized>(
+    base: &R,
+    ctx: ExecContext<'_>,
+    block: &Block,
+    ids: &[(Hash, usize)],
+    signatures: &Signatures<'_>,
+) -> Result<BlockOutcome, BlockError> {
+    if ids.len() != block.txs.len() {
+        return Err(BlockError::Store(StoreError::Db(format!(
+            "execute_block_with_ids: {} ids for {} txs (a caller's bug)",
+            ids.len(),
+            block.txs.len()
+        ))));
+    }
     let (schedule, protocol) = protocol_at(base, ctx.params, block.header.height)?;
     let h = &block.header;
     if block.header.protocol() != protocol {
@@ -864,15 +907,12 @@ pub fn execute_block<R: StateReader + ?Sized>(
     let mut exec = Executor::at_height(base, ctx, h.proposer, h.height).at_protocol(protocol);
     exec.begin_upgrade(&schedule)?;
     let receipts = if protocol >= PROTOCOL_2 {
-        execute_v2(&mut exec, block, signatures)?
+        execute_v2(&mut exec, block, ids, signatures)?
     } else {
-        run_txs(&mut exec, &block.txs, signatures)?
+        run_txs(&mut exec, &block.txs, ids, signatures)?
     };
     exec.end_upgrade(&schedule, h.signal())?;
-    let outcome = BlockOutcome {
-        update: exec.finish()?,
-        receipts,
-    };
+    let outcome = exec.into_outcome(receipts)?;
     let ids: Vec<Hash> = outcome.receipts.iter().map(|r| r.id).collect();
     let tx_root = merkle_root(&ids);
     if tx_root != block.header.tx_root {
@@ -920,13 +960,14 @@ pub(crate) fn check_set_hash<R: StateReader + ?Sized>(
 fn execute_v2<R: StateReader + ?Sized>(
     exec: &mut Executor<'_, R>,
     block: &Block,
+    ids: &[(Hash, usize)],
     signatures: &Signatures<'_>,
 ) -> Result<Vec<TxReceipt>, BlockError> {
     let h = &block.header;
     check_set_hash(exec.base, "validators_hash", h.height, &h.validators_hash)?;
     let next = h.next_validators_hash.unwrap_or_default(); // well formed: present
     check_set_hash(exec.base, "next_validators_hash", h.height + 1, &next)?;
-    let receipts = run_txs(exec, &block.txs, signatures)?;
+    let receipts = run_txs(exec, &block.txs, ids, signatures)?;
     for (index, e) in block.evidence.iter().enumerate() {
         if let Err(error) = exec.apply_evidence(e)? {
             return Err(BlockError::InvalidEvidence { index, error });
@@ -947,16 +988,15 @@ pub fn execute_txs<R: StateReader + ?Sized>(
     signatures: &Signatures<'_>,
 ) -> Result<BlockOutcome, BlockError> {
     let mut exec = Executor::new(base, ctx, proposer);
-    let receipts = run_txs(&mut exec, txs, signatures)?;
-    Ok(BlockOutcome {
-        update: exec.finish()?,
-        receipts,
-    })
+    let receipts = run_txs(&mut exec, txs, &tx_ids_and_sizes(txs), signatures)?;
+    Ok(exec.into_outcome(receipts)?)
 }
 
+/// `ids`: [`tx_ids_and_sizes`]`(txs)`.
 fn run_txs<R: StateReader + ?Sized>(
     exec: &mut Executor<'_, R>,
     txs: &[SignedTx],
+    ids: &[(Hash, usize)],
     signatures: &Signatures<'_>,
 ) -> Result<Vec<TxReceipt>, BlockError> {
     let params = exec.ctx.params;
@@ -966,7 +1006,6 @@ fn run_txs<R: StateReader + ?Sized>(
             max: params.block_max_txs,
         });
     }
-    let ids = tx_ids_and_sizes(txs);
     let total: u64 = ids.iter().map(|(_, n)| *n as u64).sum();
     if total > params.block_max_bytes {
         return Err(BlockError::TooLarge {
@@ -976,18 +1015,20 @@ fn run_txs<R: StateReader + ?Sized>(
     }
     // Verify the signatures not known good in parallel across cores first; the sequential
     // pass then only re-checks (and reports, at its position) a signature that failed.
-    let verified: HashSet<Hash> = {
+    let checked: Vec<(Hash, bool)> = {
         use rayon::prelude::*;
         txs.par_iter()
             .zip(ids.par_iter())
-            .filter(|(stx, (id, _))| signatures.known(id) || stx.verify_signature().is_ok())
-            .map(|(_, (id, _))| *id)
+            .filter(|(_, (id, _))| !signatures.known(id))
+            .map(|(stx, (id, _))| (*id, stx.verify_signature().is_ok()))
             .collect()
     };
-    let known = |id: &Hash| verified.contains(id);
+    exec.signatures_verified += checked.len() as u32;
+    let verified: HashSet<Hash> = checked.into_iter().filter(|c| c.1).map(|c| c.0).collect();
+    let known = |id: &Hash| signatures.known(id) || verified.contains(id);
     let signatures = Signatures::Cached(&known);
     let mut receipts = Vec::with_capacity(txs.len());
-    for (index, (stx, (id, len))) in txs.iter().zip(ids).enumerate() {
+    for (index, (stx, &(id, len))) in txs.iter().zip(ids).enumerate() {
         match exec.apply_tx(stx, id, len, &signatures)? {
             Ok(r) => receipts.push(r),
             Err(error) => {
@@ -1133,10 +1174,7 @@ fn fill_body<R: StateReader + ?Sized>(
     Ok(BuiltBody {
         tx_root: merkle_root(&ids),
         txs,
-        outcome: BlockOutcome {
-            update: exec.finish()?,
-            receipts,
-        },
+        outcome: exec.into_outcome(receipts)?,
         rejected,
         evidence,
         rejected_evidence,

@@ -7,7 +7,7 @@ use clap::Args;
 use ledger::crypto::Keypair;
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::hash::{sha256, to_hex};
-use tally_node::config::{Home, NodeConfig};
+use tally_node::config::{Home, NodeConfig, RuntimeSection};
 use tally_node::keys;
 use tokio_util::sync::CancellationToken;
 
@@ -162,8 +162,19 @@ fn init_logging(level: &str, json: bool) {
     };
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The node's thread pools, sized by `[runtime]`: the tokio runtime, and rayon's global
+/// pool (signature verification in parallel).
+fn runtime(config: &RuntimeSection) -> anyhow::Result<tokio::runtime::Runtime> {
+    // Fails only if something used rayon before (the pool then has one thread per core).
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.verifiers())
+        .thread_name(|i| format!("tally-verify-{i}"))
+        .build_global()
+    {
+        tracing::warn!(error = %e, "runtime.verify_threads not applied");
+    }
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers())
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -198,7 +209,7 @@ pub fn start(home: PathBuf) -> anyhow::Result<()> {
     let config = NodeConfig::load(&Home(home.clone()).config_file(), std::env::vars())?;
     init_logging(&config.log.level, config.log.format == "json");
     let genesis = Genesis::load(&Home(home.clone()).genesis_file())?;
-    runtime()?.block_on(async move {
+    runtime(&config.runtime)?.block_on(async move {
         let token = CancellationToken::new();
         watch_signals(token.clone());
         tally_node::node::run_with(Home(home), config, genesis, token).await
@@ -311,7 +322,7 @@ Stop with Ctrl-C.
         tx = to_hex(&ledger::codec::encode(&example)),
         id = to_hex(&example.id()),
     );
-    runtime()?.block_on(async move {
+    runtime(&config.runtime)?.block_on(async move {
         let token = CancellationToken::new();
         watch_signals(token.clone());
         tally_node::node::run_with(home, config, genesis, token).await

@@ -26,6 +26,7 @@ pub struct NodeConfig {
     pub mempool: MempoolSection,
     pub consensus: ConsensusSection,
     pub storage: StorageSection,
+    pub runtime: RuntimeSection,
     pub log: LogSection,
 }
 
@@ -138,6 +139,43 @@ pub struct StorageSection {
     pub tree_cache_levels: usize,
 }
 
+/// The node's threads. Several nodes on one small machine (a local testnet, a benchmark)
+/// each spawn these pools; fewer threads there mean fewer context switches.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Tokio worker threads (network, router, RPC, actors); 0: one per core.
+    pub worker_threads: usize,
+    /// Threads of the pool that verifies signatures in parallel (gossiped tx batches, block
+    /// execution, synced blocks); 0: one per core.
+    pub verify_threads: usize,
+}
+
+impl RuntimeSection {
+    /// At most this many threads per pool: more than any machine here has cores.
+    pub const MAX_THREADS: usize = 1024;
+
+    fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// Tokio worker threads: `worker_threads`, or one per core.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => Self::cores(),
+            n => n,
+        }
+    }
+
+    /// Signature verification threads: `verify_threads`, or one per core.
+    pub fn verifiers(&self) -> usize {
+        match self.verify_threads {
+            0 => Self::cores(),
+            n => n,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
@@ -157,6 +195,7 @@ impl Default for NodeConfig {
             mempool: MempoolSection::default(),
             consensus: ConsensusSection::default(),
             storage: StorageSection::default(),
+            runtime: RuntimeSection::default(),
             log: LogSection::default(),
         }
     }
@@ -444,6 +483,17 @@ impl NodeConfig {
                 ledger::store::rocks::MAX_TREE_CACHE_LEVELS
             ));
         }
+        for (key, n) in [
+            ("runtime.worker_threads", self.runtime.worker_threads),
+            ("runtime.verify_threads", self.runtime.verify_threads),
+        ] {
+            if n > RuntimeSection::MAX_THREADS {
+                return Err(format!(
+                    "{key} = {n} is more than {}; use 0 (one per core) or the number of threads",
+                    RuntimeSection::MAX_THREADS
+                ));
+            }
+        }
         if self.mempool.max_txs == 0 || self.mempool.max_bytes == 0 {
             return Err("mempool.max_txs and mempool.max_bytes must be positive".into());
         }
@@ -585,6 +635,29 @@ mod tests {
             text,
             env.iter().map(|(a, b)| (a.to_string(), b.to_string())),
         )
+    }
+
+    /// `[runtime]`: 0 is one thread per core, a number is that many, the env names map,
+    /// and an absurd count is refused naming the key.
+    #[test]
+    fn runtime_threads_default_to_the_cores_and_follow_the_env() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let d = parse("", &[]).unwrap().runtime;
+        assert_eq!((d.workers(), d.verifiers()), (cores, cores));
+        let c = parse(
+            "",
+            &[
+                ("TALLY_RUNTIME_WORKER_THREADS", "1"),
+                ("TALLY_RUNTIME_VERIFY_THREADS", "3"),
+            ],
+        )
+        .unwrap()
+        .runtime;
+        assert_eq!((c.workers(), c.verifiers()), (1, 3));
+        let e = parse("[runtime]\nverify_threads = 100000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime.verify_threads"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,74 @@ pub struct VersionLabel {
     pub version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: &'static str,
+}
+
+/// Where a transaction's signature was verified (the `path` label of
+/// `tally_tx_signature_verifications_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyPath {
+    /// `mempool::admission`: a tx from the RPC or from gossip (single or batched).
+    Admission,
+    /// Block execution (build or validate): a tx the mempool had not verified.
+    Block,
+    /// A synced block's txs, checked by the fetch task.
+    Sync,
+}
+
+impl VerifyPath {
+    pub const ALL: [VerifyPath; 3] = [VerifyPath::Admission, VerifyPath::Block, VerifyPath::Sync];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyPath::Admission => "admission",
+            VerifyPath::Block => "block",
+            VerifyPath::Sync => "sync",
+        }
+    }
+}
+
+/// Transaction signature verifications (k256, the floor of what a tx costs a node), by
+/// where they happen. Clones share the counters.
+#[derive(Clone, Default)]
+pub struct TxSignatureMetrics {
+    verifications: Family<PathLabel, Counter>,
+}
+
+impl TxSignatureMetrics {
+    pub fn count(&self, path: VerifyPath, n: u64) {
+        if n > 0 {
+            self.verifications
+                .get_or_create(&PathLabel {
+                    path: path.as_str(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Verifications counted on `path` since start.
+    pub fn get(&self, path: VerifyPath) -> u64 {
+        self.verifications
+            .get_or_create(&PathLabel {
+                path: path.as_str(),
+            })
+            .get()
+    }
+
+    fn register(&self, r: &mut Registry) {
+        for path in VerifyPath::ALL {
+            let _ = self.get(path);
+        }
+        r.register(
+            "tally_tx_signature_verifications",
+            "Transaction signatures verified (k256), by path: admission (RPC and gossip), block (execution of txs the mempool had not verified), sync (fetched blocks)",
+            self.verifications.clone(),
+        );
+    }
+}
+
 #[derive(Clone)]
 pub struct ChainMetrics {
     pub height: Gauge,
@@ -60,6 +128,8 @@ pub struct ChainMetrics {
     pub build_info: Family<VersionLabel, Gauge>,
     /// Failures of this node's own store (shared with the mempool and the RPC).
     pub storage: StorageHealth,
+    /// Transaction signature verifications (shared with the mempool's admission).
+    pub tx_signatures: TxSignatureMetrics,
     /// The validator set and the staking state, refreshed by [`observe_staking`].
     pub staking: StakingMetrics,
 }
@@ -146,6 +216,7 @@ impl ChainMetrics {
             start_time: Gauge::default(),
             build_info: Family::default(),
             storage: StorageHealth::default(),
+            tx_signatures: TxSignatureMetrics::default(),
             staking: StakingMetrics::default(),
         };
         if let Some(t) = process_start_time() {
@@ -276,6 +347,7 @@ impl ChainMetrics {
             "Failures of this node's own store (reads or writes), never blamed on peers",
             m.storage.errors.clone(),
         );
+        m.tx_signatures.register(r);
         m.staking.register(r);
         r.register(
             "tally_build_info",

@@ -193,6 +193,7 @@ pub async fn run_with(
     let mut mempool_metrics = MempoolMetrics::register(&mut registry);
     // One record of storage errors for the engine, admission and `/v1/status`.
     mempool_metrics.storage = chain_metrics.storage.clone();
+    mempool_metrics.tx_signatures = chain_metrics.tx_signatures.clone();
     let storage_health = chain_metrics.storage.clone();
     let sync_blocks_served = chain_metrics.sync_blocks_served.clone();
     let rpc_metrics = RpcMetrics::register(&mut registry);

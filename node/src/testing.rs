@@ -220,23 +220,37 @@ pub fn actors_with<S: NodeStore>(
     tokio::sync::mpsc::Receiver<tally_p2p::Command>,
     ChainMetrics,
 ) {
-    let (net, commands) = tally_p2p::NetworkHandle::detached(1024);
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ChainMetrics::register(&mut registry);
+    let (actors, commands) = actors_metered(genesis, store, key, mempool, metrics.clone(), true);
+    (actors, commands, metrics)
+}
+
+/// [`actors_with`] reporting to `metrics`, with block execution reusing the mempool's
+/// verified signatures or not (`[mempool] reuse_verified_signatures`).
+pub fn actors_metered<S: NodeStore>(
+    genesis: Arc<Genesis>,
+    store: Arc<S>,
+    key: Option<Keypair>,
+    mempool: Arc<Mutex<Mempool>>,
+    metrics: ChainMetrics,
+    reuse_mempool_signatures: bool,
+) -> (Actors<S>, tokio::sync::mpsc::Receiver<tally_p2p::Command>) {
+    let (net, commands) = tally_p2p::NetworkHandle::detached(1024);
     let actors = Actors::build(ActorParts {
         genesis: genesis.clone(),
         store,
         mempool,
         mempool_metrics: Default::default(),
-        metrics: metrics.clone(),
+        metrics,
         net,
         key,
         timeout_commit: Duration::from_millis(10),
         events: tokio::sync::broadcast::channel(1024).0,
-        reuse_mempool_signatures: true,
+        reuse_mempool_signatures,
     })
     .unwrap();
-    (actors, commands, metrics)
+    (actors, commands)
 }
 
 /// A proposal signed by `key` for (height, round), with an empty body that matches its

@@ -27,7 +27,8 @@ use ledger::block::{
     next_block_time, BlockSets, BlockTemplate,
 };
 use ledger::exec::{
-    build_body_at, execute_block, BlockEnv, BlockError, BlockOutcome, ExecContext, Signatures,
+    build_body_at, execute_block_with_ids, BlockEnv, BlockError, BlockOutcome, ExecContext,
+    Signatures,
 };
 use ledger::genesis::Genesis;
 use ledger::store::Tip;
@@ -207,6 +208,15 @@ pub(crate) fn now_ms() -> u64 {
     now.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Whether a block's tx signatures still need checking when the host executes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signed {
+    /// A proposal: verify each signature our mempool did not.
+    Unchecked,
+    /// A synced block: its fetch task verified every one.
+    Checked,
 }
 
 /// Runs CPU-heavy work (a block's signatures and state tree) on the blocking pool, so the
@@ -479,44 +489,59 @@ impl<S: NodeStore> ChainHost<S> {
         }
     }
 
-    /// The ids of `block`'s txs whose signatures our mempool verified (it holds only
-    /// verified txs), read under one lock: execution gets a set, not a callback that locks
-    /// the pool once per tx from inside the ledger's parallel loop. Empty when reuse is off.
-    fn verified_by_mempool(&self, block: &Block) -> Option<HashSet<Hash>> {
-        use rayon::prelude::*;
-        if !self.reuse_mempool_signatures {
-            return Some(HashSet::new());
-        }
-        let ids: Vec<Hash> = block.txs.par_iter().map(SignedTx::id).collect();
-        Some(match self.mempool.lock() {
-            Ok(m) => ids.into_iter().filter(|id| m.contains(id)).collect(),
+    /// The txs (by id) whose signatures our mempool verified (it holds only verified txs),
+    /// read under one lock: execution gets a set, not a callback that locks the pool once
+    /// per tx from inside the ledger's parallel loop.
+    fn held_by(mempool: &Mutex<Mempool>, ids: &[(Hash, usize)]) -> HashSet<Hash> {
+        match mempool.lock() {
+            Ok(m) => ids
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| m.contains(id))
+                .collect(),
             Err(_) => HashSet::new(),
-        })
+        }
     }
 
-    /// Executes `block` against our state on the blocking pool, skipping the signatures in
-    /// `known` (all of them when None: a synced block's were checked when fetched).
+    /// Counts the tx signatures an execution verified (those the mempool had not).
+    fn count_verified(&self, outcome: &BlockOutcome) {
+        self.metrics.tx_signatures.count(
+            crate::metrics::VerifyPath::Block,
+            u64::from(outcome.signatures_verified),
+        );
+    }
+
+    /// Executes `block` against our state on the blocking pool. `Signed::Unchecked`: its
+    /// tx signatures are verified unless our mempool verified them (and reuse is on);
+    /// `Signed::Checked`: all were checked when the block was fetched (sync). Each tx is
+    /// hashed once, for both the mempool lookup and the execution.
     async fn execute(
         &self,
         block: Arc<Block>,
-        known: Option<HashSet<Hash>>,
+        signed: Signed,
     ) -> Option<Result<BlockOutcome, BlockError>> {
         let (store, genesis) = (self.store.clone(), self.genesis.clone());
+        let pool = (signed == Signed::Unchecked && self.reuse_mempool_signatures)
+            .then(|| self.mempool.clone());
         let start = Instant::now();
         let result = blocking(move || {
-            let known = |id: &Hash| known.as_ref().is_none_or(|k| k.contains(id));
-            execute_block(
+            let ids = ledger::exec::tx_ids_and_sizes(&block.txs);
+            let held = pool.map_or_else(HashSet::new, |p| Self::held_by(&p, &ids));
+            let known = |id: &Hash| signed == Signed::Checked || held.contains(id);
+            execute_block_with_ids(
                 store.as_ref(),
                 Self::ctx(&genesis),
                 &block,
+                &ids,
                 &Signatures::Cached(&known),
             )
         })
         .await;
-        if matches!(result, Some(Ok(_))) {
+        if let Some(Ok(outcome)) = &result {
             self.metrics
                 .execution
                 .observe(start.elapsed().as_secs_f64());
+            self.count_verified(outcome);
         }
         result
     }
@@ -596,6 +621,7 @@ impl<S: NodeStore> ChainHost<S> {
         self.metrics
             .execution
             .observe(start.elapsed().as_secs_f64());
+        self.count_verified(&body.outcome);
         if !body.rejected.is_empty() {
             tracing::debug!(
                 count = body.rejected.len(),
@@ -681,15 +707,14 @@ impl<S: NodeStore> ChainHost<S> {
             tracing::warn!(height, error = %e, "proposed block has a bad time");
             return false;
         }
-        let known = self.verified_by_mempool(&block);
-        let (txs, cached) = (block.txs.len(), known.as_ref().map_or(0, HashSet::len));
+        let txs = block.txs.len();
         let start = Instant::now();
-        match self.execute(block, known).await {
+        match self.execute(block, Signed::Unchecked).await {
             Some(Ok(outcome)) => {
                 tracing::debug!(
                     height,
                     txs,
-                    cached,
+                    verified = outcome.signatures_verified,
                     ms = start.elapsed().as_millis() as u64,
                     "validated a proposed block"
                 );
@@ -727,8 +752,7 @@ impl<S: NodeStore> ChainHost<S> {
                 tracing::error!(height, error = %e, "decided block does not extend our tip");
                 return;
             }
-            let known = self.verified_by_mempool(&block);
-            match self.execute(block.clone(), known).await {
+            match self.execute(block.clone(), Signed::Unchecked).await {
                 Some(Ok(outcome)) => {
                     self.executed.insert(hash, outcome);
                 }
@@ -788,7 +812,7 @@ impl<S: NodeStore> ChainHost<S> {
             }
             let block = Arc::new(verified.block);
             let (hash, proven) = (verified.hash, verified.proven);
-            let outcome = match self.execute(block.clone(), None).await {
+            let outcome = match self.execute(block.clone(), Signed::Checked).await {
                 Some(Ok(o)) => o,
                 Some(Err(e)) if !e.is_peer_fault() => {
                     self.metrics

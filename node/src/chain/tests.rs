@@ -196,6 +196,95 @@ async fn a_proposal_arriving_before_its_height_is_kept_and_used_when_the_height_
     assert!(published(&mut a).is_empty(), "a full node signs nothing");
 }
 
+/// `tally_tx_signature_verifications_total` counts each k256 verification where it
+/// happens: admitting N txs verifies N (path admission); a full node then validating and
+/// committing the block that carries them verifies none again with the verify-once cache
+/// on, and all N (path block) with it off.
+#[tokio::test]
+async fn every_tx_signature_verification_is_counted_once_where_it_happens() {
+    use crate::metrics::VerifyPath::{Admission, Block as InBlock, Sync};
+    for reuse in [true, false] {
+        let (g, _, blocks) = chain(1);
+        let (g, v, b1) = (Arc::new(g), key("v"), &blocks[0].0);
+        let store = Arc::new(MemStore::new(&g).unwrap());
+        let pool = crate::testing::mempool(&g);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = ChainMetrics::register(&mut registry);
+        let admission = crate::mempool::metrics::MempoolMetrics {
+            tx_signatures: metrics.tx_signatures.clone(),
+            ..Default::default()
+        };
+        for tx in &b1.txs {
+            let bytes = ledger::codec::encode(tx);
+            crate::mempool::admission::admit_bytes(
+                store.as_ref(),
+                &pool,
+                &admission,
+                &bytes,
+                1 << 20,
+            )
+            .unwrap();
+        }
+        let n = b1.txs.len() as u64;
+        assert!(n > 0, "the block carries txs");
+        let counted = |m: &ChainMetrics| [Admission, InBlock, Sync].map(|p| m.tx_signatures.get(p));
+        assert_eq!(
+            counted(&metrics),
+            [n, 0, 0],
+            "admission verified each tx once"
+        );
+        let (mut a, _net) = crate::testing::actors_metered(
+            g.clone(),
+            store.clone(),
+            None,
+            pool,
+            metrics.clone(),
+            reuse,
+        );
+        a.driver.start().await;
+        pump(&mut a).await;
+        a.driver.handle(consensus(proposal_of(&v, b1))).await;
+        a.driver.handle(consensus(precommit_of(&v, b1))).await;
+        pump(&mut a).await;
+        assert_eq!(
+            store.tip().unwrap().block_hash,
+            b1.hash(),
+            "block 1 committed"
+        );
+        let again = if reuse { 0 } else { n };
+        assert_eq!(
+            counted(&metrics),
+            [n, again, 0],
+            "executing the block with the verify-once cache {}",
+            if reuse { "on" } else { "off" }
+        );
+    }
+}
+
+/// Execution with precomputed ids (the host hashes each tx once) verifies what it does not
+/// know, and refuses an id list that is not the block's (a caller's bug must not skip a
+/// tx).
+#[test]
+fn execution_with_precomputed_ids_counts_verifications_and_refuses_a_wrong_list() {
+    let (g, _, blocks) = chain(1);
+    let b1 = &blocks[0].0;
+    let store = MemStore::new(&g).unwrap();
+    let ctx = ExecContext {
+        chain_id: CHAIN,
+        params: &g.params,
+        validators: &g.validators,
+    };
+    let ids = ledger::exec::tx_ids_and_sizes(&b1.txs);
+    let verify = execute_block_with_ids(&store, ctx, b1, &ids, &Signatures::Verify).unwrap();
+    assert_eq!(verify.signatures_verified as usize, b1.txs.len());
+    let all = |_: &Hash| true;
+    let cached = execute_block_with_ids(&store, ctx, b1, &ids, &Signatures::Cached(&all)).unwrap();
+    assert_eq!(cached.signatures_verified, 0);
+    assert_eq!(cached.update.root, verify.update.root);
+    let e = execute_block_with_ids(&store, ctx, b1, &ids[1..], &Signatures::Verify).unwrap_err();
+    assert!(e.to_string().contains("1 ids for 2 txs"), "{e}");
+}
+
 /// Blocks from sync commit in order through the host; the driver rejoins at the next
 /// height at once (no timeout_commit wait), and the status moves with the tip.
 #[tokio::test]

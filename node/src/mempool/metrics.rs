@@ -22,6 +22,9 @@ pub struct MempoolMetrics {
     /// Where admission reports failures of the node's own store; the node shares the one
     /// of its `ChainMetrics` (registered there).
     pub storage: crate::metrics::StorageHealth,
+    /// Where admission counts the signatures it verifies; the node shares the one of its
+    /// `ChainMetrics` (registered there).
+    pub tx_signatures: crate::metrics::TxSignatureMetrics,
 }
 
 impl MempoolMetrics {

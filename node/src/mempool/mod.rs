@@ -161,6 +161,8 @@ pub struct Mempool {
     /// first, so a full pool finds its victim in O(log n) instead of scanning all senders.
     tails: BTreeSet<(u64, Address)>,
     bytes: usize,
+    /// Post-commit updates applied so far ([`Mempool::commits`]).
+    commits: u64,
 }
 
 /// A transaction handed to a proposer.
@@ -177,7 +179,15 @@ impl Mempool {
             by_id: HashMap::new(),
             tails: BTreeSet::new(),
             bytes: 0,
+            commits: 0,
         }
+    }
+
+    /// How many post-commit updates ([`Mempool::update_after_commit`]) the pool has
+    /// applied: an account read after this was read is at least as new as the pool's view
+    /// while it has not changed.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     pub fn len(&self) -> usize {
@@ -425,6 +435,7 @@ impl Mempool {
         committed: &[Hash],
         touched: impl IntoIterator<Item = (Address, Account)>,
     ) -> usize {
+        self.commits += 1;
         for id in committed {
             self.remove(id);
         }

@@ -571,8 +571,15 @@ impl SyncActor {
             crate::sets::KnownSets::Fixed(_) => None,
             changing => Some(changing.latest().1.clone()),
         };
+        let signatures = self.metrics.tx_signatures.clone();
         self.tasks.spawn(async move {
             let result = fetch(&net, &genesis, trusted, peer, start, count).await;
+            if let Ok(blocks) = &result {
+                // Every tx of every fetched block was verified (an error stops early and
+                // is not counted).
+                let txs = blocks.iter().map(|v| v.block.txs.len() as u64).sum();
+                signatures.count(crate::metrics::VerifyPath::Sync, txs);
+            }
             if let Err(Fault::Bad(reason, _)) = &result {
                 let _ = net.penalize(peer, *reason, reason.default_points()).await;
             }
