@@ -163,6 +163,8 @@ if [ "$ABLATIONS" = 1 ]; then
   phase "libp2p author signatures on gossip" "$BEST" "$TALLYD" "$SIGS"
   phase "no verify-once cache (blocks re-verify every signature)" "$BEST" "$TALLYD" "$NOCACHE"
   phase "state tree: 4 resident levels instead of 5" "$BEST" "$TALLYD" "$TREE4"
+  phase "threads sized to the box: 1 tokio worker + 1 verify thread per node (not the default)" "$BEST" "$TALLYD" \
+    TALLY_RUNTIME_WORKER_THREADS=1 TALLY_RUNTIME_VERIFY_THREADS=1
   phase "all of the above off" "$BEST" "$TALLYD" "$FULLPROP" "$NOBATCH" "$SIGS" "$NOCACHE" "$TREE4" "${ONEBYONE[@]}"
   phase "default again (control)" "$BEST" "$TALLYD"
 fi
