@@ -115,13 +115,27 @@ pub struct MempoolSection {
     pub reuse_verified_signatures: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsensusSection {
     /// Path (relative to the home directory) of the validator key; empty = full node.
     pub validator_key: String,
     /// Overrides genesis `timeout_commit_ms` locally (0 = use genesis).
     pub timeout_commit_ms: u64,
+    /// Our proposals travel compact (tx ids; receivers rebuild the block from their
+    /// mempool) on the proposal topic; false: full blocks on the consensus topic only, as
+    /// before. Received compact proposals are handled either way.
+    pub compact_proposals: bool,
+}
+
+impl Default for ConsensusSection {
+    fn default() -> Self {
+        Self {
+            validator_key: String::new(),
+            timeout_commit_ms: 0,
+            compact_proposals: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -234,6 +234,7 @@ pub fn actors_with<S: NodeStore>(
         timeout_commit: Duration::from_millis(10),
         events: tokio::sync::broadcast::channel(1024).0,
         reuse_mempool_signatures: true,
+        compact_proposals: true,
     })
     .unwrap();
     (actors, commands, metrics)

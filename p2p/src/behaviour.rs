@@ -255,6 +255,9 @@ pub fn score_params(
     params
         .topics
         .insert(hash(Topic::Consensus), topic(1.0, 20.0));
+    params
+        .topics
+        .insert(hash(Topic::Proposal), topic(1.0, 20.0));
     params.topics.insert(hash(Topic::Tx), topic(0.5, 20.0));
     params.topics.insert(hash(Topic::TxBatch), topic(0.5, 20.0));
     let thresholds = gossipsub::PeerScoreThresholds {
