@@ -1238,6 +1238,51 @@ mod tests {
         assert_eq!(kind(&f.check(&fixed(&g), LIVE, swapped)), "fault");
     }
 
+    /// A compact proposal's signed proposal is checked before its txs are fetched, but
+    /// fills its slot only once the block is rebuilt: a fetch that fails leaves the round
+    /// open to the same proposal in full (a re-announcement, an older relay's copy).
+    #[test]
+    fn a_compact_proposal_takes_its_slot_only_once_rebuilt() {
+        let (k, g) = (keys(), genesis(&keys()));
+        let mut f = ConsensusFilter::default();
+        let forged = proposal(&g, &k, 11, 1, 1);
+        let ConsensusMessage::Proposal { proposal, block } = proposal(&g, &k, 11, 0, 1) else {
+            unreachable!()
+        };
+        assert!(matches!(
+            f.wants_proposal(&fixed(&g), LIVE, &proposal),
+            Ok(Part::New(()))
+        ));
+        // The fetch failed: nothing remembered, the full proposal is still news.
+        assert!(matches!(
+            f.wants_proposal(&fixed(&g), LIVE, &proposal),
+            Ok(Part::New(()))
+        ));
+        let full = ConsensusMessage::Proposal {
+            proposal: proposal.clone(),
+            block: block.clone(),
+        };
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, full)), "new");
+        // Rebuilt after the full one came: a copy, charged as such.
+        assert_eq!(
+            kind(&f.check_rebuilt(&fixed(&g), LIVE, proposal.clone(), block)),
+            "nothing"
+        );
+        assert!(matches!(
+            f.wants_proposal(&fixed(&g), LIVE, &proposal),
+            Ok(Part::Stale)
+        ));
+        // A forged signature is refused before anything is fetched.
+        let ConsensusMessage::Proposal { mut proposal, .. } = forged else {
+            unreachable!()
+        };
+        proposal.signature[10] ^= 1;
+        assert!(matches!(
+            f.wants_proposal(&fixed(&g), LIVE, &proposal),
+            Err(PenaltyReason::InvalidSignature)
+        ));
+    }
+
     #[test]
     fn one_equivocation_per_validator_and_height_is_forwarded() {
         let (k, g) = (keys(), genesis(&keys()));
