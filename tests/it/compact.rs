@@ -35,8 +35,8 @@ async fn commit_under_load(net: &TestNet, nodes: &[usize], txs: usize) -> usize 
 /// Rounds per height on node `i` (its `tally_consensus_rounds_per_height` histogram).
 async fn rounds_per_height(net: &TestNet, i: usize) -> (f64, f64) {
     let name = "tally_consensus_rounds_per_height";
-    let heights = net.metric(i, &format!("{name}_count"), None).await;
-    let rounds = net.metric(i, &format!("{name}_sum"), None).await;
+    let heights = net.metric(i, &format!("{name}_count"), None).await.unwrap();
+    let rounds = net.metric(i, &format!("{name}_sum"), None).await.unwrap();
     (heights, rounds)
 }
 
@@ -54,10 +54,16 @@ async fn compact_proposals_commit_every_tx_in_one_round_per_height() {
         .unwrap();
     net.wait_for_height(2, WAIT).await.unwrap();
     let all = [0, 1, 2, 3];
+    // Heights decided while the nodes were still starting do not count.
+    let mut before = Vec::new();
+    for i in all {
+        before.push(rounds_per_height(&net, i).await);
+    }
     let committed = commit_under_load(&net, &all, 300).await;
     let mut fetched = 0.0;
     for i in all {
         let (heights, rounds) = rounds_per_height(&net, i).await;
+        let (heights, rounds) = (heights - before[i].0, rounds - before[i].1);
         assert!(heights >= 3.0, "node {i} decided {heights} heights");
         assert_eq!(
             rounds, heights,
@@ -65,7 +71,8 @@ async fn compact_proposals_commit_every_tx_in_one_round_per_height() {
         );
         let pool = net
             .metric(i, "tally_proposal_rebuilds_total", Some("outcome=\"pool\""))
-            .await;
+            .await
+            .unwrap();
         assert!(pool >= 1.0, "node {i} rebuilt no block from its pool");
         let failed = net
             .metric(
@@ -73,19 +80,25 @@ async fn compact_proposals_commit_every_tx_in_one_round_per_height() {
                 "tally_proposal_rebuilds_total",
                 Some("outcome=\"failed\""),
             )
-            .await;
+            .await
+            .unwrap();
         assert_eq!(failed, 0.0, "node {i} failed to rebuild a block");
         fetched += net
             .metric(i, "tally_proposal_txs_fetched_total", None)
-            .await;
+            .await
+            .unwrap();
         let compact = net
             .metric(i, "tally_proposal_bytes_total", Some("kind=\"compact\""))
-            .await;
+            .await
+            .unwrap();
         assert!(compact > 0.0, "node {i} received no compact proposal");
     }
     eprintln!("{committed} txs committed; {fetched} fetched by all validators together");
+    // Each block reaches the 3 validators that did not propose it: at most a tenth of
+    // the txs they received were fetched (a tx the proposer took right after it arrived
+    // can beat its gossip to a peer, more so on a loaded machine).
     assert!(
-        fetched * 10.0 <= committed as f64,
+        fetched * 10.0 <= 3.0 * committed as f64,
         "{fetched} txs fetched for {committed} committed: the pools should hold nearly all"
     );
 }
@@ -108,14 +121,16 @@ async fn a_validator_with_a_starved_mempool_rebuilds_blocks_through_fetches() {
     let committed = commit_under_load(&net, &live, 100).await;
     let fetched = net
         .metric(3, "tally_proposal_txs_fetched_total", None)
-        .await;
+        .await
+        .unwrap();
     let rebuilt = net
         .metric(
             3,
             "tally_proposal_rebuilds_total",
             Some("outcome=\"fetched\""),
         )
-        .await;
+        .await
+        .unwrap();
     eprintln!("{committed} txs committed; node 3 fetched {fetched} in {rebuilt} blocks");
     assert!(rebuilt >= 1.0, "node 3 rebuilt no block through a fetch");
     assert!(

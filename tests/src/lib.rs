@@ -640,17 +640,15 @@ impl TestNet {
 
     /// The sum of the samples of metric `name` on node `i` (those whose labels contain
     /// `label`, if given).
-    pub async fn metric(&self, i: usize, name: &str, label: Option<&str>) -> f64 {
+    pub async fn metric(&self, i: usize, name: &str, label: Option<&str>) -> anyhow::Result<f64> {
         let text = self
             .http
             .get(self.metrics_url(i))
             .send()
-            .await
-            .unwrap()
+            .await?
             .text()
-            .await
-            .unwrap();
-        metric_samples(&text, name, label).sum()
+            .await?;
+        Ok(metric_samples(&text, name, label).sum())
     }
 
     /// Node `i` as the checker reads it (RPC and metrics).
