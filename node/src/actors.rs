@@ -42,6 +42,8 @@ pub struct ActorParts<S> {
     pub events: broadcast::Sender<NodeEvent>,
     /// `[mempool] reuse_verified_signatures`.
     pub reuse_mempool_signatures: bool,
+    /// Our proposals also travel compact (`consensus.compact_proposals`).
+    pub compact_proposals: bool,
 }
 
 /// The actors, built and connected but not yet running, with their inboxes.
@@ -55,7 +57,7 @@ pub struct Actors<S: NodeStore> {
     pub host_rx: mpsc::Receiver<HostMsg>,
     pub sync_rx: mpsc::Receiver<SyncMsg>,
     /// Our own consensus messages, in signing order, for [`crate::driver::publish_in_order`].
-    pub outbox_rx: mpsc::Receiver<Vec<u8>>,
+    pub outbox_rx: mpsc::Receiver<crate::driver::Outgoing>,
     pub handles: Handles,
 }
 
@@ -83,7 +85,7 @@ impl<S: NodeStore> Actors<S> {
         let (answers_tx, answers_rx) = mpsc::channel(4 * crate::chain::INBOX);
         let (host_tx, host_rx) = mpsc::channel(crate::chain::INBOX);
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_INBOX);
-        let (outbox, outbox_rx) = Outbox::new();
+        let (outbox, outbox_rx) = Outbox::new(parts.compact_proposals);
         let (status, status_rx) = watch::channel(NodeStatus::default());
         let status = Arc::new(status);
         let evidence = Arc::new(RwLock::new(Vec::new()));

@@ -116,13 +116,31 @@ pub struct MempoolSection {
     pub reuse_verified_signatures: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Keys (section, key) the previous release does not know: [`NodeConfig::to_toml`] writes
+/// them only when they differ from their default.
+pub const NEWER_KEYS: [(&str, &str); 1] = [("consensus", "compact_proposals")];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsensusSection {
     /// Path (relative to the home directory) of the validator key; empty = full node.
     pub validator_key: String,
     /// Overrides genesis `timeout_commit_ms` locally (0 = use genesis).
     pub timeout_commit_ms: u64,
+    /// Our proposals travel compact (tx ids; receivers rebuild the block from their
+    /// mempool) on the proposal topic; false: full blocks on the consensus topic only, as
+    /// before. Received compact proposals are handled either way.
+    pub compact_proposals: bool,
+}
+
+impl Default for ConsensusSection {
+    fn default() -> Self {
+        Self {
+            validator_key: String::new(),
+            timeout_commit_ms: 0,
+            compact_proposals: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -506,8 +524,22 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// The file's text. Keys in [`NEWER_KEYS`] are left out while they hold their
+    /// default, so a node.toml this release writes with the defaults (`tallyd init`,
+    /// `testnet init`, the rolling-upgrade harness, which runs the previous release on
+    /// it) still reads on the previous release, which refuses unknown keys.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serializes")
+        let mut table = toml::Table::try_from(self).expect("config serializes");
+        let defaults = toml::Table::try_from(NodeConfig::default()).expect("defaults serialize");
+        for (section, key) in NEWER_KEYS {
+            let default = defaults.get(section).and_then(|t| t.get(key));
+            if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+                if t.get(key) == default {
+                    t.remove(key);
+                }
+            }
+        }
+        toml::to_string_pretty(&table).expect("config serializes")
     }
 }
 
@@ -683,6 +715,20 @@ mod tests {
         assert_eq!(c.p2p.bootstrap.len(), 2);
         assert_eq!(c.mempool.max_txs, 7);
         assert_eq!(c.moniker, "x");
+    }
+
+    /// A config of defaults is written without the keys the previous release does not
+    /// know (it refuses unknown keys: the rolling-upgrade harness runs it on this file);
+    /// set otherwise, they are written, and the environment sets them either way.
+    #[test]
+    fn newer_keys_are_written_only_when_not_default() {
+        let text = NodeConfig::default().to_toml();
+        assert!(!text.contains("compact_proposals"), "{text}");
+        let off = parse("", &[("TALLY_CONSENSUS_COMPACT_PROPOSALS", "false")]).unwrap();
+        assert!(!off.consensus.compact_proposals);
+        let text = off.to_toml();
+        assert!(text.contains("compact_proposals = false"), "{text}");
+        assert_eq!(parse(&text, &[]).unwrap(), off);
     }
 
     #[test]

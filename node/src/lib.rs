@@ -2,6 +2,7 @@
 
 pub mod actors;
 pub mod chain;
+pub mod compact;
 pub mod config;
 pub mod driver;
 pub mod fsck;

@@ -196,6 +196,7 @@ pub async fn run_with(
     mempool_metrics.tx_signatures = chain_metrics.tx_signatures.clone();
     let storage_health = chain_metrics.storage.clone();
     let sync_blocks_served = chain_metrics.sync_blocks_served.clone();
+    let proposal_metrics = crate::compact::ProposalMetrics::register(&mut registry);
     let rpc_metrics = RpcMetrics::register(&mut registry);
 
     // The largest gossip message is a proposal carrying the largest block.
@@ -232,6 +233,12 @@ pub async fn run_with(
     // A batch holds up to 1,024 txs; with the largest txs it is capped by the message size.
     let tx_batch_bytes = (256 * 1024).clamp(net_config.max_tx_message_bytes, max_block_bytes);
     net_config.max_tx_batch_bytes = tx_batch_bytes;
+    net_config.max_proposal_message_bytes =
+        crate::compact::max_compact_bytes(genesis.params.block_max_txs as usize, max_block_bytes);
+    // A request for a compact proposal's missing txs must fit.
+    net_config.sync_max_request_bytes = net_config
+        .sync_max_request_bytes
+        .max(crate::wire::MAX_SYNC_REQUEST_BYTES);
     let sync_max_response_bytes = net_config.sync_max_response_bytes;
     let (net, net_events) = tally_p2p::spawn(net_config, &mut registry, shutdown.clone())
         .map_err(|e| anyhow::anyhow!("cannot start networking: {e}"))?;
@@ -280,6 +287,7 @@ pub async fn run_with(
         key,
         timeout_commit,
         reuse_mempool_signatures: config.mempool.reuse_verified_signatures,
+        compact_proposals: config.consensus.compact_proposals,
         events: events.clone(),
     })?;
     let mut tasks = Supervisor::default();
@@ -304,6 +312,8 @@ pub async fn run_with(
         sync_blocks_served,
         status: handles.view.status.clone(),
         sets: handles.sets.clone(),
+        proposal_metrics,
+        fetch_timeout: Duration::from_millis(genesis.params.timeout_propose_ms),
     };
 
     // RPC and metrics listeners are bound before anything is announced.

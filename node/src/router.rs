@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ledger::block::check_body;
 use ledger::check::TxError;
@@ -21,13 +21,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::valid_evidence;
+use crate::compact::ProposalMetrics;
 use crate::driver::DriverMsg;
 use crate::mempool::admission::admit_bytes;
 use crate::mempool::metrics::MempoolMetrics;
 use crate::mempool::{AddError, Mempool};
 use crate::sets::KnownSets;
 use crate::sync::SyncMsg;
-use crate::wire::ConsensusMessage;
+use crate::wire::{CompactProposal, ConsensusMessage, SyncRequest};
+
+/// Compact proposals whose missing txs are being fetched at once (one per round at most).
+const MAX_FETCHES: usize = 4;
 
 pub struct Router {
     pub genesis: Arc<Genesis>,
@@ -50,6 +54,26 @@ pub struct Router {
     /// The validator sets of the next heights, as the chain host publishes them: a vote or
     /// proposal is checked against the set of its own height.
     pub sets: crate::sets::SetsRx,
+    pub proposal_metrics: ProposalMetrics,
+    /// How long the txs a compact proposal misses may take to fetch (the propose
+    /// timeout: past it the round has moved on without the proposal anyway).
+    pub fetch_timeout: Duration,
+}
+
+/// A compact proposal whose missing txs were being fetched, back to the router.
+struct Fetched {
+    msg_id: tally_p2p::MessageId,
+    source: PeerId,
+    slot: (u64, u32),
+    proposal: SignedProposal,
+    /// The rebuilt block and how many txs were fetched for it; None if the fetch failed.
+    block: Option<(ledger::types::Block, usize)>,
+}
+
+/// The router's state besides its filter: fetches in flight.
+struct Fetches {
+    in_flight: HashSet<(u64, u32)>,
+    done: mpsc::Sender<Fetched>,
 }
 
 /// The penalty for a gossiped tx that no honest node would have forwarded; None for txs
@@ -72,9 +96,20 @@ impl Router {
     pub async fn run(self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
         let mut filter = ConsensusFilter::default();
         let mut useless_txs = UselessTxs::default();
+        let (done, mut fetched) = mpsc::channel(MAX_FETCHES);
+        let mut fetches = Fetches {
+            in_flight: HashSet::new(),
+            done,
+        };
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Some(f) = fetched.recv() => {
+                    fetches.in_flight.remove(&f.slot);
+                    let verdict = self.on_fetched(&mut filter, f.source, f.proposal, f.block).await;
+                    let _ = self.net.validated(f.msg_id, f.source, verdict).await;
+                    continue;
+                }
                 e = events.recv() => match e { Some(e) => e, None => break },
             };
             match event {
@@ -96,10 +131,32 @@ impl Router {
                             useless_txs.charge(source, ignored, verdict)
                         }
                         Topic::Consensus => self.on_consensus(&data, source, &mut filter).await,
+                        Topic::Proposal => {
+                            match self
+                                .on_compact(&data, msg_id, source, &mut filter, &mut fetches)
+                                .await
+                            {
+                                Some(verdict) => verdict,
+                                // Given when the fetch ends.
+                                None => continue,
+                            }
+                        }
                     };
                     let _ = self.net.validated(msg_id, source, verdict).await;
                 }
-                Event::Request { data, channel, .. } => {
+                Event::Request {
+                    peer,
+                    data,
+                    channel,
+                } => {
+                    // The network task capped its size (`sync_max_request_bytes`); more ids
+                    // than a request may hold are refused in `serve_txs`, and scored.
+                    if let Ok(SyncRequest::Txs { ids }) =
+                        decode::<SyncRequest>("sync request", &data, data.len())
+                    {
+                        self.serve_txs(peer, &ids, channel).await;
+                        continue;
+                    }
                     let store = self.store.clone();
                     let net = self.net.clone();
                     let cap = self.sync_max_response_bytes;
@@ -237,6 +294,15 @@ impl Router {
             Ok(m) => m,
             Err(_) => return Verdict::Reject(PenaltyReason::Undecodable),
         };
+        if matches!(msg, ConsensusMessage::Proposal { .. }) {
+            self.proposal_metrics.received("full", data.len());
+        }
+        let checked = self.with_against(|against, live| filter.check(against, live, msg));
+        self.forward(checked, source, filter).await
+    }
+
+    /// Runs `f` against the chain's sets and where the node is.
+    fn with_against<T>(&self, f: impl FnOnce(&Against<'_>, Live) -> T) -> T {
         // Where the node is, from its status (the driver updates the round after every input,
         // the host the tip after every commit): no store read per message. Right after a commit the
         // round may still be the last height's, which only widens the window a little.
@@ -256,7 +322,17 @@ impl Router {
             sets: self.sets.borrow().clone(),
             older: Some(&older),
         };
-        let (msg, verdict) = match filter.check(&against, Live { tip, round }, msg) {
+        f(&against, Live { tip, round })
+    }
+
+    /// The verdict on a checked consensus message, handing what it brought to the driver.
+    async fn forward(
+        &self,
+        checked: Checked,
+        source: PeerId,
+        filter: &mut ConsensusFilter,
+    ) -> Verdict {
+        let (msg, verdict) = match checked {
             Checked::Fault(reason) => return Verdict::Reject(reason),
             Checked::Nothing => return filter.charge_useless(source, Instant::now()),
             Checked::Unwanted => return Verdict::Ignore,
@@ -271,6 +347,135 @@ impl Router {
             })
             .await;
         verdict
+    }
+
+    /// A compact proposal ([`crate::compact`]): checked like a proposal (its header commits
+    /// to its ids, its signature, the filter's window and slot) before anything is looked
+    /// up, rebuilt from the mempool, and what the pool misses fetched in a task of its own
+    /// (None: the verdict comes when it ends, [`Router::on_fetched`]).
+    async fn on_compact(
+        &self,
+        data: &[u8],
+        msg_id: tally_p2p::MessageId,
+        source: PeerId,
+        filter: &mut ConsensusFilter,
+        fetches: &mut Fetches,
+    ) -> Option<Verdict> {
+        let max_txs = self.genesis.params.block_max_txs as usize;
+        let max_bytes = crate::compact::max_compact_bytes(max_txs, self.max_block_bytes);
+        let Ok(c) = decode::<CompactProposal>("compact proposal", data, max_bytes) else {
+            return Some(Verdict::Reject(PenaltyReason::Undecodable));
+        };
+        self.proposal_metrics.received("compact", data.len());
+        if let Err(reason) = crate::compact::check_compact(&c, max_txs) {
+            self.proposal_metrics.rebuilt("invalid");
+            return Some(Verdict::Reject(reason));
+        }
+        let wanted =
+            self.with_against(|against, live| filter.wants_proposal(against, live, &c.proposal));
+        match wanted {
+            Err(reason) => return Some(Verdict::Reject(reason)),
+            Ok(Part::Stale) => return Some(filter.charge_useless(source, Instant::now())),
+            Ok(Part::Unwanted | Part::Local(())) => return Some(Verdict::Ignore),
+            Ok(Part::New(())) => {}
+        }
+        let held = crate::compact::from_pool(&self.mempool, &c.tx_ids);
+        let missing = crate::compact::missing(&c.tx_ids, &held);
+        let CompactProposal {
+            proposal,
+            block,
+            tx_ids,
+        } = c;
+        if missing.is_empty() {
+            self.proposal_metrics.rebuilt("pool");
+            let block = crate::compact::assemble(block, &tx_ids, held, &HashMap::new());
+            let block = block.map(|b| (b, 0));
+            return Some(self.on_fetched(filter, source, proposal, block).await);
+        }
+        let slot = (proposal.proposal.height, proposal.proposal.round);
+        if fetches.in_flight.len() >= MAX_FETCHES || !fetches.in_flight.insert(slot) {
+            self.proposal_metrics.rebuilt("busy");
+            return Some(Verdict::Ignore);
+        }
+        let (net, done, timeout) = (self.net.clone(), fetches.done.clone(), self.fetch_timeout);
+        let max_response = self.sync_max_response_bytes;
+        tokio::spawn(async move {
+            let fetch = crate::compact::fetch(&net, source, &missing, max_response);
+            let block = match tokio::time::timeout(timeout, fetch).await {
+                Ok(Ok(fetched)) => crate::compact::assemble(block, &tx_ids, held, &fetched)
+                    .map(|b| (b, fetched.len())),
+                Ok(Err(e)) => {
+                    tracing::debug!(
+                        ?e,
+                        height = slot.0,
+                        round = slot.1,
+                        "compact proposal: txs not fetched"
+                    );
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        height = slot.0,
+                        round = slot.1,
+                        "compact proposal: fetch timed out"
+                    );
+                    None
+                }
+            };
+            let _ = done
+                .send(Fetched {
+                    msg_id,
+                    source,
+                    slot,
+                    proposal,
+                    block,
+                })
+                .await;
+        });
+        None
+    }
+
+    /// A compact proposal's rebuilt block (with how many txs were fetched for it) goes the
+    /// way of a full proposal; without one (its txs could not be fetched in time) the
+    /// round goes on as if no proposal had come: nobody is blamed.
+    async fn on_fetched(
+        &self,
+        filter: &mut ConsensusFilter,
+        source: PeerId,
+        proposal: SignedProposal,
+        block: Option<(ledger::types::Block, usize)>,
+    ) -> Verdict {
+        let Some((block, fetched)) = block else {
+            self.proposal_metrics.rebuilt("failed");
+            return Verdict::Ignore;
+        };
+        if fetched > 0 {
+            self.proposal_metrics.rebuilt("fetched");
+            self.proposal_metrics.txs_fetched.inc_by(fetched as u64);
+        }
+        let checked =
+            self.with_against(|against, live| filter.check_rebuilt(against, live, proposal, block));
+        self.forward(checked, source, filter).await
+    }
+
+    /// A peer asks for pending txs by id (it rebuilds a compact proposal): answered from
+    /// the pool; more ids than [`crate::wire::MAX_FETCH_IDS`] are refused and scored like a
+    /// request flood.
+    async fn serve_txs(&self, peer: PeerId, ids: &[Hash], channel: tally_p2p::ResponseChannelId) {
+        let answer = crate::compact::serve_txs(&self.mempool, ids, self.sync_max_response_bytes);
+        let bytes = match answer {
+            Ok(bytes) => bytes,
+            Err(crate::compact::TooManyIds(n)) => {
+                tracing::debug!(%peer, ids = n, "refused a request for too many txs");
+                let reason = PenaltyReason::RequestFlood;
+                let _ = self
+                    .net
+                    .penalize(peer, reason, reason.default_points())
+                    .await;
+                Vec::new()
+            }
+        };
+        let _ = self.net.respond(channel, bytes).await;
     }
 }
 
@@ -405,7 +610,7 @@ pub(crate) enum Checked {
 }
 
 /// What one vote or proposal brought.
-enum Part<T> {
+pub(crate) enum Part<T> {
     Stale,
     Unwanted,
     New(T),
@@ -581,27 +786,46 @@ impl ConsensusFilter {
     }
 
     /// A proposal with its block. The body is checked against the header before anything
-    /// else is trusted.
+    /// else is trusted (unless `body_checked`: a compact proposal's rebuilt block).
     fn proposal(
         &mut self,
         a: &Against<'_>,
         live: Live,
         proposal: SignedProposal,
         block: ledger::types::Block,
+        body_checked: bool,
     ) -> Result<Part<(SignedProposal, ledger::types::Block)>, PenaltyReason> {
         let p = &proposal.proposal;
-        if p.chain_id != a.chain_id
-            || block.hash() != p.block_hash
+        if block.hash() != p.block_hash
             || block.header.height != p.height
-            || check_body(&block).is_err()
+            || (!body_checked && check_body(&block).is_err())
         {
             return Err(PenaltyReason::InvalidBlock);
         }
-        if p.height <= live.tip {
-            return Ok(Part::Stale);
+        match self.proposal_slot(a, live, &proposal)? {
+            Part::New(slot) => {
+                self.remember(proposal_id(&proposal));
+                self.fill(slot);
+                Ok(Part::New((proposal, block)))
+            }
+            Part::Stale => Ok(Part::Stale),
+            Part::Unwanted | Part::Local(_) => Ok(Part::Unwanted),
         }
-        let id = proposal_id(&proposal);
-        if self.seen(&id) {
+    }
+
+    /// Whether a signed proposal is new, of use and signed by its round's proposer (its
+    /// slot, to fill once its block is accepted); remembers nothing.
+    fn proposal_slot(
+        &self,
+        a: &Against<'_>,
+        live: Live,
+        proposal: &SignedProposal,
+    ) -> Result<Part<Slot>, PenaltyReason> {
+        let p = &proposal.proposal;
+        if p.chain_id != a.chain_id {
+            return Err(PenaltyReason::InvalidBlock);
+        }
+        if p.height <= live.tip || self.seen(&proposal_id(proposal)) {
             return Ok(Part::Stale);
         }
         // Protocol 2: a height whose set is not known yet (not near) is of no use yet.
@@ -616,9 +840,38 @@ impl ConsensusFilter {
         proposal
             .verify_signature(&proposer.pubkey)
             .map_err(|_| PenaltyReason::InvalidSignature)?;
-        self.remember(id);
-        self.fill(slot);
-        Ok(Part::New((proposal, block)))
+        Ok(Part::New(slot))
+    }
+
+    /// Whether the block of a compact proposal is worth rebuilding (and its txs fetching):
+    /// the proposal is new, in the window and signed by its round's proposer. Remembers
+    /// nothing: the slot is filled when the rebuilt block comes back
+    /// ([`ConsensusFilter::check_rebuilt`]), so a fetch that fails leaves it open for the
+    /// full block (a re-announcement, an older peer's relay).
+    pub(crate) fn wants_proposal(
+        &mut self,
+        a: &Against<'_>,
+        live: Live,
+        proposal: &SignedProposal,
+    ) -> Result<Part<()>, PenaltyReason> {
+        self.prune(live.tip);
+        Ok(self.proposal_slot(a, live, proposal)?.map(|_| ()))
+    }
+
+    /// A compact proposal's rebuilt block, whose body [`crate::compact::check_compact`]
+    /// and the fetch already bound to its header: checked like a full proposal otherwise.
+    pub(crate) fn check_rebuilt(
+        &mut self,
+        a: &Against<'_>,
+        live: Live,
+        proposal: SignedProposal,
+        block: ledger::types::Block,
+    ) -> Checked {
+        self.prune(live.tip);
+        let part = self
+            .proposal(a, live, proposal, block, true)
+            .map(|p| p.map(|(proposal, block)| ConsensusMessage::Proposal { proposal, block }));
+        Checked::from(part)
     }
 
     /// An equivocation: forwarded once per (validator, height) of the heights the chain host
@@ -664,7 +917,7 @@ impl ConsensusFilter {
                 self.vote(g, live, v).map(|p| p.map(ConsensusMessage::Vote))
             }
             ConsensusMessage::Proposal { proposal, block } => self
-                .proposal(g, live, proposal, block)
+                .proposal(g, live, proposal, block, false)
                 .map(|p| p.map(|(proposal, block)| ConsensusMessage::Proposal { proposal, block })),
             ConsensusMessage::Evidence(e) => self
                 .evidence(g, live, e)
@@ -675,13 +928,7 @@ impl ConsensusFilter {
                 proposal,
             } => self.rebroadcast(g, live, sent_at_ms, votes, proposal),
         };
-        match part {
-            Err(reason) => Checked::Fault(reason),
-            Ok(Part::Stale) => Checked::Nothing,
-            Ok(Part::Unwanted) => Checked::Unwanted,
-            Ok(Part::New(msg)) => Checked::New(Box::new(msg)),
-            Ok(Part::Local(msg)) => Checked::Local(Box::new(msg)),
-        }
+        Checked::from(part)
     }
 
     /// A re-announcement: every part is checked like a message of its own (seen parts cost
@@ -699,7 +946,7 @@ impl ConsensusFilter {
             return Err(PenaltyReason::InvalidMessage);
         }
         let proposal = match proposal {
-            Some((p, block)) => match self.proposal(g, live, p, block)? {
+            Some((p, block)) => match self.proposal(g, live, p, block, false)? {
                 Part::New(p) => Some(p),
                 Part::Stale | Part::Unwanted | Part::Local(_) => None,
             },
@@ -719,6 +966,18 @@ impl ConsensusFilter {
             votes: new_votes,
             proposal,
         }))
+    }
+}
+
+impl From<Result<Part<ConsensusMessage>, PenaltyReason>> for Checked {
+    fn from(part: Result<Part<ConsensusMessage>, PenaltyReason>) -> Checked {
+        match part {
+            Err(reason) => Checked::Fault(reason),
+            Ok(Part::Stale) => Checked::Nothing,
+            Ok(Part::Unwanted) => Checked::Unwanted,
+            Ok(Part::New(msg)) => Checked::New(Box::new(msg)),
+            Ok(Part::Local(msg)) => Checked::Local(Box::new(msg)),
+        }
     }
 }
 
@@ -977,6 +1236,51 @@ mod tests {
             }));
         }
         assert_eq!(kind(&f.check(&fixed(&g), LIVE, swapped)), "fault");
+    }
+
+    /// A compact proposal's signed proposal is checked before its txs are fetched, but
+    /// fills its slot only once the block is rebuilt: a fetch that fails leaves the round
+    /// open to the same proposal in full (a re-announcement, an older relay's copy).
+    #[test]
+    fn a_compact_proposal_takes_its_slot_only_once_rebuilt() {
+        let (k, g) = (keys(), genesis(&keys()));
+        let mut f = ConsensusFilter::default();
+        let forged = proposal(&g, &k, 11, 1, 1);
+        let ConsensusMessage::Proposal { proposal, block } = proposal(&g, &k, 11, 0, 1) else {
+            unreachable!()
+        };
+        assert!(matches!(
+            f.wants_proposal(&fixed(&g), LIVE, &proposal),
+            Ok(Part::New(()))
+        ));
+        // The fetch failed: nothing remembered, the full proposal is still news.
+        assert!(matches!(
+            f.wants_proposal(&fixed(&g), LIVE, &proposal),
+            Ok(Part::New(()))
+        ));
+        let full = ConsensusMessage::Proposal {
+            proposal: proposal.clone(),
+            block: block.clone(),
+        };
+        assert_eq!(kind(&f.check(&fixed(&g), LIVE, full)), "new");
+        // Rebuilt after the full one came: a copy, charged as such.
+        assert_eq!(
+            kind(&f.check_rebuilt(&fixed(&g), LIVE, proposal.clone(), block)),
+            "nothing"
+        );
+        assert!(matches!(
+            f.wants_proposal(&fixed(&g), LIVE, &proposal),
+            Ok(Part::Stale)
+        ));
+        // A forged signature is refused before anything is fetched.
+        let ConsensusMessage::Proposal { mut proposal, .. } = forged else {
+            unreachable!()
+        };
+        proposal.signature[10] ^= 1;
+        assert!(matches!(
+            f.wants_proposal(&fixed(&g), LIVE, &proposal),
+            Err(PenaltyReason::InvalidSignature)
+        ));
     }
 
     #[test]

@@ -248,6 +248,7 @@ pub fn actors_metered<S: NodeStore>(
         timeout_commit: Duration::from_millis(10),
         events: tokio::sync::broadcast::channel(1024).0,
         reuse_mempool_signatures,
+        compact_proposals: true,
     })
     .unwrap();
     (actors, commands)

@@ -193,7 +193,7 @@ fn gossipsub_config(cfg: &NetworkConfig) -> Result<gossipsub::Config, NetworkErr
 /// Below this gossipsub score all of a peer's RPCs are ignored (and the task bans it).
 pub const GRAYLIST_THRESHOLD: f64 = -80.0;
 
-/// Gossipsub v1.1 peer-score parameters for Tally's two topics. Each weight is explained in
+/// Gossipsub v1.1 peer-score parameters for Tally's topics. Each weight is explained in
 /// README.md ("Scoring").
 pub fn score_params(
     cfg: &NetworkConfig,
@@ -255,6 +255,9 @@ pub fn score_params(
     params
         .topics
         .insert(hash(Topic::Consensus), topic(1.0, 20.0));
+    params
+        .topics
+        .insert(hash(Topic::Proposal), topic(1.0, 20.0));
     params.topics.insert(hash(Topic::Tx), topic(0.5, 20.0));
     params.topics.insert(hash(Topic::TxBatch), topic(0.5, 20.0));
     let thresholds = gossipsub::PeerScoreThresholds {

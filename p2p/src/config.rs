@@ -32,6 +32,9 @@ pub struct NetworkConfig {
     pub max_tx_message_bytes: usize,
     /// Largest message accepted on the tx batch topic (same treatment).
     pub max_tx_batch_bytes: usize,
+    /// Largest message accepted on the compact proposal topic (same treatment): the
+    /// block's header and last commit plus 32 bytes per tx id of a full block.
+    pub max_proposal_message_bytes: usize,
 
     /// Established inbound connections, all peers together.
     pub max_inbound_connections: u32,
@@ -70,6 +73,9 @@ pub struct NetworkConfig {
     pub max_tx_bytes_per_sec_per_peer: u32,
     /// As `max_tx_msgs_per_sec_per_peer` for the consensus topic.
     pub max_consensus_msgs_per_sec_per_peer: u32,
+    /// As `max_tx_msgs_per_sec_per_peer` for the compact proposal topic: one proposal per
+    /// round, relayed by each peer once.
+    pub max_proposal_msgs_per_sec_per_peer: u32,
     /// Sync requests per second a peer may send us. Excess requests are refused with a
     /// `RateLimited` error frame and cost `RequestFlood`.
     pub max_sync_requests_per_sec_per_peer: u32,
@@ -164,6 +170,14 @@ impl NetworkConfig {
         if self.max_tx_batch_bytes == 0 || self.max_tx_batch_bytes > self.max_message_bytes {
             return bad("max_tx_batch_bytes", "must be in 1..=max_message_bytes");
         }
+        if self.max_proposal_message_bytes == 0
+            || self.max_proposal_message_bytes > self.max_message_bytes
+        {
+            return bad(
+                "max_proposal_message_bytes",
+                "must be in 1..=max_message_bytes",
+            );
+        }
         if self.ban_threshold >= 0.0 || !self.ban_threshold.is_finite() {
             return bad("ban_threshold", "must be a negative number");
         }
@@ -175,6 +189,7 @@ impl NetworkConfig {
         }
         if self.max_tx_msgs_per_sec_per_peer == 0
             || self.max_consensus_msgs_per_sec_per_peer == 0
+            || self.max_proposal_msgs_per_sec_per_peer == 0
             || self.max_sync_requests_per_sec_per_peer == 0
         {
             return bad("max_*_per_sec_per_peer", "rate limits must be at least 1");
@@ -238,6 +253,7 @@ impl Default for NetworkConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_tx_message_bytes: 64 * 1024,
             max_tx_batch_bytes: 256 * 1024,
+            max_proposal_message_bytes: 1024 * 1024,
             max_inbound_connections: 64,
             max_connections_per_peer: 2,
             max_connections_per_ip: 8,
@@ -250,6 +266,7 @@ impl Default for NetworkConfig {
             max_txs_per_sec_per_peer: 20_000,
             max_tx_bytes_per_sec_per_peer: 16 * 1024 * 1024,
             max_consensus_msgs_per_sec_per_peer: 200,
+            max_proposal_msgs_per_sec_per_peer: 20,
             max_sync_requests_per_sec_per_peer: 20,
             max_pending_inbound_requests: 256,
             ban_threshold: -100.0,
@@ -258,7 +275,7 @@ impl Default for NetworkConfig {
             ip_colocation_threshold: 3.0,
             ip_ban_threshold: -300.0,
             ip_ban_duration: Duration::from_secs(600),
-            sync_max_request_bytes: 4 * 1024,
+            sync_max_request_bytes: 40 * 1024,
             sync_max_response_bytes: 32 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_millis(500),

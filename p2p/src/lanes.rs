@@ -32,7 +32,7 @@ impl Lane {
     pub fn of(event: &Event) -> Lane {
         match event {
             Event::Message {
-                topic: Topic::Consensus,
+                topic: Topic::Consensus | Topic::Proposal,
                 ..
             } => Lane::Consensus,
             Event::Message { .. } => Lane::Tx,

@@ -6,8 +6,8 @@ use tokio::sync::oneshot;
 
 use crate::{Multiaddr, PeerId};
 
-/// A gossip topic. On the wire: `tally/<chain_id>/tx/1`, `tally/<chain_id>/txs/1` and
-/// `tally/<chain_id>/consensus/1`.
+/// A gossip topic. On the wire: `tally/<chain_id>/tx/1`, `tally/<chain_id>/txs/1`,
+/// `tally/<chain_id>/consensus/1` and `tally/<chain_id>/proposal/1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {
     /// One transaction per message: borsh(SignedTx).
@@ -18,11 +18,15 @@ pub enum Topic {
     TxBatch,
     /// Proposals with their blocks, votes, evidence.
     Consensus,
+    /// Compact proposals: the signed proposal, the block without its txs, and the tx ids
+    /// (the node rebuilds the block from its mempool). Releases before it never subscribe,
+    /// so a proposer also sends the full proposal on `Consensus` while a peer needs it.
+    Proposal,
 }
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 3] = [Topic::Tx, Topic::TxBatch, Topic::Consensus];
+    pub const ALL: [Topic; 4] = [Topic::Tx, Topic::TxBatch, Topic::Consensus, Topic::Proposal];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -30,6 +34,7 @@ impl Topic {
             Topic::Tx => "tx",
             Topic::TxBatch => "txs",
             Topic::Consensus => "consensus",
+            Topic::Proposal => "proposal",
         }
     }
 

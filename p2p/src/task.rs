@@ -804,6 +804,10 @@ impl Task {
                 self.cfg.max_consensus_msgs_per_sec_per_peer,
                 "consensus_rate_limited",
             ),
+            Topic::Proposal => (
+                self.cfg.max_proposal_msgs_per_sec_per_peer,
+                "proposal_rate_limited",
+            ),
         };
         let flood = |task: &mut Task| {
             task.metrics.dropped(rate_limited);
@@ -823,6 +827,7 @@ impl Task {
         let max = match topic {
             Topic::Tx => self.cfg.max_tx_message_bytes,
             Topic::TxBatch => self.cfg.max_tx_batch_bytes,
+            Topic::Proposal => self.cfg.max_proposal_message_bytes,
             Topic::Consensus => usize::MAX,
         };
         if len > max {
@@ -845,7 +850,7 @@ impl Task {
                     return;
                 }
             },
-            Topic::Consensus => None,
+            Topic::Consensus | Topic::Proposal => None,
         };
         if let Some(txs) = txs {
             let (tx_rate, byte_rate) = (
@@ -873,7 +878,7 @@ impl Task {
             data: message.data,
         };
         let full = match topic {
-            Topic::Consensus => "consensus_channel_full",
+            Topic::Consensus | Topic::Proposal => "consensus_channel_full",
             Topic::Tx | Topic::TxBatch => "tx_channel_full",
         };
         if !self.emit(event, full) {

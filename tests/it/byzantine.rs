@@ -108,16 +108,7 @@ fn start_load(rpcs: Vec<String>, http: reqwest::Client) -> Load {
 
 /// Sum of the samples of `name` (with labels containing `label`, if given) on node `i`.
 async fn metric(net: &TestNet, i: usize, name: &str, label: Option<&str>) -> f64 {
-    let text = net
-        .http
-        .get(net.metrics_url(i))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    tally_tests::metric_samples(&text, name, label).sum()
+    net.metric(i, name, label).await.unwrap()
 }
 
 /// Waits for node 0's next block; returns when it was seen and the txs committed so far,

@@ -6,6 +6,7 @@
 mod activation;
 mod byzantine;
 mod chain;
+mod compact;
 mod crash;
 mod dev;
 mod faults;

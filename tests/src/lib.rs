@@ -638,6 +638,19 @@ impl TestNet {
         )
     }
 
+    /// The sum of the samples of metric `name` on node `i` (those whose labels contain
+    /// `label`, if given).
+    pub async fn metric(&self, i: usize, name: &str, label: Option<&str>) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(self.metrics_url(i))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(metric_samples(&text, name, label).sum())
+    }
+
     /// Node `i` as the checker reads it (RPC and metrics).
     pub fn endpoint(&self, i: usize) -> checker::Endpoint {
         checker::Endpoint {

@@ -62,8 +62,8 @@ async fn synced<S: NodeStore>(
 /// Our own messages published so far, as "proposal H", "Prevote H", "Precommit H".
 fn published<S: NodeStore>(a: &mut Actors<S>) -> Vec<String> {
     let mut sent = Vec::new();
-    while let Ok(data) = a.outbox_rx.try_recv() {
-        let msg: ConsensusMessage = ledger::codec::decode("msg", &data, 1 << 20).unwrap();
+    while let Ok(out) = a.outbox_rx.try_recv() {
+        let msg: ConsensusMessage = ledger::codec::decode("msg", &out.data, 1 << 20).unwrap();
         sent.push(match msg {
             ConsensusMessage::Proposal { proposal, .. } => {
                 format!("proposal {}", proposal.proposal.height)
@@ -693,8 +693,8 @@ async fn a_bond_makes_the_host_announce_the_grown_set_and_the_next_heights_follo
     );
     let mut sent = Vec::new();
     let mut b3 = None;
-    while let Ok(data) = a.outbox_rx.try_recv() {
-        match ledger::codec::decode("msg", &data, 1 << 20).unwrap() {
+    while let Ok(out) = a.outbox_rx.try_recv() {
+        match ledger::codec::decode("msg", &out.data, 1 << 20).unwrap() {
             ConsensusMessage::Proposal { block, .. } => {
                 sent.push("proposal".to_string());
                 b3 = Some(block);

@@ -82,31 +82,77 @@ enum Timer {
 /// Our own consensus messages, in the order we signed them, for the one publisher task. A
 /// task per publish could put a precommit on the wire before its prevote.
 #[derive(Clone, Debug)]
-pub struct Outbox(mpsc::Sender<Vec<u8>>);
+pub struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    /// Our proposals also go out compact ([`crate::compact`]).
+    compact: bool,
+}
+
+/// One of our messages: `borsh(ConsensusMessage)` for the consensus topic and, for a
+/// proposal when compact proposals are on, `borsh(CompactProposal)` for the proposal topic.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub data: Vec<u8>,
+    pub compact: Option<Vec<u8>>,
+}
 
 impl Outbox {
-    pub fn new() -> (Outbox, mpsc::Receiver<Vec<u8>>) {
+    pub fn new(compact: bool) -> (Outbox, mpsc::Receiver<Outgoing>) {
         let (tx, rx) = mpsc::channel(OUTBOX);
-        (Outbox(tx), rx)
+        (Outbox { tx, compact }, rx)
     }
 
     /// Queues one message, in order. Never blocks: if the network has not taken
     /// [`OUTBOX`] messages, this one is dropped (and logged) rather than stalling
     /// consensus; re-announcements repeat what matters.
     pub fn publish(&self, msg: &ConsensusMessage) {
-        if self.0.try_send(encode(msg)).is_err() {
+        let compact = match msg {
+            ConsensusMessage::Proposal { proposal, block } if self.compact => {
+                Some(encode(&crate::compact::compact(proposal, block)))
+            }
+            _ => None,
+        };
+        let out = Outgoing {
+            data: encode(msg),
+            compact,
+        };
+        if self.tx.try_send(out).is_err() {
             tracing::warn!("own consensus message dropped: the network is not taking them");
         }
     }
 }
 
 /// The publisher: our own consensus messages go out one after the other, in the order they
-/// were signed, until every [`Outbox`] is dropped.
-pub async fn publish_in_order(net: NetworkHandle, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(data) = rx.recv().await {
-        if let Err(e) = net.publish(Topic::Consensus, data).await {
-            tracing::debug!(error = %e, "publish failed (no peers yet?)");
+/// were signed, until every [`Outbox`] is dropped. A compact proposal goes on the proposal
+/// topic, and the full one on the consensus topic only while a connected peer does not
+/// subscribe to the proposal topic (a release before it, or a peer whose subscriptions we
+/// have not heard yet): a network of this release alone sends proposals compact only.
+pub async fn publish_in_order(net: NetworkHandle, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some(out) = rx.recv().await {
+        let full = match out.compact {
+            Some(compact) => {
+                if let Err(e) = net.publish(Topic::Proposal, compact).await {
+                    tracing::debug!(error = %e, "compact proposal not published (no peers yet?)");
+                }
+                needs_full_proposals(&net).await
+            }
+            None => true,
+        };
+        if full {
+            if let Err(e) = net.publish(Topic::Consensus, out.data).await {
+                tracing::debug!(error = %e, "publish failed (no peers yet?)");
+            }
         }
+    }
+}
+
+/// Whether a connected peer does not subscribe to the compact proposal topic.
+async fn needs_full_proposals(net: &NetworkHandle) -> bool {
+    match net.peers().await {
+        Ok(peers) => peers
+            .iter()
+            .any(|p| p.connected && !p.topics.contains(&Topic::Proposal)),
+        Err(_) => true,
     }
 }
 

@@ -206,6 +206,13 @@ impl Mempool {
         self.by_id.contains_key(id)
     }
 
+    /// The pending tx with this id (verified on admission).
+    pub fn get(&self, id: &Hash) -> Option<Candidate> {
+        let (sender, nonce) = self.by_id.get(id)?;
+        let entry = self.senders.get(sender)?.txs.get(nonce)?;
+        Some(entry.tx.clone())
+    }
+
     /// Cheap checks before the signature: run them first so junk costs no EC work.
     /// `account` is the sender's committed account.
     pub fn precheck(

@@ -121,9 +121,9 @@ pub fn read_status(bytes: &[u8]) -> Result<SyncStatus, Fault> {
     }
     match decode::<SyncResponse>("status answer", bytes, STATUS_BYTES) {
         Ok(SyncResponse::Status(s)) => Ok(s),
-        Ok(SyncResponse::Blocks(_)) => Err(Fault::Bad(
+        Ok(SyncResponse::Blocks(_) | SyncResponse::Txs(_)) => Err(Fault::Bad(
             PenaltyReason::BadResponse,
-            "blocks in answer to a status request".into(),
+            "blocks or txs in answer to a status request".into(),
         )),
         Err(e @ ledger::codec::DecodeError::TooLarge { .. }) => {
             Err(Fault::Bad(PenaltyReason::Oversized, e.to_string()))
@@ -235,10 +235,12 @@ pub fn serve(store: &impl ChainReader, request: &[u8], max_bytes: usize) -> Opti
             }
             SyncResponse::Blocks(out)
         }
+        // The router answers these from the mempool before calling this.
+        SyncRequest::Txs { .. } => return None,
     };
     let blocks = match &response {
         SyncResponse::Blocks(b) => b.len() as u64,
-        SyncResponse::Status(_) => 0,
+        SyncResponse::Status(_) | SyncResponse::Txs(_) => 0,
     };
     Some(Served {
         bytes: encode(&response),

@@ -84,9 +84,9 @@ async fn request_response_and_size_caps() {
         Err(RequestError::Refused(RemoteError::ResponseTooLarge))
     );
 
-    // A request over A's 4 KiB request cap: refused by A's codec, and B is penalised.
+    // A request over A's 40 KiB request cap: refused by A's codec, and B is penalised.
     assert_eq!(
-        b.handle.request(a.id, vec![0; 10 * 1024]).await,
+        b.handle.request(a.id, vec![0; 48 * 1024]).await,
         Err(RequestError::Refused(RemoteError::RequestTooLarge))
     );
     let info = a.peer(b.id).await.unwrap();

@@ -22,7 +22,8 @@
 //! Relay modes, which need live traffic: `replay-votes` re-wraps the live votes it hears
 //! into `Rebroadcast` messages (a new gossip id each time) at `--rate`; `swap-bodies`
 //! republishes every proposal it hears with three other bodies (last tx removed, first tx
-//! removed, order changed; the signed header untouched). Validator mode (`--validator-key-file`, `--genesis`):
+//! removed, order changed; the signed header untouched), a compact proposal with the same
+//! three changes to its tx ids. Validator mode (`--validator-key-file`, `--genesis`):
 //! `future-time` follows the chain over `/tally/sync/1` and, at each of its turns to
 //! propose, proposes an empty block timed `u64::MAX` or one hour ahead (alternately), and
 //! prevotes and precommits it; `committed-txs` (keyless) re-sends the txs of the blocks
@@ -49,7 +50,7 @@ use ledger::hash::sha256;
 use ledger::types::{Block, Commit, Header, Payload, Proposal, SignedTx, Tx, Vote, VoteKind};
 use rand::{Rng, RngCore};
 use serde_json::json;
-use tally_node::wire::{ConsensusMessage, SyncRequest, SyncResponse, SyncStatus};
+use tally_node::wire::{CompactProposal, ConsensusMessage, SyncRequest, SyncResponse, SyncStatus};
 use tally_p2p::{
     CancellationToken, Event, Multiaddr, NetworkConfig, NetworkHandle, PeerId, Registry, Topic,
     Verdict,
@@ -190,6 +191,10 @@ async fn main() -> anyhow::Result<()> {
                         ..
                     } => {
                         let _ = net.validated(msg_id, source, Verdict::Ignore).await;
+                        if topic == Topic::Proposal {
+                            stats.heard_consensus.fetch_add(1, Ordering::Relaxed);
+                            on_heard_compact(mode, &net, &stats, &data).await;
+                        }
                         if topic == Topic::Consensus {
                             stats.heard_consensus.fetch_add(1, Ordering::Relaxed);
                             on_heard(mode, &net, &live, &stats, &data).await;
@@ -309,7 +314,9 @@ async fn main() -> anyhow::Result<()> {
             match net.publish(topic, data).await {
                 Ok(_) => match topic {
                     Topic::Tx | Topic::TxBatch => stats.sent_tx.fetch_add(1, Ordering::Relaxed),
-                    Topic::Consensus => stats.sent_consensus.fetch_add(1, Ordering::Relaxed),
+                    Topic::Consensus | Topic::Proposal => {
+                        stats.sent_consensus.fetch_add(1, Ordering::Relaxed)
+                    }
                 },
                 Err(e) => {
                     if stats.publish_errors.load(Ordering::Relaxed) == 0 {
@@ -625,10 +632,17 @@ impl Generator {
 
 /// Publishes one consensus message; counts it as an attack if it went out.
 async fn publish_attack(net: &NetworkHandle, stats: &Stats, msg: &ConsensusMessage) -> bool {
-    let sent = net
-        .publish(Topic::Consensus, ledger::codec::encode(msg))
-        .await
-        .is_ok();
+    publish_attack_on(net, stats, Topic::Consensus, ledger::codec::encode(msg)).await
+}
+
+/// Publishes one message on `topic`; counts it as an attack if it went out.
+async fn publish_attack_on(
+    net: &NetworkHandle,
+    stats: &Stats,
+    topic: Topic,
+    data: Vec<u8>,
+) -> bool {
+    let sent = net.publish(topic, data).await.is_ok();
     if sent {
         stats.attacks.fetch_add(1, Ordering::Relaxed);
         stats.sent_consensus.fetch_add(1, Ordering::Relaxed);
@@ -689,29 +703,48 @@ async fn on_heard(mode: Mode, net: &NetworkHandle, live: &Live, stats: &Stats, d
     let Some((proposal, block)) = proposal else {
         return;
     };
-    if block.txs.is_empty() {
-        return;
-    }
-    // Other bodies under the one signed header: the last tx removed, and with two or more
-    // txs also the first removed and the order reversed.
-    let mut variants = Vec::new();
-    let mut last_removed = block.clone();
-    last_removed.txs.pop();
-    variants.push(last_removed);
-    if block.txs.len() >= 2 {
-        let mut first_removed = block.clone();
-        first_removed.txs.remove(0);
-        variants.push(first_removed);
-        let mut reversed = block;
-        reversed.txs.reverse();
-        variants.push(reversed);
-    }
-    for block in variants {
+    for txs in other_bodies(&block.txs) {
         let msg = ConsensusMessage::Proposal {
             proposal: proposal.clone(),
-            block,
+            block: Block {
+                txs,
+                ..block.clone()
+            },
         };
         publish_attack(net, stats, &msg).await;
+    }
+}
+
+/// Other bodies under one signed header: the last item removed, and with two or more
+/// also the first removed and the order reversed. None for an empty body.
+fn other_bodies<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    let mut variants = Vec::new();
+    if items.is_empty() {
+        return variants;
+    }
+    variants.push(items[..items.len() - 1].to_vec());
+    if items.len() >= 2 {
+        variants.push(items[1..].to_vec());
+        variants.push(items.iter().rev().cloned().collect());
+    }
+    variants
+}
+
+/// A compact proposal heard: `swap-bodies` republishes it with other tx ids under the
+/// signed header (ids that do not rebuild the signed block).
+async fn on_heard_compact(mode: Mode, net: &NetworkHandle, stats: &Stats, data: &[u8]) {
+    if mode != Mode::SwapBodies {
+        return;
+    }
+    let Ok(compact) = ledger::codec::decode::<CompactProposal>("compact", data, 64 << 20) else {
+        return;
+    };
+    for tx_ids in other_bodies(&compact.tx_ids) {
+        let msg = CompactProposal {
+            tx_ids,
+            ..compact.clone()
+        };
+        publish_attack_on(net, stats, Topic::Proposal, ledger::codec::encode(&msg)).await;
     }
 }
 
@@ -745,7 +778,7 @@ impl Validator {
         let bytes = net.request(peer, req).await.ok()?;
         match ledger::codec::decode::<SyncResponse>("status", &bytes, 1024).ok()? {
             SyncResponse::Status(s) => Some(s),
-            SyncResponse::Blocks(_) => None,
+            SyncResponse::Blocks(_) | SyncResponse::Txs(_) => None,
         }
     }
 
