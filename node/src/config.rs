@@ -118,7 +118,12 @@ pub struct MempoolSection {
 
 /// Keys (section, key) the previous release does not know: [`NodeConfig::to_toml`] writes
 /// them only when they differ from their default.
-pub const NEWER_KEYS: [(&str, &str); 1] = [("consensus", "compact_proposals")];
+pub const NEWER_KEYS: [(&str, &str); 4] = [
+    ("consensus", "compact_proposals"),
+    ("storage", "tree_cache_levels"),
+    ("runtime", "worker_threads"),
+    ("runtime", "verify_threads"),
+];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -533,10 +538,17 @@ impl NodeConfig {
         let defaults = toml::Table::try_from(NodeConfig::default()).expect("defaults serialize");
         for (section, key) in NEWER_KEYS {
             let default = defaults.get(section).and_then(|t| t.get(key));
+            let mut emptied = false;
             if let Some(toml::Value::Table(t)) = table.get_mut(section) {
                 if t.get(key) == default {
                     t.remove(key);
                 }
+                emptied = t.is_empty();
+            }
+            // A section that is new as a whole ([runtime]) goes too when all of it is
+            // default: the previous release refuses an unknown table.
+            if emptied {
+                table.remove(section);
             }
         }
         toml::to_string_pretty(&table).expect("config serializes")
@@ -729,6 +741,89 @@ mod tests {
         let text = off.to_toml();
         assert!(text.contains("compact_proposals = false"), "{text}");
         assert_eq!(parse(&text, &[]).unwrap(), off);
+    }
+
+    /// The keys of the node.toml that `tallyd init` of the release in upgrade/BASE
+    /// writes. A default node.toml of this tree must hold no others: the rolling-upgrade
+    /// harness runs that release on it, and it refuses unknown keys. A new key goes into
+    /// [`NEWER_KEYS`]; when upgrade/BASE moves on, this list follows its node.toml.
+    const PREVIOUS_RELEASE_KEYS: [&str; 48] = [
+        "consensus.timeout_commit_ms",
+        "consensus.validator_key",
+        "log.format",
+        "log.level",
+        "mempool.max_bytes",
+        "mempool.max_nonce_gap",
+        "mempool.max_per_sender",
+        "mempool.max_txs",
+        "mempool.reuse_verified_signatures",
+        "mempool.ttl_secs",
+        "metrics.enabled",
+        "metrics.listen",
+        "metrics.max_connections",
+        "metrics.max_connections_per_ip",
+        "moniker",
+        "p2p.ban_duration_secs",
+        "p2p.ban_threshold",
+        "p2p.bootstrap",
+        "p2p.discovery",
+        "p2p.gossip_author_signatures",
+        "p2p.handshake_timeout_ms",
+        "p2p.ip_ban_duration_secs",
+        "p2p.ip_ban_threshold",
+        "p2p.listen",
+        "p2p.max_connections_per_ip",
+        "p2p.max_consensus_msgs_per_sec_per_peer",
+        "p2p.max_inbound_connections",
+        "p2p.max_pending_inbound",
+        "p2p.max_pending_inbound_per_ip",
+        "p2p.max_sync_requests_per_sec_per_peer",
+        "p2p.max_tx_bytes_per_sec_per_peer",
+        "p2p.max_tx_msgs_per_sec_per_peer",
+        "p2p.max_txs_per_sec_per_peer",
+        "p2p.min_outbound_peers",
+        "p2p.score_half_life_secs",
+        "p2p.tx_batch_ms",
+        "p2p.tx_mesh_n",
+        "rpc.header_read_timeout_ms",
+        "rpc.keep_alive",
+        "rpc.listen",
+        "rpc.max_body_bytes",
+        "rpc.max_connections",
+        "rpc.max_connections_per_ip",
+        "rpc.max_event_streams",
+        "rpc.timeout_ms",
+        "storage.block_cache_mb",
+        "storage.write_buffer_mb",
+        "storage.write_buffer_total_mb",
+    ];
+
+    #[test]
+    fn a_default_node_toml_reads_on_the_previous_release() {
+        let table: toml::Table = NodeConfig::default().to_toml().parse().unwrap();
+        let mut keys = Vec::new();
+        for (name, value) in &table {
+            match value {
+                toml::Value::Table(t) => keys.extend(t.keys().map(|k| format!("{name}.{k}"))),
+                _ => keys.push(name.clone()),
+            }
+        }
+        let unknown: Vec<_> = keys
+            .iter()
+            .filter(|k| !PREVIOUS_RELEASE_KEYS.contains(&k.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "the previous release refuses {unknown:?}: add them to NEWER_KEYS"
+        );
+        // Written when not default, and read back.
+        let threads = parse("", &[("TALLY_RUNTIME_WORKER_THREADS", "1")]).unwrap();
+        let text = threads.to_toml();
+        assert!(
+            text.contains("[runtime]") && text.contains("worker_threads = 1"),
+            "{text}"
+        );
+        assert_eq!(parse(&text, &[]).unwrap(), threads);
     }
 
     #[test]
