@@ -1356,16 +1356,25 @@ pub async fn fetch_history(
         for height in 1..=upto {
             blocks.push(fetch_block(http, node, height).await?);
         }
-        let addresses = touched(genesis, staking, &blocks);
-        let keys = staking.map(|s| touched_keys(s, &blocks));
-        let state = read_state(http, node, &addresses, keys.as_ref()).await?;
-        // The chain may have gone on while the state was read (a tx a client gave up on
-        // can still commit): the replay must reach the newest height a read was made at,
-        // or its values would be compared with an older state.
-        let newest = state.heights().max().unwrap_or(upto);
-        for height in upto + 1..=newest {
-            blocks.push(fetch_block(http, node, height).await?);
-        }
+        let state = loop {
+            let addresses = touched(genesis, staking, &blocks);
+            let keys = staking.map(|s| touched_keys(s, &blocks));
+            let state = read_state(http, node, &addresses, keys.as_ref()).await?;
+            // The chain may have gone on while the state was read (a tx a client gave up
+            // on can still commit): the replay must reach the newest height a read was
+            // made at, or its values would be compared with an older state.
+            let newest = state.heights().max().unwrap_or(upto);
+            let known = blocks.last().map_or(0, |b| b.height);
+            for height in known + 1..=newest {
+                blocks.push(fetch_block(http, node, height).await?);
+            }
+            // And those blocks may pay an account not read yet (a fee to a proposer with
+            // no block before): read again with it, or the supply misses that fee.
+            let keys_now = staking.map(|s| touched_keys(s, &blocks));
+            if touched(genesis, staking, &blocks) == addresses && keys_now == keys {
+                break state;
+            }
+        };
         out.push(NodeHistory {
             name: node.name.clone(),
             blocks,
