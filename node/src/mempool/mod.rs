@@ -163,6 +163,8 @@ pub struct Mempool {
     bytes: usize,
     /// Post-commit updates applied so far ([`Mempool::commits`]).
     commits: u64,
+    /// Transactions in the blocks of those updates ([`Mempool::committed_txs`]).
+    committed_txs: u64,
 }
 
 /// A transaction handed to a proposer.
@@ -180,6 +182,7 @@ impl Mempool {
             tails: BTreeSet::new(),
             bytes: 0,
             commits: 0,
+            committed_txs: 0,
         }
     }
 
@@ -188,6 +191,12 @@ impl Mempool {
     /// while it has not changed.
     pub fn commits(&self) -> u64 {
         self.commits
+    }
+
+    /// Transactions the committed blocks of [`Mempool::commits`] held (ours or not): the
+    /// chain's throughput, sampled by the re-announcer to tell a backlog from lost gossip.
+    pub fn committed_txs(&self) -> u64 {
+        self.committed_txs
     }
 
     pub fn len(&self) -> usize {
@@ -443,6 +452,7 @@ impl Mempool {
         touched: impl IntoIterator<Item = (Address, Account)>,
     ) -> usize {
         self.commits += 1;
+        self.committed_txs += committed.len() as u64;
         for id in committed {
             self.remove(id);
         }
