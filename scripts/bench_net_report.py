@@ -533,6 +533,19 @@ def write_md(path, rep):
              f"{best['ratio_to_limit']:.2f}x of the old 4-validator limit) | {met(fair is not None and fair >= 0.8)} |")
     L.append(f"| p50 finality <= 1 s at that load | {fmt(f['p50'])} ms | {met(f['p50'] is not None and f['p50'] <= 1000)} |")
     L.append(f"| p99 finality <= 2 s at that load | {fmt(f['p99'])} ms | {met(f['p99'] is not None and f['p99'] <= 2000)} |")
+    # The load the chain sustains with the finality targets met, and how far that is from
+    # 0.8x (the best step above is usually past the knee, with a growing backlog).
+    timely = [x for x in s if (x["finality_ms"].get("p50") or 1e12) <= 1000
+              and (x["finality_ms"].get("p99") or 1e12) <= 2000]
+    if timely:
+        t = max(timely, key=lambda x: x["committed_tps"])
+        tf = fair_ratio(t)
+        L.append(f"| committed TPS >= 0.8 × fair limit with p50 <= 1 s and p99 <= 2 s (highest such step) | "
+                 f"{t['committed_tps']:,.0f} at {t['target_rate']:,} tx/s offered ({fmt(tf, 2)}x of the fair limit"
+                 f"{short(tf, 0.8, 'x', False)}; p50 {fmt(t['finality_ms']['p50'])} ms, p99 {fmt(t['finality_ms']['p99'])} ms) | "
+                 f"{met(tf is not None and tf >= 0.8)} |")
+    else:
+        L.append("| committed TPS >= 0.8 × fair limit with p50 <= 1 s and p99 <= 2 s | no step met both finality targets | **missed** |")
     L.append(f"| RSS per node <= 300 MiB with 1M accounts | {rss:,.0f} MiB (highest VmRSS of any node during any step, "
              f"{rep['genesis_accounts']:,} genesis accounts) | "
              f"{met(rss <= 300) if rep['genesis_accounts'] >= 1_000_000 else '**not measured at 1M**'} |")
