@@ -79,6 +79,8 @@ def main():
     p.add_argument("--duration", type=int, default=20)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--perf", help="record node0 with perf -g for 8 s into this file")
+    p.add_argument("--dwarf", action="store_true",
+                   help="with --perf: DWARF call graphs (the release build keeps no frame pointers)")
     p.add_argument("--clean", action="store_true", help="delete --dir at the end")
     p.add_argument("--idle", action="store_true",
                    help="no load: print each node's CPU (ms per s) over --duration s")
@@ -130,7 +132,8 @@ def main():
         before, t0 = snap(nodes), time.time()
         perf = None
         if a.perf:
-            perf = subprocess.Popen(["sh", "-c", f"sleep 4; exec perf record -g -F 499 -p "
+            graph = "--call-graph dwarf,16384 -F 199" if a.dwarf else "-g -F 499"
+            perf = subprocess.Popen(["sh", "-c", f"sleep 4; exec perf record {graph} -p "
                                      f"{nodes[0]['pid']} -o {a.perf} -- sleep 8"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(max(1, a.duration - 4))
@@ -177,6 +180,16 @@ def main():
                   for b, e in zip(first, last))
         print("whole bench, verifications per committed tx by path (all nodes): " + ", ".join(
             f"{k} {v / txs:.3f}" for k, v in sorted(paths.items()) if txs))
+        # The waste around the pool: re-announcements and what the peers refused.
+        def total(prefix):
+            out = {}
+            for b, e in zip(first, last):
+                for k, v in e["m"].items():
+                    if k.startswith(prefix):
+                        out[k[len(prefix):]] = out.get(k[len(prefix):], 0) + v - b["m"].get(k, 0)
+            return {k: v for k, v in out.items() if v}
+        print(f"whole bench, all nodes: re-announced {total('tally_mempool_reannounced_total')}, "
+              f"rejections {total('tally_mempool_rejections_total')}")
         print(json.dumps({"label": a.label, "env": a.env, "rows": rows}))
     finally:
         subprocess.run([tallyd, "testnet", "stop", "--dir", a.dir],

@@ -19,7 +19,9 @@
 //! peers work (and arrives after the commit, as `already_committed` refusals). So the quiet
 //! period grows with the backlog: [`reannounce_after`] waits at least twice the time the
 //! chain, at the rate it committed over the last [`COMMIT_RATE_WINDOW`], needs to commit
-//! what the pool holds.
+//! what the pool holds. A chain that committed no block for a whole window is stalled:
+//! re-announcing cannot help it (each node re-announced 2,048 txs a second into a 30 s
+//! stall), so the quiet period is the longest until it moves.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,46 +45,82 @@ pub const REANNOUNCE_AFTER_MAX: Duration = Duration::from_secs(30);
 /// The window over which the chain's commit rate is measured.
 pub const COMMIT_RATE_WINDOW: Duration = Duration::from_secs(10);
 
+/// How the chain has been committing lately, as the re-announcer sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pace {
+    /// Transactions committed per second over the window.
+    pub txs_per_s: f64,
+    /// No block at all was committed over a whole window.
+    pub stalled: bool,
+}
+
+impl Pace {
+    /// Blocks, no transactions (an idle chain, or one just started).
+    pub const IDLE: Pace = Pace {
+        txs_per_s: 0.0,
+        stalled: false,
+    };
+
+    pub fn committing(txs_per_s: f64) -> Pace {
+        Pace {
+            txs_per_s,
+            stalled: false,
+        }
+    }
+}
+
 /// How long a pending tx stays quiet before it is gossiped again, with `pending` txs in
-/// the pool and the chain committing `commit_rate` txs a second: [`REANNOUNCE_AFTER`], or
-/// twice the time the chain needs to commit the pool when that is longer (at most
-/// [`REANNOUNCE_AFTER_MAX`]). A chain that commits nothing (stalled, or idle) gets the
-/// base period: nothing is draining, so waiting longer would not help.
-pub fn reannounce_after(pending: usize, commit_rate: f64) -> Duration {
-    if commit_rate.is_nan() || commit_rate <= 0.0 {
+/// the pool and the chain going at `pace`: [`REANNOUNCE_AFTER`], or twice the time the
+/// chain needs to commit the pool when that is longer (at most [`REANNOUNCE_AFTER_MAX`]).
+/// An idle chain (blocks without txs) gets the base period: a tx pending there was lost.
+/// A stalled chain (no block for a whole window) gets the longest: nothing commits
+/// anything until consensus moves again, and every node already holds what it was sent.
+pub fn reannounce_after(pending: usize, pace: Pace) -> Duration {
+    if pace.stalled {
+        return REANNOUNCE_AFTER_MAX;
+    }
+    let rate = pace.txs_per_s;
+    if rate.is_nan() || rate <= 0.0 {
         return REANNOUNCE_AFTER;
     }
-    let drain = pending as f64 / commit_rate;
+    let drain = pending as f64 / rate;
     Duration::from_secs_f64((2.0 * drain).min(REANNOUNCE_AFTER_MAX.as_secs_f64()))
         .max(REANNOUNCE_AFTER)
 }
 
-/// The chain's recent commit rate, from samples of a cumulative committed-tx count.
+/// The chain's recent pace, from samples of the pool's cumulative counts of committed
+/// blocks and transactions.
 #[derive(Debug, Default)]
 pub struct CommitRate {
-    samples: std::collections::VecDeque<(Instant, u64)>,
+    /// (when, blocks, txs), oldest first, spanning about one window.
+    samples: std::collections::VecDeque<(Instant, u64, u64)>,
 }
 
 impl CommitRate {
-    /// Records `committed` (cumulative) at `now` and returns the rate over the samples of
-    /// the last [`COMMIT_RATE_WINDOW`] (0 until two samples span some time).
-    pub fn sample(&mut self, now: Instant, committed: u64) -> f64 {
-        self.samples.push_back((now, committed));
-        while let Some(&(at, _)) = self.samples.front() {
-            if self.samples.len() > 2 && now.saturating_duration_since(at) > COMMIT_RATE_WINDOW {
-                self.samples.pop_front();
-            } else {
-                break;
-            }
+    /// Records the counts at `now` and returns the pace over the samples of the last
+    /// [`COMMIT_RATE_WINDOW`] (idle until two samples span some time).
+    pub fn sample(&mut self, now: Instant, blocks: u64, txs: u64) -> Pace {
+        self.samples.push_back((now, blocks, txs));
+        // Drop samples older than the window, keeping one at or beyond its start.
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) >= COMMIT_RATE_WINDOW)
+        {
+            self.samples.pop_front();
         }
-        let Some(&(first_at, first)) = self.samples.front() else {
-            return 0.0;
+        let Some(&(first_at, first_blocks, first_txs)) = self.samples.front() else {
+            return Pace::IDLE;
         };
-        let span = now.saturating_duration_since(first_at).as_secs_f64();
-        if span <= 0.0 {
-            return 0.0;
+        let span = now.saturating_duration_since(first_at);
+        if span.is_zero() {
+            return Pace::IDLE;
         }
-        committed.saturating_sub(first) as f64 / span
+        Pace {
+            txs_per_s: txs.saturating_sub(first_txs) as f64 / span.as_secs_f64(),
+            stalled: span >= COMMIT_RATE_WINDOW && blocks == first_blocks,
+        }
     }
 }
 
@@ -105,7 +143,8 @@ pub fn spawn_reannouncer(
             let now = Instant::now();
             let due = match mempool.lock() {
                 Ok(mut m) => {
-                    let quiet = reannounce_after(m.len(), rate.sample(now, m.committed_txs()));
+                    let pace = rate.sample(now, m.commits(), m.committed_txs());
+                    let quiet = reannounce_after(m.len(), pace);
                     m.take_unannounced(now, quiet, REANNOUNCE_MAX)
                 }
                 Err(_) => return,
@@ -265,43 +304,67 @@ mod tests {
     }
 
     /// A backlog (more pending than the chain commits in the base period) waits twice its
-    /// drain time, up to the cap; a draining-fast or stalled chain gets the base period.
+    /// drain time, up to the cap; a draining-fast or idle chain gets the base period, a
+    /// stalled one the cap.
     #[test]
     fn the_quiet_period_grows_with_the_backlog_the_chain_is_draining() {
         let s = Duration::from_secs;
+        let at = |rate| reannounce_after(9_000, Pace::committing(rate));
         assert_eq!(
-            reannounce_after(100, 1_500.0),
+            reannounce_after(100, Pace::committing(1_500.0)),
             REANNOUNCE_AFTER,
             "no backlog"
         );
         assert_eq!(
-            reannounce_after(9_000, 0.0),
+            reannounce_after(9_000, Pace::IDLE),
             REANNOUNCE_AFTER,
-            "stalled chain"
+            "idle"
         );
-        assert_eq!(reannounce_after(9_000, f64::NAN), REANNOUNCE_AFTER);
+        assert_eq!(at(f64::NAN), REANNOUNCE_AFTER);
         // 9,000 pending at 1,500/s: 6 s to drain, so 12 s without a word is a loss.
-        assert_eq!(reannounce_after(9_000, 1_500.0), s(12));
-        assert_eq!(reannounce_after(1_000_000, 1_500.0), REANNOUNCE_AFTER_MAX);
+        assert_eq!(at(1_500.0), s(12));
+        assert_eq!(at(10.0), REANNOUNCE_AFTER_MAX);
+        let stalled = Pace {
+            txs_per_s: 0.0,
+            stalled: true,
+        };
+        assert_eq!(
+            reannounce_after(10, stalled),
+            REANNOUNCE_AFTER_MAX,
+            "stalled"
+        );
     }
 
     #[test]
-    fn the_commit_rate_is_measured_over_the_recent_window() {
+    fn the_pace_is_measured_over_the_recent_window() {
         let t0 = Instant::now();
         let at = |secs: u64| t0 + Duration::from_secs(secs);
         let mut rate = CommitRate::default();
-        assert_eq!(rate.sample(at(0), 0), 0.0, "one sample has no span");
-        assert_eq!(rate.sample(at(1), 1_000), 1_000.0);
-        for i in 2..=20 {
-            rate.sample(at(i), 1_000 * i);
-        }
-        // The chain stops: the rate falls as the window slides past the last commits.
-        assert!(rate.sample(at(25), 20_000) < 1_000.0);
         assert_eq!(
-            rate.sample(at(40), 20_000),
-            0.0,
-            "nothing committed in 10 s"
+            rate.sample(at(0), 0, 0),
+            Pace::IDLE,
+            "one sample has no span"
         );
+        assert_eq!(rate.sample(at(1), 2, 1_000), Pace::committing(1_000.0));
+        for i in 2..=20 {
+            rate.sample(at(i), 2 * i, 1_000 * i);
+        }
+        assert_eq!(rate.sample(at(21), 42, 21_000), Pace::committing(1_000.0));
+        // Empty blocks: idle, not stalled.
+        for i in 22..=40 {
+            rate.sample(at(i), 2 * i, 21_000);
+        }
+        assert_eq!(rate.sample(at(41), 82, 21_000), Pace::IDLE);
+        // No block from 41 s on: stalled once a whole window has passed without one.
+        assert!(
+            !rate.sample(at(45), 82, 21_000).stalled,
+            "4 s is no stall yet"
+        );
+        for i in 46..=50 {
+            rate.sample(at(i), 82, 21_000);
+        }
+        assert!(rate.sample(at(51), 82, 21_000).stalled);
+        assert!(!rate.sample(at(52), 83, 21_000).stalled, "a block ends it");
     }
 
     /// The waste this avoids, on a pool of the bench's size: under a 6 s backlog every
@@ -328,7 +391,7 @@ mod tests {
         }
         let later = t0 + Duration::from_millis(3_500);
         // The chain commits 500 txs a second: 3,000 pending take 6 s to drain.
-        let quiet = reannounce_after(pool.len(), 500.0);
+        let quiet = reannounce_after(pool.len(), Pace::committing(500.0));
         assert!(pool
             .take_unannounced(later, quiet, REANNOUNCE_MAX)
             .is_empty());
@@ -339,7 +402,7 @@ mod tests {
             "after twice the drain time they are due"
         );
         // An idle chain (no commits): the base period, as before.
-        let idle = reannounce_after(pool.len(), 0.0);
+        let idle = reannounce_after(pool.len(), Pace::IDLE);
         assert_eq!(
             pool.take_unannounced(t0 + Duration::from_secs(14), idle, 10_000)
                 .len(),
