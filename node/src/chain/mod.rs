@@ -526,15 +526,31 @@ impl<S: NodeStore> ChainHost<S> {
         let start = Instant::now();
         let result = blocking(move || {
             let ids = ledger::exec::tx_ids_and_sizes(&block.txs);
-            let held = pool.map_or_else(HashSet::new, |p| Self::held_by(&p, &ids));
+            let held = pool
+                .as_ref()
+                .map_or_else(HashSet::new, |p| Self::held_by(p, &ids));
             let known = |id: &Hash| signed == Signed::Checked || held.contains(id);
-            execute_block_with_ids(
+            let result = execute_block_with_ids(
                 store.as_ref(),
                 Self::ctx(&genesis),
                 &block,
                 &ids,
                 &Signatures::Cached(&known),
-            )
+            );
+            // What this execution verified, the pool need not verify again when the
+            // txs' gossip arrives before the block commits.
+            if let (Ok(outcome), Some(pool)) = (&result, &pool) {
+                if outcome.signatures_verified > 0 {
+                    let fresh = ids
+                        .iter()
+                        .map(|(id, _)| *id)
+                        .filter(|id| !held.contains(id));
+                    if let Ok(mut m) = pool.lock() {
+                        m.note_verified(fresh);
+                    }
+                }
+            }
+            result
         })
         .await;
         if let Some(Ok(outcome)) = &result {

@@ -261,6 +261,43 @@ async fn every_tx_signature_verification_is_counted_once_where_it_happens() {
     }
 }
 
+/// A block whose txs our pool did not hold is verified in execution, and the pool is told
+/// which ids were: their gossip copies, arriving before the commit, are then admitted
+/// without a second verification (the admission side is tested in `mempool::admission`).
+#[tokio::test]
+async fn the_txs_a_block_verified_are_noted_for_admission() {
+    use crate::metrics::VerifyPath::Block as InBlock;
+    let (g, _, blocks) = chain(1);
+    let (g, v, b1) = (Arc::new(g), key("v"), &blocks[0].0);
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let pool = crate::testing::mempool(&g);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ChainMetrics::register(&mut registry);
+    let (mut a, _net) = crate::testing::actors_metered(
+        g.clone(),
+        store.clone(),
+        None,
+        pool.clone(),
+        metrics.clone(),
+        true,
+    );
+    a.driver.start().await;
+    pump(&mut a).await;
+    a.driver.handle(consensus(proposal_of(&v, b1))).await;
+    a.driver.handle(consensus(precommit_of(&v, b1))).await;
+    pump(&mut a).await;
+    assert_eq!(store.tip().unwrap().block_hash, b1.hash());
+    assert_eq!(
+        metrics.tx_signatures.get(InBlock),
+        b1.txs.len() as u64,
+        "the pool held none of the block's txs"
+    );
+    let m = pool.lock().unwrap();
+    for tx in &b1.txs {
+        assert!(m.verified_in_block(&tx.id()), "a verified tx was not noted");
+    }
+}
+
 /// Execution with precomputed ids (the host hashes each tx once) verifies what it does not
 /// know, and refuses an id list that is not the block's (a caller's bug must not skip a
 /// tx).

@@ -64,10 +64,13 @@ fn admit(
         .account(&tx.sender())
         .map_err(storage)?
         .unwrap_or_default();
-    let checked = mempool
-        .lock()
-        .map_err(|_| AddError::Poisoned)?
-        .precheck(tx, &id, size, &account);
+    let (checked, verified) = {
+        let pool = mempool.lock().map_err(|_| AddError::Poisoned)?;
+        (
+            pool.precheck(tx, &id, size, &account),
+            pool.verified_in_block(&id),
+        )
+    };
     // A committed tx has a nonce below its sender's next one, so the tx index is only
     // consulted to explain a used nonce (one RocksDB read less per admitted tx).
     if let Err(AddError::Invalid(TxError::NonceTooLow { .. })) = &checked {
@@ -76,11 +79,14 @@ fn admit(
         }
     }
     checked?;
-    // The expensive check runs without the lock so admissions verify in parallel.
-    metrics
-        .tx_signatures
-        .count(crate::metrics::VerifyPath::Admission, 1);
-    tx.verify_signature().map_err(TxError::from)?;
+    // The expensive check runs without the lock so admissions verify in parallel; a tx a
+    // block's execution verified already (the same bytes) is not verified again.
+    if !verified {
+        metrics
+            .tx_signatures
+            .count(crate::metrics::VerifyPath::Admission, 1);
+        tx.verify_signature().map_err(TxError::from)?;
+    }
     let mut pool = mempool.lock().map_err(|_| AddError::Poisoned)?;
     // The account again, under the lock, if a post-commit update ran since the read above:
     // inserting with the stale nonce would set the sender's queue to a nonce it has passed,
@@ -239,6 +245,57 @@ mod tests {
             vec![id1],
             "the tx was stranded behind a nonce already used"
         );
+    }
+
+    /// A tx whose signature a block's execution verified (the pool did not hold it when the
+    /// proposal came) is admitted from gossip without a second k256 verification; the
+    /// shortcut is keyed by the id, the hash of the whole signed tx, so a forgery of the
+    /// same sender and nonce is still verified and refused.
+    #[test]
+    fn a_tx_a_block_verified_is_not_verified_again_but_a_forgery_of_it_is() {
+        use crate::metrics::VerifyPath::Admission;
+        let key = Keypair::generate();
+        let store = RacingStore {
+            accounts: Mutex::new(HashMap::from([(
+                key.address(),
+                Account {
+                    balance: 1_000,
+                    nonce: 0,
+                },
+            )])),
+            on_first_read: Mutex::new(None),
+        };
+        let pool = Arc::new(Mutex::new(empty_pool("seen")));
+        let metrics = MempoolMetrics::default();
+        let good = transfer(&key, "seen", 0);
+        let bytes = ledger::codec::encode(&good);
+        pool.lock().unwrap().note_verified([ledger::sha256(&bytes)]);
+        let mut forged = good.clone();
+        forged.signature[10] ^= 1;
+        let e = admit_bytes(
+            &store,
+            &pool,
+            &metrics,
+            &ledger::codec::encode(&forged),
+            1024,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, AddError::Invalid(TxError::BadSignature)),
+            "{e:?}"
+        );
+        assert_eq!(
+            metrics.tx_signatures.get(Admission),
+            1,
+            "the forgery was verified"
+        );
+        admit_bytes(&store, &pool, &metrics, &bytes, 1024).unwrap();
+        assert_eq!(
+            metrics.tx_signatures.get(Admission),
+            1,
+            "the tx the block verified was verified again"
+        );
+        assert_eq!(pool.lock().unwrap().len(), 1);
     }
 
     /// Item 5 of issue 17: our own store fails the account read while a gossiped (or

@@ -12,7 +12,7 @@
 pub mod admission;
 pub mod metrics;
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,10 +165,17 @@ pub struct Mempool {
     commits: u64,
     /// Transactions in the blocks of those updates ([`Mempool::committed_txs`]).
     committed_txs: u64,
+    /// Ids of txs whose signatures a block's execution verified (txs this pool did not
+    /// hold), oldest first, at most [`VERIFIED_IN_BLOCKS_MAX`] ([`Mempool::note_verified`]).
+    verified_in_blocks: HashSet<Hash>,
+    verified_order: VecDeque<Hash>,
 }
 
 /// A transaction handed to a proposer.
 pub type Candidate = Arc<SignedTx>;
+
+/// Most ids [`Mempool::note_verified`] remembers (1 MiB of ids; a few blocks' worth).
+pub const VERIFIED_IN_BLOCKS_MAX: usize = 32_768;
 
 impl Mempool {
     pub fn new(config: MempoolConfig, chain_id: String, params: Params) -> Self {
@@ -183,6 +190,8 @@ impl Mempool {
             bytes: 0,
             commits: 0,
             committed_txs: 0,
+            verified_in_blocks: HashSet::new(),
+            verified_order: VecDeque::new(),
         }
     }
 
@@ -197,6 +206,29 @@ impl Mempool {
     /// chain's throughput, sampled by the re-announcer to tell a backlog from lost gossip.
     pub fn committed_txs(&self) -> u64 {
         self.committed_txs
+    }
+
+    /// Remembers that block execution verified the signatures of the txs `ids` (the
+    /// oldest are forgotten past [`VERIFIED_IN_BLOCKS_MAX`]). Under load a proposal often
+    /// carries txs whose gossip has not reached us yet: the block verifies them, and the
+    /// gossip copy, if it arrives before the block commits, is admitted without verifying
+    /// the same bytes again (an id is the SHA-256 of the whole signed tx).
+    pub fn note_verified(&mut self, ids: impl IntoIterator<Item = Hash>) {
+        for id in ids {
+            if self.verified_in_blocks.insert(id) {
+                self.verified_order.push_back(id);
+            }
+        }
+        while self.verified_order.len() > VERIFIED_IN_BLOCKS_MAX {
+            if let Some(old) = self.verified_order.pop_front() {
+                self.verified_in_blocks.remove(&old);
+            }
+        }
+    }
+
+    /// Whether a block's execution verified the tx with this id ([`Mempool::note_verified`]).
+    pub fn verified_in_block(&self, id: &Hash) -> bool {
+        self.verified_in_blocks.contains(id)
     }
 
     pub fn len(&self) -> usize {
