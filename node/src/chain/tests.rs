@@ -174,17 +174,13 @@ async fn a_proposal_arriving_before_its_height_is_kept_and_used_when_the_height_
     let (mut a, _net, _) = crate::testing::actors(Arc::new(g), store.clone(), None);
     a.driver.start().await;
     pump(&mut a).await;
-    a.driver.handle(consensus(proposal_of(&v, b2))).await;
-    a.driver.handle(consensus(precommit_of(&v, b2))).await;
-    pump(&mut a).await;
+    propose_and_precommit(&mut a, &v, b2).await;
     assert_eq!(
         store.tip().unwrap().height,
         0,
         "height 2 cannot commit first"
     );
-    a.driver.handle(consensus(proposal_of(&v, b1))).await;
-    a.driver.handle(consensus(precommit_of(&v, b1))).await;
-    pump(&mut a).await;
+    propose_and_precommit(&mut a, &v, b1).await;
     assert_eq!(store.tip().unwrap().block_hash, b1.hash());
     next_height(&mut a, 2).await;
     pump(&mut a).await;
@@ -196,6 +192,60 @@ async fn a_proposal_arriving_before_its_height_is_kept_and_used_when_the_height_
     assert!(published(&mut a).is_empty(), "a full node signs nothing");
 }
 
+/// Hands the driver `block`'s proposal and precommit by validator `v`, and lets the actors
+/// run.
+async fn propose_and_precommit<S: NodeStore>(a: &mut Actors<S>, v: &Keypair, block: &Block) {
+    a.driver.handle(consensus(proposal_of(v, block))).await;
+    a.driver.handle(consensus(precommit_of(v, block))).await;
+    pump(a).await;
+}
+
+/// A chain of one block (with txs), an empty store and pool, and fresh chain metrics.
+fn one_block() -> (
+    Arc<Genesis>,
+    Block,
+    Arc<MemStore>,
+    Arc<std::sync::Mutex<crate::mempool::Mempool>>,
+    ChainMetrics,
+) {
+    let (g, _, mut blocks) = chain(1);
+    let g = Arc::new(g);
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let pool = crate::testing::mempool(&g);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ChainMetrics::register(&mut registry);
+    (g, blocks.remove(0).0, store, pool, metrics)
+}
+
+/// A full node's host (`reuse`: the verify-once cache) given `pool` and `metrics` commits
+/// `b1`, signed by validator "v", from its proposal and precommit.
+async fn full_node_commits(
+    g: &Arc<Genesis>,
+    store: &Arc<MemStore>,
+    pool: Arc<std::sync::Mutex<crate::mempool::Mempool>>,
+    metrics: &ChainMetrics,
+    reuse: bool,
+    b1: &Block,
+) {
+    let v = key("v");
+    let (mut a, _net) = crate::testing::actors_metered(
+        g.clone(),
+        store.clone(),
+        None,
+        pool,
+        metrics.clone(),
+        reuse,
+    );
+    a.driver.start().await;
+    pump(&mut a).await;
+    propose_and_precommit(&mut a, &v, b1).await;
+    assert_eq!(
+        store.tip().unwrap().block_hash,
+        b1.hash(),
+        "block 1 committed"
+    );
+}
+
 /// `tally_tx_signature_verifications_total` counts each k256 verification where it
 /// happens: admitting N txs verifies N (path admission); a full node then validating and
 /// committing the block that carries them verifies none again with the verify-once cache
@@ -204,12 +254,8 @@ async fn a_proposal_arriving_before_its_height_is_kept_and_used_when_the_height_
 async fn every_tx_signature_verification_is_counted_once_where_it_happens() {
     use crate::metrics::VerifyPath::{Admission, Block as InBlock, Sync};
     for reuse in [true, false] {
-        let (g, _, blocks) = chain(1);
-        let (g, v, b1) = (Arc::new(g), key("v"), &blocks[0].0);
-        let store = Arc::new(MemStore::new(&g).unwrap());
-        let pool = crate::testing::mempool(&g);
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = ChainMetrics::register(&mut registry);
+        let (g, b1, store, pool, metrics) = one_block();
+        let b1 = &b1;
         let admission = crate::mempool::metrics::MempoolMetrics {
             tx_signatures: metrics.tx_signatures.clone(),
             ..Default::default()
@@ -233,24 +279,7 @@ async fn every_tx_signature_verification_is_counted_once_where_it_happens() {
             [n, 0, 0],
             "admission verified each tx once"
         );
-        let (mut a, _net) = crate::testing::actors_metered(
-            g.clone(),
-            store.clone(),
-            None,
-            pool,
-            metrics.clone(),
-            reuse,
-        );
-        a.driver.start().await;
-        pump(&mut a).await;
-        a.driver.handle(consensus(proposal_of(&v, b1))).await;
-        a.driver.handle(consensus(precommit_of(&v, b1))).await;
-        pump(&mut a).await;
-        assert_eq!(
-            store.tip().unwrap().block_hash,
-            b1.hash(),
-            "block 1 committed"
-        );
+        full_node_commits(&g, &store, pool, &metrics, reuse, b1).await;
         let again = if reuse { 0 } else { n };
         assert_eq!(
             counted(&metrics),
@@ -267,26 +296,9 @@ async fn every_tx_signature_verification_is_counted_once_where_it_happens() {
 #[tokio::test]
 async fn the_txs_a_block_verified_are_noted_for_admission() {
     use crate::metrics::VerifyPath::Block as InBlock;
-    let (g, _, blocks) = chain(1);
-    let (g, v, b1) = (Arc::new(g), key("v"), &blocks[0].0);
-    let store = Arc::new(MemStore::new(&g).unwrap());
-    let pool = crate::testing::mempool(&g);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ChainMetrics::register(&mut registry);
-    let (mut a, _net) = crate::testing::actors_metered(
-        g.clone(),
-        store.clone(),
-        None,
-        pool.clone(),
-        metrics.clone(),
-        true,
-    );
-    a.driver.start().await;
-    pump(&mut a).await;
-    a.driver.handle(consensus(proposal_of(&v, b1))).await;
-    a.driver.handle(consensus(precommit_of(&v, b1))).await;
-    pump(&mut a).await;
-    assert_eq!(store.tip().unwrap().block_hash, b1.hash());
+    let (g, b1, store, pool, metrics) = one_block();
+    let b1 = &b1;
+    full_node_commits(&g, &store, pool.clone(), &metrics, true, b1).await;
     assert_eq!(
         metrics.tx_signatures.get(InBlock),
         b1.txs.len() as u64,
