@@ -109,6 +109,8 @@ pub struct ChainMetrics {
     pub protocol: Gauge,
     pub upgrade_readiness: Gauge<f64, AtomicU64>,
     pub rounds_per_height: Histogram,
+    /// The most txs this node's last proposal could carry (`chain::budget`).
+    pub proposal_tx_cap: Gauge,
     pub execution: Histogram,
     pub commit_write: Histogram,
     pub evidence: Counter,
@@ -202,6 +204,7 @@ impl ChainMetrics {
             protocol: Gauge::default(),
             upgrade_readiness: Gauge::default(),
             rounds_per_height: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 10.0]),
+            proposal_tx_cap: Gauge::default(),
             execution: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             commit_write: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             evidence: Counter::default(),
@@ -241,6 +244,11 @@ impl ChainMetrics {
             "tally_block_txs",
             "Transactions per committed block",
             m.block_txs.clone(),
+        );
+        r.register(
+            "tally_proposal_tx_cap",
+            "Most txs this node's last proposal could carry: what the others can validate in 35% of the round's propose timeout at the cost per tx this node saw validating their recent proposals (block_max_txs until measured)",
+            m.proposal_tx_cap.clone(),
         );
         r.register(
             "tally_txs_committed",

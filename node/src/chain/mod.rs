@@ -15,6 +15,7 @@
 //! Execution (signature checks, the state tree) runs on the blocking pool; the host waits
 //! for it, so requests are handled one at a time, in order.
 
+mod budget;
 mod evidence;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -169,6 +170,9 @@ pub struct ChainHost<S> {
     /// Candidate blocks of the next two heights by hash, with their execution once done.
     blocks: HashMap<Hash, Arc<Block>>,
     executed: HashMap<Hash, BlockOutcome>,
+    /// What validating the others' proposals has cost lately: caps our proposals
+    /// ([`budget`]).
+    budget: budget::ExecBudget,
     /// Validation requests waiting for their block's body.
     awaiting: HashSet<Hash>,
     halted: bool,
@@ -307,6 +311,7 @@ impl<S: NodeStore> ChainHost<S> {
             tip,
             blocks: HashMap::new(),
             executed: HashMap::new(),
+            budget: budget::ExecBudget::default(),
             awaiting: HashSet::new(),
             halted: false,
             max_protocol,
@@ -569,10 +574,18 @@ impl<S: NodeStore> ChainHost<S> {
             return None;
         }
         let params = &self.genesis.params;
-        let candidates: Vec<Arc<SignedTx>> = self.mempool.lock().ok()?.reap(
+        let timeout = consensus::types::Timeouts::from(params)
+            .duration_ms(consensus::types::TimeoutStep::Propose, round);
+        let max_txs = self.budget.max_txs(
+            Duration::from_millis(timeout),
             params.block_max_txs as usize,
-            params.block_max_bytes as usize,
         );
+        self.metrics.proposal_tx_cap.set(max_txs as i64);
+        let candidates: Vec<Arc<SignedTx>> = self
+            .mempool
+            .lock()
+            .ok()?
+            .reap(max_txs, params.block_max_bytes as usize);
         let last_commit = if self.tip.height == 0 {
             None
         } else if let Some(c) = self
@@ -727,6 +740,7 @@ impl<S: NodeStore> ChainHost<S> {
         let start = Instant::now();
         match self.execute(block, Signed::Unchecked).await {
             Some(Ok(outcome)) => {
+                self.budget.observe(txs, start.elapsed());
                 tracing::debug!(
                     height,
                     txs,

@@ -162,6 +162,51 @@ async fn a_lone_validator_builds_validates_commits_and_starts_the_next_height() 
     );
 }
 
+/// Issue 22's overload stall: a proposer whose recent validations of the others' blocks
+/// were slow proposes no more than fits the round (here the floor, 256 of the 300 pending
+/// txs), and says so in `tally_proposal_tx_cap`; the rest waits for the next block.
+#[tokio::test]
+async fn a_proposer_that_validates_slowly_proposes_what_fits_the_round() {
+    let v = key("solo");
+    let senders = [key("s0"), key("s1")];
+    let funded: Vec<(&Keypair, u64)> = senders.iter().map(|k| (k, 1_000_000)).collect();
+    let g = Arc::new(crate::testing::genesis(CHAIN, &[&v], &funded));
+    let store = Arc::new(MemStore::new(&g).unwrap());
+    let (mut a, _net, metrics) = crate::testing::actors(g, store.clone(), Some(v));
+    let admission = crate::mempool::metrics::MempoolMetrics::default();
+    for k in &senders {
+        for nonce in 0..150 {
+            let tx = k.sign_tx(ledger::types::Tx {
+                chain_id: CHAIN.into(),
+                from: k.public_key(),
+                nonce,
+                fee: 1,
+                payload: ledger::types::Payload::Transfer {
+                    to: [9; 20],
+                    amount: 1,
+                },
+            });
+            let bytes = ledger::codec::encode(&tx);
+            crate::mempool::admission::admit_bytes(
+                store.as_ref(),
+                &a.host.mempool,
+                &admission,
+                &bytes,
+                1 << 20,
+            )
+            .unwrap();
+        }
+    }
+    // 100 ms a tx: nothing above the floor fits 35% of 2 s.
+    a.host.budget.observe(1_000, Duration::from_secs(100));
+    a.driver.start().await;
+    pump(&mut a).await;
+    let b1 = store.block(1).unwrap().expect("block 1 committed");
+    assert_eq!(b1.txs.len(), budget::MIN_TXS, "the proposal was not capped");
+    assert_eq!(metrics.proposal_tx_cap.get(), budget::MIN_TXS as i64);
+    assert_eq!(a.host.mempool.lock().unwrap().len(), 300 - budget::MIN_TXS);
+}
+
 /// A full node hears the proposal of height 2 before height 1 is decided: the body is
 /// kept, and once 1 commits and 2 starts, the core replays the proposal and the host
 /// validates the early body. Both blocks commit, the same as the chain's.
