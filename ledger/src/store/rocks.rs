@@ -52,6 +52,55 @@ pub struct RocksConfig {
     /// Levels of the state tree kept resident ([`NodeCache`]): at most
     /// [`MAX_TREE_CACHE_LEVELS`].
     pub tree_cache_levels: usize,
+    /// The options tuned for the state tree's load (issue 22).
+    pub tuning: RocksTuning,
+}
+
+/// The RocksDB options and read paths tuned for the state tree's load at a million
+/// accounts (issue 22): each block reads a few thousand random accounts and tree nodes,
+/// writes ~6,000 nodes and deletes as many. [`RocksTuning::previous`] is what stores ran
+/// before, which `make bench` measures against the default in the same run.
+#[derive(Clone, Debug)]
+pub struct RocksTuning {
+    /// Memtable size of the `state` family (the others have `write_buffer_bytes`): a
+    /// block's batch is ~3.5 MB, and the nodes of the upper tree levels are rewritten
+    /// every few blocks, so the longer a memtable lives the more of them are written
+    /// and made stale inside it and never reach a table file. Still within
+    /// `write_buffer_total_bytes`.
+    pub state_write_buffer_bytes: usize,
+    /// `optimize_filters_for_hits` on the `state` family: no bloom filters in its last
+    /// level, where most of its data lives; execution reads tree nodes its parents name
+    /// and accounts that mostly exist, so those filters would almost never save a read.
+    pub state_filters_for_hits: bool,
+    /// `bytes_per_sync` of table files: flushes and compactions sync as they write instead
+    /// of one large sync per file that stalls the block commit's WAL sync.
+    pub bytes_per_sync: u64,
+    /// Many keys at once (a block's accounts, a tree level's missing nodes) are read with
+    /// one batched RocksDB multi-get, sorted, instead of one lookup each.
+    pub batched_reads: bool,
+}
+
+impl Default for RocksTuning {
+    fn default() -> Self {
+        Self {
+            state_write_buffer_bytes: 32 << 20,
+            state_filters_for_hits: true,
+            bytes_per_sync: 1 << 20,
+            batched_reads: true,
+        }
+    }
+}
+
+impl RocksTuning {
+    /// The options and read paths of the stores before this tuning (`make bench`'s "before").
+    pub fn previous() -> Self {
+        Self {
+            state_write_buffer_bytes: RocksConfig::default().write_buffer_bytes,
+            state_filters_for_hits: false,
+            bytes_per_sync: 0,
+            batched_reads: false,
+        }
+    }
 }
 
 impl Default for RocksConfig {
@@ -61,6 +110,7 @@ impl Default for RocksConfig {
             write_buffer_bytes: 16 << 20,
             write_buffer_total_bytes: 64 << 20,
             tree_cache_levels: DEFAULT_TREE_CACHE_LEVELS,
+            tuning: RocksTuning::default(),
         }
     }
 }
@@ -215,6 +265,15 @@ fn table_options(cache: &Cache) -> BlockBasedOptions {
 pub struct RocksStore {
     pub(super) db: DB,
     pub(super) nodes: NodeCache,
+    /// [`RocksTuning::batched_reads`].
+    batched_reads: bool,
+}
+
+/// Key and value buffers reused for every record put into one batch.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    key: Vec<u8>,
+    value: Vec<u8>,
 }
 
 impl RocksStore {
@@ -280,7 +339,11 @@ impl RocksStore {
         // on the hot path; account and node records barely compress anyway).
         let mut state_opts = cf_opts.clone();
         state_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let tuning = &config.tuning;
+        state_opts.set_write_buffer_size(tuning.state_write_buffer_bytes);
+        state_opts.set_optimize_filters_for_hits(tuning.state_filters_for_hits);
         let mut db_opts = cf_opts.clone();
+        db_opts.set_bytes_per_sync(tuning.bytes_per_sync);
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_open_files(512);
@@ -299,6 +362,7 @@ impl RocksStore {
         Ok(Self {
             db,
             nodes: NodeCache::new(config.tree_cache_levels.min(MAX_TREE_CACHE_LEVELS)),
+            batched_reads: tuning.batched_reads,
         })
     }
 
@@ -318,6 +382,31 @@ impl RocksStore {
         }
     }
 
+    /// The records of table `T` at `keys`, in their order, each checksum verified: one
+    /// batched multi-get over the sorted keys.
+    fn get_many<T: Table>(&self, keys: &[&T::Key]) -> Result<Vec<Option<T::Value>>, StoreError> {
+        let family = self.family(T::FAMILY)?;
+        let mut sorted: Vec<(Vec<u8>, usize)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| (T::key_bytes(key), i))
+            .collect();
+        sorted.sort_unstable();
+        let found =
+            self.db
+                .batched_multi_get_cf(family, sorted.iter().map(|(bytes, _)| bytes), true);
+        let mut values: Vec<Option<T::Value>> = keys.iter().map(|_| None).collect();
+        for ((_, i), value) in sorted.iter().zip(found) {
+            let key = keys[*i];
+            values[*i] = match value {
+                Ok(None) => None,
+                Ok(Some(bytes)) => Some(T::decode_value(key, &bytes)?),
+                Err(e) => return Err(rocks_err(format!("reading {}", T::describe(key)), e)),
+            };
+        }
+        Ok(values)
+    }
+
     /// Puts a record of table `T` into `batch`.
     pub(crate) fn put<T: Table>(
         &self,
@@ -325,11 +414,20 @@ impl RocksStore {
         key: &T::Key,
         value: &T::Value,
     ) -> Result<(), StoreError> {
-        batch.put_cf(
-            self.family(T::FAMILY)?,
-            T::key_bytes(key),
-            T::value_bytes(value),
-        );
+        self.put_with::<T>(batch, &mut Scratch::default(), key, value)
+    }
+
+    /// [`Self::put`] through `scratch`'s buffers.
+    pub(crate) fn put_with<T: Table>(
+        &self,
+        batch: &mut WriteBatch,
+        scratch: &mut Scratch,
+        key: &T::Key,
+        value: &T::Value,
+    ) -> Result<(), StoreError> {
+        T::key_bytes_into(key, &mut scratch.key);
+        T::value_bytes_into(value, &mut scratch.value);
+        batch.put_cf(self.family(T::FAMILY)?, &scratch.key, &scratch.value);
         Ok(())
     }
 
@@ -338,7 +436,18 @@ impl RocksStore {
         batch: &mut WriteBatch,
         key: &T::Key,
     ) -> Result<(), StoreError> {
-        batch.delete_cf(self.family(T::FAMILY)?, T::key_bytes(key));
+        self.delete_with::<T>(batch, &mut Scratch::default(), key)
+    }
+
+    /// [`Self::delete`] through `scratch`'s key buffer.
+    pub(crate) fn delete_with<T: Table>(
+        &self,
+        batch: &mut WriteBatch,
+        scratch: &mut Scratch,
+        key: &T::Key,
+    ) -> Result<(), StoreError> {
+        T::key_bytes_into(key, &mut scratch.key);
+        batch.delete_cf(self.family(T::FAMILY)?, &scratch.key);
         Ok(())
     }
 
@@ -534,8 +643,9 @@ impl RocksStore {
         if !update.changes_tree() {
             return Ok(());
         }
+        let scratch = &mut Scratch::default();
         for (key, _, account) in &update.accounts {
-            self.put::<Accounts>(batch, key, account)?;
+            self.put_with::<Accounts>(batch, scratch, key, account)?;
         }
         for (_, preimage, value) in &update.entries {
             match value {
@@ -544,10 +654,10 @@ impl RocksStore {
             }
         }
         for key in &update.stale_nodes {
-            self.delete::<TreeNodes>(batch, key)?;
+            self.delete_with::<TreeNodes>(batch, scratch, key)?;
         }
         for (key, node) in &update.new_nodes {
-            self.put::<TreeNodes>(batch, key, node)?;
+            self.put_with::<TreeNodes>(batch, scratch, key, node)?;
         }
         self.put::<TreeVersion>(batch, &(), &(update.version, update.root))
     }
@@ -567,12 +677,13 @@ impl RocksStore {
         self.put::<Headers>(batch, &height, &block.header)?;
         self.put::<Commits>(batch, &height, commit)?;
         self.put::<BlockIndex>(batch, hash, &height)?;
+        let scratch = &mut Scratch::default();
         for (index, id) in tx_ids.iter().enumerate() {
             let location = TxLocation {
                 height,
                 index: index as u32,
             };
-            self.put::<TxIndex>(batch, id, &location)?;
+            self.put_with::<TxIndex>(batch, scratch, id, &location)?;
         }
         Ok(())
     }
@@ -670,6 +781,17 @@ impl RocksStore {
         self.nodes.read_levels.store(levels, Ordering::Relaxed);
     }
 
+    /// RocksDB's compaction statistics of `family` (`rocksdb.cfstats` text): `make bench`
+    /// reads the compaction CPU and bytes written per store from it.
+    #[doc(hidden)]
+    pub fn compaction_stats(&self, family: &str) -> Option<String> {
+        let cf = self.db.cf_handle(family)?;
+        self.db
+            .property_value_cf(cf, "rocksdb.cfstats")
+            .ok()
+            .flatten()
+    }
+
     /// Tree nodes held in memory now.
     pub fn tree_cache_len(&self) -> usize {
         self.nodes.len()
@@ -690,6 +812,13 @@ impl AccountReader for RocksStore {
     fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError> {
         self.get::<Accounts>(key)
     }
+
+    fn accounts_by_keys(&self, keys: &[Hash]) -> Result<Vec<Option<Account>>, StoreError> {
+        if !self.batched_reads {
+            return keys.iter().map(|key| self.account_by_key(key)).collect();
+        }
+        self.get_many::<Accounts>(&keys.iter().collect::<Vec<_>>())
+    }
 }
 
 impl StateReader for RocksStore {
@@ -702,6 +831,23 @@ impl StateReader for RocksStore {
             self.nodes.insert(key, node);
         }
         Ok(node)
+    }
+
+    fn tree_nodes(&self, keys: &[NodeKey]) -> Result<Vec<Option<Node>>, StoreError> {
+        if !self.batched_reads {
+            return keys.iter().map(|key| self.tree_node(key)).collect();
+        }
+        let mut nodes: Vec<Option<Node>> = keys.iter().map(|key| self.nodes.get(key)).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| nodes[i].is_none()).collect();
+        let read =
+            self.get_many::<TreeNodes>(&missing.iter().map(|&i| &keys[i]).collect::<Vec<_>>())?;
+        for (i, node) in missing.into_iter().zip(read) {
+            if let Some(node) = &node {
+                self.nodes.insert(&keys[i], node);
+            }
+            nodes[i] = node;
+        }
+        Ok(nodes)
     }
 
     fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
@@ -775,6 +921,12 @@ impl ChainReader for RocksStore {
     }
 }
 
+/// Bytes a written tree node takes in a write batch, on average (internal nodes are up to
+/// ~860 bytes, leaves ~110) and those of the other records (accounts, stale node keys,
+/// index entries, a block's share per transaction): only to reserve the batch.
+const NODE_RECORD_ESTIMATE: usize = 512;
+const SMALL_RECORD_ESTIMATE: usize = 128;
+
 impl ChainWriter for RocksStore {
     fn commit_block(
         &self,
@@ -787,7 +939,12 @@ impl ChainWriter for RocksStore {
         check_extends(&tip, block)?;
         let height = block.header.height;
         let hash = block.hash();
-        let mut batch = WriteBatch::default();
+        // Reserved up front: a block of 1,000 transfers at a million accounts is ~3.5 MB,
+        // which would otherwise be copied a dozen times as the batch grows.
+        let records = update.stale_nodes.len() + update.accounts.len() + 2 * tx_ids.len();
+        let mut batch = WriteBatch::with_capacity_bytes(
+            update.new_nodes.len() * NODE_RECORD_ESTIMATE + records * SMALL_RECORD_ESTIMATE,
+        );
         self.put_block_records(&mut batch, block, commit, &hash, tx_ids)?;
         self.put_state(&mut batch, update)?;
         let new_tip = Tip {
@@ -856,6 +1013,52 @@ mod tests {
             slot(tree_cache_bound(4), key(&[15; 3]).nibble_path()),
             Some(4368)
         );
+    }
+
+    /// Batched reads answer exactly as one read per key: in the caller's order (not the
+    /// sorted order they are read in), absent keys as None, duplicates each answered.
+    #[test]
+    fn batched_reads_answer_as_single_reads_in_the_callers_order() {
+        use crate::store::fixture::bulk_genesis;
+        let g = bulk_genesis(3000);
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), &g).unwrap();
+        assert!(store.batched_reads, "the default reads in batches");
+        // Accounts of genesis, in reverse key order, with absent keys and a repeat.
+        let mut keys: Vec<Hash> = store
+            .iter::<Accounts>()
+            .unwrap()
+            .map(|r| r.unwrap().0)
+            .step_by(7)
+            .collect();
+        keys.reverse();
+        keys.insert(3, [0xee; 32]);
+        keys.push([0x00; 32]);
+        keys.push(keys[1]);
+        let one_by_one: Vec<Option<Account>> = keys
+            .iter()
+            .map(|k| store.account_by_key(k).unwrap())
+            .collect();
+        assert_eq!(store.accounts_by_keys(&keys).unwrap(), one_by_one);
+        assert_eq!(one_by_one.iter().flatten().count(), keys.len() - 2);
+        // Tree nodes: every stored node, shuffled (half resident after a read), and keys
+        // of nodes that are not stored.
+        let mut nodes: Vec<NodeKey> = store
+            .iter::<TreeNodes>()
+            .unwrap()
+            .map(|r| r.unwrap().0)
+            .collect();
+        let n = nodes.len();
+        nodes.rotate_left(n / 3);
+        nodes.swap(0, n - 1);
+        for key in nodes.iter().step_by(2) {
+            store.tree_node(key).unwrap();
+        }
+        nodes.insert(5, NodeKey::new(999, nodes[0].nibble_path().clone()));
+        let one_by_one: Vec<Option<Node>> =
+            nodes.iter().map(|k| store.tree_node(k).unwrap()).collect();
+        assert_eq!(store.tree_nodes(&nodes).unwrap(), one_by_one);
+        assert_eq!(one_by_one.iter().flatten().count(), nodes.len() - 1);
     }
 
     #[test]
