@@ -161,9 +161,9 @@ pub struct Executor<'a, R: StateReader + ?Sized> {
     /// Protocol 2: the set computed by [`Executor::end_block`] when it differs from the
     /// set of the next height, with the height it applies to.
     new_set: Option<(u64, Vec<Validator>)>,
-    /// Accounts read from `base` (None: absent there), each read once: the previous
-    /// values let the tree writer skip reading the leaves it replaces.
-    read: RefCell<HashMap<Address, Option<Account>>>,
+    /// Accounts read from `base` that exist there: their previous values let the tree
+    /// writer skip reading the leaves it replaces.
+    read: RefCell<HashMap<Address, Account>>,
     /// Transaction signatures verified so far ([`BlockOutcome::signatures_verified`]).
     signatures_verified: u32,
 }
@@ -202,35 +202,11 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         if let Some(a) = self.overlay.get(address) {
             return Ok(*a);
         }
-        if let Some(a) = self.read.borrow().get(address) {
-            return Ok(a.unwrap_or_default());
-        }
         let account = self.base.account(address)?;
-        self.read.borrow_mut().insert(*address, account);
-        Ok(account.unwrap_or_default())
-    }
-
-    /// Reads every account the transactions of `txs` name (senders, transfer recipients)
-    /// and the proposer with one batched read ([`crate::state::AccountReader::accounts_by_keys`]), for
-    /// [`Self::account`] to answer from: at a million accounts most of a block's
-    /// accounts are random reads of RocksDB, far cheaper sorted and together.
-    pub fn prefetch_accounts(&self, txs: &[SignedTx]) -> Result<(), StoreError> {
-        let mut addresses = Vec::with_capacity(2 * txs.len() + 1);
-        addresses.push(self.proposer);
-        for stx in txs {
-            addresses.push(stx.sender());
-            if let Payload::Transfer { to, .. } = stx.tx.payload {
-                addresses.push(to);
-            }
+        if let Some(a) = account {
+            self.read.borrow_mut().insert(*address, a);
         }
-        addresses.sort_unstable();
-        addresses.dedup();
-        let mut read = self.read.borrow_mut();
-        addresses.retain(|a| !self.overlay.contains_key(a) && !read.contains_key(a));
-        let keys: Vec<Hash> = addresses.iter().map(account_key).collect();
-        let accounts = self.base.accounts_by_keys(&keys)?;
-        read.extend(addresses.into_iter().zip(accounts));
-        Ok(())
+        Ok(account.unwrap_or_default())
     }
 
     /// Checks and applies one transaction whose size and signature are checked here;
@@ -328,7 +304,7 @@ impl<'a, R: StateReader + ?Sized> Executor<'a, R> {
         let mut changes = BTreeMap::new();
         for (addr, acct) in self.overlay {
             let key = account_key(&addr);
-            if let Some(Some(old)) = read.get(&addr) {
+            if let Some(old) = read.get(&addr) {
                 previous.insert(key, *old);
             }
             changes.insert(key, (addr, acct));
@@ -929,7 +905,6 @@ pub fn execute_block_with_ids<R: StateReader + ?Sized>(
         return Err(BlockError::IllFormed);
     }
     let mut exec = Executor::at_height(base, ctx, h.proposer, h.height).at_protocol(protocol);
-    exec.prefetch_accounts(&block.txs)?;
     exec.begin_upgrade(&schedule)?;
     let receipts = if protocol >= PROTOCOL_2 {
         execute_v2(&mut exec, block, ids, signatures)?

@@ -35,12 +35,6 @@ pub trait AccountReader {
     fn account(&self, address: &Address) -> Result<Option<Account>, StoreError> {
         self.account_by_key(&account_key(address))
     }
-
-    /// The accounts of `keys`, in their order: a store that can read many keys at once
-    /// cheaper than one by one (RocksDB's batched multi-get) does so.
-    fn accounts_by_keys(&self, keys: &[Hash]) -> Result<Vec<Option<Account>>, StoreError> {
-        keys.iter().map(|key| self.account_by_key(key)).collect()
-    }
 }
 
 /// Reads the latest committed state: accounts and the authenticated tree over them, all
@@ -49,12 +43,6 @@ pub trait AccountReader {
 pub trait StateReader: AccountReader {
     /// A node of the latest tree version.
     fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError>;
-
-    /// The nodes of `keys`, in their order, as [`Self::accounts_by_keys`] reads accounts:
-    /// the tree writer reads each level's nodes with one call.
-    fn tree_nodes(&self, keys: &[NodeKey]) -> Result<Vec<Option<Node>>, StoreError> {
-        keys.iter().map(|key| self.tree_node(key)).collect()
-    }
     /// The latest tree version (None before genesis state is written) and its root.
     fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError>;
 

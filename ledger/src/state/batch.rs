@@ -13,8 +13,6 @@
 //! (`InternalNode::merkle_hash`). Tests compare every node, stale key and root with
 //! jmt's writer over random updates.
 
-use std::collections::HashMap;
-
 use jmt::storage::{LeafNode, Node, NodeKey};
 use jmt::{KeyHash, ValueHash};
 use sha2::{Digest, Sha256};
@@ -63,10 +61,8 @@ pub(super) fn put_sorted<R: StateReader + ?Sized>(
         Some(Node::Null) | None => return Ok(None),
     };
     let items: Vec<Item> = values.iter().map(|c| Item::New(*c)).collect();
-    let read = read_levels(reader, &root, &items)?;
     let mut writer = Writer {
         reader,
-        read,
         version,
         new_nodes: Vec::with_capacity(values.len() * 3),
         stale_nodes: Vec::with_capacity(values.len() * 3),
@@ -246,54 +242,8 @@ fn internal_node(children: &Children, leaf_count: u64) -> Node {
     borsh::from_slice(&buf).expect("a well-formed internal node encoding")
 }
 
-/// Reads, level by level from the root's children down, every node the writer will read
-/// (those on the changed paths but the leaves [`replaces_leaf`] spares): each level's nodes
-/// with one [`StateReader::tree_nodes`] call, which a RocksDB store answers with one
-/// batched multi-get. A node found missing is left out: the writer reads it again and
-/// reports it.
-fn read_levels<R: StateReader + ?Sized>(
-    reader: &R,
-    root: &Node,
-    items: &[Item],
-) -> Result<HashMap<NodeKey, Node>, StoreError> {
-    let mut read = HashMap::new();
-    // The internal nodes of this level whose children are to be read, with their items.
-    let mut level: Vec<(Path, Children, &[Item])> = vec![(Path::ROOT, children_of(root), items)];
-    while !level.is_empty() {
-        let mut wanted: Vec<(Path, &[Item])> = Vec::new();
-        let mut keys: Vec<NodeKey> = Vec::new();
-        for (path, children, items) in &level {
-            for (nibble, group) in groups(items, path.len) {
-                match children[nibble as usize] {
-                    Some(existing) if !replaces_leaf(&existing, group) => {
-                        let child_path = path.child(nibble);
-                        keys.push(node_key(existing.version, &child_path));
-                        wanted.push((child_path, group));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if keys.is_empty() {
-            break;
-        }
-        let nodes = reader.tree_nodes(&keys)?;
-        level = Vec::new();
-        for ((key, (path, group)), node) in keys.into_iter().zip(wanted).zip(nodes) {
-            let Some(node) = node else { continue };
-            if let Node::Internal(_) = node {
-                level.push((path, children_of(&node), group));
-            }
-            read.insert(key, node);
-        }
-    }
-    Ok(read)
-}
-
 struct Writer<'a, R: ?Sized> {
     reader: &'a R,
-    /// The nodes [`read_levels`] read ahead, taken as the walk reaches them.
-    read: HashMap<NodeKey, Node>,
     version: u64,
     new_nodes: Vec<(NodeKey, Node)>,
     stale_nodes: Vec<NodeKey>,
@@ -325,13 +275,14 @@ impl<R: StateReader + ?Sized> Writer<'_, R> {
                         }
                         Some(existing) => {
                             let child_key = node_key(existing.version, &child_path);
-                            let child =
-                                self.node(&child_key)?.ok_or_else(|| StoreError::Corrupt {
+                            let child = self.reader.tree_node(&child_key)?.ok_or_else(|| {
+                                StoreError::Corrupt {
                                     what: "state tree".into(),
                                     detail: format!(
                                         "node {child_key:?} is missing: its parent lists it"
                                     ),
-                                })?;
+                                }
+                            })?;
                             self.update(child_path, child_key, child, group)?
                         }
                         None => self.build(child_path, group),
@@ -358,14 +309,6 @@ impl<R: StateReader + ?Sized> Writer<'_, R> {
                 what: "state tree".into(),
                 detail: "an empty node below the root".into(),
             }),
-        }
-    }
-
-    /// The node at `key`: read ahead, or read now.
-    fn node(&mut self, key: &NodeKey) -> Result<Option<Node>, StoreError> {
-        match self.read.remove(key) {
-            Some(node) => Ok(Some(node)),
-            None => self.reader.tree_node(key),
         }
     }
 
@@ -435,8 +378,7 @@ fn groups(items: &[Item], depth: usize) -> impl Iterator<Item = (u8, &[Item])> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::{Cell, RefCell};
-    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::collections::{BTreeMap, HashMap};
 
     use super::*;
     use crate::state::{
@@ -450,12 +392,7 @@ mod tests {
         nodes: BTreeMap<NodeKey, Node>,
         accounts: BTreeMap<Hash, Account>,
         version: Option<(u64, Hash)>,
-        /// Nodes read, one by one or in batches.
-        reads: Cell<usize>,
-        /// `tree_node` and `tree_nodes` calls, and every key read.
-        single: Cell<usize>,
-        batches: Cell<usize>,
-        keys_read: RefCell<Vec<NodeKey>>,
+        reads: std::cell::Cell<usize>,
     }
 
     impl AccountReader for Tree {
@@ -466,12 +403,8 @@ mod tests {
 
     impl StateReader for Tree {
         fn tree_node(&self, key: &NodeKey) -> Result<Option<Node>, StoreError> {
-            self.single.set(self.single.get() + 1);
-            Ok(self.read(key))
-        }
-        fn tree_nodes(&self, keys: &[NodeKey]) -> Result<Vec<Option<Node>>, StoreError> {
-            self.batches.set(self.batches.get() + 1);
-            Ok(keys.iter().map(|key| self.read(key)).collect())
+            self.reads.set(self.reads.get() + 1);
+            Ok(self.nodes.get(key).cloned())
         }
         fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
             Ok(self.version)
@@ -479,12 +412,6 @@ mod tests {
     }
 
     impl Tree {
-        fn read(&self, key: &NodeKey) -> Option<Node> {
-            self.reads.set(self.reads.get() + 1);
-            self.keys_read.borrow_mut().push(key.clone());
-            self.nodes.get(key).cloned()
-        }
-
         fn apply(&mut self, update: &StateUpdate) {
             for key in &update.stale_nodes {
                 assert!(
@@ -656,46 +583,6 @@ mod tests {
         let (with, same_root) = reads(&previous);
         assert_eq!(root, same_root);
         assert_eq!(without - with, c.len(), "one leaf read saved per key");
-    }
-
-    #[test]
-    fn each_level_is_read_in_one_call_and_no_node_twice() {
-        let mut rng = Rng(23);
-        let mut tree = Tree::default();
-        let genesis = changes(&mut rng, &tree, 4000);
-        let update =
-            compute_update_with(&tree, genesis, Default::default(), &none(), TreeWriter::Jmt)
-                .unwrap();
-        tree.apply(&update);
-        // Updates, new keys and leaf splits; no previous values, so leaves are read too.
-        let c = changes(&mut rng, &tree, 300);
-        tree.single.set(0);
-        tree.keys_read.take();
-        let ours = compute_update_with(
-            &tree,
-            c.clone(),
-            Default::default(),
-            &none(),
-            TreeWriter::Batch,
-        )
-        .unwrap();
-        let keys = tree.keys_read.take();
-        let distinct: BTreeSet<&NodeKey> = keys.iter().collect();
-        assert_eq!(distinct.len(), keys.len(), "a node was read twice");
-        let levels: BTreeSet<usize> = keys[1..]
-            .iter()
-            .map(|k| k.nibble_path().num_nibbles())
-            .collect();
-        assert!(levels.len() >= 3, "the update reaches {levels:?}");
-        assert_eq!(tree.single.get(), 1, "only the root is read alone");
-        assert_eq!(
-            tree.batches.get(),
-            levels.len(),
-            "one call per level below the root"
-        );
-        let jmt =
-            compute_update_with(&tree, c, Default::default(), &none(), TreeWriter::Jmt).unwrap();
-        assert_eq!(ours.root, jmt.root);
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub(crate) fn rocks_err(doing: impl Into<String>, source: rocksdb::Error) -> Sto
 pub struct RocksConfig {
     /// Shared LRU block cache for all column families.
     pub block_cache_bytes: usize,
-    /// Memtable size per column family: a memtable this big is flushed.
+    /// Memtable size per column family but `state`
+    /// ([`RocksTuning::state_write_buffer_bytes`]): a memtable this big is flushed.
     pub write_buffer_bytes: usize,
     /// All memtables of all column families together: past this the largest one is
     /// flushed. Without it the bound would be 7 families x 2 memtables x
@@ -56,17 +57,19 @@ pub struct RocksConfig {
     pub tuning: RocksTuning,
 }
 
-/// The RocksDB options and read paths tuned for the state tree's load at a million
-/// accounts (issue 22): each block reads a few thousand random accounts and tree nodes,
-/// writes ~6,000 nodes and deletes as many. [`RocksTuning::previous`] is what stores ran
-/// before, which `make bench` measures against the default in the same run.
+/// The RocksDB options tuned for the state tree's load at a million accounts (issue 22):
+/// each block reads a few thousand random accounts and tree nodes, writes ~6,000 nodes and
+/// deletes as many. [`RocksTuning::previous`] is what stores ran before, which `make
+/// bench` measures against the default in the same run. Options only: a database written
+/// under either opens under the other.
 #[derive(Clone, Debug)]
 pub struct RocksTuning {
     /// Memtable size of the `state` family (the others have `write_buffer_bytes`): a
     /// block's batch is ~3.5 MB, and the nodes of the upper tree levels are rewritten
     /// every few blocks, so the longer a memtable lives the more of them are written
-    /// and made stale inside it and never reach a table file. Still within
-    /// `write_buffer_total_bytes`.
+    /// and made stale inside it and never reach a table file (at a million accounts it
+    /// halves the bytes compaction writes). At most `write_buffer_total_bytes`, which
+    /// still bounds all memtables together.
     pub state_write_buffer_bytes: usize,
     /// `optimize_filters_for_hits` on the `state` family: no bloom filters in its last
     /// level, where most of its data lives; execution reads tree nodes its parents name
@@ -75,9 +78,6 @@ pub struct RocksTuning {
     /// `bytes_per_sync` of table files: flushes and compactions sync as they write instead
     /// of one large sync per file that stalls the block commit's WAL sync.
     pub bytes_per_sync: u64,
-    /// Many keys at once (a block's accounts, a tree level's missing nodes) are read with
-    /// one batched RocksDB multi-get, sorted, instead of one lookup each.
-    pub batched_reads: bool,
 }
 
 impl Default for RocksTuning {
@@ -86,19 +86,17 @@ impl Default for RocksTuning {
             state_write_buffer_bytes: 32 << 20,
             state_filters_for_hits: true,
             bytes_per_sync: 1 << 20,
-            batched_reads: true,
         }
     }
 }
 
 impl RocksTuning {
-    /// The options and read paths of the stores before this tuning (`make bench`'s "before").
+    /// The options of the stores before this tuning (`make bench`'s "before").
     pub fn previous() -> Self {
         Self {
             state_write_buffer_bytes: RocksConfig::default().write_buffer_bytes,
             state_filters_for_hits: false,
             bytes_per_sync: 0,
-            batched_reads: false,
         }
     }
 }
@@ -265,8 +263,6 @@ fn table_options(cache: &Cache) -> BlockBasedOptions {
 pub struct RocksStore {
     pub(super) db: DB,
     pub(super) nodes: NodeCache,
-    /// [`RocksTuning::batched_reads`].
-    batched_reads: bool,
 }
 
 /// Key and value buffers reused for every record put into one batch.
@@ -340,7 +336,11 @@ impl RocksStore {
         let mut state_opts = cf_opts.clone();
         state_opts.set_compression_type(rocksdb::DBCompressionType::None);
         let tuning = &config.tuning;
-        state_opts.set_write_buffer_size(tuning.state_write_buffer_bytes);
+        state_opts.set_write_buffer_size(
+            tuning
+                .state_write_buffer_bytes
+                .min(config.write_buffer_total_bytes),
+        );
         state_opts.set_optimize_filters_for_hits(tuning.state_filters_for_hits);
         let mut db_opts = cf_opts.clone();
         db_opts.set_bytes_per_sync(tuning.bytes_per_sync);
@@ -362,7 +362,6 @@ impl RocksStore {
         Ok(Self {
             db,
             nodes: NodeCache::new(config.tree_cache_levels.min(MAX_TREE_CACHE_LEVELS)),
-            batched_reads: tuning.batched_reads,
         })
     }
 
@@ -380,31 +379,6 @@ impl RocksStore {
             Ok(Some(bytes)) => T::decode_value(key, &bytes).map(Some),
             Err(e) => Err(rocks_err(format!("reading {}", T::describe(key)), e)),
         }
-    }
-
-    /// The records of table `T` at `keys`, in their order, each checksum verified: one
-    /// batched multi-get over the sorted keys.
-    fn get_many<T: Table>(&self, keys: &[&T::Key]) -> Result<Vec<Option<T::Value>>, StoreError> {
-        let family = self.family(T::FAMILY)?;
-        let mut sorted: Vec<(Vec<u8>, usize)> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| (T::key_bytes(key), i))
-            .collect();
-        sorted.sort_unstable();
-        let found =
-            self.db
-                .batched_multi_get_cf(family, sorted.iter().map(|(bytes, _)| bytes), true);
-        let mut values: Vec<Option<T::Value>> = keys.iter().map(|_| None).collect();
-        for ((_, i), value) in sorted.iter().zip(found) {
-            let key = keys[*i];
-            values[*i] = match value {
-                Ok(None) => None,
-                Ok(Some(bytes)) => Some(T::decode_value(key, &bytes)?),
-                Err(e) => return Err(rocks_err(format!("reading {}", T::describe(key)), e)),
-            };
-        }
-        Ok(values)
     }
 
     /// Puts a record of table `T` into `batch`.
@@ -812,13 +786,6 @@ impl AccountReader for RocksStore {
     fn account_by_key(&self, key: &Hash) -> Result<Option<Account>, StoreError> {
         self.get::<Accounts>(key)
     }
-
-    fn accounts_by_keys(&self, keys: &[Hash]) -> Result<Vec<Option<Account>>, StoreError> {
-        if !self.batched_reads {
-            return keys.iter().map(|key| self.account_by_key(key)).collect();
-        }
-        self.get_many::<Accounts>(&keys.iter().collect::<Vec<_>>())
-    }
 }
 
 impl StateReader for RocksStore {
@@ -831,23 +798,6 @@ impl StateReader for RocksStore {
             self.nodes.insert(key, node);
         }
         Ok(node)
-    }
-
-    fn tree_nodes(&self, keys: &[NodeKey]) -> Result<Vec<Option<Node>>, StoreError> {
-        if !self.batched_reads {
-            return keys.iter().map(|key| self.tree_node(key)).collect();
-        }
-        let mut nodes: Vec<Option<Node>> = keys.iter().map(|key| self.nodes.get(key)).collect();
-        let missing: Vec<usize> = (0..keys.len()).filter(|&i| nodes[i].is_none()).collect();
-        let read =
-            self.get_many::<TreeNodes>(&missing.iter().map(|&i| &keys[i]).collect::<Vec<_>>())?;
-        for (i, node) in missing.into_iter().zip(read) {
-            if let Some(node) = &node {
-                self.nodes.insert(&keys[i], node);
-            }
-            nodes[i] = node;
-        }
-        Ok(nodes)
     }
 
     fn tree_version(&self) -> Result<Option<(u64, Hash)>, StoreError> {
@@ -1015,50 +965,56 @@ mod tests {
         );
     }
 
-    /// Batched reads answer exactly as one read per key: in the caller's order (not the
-    /// sorted order they are read in), absent keys as None, duplicates each answered.
+    /// The tuning is options only: a database written under either set (flushed, so its
+    /// table files too) opens under the other with every account, the tree and its proofs.
     #[test]
-    fn batched_reads_answer_as_single_reads_in_the_callers_order() {
+    fn a_store_written_under_either_tuning_opens_under_the_other() {
+        use std::collections::BTreeMap;
+
+        use crate::hash::sha256;
+        use crate::state::{account_key, compute_update, prove_account};
         use crate::store::fixture::bulk_genesis;
-        let g = bulk_genesis(3000);
+        use crate::types::Address;
+
+        let g = bulk_genesis(2000);
         let dir = tempfile::tempdir().unwrap();
-        let store = RocksStore::open(dir.path(), &g).unwrap();
-        assert!(store.batched_reads, "the default reads in batches");
-        // Accounts of genesis, in reverse key order, with absent keys and a repeat.
-        let mut keys: Vec<Hash> = store
-            .iter::<Accounts>()
-            .unwrap()
-            .map(|r| r.unwrap().0)
-            .step_by(7)
-            .collect();
-        keys.reverse();
-        keys.insert(3, [0xee; 32]);
-        keys.push([0x00; 32]);
-        keys.push(keys[1]);
-        let one_by_one: Vec<Option<Account>> = keys
-            .iter()
-            .map(|k| store.account_by_key(k).unwrap())
-            .collect();
-        assert_eq!(store.accounts_by_keys(&keys).unwrap(), one_by_one);
-        assert_eq!(one_by_one.iter().flatten().count(), keys.len() - 2);
-        // Tree nodes: every stored node, shuffled (half resident after a read), and keys
-        // of nodes that are not stored.
-        let mut nodes: Vec<NodeKey> = store
-            .iter::<TreeNodes>()
-            .unwrap()
-            .map(|r| r.unwrap().0)
-            .collect();
-        let n = nodes.len();
-        nodes.rotate_left(n / 3);
-        nodes.swap(0, n - 1);
-        for key in nodes.iter().step_by(2) {
-            store.tree_node(key).unwrap();
+        let mut expected: BTreeMap<Address, Account> = BTreeMap::new();
+        let tunings = [
+            RocksTuning::previous(),
+            RocksTuning::default(),
+            RocksTuning::previous(),
+        ];
+        for (round, tuning) in (0u64..).zip(tunings) {
+            let config = RocksConfig {
+                tuning,
+                ..RocksConfig::default()
+            };
+            let store = RocksStore::open_with(dir.path(), &g, &config).unwrap();
+            for (address, account) in &expected {
+                assert_eq!(store.account(address).unwrap(), Some(*account));
+            }
+            if let Some(address) = expected.keys().next() {
+                let (account, proof, root) = prove_account(&store, address).unwrap();
+                proof.verify(&root, address, account.as_ref()).unwrap();
+            }
+            for version in 0..5u64 {
+                let changes: BTreeMap<Hash, (Address, Account)> = (0..50u64)
+                    .map(|i| {
+                        let mut address = [0u8; 20];
+                        address.copy_from_slice(&sha256(&(round * 1000 + i).to_le_bytes())[..20]);
+                        let account = Account {
+                            balance: round * 10_000 + version * 100 + i,
+                            nonce: version,
+                        };
+                        (account_key(&address), (address, account))
+                    })
+                    .collect();
+                let update = compute_update(&store, changes.clone()).unwrap();
+                store.replay_state(&update, true).unwrap();
+                expected.extend(changes.into_values());
+            }
+            store.flush().unwrap();
         }
-        nodes.insert(5, NodeKey::new(999, nodes[0].nibble_path().clone()));
-        let one_by_one: Vec<Option<Node>> =
-            nodes.iter().map(|k| store.tree_node(k).unwrap()).collect();
-        assert_eq!(store.tree_nodes(&nodes).unwrap(), one_by_one);
-        assert_eq!(one_by_one.iter().flatten().count(), nodes.len() - 1);
     }
 
     #[test]
