@@ -310,9 +310,9 @@ struct Row {
 /// before issue 22's RocksDB tuning ([`RocksTuning::previous`]) twice, and the defaults.
 /// The second store is a control for the third: its one row is measured on every block,
 /// as the defaults' row is, where the first store's rows take turns (each sees a third of
-/// the blocks, never one whose first store ran jmt's writer); in a run at 1M accounts the
-/// control used 4% more CPU per block than the first store's 5-level row with the same
-/// options, so the tuned row is compared with the control.
+/// the blocks, never one whose first store ran jmt's writer); in three runs at 1M accounts
+/// the control used 4-8% more CPU per block than the first store's 5-level row with the
+/// same options, so the tuned row is compared with the control.
 fn stores() -> Vec<RocksConfig> {
     let previous = RocksConfig {
         tuning: RocksTuning::previous(),
