@@ -153,7 +153,8 @@ impl Default for ConsensusSection {
 pub struct StorageSection {
     /// RocksDB block cache shared by all column families.
     pub block_cache_mb: usize,
-    /// Memtable size of one column family: it is flushed when it reaches this.
+    /// Memtable size of one column family: it is flushed when it reaches this. The
+    /// `state` family's is 32 MiB (ledger's `RocksTuning`), within `write_buffer_total_mb`.
     pub write_buffer_mb: usize,
     /// All memtables together: past this the largest is flushed.
     pub write_buffer_total_mb: usize,

@@ -146,6 +146,7 @@ pub async fn run_with(
                 write_buffer_bytes: config.storage.write_buffer_mb << 20,
                 write_buffer_total_bytes: config.storage.write_buffer_total_mb << 20,
                 tree_cache_levels: config.storage.tree_cache_levels,
+                ..RocksConfig::default()
             },
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", home.db_dir().display()))?,

@@ -201,13 +201,18 @@ pub fn genesis_tip(genesis: &Genesis, state_root: Hash) -> Tip {
 }
 
 /// Records carry an 8-byte checksum prefix (truncated SHA-256 of the payload) so a
-/// corrupted or overwritten record is detected on read instead of decoded into garbage.
+/// corrupted or overwritten record is detected on read instead of decoded into garbage:
+/// `sha256(borsh(value))[..8] ‖ borsh(value)`, written into `out` (cleared first), so a
+/// block's batch seals thousands of records into one reused buffer.
 #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // the disk format, used by `rocks`
-pub(crate) fn seal(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&sha256(payload)[..8]);
-    out.extend_from_slice(payload);
-    out
+pub(crate) fn seal_into<T: BorshSerialize>(value: &T, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&[0; 8]);
+    value
+        .serialize(out)
+        .expect("borsh encoding into a Vec cannot fail");
+    let sum = sha256(&out[8..]);
+    out[..8].copy_from_slice(&sum[..8]);
 }
 
 #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // the disk format, used by `rocks`

@@ -5,15 +5,14 @@
 //! Keys sort as RocksDB compares bytes: heights big-endian, hashes as they are. Tables that
 //! share a family (accounts and tree nodes in `state`, the singletons and the headers in
 //! `meta`) are told apart by a key prefix, which for a singleton is its whole key. Every
-//! value is `checksum ‖ borsh(value)` ([`super::seal`]), so a flipped byte in any record is
+//! value is `checksum ‖ borsh(value)` ([`super::seal_into`]), so a flipped byte in any record is
 //! reported as [`StoreError::Corrupt`] instead of decoding into garbage. The one exception
 //! is `meta/schema_version` (raw u32 little-endian, see [`SCHEMA_KEY`]).
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use jmt::storage::{Node, NodeKey};
 
-use super::{decode_record, seal, StoreError, Tip, TxLocation};
-use crate::codec::encode;
+use super::{decode_record, seal_into, StoreError, Tip, TxLocation};
 use crate::hash::Hash;
 use crate::types::{Account, Block, Commit, Header, Validator};
 
@@ -29,9 +28,16 @@ pub(crate) trait Table {
     type Value: BorshSerialize + BorshDeserialize;
 
     fn key_bytes(key: &Self::Key) -> Vec<u8> {
-        let mut out = Self::PREFIX.to_vec();
-        key.write_key(&mut out);
+        let mut out = Vec::new();
+        Self::key_bytes_into(key, &mut out);
         out
+    }
+
+    /// [`Self::key_bytes`] into `out` (cleared first), for a batch that reuses one buffer.
+    fn key_bytes_into(key: &Self::Key, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(Self::PREFIX);
+        key.write_key(out);
     }
 
     /// The record's name in errors: "block 42", "account 3fa9…", "tip".
@@ -43,7 +49,14 @@ pub(crate) trait Table {
     }
 
     fn value_bytes(value: &Self::Value) -> Vec<u8> {
-        seal(&encode(value))
+        let mut out = Vec::new();
+        Self::value_bytes_into(value, &mut out);
+        out
+    }
+
+    /// [`Self::value_bytes`] into `out` (cleared first).
+    fn value_bytes_into(value: &Self::Value, out: &mut Vec<u8>) {
+        seal_into(value, out)
     }
 
     fn decode_value(key: &Self::Key, bytes: &[u8]) -> Result<Self::Value, StoreError> {
@@ -107,7 +120,8 @@ impl TableKey for Vec<u8> {
 /// Tree nodes: borsh (version, then nibble path), the layout jmt's own stores use.
 impl TableKey for NodeKey {
     fn write_key(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&encode(self));
+        self.serialize(out)
+            .expect("borsh encoding into a Vec cannot fail");
     }
     fn read_key(bytes: &[u8]) -> Option<Self> {
         borsh::from_slice(bytes).ok()
@@ -236,6 +250,7 @@ mod tests {
     use rocksdb::WriteBatch;
 
     use super::*;
+    use crate::codec::encode;
     use crate::hash::sha256;
     use crate::state::{AccountReader, StateReader};
     use crate::store::fixture::{bulk_genesis, grow, tx_ids};
