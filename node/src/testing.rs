@@ -97,6 +97,20 @@ pub fn genesis_v2(
 }
 
 /// An empty mempool of `genesis` with the default limits.
+/// A 5-unit transfer from `key` on `chain` to `[7; 20]`, fee 1.
+pub fn transfer(key: &Keypair, chain: &str, nonce: u64) -> ledger::types::SignedTx {
+    key.sign_tx(ledger::types::Tx {
+        chain_id: chain.into(),
+        from: key.public_key(),
+        nonce,
+        fee: 1,
+        payload: ledger::types::Payload::Transfer {
+            to: [7; 20],
+            amount: 5,
+        },
+    })
+}
+
 pub fn mempool(genesis: &Genesis) -> Arc<Mutex<Mempool>> {
     Arc::new(Mutex::new(Mempool::new(
         MempoolConfig::default(),

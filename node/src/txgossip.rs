@@ -288,18 +288,7 @@ mod tests {
     fn txs(n: usize) -> Vec<SignedTx> {
         let key = ledger::crypto::Keypair::generate();
         (0..n as u64)
-            .map(|nonce| {
-                key.sign_tx(ledger::types::Tx {
-                    chain_id: "t".into(),
-                    from: key.public_key(),
-                    nonce,
-                    fee: 1,
-                    payload: ledger::types::Payload::Transfer {
-                        to: [7; 20],
-                        amount: 5,
-                    },
-                })
-            })
+            .map(|nonce| crate::testing::transfer(&key, "t", nonce))
             .collect()
     }
 

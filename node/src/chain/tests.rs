@@ -176,17 +176,7 @@ async fn a_proposer_that_validates_slowly_proposes_what_fits_the_round() {
     let admission = crate::mempool::metrics::MempoolMetrics::default();
     for k in &senders {
         for nonce in 0..150 {
-            let tx = k.sign_tx(ledger::types::Tx {
-                chain_id: CHAIN.into(),
-                from: k.public_key(),
-                nonce,
-                fee: 1,
-                payload: ledger::types::Payload::Transfer {
-                    to: [9; 20],
-                    amount: 1,
-                },
-            });
-            let bytes = ledger::codec::encode(&tx);
+            let bytes = ledger::codec::encode(&crate::testing::transfer(k, CHAIN, nonce));
             crate::mempool::admission::admit_bytes(
                 store.as_ref(),
                 &a.host.mempool,

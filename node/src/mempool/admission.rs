@@ -120,10 +120,11 @@ mod tests {
     use ledger::genesis::Params;
     use ledger::state::{AccountReader, StateReader};
     use ledger::store::{StoreError, Tip, TxLocation};
-    use ledger::types::{Account, Address, Block, Commit, Payload, Tx};
+    use ledger::types::{Account, Address, Block, Commit};
 
     use super::*;
     use crate::mempool::MempoolConfig;
+    use crate::testing::transfer;
     use tally_api::ErrorCode;
 
     type Hook = Box<dyn FnOnce(&Mutex<HashMap<Address, Account>>) + Send>;
@@ -180,20 +181,6 @@ mod tests {
         fn genesis_hash(&self) -> Result<Hash, StoreError> {
             Ok([0; 32])
         }
-    }
-
-    /// A 5-unit transfer from `key` on `chain`, fee 1.
-    fn transfer(key: &Keypair, chain: &str, nonce: u64) -> SignedTx {
-        key.sign_tx(Tx {
-            chain_id: chain.into(),
-            from: key.public_key(),
-            nonce,
-            fee: 1,
-            payload: Payload::Transfer {
-                to: [7; 20],
-                amount: 5,
-            },
-        })
     }
 
     fn empty_pool(chain: &str) -> Mempool {
