@@ -606,12 +606,19 @@ fn log_text(net: &NetnsTestnet, i: usize) -> String {
     std::fs::read_to_string(net.dir.join(format!("node{i}/node.log"))).unwrap_or_default()
 }
 
-/// Scenario 6 (short): validator 1's clock 30 s ahead, validator 2's 30 s behind
+/// Scenario 6 (short): validator 1's clock 30 s ahead, validator 2's 1 s behind
 /// (libfaketime), max_clock_drift 2 s. The chain keeps committing; block times strictly
 /// increase and never run more than the drift ahead of the real clock; node1's proposals
 /// (timed 30 s ahead) are refused, so none of its blocks commits while it is skewed;
 /// node2's (its clock is behind its parent: it proposes parent + 1 ms, which the rule
 /// always accepts) commit. The checker passes.
+///
+/// Node 2 is behind by less than the drift bound, so it accepts the others' blocks and
+/// keeps voting and proposing in time. With its clock 30 s behind (the first version of
+/// this scenario) it refused every honest proposal as too far ahead, could follow only by
+/// sync, a height late; its turns then ended in the others' propose timeout, the missed-turn
+/// rule gave it 200 ms at the next ones, and in about one run of three none of its
+/// proposals ever arrived in time (80 heights): a test of timing luck, not of the rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
     require_root!();
@@ -622,7 +629,7 @@ async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
     let lib = lib.to_string_lossy().into_owned();
     let (_lock, net, work, base) = started(Some(Duration::from_secs(5))).await;
 
-    for (i, offset) in [(1, "+30s"), (2, "-30s")] {
+    for (i, offset) in [(1, "+30s"), (2, "-1s")] {
         net.restart_with_env(
             i,
             &[
@@ -641,10 +648,8 @@ async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
         during / base > 0.15 && net.height(0).await.unwrap() >= from + 5,
         "the chain nearly stopped with skewed clocks: {during:.2} blocks/s against {base:.2}"
     );
-    // The slow clock's node syncs most blocks (it refuses honest proposals as too far
-    // ahead of its clock), so its turns often pass before it gets there: in some runs of
-    // 15 s it proposed nothing. Its proposals are accepted when they come (the test is
-    // that they are), so the window goes on until one commits, or the deadline fails it.
+    // The window goes on until one of the slow clock's proposals commits (its turn comes
+    // about every fourth height), or the deadline fails it.
     let behind_hex = to_hex(&net.validator_address(2).unwrap());
     let behind_hex = &behind_hex;
     let net_ref = &net;
@@ -703,7 +708,7 @@ async fn scenario_6_clock_skew_is_refused_by_the_time_rule_without_halting() {
         "none of the slow clock's proposals committed"
     );
     eprintln!(
-        "FIGURES scenario 6: base {base:.2} blocks/s, {during:.2} blocks/s with clocks +30 s / -30 s (ratio {:.2}), heights {from}..={to}: {} blocks, {later_rounds} after round 0, 0 proposed by the fast clock, {by_behind} by the slow one; newest block time {} ms from the real clock; {} txs seen committed",
+        "FIGURES scenario 6: base {base:.2} blocks/s, {during:.2} blocks/s with clocks +30 s / -1 s (ratio {:.2}), heights {from}..={to}: {} blocks, {later_rounds} after round 0, 0 proposed by the fast clock, {by_behind} by the slow one; newest block time {} ms from the real clock; {} txs seen committed",
         during / base,
         window.len(),
         latest as i64 - now_ms as i64,
