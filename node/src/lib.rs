@@ -11,6 +11,7 @@ pub mod mempool;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod recent;
 pub mod repair;
 pub mod router;
 pub mod rpc;

@@ -3,7 +3,7 @@
 //! signatures, membership), reports the verdict to gossipsub (Accept forwards, Reject
 //! scores the sender down), and hands valid messages to the mempool or the consensus driver.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -528,8 +528,7 @@ const MAX_TRACKED_PEERS: usize = 4_096;
 /// sender's height ([`Checked::Local`]), and not forwarded.
 #[derive(Default)]
 pub(crate) struct ConsensusFilter {
-    seen: HashSet<Hash>,
-    order: VecDeque<Hash>,
+    seen: crate::recent::RecentIds<SEEN_CAPACITY>,
     useless: HashMap<PeerId, TokenBucket>,
     /// Verified messages per (height, round, kind, signer), for heights above `pruned_at`.
     slots: HashMap<Slot, u8>,
@@ -633,14 +632,7 @@ impl ConsensusFilter {
     }
 
     fn remember(&mut self, id: Hash) {
-        if self.seen.insert(id) {
-            self.order.push_back(id);
-            while self.order.len() > SEEN_CAPACITY {
-                if let Some(old) = self.order.pop_front() {
-                    self.seen.remove(&old);
-                }
-            }
-        }
+        self.seen.insert(id);
     }
 
     pub(crate) fn forget(&mut self, peer: &PeerId) {

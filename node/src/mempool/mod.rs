@@ -12,7 +12,7 @@
 pub mod admission;
 pub mod metrics;
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -167,8 +167,7 @@ pub struct Mempool {
     committed_txs: u64,
     /// Ids of txs whose signatures a block's execution verified (txs this pool did not
     /// hold), oldest first, at most [`VERIFIED_IN_BLOCKS_MAX`] ([`Mempool::note_verified`]).
-    verified_in_blocks: HashSet<Hash>,
-    verified_order: VecDeque<Hash>,
+    verified_in_blocks: crate::recent::RecentIds<VERIFIED_IN_BLOCKS_MAX>,
 }
 
 /// A transaction handed to a proposer.
@@ -190,8 +189,7 @@ impl Mempool {
             bytes: 0,
             commits: 0,
             committed_txs: 0,
-            verified_in_blocks: HashSet::new(),
-            verified_order: VecDeque::new(),
+            verified_in_blocks: Default::default(),
         }
     }
 
@@ -215,14 +213,7 @@ impl Mempool {
     /// the same bytes again (an id is the SHA-256 of the whole signed tx).
     pub fn note_verified(&mut self, ids: impl IntoIterator<Item = Hash>) {
         for id in ids {
-            if self.verified_in_blocks.insert(id) {
-                self.verified_order.push_back(id);
-            }
-        }
-        while self.verified_order.len() > VERIFIED_IN_BLOCKS_MAX {
-            if let Some(old) = self.verified_order.pop_front() {
-                self.verified_in_blocks.remove(&old);
-            }
+            self.verified_in_blocks.insert(id);
         }
     }
 
