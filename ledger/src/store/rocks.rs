@@ -625,8 +625,8 @@ impl RocksStore {
         }
         for (_, preimage, value) in &update.entries {
             match value {
-                Some(v) => self.put::<StateEntries>(batch, preimage, v)?,
-                None => self.delete::<StateEntries>(batch, preimage)?,
+                Some(v) => self.put_with::<StateEntries>(batch, scratch, preimage, v)?,
+                None => self.delete_with::<StateEntries>(batch, scratch, preimage)?,
             }
         }
         for key in &update.stale_nodes {
