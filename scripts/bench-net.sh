@@ -145,7 +145,7 @@ TG=$(date +%s)
 "$TALLYD" testnet init "${INIT_ARGS[@]}"
 echo "   genesis written in $(( $(date +%s) - TG )) s ($(du -h "$DIR/genesis.json" | cut -f1))"
 
-DEFAULT="default: batch submit, compact proposals, tx gossip batches, anonymous gossip, verify-once cache, 5 resident tree levels"
+DEFAULT="default: batch submit, compact proposals, tx gossip batches, anonymous gossip, verify-once cache, 5 resident tree levels, no timeout_commit wait while busy"
 phase "$DEFAULT" "$RATES" "$TALLYD" -- --stop-when-flat --profile
 BEST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_rate"])' "$DIR/phases/00.json")
 if [ "$ABLATIONS" = 1 ]; then
@@ -155,6 +155,7 @@ if [ "$ABLATIONS" = 1 ]; then
   NOBATCH=TALLY_P2P_TX_BATCH_MS=0
   FULLPROP=TALLY_CONSENSUS_COMPACT_PROPOSALS=false
   TREE4=TALLY_STORAGE_TREE_CACHE_LEVELS=4
+  WAIT=TALLY_CONSENSUS_SKIP_TIMEOUT_COMMIT_WHEN_BUSY=false
   ONEBYONE=(-- --batch 0)
   phase "default (re-measured)" "$BEST" "$TALLYD"
   phase "no batch submit (one POST /v1/txs per tx, signed during the step)" "$BEST" "$TALLYD" "${ONEBYONE[@]}"
@@ -163,9 +164,10 @@ if [ "$ABLATIONS" = 1 ]; then
   phase "libp2p author signatures on gossip" "$BEST" "$TALLYD" "$SIGS"
   phase "no verify-once cache (blocks re-verify every signature)" "$BEST" "$TALLYD" "$NOCACHE"
   phase "state tree: 4 resident levels instead of 5" "$BEST" "$TALLYD" "$TREE4"
+  phase "timeout_commit waited out under load too" "$BEST" "$TALLYD" "$WAIT"
   phase "threads sized to the box: 1 tokio worker + 1 verify thread per node (not the default)" "$BEST" "$TALLYD" \
     TALLY_RUNTIME_WORKER_THREADS=1 TALLY_RUNTIME_VERIFY_THREADS=1
-  phase "all of the above off" "$BEST" "$TALLYD" "$FULLPROP" "$NOBATCH" "$SIGS" "$NOCACHE" "$TREE4" "${ONEBYONE[@]}"
+  phase "all of the above off" "$BEST" "$TALLYD" "$FULLPROP" "$NOBATCH" "$SIGS" "$NOCACHE" "$TREE4" "$WAIT" "${ONEBYONE[@]}"
   phase "default again (control)" "$BEST" "$TALLYD"
 fi
 

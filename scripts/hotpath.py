@@ -161,7 +161,7 @@ def main():
         except (ValueError, IndexError):
             result = {}
         print(f"== {a.label} ({' '.join(a.env) or 'defaults'}): {wall:.1f} s window, "
-              f"bench: {json.dumps({k: result.get(k) for k in ('submitted', 'accepted', 'committed', 'tps', 'lost') if k in result})}")
+              f"bench: {json.dumps({k: result.get(k) for k in ('submitted', 'accepted', 'committed', 'tps', 'lost', 'latency_ms') if k in result})}")
         print("node   | TPS  | CPU µs/tx | outside verify µs/tx | verif/tx (window) | ctx sw/s (invol) | threads")
         for r in rows:
             print(f"{r['node']:6} | {r['tps']:4.0f} | {r['cpu_us_per_tx']:9.0f} | {r['outside_us_per_tx']:20.0f} "
@@ -188,6 +188,8 @@ def main():
                     if k.startswith(prefix):
                         out[k[len(prefix):]] = out.get(k[len(prefix):], 0) + v - b["m"].get(k, 0)
             return {k: v for k, v in out.items() if v}
+        print(f"whole bench, all nodes: heights started before timeout_commit ended "
+              f"{total('tally_timeout_commit_skipped_total')}")
         print(f"whole bench, all nodes: re-announced {total('tally_mempool_reannounced_total')}, "
               f"rejections {total('tally_mempool_rejections_total')}")
         print(json.dumps({"label": a.label, "env": a.env, "rows": rows}))

@@ -176,6 +176,19 @@ impl<V: SignatureVerifier> Consensus<V> {
         self.decision
     }
 
+    /// Once the height is decided: whether the whole validator set's precommits for the
+    /// decided block are in (in one round; those that came after the decision count), so
+    /// that waiting longer for late precommits cannot add anybody to the commit.
+    pub fn every_precommit_in(&self) -> bool {
+        let Some(hash) = self.decision else {
+            return false;
+        };
+        let total = self.set.total_power();
+        self.votes
+            .values()
+            .any(|rv| rv.precommits.power_for(&Some(hash)) >= total)
+    }
+
     /// Rounds of the current height for which we hold votes.
     pub fn vote_rounds(&self) -> impl Iterator<Item = u32> + '_ {
         self.votes.keys().copied()
@@ -363,7 +376,12 @@ impl<V: SignatureVerifier> Consensus<V> {
         if self.buffer_if_next_height(v.height, v.round, sv.validator, || Input::Vote(sv.clone())) {
             return;
         }
-        if !self.accepts_height(v.height) || v.chain_id != self.cfg.chain_id {
+        // A precommit of the decided height that came after the decision is still
+        // recorded (no rule fires once decided): it completes the commit's signers
+        // ([`Self::every_precommit_in`]) and the votes relayed to peers that lack them.
+        let late_precommit =
+            self.step == Step::Decided && v.height == self.height && v.kind == VoteKind::Precommit;
+        if !(self.accepts_height(v.height) || late_precommit) || v.chain_id != self.cfg.chain_id {
             return;
         }
         if !from_commit && v.round > self.round.saturating_add(FUTURE_ROUNDS) {

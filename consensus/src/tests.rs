@@ -729,6 +729,59 @@ fn full_node_follows_and_decides_without_voting() {
     );
 }
 
+/// A precommit that comes after the decision is recorded without firing anything, so the
+/// engine can tell when the whole set's precommits are in (it then starts the next height
+/// without waiting out `timeout_commit` while txs wait). A nil precommit does not complete
+/// the set, and before the decision nothing does.
+#[test]
+fn precommits_after_the_decision_complete_the_set_without_firing_rules() {
+    let n = net(4);
+    let mut core = n.core(None);
+    let pc = |i: usize, hash: Option<Hash>| Input::Vote(n.vote(i, 1, 0, VoteKind::Precommit, hash));
+    core.handle(Input::StartHeight { height: 1 });
+    core.handle(Input::Proposal(n.proposal(1, 0, None, B)));
+    core.handle(Input::BlockValidated {
+        height: 1,
+        block_hash: B,
+        valid: true,
+    });
+    for i in 0..2 {
+        core.handle(pc(i, Some(B)));
+    }
+    assert!(!core.every_precommit_in(), "undecided");
+    let decided = core.handle(pc(2, Some(B)));
+    assert!(
+        matches!(decided.as_slice(), [Output::Decide { .. }]),
+        "{decided:?}"
+    );
+    assert!(!core.every_precommit_in(), "3 of 4");
+
+    // The fourth validator's late precommit: nothing fires, and the set is complete.
+    let mut nil_core = n.core(None);
+    for input in [
+        Input::StartHeight { height: 1 },
+        Input::Proposal(n.proposal(1, 0, None, B)),
+    ] {
+        nil_core.handle(input);
+    }
+    assert_eq!(core.handle(pc(3, Some(B))), vec![]);
+    assert!(core.every_precommit_in());
+    assert_eq!(core.step(), Step::Decided);
+
+    // The same height where the fourth precommitted nil: not complete.
+    for i in 0..3 {
+        nil_core.handle(pc(i, Some(B)));
+    }
+    nil_core.handle(Input::BlockValidated {
+        height: 1,
+        block_hash: B,
+        valid: true,
+    });
+    assert_eq!(nil_core.step(), Step::Decided);
+    assert_eq!(nil_core.handle(pc(3, None)), vec![]);
+    assert!(!nil_core.every_precommit_in());
+}
+
 #[test]
 fn commit_from_a_peer_catches_up_and_next_height_messages_are_replayed() {
     let n = net(4);

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use ledger::block::{assemble, BlockTemplate};
 use ledger::codec::encode;
 use ledger::crypto::Keypair;
-use ledger::exec::{build_body, execute_block, ExecContext, Signatures};
+use ledger::exec::{
+    build_body, execute_block, set_signature_checks, ExecContext, SignatureChecks, Signatures,
+};
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::hash::sha256;
 use ledger::state::{set_tree_writer, TreeWriter};
@@ -64,7 +66,7 @@ struct Setup {
     validator: Keypair,
 }
 
-fn setup(accounts: usize) -> Setup {
+fn setup(accounts: usize, configs: Vec<RocksConfig>) -> Setup {
     let t = Instant::now();
     let validator = Keypair::from_secret_bytes(&sha256(b"bench-validator")).expect("key");
     let senders: Vec<Keypair> = (0..SENDERS)
@@ -104,7 +106,6 @@ fn setup(accounts: usize) -> Setup {
     };
     let bytes = serde_json::to_vec(&file).expect("json");
     let genesis = Genesis::from_bytes("bench-genesis.json", &bytes).expect("genesis");
-    let configs = stores();
     let dirs: Vec<tempfile::TempDir> = configs
         .iter()
         .map(|_| tempfile::tempdir().expect("tempdir"))
@@ -227,6 +228,7 @@ fn run(s: &Setup, blocks: &[Vec<SignedTx>], preverified: bool, rows: &[Row]) -> 
                 .collect();
             let r = mine[i % mine.len()];
             set_tree_writer(rows[r].writer);
+            set_signature_checks(rows[r].checks);
             let db = &s.stores[store];
             db.set_tree_cache_read_levels(rows[r].cache_levels);
             let start = Instant::now();
@@ -304,6 +306,7 @@ struct Row {
     store: usize,
     writer: TreeWriter,
     cache_levels: usize,
+    checks: SignatureChecks,
 }
 
 /// The stores, each with its own RocksDB options, all fed the same blocks: the options
@@ -331,35 +334,114 @@ const ROWS: [Row; 5] = [
         store: 0,
         writer: TreeWriter::Jmt,
         cache_levels: 0,
+        checks: SignatureChecks::First,
     },
     Row {
         name: "batch writer + 4 levels",
         store: 0,
         writer: TreeWriter::Batch,
         cache_levels: 4,
+        checks: SignatureChecks::First,
     },
     Row {
         name: "batch writer + 5 levels",
         store: 0,
         writer: TreeWriter::Batch,
         cache_levels: 5,
+        checks: SignatureChecks::First,
     },
     Row {
         name: "5 levels, every block (control)",
         store: 1,
         writer: TreeWriter::Batch,
         cache_levels: 5,
+        checks: SignatureChecks::First,
     },
     Row {
         name: "5 levels + tuned RocksDB options",
         store: 2,
         writer: TreeWriter::Batch,
         cache_levels: 5,
+        checks: SignatureChecks::First,
     },
 ];
 
-/// The configuration nodes run by default.
-const DEFAULT_ROW: usize = 4;
+/// One store with the default options, as a node runs it, where nothing else compacts
+/// beside it (in the comparison above three stores do): when a block's signatures are
+/// checked (issue 22), alternating block by block. The targets are read here.
+const NODE_ROWS: [Row; 2] = [
+    Row {
+        name: "one store, checks first (before)",
+        store: 0,
+        writer: TreeWriter::Batch,
+        cache_levels: 5,
+        checks: SignatureChecks::First,
+    },
+    Row {
+        name: "one store, checks ahead of apply (nodes)",
+        store: 0,
+        writer: TreeWriter::Batch,
+        cache_levels: 5,
+        checks: SignatureChecks::Ahead,
+    },
+];
+
+/// The configuration nodes run (the targets): in `NODE_ROWS`.
+const DEFAULT_ROW: usize = 1;
+
+/// Measures `rows` on fresh stores made with `configs`: prints each row's rates, the
+/// compaction and the resident nodes, and returns (row name, check + apply ratio,
+/// pre-verified ratio).
+fn measure(
+    accounts: usize,
+    configs: Vec<RocksConfig>,
+    rows: &[Row],
+    raw: f64,
+) -> Vec<(&'static str, f64, f64)> {
+    let s = setup(accounts, configs);
+    let mut results = Vec::new();
+    let blocks = 12 * rows.iter().filter(|r| r.store == 0).count();
+    let warm_up = 2;
+    let txs = make_txs(&s, warm_up + 2 * blocks, 0);
+    eprintln!("  signed {} blocks of transfers", txs.len());
+    let (warm, txs) = txs.split_at(warm_up);
+    // Warm the OS page cache, RocksDB's block cache and the node cache first.
+    run(&s, warm, true, rows);
+    // Compaction so far is mostly the genesis import's; what follows is the blocks'.
+    let compacted: Vec<Option<(f64, f64)>> = s.stores.iter().map(compaction).collect();
+    let (a, b) = txs.split_at(blocks);
+    let checked = run(&s, a, false, rows);
+    let pre = run(&s, b, true, rows);
+    for (Row { name, .. }, (checked, pre)) in rows.iter().zip(checked.iter().zip(&pre)) {
+        println!(
+            "{accounts:>9} accounts, {name:<40} check + apply {:>6.0} tx/s ({:.2}x)   pre-verified {:>6.0} tx/s ({:.2}x, {:.0}% executing, {:.1} ms CPU/block)",
+            checked.tx_per_s,
+            checked.tx_per_s / raw,
+            pre.tx_per_s,
+            pre.tx_per_s / raw,
+            100.0 * pre.execute_share,
+            pre.cpu_per_block.as_secs_f64() * 1e3,
+        );
+        results.push((*name, checked.tx_per_s / raw, pre.tx_per_s / raw));
+    }
+    for (i, (store, before)) in s.stores.iter().zip(&compacted).enumerate() {
+        if let (Some((cpu, written)), Some((cpu_before, written_before))) =
+            (compaction(store), before)
+        {
+            eprintln!(
+                "  store {i}: state family compaction over the measured blocks {:.1} s CPU, {:.2} GB written ({cpu:.1} s, {written:.2} GB since the store was made)",
+                cpu - cpu_before,
+                written - written_before,
+            );
+        }
+    }
+    eprintln!(
+        "  resident tree nodes: {} (5 levels); process RSS {} (all stores)",
+        s.stores[0].tree_cache_len(),
+        rss().unwrap_or_else(|| "unknown".into())
+    );
+    results
+}
 
 fn main() {
     // `cargo bench` passes --bench; ignore arguments.
@@ -367,7 +449,8 @@ fn main() {
     let raw = raw_verify_rate();
     println!("raw k256 verify, one core:                 {raw:>10.0} /s   (1.00x)");
     let mut results = Vec::new();
-    // TALLY_BENCH_ACCOUNTS=1000000 measures one size only (for a profile).
+    // TALLY_BENCH_ACCOUNTS=1000000 measures one size only (for a profile);
+    // TALLY_BENCH_COMPARE=0 skips the three-store comparison (the node's store only).
     let sizes: Vec<usize> = match std::env::var("TALLY_BENCH_ACCOUNTS") {
         Ok(n) => vec![n
             .parse()
@@ -375,7 +458,6 @@ fn main() {
         Err(_) => vec![10_000, 1_000_000],
     };
     for &accounts in &sizes {
-        let s = setup(accounts);
         let raw = if accounts == sizes[0] {
             raw
         } else {
@@ -383,49 +465,14 @@ fn main() {
             println!("raw k256 verify, one core, again:          {again:>10.0} /s   (1.00x for what follows)");
             again
         };
-        let blocks = 12 * ROWS.iter().filter(|r| r.store == 0).count();
-        let warm_up = 2;
-        let txs = make_txs(&s, warm_up + 2 * blocks, 0);
-        eprintln!("  signed {} blocks of transfers", txs.len());
-        let (warm, txs) = txs.split_at(warm_up);
-        // Warm the OS page cache, RocksDB's block cache and the node cache first.
-        run(&s, warm, true, &ROWS);
-        // Compaction so far is mostly the genesis import's; what follows is the blocks'.
-        let compacted: Vec<Option<(f64, f64)>> = s.stores.iter().map(compaction).collect();
-        let (a, b) = txs.split_at(blocks);
-        let checked = run(&s, a, false, &ROWS);
-        let pre = run(&s, b, true, &ROWS);
-        for (Row { name, .. }, (checked, pre)) in ROWS.iter().zip(checked.iter().zip(&pre)) {
-            println!(
-                "{accounts:>9} accounts, {name:<34} check + apply {:>6.0} tx/s ({:.2}x)   pre-verified {:>6.0} tx/s ({:.2}x, {:.0}% executing, {:.1} ms CPU/block)",
-                checked.tx_per_s,
-                checked.tx_per_s / raw,
-                pre.tx_per_s,
-                pre.tx_per_s / raw,
-                100.0 * pre.execute_share,
-                pre.cpu_per_block.as_secs_f64() * 1e3,
-            );
-            results.push((accounts, *name, checked.tx_per_s / raw, pre.tx_per_s / raw));
+        if std::env::var("TALLY_BENCH_COMPARE").as_deref() != Ok("0") {
+            measure(accounts, stores(), &ROWS, raw);
         }
-        for (i, (store, before)) in s.stores.iter().zip(&compacted).enumerate() {
-            if let (Some((cpu, written)), Some((cpu_before, written_before))) =
-                (compaction(store), before)
-            {
-                eprintln!(
-                    "  store {i}: state family compaction over the measured blocks {:.1} s CPU, {:.2} GB written ({cpu:.1} s, {written:.2} GB since the store was made)",
-                    cpu - cpu_before,
-                    written - written_before,
-                );
-            }
-        }
-        eprintln!(
-            "  resident tree nodes: {} (5 levels); process RSS {} (all stores)",
-            s.stores[0].tree_cache_len(),
-            rss().unwrap_or_else(|| "unknown".into())
-        );
+        let node = measure(accounts, vec![RocksConfig::default()], &NODE_ROWS, raw);
+        results.extend(node.into_iter().map(|(name, c, p)| (accounts, name, c, p)));
     }
-    // Targets: the default configuration (the last row of each size).
-    let default = ROWS[DEFAULT_ROW].name;
+    // Targets: the configuration nodes run.
+    let default = NODE_ROWS[DEFAULT_ROW].name;
     let at = |n: usize| {
         results
             .iter()

@@ -5,7 +5,7 @@
 //! check a block without touching the store.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 
@@ -30,6 +30,10 @@ use crate::types::{
 };
 use crate::upgrade::{self, ProtocolSchedule};
 use crate::validators::ValidatorSet;
+
+mod ahead;
+use ahead::Ahead;
+pub use ahead::{set_signature_checks, SignatureChecks};
 
 /// Chain constants execution needs.
 #[derive(Clone, Copy, Debug)]
@@ -1013,23 +1017,35 @@ fn run_txs<R: StateReader + ?Sized>(
             max: params.block_max_bytes,
         });
     }
-    // Verify the signatures not known good in parallel across cores first; the sequential
-    // pass then only re-checks (and reports, at its position) a signature that failed.
-    let checked: Vec<(Hash, bool)> = {
-        use rayon::prelude::*;
-        txs.par_iter()
-            .zip(ids.par_iter())
-            .filter(|(_, (id, _))| !signatures.known(id))
-            .map(|(stx, (id, _))| (*id, stx.verify_signature().is_ok()))
-            .collect()
-    };
-    exec.signatures_verified += checked.len() as u32;
-    let verified: HashSet<Hash> = checked.into_iter().filter(|c| c.1).map(|c| c.0).collect();
-    let known = |id: &Hash| signatures.known(id) || verified.contains(id);
-    let signatures = Signatures::Cached(&known);
+    // The signatures not known good are checked on rayon's pool while this thread
+    // applies the txs in order (`ahead`); a tx whose check failed is checked again by
+    // `apply_tx`, which reports it at its position and after its cheaper checks.
+    let ahead = Ahead::new(txs, ids, signatures);
+    let applied = rayon::in_place_scope(|scope| {
+        if !ahead.checks_first() {
+            for _ in 0..ahead.workers() {
+                scope.spawn(|_| ahead.work());
+            }
+        }
+        let applied = apply_in_order(exec, txs, ids, &ahead);
+        ahead.finish();
+        applied
+    });
+    exec.signatures_verified += ahead.verified();
+    applied
+}
+
+fn apply_in_order<R: StateReader + ?Sized>(
+    exec: &mut Executor<'_, R>,
+    txs: &[SignedTx],
+    ids: &[(Hash, usize)],
+    ahead: &Ahead<'_>,
+) -> Result<Vec<TxReceipt>, BlockError> {
     let mut receipts = Vec::with_capacity(txs.len());
     for (index, (stx, &(id, len))) in txs.iter().zip(ids).enumerate() {
-        match exec.apply_tx(stx, id, len, &signatures)? {
+        let good = || ahead.good(index);
+        let known = |_: &Hash| good();
+        match exec.apply_tx(stx, id, len, &Signatures::Cached(&known))? {
             Ok(r) => receipts.push(r),
             Err(error) => {
                 return Err(BlockError::InvalidTx {

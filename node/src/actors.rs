@@ -39,6 +39,8 @@ pub struct ActorParts<S> {
     pub net: NetworkHandle,
     pub key: Option<Keypair>,
     pub timeout_commit: Duration,
+    /// `consensus.skip_timeout_commit_when_busy`.
+    pub skip_timeout_commit_when_busy: bool,
     pub events: broadcast::Sender<NodeEvent>,
     /// `[mempool] reuse_verified_signatures`.
     pub reuse_mempool_signatures: bool,
@@ -120,6 +122,7 @@ impl<S: NodeStore> Actors<S> {
                 status: status.clone(),
                 outbox,
                 timeout_commit: parts.timeout_commit,
+                skip_timeout_commit_when_busy: parts.skip_timeout_commit_when_busy,
                 committed: host.tip().height,
                 sets: sets_rx.clone(),
             },

@@ -118,8 +118,9 @@ pub struct MempoolSection {
 
 /// Keys (section, key) the previous release does not know: [`NodeConfig::to_toml`] writes
 /// them only when they differ from their default.
-pub const NEWER_KEYS: [(&str, &str); 4] = [
+pub const NEWER_KEYS: [(&str, &str); 5] = [
     ("consensus", "compact_proposals"),
+    ("consensus", "skip_timeout_commit_when_busy"),
     ("storage", "tree_cache_levels"),
     ("runtime", "worker_threads"),
     ("runtime", "verify_threads"),
@@ -136,6 +137,10 @@ pub struct ConsensusSection {
     /// mempool) on the proposal topic; false: full blocks on the consensus topic only, as
     /// before. Received compact proposals are handled either way.
     pub compact_proposals: bool,
+    /// Start the next height as soon as every validator's precommit is in, instead of
+    /// waiting out `timeout_commit`, while txs wait in the pool (as CometBFT's
+    /// `skip_timeout_commit`, but only then: an idle chain keeps its block time).
+    pub skip_timeout_commit_when_busy: bool,
 }
 
 impl Default for ConsensusSection {
@@ -144,6 +149,7 @@ impl Default for ConsensusSection {
             validator_key: String::new(),
             timeout_commit_ms: 0,
             compact_proposals: true,
+            skip_timeout_commit_when_busy: true,
         }
     }
 }

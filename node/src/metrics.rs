@@ -111,6 +111,9 @@ pub struct ChainMetrics {
     pub rounds_per_height: Histogram,
     /// The most txs this node's last proposal could carry (`chain::budget`).
     pub proposal_tx_cap: Gauge,
+    /// Heights started before `timeout_commit` ended: every precommit was in and txs were
+    /// waiting (`consensus.skip_timeout_commit_when_busy`).
+    pub timeout_commit_skipped: Counter,
     pub execution: Histogram,
     pub commit_write: Histogram,
     pub evidence: Counter,
@@ -205,6 +208,7 @@ impl ChainMetrics {
             upgrade_readiness: Gauge::default(),
             rounds_per_height: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 10.0]),
             proposal_tx_cap: Gauge::default(),
+            timeout_commit_skipped: Counter::default(),
             execution: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             commit_write: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             evidence: Counter::default(),
@@ -249,6 +253,11 @@ impl ChainMetrics {
             "tally_proposal_tx_cap",
             "Most txs this node's last proposal could carry: what the others can validate in 35% of the round's propose timeout at the cost per tx this node saw validating their recent proposals (block_max_txs until measured)",
             m.proposal_tx_cap.clone(),
+        );
+        r.register(
+            "tally_timeout_commit_skipped",
+            "Heights this node started before timeout_commit ended, because every validator's precommit for the height before was in and txs were waiting in its pool (consensus.skip_timeout_commit_when_busy)",
+            m.timeout_commit_skipped.clone(),
         );
         r.register(
             "tally_txs_committed",

@@ -287,6 +287,7 @@ pub async fn run_with(
         net: net.clone(),
         key,
         timeout_commit,
+        skip_timeout_commit_when_busy: config.consensus.skip_timeout_commit_when_busy,
         reuse_mempool_signatures: config.mempool.reuse_verified_signatures,
         compact_proposals: config.consensus.compact_proposals,
         events: events.clone(),

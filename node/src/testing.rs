@@ -250,6 +250,37 @@ pub fn actors_metered<S: NodeStore>(
     metrics: ChainMetrics,
     reuse_mempool_signatures: bool,
 ) -> (Actors<S>, tokio::sync::mpsc::Receiver<tally_p2p::Command>) {
+    let wait = CommitWait {
+        timeout_commit: Duration::from_millis(10),
+        skip_when_busy: true,
+    };
+    actors_waiting(
+        genesis,
+        store,
+        key,
+        mempool,
+        metrics,
+        reuse_mempool_signatures,
+        wait,
+    )
+}
+
+/// `timeout_commit` and `consensus.skip_timeout_commit_when_busy` for [`actors_waiting`].
+pub struct CommitWait {
+    pub timeout_commit: Duration,
+    pub skip_when_busy: bool,
+}
+
+/// [`actors_metered`] with the given wait after a commit.
+pub fn actors_waiting<S: NodeStore>(
+    genesis: Arc<Genesis>,
+    store: Arc<S>,
+    key: Option<Keypair>,
+    mempool: Arc<Mutex<Mempool>>,
+    metrics: ChainMetrics,
+    reuse_mempool_signatures: bool,
+    wait: CommitWait,
+) -> (Actors<S>, tokio::sync::mpsc::Receiver<tally_p2p::Command>) {
     let (net, commands) = tally_p2p::NetworkHandle::detached(1024);
     let actors = Actors::build(ActorParts {
         genesis: genesis.clone(),
@@ -259,7 +290,8 @@ pub fn actors_metered<S: NodeStore>(
         metrics,
         net,
         key,
-        timeout_commit: Duration::from_millis(10),
+        timeout_commit: wait.timeout_commit,
+        skip_timeout_commit_when_busy: wait.skip_when_busy,
         events: tokio::sync::broadcast::channel(1024).0,
         reuse_mempool_signatures,
         compact_proposals: true,

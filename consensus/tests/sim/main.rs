@@ -174,7 +174,7 @@ fn ten_validators_unequal_power_byzantine_just_under_a_third() {
 
 #[test]
 fn forty_validators_three_byzantine_and_a_restart() {
-    let reports = run_seeds(&forty_three(), 0..12);
+    let reports = run_seeds(&forty_three(), 0..24);
     let largest = reports
         .iter()
         .map(|r| r.restart_guard_bytes)

@@ -247,6 +247,94 @@ fn execute_block_rejects_a_forged_signature_at_its_index() {
     }
 }
 
+/// Signature checks run on rayon's pool ahead of the applying thread (`exec::ahead`):
+/// the outcome is the sequential one. The first failing tx in block order is reported with
+/// its own reason (a forged signature before a bad nonce, or a bad nonce before a forged
+/// signature), each signature not known good is counted once, and a caller that is the
+/// only thread of its pool (nothing runs ahead) gets the same answers instead of waiting
+/// for a check nobody takes.
+#[test]
+fn signatures_checked_ahead_of_execution_give_the_sequential_outcome() {
+    use ledger::check::TxError;
+    use ledger::exec::{execute_txs, BlockError};
+    let genesis = genesis_with(&[1_000_000, 1_000_000]);
+    let store = ledger::store::memory::MemStore::new(&genesis).unwrap();
+    let keys = test_keys();
+    let ctx = ExecContext {
+        chain_id: CHAIN,
+        params: &genesis.params,
+        validators: &genesis.validators,
+    };
+    let sign = |nonce: u64| {
+        keys[1].sign_tx(Tx {
+            chain_id: CHAIN.into(),
+            from: keys[1].public_key(),
+            nonce,
+            fee: 1,
+            payload: Payload::Transfer {
+                to: [5; 20],
+                amount: 7,
+            },
+        })
+    };
+    let valid: Vec<SignedTx> = (0..48).map(sign).collect();
+    let forged = |txs: &mut Vec<SignedTx>, i: usize| txs[i].signature[3] ^= 0x40;
+    let first_failure = |txs: &[SignedTx], sigs: &Signatures| match execute_txs(
+        &store,
+        ctx,
+        keys[0].address(),
+        txs,
+        sigs,
+    ) {
+        Ok(outcome) => Ok(outcome.signatures_verified),
+        Err(BlockError::InvalidTx { index, error, .. }) => Err((index, error)),
+        Err(other) => panic!("unexpected {other:?}"),
+    };
+    let half: Vec<_> = valid.iter().step_by(2).map(SignedTx::id).collect();
+    let known_half = move |id: &ledger::Hash| half.contains(id);
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for in_pool_of_one in [false, true] {
+        let run = |txs: &[SignedTx], sigs: &Signatures| {
+            if in_pool_of_one {
+                one_thread.install(|| first_failure(txs, sigs))
+            } else {
+                first_failure(txs, sigs)
+            }
+        };
+        assert_eq!(run(&valid, &Signatures::Verify), Ok(48));
+        assert_eq!(run(&valid, &Signatures::Cached(&known_half)), Ok(24));
+
+        let mut bad_sig = valid.clone();
+        forged(&mut bad_sig, 30);
+        let (index, error) = run(&bad_sig, &Signatures::Verify).unwrap_err();
+        assert_eq!(index, 30, "in a pool of one: {in_pool_of_one}");
+        assert!(
+            matches!(error, TxError::BadSignature | TxError::HighS),
+            "{error}"
+        );
+
+        // A bad nonce at 20 comes first: 20 is reported, as its nonce.
+        let mut nonce_first = bad_sig.clone();
+        nonce_first[20] = sign(99);
+        let (index, error) = run(&nonce_first, &Signatures::Verify).unwrap_err();
+        assert_eq!(index, 20);
+        assert!(matches!(error, TxError::NonceTooHigh { .. }), "{error}");
+
+        // A forged signature at 10 comes before the bad nonce.
+        let mut sig_first = nonce_first.clone();
+        forged(&mut sig_first, 10);
+        let (index, error) = run(&sig_first, &Signatures::Verify).unwrap_err();
+        assert_eq!(index, 10);
+        assert!(
+            matches!(error, TxError::BadSignature | TxError::HighS),
+            "{error}"
+        );
+    }
+}
+
 /// Protocol 2 over RocksDB: entries, prefix scans and stored sets give the same chain as
 /// the memory store, and survive a reopen.
 #[test]

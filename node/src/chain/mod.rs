@@ -387,6 +387,7 @@ impl<S: NodeStore> ChainHost<S> {
                     self.tell_driver(DriverMsg::Committed {
                         height: self.tip.height,
                         synced: true,
+                        busy: false,
                     });
                 }
                 let _ = reply.send(applied);
@@ -794,9 +795,13 @@ impl<S: NodeStore> ChainHost<S> {
             }
         }
         if self.commit(&block, hash, &commit, true).is_ok() {
+            // Txs still waiting: the driver may start the next height before the end of
+            // timeout_commit.
+            let busy = self.mempool.lock().is_ok_and(|m| !m.is_empty());
             self.tell_driver(DriverMsg::Committed {
                 height,
                 synced: false,
+                busy,
             });
         }
     }

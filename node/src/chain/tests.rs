@@ -172,7 +172,23 @@ async fn a_proposer_that_validates_slowly_proposes_what_fits_the_round() {
     let funded: Vec<(&Keypair, u64)> = senders.iter().map(|k| (k, 1_000_000)).collect();
     let g = Arc::new(crate::testing::genesis(CHAIN, &[&v], &funded));
     let store = Arc::new(MemStore::new(&g).unwrap());
-    let (mut a, _net, metrics) = crate::testing::actors(g, store.clone(), Some(v));
+    // The next height waits out timeout_commit although txs wait: one block is looked at.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ChainMetrics::register(&mut registry);
+    let wait = crate::testing::CommitWait {
+        timeout_commit: Duration::from_secs(3600),
+        skip_when_busy: false,
+    };
+    let pool = crate::testing::mempool(&g);
+    let (mut a, _net) = crate::testing::actors_waiting(
+        g,
+        store.clone(),
+        Some(v),
+        pool,
+        metrics.clone(),
+        true,
+        wait,
+    );
     let admission = crate::mempool::metrics::MempoolMetrics::default();
     for k in &senders {
         for nonce in 0..150 {
@@ -369,6 +385,83 @@ fn execution_with_precomputed_ids_counts_verifications_and_refuses_a_wrong_list(
     assert!(e.to_string().contains("1 ids for 2 txs"), "{e}");
 }
 
+/// `consensus.skip_timeout_commit_when_busy`: once a height is committed with every
+/// precommit in (here the one validator's) and a tx still waiting in the pool, the next
+/// height starts at once, not at the end of `timeout_commit` (an hour here); with an
+/// empty pool, or the switch off, the driver waits.
+#[tokio::test]
+async fn a_busy_chain_starts_the_next_height_once_every_precommit_is_in() {
+    use crate::testing::{actors_waiting, CommitWait};
+    for (busy, skip, starts_at_once) in [
+        (true, true, true),
+        (false, true, false),
+        (true, false, false),
+    ] {
+        let (g, b1, store, pool, metrics) = one_block();
+        if busy {
+            // The sender's next tx after block 1's two (nonces 0 and 1).
+            let sender = key("sender");
+            let next = sender.sign_tx(ledger::types::Tx {
+                chain_id: CHAIN.into(),
+                from: sender.public_key(),
+                nonce: 2,
+                fee: 1,
+                payload: ledger::types::Payload::Transfer {
+                    to: [9; 20],
+                    amount: 1,
+                },
+            });
+            let funded = ledger::types::Account {
+                balance: 1_000_000,
+                nonce: 2,
+            };
+            let size = ledger::codec::encode(&next).len();
+            pool.lock()
+                .unwrap()
+                .insert_verified(
+                    next.clone(),
+                    next.id(),
+                    size,
+                    &funded,
+                    std::time::Instant::now(),
+                )
+                .unwrap();
+        }
+        let wait = CommitWait {
+            timeout_commit: Duration::from_secs(3600),
+            skip_when_busy: skip,
+        };
+        let (mut a, _net) = actors_waiting(
+            g.clone(),
+            store.clone(),
+            None,
+            pool.clone(),
+            metrics.clone(),
+            true,
+            wait,
+        );
+        a.driver.start().await;
+        pump(&mut a).await;
+        propose_and_precommit(&mut a, &key("v"), &b1).await;
+        assert_eq!(store.tip().unwrap().height, 1, "block 1 committed");
+        assert_eq!(
+            pool.lock().unwrap().len(),
+            usize::from(busy),
+            "the waiting tx stays"
+        );
+        let expected = if starts_at_once { 2 } else { 1 };
+        assert_eq!(
+            a.driver.height(),
+            expected,
+            "busy {busy}, skip {skip}: height {expected} expected"
+        );
+        assert_eq!(
+            metrics.timeout_commit_skipped.get(),
+            u64::from(starts_at_once)
+        );
+    }
+}
+
 /// Blocks from sync commit in order through the host; the driver rejoins at the next
 /// height at once (no timeout_commit wait), and the status moves with the tip.
 #[tokio::test]
@@ -493,6 +586,7 @@ async fn a_block_the_store_cannot_write_halts_consensus_and_says_why() {
         .handle(DriverMsg::Committed {
             height: 1,
             synced: true,
+            busy: false,
         })
         .await;
     pump(&mut a).await;

@@ -66,8 +66,13 @@ pub enum DriverMsg {
         hash: Hash,
         valid: bool,
     },
-    /// The host committed up to `height`, decided by consensus or (`synced`) fetched.
-    Committed { height: u64, synced: bool },
+    /// The host committed up to `height`, decided by consensus or (`synced`) fetched;
+    /// `busy`: txs are still waiting in its pool.
+    Committed {
+        height: u64,
+        synced: bool,
+        busy: bool,
+    },
     /// The host cannot commit any more (its store failed): stop signing.
     Halted,
 }
@@ -165,6 +170,8 @@ pub struct DriverParts<S> {
     pub status: StatusTx,
     pub outbox: Outbox,
     pub timeout_commit: Duration,
+    /// `consensus.skip_timeout_commit_when_busy`.
+    pub skip_timeout_commit_when_busy: bool,
     /// The committed tip's height when the node starts.
     pub committed: u64,
     /// The validator sets of the next heights, as the host publishes them.
@@ -179,6 +186,12 @@ pub struct Driver<S: NodeStore> {
     status: StatusTx,
     outbox: Outbox,
     timeout_commit: Duration,
+    skip_timeout_commit_when_busy: bool,
+    /// `Some(h)`: the host committed h - 1 with txs waiting in its pool, so height h
+    /// starts as soon as every validator's precommit for h - 1 is in, without waiting out
+    /// `timeout_commit` (which is there to gather late precommits for the commit and to
+    /// let txs accumulate: neither is needed then).
+    early_start: Option<u64>,
     timers: DelayQueue<Timer>,
     /// The highest height the host committed.
     committed: u64,
@@ -239,6 +252,8 @@ impl<S: NodeStore> Driver<S> {
             status: parts.status,
             outbox: parts.outbox,
             timeout_commit: parts.timeout_commit,
+            skip_timeout_commit_when_busy: parts.skip_timeout_commit_when_busy,
+            early_start: None,
             timers: DelayQueue::new(),
             committed: parts.committed,
             decided: parts.committed,
@@ -338,7 +353,11 @@ impl<S: NodeStore> Driver<S> {
                 })
                 .await
             }
-            DriverMsg::Committed { height, synced } => {
+            DriverMsg::Committed {
+                height,
+                synced,
+                busy,
+            } => {
                 self.committed = self.committed.max(height);
                 let next = self.committed + 1;
                 self.blocks.retain(|_, b| b.header.height >= next);
@@ -346,6 +365,8 @@ impl<S: NodeStore> Driver<S> {
                 if !synced {
                     self.timers
                         .insert(Timer::StartHeight(next), self.timeout_commit);
+                    self.early_start = (busy && self.skip_timeout_commit_when_busy).then_some(next);
+                    self.try_early_start().await;
                 } else if next > self.core.height() {
                     self.start_height(next).await;
                 }
@@ -368,6 +389,23 @@ impl<S: NodeStore> Driver<S> {
                     self.start_height(h).await;
                 }
             }
+        }
+    }
+
+    /// Starts the height `early_start` names once every precommit of the height before
+    /// is in (checked when the host commits and after each consensus message).
+    async fn try_early_start(&mut self) {
+        let Some(next) = self.early_start else {
+            return;
+        };
+        if self.committed + 1 != next || self.core.height() + 1 != next {
+            self.early_start = None; // started, or overtaken by a sync
+            return;
+        }
+        if self.core.every_precommit_in() {
+            self.early_start = None;
+            self.metrics.timeout_commit_skipped.inc();
+            self.start_height(next).await;
         }
     }
 
@@ -424,6 +462,8 @@ impl<S: NodeStore> Driver<S> {
                 }
             }
         }
+        // A late precommit may have completed the decided height's.
+        self.try_early_start().await;
     }
 
     /// Keeps a gossiped body and passes it to the host, for the rounds the core accepts
@@ -614,6 +654,7 @@ impl<S: NodeStore> Driver<S> {
             self.handle(DriverMsg::Committed {
                 height: tip,
                 synced: true,
+                busy: false,
             })
             .await;
         }
