@@ -236,42 +236,37 @@ pub fn actors_with<S: NodeStore>(
 ) {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ChainMetrics::register(&mut registry);
-    let (actors, commands) = actors_metered(genesis, store, key, mempool, metrics.clone(), true);
-    (actors, commands, metrics)
-}
-
-/// [`actors_with`] reporting to `metrics`, with block execution reusing the mempool's
-/// verified signatures or not (`[mempool] reuse_verified_signatures`).
-pub fn actors_metered<S: NodeStore>(
-    genesis: Arc<Genesis>,
-    store: Arc<S>,
-    key: Option<Keypair>,
-    mempool: Arc<Mutex<Mempool>>,
-    metrics: ChainMetrics,
-    reuse_mempool_signatures: bool,
-) -> (Actors<S>, tokio::sync::mpsc::Receiver<tally_p2p::Command>) {
-    let wait = CommitWait {
-        timeout_commit: Duration::from_millis(10),
-        skip_when_busy: true,
-    };
-    actors_waiting(
+    let (actors, commands) = actors_waiting(
         genesis,
         store,
         key,
         mempool,
-        metrics,
-        reuse_mempool_signatures,
-        wait,
-    )
+        metrics.clone(),
+        true,
+        CommitWait::default(),
+    );
+    (actors, commands, metrics)
 }
 
-/// `timeout_commit` and `consensus.skip_timeout_commit_when_busy` for [`actors_waiting`].
+/// `timeout_commit` and `consensus.skip_timeout_commit_when_busy` for [`actors_waiting`];
+/// the default: 10 ms, skipped while busy (as nodes run).
 pub struct CommitWait {
     pub timeout_commit: Duration,
     pub skip_when_busy: bool,
 }
 
-/// [`actors_metered`] with the given wait after a commit.
+impl Default for CommitWait {
+    fn default() -> Self {
+        CommitWait {
+            timeout_commit: Duration::from_millis(10),
+            skip_when_busy: true,
+        }
+    }
+}
+
+/// [`actors_with`] reporting to `metrics`, with block execution reusing the mempool's
+/// verified signatures or not (`[mempool] reuse_verified_signatures`), and the given wait
+/// after a commit.
 pub fn actors_waiting<S: NodeStore>(
     genesis: Arc<Genesis>,
     store: Arc<S>,

@@ -25,6 +25,15 @@ pub fn test_keys() -> &'static [Keypair] {
     })
 }
 
+/// Execution's view of `g` on [`CHAIN`].
+pub fn ctx(g: &Genesis) -> ExecContext<'_> {
+    ExecContext {
+        chain_id: CHAIN,
+        params: &g.params,
+        validators: &g.validators,
+    }
+}
+
 /// A genesis with validator key 0 and the given balances for the first keys.
 pub fn genesis_with(balances: &[u64]) -> Genesis {
     let keys = test_keys();

@@ -7,17 +7,13 @@ use ledger::store::rocks::RocksStore;
 use ledger::store::{ChainReader, ChainWriter, StoreError};
 use ledger::types::*;
 
-use crate::props::{genesis_with, test_keys, CHAIN};
+use crate::props::{ctx, genesis_with, test_keys, CHAIN};
 
 /// Builds and commits `n` blocks of transfers among the test keys, each with a commit
 /// signed by the single validator (key 0); checks each block like a follower would.
 fn grow_chain<S: ChainWriter>(store: &S, genesis: &ledger::genesis::Genesis, n: u64) {
     let keys = test_keys();
-    let ctx = ExecContext {
-        chain_id: CHAIN,
-        params: &genesis.params,
-        validators: &genesis.validators,
-    };
+    let ctx = ctx(genesis);
     let validator = &keys[0];
     let set = genesis.validator_set();
     for _ in 0..n {
@@ -193,11 +189,7 @@ fn execute_block_rejects_a_forged_signature_at_its_index() {
     let genesis = genesis_with(&[1_000_000, 1_000_000, 1_000_000]);
     let store = ledger::store::memory::MemStore::new(&genesis).unwrap();
     let keys = test_keys();
-    let ctx = ExecContext {
-        chain_id: CHAIN,
-        params: &genesis.params,
-        validators: &genesis.validators,
-    };
+    let ctx = ctx(&genesis);
     let txs: Vec<SignedTx> = (0..3)
         .map(|i| {
             keys[i].sign_tx(Tx {
@@ -260,11 +252,7 @@ fn signatures_checked_ahead_of_execution_give_the_sequential_outcome() {
     let genesis = genesis_with(&[1_000_000, 1_000_000]);
     let store = ledger::store::memory::MemStore::new(&genesis).unwrap();
     let keys = test_keys();
-    let ctx = ExecContext {
-        chain_id: CHAIN,
-        params: &genesis.params,
-        validators: &genesis.validators,
-    };
+    let ctx = ctx(&genesis);
     let sign = |nonce: u64| {
         keys[1].sign_tx(Tx {
             chain_id: CHAIN.into(),

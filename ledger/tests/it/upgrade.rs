@@ -8,7 +8,7 @@ use ledger::block::{
     HeaderError,
 };
 use ledger::crypto::Keypair;
-use ledger::exec::{build_body_at, execute_block, BlockEnv, BlockError, ExecContext, Signatures};
+use ledger::exec::{build_body_at, execute_block, BlockEnv, BlockError, Signatures};
 use ledger::genesis::{Genesis, GenesisAccount, GenesisFile, GenesisValidator, Params};
 use ledger::staking;
 use ledger::state::{AccountReader, StateReader};
@@ -17,7 +17,7 @@ use ledger::store::{ChainReader, ChainWriter};
 use ledger::types::*;
 use ledger::upgrade::{protocol_key_bytes, readiness_at, ProtocolSchedule};
 
-use crate::props::{test_keys, CHAIN};
+use crate::props::{ctx, test_keys, CHAIN};
 
 const WINDOW: u64 = 10;
 const LEAD: u64 = 5;
@@ -54,14 +54,6 @@ fn genesis() -> Genesis {
     };
     let bytes = serde_json::to_vec(&file).unwrap();
     Genesis::from_bytes("upgrade-genesis.json", &bytes).unwrap()
-}
-
-fn ctx(g: &Genesis) -> ExecContext<'_> {
-    ExecContext {
-        chain_id: CHAIN,
-        params: &g.params,
-        validators: &g.validators,
-    }
 }
 
 fn schedule(store: &MemStore, g: &Genesis) -> ProtocolSchedule {

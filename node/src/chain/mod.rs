@@ -795,9 +795,11 @@ impl<S: NodeStore> ChainHost<S> {
             }
         }
         if self.commit(&block, hash, &commit, true).is_ok() {
-            // Txs still waiting: the driver may start the next height before the end of
-            // timeout_commit.
-            let busy = self.mempool.lock().is_ok_and(|m| !m.is_empty());
+            // Under load (this block carried txs and more wait) the driver may start the
+            // next height before the end of timeout_commit. Txs that wait while blocks
+            // come empty (a nonce gap) are not load: skipping for them would spin out
+            // empty blocks.
+            let busy = !block.txs.is_empty() && self.mempool.lock().is_ok_and(|m| !m.is_empty());
             self.tell_driver(DriverMsg::Committed {
                 height,
                 synced: false,
