@@ -1022,11 +1022,7 @@ fn run_txs<R: StateReader + ?Sized>(
     // `apply_tx`, which reports it at its position and after its cheaper checks.
     let ahead = Ahead::new(txs, ids, signatures);
     let applied = rayon::in_place_scope(|scope| {
-        if !ahead.checks_first() {
-            for _ in 0..ahead.workers() {
-                scope.spawn(|_| ahead.work());
-            }
-        }
+        ahead.start(scope);
         let applied = apply_in_order(exec, txs, ids, &ahead);
         ahead.finish();
         applied
@@ -1043,8 +1039,7 @@ fn apply_in_order<R: StateReader + ?Sized>(
 ) -> Result<Vec<TxReceipt>, BlockError> {
     let mut receipts = Vec::with_capacity(txs.len());
     for (index, (stx, &(id, len))) in txs.iter().zip(ids).enumerate() {
-        let good = || ahead.good(index);
-        let known = |_: &Hash| good();
+        let known = |_: &Hash| ahead.good(index);
         match exec.apply_tx(stx, id, len, &Signatures::Cached(&known))? {
             Ok(r) => receipts.push(r),
             Err(error) => {

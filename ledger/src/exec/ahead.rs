@@ -80,33 +80,30 @@ impl<'a> Ahead<'a> {
         }
     }
 
-    /// How many pool workers are worth starting: none for one check or none at all (the
-    /// applying thread does it), else one per pool thread.
-    pub(super) fn workers(&self) -> usize {
+    /// Sets the checks going on the pool of `scope`: one worker per pool thread (none
+    /// for fewer than two checks: the applying thread does those); under
+    /// [`SignatureChecks::First`], every check done before this returns.
+    pub(super) fn start<'s>(&'s self, scope: &rayon::Scope<'s>) {
+        if CHECKS_FIRST.load(Ordering::Relaxed) {
+            use rayon::prelude::*;
+            (0..self.txs.len()).into_par_iter().for_each(|i| {
+                if self.claim(i) {
+                    self.check(i);
+                }
+            });
+            return;
+        }
         if self.pending < 2 {
-            0
-        } else {
-            rayon::current_num_threads().min(self.pending)
+            return;
         }
-    }
-
-    /// [`SignatureChecks::First`]: every check done on the pool before this returns.
-    pub(super) fn checks_first(&self) -> bool {
-        if !CHECKS_FIRST.load(Ordering::Relaxed) {
-            return false;
+        for _ in 0..rayon::current_num_threads().min(self.pending) {
+            scope.spawn(|_| self.work());
         }
-        use rayon::prelude::*;
-        (0..self.txs.len()).into_par_iter().for_each(|i| {
-            if self.claim(i) {
-                self.check(i);
-            }
-        });
-        true
     }
 
     /// A pool worker: checks unclaimed txs in block order until none is left or the
     /// block has failed.
-    pub(super) fn work(&self) {
+    fn work(&self) {
         // Each `help` is one verification (~150 µs), not a spin.
         loop {
             if self.stop.load(Ordering::Relaxed) || !self.help() {
