@@ -334,6 +334,12 @@ async fn attackers_are_banned_and_honest_pace_holds() {
         .validators(n)
         .accounts(LOAD_ACCOUNTS + 1)
         .env("TALLY_P2P_BAN_DURATION_SECS", "5")
+        // Heights start at each node's own `timeout_commit` timer, as when the round-0
+        // criterion below was set: with the start under load (the default) each node
+        // starts a height once it holds every precommit, and in one CI run that skew
+        // under the attack's CPU load cost 2 of 24 heights a round (an open question
+        // for the early start, in bench/network-notes.md and the issue note).
+        .env("TALLY_CONSENSUS_SKIP_TIMEOUT_COMMIT_WHEN_BUSY", "false")
         .start_at_height(2, Duration::from_secs(60))
         .await
         .unwrap();
