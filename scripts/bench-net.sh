@@ -12,7 +12,7 @@
 #     nodes restarted per phase,
 #  6. writes bench/network.md + bench/network.json (scripts/bench_net_report.py).
 # The testnet is always stopped on exit; the bench fails if any step forks or loses a tx.
-# Env: BENCH_NET_RATES (1000,1500,2000,2500,3000,3500,4000,5000) BENCH_NET_DURATION (20)
+# Env: BENCH_NET_RATES (1000,1500,1750,2000,2500,3000,3500,4000,5000) BENCH_NET_DURATION (20)
 #      BENCH_NET_GENESIS_ACCOUNTS (1000000) BENCH_NET_BASE_IP (127.0.60.2)
 #      BENCH_NET_OUT (bench) BENCH_NET_ABLATIONS=0 skips step 5, BENCH_NET_KEEP_DIR=1 keeps the dir.
 #      BENCH_NET_BATCH (256): `tally bench --batch N`, N txs per POST /v1/txs/batch, signed
@@ -28,7 +28,7 @@ if [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
 fi
 CARGO="${CARGO:-cargo}"
 BASE_IP="${BENCH_NET_BASE_IP:-127.0.60.2}"
-RATES="${BENCH_NET_RATES:-1000,1500,2000,2500,3000,3500,4000,5000}"
+RATES="${BENCH_NET_RATES:-1000,1500,1750,2000,2500,3000,3500,4000,5000}"
 DURATION="${BENCH_NET_DURATION:-20}"
 GENESIS_ACCOUNTS="${BENCH_NET_GENESIS_ACCOUNTS:-1000000}"
 ABLATIONS="${BENCH_NET_ABLATIONS:-1}"

@@ -388,8 +388,9 @@ fn execution_with_precomputed_ids_counts_verifications_and_refuses_a_wrong_list(
 
 /// `consensus.skip_timeout_commit_when_busy`: once a height is committed with every
 /// precommit in (here the one validator's) and a tx still waiting in the pool, the next
-/// height starts at once, not at the end of `timeout_commit` (an hour here); with an
-/// empty pool, or the switch off, the driver waits.
+/// height starts at once, not at the end of `timeout_commit` (an hour here), with the
+/// rest of that wait added to its round-0 propose timeout; with an empty pool, or the
+/// switch off, the driver waits.
 #[tokio::test]
 async fn a_busy_chain_starts_the_next_height_once_every_precommit_is_in() {
     use crate::testing::{actors_waiting, CommitWait};
@@ -468,6 +469,19 @@ async fn a_busy_chain_starts_the_next_height_once_every_precommit_is_in() {
             metrics.timeout_commit_skipped.get(),
             u64::from(starts_at_once)
         );
+        if starts_at_once {
+            // Round 0's propose timeout gets the unspent wait on top: a proposer that
+            // lacked a precommit starts at the end of `timeout_commit`, and its proposal
+            // must not find the validators that started early already prevoting nil.
+            let (h, round, wait) = a.driver.last_propose_timeout().unwrap();
+            let propose = Duration::from_millis(g.params.timeout_propose_ms);
+            assert_eq!((h, round), (2, 0));
+            assert!(
+                wait > propose + Duration::from_secs(3590),
+                "round 0 of an early height waits {wait:?}, not the rest of timeout_commit \
+                 on top of {propose:?}"
+            );
+        }
     }
 }
 

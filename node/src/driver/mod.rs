@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consensus::{Consensus, Input, Output, PreVerified, SigningGuard, Timeout};
+use consensus::{Consensus, Input, Output, PreVerified, SigningGuard, Timeout, TimeoutStep};
 use ledger::codec::encode;
 use ledger::crypto::Keypair;
 use ledger::genesis::Genesis;
@@ -192,6 +192,19 @@ pub struct Driver<S: NodeStore> {
     /// `timeout_commit` (which is there to gather late precommits for the commit and to
     /// let txs accumulate: neither is needed then).
     early_start: Option<u64>,
+    /// When the current `timeout_commit` wait ends (set at each commit).
+    commit_wait_ends: tokio::time::Instant,
+    /// `(h, rest)`: height h started early with `rest` of `timeout_commit` unspent, which
+    /// its round-0 propose timeout gets on top. A proposer that lacks a precommit waits the
+    /// whole `timeout_commit` before it starts and proposes; the validators that started
+    /// early would otherwise give up on its proposal that much sooner than the wait lets
+    /// it come, prevote nil and cost the height a round (and mark the proposer as one that
+    /// missed its turn). With the rest added, the round-0 deadline is where it is without
+    /// the early start: a late proposer is never worse off, an early one is heard at once.
+    propose_grace: Option<(u64, Duration)>,
+    /// The last propose timeout scheduled: (height, round, how long), for tests.
+    #[cfg(test)]
+    last_propose_timeout: Option<(u64, u32, Duration)>,
     timers: DelayQueue<Timer>,
     /// The highest height the host committed.
     committed: u64,
@@ -254,6 +267,10 @@ impl<S: NodeStore> Driver<S> {
             timeout_commit: parts.timeout_commit,
             skip_timeout_commit_when_busy: parts.skip_timeout_commit_when_busy,
             early_start: None,
+            commit_wait_ends: tokio::time::Instant::now(),
+            propose_grace: None,
+            #[cfg(test)]
+            last_propose_timeout: None,
             timers: DelayQueue::new(),
             committed: parts.committed,
             decided: parts.committed,
@@ -365,6 +382,7 @@ impl<S: NodeStore> Driver<S> {
                 if !synced {
                     self.timers
                         .insert(Timer::StartHeight(next), self.timeout_commit);
+                    self.commit_wait_ends = tokio::time::Instant::now() + self.timeout_commit;
                     self.early_start = (busy && self.skip_timeout_commit_when_busy).then_some(next);
                     self.try_early_start().await;
                 } else if next > self.core.height() {
@@ -405,6 +423,10 @@ impl<S: NodeStore> Driver<S> {
         if self.core.every_precommit_in() {
             self.early_start = None;
             self.metrics.timeout_commit_skipped.inc();
+            let rest = self
+                .commit_wait_ends
+                .saturating_duration_since(tokio::time::Instant::now());
+            self.propose_grace = Some((next, rest));
             self.start_height(next).await;
         }
     }
@@ -585,8 +607,19 @@ impl<S: NodeStore> Driver<S> {
                 timeout,
                 duration_ms,
             } => {
-                self.timers
-                    .insert(Timer::Round(timeout), Duration::from_millis(duration_ms));
+                let mut wait = Duration::from_millis(duration_ms);
+                if timeout.step == TimeoutStep::Propose {
+                    if let Some((h, rest)) = self.propose_grace {
+                        if h == timeout.height && timeout.round == 0 {
+                            wait += rest;
+                        }
+                    }
+                    #[cfg(test)]
+                    {
+                        self.last_propose_timeout = Some((timeout.height, timeout.round, wait));
+                    }
+                }
+                self.timers.insert(Timer::Round(timeout), wait);
                 None
             }
             Output::Decide {
@@ -633,6 +666,12 @@ impl<S: NodeStore> Driver<S> {
                 None => break,
             }
         }
+    }
+
+    /// The last propose timeout scheduled: (height, round, how long).
+    #[cfg(test)]
+    pub(crate) fn last_propose_timeout(&self) -> Option<(u64, u32, Duration)> {
+        self.last_propose_timeout
     }
 
     #[cfg(test)]
