@@ -295,6 +295,29 @@ pub fn actors_waiting<S: NodeStore>(
     (actors, commands)
 }
 
+/// A block of (height, round) proposed by `proposer`, with no txs and a header that
+/// matches its empty body, on `parent` = (previous block hash, state root).
+pub fn empty_block(
+    g: &Genesis,
+    proposer: &Keypair,
+    height: u64,
+    round: u32,
+    time_ms: u64,
+    parent: (ledger::Hash, ledger::Hash),
+) -> ledger::types::Block {
+    let template = ledger::block::BlockTemplate {
+        chain_id: g.chain_id.clone(),
+        height,
+        round,
+        time_ms,
+        prev_hash: parent.0,
+        validators_hash: g.validators.hash(),
+        proposer: proposer.address(),
+        last_commit: None,
+    };
+    ledger::block::assemble_empty(template, parent.1)
+}
+
 /// A proposal signed by `key` for (height, round), with an empty body that matches its
 /// header (so it passes the relay checks); `time_ms` makes each one a different block.
 pub fn empty_proposal(
@@ -304,19 +327,8 @@ pub fn empty_proposal(
     round: u32,
     time_ms: u64,
 ) -> crate::wire::ConsensusMessage {
-    use ledger::block::{assemble_empty, BlockTemplate};
     use ledger::types::Proposal;
-    let template = BlockTemplate {
-        chain_id: g.chain_id.clone(),
-        height,
-        round,
-        time_ms,
-        prev_hash: [0; 32],
-        validators_hash: g.validators.hash(),
-        proposer: key.address(),
-        last_commit: None,
-    };
-    let block = assemble_empty(template, [0; 32]);
+    let block = empty_block(g, key, height, round, time_ms, ([0; 32], [0; 32]));
     let proposal = key.sign_proposal(Proposal {
         chain_id: g.chain_id.clone(),
         height,

@@ -406,17 +406,8 @@ async fn a_busy_chain_starts_the_next_height_once_every_precommit_is_in() {
         let (g, mut b1, store, pool, metrics) = one_block();
         if !full {
             let tip = store.tip().unwrap();
-            let template = ledger::block::BlockTemplate {
-                chain_id: CHAIN.into(),
-                height: 1,
-                round: 0,
-                time_ms: 1,
-                prev_hash: tip.block_hash,
-                validators_hash: g.validators.hash(),
-                proposer: key("v").address(),
-                last_commit: None,
-            };
-            b1 = ledger::block::assemble_empty(template, tip.state_root);
+            let parent = (tip.block_hash, tip.state_root);
+            b1 = crate::testing::empty_block(&g, &key("v"), 1, 0, 1, parent);
         }
         if busy {
             // The sender's next tx after block 1's two (nonces 0 and 1).

@@ -29,32 +29,25 @@ pub fn admit_bytes(
     bytes: &[u8],
     max: usize,
 ) -> Result<(Hash, SignedTx), AddError> {
-    let decoded = |bytes: &[u8]| {
-        decode::<SignedTx>("transaction", bytes, max)
-            .map_err(|e| match e {
-                ledger::codec::DecodeError::TooLarge { size, max, .. } => {
-                    TxError::TooLarge { size, max }
-                }
-                other => TxError::Malformed(other.to_string()),
-            })
-            .map_err(AddError::from)
-    };
-    let result = if bytes.len() > max {
-        decoded(bytes).map(|tx| (sha256(bytes), tx)) // refused as too large
-    } else {
-        let id = sha256(bytes);
-        let pool = mempool
-            .lock()
-            .map(|pool| (pool.committed_lately(&id), pool.commits()))
-            .map_err(|_| AddError::Poisoned);
-        match pool {
-            Err(e) => Err(e),
-            Ok((true, _)) => Err(AddError::AlreadyCommitted),
-            Ok((false, seen)) => decoded(bytes).and_then(|tx| {
-                admit(store, mempool, metrics, &tx, id, seen, bytes.len()).map(|_| (id, tx))
-            }),
+    let admitted = || {
+        if bytes.len() > max {
+            let size = bytes.len();
+            return Err(AddError::from(TxError::TooLarge { size, max }));
         }
+        let id = sha256(bytes);
+        let seen = {
+            let pool = mempool.lock().map_err(|_| AddError::Poisoned)?;
+            if pool.committed_lately(&id) {
+                return Err(AddError::AlreadyCommitted);
+            }
+            pool.commits()
+        };
+        let tx = decode::<SignedTx>("transaction", bytes, max)
+            .map_err(|e| AddError::from(TxError::Malformed(e.to_string())))?;
+        admit(store, mempool, metrics, &tx, id, seen, bytes.len())?;
+        Ok((id, tx))
     };
+    let result = admitted();
     match &result {
         Ok(_) => {
             metrics.admitted.inc();
